@@ -1,0 +1,113 @@
+"""
+Backends at run time: their configured spec, health, admin state and counters,
+and the pool a server picks them from.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import attrs
+
+from balancer.config.addresses import BackendSpec
+from balancer.stats import BackendCounters
+
+ACTIVE = "active"
+DRAIN = "drain"
+MAINTENANCE = "maintenance"
+
+
+@attrs.define(eq=False)
+class Backend:
+    """
+    One backend of one server.
+
+    @ivar spec: address, weight, priority, limits, as configured or discovered.
+    @ivar live: the health check's verdict (True without health checks).
+    @ivar discovered: whether the latest discovery still lists it.
+    @ivar admin_state: L{ACTIVE}, L{DRAIN} (no new connections, keeps its
+        relays) or L{MAINTENANCE} (no new connections).
+    """
+
+    spec: BackendSpec
+    live: bool = True
+    discovered: bool = True
+    admin_state: str = ACTIVE
+    counters: BackendCounters = attrs.Factory(BackendCounters)
+
+    @property
+    def key(self) -> str:
+        """C{host:port}, the backend's identity within its server."""
+        return self.spec.key
+
+    @property
+    def host(self) -> str:
+        """The host to connect to."""
+        return self.spec.host
+
+    @property
+    def port(self) -> int:
+        """The port to connect to."""
+        return self.spec.port
+
+    def takes_new_connections(self) -> bool:
+        """Live, discovered, active, and under its own C{max_connections}."""
+        limit = self.spec.max_connections
+        return (
+            self.live
+            and self.discovered
+            and self.admin_state == ACTIVE
+            and (limit == 0 or self.counters.active_connections < limit)
+        )
+
+
+class Pool:
+    """
+    The backends of one server, keyed by C{host:port}, in a stable order.
+
+    Replacing the list (discovery) keeps the L{Backend} objects of backends
+    that stay, so their statistics and health survive; backends that leave
+    are kept while they still have connections, marked not discovered.
+    """
+
+    def __init__(self, specs: Iterable[BackendSpec] = (), initially_live: bool = True) -> None:
+        self._backends: dict[str, Backend] = {}
+        self._initially_live = initially_live
+        self.replace(specs)
+
+    def replace(self, specs: Iterable[BackendSpec]) -> None:
+        """Make C{specs} the discovered backends."""
+        wanted = {spec.key: spec for spec in specs}
+        for key, backend in list(self._backends.items()):
+            if key not in wanted:
+                if backend.counters.active_connections:
+                    backend.discovered = False
+                else:
+                    del self._backends[key]
+        for key, spec in wanted.items():
+            existing = self._backends.get(key)
+            if existing is None:
+                self._backends[key] = Backend(spec, live=self._initially_live)
+            else:
+                existing.spec = spec
+                existing.discovered = True
+
+    def forget_if_gone(self, backend: Backend) -> None:
+        """Drop an undiscovered backend once its last connection has closed."""
+        if not backend.discovered and not backend.counters.active_connections:
+            if self._backends.get(backend.key) is backend:
+                del self._backends[backend.key]
+
+    def get(self, key: str) -> Backend | None:
+        """The backend C{host:port}, if present."""
+        return self._backends.get(key)
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(sorted(self._backends.values(), key=lambda b: (b.host, b.port)))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def candidates(self) -> list[Backend]:
+        """Backends that may take a new connection now, ordered by C{host:port}."""
+        return [b for b in self if b.takes_new_connections()]

@@ -1,0 +1,149 @@
+"""Parsing of listen addresses (C{"host:port"}) and static backend lines."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from balancer.config.errors import Problems
+from balancer.config.fields import INVALID, Parser, describe
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})$")
+_BACKEND = re.compile(
+    r"^(?P<address>\S+)"
+    r"(?:\s+weight=(?P<weight>\d+))?"
+    r"(?:\s+priority=(?P<priority>\d+))?"
+    r"(?:\s+max_connections=(?P<max_connections>\d+))?"
+    r"(?:\s+sni=(?P<sni>\S+))?\s*$"
+)
+
+
+class AddressError(ValueError):
+    """A host:port or backend line that does not parse; the message says why."""
+
+
+@attrs.frozen
+class HostPort:
+    """A host (empty for "all interfaces") and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def listen_host(self) -> str:
+        """The interface to bind: C{""} (all IPv4 interfaces) when no host is given."""
+        return {"": "0.0.0.0", "localhost": "127.0.0.1"}.get(self.host, self.host)
+
+
+def split_host_port(value: str, *, allow_port_zero: bool) -> HostPort:
+    """
+    Split C{"host:port"} (or C{"[v6]:port"}, or C{":port"}).
+
+    @param allow_port_zero: whether port 0 (a free port chosen at bind) is valid.
+    @raise AddressError: when the text is not of that form or the port is out of range.
+    """
+    match = _HOST_PORT.match(value)
+    if match is None:
+        raise AddressError(f'expected "host:port" (IPv6 as "[::1]:port"), got "{value}"')
+    port = int(match.group("port"))
+    lowest = 0 if allow_port_zero else 1
+    if not lowest <= port <= 65535:
+        raise AddressError(f'expected a port from {lowest} to 65535 in "host:port", got "{value}"')
+    return HostPort(match.group("v6") or match.group("host") or "", port)
+
+
+def listen_address() -> Parser:
+    """A bind address; port 0 picks a free port."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str):
+            problems.add(path, f'expected a "host:port" string, got {describe(value)}')
+            return INVALID
+        try:
+            return split_host_port(value, allow_port_zero=True)
+        except AddressError as e:
+            problems.add(path, str(e))
+            return INVALID
+
+    return parse
+
+
+@attrs.frozen
+class BackendSpec:
+    """
+    One backend as configured or discovered.
+
+    @ivar weight: share of traffic under C{balance = "weight"} (0: none).
+    @ivar priority: lower is preferred under C{balance = "weight"}.
+    @ivar max_connections: 0 is unlimited.
+    @ivar sni: the TLS server name this backend serves, for SNI routing.
+    """
+
+    host: str
+    port: int
+    weight: int = 1
+    priority: int = 1
+    max_connections: int = 0
+    sni: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The backend's identity, C{host:port}."""
+        return str(HostPort(self.host, self.port))
+
+    def to_line(self) -> str:
+        """The C{static_list} line that parses back to this backend."""
+        parts = [self.key, f"weight={self.weight}", f"priority={self.priority}"]
+        if self.max_connections:
+            parts.append(f"max_connections={self.max_connections}")
+        if self.sni is not None:
+            parts.append(f"sni={self.sni}")
+        return " ".join(parts)
+
+
+def parse_backend_line(line: str) -> BackendSpec:
+    """
+    Parse C{"host:port weight=N priority=N max_connections=N sni=NAME"}.
+
+    Options are optional but must come in that order.
+
+    @raise AddressError: naming what is wrong with the line.
+    """
+    match = _BACKEND.match(line.strip())
+    if match is None:
+        raise AddressError(
+            f'expected "host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME]" '
+            f'(options in that order), got "{line}"'
+        )
+    address = split_host_port(match.group("address"), allow_port_zero=False)
+    if not address.host:
+        raise AddressError(f'a backend needs a host before ":port", got "{line}"')
+    numbers = {
+        name: int(match.group(name))
+        for name in ("weight", "priority", "max_connections")
+        if match.group(name) is not None
+    }
+    return BackendSpec(address.host, address.port, sni=match.group("sni"), **numbers)
+
+
+def backend_line() -> Parser:
+    """A static_list entry parsed to a L{BackendSpec}."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str):
+            problems.add(path, f'expected a backend string like "127.0.0.1:8000 weight=1", got {describe(value)}')
+            return INVALID
+        try:
+            return parse_backend_line(value)
+        except AddressError as e:
+            problems.add(path, str(e))
+            return INVALID
+
+    return parse

@@ -1,0 +1,286 @@
+"""
+The small declarative engine behind the configuration schema.
+
+Each attribute of a schema class is declared with L{setting}, which records how
+its raw TOML/JSON value is parsed and checked.  L{build} walks a raw mapping
+against such a class, collecting every problem in an L{Problems} list instead
+of stopping at the first one, so an operator sees all mistakes of a file at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, TypeVar
+
+import attrs
+
+from balancer.config.durations import DurationError, format_duration, parse_duration
+from balancer.config.errors import Problems
+
+#: Marker returned by a parser whose input was wrong (the problem is recorded).
+INVALID: Any = object()
+
+Parser = Callable[[object, str, Problems], Any]
+
+_PARSE = "balancer.parse"
+_ALIASES = "balancer.aliases"
+_DOC = "balancer.doc"
+
+T = TypeVar("T")
+
+
+def setting(
+    default: Any = attrs.NOTHING,
+    *,
+    parse: Parser,
+    aliases: tuple[str, ...] = (),
+    doc: str = "",
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """
+    Declare one configuration key of a schema class.
+
+    @param default: the value used when the key is absent.
+    @param parse: turns the raw value into the attribute's value, or returns
+        L{INVALID} after recording a problem.
+    @param aliases: other key names accepted for the same setting.
+    @param doc: one line for the operator, used in error hints.
+    """
+    metadata = {_PARSE: parse, _ALIASES: aliases, _DOC: doc}
+    if factory is not None:
+        return attrs.field(factory=factory, metadata=metadata)
+    return attrs.field(default=default, metadata=metadata)
+
+
+def write_back(f: "attrs.Attribute[Any]") -> Callable[[Any], Any] | None:
+    """How the value of the schema attribute C{f} is written back to TOML, if not as is."""
+    return getattr(f.metadata.get(_PARSE), "write_back", None)
+
+
+def join(path: str, key: str) -> str:
+    """Return the dotted key path of C{key} inside C{path}."""
+    if not path:
+        return key
+    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key):
+        return f"{path}.{key}"
+    return f'{path}."{key}"'
+
+
+def describe(value: object) -> str:
+    """Name a raw value and its type the way an operator wrote it."""
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    shown = repr(value)
+    if isinstance(value, bool):
+        shown = "true" if value else "false"
+    elif isinstance(value, str):
+        shown = '"' + value.replace('"', '\\"') + '"'
+    elif isinstance(value, (dict, list)):
+        shown = ""
+    if len(shown) > 60:
+        shown = shown[:57] + '..."'
+    return f"{kind} {shown}".strip()
+
+
+def keys_of(cls: type) -> list[str]:
+    """The TOML key names a schema class accepts (aliases excluded)."""
+    return [f.name for f in attrs.fields(cls)]
+
+
+def build(cls: type[T], raw: object, path: str, problems: Problems) -> T | Any:
+    """
+    Build an instance of the schema class C{cls} from the raw mapping C{raw}.
+
+    Unknown keys, wrong types and bad values are recorded in C{problems} under
+    their dotted path; the instance is still built (with defaults in place of
+    bad values) so that checks further down can report their own problems.
+    After the keys, the class's own C{problems()} method, if any, reports
+    cross-key mistakes, but only when every key of this table parsed.
+    """
+    if not isinstance(raw, Mapping):
+        problems.add(path, f"expected a table, got {describe(raw)}")
+        return INVALID
+    fields = {f.name: f for f in attrs.fields(cls)}
+    names = {name: name for name in fields}
+    for f in fields.values():
+        for alias in f.metadata.get(_ALIASES, ()):
+            names[alias] = f.name
+    values: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    before = len(problems)
+    for key, value in raw.items():
+        where = join(path, key)
+        name = names.get(key)
+        if name is None:
+            problems.add(where, f"unknown key; expected one of: {', '.join(sorted(fields))}")
+            continue
+        if name in given_as:
+            problems.add(where, f"set twice, as {given_as[name]!r} and as {key!r}")
+            continue
+        given_as[name] = key
+        parsed = fields[name].metadata[_PARSE](value, where, problems)
+        if parsed is not INVALID:
+            values[name] = parsed
+    missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in values]
+    for name in missing:
+        if name not in given_as:
+            problems.add(join(path, name), "required key is missing")
+    if missing:
+        return INVALID
+    instance = cls(**values)
+    check = getattr(instance, "problems", None)
+    if check is not None and len(problems) == before:
+        for key, message in check():
+            problems.add(join(path, key) if key else path, message)
+    return instance
+
+
+# Parsers: each takes (raw value, dotted path, problems) and returns the
+# parsed value or INVALID.
+
+
+def text(pattern: str | None = None, expected: str = "") -> Parser:
+    """A string, optionally matching a regular expression."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str):
+            problems.add(path, f"expected a string, got {describe(value)}")
+            return INVALID
+        if pattern is not None and not re.fullmatch(pattern, value):
+            problems.add(path, f"expected {expected}, got {describe(value)}")
+            return INVALID
+        return value
+
+    return parse
+
+
+def regexp() -> Parser:
+    """A string that compiles as a Python regular expression."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str):
+            problems.add(path, f"expected a regular expression string, got {describe(value)}")
+            return INVALID
+        try:
+            re.compile(value)
+        except re.error as e:
+            problems.add(path, f"expected a regular expression, got {describe(value)}: {e}")
+            return INVALID
+        return value
+
+    return parse
+
+
+def flag() -> Parser:
+    """A boolean (TOML true/false)."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, bool):
+            problems.add(path, f"expected true or false, got {describe(value)}")
+            return INVALID
+        return value
+
+    return parse
+
+
+def whole(minimum: int = 0, maximum: int | None = None) -> Parser:
+    """An integer within [minimum, maximum]."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.add(path, f"expected an integer, got {describe(value)}")
+            return INVALID
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            problems.add(path, f"expected an integer {bound}, got {value}")
+            return INVALID
+        return value
+
+    return parse
+
+
+def duration() -> Parser:
+    """A duration string such as C{"2s"}, C{"500ms"}, C{"1m30s"}; parsed to seconds."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, str):
+            problems.add(path, f'expected a duration string like "2s" or "500ms", got {describe(value)}')
+            return INVALID
+        try:
+            return parse_duration(value)
+        except DurationError as e:
+            problems.add(path, str(e))
+            return INVALID
+
+    parse.write_back = format_duration  # type: ignore[attr-defined]
+    return parse
+
+
+def choice(*allowed: str) -> Parser:
+    """One of a fixed set of strings."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if value not in allowed or not isinstance(value, str):
+            listed = ", ".join(f'"{a}"' for a in allowed)
+            problems.add(path, f"expected one of {listed}, got {describe(value)}")
+            return INVALID
+        return value
+
+    return parse
+
+
+def texts() -> Parser:
+    """An array of strings, parsed to a tuple."""
+    return items(text())
+
+
+def items(each: Parser) -> Parser:
+    """An array whose elements are parsed by C{each}, giving a tuple."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, list):
+            problems.add(path, f"expected an array, got {describe(value)}")
+            return INVALID
+        parsed = [each(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        if any(p is INVALID for p in parsed):
+            return INVALID
+        return tuple(parsed)
+
+    return parse
+
+
+def section(cls: type) -> Parser:
+    """A nested table described by the schema class C{cls}."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        return build(cls, value, path, problems)
+
+    return parse
+
+
+def named_sections(cls: type, name_pattern: str = r"[A-Za-z0-9_.-]{1,64}") -> Parser:
+    """A table of named tables (like C{[servers.<name>]}), parsed to a dict."""
+
+    def parse(value: object, path: str, problems: Problems) -> Any:
+        if not isinstance(value, Mapping):
+            problems.add(path, f"expected a table of named tables, got {describe(value)}")
+            return INVALID
+        result = {}
+        for name, raw in value.items():
+            where = join(path, name)
+            if not re.fullmatch(name_pattern, name):
+                problems.add(where, "a name is 1 to 64 letters, digits, '_', '-' or '.'")
+                continue
+            built = build(cls, raw, where, problems)
+            if built is not INVALID:
+                result[name] = built
+        return result
+
+    return parse
+

@@ -1,0 +1,134 @@
+"""
+Reading a configuration file (TOML, or JSON of the same schema) into a L{Config}.
+
+Everything wrong with a file is reported at once, in a L{ConfigError} whose
+lines each name the file, the dotted key path, the bad value and what was
+expected.  Nothing here binds or connects.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections import defaultdict
+from typing import Any, Mapping
+
+import attrs
+
+from balancer.config.errors import ConfigError, Problem, Problems
+from balancer.config.fields import INVALID, build, join
+from balancer.config.schema import Config, ServerConfig
+
+
+def read_config_file(path: str) -> Config:
+    """
+    Load and validate the configuration at C{path}.
+
+    A name ending in C{.json} is read as JSON, anything else as TOML.
+
+    @raise ConfigError: the file is missing, unreadable, not TOML/JSON, or
+        holds any invalid setting (all of them are listed).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(path, [Problem("", f"cannot read the configuration file: {e.strerror}")])
+    return parse_config(data, path, as_json=path.endswith(".json"))
+
+
+def parse_config(data: bytes, source: str, *, as_json: bool = False) -> Config:
+    """
+    Parse and validate configuration bytes.
+
+    @param source: the name used in error messages (a file path).
+    @raise ConfigError: listing every problem found.
+    """
+    raw = _decode(data, source, as_json)
+    return config_from_mapping(raw, source)
+
+
+def config_from_mapping(raw: Mapping[str, Any], source: str) -> Config:
+    """
+    Validate an already decoded configuration mapping.
+
+    @raise ConfigError: listing every problem found.
+    """
+    problems = Problems()
+    config = build(Config, raw, "", problems)
+    if config is not INVALID and not len(problems):
+        config = resolve_defaults(config)
+        for path, message in _duplicate_binds(config.servers):
+            problems.add(path, message)
+    if len(problems) or config is INVALID:
+        raise ConfigError(source, list(problems))
+    return config
+
+
+def server_from_mapping(name: str, raw: object, source: str, config: Config) -> ServerConfig:
+    """
+    Validate one server definition (an API request body) against C{config}.
+
+    The new server takes C{config}'s C{[defaults]}, and must not bind an
+    address another server of C{config} already uses.
+
+    @raise ConfigError: listing every problem, with paths C{servers.<name>...}.
+    """
+    problems = Problems()
+    path = join("servers", name)
+    server = build(ServerConfig, raw, path, problems)
+    if server is not INVALID and not len(problems):
+        server = server.with_defaults(config.defaults)
+        others = {n: s for n, s in config.servers.items() if n != name}
+        for where, message in _duplicate_binds({**others, name: server}):
+            if where.startswith(path):
+                problems.add(where, message)
+    if len(problems) or server is INVALID:
+        raise ConfigError(source, list(problems))
+    return server
+
+
+def resolve_defaults(config: Config) -> Config:
+    """Return C{config} with C{[defaults]} applied to every server."""
+    servers = {name: s.with_defaults(config.defaults) for name, s in config.servers.items()}
+    return attrs.evolve(config, servers=servers)
+
+
+def _decode(data: bytes, source: str, as_json: bool) -> Mapping[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, [Problem("", f"not UTF-8 text (byte {e.start})")])
+    try:
+        decoded = json.loads(text) if as_json else tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [Problem("", f"invalid TOML: {e}")])
+    except json.JSONDecodeError as e:
+        raise ConfigError(source, [Problem("", f"invalid JSON: {e}")])
+    if not isinstance(decoded, dict):
+        raise ConfigError(source, [Problem("", "expected a JSON object at the top level")])
+    return decoded
+
+
+def _socket_family(protocol: str) -> str:
+    return "udp" if protocol == "udp" else "tcp"
+
+
+def _duplicate_binds(servers: Mapping[str, ServerConfig]) -> list[tuple[str, str]]:
+    """Servers that would listen on the same address and transport."""
+    owners: dict[tuple[str, str, int], list[str]] = defaultdict(list)
+    for name, server in servers.items():
+        if server.bind.port == 0:
+            continue
+        key = (_socket_family(server.protocol), server.bind.listen_host, server.bind.port)
+        owners[key].append(name)
+    found = []
+    for (family, _, _), names in owners.items():
+        for name in names[1:]:
+            found.append(
+                (
+                    join(join("servers", name), "bind"),
+                    f'"{servers[name].bind}" ({family}) is already bound by server "{names[0]}"',
+                )
+            )
+    return found

@@ -1,0 +1,341 @@
+"""
+The TCP relay: one L{Relay} per accepted client, joining a L{ClientSide}
+protocol (the accepted connection) to a L{BackendSide} protocol (the
+connection to the chosen backend).
+
+Flow control is Twisted's producer/consumer: each transport is registered as
+the producer of the other, so a slow reader pauses the fast writer and no
+buffer grows without bound.  Half-close is relayed both ways.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from balancer.backends import Backend
+    from balancer.server import ServerService
+
+log = Logger()
+_relay_ids = itertools.count(1)
+
+
+def finish_writing(transport: Any, *, half: bool) -> None:
+    """
+    Flush C{transport} and then close it (or only its write side, if C{half}).
+
+    Its producer is unregistered first: the peer it stood for has nothing more
+    to send, and a transport with a paused producer would otherwise wait for
+    that producer forever instead of closing.
+    """
+    transport.unregisterProducer()
+    if half:
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
+
+
+class IdleTimer:
+    """
+    Calls C{on_idle} once no activity was recorded for C{timeout} seconds.
+
+    Activity is recorded with L{touch}, which only stores a timestamp, so the
+    cost per relayed chunk is one clock read; the timer reschedules itself.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self.last = clock.seconds()
+        self._call: IDelayedCall | None = clock.callLater(timeout, self._check)
+
+    def touch(self) -> None:
+        """Record activity now."""
+        self.last = self._clock.seconds()
+
+    def cancel(self) -> None:
+        """Stop watching."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _check(self) -> None:
+        idle = self._clock.seconds() - self.last
+        if idle >= self._timeout:
+            self._call = None
+            self._on_idle()
+        else:
+            self._call = self._clock.callLater(self._timeout - idle, self._check)
+
+
+@implementer(IHalfCloseableProtocol)
+class _Side(Protocol):
+    """One end of a relay; tracks its half-closed directions."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.read_closed = False
+        self.write_closed = False
+        self.lost = False
+
+    def readConnectionLost(self) -> None:
+        """The peer shut down its write side: pass the end-of-stream on."""
+        self.read_closed = True
+        self.relay.read_closed(self)
+
+    def writeConnectionLost(self) -> None:
+        """Our write side is shut; with both directions done, close."""
+        self.write_closed = True
+        if self.read_closed:
+            finish_writing(self.transport, half=False)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Tell the relay this end is gone."""
+        self.lost = True
+        self.relay.side_lost(self)
+
+
+class ClientSide(_Side):
+    """The accepted client connection of a relay."""
+
+    def connectionMade(self) -> None:
+        """A client arrived: admit it and start connecting to a backend."""
+        self.relay.client_connected()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the client go to the backend, counted as tx."""
+        relay = self.relay
+        peer = relay.backend_side
+        if peer is None:
+            relay.early_data.append(data)
+            return
+        peer.transport.write(data)
+        relay.count_tx(len(data))
+
+
+class BackendSide(_Side):
+    """The connection from the balancer to the chosen backend."""
+
+    def connectionMade(self) -> None:
+        """The backend accepted: start relaying."""
+        self.relay.backend_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the backend go to the client, counted as rx."""
+        relay = self.relay
+        relay.client.transport.write(data)
+        relay.count_rx(len(data))
+
+
+class _BackendConnector(ClientFactory):
+    """Builds the L{BackendSide} of one relay and reports a failed connect."""
+
+    noisy = False
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def buildProtocol(self, addr: Any) -> BackendSide:
+        side = BackendSide(self.relay)
+        side.factory = self
+        return side
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.relay.connect_failed(reason)
+
+
+class Relay:
+    """
+    One client's session: admission, backend choice with retries, relaying,
+    idle timeouts and accounting.
+
+    @ivar id: a number unique in this process (the /v1 session id).
+    @ivar backend: the backend connected (or being connected) to, if any.
+    @ivar rx: bytes relayed from the backend to the client.
+    @ivar tx: bytes relayed from the client to the backend.
+    """
+
+    def __init__(self, server: ServerService) -> None:
+        self.id = next(_relay_ids)
+        self.server = server
+        self.client = ClientSide(self)
+        self.backend_side: BackendSide | None = None
+        self.backend: Backend | None = None
+        self.started_at = server.clock.seconds()
+        self.rx = 0
+        self.tx = 0
+        self.early_data: list[bytes] = []
+        self._tried: set[str] = set()
+        self._connector: Any = None
+        self._admitted = False
+        self._client_idle: IdleTimer | None = None
+        self._backend_idle: IdleTimer | None = None
+
+    @property
+    def client_address(self) -> Any:
+        """The client's address (an C{IAddress})."""
+        return self.client.transport.getPeer()
+
+    # Admission and backend choice
+
+    def client_connected(self) -> None:
+        """Admit the client (limits first), then connect to a backend."""
+        server = self.server
+        if not server.admit(self):
+            self.client.transport.loseConnection()
+            return
+        self._admitted = True
+        self.client.transport.pauseProducing()
+        self._connect_next()
+
+    def _connect_next(self) -> None:
+        backend = self.server.choose_backend(self.client_address.host, self._tried)
+        if backend is None:
+            self.server.counters.no_backend += 1
+            log.warn(
+                "{server}: no backend could take client {client}",
+                server=self.server.name,
+                client=self.client_address.host,
+            )
+            self.client.transport.loseConnection()
+            return
+        self._tried.add(backend.key)
+        self.backend = backend
+        backend.counters.active_connections += 1
+        self._connector = self.server.connect(backend, _BackendConnector(self))
+
+    def connect_failed(self, reason: Failure) -> None:
+        """The backend refused or timed out: count it and try the next one."""
+        backend = self.backend
+        assert backend is not None
+        backend.counters.active_connections -= 1
+        self.backend = None
+        self._connector = None
+        self.server.backend_released(backend)
+        if self.client.lost:
+            return
+        backend.counters.refused_connections += 1
+        log.info(
+            "{server}: backend {backend} refused client {client}: {why}",
+            server=self.server.name,
+            backend=backend.key,
+            client=self.client_address.host,
+            why=reason.getErrorMessage(),
+        )
+        self._connect_next()
+
+    def backend_connected(self, side: BackendSide) -> None:
+        """Join the two transports and let bytes flow."""
+        self._connector = None
+        self.backend_side = side
+        assert self.backend is not None
+        self.backend.counters.total_connections += 1
+        client, backend = self.client.transport, side.transport
+        for transport in (client, backend):
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
+        client.registerProducer(backend, True)
+        backend.registerProducer(client, True)
+        for data in self.early_data:
+            backend.write(data)
+            self.count_tx(len(data))
+        self.early_data = []
+        if self.client.read_closed:
+            finish_writing(backend, half=True)
+        config = self.server.config
+        clock = self.server.clock
+        if config.client_idle_timeout:
+            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
+        if config.backend_idle_timeout:
+            self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
+        client.resumeProducing()
+
+    # Bytes
+
+    def count_tx(self, size: int) -> None:
+        """Account C{size} bytes sent from the client to the backend."""
+        self.tx += size
+        self.server.counters.traffic.tx += size
+        self.backend.counters.traffic.tx += size  # type: ignore[union-attr]
+        if self._client_idle is not None:
+            self._client_idle.touch()
+
+    def count_rx(self, size: int) -> None:
+        """Account C{size} bytes sent from the backend to the client."""
+        self.rx += size
+        self.server.counters.traffic.rx += size
+        self.backend.counters.traffic.rx += size  # type: ignore[union-attr]
+        if self._backend_idle is not None:
+            self._backend_idle.touch()
+
+    # Endings
+
+    def read_closed(self, side: _Side) -> None:
+        """C{side}'s peer finished sending: finish sending to the other end."""
+        peer = self.backend_side if side is self.client else self.client
+        if peer is not None and not peer.lost:
+            finish_writing(peer.transport, half=True)
+        if side.write_closed:
+            finish_writing(side.transport, half=False)
+
+    def side_lost(self, side: _Side) -> None:
+        """One end closed: close the other after it has sent what it holds."""
+        if side is self.client:
+            if self._connector is not None:
+                self._connector.stopConnecting()
+            if self.backend_side is not None and not self.backend_side.lost:
+                finish_writing(self.backend_side.transport, half=False)
+            self._stop_timers()
+            if self._admitted:
+                self.server.relay_ended(self)
+        else:
+            backend = self.backend
+            assert backend is not None
+            backend.counters.active_connections -= 1
+            self.server.backend_released(backend)
+            if not self.client.lost:
+                finish_writing(self.client.transport, half=False)
+
+    def close(self) -> None:
+        """Close both ends now, dropping unsent data (session kill, shutdown)."""
+        self.client.transport.abortConnection()
+        if self.backend_side is not None and not self.backend_side.lost:
+            self.backend_side.transport.abortConnection()
+
+    def _idle(self, which: str) -> Callable[[], None]:
+        def on_idle() -> None:
+            log.info(
+                "{server}: closing relay of {client}: {which} idle",
+                server=self.server.name,
+                client=self.client_address.host,
+                which=which,
+            )
+            finish_writing(self.client.transport, half=False)
+
+        return on_idle
+
+    def _stop_timers(self) -> None:
+        for timer in (self._client_idle, self._backend_idle):
+            if timer is not None:
+                timer.cancel()
+
+
+class RelayFactory(Factory):
+    """Builds a L{Relay} for each client accepted on a server's listener."""
+
+    noisy = False
+
+    def __init__(self, server: ServerService) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: Any) -> ClientSide:
+        return Relay(self.server).client

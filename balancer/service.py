@@ -1,0 +1,119 @@
+"""
+L{BalancerService}: the root of the service tree, one L{ServerService} child
+per configured server, plus the clock that keeps per-second rates.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from balancer.config.schema import Config, ServerConfig
+from balancer.server import BindError, ServerService
+from balancer.stats import RateClock
+
+log = Logger()
+
+
+class UnknownServer(KeyError):
+    """No server has that name."""
+
+
+class ServerExists(ValueError):
+    """A server of that name already exists."""
+
+
+class BalancerService(MultiService):
+    """
+    All servers of one configuration.
+
+    Starting binds every server's listener before anything else runs; one
+    failure unbinds the others and raises L{BindError}.
+    """
+
+    def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.rates = RateClock(reactor)
+        self._rng = rng
+        for name, server in config.servers.items():
+            self._make_server(name, server).setServiceParent(self)
+
+    def _make_server(self, name: str, server: ServerConfig) -> ServerService:
+        service = ServerService(
+            name, server, self.reactor, self.rates, grace=self.config.defaults.shutdown_grace, rng=self._rng
+        )
+        service.setName(name)
+        return service
+
+    def privilegedStartService(self) -> None:
+        """Bind every listener, or none: a failure closes those already bound."""
+        bound: list[ServerService] = []
+        try:
+            for server in self.servers():
+                server.bind()
+                bound.append(server)
+        except BindError:
+            for server in bound:
+                server.stopService()
+            raise
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Start the servers and the rate clock."""
+        super().startService()
+        self.rates.start()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop every server (listeners first, then relays get their grace)."""
+        self.rates.stop()
+        return super().stopService()
+
+    # The control operations the admin API builds on
+
+    def servers(self) -> list[ServerService]:
+        """The running servers, in configuration order."""
+        return list(self)  # type: ignore[arg-type]
+
+    def server(self, name: str) -> ServerService:
+        """
+        The server called C{name}.
+
+        @raise UnknownServer: if there is none.
+        """
+        try:
+            return self.getServiceNamed(name)  # type: ignore[return-value]
+        except KeyError:
+            raise UnknownServer(name) from None
+
+    def add_server(self, name: str, config: ServerConfig) -> ServerService:
+        """
+        Create, bind and start a server.
+
+        @raise ServerExists: if the name is taken (nothing changes).
+        @raise BindError: if it cannot listen (nothing changes).
+        """
+        if name in self.namedServices:
+            raise ServerExists(name)
+        service = self._make_server(name, config)
+        service.bind()
+        service.setServiceParent(self)
+        log.info("server {server} added", server=name)
+        return service
+
+    def remove_server(self, name: str) -> Deferred[None]:
+        """
+        Stop a server: its listener closes and its relays are closed at once.
+
+        @raise UnknownServer: if there is none.
+        """
+        service = self.server(name)
+        service.grace = 0.0
+        stopped = service.disownServiceParent()
+        log.info("server {server} removed", server=name)
+        return stopped if stopped is not None else succeed(None)

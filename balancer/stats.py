@@ -1,0 +1,99 @@
+"""
+Traffic counters and per-second rates (DESIGN §6).
+
+Bytes are counted once, when they move.  Rates are the bytes moved during the
+last whole second: a L{RateClock} snapshots every registered counter once a
+second on the injected reactor clock, so tests drive it with C{task.Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+
+@attrs.define(eq=False)
+class Traffic:
+    """
+    Bytes moved in each direction, and the rate over the last second.
+
+    @ivar rx: bytes received from backends (relayed to clients).
+    @ivar tx: bytes transmitted to backends (received from clients).
+    """
+
+    rx: int = 0
+    tx: int = 0
+    rx_second: int = 0
+    tx_second: int = 0
+    _rx_mark: int = 0
+    _tx_mark: int = 0
+
+    def tick(self) -> None:
+        """Close one second: the rate is what moved since the previous tick."""
+        self.rx_second = self.rx - self._rx_mark
+        self.tx_second = self.tx - self._tx_mark
+        self._rx_mark = self.rx
+        self._tx_mark = self.tx
+
+
+@attrs.define(eq=False)
+class BackendCounters:
+    """The per-backend statistics of gobetween's C{/servers/<name>/stats}."""
+
+    traffic: Traffic = attrs.Factory(Traffic)
+    total_connections: int = 0
+    active_connections: int = 0
+    refused_connections: int = 0
+
+
+@attrs.define(eq=False)
+class ServerCounters:
+    """
+    Per-server statistics: gobetween's fields plus the refusals /v1 and /metrics show.
+
+    @ivar over_limit: clients closed because C{max_connections} was reached.
+    @ivar no_backend: clients closed because no backend could take them.
+    @ivar denied: clients refused by access rules.
+    """
+
+    traffic: Traffic = attrs.Factory(Traffic)
+    active_connections: int = 0
+    total_connections: int = 0
+    over_limit: int = 0
+    no_backend: int = 0
+    denied: int = 0
+
+
+class RateClock:
+    """Ticks the L{Traffic} counters of registered sources once a second."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._sources: list[Callable[[], Iterable[Traffic]]] = []
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def add(self, source: Callable[[], Iterable[Traffic]]) -> None:
+        """Keep the rates of the counters C{source()} returns up to date."""
+        self._sources.append(source)
+
+    def remove(self, source: Callable[[], Iterable[Traffic]]) -> None:
+        """Stop updating the counters of C{source}."""
+        self._sources.remove(source)
+
+    def start(self) -> None:
+        """Begin ticking; the first rates appear one second later."""
+        if not self._loop.running:
+            self._loop.start(1.0, now=False)
+
+    def stop(self) -> None:
+        """Stop ticking."""
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        for source in list(self._sources):
+            for traffic in source():
+                traffic.tick()

@@ -1,0 +1,88 @@
+"""
+The twistd entry point: C{Options} parses the command line and loads the
+configuration; C{makeService} builds the service tree without doing any I/O.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from balancer import __version__
+from balancer.config import Config, ConfigError, read_config_file
+from balancer.demo import demo_service, loopback_backends
+from balancer.server import BindError
+from balancer.service import BalancerService
+
+
+class Options(usage.Options):
+    """C{twistd balancer} options."""
+
+    synopsis = "[--config=FILE] [--check] [--demo]"
+    optParameters = [
+        ["config", "c", "etc/balancer.toml", "The configuration file (TOML, or JSON if it ends in .json)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the configuration, print the result and exit (0: valid, 1: invalid)."],
+        ["demo", None, "Also start demo backends on the configuration's loopback backend addresses."],
+    ]
+
+    def opt_version(self) -> None:
+        """Print the balancer's version and exit."""
+        print(f"balancer {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        """
+        Load and validate the configuration.
+
+        Every problem is printed to stderr, one per line, and the process exits
+        with status 1 before anything binds.  With C{--check}, a valid file
+        exits 0 at once.
+        """
+        try:
+            self["loaded"] = read_config_file(self["config"])
+        except ConfigError as e:
+            for line in e.lines():
+                print(line, file=sys.stderr)
+            raise SystemExit(1)
+        if self["check"]:
+            servers = len(self["loaded"].servers)
+            print(f"{self['config']}: configuration is valid ({servers} servers)")
+            raise SystemExit(0)
+
+
+class _ExitOnBindError(MultiService):
+    """The root service: a listener that cannot bind at start ends the process with status 1."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except BindError as e:
+            print(f"balancer: {e}", file=sys.__stderr__)
+            raise SystemExit(1)
+
+
+def build_service(config: Config, reactor: Any, *, demo: bool = False) -> MultiService:
+    """
+    The whole service tree for C{config}: the balancer and, with C{demo}, its demo backends.
+
+    Nothing binds or connects until the tree is started.
+    """
+    root = _ExitOnBindError()
+    if demo:
+        demo_service(loopback_backends(config), reactor).setServiceParent(root)
+    balancer = BalancerService(config, reactor)
+    balancer.setName("balancer")
+    balancer.setServiceParent(root)
+    return root
+
+
+def makeService(options: Options) -> IService:
+    """twistd's hook: build the service tree from parsed options."""
+    from twisted.internet import reactor
+
+    return build_service(options["loaded"], reactor, demo=bool(options["demo"]))

@@ -1,0 +1,26 @@
+"""Packaging for balancer: the library packages and the twistd plugin."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="balancer",
+    version="0.1.0",
+    description="An L4 load balancer (TCP, TLS, UDP) on Twisted, configured like gobetween",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["balancer", "balancer.*", "admin", "admin.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["balancer_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+        "toml>=0.10",
+        "service-identity>=23.1",
+        "pyopenssl>=23.2",
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "test": [],
+    },
+)

@@ -1,0 +1,82 @@
+"""Small real-socket TCP clients and servers for integration tests (127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+
+@implementer(IHalfCloseableProtocol)
+class Collector(Protocol):
+    """Sends a payload, optionally shuts down its write side, and collects the answer until close."""
+
+    def __init__(self, payload: bytes, half_close: bool) -> None:
+        self.payload = payload
+        self.half_close = half_close
+        self.received: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.payload:
+            self.transport.write(self.payload)
+        if self.half_close:
+            self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+def exchange(port: int, payload: bytes = b"", *, half_close: bool = True, host: str = "127.0.0.1",
+             bind_host: str | None = None) -> Deferred[bytes]:
+    """Connect to C{host:port}, send C{payload}, and fire with everything received until close."""
+    bind = (bind_host, 0) if bind_host else None
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=10, bindAddress=bind)
+    collector = Collector(payload, half_close)
+    connected = connectProtocol(endpoint, collector)
+    connected.addCallback(lambda _: collector.done)
+    return connected
+
+
+@implementer(IHalfCloseableProtocol)
+class Echo(Protocol):
+    """Echoes everything; closes once the peer has finished sending."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class Named(Protocol):
+    """Answers every connection with a fixed name and closes."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.factory.name)
+        self.transport.loseConnection()
+
+
+def listen(protocol: type[Protocol], **attributes: Any) -> Deferred[Any]:
+    """Listen on 127.0.0.1 port 0 with C{protocol}; fires with the listening port."""
+    factory = Factory.forProtocol(protocol)
+    for key, value in attributes.items():
+        setattr(factory, key, value)
+    return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)

@@ -1,0 +1,90 @@
+"""Running real peer processes from tests: twistd, with bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+
+
+def twistd_path() -> str:
+    """The C{twistd} script installed beside the running Python."""
+    return os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def source_env() -> dict[str, str]:
+    """The environment for a child that runs this checkout's code (not an older installed copy)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
+def run_twistd(*args: str, cwd: str, installed_only: bool = False) -> Deferred[tuple[bytes, bytes, int]]:
+    """
+    Run C{twistd ARGS} to completion; fires with (stdout, stderr, exit code).
+
+    @param installed_only: run only what C{pip install} put in the environment,
+        so the test shows that the installed package works on its own.
+    """
+    env = dict(os.environ) if installed_only else source_env()
+    return getProcessOutputAndValue(twistd_path(), args, env=env, path=cwd, reactor=reactor)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WatchedProcess(ProcessProtocol):
+    """
+    A child process whose output is collected; L{seen} fires when a line
+    containing a given text appears, and L{ended} when the process exits.
+    """
+
+    def __init__(self, marker: bytes) -> None:
+        self.output = b""
+        self._marker = marker
+        self.seen: Deferred[None] = Deferred()
+        self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.seen.called and self._marker in self.output:
+            self.seen.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        value = getattr(reason, "value", None)
+        if not self.seen.called:
+            self.seen.errback(RuntimeError(f"process ended before {self._marker!r}:\n{self.output.decode()}"))
+        self.ended.callback((getattr(value, "exitCode", None), getattr(value, "signal", None)))
+
+    def stop(self) -> Deferred[tuple[int | None, int | None]]:
+        """
+        Send SIGTERM to the process (we started it) and wait for it to exit.
+
+        Fires with (exit code, signal): twistd ends a graceful SIGTERM shutdown
+        by re-raising the signal, so a clean stop is (None, SIGTERM).
+        """
+        if self.transport.pid is not None:
+            os.kill(self.transport.pid, signal.SIGTERM)
+        return self.ended
+
+
+def spawn_twistd(marker: bytes, *args: str, cwd: str) -> WatchedProcess:
+    """Start C{twistd ARGS}; the returned protocol watches for C{marker}."""
+    protocol = WatchedProcess(marker)
+    reactor.spawnProcess(protocol, twistd_path(), [twistd_path(), *args], env=source_env(), path=cwd)
+    return protocol

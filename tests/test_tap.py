@@ -1,0 +1,165 @@
+"""The twistd plugin: option parsing, the service tree, exit codes, and --demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from balancer.config.load import parse_config
+from balancer.server import ServerService
+from balancer.service import BalancerService
+from balancer.tap import Options, build_service
+from tests.clients import exchange
+from tests.helpers import ROOT, fixture
+from tests.processes import free_port, run_twistd, spawn_twistd
+
+TWO_SERVERS = b"""
+[servers.one]
+bind = "127.0.0.1:3000"
+[servers.one.discovery]
+kind = "static"
+static_list = ["127.0.0.1:9001"]
+[servers.two]
+bind = "127.0.0.1:3001"
+balance = "leastconn"
+[servers.two.discovery]
+kind = "static"
+static_list = ["127.0.0.1:9002", "127.0.0.1:9003"]
+"""
+
+
+def write_config(test: SynchronousTestCase, text: str) -> str:
+    """Write a configuration file in a temporary directory; returns its path."""
+    path = os.path.abspath(test.mktemp() + ".toml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """makeService builds the tree and does no I/O."""
+
+    def test_oneChildPerServerAndNoIO(self) -> None:
+        memory = MemoryReactorClock()
+        root = build_service(parse_config(TWO_SERVERS, "x"), memory)
+        balancer = root.getServiceNamed("balancer")
+        self.assertIsInstance(balancer, BalancerService)
+        children = list(balancer)
+        self.assertEqual([c.name for c in children], ["one", "two"])
+        self.assertTrue(all(isinstance(c, ServerService) for c in children))
+        self.assertEqual((memory.tcpServers, memory.tcpClients, memory.getDelayedCalls()), ([], [], []))
+
+    def test_startBindsEveryServer(self) -> None:
+        memory = MemoryReactorClock()
+        root = build_service(parse_config(TWO_SERVERS, "x"), memory)
+        root.privilegedStartService()
+        root.startService()
+        self.assertEqual([(port, iface) for port, _, _, iface in memory.tcpServers],
+                         [(3000, "127.0.0.1"), (3001, "127.0.0.1")])
+
+    def test_demoAddsBackendsOnLoopbackAddresses(self) -> None:
+        memory = MemoryReactorClock()
+        root = build_service(parse_config(TWO_SERVERS, "x"), memory, demo=True)
+        root.privilegedStartService()
+        ports = sorted(port for port, _, _, _ in memory.tcpServers)
+        self.assertEqual(ports, [3000, 3001, 9001, 9002, 9003])
+
+    def test_optionsLoadConfig(self) -> None:
+        options = Options()
+        options.parseOptions(["--config", os.path.join(ROOT, "etc", "balancer.toml")])
+        self.assertEqual(list(options["loaded"].servers), ["sample"])
+
+    def test_optionsBadConfigExits1(self) -> None:
+        options = Options()
+        with self.assertRaises(SystemExit) as caught:
+            options.parseOptions(["--config", fixture("bad", "three_errors.toml")])
+        self.assertEqual(caught.exception.code, 1)
+
+
+class TwistdTests(TestCase):
+    """twistd itself, as an operator runs it (the installed plugin)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_twistdListsPlugin(self) -> None:
+        """Run from an unrelated directory, so only the installed plugin can be found."""
+        out, err, code = yield run_twistd("--help", cwd=tempfile.gettempdir(), installed_only=True)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"balancer", out)
+
+    @inlineCallbacks
+    def test_checkValid(self) -> None:
+        out, err, code = yield run_twistd(
+            "balancer", "--check", "--config", os.path.join(ROOT, "etc", "balancer.toml"), cwd=ROOT
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"configuration is valid (1 servers)", out)
+
+    @inlineCallbacks
+    def test_checkInvalidPrintsEveryError(self) -> None:
+        path = fixture("bad", "three_errors.toml")
+        out, err, code = yield run_twistd("balancer", "--check", "--config", path, cwd=ROOT)
+        self.assertEqual(code, 1)
+        lines = err.decode().strip().splitlines()
+        self.assertEqual(len(lines), 3, err)
+        self.assertTrue(lines[0].startswith(f"{path}: servers.web.bind: "))
+        self.assertNotIn("Traceback", err.decode())
+
+    @inlineCallbacks
+    def test_missingFileIsOneLine(self) -> None:
+        out, err, code = yield run_twistd("-n", "balancer", "--config", "/nonexistent.toml", cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.decode().strip(), "/nonexistent.toml: cannot read the configuration file: No such file or directory"
+        )
+
+    @inlineCallbacks
+    def test_bindFailureExits1NamingServerAndAddress(self) -> None:
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        port = taken.getHost().port
+        path = write_config(self, f"""
+[servers.web]
+bind = "127.0.0.1:{port}"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:1"]
+""")
+        out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertIn(f'balancer: server "web": cannot listen on 127.0.0.1:{port}: '.encode(), err)
+        self.assertNotIn(b"Traceback", err)
+
+    @inlineCallbacks
+    def test_demoServesThroughTheBalancer(self) -> None:
+        """twistd -n balancer --demo: three named backends answer in turn through one port."""
+        front, *backs = (free_port() for _ in range(4))
+        path = write_config(self, f"""
+[servers.demo]
+bind = "127.0.0.1:{front}"
+balance = "roundrobin"
+[servers.demo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{backs[0]}", "127.0.0.1:{backs[1]}", "127.0.0.1:{backs[2]}"]
+""")
+        process = spawn_twistd(b"demo: listening on", "-n", "--pidfile=", "balancer", "--config", path,
+                               "--demo", cwd=ROOT)
+        self.addCleanup(process.stop)
+        yield process.seen
+        answers = []
+        for _ in range(3):
+            answer = yield exchange(front, b"GET / HTTP/1.0\r\n\r\n", half_close=False)
+            answers.append(answer.split(b"\r\n\r\n", 1)[1])
+        self.assertEqual(sorted(answers), sorted(f"hello from demo-{i} (127.0.0.1:{p})\n".encode()
+                                                 for i, p in enumerate(backs, start=1)))
+        ended = yield process.stop()
+        self.assertEqual(ended, (None, signal.SIGTERM), process.output.decode())
+        self.assertIn(b"Main loop terminated.", process.output)
