@@ -13,9 +13,11 @@ from twisted.python import usage
 
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
+from balancer.control import Controller, load_effective
 from balancer.demo import demo_service, loopback_backends
 from balancer.server import BindError
 from balancer.service import BalancerService
+from balancer.state import RuntimeChanges
 
 
 class Options(usage.Options):
@@ -44,7 +46,9 @@ class Options(usage.Options):
         exits 0 at once.
         """
         try:
-            self["loaded"] = read_config_file(self["config"])
+            configured = read_config_file(self["config"])
+            self["configured"] = configured
+            self["loaded"], self["changes"] = load_effective(configured, self["config"])
         except ConfigError as e:
             for line in e.lines():
                 print(line, file=sys.stderr)
@@ -66,11 +70,23 @@ class _ExitOnBindError(MultiService):
             raise SystemExit(1)
 
 
-def build_service(config: Config, reactor: Any, *, demo: bool = False) -> MultiService:
+def build_service(
+    config: Config,
+    reactor: Any,
+    *,
+    demo: bool = False,
+    config_path: str = "",
+    configured: Config | None = None,
+    changes: RuntimeChanges | None = None,
+) -> MultiService:
     """
-    The whole service tree for C{config}: the balancer and, with C{demo}, its demo backends.
+    The whole service tree for C{config}: the balancer, its control
+    interface and, with C{demo}, its demo backends.
 
     Nothing binds or connects until the tree is started.
+
+    @param config: the effective configuration (file plus runtime state).
+    @param configured: the file alone, when it differs from C{config}.
     """
     root = _ExitOnBindError()
     if demo:
@@ -78,6 +94,9 @@ def build_service(config: Config, reactor: Any, *, demo: bool = False) -> MultiS
     balancer = BalancerService(config, reactor)
     balancer.setName("balancer")
     balancer.setServiceParent(root)
+    root.control = Controller(  # type: ignore[attr-defined]
+        balancer, config, config_path, reactor, configured=configured, changes=changes
+    )
     return root
 
 
@@ -85,4 +104,11 @@ def makeService(options: Options) -> IService:
     """twistd's hook: build the service tree from parsed options."""
     from twisted.internet import reactor
 
-    return build_service(options["loaded"], reactor, demo=bool(options["demo"]))
+    return build_service(
+        options["loaded"],
+        reactor,
+        demo=bool(options["demo"]),
+        config_path=options["config"],
+        configured=options["configured"],
+        changes=options["changes"],
+    )
