@@ -1,0 +1,63 @@
+"""The discovery kinds by their C{kind} name, and how to make one."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from balancer.config.schema import DiscoveryConfig
+from balancer.discovery.base import IDiscovery
+from balancer.discovery.consul import ConsulDiscovery
+from balancer.discovery.docker import DockerDiscovery
+from balancer.discovery.exec import ExecDiscovery
+from balancer.discovery.json_kind import JsonDiscovery
+from balancer.discovery.plaintext import PlaintextDiscovery
+from balancer.discovery.srv import SrvDiscovery
+from balancer.discovery.static import StaticDiscovery
+
+KINDS: Mapping[str, Any] = MappingProxyType(
+    {
+        "static": StaticDiscovery,
+        "exec": ExecDiscovery,
+        "plaintext": PlaintextDiscovery,
+        "json": JsonDiscovery,
+        "srv": SrvDiscovery,
+        "docker": DockerDiscovery,
+        "consul": ConsulDiscovery,
+    }
+)
+"""
+The discovery classes by C{kind}.  Each is called as C{cls(config, reactor)}
+and has C{DEFAULT_TIMEOUT}, the fetch timeout in seconds when the
+configuration's C{timeout} is 0 (0: none).
+"""
+
+
+def _kind(config: DiscoveryConfig) -> Any:
+    try:
+        return KINDS[config.kind]
+    except KeyError:
+        known = ", ".join(KINDS)
+        raise ValueError(f'discovery kind "{config.kind}" is not supported (supported: {known})') from None
+
+
+def make_discovery(config: DiscoveryConfig, reactor: Any) -> IDiscovery:
+    """
+    The discovery that C{config} describes.
+
+    @param reactor: the reactor its lookups use (connections, processes).
+    @raise ValueError: when the kind is not supported (C{lxd}) or its
+        settings cannot work (a plaintext pattern without C{host}/C{port} groups).
+    """
+    discovery: IDiscovery = _kind(config)(config, reactor)
+    return discovery
+
+
+def fetch_timeout(config: DiscoveryConfig) -> float:
+    """
+    How long one fetch may take, in seconds: C{timeout}, or when it is 0 the
+    kind's default (exec 3, consul 2, plaintext/json/srv/docker 5, static: no limit).
+
+    @raise ValueError: when the kind is not supported.
+    """
+    return config.timeout or float(_kind(config).DEFAULT_TIMEOUT)
