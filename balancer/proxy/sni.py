@@ -1,0 +1,283 @@
+"""
+SNI routing: the server name a TLS client asks for, read from its ClientHello
+without terminating TLS, and the backends that may serve that name.
+
+L{parse_client_hello} reads the first bytes of a connection (TLS records of
+content type handshake, RFC 8446 section 5.1, carrying one ClientHello,
+section 4.1.2, whose C{server_name} extension is RFC 6066 section 3).  It is
+pure: the caller keeps the bytes received so far and calls it again on more.
+
+L{SniRouter} is gobetween's C{balance/middleware/sni.go}: it narrows the
+candidates to the backends whose C{sni} matches the name, then leaves the pick
+among them to the server's strategy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import attrs
+from twisted.logger import Logger
+
+from balancer.backends import Backend
+from balancer.config.schema import SniConfig
+
+log = Logger()
+
+_HANDSHAKE = 22
+_CLIENT_HELLO = 1
+_SERVER_NAME = 0
+_HOST_NAME = 0
+_RECORD_HEADER = 5
+_MAX_FRAGMENT = 1 << 14
+
+MAX_HELLO_BYTES = _MAX_FRAGMENT + _RECORD_HEADER
+"""
+The most bytes read for a ClientHello (records included): one full record.
+A hello that is not complete within them is reported malformed, which bounds
+what a connection may make the balancer buffer before a backend is chosen.
+"""
+
+NEED_MORE = "need_more"
+MALFORMED = "malformed"
+COMPLETE = "complete"
+
+
+@attrs.frozen
+class SniResult:
+    """
+    What the first bytes of a connection say.
+
+    @ivar state: L{NEED_MORE} (a valid prefix of a ClientHello; read more),
+        L{MALFORMED} (not TLS, or not a ClientHello that parses) or
+        L{COMPLETE} (a whole ClientHello was parsed).
+    @ivar hostname: with L{COMPLETE}, the requested host name as sent, or
+        C{None} when the hello has no C{server_name} extension.
+    @ivar reason: with L{MALFORMED}, why, for the log.
+    """
+
+    state: str
+    hostname: str | None = None
+    reason: str = ""
+
+
+_NEED_MORE = SniResult(NEED_MORE)
+
+
+class _Malformed(Exception):
+    """Raised inside the parser; becomes a L{MALFORMED} result."""
+
+
+def _malformed(reason: str) -> SniResult:
+    return SniResult(MALFORMED, reason=reason)
+
+
+def parse_client_hello(data: bytes) -> SniResult:
+    """
+    Read the server name from the start of a TLS connection.
+
+    The ClientHello may be split across reads and across several handshake
+    records; each check is made as soon as the bytes it needs are there, so
+    non-TLS input is refused on its first byte.
+
+    @param data: every byte received from the client so far.
+    @return: a L{SniResult}.
+    """
+    message = bytearray()
+    needed: int | None = None
+    offset = 0
+    while True:
+        if len(data) - offset < _RECORD_HEADER:
+            problem = _check_record_header(data[offset:])
+            if problem:
+                return _malformed(problem)
+            return _need_more(data)
+        header = data[offset : offset + _RECORD_HEADER]
+        problem = _check_record_header(header)
+        if problem:
+            return _malformed(problem)
+        length = int.from_bytes(header[3:5], "big")
+        fragment = data[offset + _RECORD_HEADER : offset + _RECORD_HEADER + length]
+        message += fragment
+        if needed is None and len(message) >= 4:
+            if message[0] != _CLIENT_HELLO:
+                return _malformed(f"handshake message type {message[0]} is not a ClientHello (1)")
+            needed = 4 + int.from_bytes(message[1:4], "big")
+            if needed + _RECORD_HEADER > MAX_HELLO_BYTES:
+                return _malformed(f"ClientHello of {needed} bytes is larger than {MAX_HELLO_BYTES - _RECORD_HEADER}")
+        elif needed is None and message and message[0] != _CLIENT_HELLO:
+            return _malformed(f"handshake message type {message[0]} is not a ClientHello (1)")
+        if needed is not None and len(message) >= needed:
+            try:
+                return SniResult(COMPLETE, hostname=_server_name(bytes(message[4:needed])))
+            except _Malformed as e:
+                return _malformed(str(e))
+        if len(fragment) < length:
+            return _need_more(data)
+        offset += _RECORD_HEADER + length
+
+
+def _need_more(data: bytes) -> SniResult:
+    if len(data) >= MAX_HELLO_BYTES:
+        return _malformed(f"no complete ClientHello within {MAX_HELLO_BYTES} bytes")
+    return _NEED_MORE
+
+
+def _check_record_header(header: bytes) -> str:
+    """Why these (up to 5) bytes cannot start a handshake record, or C{""}."""
+    if len(header) >= 1 and header[0] != _HANDSHAKE:
+        return f"not a TLS handshake record (first byte 0x{header[0]:02x})"
+    if len(header) >= 2 and header[1] != 3:
+        return f"not a TLS record version (0x{header[1]:02x}..)"
+    if len(header) >= 5:
+        length = int.from_bytes(header[3:5], "big")
+        if length == 0:
+            return "empty handshake record"
+        if length > _MAX_FRAGMENT:
+            return f"record of {length} bytes is larger than {_MAX_FRAGMENT}"
+    return ""
+
+
+class _Reader:
+    """Reads length-prefixed fields of a ClientHello, raising L{_Malformed} past the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    @property
+    def left(self) -> int:
+        return len(self._data) - self._at
+
+    def take(self, count: int, what: str) -> bytes:
+        if count > self.left:
+            raise _Malformed(f"ClientHello truncated in {what}")
+        chunk = self._data[self._at : self._at + count]
+        self._at += count
+        return chunk
+
+    def number(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what), "big")
+
+    def vector(self, size: int, what: str) -> bytes:
+        return self.take(self.number(size, what), what)
+
+
+def _server_name(body: bytes) -> str | None:
+    """The host name in a ClientHello body (after its 4-byte header), or C{None}."""
+    hello = _Reader(body)
+    hello.take(2 + 32, "version and random")
+    hello.vector(1, "session id")
+    hello.vector(2, "cipher suites")
+    hello.vector(1, "compression methods")
+    if not hello.left:
+        return None
+    extensions = _Reader(hello.vector(2, "extensions"))
+    if hello.left:
+        raise _Malformed("bytes after the extensions")
+    hostname: str | None = None
+    seen: set[int] = set()
+    while extensions.left:
+        kind = extensions.number(2, "extension type")
+        data = extensions.vector(2, "extension data")
+        if kind in seen:
+            raise _Malformed(f"extension {kind} appears twice")
+        seen.add(kind)
+        if kind == _SERVER_NAME:
+            hostname = _host_name(data)
+    return hostname
+
+
+def _host_name(extension: bytes) -> str | None:
+    """The C{host_name} entry of a C{server_name} extension (RFC 6066), checked as Go does."""
+    outer = _Reader(extension)
+    names = _Reader(outer.vector(2, "server name list"))
+    if outer.left or not names.left:
+        raise _Malformed("server_name extension is not one non-empty list")
+    found: str | None = None
+    while names.left:
+        kind = names.number(1, "server name type")
+        name = names.vector(2, "server name")
+        if kind != _HOST_NAME:
+            continue
+        if found is not None:
+            raise _Malformed("more than one host name")
+        if not name:
+            raise _Malformed("empty server name")
+        try:
+            found = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise _Malformed("server name is not ASCII") from None
+        if found.endswith("."):
+            raise _Malformed("server name ends with a dot")
+    return found
+
+
+REJECT = "reject"
+"""Returned by L{SniRouter.choose} when the connection must be closed."""
+
+
+class SniRouter:
+    """
+    Narrows a server's candidate backends by the client's SNI, as gobetween does.
+
+    Backends match the requested name (the empty name when the hello had
+    none) by their C{sni} (the empty name when they have none):
+
+      - C{exact}: the names are equal, ignoring case;
+      - C{regexp}: the backend's C{sni} is a regular expression found
+        anywhere in the name (Go's C{regexp.MatchString}: not anchored, case
+        sensitive); a backend without C{sni} matches only the empty name;
+        an invalid expression matches nothing (and is logged).
+
+    When no backend matches, C{unexpected} decides: C{reject} closes the
+    connection, C{any} offers all candidates, C{default} offers those
+    without C{sni}, or none at all when the hello had no name.  So with
+    C{exact}, a client without SNI goes to the backends without C{sni}.
+    """
+
+    def __init__(self, matching: str = "exact", unexpected: str = "default") -> None:
+        if matching not in ("exact", "regexp"):
+            raise ValueError(f'unknown hostname matching strategy "{matching}" (known: exact, regexp)')
+        if unexpected not in ("default", "reject", "any"):
+            raise ValueError(f'unknown unexpected hostname strategy "{unexpected}" (known: default, reject, any)')
+        self.matching = matching
+        self.unexpected = unexpected
+
+    @classmethod
+    def from_config(cls, config: SniConfig) -> SniRouter:
+        """The router of a C{[sni]} section."""
+        return cls(config.hostname_matching_strategy, config.unexpected_hostname_strategy)
+
+    def choose(self, hostname: str | None, backends: Sequence[Backend]) -> list[Backend] | str:
+        """
+        The backends that may serve C{hostname}, or L{REJECT}.
+
+        @param hostname: the name from L{parse_client_hello}, C{None} without SNI.
+        @param backends: the candidates (live, active, under their limits).
+        @return: the candidates to pick from with the server's strategy (an
+            empty list when none may serve it), or L{REJECT}.
+        """
+        requested = hostname or ""
+        matched = [b for b in backends if self._matches(requested, b.spec.sni or "")]
+        if matched:
+            return matched
+        if self.unexpected == "reject":
+            return REJECT
+        if self.unexpected == "any":
+            return list(backends)
+        if not requested:
+            return []
+        return [b for b in backends if self._matches("", b.spec.sni or "")]
+
+    def _matches(self, requested: str, sni: str) -> bool:
+        if self.matching == "exact":
+            return requested.lower() == sni.lower()
+        if not sni and requested:
+            return False
+        try:
+            return re.search(sni, requested) is not None
+        except re.error as e:
+            log.error("backend sni {sni!r} is not a regular expression: {error}", sni=sni, error=e)
+            return False

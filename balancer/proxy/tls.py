@@ -1,0 +1,414 @@
+"""
+TLS: terminating it for clients (C{[servers.X.tls]}, C{protocol = "tls"}) and
+speaking it to backends (C{[servers.X.backends_tls]}).
+
+Contexts are Twisted's C{CertificateOptions}; backends are verified with
+C{service_identity} through C{optionsForClientTLS}.  The settings follow
+gobetween (Go's C{crypto/tls}):
+
+  - C{min_version}/C{max_version}: C{"tls1"} (or C{"tls1.0"}), C{"tls1.1"},
+    C{"tls1.2"}, C{"tls1.3"}; unset, the minimum is TLS 1.2 (Go's and
+    Twisted's default) and the maximum the newest.  C{"ssl3"} is refused:
+    Go no longer speaks it and OpenSSL cannot.  OpenSSL 3 allows TLS 1.0 and
+    1.1 only at its security level 0, so a context that allows them is put at
+    that level (as an operator who allows them asks for).
+  - C{ciphers}: TLS 1.2-and-older suites by Go's names
+    (C{TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}) or OpenSSL's
+    (C{ECDHE-RSA-AES128-GCM-SHA256}), in order of preference; empty means
+    Twisted's secure default.  An unknown name is an error (gobetween skips
+    it silently).  TLS 1.3 suites are not configurable, as in Go.
+  - C{prefer_server_ciphers}: the server's order always wins, as in Go since
+    1.17, which ignores the setting; it is accepted for compatibility.
+  - C{session_tickets}: session tickets on (the default) or off.
+
+Problems an operator can cause raise L{TLSError}, which names the dotted key;
+L{check_tls_files} collects them for the config loader.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import (
+    IAcceptableCiphers,
+    ICipher,
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from zope.interface import implementer
+
+from balancer.config.schema import BackendsTlsConfig, ServerConfig, TlsConfig
+
+TLSVersion = ssl.TLSVersion
+
+VERSIONS = {
+    "tls1": TLSVersion.TLSv1_0,
+    "tls1.0": TLSVersion.TLSv1_0,
+    "tls1.1": TLSVersion.TLSv1_1,
+    "tls1.2": TLSVersion.TLSv1_2,
+    "tls1.3": TLSVersion.TLSv1_3,
+}
+"""C{min_version}/C{max_version} values and the TLS versions they name."""
+
+GO_CIPHERS = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+"""Go's C{crypto/tls} cipher suite names and OpenSSL's names for the same suites."""
+
+_GO_TLS13 = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+_GO_GONE = ("RC4", "3DES")
+
+
+class TLSError(Exception):
+    """
+    A TLS setting that cannot be used.
+
+    @ivar key: the dotted configuration key, e.g. C{"tls.cert_path"}.
+    @ivar message: what is wrong, naming the bad value.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class _Problems(TLSError):
+    """Several L{TLSError}s at once (a pair whose certificate and key are both bad)."""
+
+    def __init__(self, problems: list[TLSError]) -> None:
+        super().__init__(problems[0].key, problems[0].message)
+        self.problems = problems
+
+
+# Versions
+
+
+def _version(value: str, key: str) -> ssl.TLSVersion | None:
+    """The L{TLSVersion} of a C{min_version}/C{max_version} value (C{None} when unset)."""
+    if not value:
+        return None
+    if value == "ssl3":
+        raise TLSError(key, 'SSL 3.0 is insecure and not supported; use "tls1.2" or later')
+    try:
+        return VERSIONS[value]
+    except KeyError:
+        raise TLSError(key, f'expected one of {", ".join(VERSIONS)}, got "{value}"') from None
+
+
+def _versions(minimum: str, maximum: str, section: str) -> tuple[ssl.TLSVersion | None, ssl.TLSVersion | None]:
+    low = _version(minimum, f"{section}.min_version")
+    high = _version(maximum, f"{section}.max_version")
+    if low is not None and high is not None and low > high:
+        raise TLSError(f"{section}.min_version", f'"{minimum}" is above max_version "{maximum}"')
+    return low, high
+
+
+def _allows_legacy(low: ssl.TLSVersion | None, high: ssl.TLSVersion | None) -> bool:
+    """Whether TLS 1.0 or 1.1 may be negotiated (Twisted lowers the minimum to a lower maximum)."""
+    lowest = low if low is not None else min(TLSVersion.TLSv1_2, high or TLSVersion.TLSv1_2)
+    return lowest < TLSVersion.TLSv1_2
+
+
+# Ciphers
+
+
+@lru_cache(maxsize=1)
+def _openssl_ciphers() -> frozenset[str]:
+    """Every TLS 1.2-and-older cipher suite name this OpenSSL knows."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_cipher_list(b"ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    return frozenset(SSL.Connection(context, None).get_cipher_list()) - set(_GO_TLS13)
+
+
+def _cipher_names(ciphers: Sequence[str], section: str) -> tuple[str, ...]:
+    """OpenSSL's names for the configured suites, in order."""
+    known = _openssl_ciphers()
+    names = []
+    for i, name in enumerate(ciphers):
+        key = f"{section}.ciphers[{i}]"
+        openssl_name = GO_CIPHERS.get(name, name)
+        if openssl_name in known:
+            names.append(openssl_name)
+        elif name in _GO_TLS13:
+            raise TLSError(key, f'"{name}" is a TLS 1.3 suite; those are not configurable (as in Go), remove it')
+        elif any(word in name for word in _GO_GONE):
+            raise TLSError(key, f'"{name}" is a broken cipher suite this OpenSSL no longer offers')
+        else:
+            raise TLSError(
+                key,
+                f'unknown cipher suite "{name}" (use Go names like TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 '
+                "or OpenSSL names like ECDHE-RSA-AES128-GCM-SHA256)",
+            )
+    return tuple(names)
+
+
+@implementer(ICipher)
+@attrs.frozen
+class _Cipher:
+    fullName: str
+
+
+@implementer(IAcceptableCiphers)
+class _Ciphers:
+    """
+    The configured suites (or OpenSSL's DEFAULT list), plus OpenSSL security
+    level 0 when TLS 1.0/1.1 are allowed, without which OpenSSL 3 refuses them.
+    """
+
+    def __init__(self, names: tuple[str, ...], legacy: bool) -> None:
+        self._names = names
+        self._legacy = legacy
+
+    def selectCiphers(self, availableCiphers: Sequence[ICipher]) -> list[ICipher]:
+        """The configured suites in order; OpenSSL's DEFAULT list without any."""
+        if self._names:
+            chosen: list[ICipher] = [_Cipher(name) for name in self._names]
+        else:
+            chosen = list(ssl.AcceptableCiphers.fromOpenSSLCipherString("DEFAULT").selectCiphers(availableCiphers))
+        if self._legacy:
+            chosen.append(_Cipher("@SECLEVEL=0"))
+        return chosen
+
+
+def _acceptable_ciphers(
+    ciphers: Sequence[str], low: ssl.TLSVersion | None, high: ssl.TLSVersion | None, section: str
+) -> IAcceptableCiphers | None:
+    names = _cipher_names(ciphers, section)
+    legacy = _allows_legacy(low, high)
+    return _Ciphers(names, legacy) if names or legacy else None
+
+
+# Certificates and keys
+
+
+@attrs.frozen
+class _Pair:
+    certificate: crypto.X509
+    key: crypto.PKey
+    chain: tuple[crypto.X509, ...]
+
+
+def _read(path: str, key: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSError(key, f'cannot read "{path}": {e.strerror}') from None
+
+
+def _certificates(path: str, key: str) -> list[x509.Certificate]:
+    """The PEM certificates in C{path}, in order."""
+    try:
+        return x509.load_pem_x509_certificates(_read(path, key))
+    except ValueError:
+        raise TLSError(key, f'"{path}" holds no PEM certificate') from None
+
+
+def _private_key(path: str, key: str) -> crypto.PKey:
+    try:
+        loaded = serialization.load_pem_private_key(_read(path, key), password=None)
+    except TypeError:
+        raise TLSError(key, f'"{path}" holds an encrypted key; give an unencrypted one') from None
+    except (ValueError, crypto.Error):
+        raise TLSError(key, f'"{path}" holds no PEM private key') from None
+    try:
+        return crypto.PKey.from_cryptography_key(loaded)  # type: ignore[arg-type]
+    except TypeError:
+        raise TLSError(key, f'"{path}" holds a key of a type TLS cannot use') from None
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _load_pair(cert_path: str, key_path: str, section: str) -> _Pair:
+    """A certificate file (leaf first, then its chain) and the leaf's private key."""
+    problems: list[TLSError] = []
+    certificates: list[x509.Certificate] = []
+    key: crypto.PKey | None = None
+    try:
+        certificates = _certificates(cert_path, f"{section}.cert_path")
+    except TLSError as e:
+        problems.append(e)
+    try:
+        key = _private_key(key_path, f"{section}.key_path")
+    except TLSError as e:
+        problems.append(e)
+    if problems:
+        raise _Problems(problems)
+    assert key is not None
+    if _spki(certificates[0].public_key()) != _spki(key.to_cryptography_key().public_key()):
+        raise TLSError(f"{section}.key_path", f'"{key_path}" is not the key of the certificate in "{cert_path}"')
+    leaf, *chain = (crypto.X509.from_cryptography(c) for c in certificates)
+    return _Pair(leaf, key, tuple(chain))
+
+
+# Contexts
+
+
+def server_context(config: TlsConfig) -> IOpenSSLServerConnectionCreator:
+    """
+    What a listener terminating TLS per C{config} needs (for C{listenSSL},
+    C{TLSMemoryBIOFactory} or C{SSL4ServerEndpoint}).
+
+    @raise TLSError: on a version, cipher, certificate or key that cannot be used.
+    """
+    low, high = _versions(config.min_version, config.max_version, "tls")
+    pair = _load_pair(config.cert_path, config.key_path, "tls")
+    return _build(
+        lambda **options: ssl.CertificateOptions(
+            privateKey=pair.key,
+            certificate=pair.certificate,
+            extraCertChain=list(pair.chain),
+            enableSessionTickets=config.session_tickets,
+            **options,
+        ),
+        low,
+        high,
+        _acceptable_ciphers(config.ciphers, low, high, "tls"),
+        "tls",
+    )
+
+
+def backend_context(config: BackendsTlsConfig, hostname: str) -> IOpenSSLClientConnectionCreator:
+    """
+    What a connection to a backend speaking TLS per C{config} needs (for
+    C{connectSSL} or C{wrapClientTLS}).
+
+    The backend's certificate must chain to C{root_ca_cert_path} (or to the
+    system's trust store when unset) and name C{hostname} (a DNS name or an
+    IP address), unless C{ignore_verify}.  C{hostname} is also sent as SNI
+    when it is a DNS name, as Go does.
+
+    @param hostname: the backend's host as configured.
+    @raise TLSError: on a version, cipher, certificate or key that cannot be used.
+    """
+    low, high = _versions(config.min_version, config.max_version, "backends_tls")
+    ciphers = _acceptable_ciphers(config.ciphers, low, high, "backends_tls")
+    extra: dict[str, object] = {"enableSessionTickets": config.session_tickets}
+    if config.cert_path is not None and config.key_path is not None:
+        pair = _load_pair(config.cert_path, config.key_path, "backends_tls")
+        extra.update(privateKey=pair.key, certificate=pair.certificate, extraCertChain=list(pair.chain))
+    if config.ignore_verify:
+        options = _build(lambda **more: ssl.CertificateOptions(**extra, **more), low, high, ciphers, "backends_tls")
+        return _Unverified(options, hostname)
+    trust = _trust_root(config.root_ca_cert_path)
+
+    def make(**more: object) -> IOpenSSLClientConnectionCreator:
+        return ssl.optionsForClientTLS(hostname, trust, extraCertificateOptions={**extra, **more})
+
+    return _build(make, low, high, ciphers, "backends_tls")
+
+
+def _build(
+    make: Callable[..., object],
+    low: ssl.TLSVersion | None,
+    high: ssl.TLSVersion | None,
+    ciphers: IAcceptableCiphers | None,
+    section: str,
+) -> Any:
+    """Call C{make} with the version and cipher options that are set."""
+    options: dict[str, object] = {}
+    if low is not None:
+        options["insecurelyLowerMinimumTo"] = low
+    if high is not None:
+        options["lowerMaximumSecurityTo"] = high
+    if ciphers is not None:
+        options["acceptableCiphers"] = ciphers
+    try:
+        return make(**options)
+    except ValueError as e:
+        raise TLSError(f"{section}.ciphers", str(e)) from None
+
+
+def _trust_root(path: str | None) -> Any:
+    if path is None:
+        return ssl.platformTrust()
+    certificates = _certificates(path, "backends_tls.root_ca_cert_path")
+    return ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certificates])
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Unverified:
+    """A client creator that does not verify the server, but sends SNI for a DNS name."""
+
+    def __init__(self, options: object, hostname: str) -> None:
+        self._options = options
+        self._server_name = None if isIPAddress(hostname) or isIPv6Address(hostname) else hostname.encode("idna")
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection: SSL.Connection = self._options.clientConnectionForTLS(tlsProtocol)  # type: ignore[attr-defined]
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name)
+        return connection
+
+
+# Load-time checks
+
+
+def check_tls_files(config: ServerConfig) -> list[tuple[str, str]]:
+    """
+    Everything in a server's C{[tls]} and C{[backends_tls]} that
+    L{server_context} or L{backend_context} would refuse: unreadable or
+    invalid certificate and key files, a key that is not the certificate's,
+    an unreadable root CA file, C{ssl3}, a minimum above the maximum, unknown
+    cipher names.
+
+    @return: C{(dotted key, message)} for each problem, for the loader to
+        report with the other configuration errors; empty when all is well.
+    """
+    problems: list[tuple[str, str]] = []
+
+    def attempt(check: Callable[[], object]) -> None:
+        try:
+            check()
+        except _Problems as e:
+            problems.extend((p.key, p.message) for p in e.problems)
+        except TLSError as e:
+            problems.append((e.key, e.message))
+
+    tls = config.tls
+    if tls is not None:
+        attempt(lambda: _versions(tls.min_version, tls.max_version, "tls"))
+        attempt(lambda: _cipher_names(tls.ciphers, "tls"))
+        if tls.cert_path and tls.key_path:
+            attempt(lambda: _load_pair(tls.cert_path, tls.key_path, "tls"))
+    backends = config.backends_tls
+    if backends is not None:
+        attempt(lambda: _versions(backends.min_version, backends.max_version, "backends_tls"))
+        attempt(lambda: _cipher_names(backends.ciphers, "backends_tls"))
+        if backends.cert_path is not None and backends.key_path is not None:
+            cert_path, key_path = backends.cert_path, backends.key_path
+            attempt(lambda: _load_pair(cert_path, key_path, "backends_tls"))
+        if backends.root_ca_cert_path is not None:
+            root = backends.root_ca_cert_path
+            attempt(lambda: _certificates(root, "backends_tls.root_ca_cert_path"))
+    return problems

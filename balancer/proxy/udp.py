@@ -1,0 +1,390 @@
+"""
+The UDP proxy (C{protocol = "udp"}): gobetween's sessions over datagrams.
+
+A client (its address and port) has one current session.  Its first datagram
+picks a backend and opens a connected UDP socket to it; the client's
+datagrams go to the backend through that socket, and whatever the backend
+sends back goes to the client from the server's own address, so the client
+sees answers from where it sent.  Bytes count as C{tx} (client to backend)
+and C{rx} (backend to client) on the backend and the server; each session
+counts as one connection of each.
+
+A session ends:
+
+  - after C{client_idle_timeout} without a datagram from the client, or
+    C{backend_idle_timeout} without one from the backend (whichever are
+    set; with neither, after L{DEFAULT_IDLE_TIMEOUT} without traffic either
+    way, so sessions cannot pile up: gobetween requires one of the four
+    limits, and this default makes a session with only C{max_*} limits end
+    too);
+  - right after the C{max_responses}-th datagram from the backend
+    (C{max_responses = 1} for DNS: one answer, then the socket closes);
+  - when the backend refuses (ICMP port unreachable), counted in its
+    C{refused_connections}.
+
+After C{max_requests} datagrams from the client the session takes no more
+from it: the client's next datagram opens a new session (and may pick
+another backend), while the old one still relays answers until one of the
+endings above.  gobetween documents the same ("accepts no more requests than
+max_requests and closes session"); its code instead sends single datagrams
+without reading answers when C{max_requests = 1} and does not enforce larger
+values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from balancer.backends import Backend
+from balancer.config.schema import ServerConfig, UdpConfig
+from balancer.proxy.access import AccessRules
+from balancer.proxy.tcp import IdleTimer
+from balancer.stats import ServerCounters
+
+log = Logger()
+
+DEFAULT_IDLE_TIMEOUT = 30.0
+"""Seconds without traffic after which a session ends when no idle timeout is configured."""
+
+MAX_DATAGRAM = 65535
+"""The largest datagram read, on the listening socket and on backend sockets."""
+
+_MAX_PENDING = 64
+"""Client datagrams kept while a backend's host name resolves; more are dropped."""
+
+Address = tuple[str, int]
+
+
+class UdpSession:
+    """
+    One client's exchange with one backend.
+
+    @ivar client: the client's C{(host, port)}.
+    @ivar backend: the backend chosen for it.
+    @ivar requests: datagrams received from the client.
+    @ivar responses: datagrams relayed from the backend.
+    @ivar tx: bytes sent to the backend.
+    @ivar rx: bytes relayed to the client.
+    @ivar ended: whether the session is over.
+    @ivar closed: fires once the session has ended and its backend socket is closed.
+    """
+
+    def __init__(self, proxy: UdpProxy, client: Address, backend: Backend) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.backend = backend
+        self.started_at = proxy.clock.seconds()
+        self.requests = 0
+        self.responses = 0
+        self.tx = 0
+        self.rx = 0
+        self.ended = False
+        self.closed: Deferred[None] = Deferred()
+        self._port: Any = None
+        self._opened = False
+        self._pending: list[bytes] = []
+        self._on_client: list[IdleTimer] = []
+        self._on_backend: list[IdleTimer] = []
+
+    def start(self) -> None:
+        """Start the idle timers and open the socket to the backend (resolving its host first if needed)."""
+        proxy = self.proxy
+        if proxy.client_idle_timeout:
+            self._on_client.append(IdleTimer(proxy.clock, proxy.client_idle_timeout, self._idle("client")))
+        if proxy.backend_idle_timeout:
+            self._on_backend.append(IdleTimer(proxy.clock, proxy.backend_idle_timeout, self._idle("backend")))
+        if not (self._on_client or self._on_backend):
+            timer = IdleTimer(proxy.clock, DEFAULT_IDLE_TIMEOUT, self._idle("session"))
+            self._on_client.append(timer)
+            self._on_backend.append(timer)
+        host = self.backend.host
+        if isIPAddress(host) or isIPv6Address(host):
+            self._connect(host)
+        else:
+            proxy.reactor.resolve(host).addCallbacks(self._connect, self._unresolved)
+
+    def _connect(self, ip: str) -> None:
+        if self.ended:
+            return
+        interface = "::" if isIPv6Address(ip) else "0.0.0.0"
+        try:
+            port = self.proxy.reactor.listenUDP(0, _BackendSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
+        except CannotListenError as e:
+            self.end(f"cannot open a socket to the backend: {e.socketError}")
+            return
+        self._port = port
+        self._opened = True
+        try:
+            port.connect(ip, self.backend.port)
+        except OSError as e:
+            self.end(f"cannot reach the backend: {e}")
+            return
+        pending, self._pending = self._pending, []
+        for data in pending:
+            if self.ended:
+                break
+            self._send(data)
+
+    def _unresolved(self, reason: Failure) -> None:
+        self.end(f"cannot resolve {self.backend.host}: {reason.getErrorMessage()}")
+
+    def from_client(self, data: bytes) -> None:
+        """A datagram from the client: send it to the backend."""
+        if self.ended:
+            return
+        self.requests += 1
+        for timer in self._on_client:
+            timer.touch()
+        if self._port is not None:
+            self._send(data)
+        elif len(self._pending) < _MAX_PENDING:
+            self._pending.append(data)
+        limit = self.proxy.max_requests
+        if limit and self.requests >= limit:
+            self.proxy.retire(self)
+
+    def _send(self, data: bytes) -> None:
+        self._port.write(data)
+        if self.ended:  # the write found the backend refusing
+            return
+        size = len(data)
+        self.tx += size
+        self.backend.counters.traffic.tx += size
+        self.proxy.counters.traffic.tx += size
+
+    def from_backend(self, data: bytes) -> None:
+        """A datagram from the backend: relay it to the client."""
+        if self.ended:
+            return
+        proxy = self.proxy
+        proxy.transport.write(data, self.client)
+        size = len(data)
+        self.rx += size
+        self.backend.counters.traffic.rx += size
+        proxy.counters.traffic.rx += size
+        self.responses += 1
+        for timer in self._on_backend:
+            timer.touch()
+        limit = proxy.max_responses
+        if limit and self.responses >= limit:
+            self.end("max_responses reached")
+
+    def refused(self) -> None:
+        """The backend's host said nothing listens on its port (ICMP unreachable)."""
+        self.backend.counters.refused_connections += 1
+        self.end("backend refused")
+
+    def socket_closed(self) -> None:
+        """
+        The backend socket closed.  Unasked, that is an ICMP error that the
+        reactor reported as a closed socket (epoll does), so it counts as a refusal.
+        """
+        self._port = None
+        if not self.ended:
+            self.refused()
+        self.closed.callback(None)
+
+    def end(self, why: str) -> None:
+        """Close the backend socket and stop counting this session."""
+        if self.ended:
+            return
+        self.ended = True
+        for timer in self._on_client + self._on_backend:
+            timer.cancel()
+        if self._port is not None:
+            self._port.stopListening()
+        elif not self._opened:
+            self.closed.callback(None)
+        self._pending = []
+        log.debug(
+            "{server}: UDP session {client} -> {backend} ended: {why}",
+            server=self.proxy.name,
+            client=self.client,
+            backend=self.backend.key,
+            why=why,
+        )
+        self.proxy.session_ended(self)
+
+    def _idle(self, which: str) -> Callable[[], None]:
+        return lambda: self.end(f"{which} idle")
+
+
+class _BackendSide(DatagramProtocol):
+    """The connected socket of one session to its backend."""
+
+    noisy = False
+
+    def __init__(self, session: UdpSession) -> None:
+        self.session = session
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.session.from_backend(datagram)
+
+    def connectionRefused(self) -> None:
+        self.session.refused()
+
+    def stopProtocol(self) -> None:
+        self.session.socket_closed()
+
+
+class UdpProxy(DatagramProtocol):
+    """
+    A UDP server's listening protocol: listen with
+    C{reactor.listenUDP(port, proxy, interface=host)}.
+
+    @ivar sessions: each client's current session, by C{(host, port)}.
+    @ivar counters: the server's statistics, updated as datagrams move.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        choose: Callable[[str], Backend | None],
+        counters: ServerCounters,
+        *,
+        reactor: Any,
+        clock: IReactorTime | None = None,
+        name: str = "udp",
+        max_requests: int = 0,
+        max_responses: int = 0,
+        client_idle_timeout: float = 0.0,
+        backend_idle_timeout: float = 0.0,
+        access: AccessRules | None = None,
+        released: Callable[[Backend], None] | None = None,
+    ) -> None:
+        """
+        @param choose: picks the backend for a new session from the client's
+            IP (the server's strategy over its candidates), C{None} if none.
+        @param counters: the server's counters.
+        @param reactor: listens and resolves (C{IReactorUDP}, C{IReactorCore}).
+        @param clock: runs the idle timers; the reactor when not given.
+        @param name: the server's name, for the log.
+        @param max_requests: datagrams a session takes from its client (0: no limit).
+        @param max_responses: datagrams a session relays from its backend (0: no limit).
+        @param client_idle_timeout: seconds (0: none), see the module docstring.
+        @param backend_idle_timeout: seconds (0: none).
+        @param access: client rules; a refused client's datagrams are dropped.
+        @param released: called with the backend when a session ends.
+        """
+        self.choose = choose
+        self.counters = counters
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.name = name
+        self.max_requests = max_requests
+        self.max_responses = max_responses
+        self.client_idle_timeout = client_idle_timeout
+        self.backend_idle_timeout = backend_idle_timeout
+        self.access = access
+        self.released = released
+        self.sessions: dict[Address, UdpSession] = {}
+        self._live: set[UdpSession] = set()
+        self._closing: set[Deferred[None]] = set()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ServerConfig,
+        choose: Callable[[str], Backend | None],
+        counters: ServerCounters,
+        *,
+        reactor: Any,
+        clock: IReactorTime | None = None,
+        name: str = "udp",
+        released: Callable[[Backend], None] | None = None,
+    ) -> UdpProxy:
+        """The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied)."""
+        udp = config.udp if config.udp is not None else UdpConfig()
+        return cls(
+            choose,
+            counters,
+            reactor=reactor,
+            clock=clock,
+            name=name,
+            max_requests=udp.max_requests,
+            max_responses=udp.max_responses,
+            client_idle_timeout=config.client_idle_timeout or 0.0,
+            backend_idle_timeout=config.backend_idle_timeout or 0.0,
+            access=AccessRules.from_config(config.access) if config.access is not None else None,
+            released=released,
+        )
+
+    def startProtocol(self) -> None:
+        """Read datagrams of any size, not Twisted's default 8 KiB."""
+        self.transport.maxPacketSize = MAX_DATAGRAM
+
+    def stopProtocol(self) -> None:
+        """The listener closed: end every session."""
+        self.close_all()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """A datagram from a client: to its session, opening one if needed."""
+        client: Address = (addr[0], addr[1])
+        session = self.sessions.get(client)
+        if session is None:
+            session = self._open(client)
+            if session is None:
+                return
+        session.from_client(datagram)
+
+    def _open(self, client: Address) -> UdpSession | None:
+        host = client[0]
+        if self.access is not None and not self.access.allows(host):
+            self.counters.denied += 1
+            log.debug("{server}: UDP client {client} denied by access rules", server=self.name, client=host)
+            return None
+        backend = self.choose(host)
+        if backend is None:
+            self.counters.no_backend += 1
+            log.warn("{server}: no backend for UDP client {client}", server=self.name, client=host)
+            return None
+        session = UdpSession(self, client, backend)
+        self.sessions[client] = session
+        self._live.add(session)
+        backend.counters.active_connections += 1
+        backend.counters.total_connections += 1
+        self.counters.active_connections += 1
+        self.counters.total_connections += 1
+        session.start()
+        return session
+
+    def retire(self, session: UdpSession) -> None:
+        """C{session} takes no more client datagrams: the client's next one opens a new session."""
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+
+    def session_ended(self, session: UdpSession) -> None:
+        """Called by a session once it has ended."""
+        self.retire(session)
+        self._live.discard(session)
+        closed = session.closed
+        if not closed.called:
+            self._closing.add(closed)
+            closed.addBoth(self._socket_closed, closed)
+        session.backend.counters.active_connections -= 1
+        self.counters.active_connections -= 1
+        if self.released is not None:
+            self.released(session.backend)
+
+    def _socket_closed(self, result: object, closed: Deferred[None]) -> object:
+        self._closing.discard(closed)
+        return result
+
+    def live_sessions(self) -> list[UdpSession]:
+        """Every session not yet ended, including those past C{max_requests}."""
+        return list(self._live)
+
+    def close_all(self) -> Deferred[None]:
+        """End every session now; fires once every backend socket is closed."""
+        for session in list(self._live):
+            session.end("closed")
+        return gatherResults(list(self._closing), consumeErrors=True).addCallback(lambda _: None)
