@@ -19,8 +19,10 @@ setup(
         "service-identity>=23.1",
         "pyopenssl>=23.2",
         "attrs>=23.1",
+        "bcrypt>=4.0",
+        "werkzeug>=2.0",
     ],
     extras_require={
-        "test": [],
+        "test": ["cryptography>=41"],
     },
 )

@@ -8,6 +8,7 @@ and it persists them (C{[state] path}) before they are reported done.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import attrs
@@ -17,6 +18,8 @@ from zope.interface import Interface, implementer
 
 from balancer import __version__
 from balancer.config.dump import to_json, to_mapping, to_toml
+from balancer.config.errors import ConfigError, Problem
+from balancer.config.fields import join
 from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.server import ServerService
@@ -27,6 +30,9 @@ log = Logger()
 
 __all__ = ["IControl", "Controller", "UnknownServer", "ServerExists", "DumpFormatError"]
 
+#: A server name, as C{[servers.<name>]} accepts it in a file (L{balancer.config.fields.named_sections}).
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
 
 class DumpFormatError(ValueError):
     """A dump format other than toml or json was asked for."""
@@ -36,7 +42,10 @@ class IControl(Interface):
     """What the admin API can see and change."""
 
     def info() -> dict[str, Any]:
-        """Process facts: pid, version, start time (epoch seconds), configuration path and revision."""
+        """
+        Process facts: pid, version, C{started_at} and C{time} (now), both in
+        epoch seconds of the balancer's clock, configuration path and revision.
+        """
 
     def server_names() -> list[str]:
         """Names of the running servers, in configuration order."""
@@ -50,12 +59,16 @@ class IControl(Interface):
     def add_server(name: str, definition: object) -> Deferred[dict[str, Any]]:
         """
         Validate, bind, start and persist a new server; fires with its definition.
-        Atomic: on any failure nothing changed.
+        Atomic: on any failure nothing changed.  C{name} must be a valid
+        C{[servers.<name>]} name.
         @raise ConfigError, ServerExists, BindError (as the Deferred's failure)
         """
 
     def remove_server(name: str) -> Deferred[None]:
-        """Stop a server (listener and relays) and persist its removal. @raise UnknownServer"""
+        """
+        Persist a server's removal, then stop it (listener and relays); fires once it stopped.
+        If the removal cannot be persisted, nothing changed.  @raise UnknownServer
+        """
 
     def stats(name: str) -> dict[str, Any]:
         """gobetween's statistics document for a server. @raise UnknownServer"""
@@ -105,6 +118,7 @@ class Controller:
             "pid": os.getpid(),
             "version": __version__,
             "started_at": self._started_at,
+            "time": self._reactor.seconds(),
             "config_path": os.path.abspath(self._config_path),
             "revision": self.revision,
         }
@@ -134,6 +148,9 @@ class Controller:
 
     @inlineCallbacks
     def add_server(self, name: str, definition: object):  # type: ignore[no-untyped-def]
+        if not _SERVER_NAME.fullmatch(name):
+            message = "a name is 1 to 64 letters, digits, '_', '-' or '.'"
+            raise ConfigError("request body", [Problem(join("servers", name), message)])
         if name in self.server_names():
             raise ServerExists(f'a server named "{name}" already exists')
         config: ServerConfig = server_from_mapping(name, definition, "request body", self.effective_config())
@@ -149,8 +166,8 @@ class Controller:
     @inlineCallbacks
     def remove_server(self, name: str):  # type: ignore[no-untyped-def]
         self._balancer.server(name)
-        yield self._balancer.remove_server(name)
         self._record(lambda changes: changes.removed(name, configured=name in self._configured.servers))
+        yield self._balancer.remove_server(name)
 
     def _record(self, change: Any) -> None:
         """Apply C{change} to the runtime changes and persist them before returning."""

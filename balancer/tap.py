@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from admin.service import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.control import Controller, load_effective
@@ -81,7 +82,8 @@ def build_service(
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
-    interface and, with C{demo}, its demo backends.
+    interface, the admin API when C{[api] enabled} and, with C{demo}, its
+    demo backends.
 
     Nothing binds or connects until the tree is started.
 
@@ -97,6 +99,8 @@ def build_service(
     root.control = Controller(  # type: ignore[attr-defined]
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )
+    if config.api.enabled:
+        api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     return root
 
 

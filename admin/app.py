@@ -1,0 +1,150 @@
+"""
+The Klein applications: routes only.  Each route parses, calls the balancer
+through L{IControl}, and renders with L{admin.gobetween}; the domain's errors
+become HTTP codes in one place, the C{handle_errors} methods.
+
+L{PublicApp} is the front door: C{/ping} for anyone, everything else handed
+to the guarded resource (L{admin.auth.guard}), which gives each account its
+own L{AdminApp}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from admin import gobetween
+from admin.auth import Account, require_admin
+from admin.errors import BadRequest, Forbidden
+from balancer.config.errors import ConfigError
+from balancer.control import DumpFormatError, IControl, ServerExists, UnknownServer
+from balancer.server import BindError
+
+log = Logger()
+
+
+class PublicApp:
+    """The routes anyone may call, in front of the guarded API."""
+
+    app = Klein()
+
+    def __init__(self, guarded: IResource) -> None:
+        """@param guarded: the API behind its login (see L{admin.auth.guard})."""
+        self._guarded = guarded
+
+    @app.route("/ping", methods=["GET"])
+    def ping(self, request: IRequest) -> bytes:
+        """gobetween's public health check: C{"OK"}."""
+        return gobetween.json_response(request, "OK")
+
+    @app.route("/", branch=True)
+    def guarded(self, request: IRequest) -> IResource:
+        """Every other path, through the guard."""
+        return self._guarded
+
+
+class AdminApp:
+    """
+    The API as one account sees it: gobetween's root routes (DESIGN §7.1).
+
+    A C{basic} account may only read; writes and C{/dump} raise L{Forbidden}.
+    Further APIs (C{/v1}) mount here as branch routes returning their own
+    resource for the same C{control} and C{account}, so they sit behind the
+    same guard.
+    """
+
+    app = Klein()
+
+    def __init__(self, control: IControl, account: Account) -> None:
+        self.control = control
+        self.account = account
+
+    @app.route("/", methods=["GET"])
+    def info(self, request: IRequest) -> bytes:
+        """C{GET /}: pid, start time, time, uptime, version, configuration."""
+        return gobetween.json_response(request, gobetween.system_info(self.control))
+
+    @app.route("/dump", methods=["GET"])
+    def dump(self, request: IRequest) -> bytes:
+        """C{GET /dump?format=toml|json}: the effective configuration (admin accounts only)."""
+        require_admin(self.account, "dumping the configuration")
+        format = request.args.get(b"format", [b"toml"])[0].decode("utf-8", "replace")
+        content_type, body = gobetween.dump(self.control, format)
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+    @app.route("/servers", methods=["GET"])
+    def servers(self, request: IRequest) -> bytes:
+        """C{GET /servers}: every server's definition by name."""
+        return gobetween.json_response(request, gobetween.servers(self.control))
+
+    @app.route("/servers/<name>", methods=["GET"])
+    def server(self, request: IRequest, name: str) -> bytes:
+        """C{GET /servers/<name>}: one server's definition."""
+        return gobetween.json_response(request, self.control.server_definition(name))
+
+    @app.route("/servers/<name>", methods=["POST"])
+    async def create(self, request: IRequest, name: str) -> bytes:
+        """C{POST /servers/<name>}: create and start a server; answers with its definition."""
+        require_admin(self.account, "creating a server")
+        definition = await self.control.add_server(name, gobetween.server_body(request.content))
+        return gobetween.json_response(request, definition)
+
+    @app.route("/servers/<name>", methods=["DELETE"])
+    async def delete(self, request: IRequest, name: str) -> bytes:
+        """C{DELETE /servers/<name>}: stop a server and close its relays; answers C{null}."""
+        require_admin(self.account, "deleting a server")
+        await self.control.remove_server(name)
+        return gobetween.json_response(request, None)
+
+    @app.route("/servers/<name>/stats", methods=["GET"])
+    def stats(self, request: IRequest, name: str) -> bytes:
+        """C{GET /servers/<name>/stats}: gobetween's statistics document."""
+        return gobetween.json_response(request, gobetween.server_stats(self.control, name))
+
+    # Errors, most specific first: the first handler whose types match is used.
+
+    @app.handle_errors(ConfigError)
+    def invalid(self, request: IRequest, failure: Failure) -> bytes:
+        """A definition that does not validate: 409 with every problem, one per line."""
+        return gobetween.json_response(request, "\n".join(failure.value.lines()), 409)
+
+    @app.handle_errors(ServerExists, BindError)
+    def conflict(self, request: IRequest, failure: Failure) -> bytes:
+        """A name already taken, or an address that cannot be bound: 409."""
+        return gobetween.json_response(request, str(failure.value), 409)
+
+    @app.handle_errors(UnknownServer)
+    def unknown(self, request: IRequest, failure: Failure) -> bytes:
+        """No server of that name: 404."""
+        return gobetween.json_response(request, f'no server named "{failure.value.args[0]}"', 404)
+
+    @app.handle_errors(BadRequest, DumpFormatError)
+    def bad_request(self, request: IRequest, failure: Failure) -> bytes:
+        """A body or a query parameter that cannot be used: 400."""
+        return gobetween.json_response(request, str(failure.value), 400)
+
+    @app.handle_errors(Forbidden)
+    def forbidden(self, request: IRequest, failure: Failure) -> bytes:
+        """The account may not do this: 403."""
+        return gobetween.json_response(request, str(failure.value), 403)
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        """No such route (404), or not with this method (405, with C{Allow})."""
+        error: Any = failure.value
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"Allow", ", ".join(error.valid_methods).encode("ascii"))
+        return gobetween.json_response(request, str(error.name).lower(), error.code)
+
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        """Anything else is a real failure: logged, and 500 without a traceback."""
+        log.failure("api: {method} {path} failed", failure, method=request.method, path=request.path)
+        return gobetween.json_response(request, "internal error", 500)

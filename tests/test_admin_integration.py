@@ -1,0 +1,362 @@
+"""
+The root API in the real plugin: C{twistd -n balancer} in a child process,
+the API on 127.0.0.1 port 0 (its port read from the log), and C{treq} over
+TCP and over TLS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+from io import BytesIO
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from tests.clients import exchange, listen
+from tests.processes import ROOT, WatchedProcess, run_twistd, source_env, twistd_path
+
+CONFIG = """
+[api]
+enabled = true
+bind = "127.0.0.1:{api_port}"
+{api}
+
+[state]
+path = "{state}"
+
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{backend}"]
+"""
+
+
+@implementer(IHalfCloseableProtocol)
+class Double(Protocol):
+    """A backend that answers every byte with two, and closes once the peer has finished sending."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data * 2)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def connect_idle(port: int) -> Deferred[Protocol]:
+    """A connection to C{port} that sends nothing; fires with its protocol once connected."""
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), Protocol())
+
+
+class Balancer(WatchedProcess):
+    """A twistd balancer whose output can be waited on for any pattern."""
+
+    def __init__(self) -> None:
+        super().__init__(b"api: listening on")
+        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
+        self.ended.addBoth(self._give_up)
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        for entry in list(self._waiting):
+            pattern, waiting = entry
+            match = pattern.search(self.output)
+            if match is not None:
+                self._waiting.remove(entry)
+                waiting.callback(match)
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
+        """Fires with the first match of C{pattern} in the output, now or once it appears."""
+        compiled = re.compile(pattern)
+        match = compiled.search(self.output)
+        if match is not None:
+            return succeed(match)
+        waiting: Deferred[re.Match[bytes]] = Deferred()
+        self._waiting.append((compiled, waiting))
+        return waiting
+
+    def _give_up(self, result: Any) -> Any:
+        waiting, self._waiting = self._waiting, []
+        for pattern, d in waiting:
+            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
+        return result
+
+
+def make_certificate(directory: str) -> tuple[str, str, bytes]:
+    """A self-signed certificate for 127.0.0.1 and localhost; returns (cert path, key path, cert PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "balancer test")])
+    now = datetime.now(timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    cert_path, key_path = os.path.join(directory, "api.crt"), os.path.join(directory, "api.key")
+    with open(cert_path, "wb") as f:
+        f.write(pem)
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path, pem
+
+
+class _IntegrationTestCase(TestCase):
+    """Starting balancers, and talking to their API."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.state = os.path.join(self.directory, "state.toml")
+        backend = yield listen(Double)
+        self.addCleanup(backend.stopListening)
+        self.backend = backend.getHost().port
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.pool = pool
+
+    def write_config(self, api: str = "", api_port: int = 0, name: str = "balancer.toml") -> str:
+        """A configuration in the test's directory: the API, the state file, and server "web"."""
+        path = os.path.join(self.directory, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(CONFIG.format(api=api, api_port=api_port, state=self.state, backend=self.backend))
+        return path
+
+    @inlineCallbacks
+    def start(self, config: str) -> Any:
+        """Start C{twistd -n balancer --config=CONFIG}; fires with (process, API port) once the API listens."""
+        process = Balancer()
+        reactor.spawnProcess(process, twistd_path(),
+                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config],
+                             env=source_env(), path=ROOT)
+        self.addCleanup(process.stop)
+        match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
+        return process, int(match.group(1))
+
+    @inlineCallbacks
+    def listening_port(self, process: Balancer, server: str) -> Any:
+        """Fires with the port server C{server} listens on, from the log."""
+        match = yield process.wait_for(rb"\b" + server.encode() + rb": listening on 127\.0\.0\.1:(\d+)")
+        return int(match.group(1))
+
+    def client(self, trust: bytes | None = None) -> HTTPClient:
+        """A treq client; with C{trust}, HTTPS trusting only that certificate."""
+        policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(trust)) if trust else None
+        agent = Agent(reactor, contextFactory=policy, pool=self.pool) if policy else Agent(reactor, pool=self.pool)
+        return HTTPClient(agent)
+
+    @inlineCallbacks
+    def call(self, port: int, method: str, path: str, scheme: str = "http", client: HTTPClient | None = None,
+             **kwargs: Any) -> Any:
+        """Fires with (response, decoded JSON body) of one API request."""
+        client = client or self.client()
+        response = yield client.request(method, f"{scheme}://127.0.0.1:{port}{path}", **kwargs)
+        body = yield response.content()
+        content_type = response.headers.getRawHeaders(b"Content-Type", [b""])[0]
+        return response, json.loads(body) if content_type == b"application/json" else body
+
+
+class RootApiTests(_IntegrationTestCase):
+    """The routes over TCP, in a real process."""
+
+    @inlineCallbacks
+    def test_infoPingAndServers(self) -> Any:
+        config = self.write_config()
+        process, port = yield self.start(config)
+        response, info = yield self.call(port, "GET", "/")
+        self.assertEqual(response.code, 200)
+        self.assertEqual((info["pid"], info["configuration"]), (process.transport.pid, {"kind": "file", "path": config}))
+        self.assertRegex(info["uptime"], r"^[0-9.]+(µs|ms|s)$")
+        response, pong = yield self.call(port, "GET", "/ping")
+        self.assertEqual((response.code, pong), (200, "OK"))
+        response, servers = yield self.call(port, "GET", "/servers")
+        self.assertEqual(servers["web"]["discovery"]["static_list"], [f"127.0.0.1:{self.backend} weight=1 priority=1"])
+        response, missing = yield self.call(port, "GET", "/servers/nope/stats")
+        self.assertEqual((response.code, missing), (404, 'no server named "nope"'))
+
+    @inlineCallbacks
+    def test_postedServerServesAtOnceAndDeleteRemovesIt(self) -> Any:
+        process, port = yield self.start(self.write_config())
+        definition = {"bind": "127.0.0.1:0", "discovery": {"kind": "static", "static_list": [f"127.0.0.1:{self.backend}"]}}
+        response, created = yield self.call(port, "POST", "/servers/added", json=definition)
+        self.assertEqual(response.code, 200, created)
+        added = yield self.listening_port(process, "added")
+        answer = yield exchange(added, b"ping")
+        self.assertEqual(answer, b"pingping")
+        response, body = yield self.call(port, "DELETE", "/servers/added")
+        self.assertEqual((response.code, body), (200, None))
+        yield self.assertFailure(exchange(added, b"ping"), ConnectionRefusedError)
+        response, _ = yield self.call(port, "GET", "/servers/added")
+        self.assertEqual(response.code, 404)
+
+    @inlineCallbacks
+    def test_postOnABoundPortChangesNothing(self) -> Any:
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        address = f"127.0.0.1:{taken.getHost().port}"
+        process, port = yield self.start(self.write_config())
+        _, before = yield self.call(port, "GET", "/servers")
+        definition = {"bind": address, "discovery": {"kind": "static", "static_list": ["127.0.0.1:1"]}}
+        response, message = yield self.call(port, "POST", "/servers/clash", json=definition)
+        self.assertEqual(response.code, 409)
+        self.assertTrue(message.startswith(f'server "clash": cannot listen on {address}: '), message)
+        _, after = yield self.call(port, "GET", "/servers")
+        self.assertEqual(after, before)
+        self.assertFalse(os.path.exists(self.state))
+
+    @inlineCallbacks
+    def test_bodyOverOneMebibyteIs413(self) -> Any:
+        process, port = yield self.start(self.write_config())
+        big = b"{" + b" " * (2 << 20) + b"}"
+        chunked = FileBodyProducer(BytesIO(big))
+        chunked.length = UNKNOWN_LENGTH
+        for body in (big, chunked):
+            response, message = yield self.call(port, "POST", "/servers/big", data=body)
+            self.assertEqual(response.code, 413)
+            self.assertIn("1048576", message)
+        response, _ = yield self.call(port, "GET", "/servers/big")
+        self.assertEqual(response.code, 404)
+
+    @inlineCallbacks
+    def test_statsCountExactBytesAndIdleAddsNothing(self) -> Any:
+        process, port = yield self.start(self.write_config())
+        web = yield self.listening_port(process, "web")
+        answer = yield exchange(web, b"x" * 100_000)
+        self.assertEqual(answer, b"x" * 200_000)
+        response, stats = yield self.call(port, "GET", "/servers/web/stats")
+        backend = stats["backends"][0]
+        self.assertEqual((stats["tx_total"], stats["rx_total"]), (100_000, 200_000))
+        self.assertEqual((backend["port"], backend["stats"]["tx"], backend["stats"]["rx"]),
+                         (str(self.backend), 100_000, 200_000))
+        idle = yield connect_idle(web)
+        self.addCleanup(idle.transport.loseConnection)
+        yield deferLater(reactor, 2.2, lambda: None)
+        response, later = yield self.call(port, "GET", "/servers/web/stats")
+        self.assertEqual((later["active_connections"], later["tx_total"], later["rx_total"],
+                          later["tx_second"], later["rx_second"]), (1, 100_000, 200_000, 0, 0))
+        self.assertEqual((later["backends"][0]["stats"]["tx"], later["backends"][0]["stats"]["rx"]),
+                         (100_000, 200_000))
+
+
+class StateAndDumpTests(_IntegrationTestCase):
+    """C{[state] path} across a restart, and C{/dump} fed back as C{--config}."""
+
+    @inlineCallbacks
+    def test_runtimeChangesSurviveRestart(self) -> Any:
+        config = self.write_config()
+        process, port = yield self.start(config)
+        definition = {"bind": "127.0.0.1:0", "balance": "leastconn",
+                      "discovery": {"kind": "static", "static_list": [f"127.0.0.1:{self.backend}"]}}
+        response, _ = yield self.call(port, "POST", "/servers/added", json=definition)
+        self.assertEqual(response.code, 200)
+        response, _ = yield self.call(port, "DELETE", "/servers/web")
+        self.assertEqual(response.code, 200)
+        _, before = yield self.call(port, "GET", "/servers")
+        ended = yield process.stop()
+        self.assertEqual(ended, (None, signal.SIGTERM), process.output.decode())
+        restarted, port = yield self.start(config)
+        _, after = yield self.call(port, "GET", "/servers")
+        self.assertEqual(after, before)
+        self.assertEqual(list(after), ["added"])
+        added = yield self.listening_port(restarted, "added")
+        answer = yield exchange(added, b"back")
+        self.assertEqual(answer, b"backback")
+
+    @inlineCallbacks
+    def test_dumpFedBackReproducesServers(self) -> Any:
+        process, port = yield self.start(self.write_config())
+        definition = {"bind": "127.0.0.1:0", "discovery": {"kind": "static", "static_list": ["127.0.0.1:1 weight=3"]},
+                      "healthcheck": {"kind": "ping", "interval": "2s", "timeout": "500ms"}}
+        response, _ = yield self.call(port, "POST", "/servers/added", json=definition)
+        self.assertEqual(response.code, 200)
+        _, servers = yield self.call(port, "GET", "/servers")
+        response, dump = yield self.call(port, "GET", "/dump?format=toml")
+        self.assertEqual(response.code, 200)
+        yield process.stop()
+        os.unlink(self.state)
+        dumped = os.path.join(self.directory, "dumped.toml")
+        with open(dumped, "wb") as f:
+            f.write(dump)
+        again, port = yield self.start(dumped)
+        _, reproduced = yield self.call(port, "GET", "/servers")
+        self.assertEqual(reproduced, servers)
+        self.assertEqual(list(reproduced), ["web", "added"])
+
+
+class TlsAndStartupTests(_IntegrationTestCase):
+    """C{[api.tls]}, accounts over HTTPS, and failures at start."""
+
+    @inlineCallbacks
+    def test_httpsWithBasicAuth(self) -> Any:
+        cert, key, pem = make_certificate(self.directory)
+        process, port = yield self.start(self.write_config(
+            f'[api.basic_auth]\nlogin = "admin"\npassword = "1111"\n[api.tls]\ncert_path = "{cert}"\nkey_path = "{key}"'
+        ))
+        https = self.client(trust=pem)
+        response, pong = yield self.call(port, "GET", "/ping", scheme="https", client=https)
+        self.assertEqual((response.code, pong), (200, "OK"))
+        response, _ = yield self.call(port, "GET", "/servers", scheme="https", client=https)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.headers.getRawHeaders(b"WWW-Authenticate"), [b'Basic realm="balancer"'])
+        response, servers = yield self.call(port, "GET", "/servers", scheme="https", client=https, auth=("admin", "1111"))
+        self.assertEqual((response.code, list(servers)), (200, ["web"]))
+
+    @inlineCallbacks
+    def test_apiBindFailureExits1(self) -> Any:
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        busy = taken.getHost().port
+        out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config",
+                                          self.write_config(api_port=busy), cwd=ROOT)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn(f"balancer: api: cannot listen on 127.0.0.1:{busy}: ".encode(), err)
+        self.assertNotIn(b"Traceback", out + err)
+
+    @inlineCallbacks
+    def test_missingCertificateExits1(self) -> Any:
+        missing = os.path.join(self.directory, "missing.crt")
+        config = self.write_config(f'[api.tls]\ncert_path = "{missing}"\nkey_path = "{missing}"')
+        out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 1, out + err)
+        self.assertIn(f"balancer: api: cannot read [api.tls] {missing}: No such file or directory".encode(), err)
+        self.assertNotIn(b"Traceback", out + err)
