@@ -72,6 +72,7 @@ class Pool:
 
     def __init__(self, specs: Iterable[BackendSpec] = (), initially_live: bool = True) -> None:
         self._backends: dict[str, Backend] = {}
+        self._ordered: list[Backend] = []
         self._initially_live = initially_live
         self.replace(specs)
 
@@ -91,23 +92,29 @@ class Pool:
             else:
                 existing.spec = spec
                 existing.discovered = True
+        self._reorder()
 
     def forget_if_gone(self, backend: Backend) -> None:
         """Drop an undiscovered backend once its last connection has closed."""
         if not backend.discovered and not backend.counters.active_connections:
             if self._backends.get(backend.key) is backend:
                 del self._backends[backend.key]
+                self._reorder()
+
+    def _reorder(self) -> None:
+        """Sort once per change of membership, not once per new client."""
+        self._ordered = sorted(self._backends.values(), key=lambda b: (b.host, b.port))
 
     def get(self, key: str) -> Backend | None:
         """The backend C{host:port}, if present."""
         return self._backends.get(key)
 
     def __iter__(self) -> Iterator[Backend]:
-        return iter(sorted(self._backends.values(), key=lambda b: (b.host, b.port)))
+        return iter(self._ordered)
 
     def __len__(self) -> int:
         return len(self._backends)
 
     def candidates(self) -> list[Backend]:
         """Backends that may take a new connection now, ordered by C{host:port}."""
-        return [b for b in self if b.takes_new_connections()]
+        return [b for b in self._ordered if b.takes_new_connections()]

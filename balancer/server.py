@@ -9,7 +9,7 @@ import random
 from typing import Any, Iterator
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -21,7 +21,8 @@ from balancer.strategies import make_strategy
 
 log = Logger()
 
-#: Used when C{backend_connection_timeout} is 0 ("no timeout of our own").
+#: The connect timeout, in seconds, when C{backend_connection_timeout} is 0
+#: (as C{etc/balancer.toml} documents); Twisted would read 0 as "fail at once".
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
@@ -109,19 +110,44 @@ class ServerService(Service):
         self._rates.add(self.traffic_counters)
         super().startService()
 
-    def stopService(self) -> Deferred[None]:
-        """Close the listener, then let relays finish for up to C{grace} seconds."""
-        super().stopService()
-        self._rates.remove(self.traffic_counters)
+    def unbind(self) -> Deferred[None]:
+        """Stop listening (if listening); fires once the port is closed."""
         port, self._port = self._port, None
-        stopped = port.stopListening() if port is not None else succeed(None)
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close the listener at once, then let relays finish for up to C{grace}
+        seconds (none with a C{grace} of 0) before closing those left.
+
+        @return: fires when the listener and every relay are closed.
+        """
+        if self.running:
+            self._rates.remove(self.traffic_counters)
+        super().stopService()
+        address = self.address
+        listener = self.unbind()
+        listener.addCallback(
+            lambda _: log.info("{server}: stopped listening on {address}", server=self.name, address=address)
+        )
         if not self.relays:
-            return stopped
-        done: Deferred[None] = Deferred()
-        self._drained.append(done)
-        deadline = self.clock.callLater(self.grace, self.close_all)
-        done.addBoth(lambda result: deadline.cancel() if deadline.active() else None)
-        return done
+            return listener
+        log.info(
+            "{server}: {count} relays get {grace}s to finish",
+            server=self.name,
+            count=len(self.relays),
+            grace=self.grace,
+        )
+        drained: Deferred[None] = Deferred()
+        self._drained.append(drained)
+        if self.grace > 0:
+            deadline = self.clock.callLater(self.grace, self.close_all)
+            drained.addCallback(lambda _: deadline.cancel() if deadline.active() else None)
+        else:
+            self.close_all()
+        return gatherResults([listener, drained], consumeErrors=True).addCallback(lambda _: None)
 
     def close_all(self) -> None:
         """Close every live relay now."""
@@ -142,7 +168,7 @@ class ServerService(Service):
         return True
 
     def relay_ended(self, relay: Relay) -> None:
-        """A client's session is over."""
+        """A client's session is over: both of its connections are closed."""
         self.counters.active_connections -= 1
         del self.relays[relay.id]
         if not self.relays:
@@ -173,7 +199,10 @@ class ServerService(Service):
             yield backend.counters.traffic
 
     def stats(self) -> dict[str, Any]:
-        """gobetween's C{/servers/<name>/stats} document, with its exact fields and types."""
+        """
+        gobetween's C{/servers/<name>/stats} document, with its exact fields and
+        types; a backend's C{sni} appears only when set (gobetween's C{omitempty}).
+        """
         traffic = self.counters.traffic
         return {
             "active_connections": self.counters.active_connections,
@@ -187,7 +216,7 @@ class ServerService(Service):
                     "port": str(b.port),
                     "priority": b.spec.priority,
                     "weight": b.spec.weight,
-                    "sni": b.spec.sni or "",
+                    **({"sni": b.spec.sni} if b.spec.sni else {}),
                     "stats": {
                         "live": b.live,
                         "discovered": b.discovered,

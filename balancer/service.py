@@ -60,7 +60,7 @@ class BalancerService(MultiService):
                 bound.append(server)
         except BindError:
             for server in bound:
-                server.stopService()
+                server.unbind()
             raise
         super().privilegedStartService()
 

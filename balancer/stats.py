@@ -31,10 +31,13 @@ class Traffic:
     _rx_mark: int = 0
     _tx_mark: int = 0
 
-    def tick(self) -> None:
-        """Close one second: the rate is what moved since the previous tick."""
-        self.rx_second = self.rx - self._rx_mark
-        self.tx_second = self.tx - self._tx_mark
+    def tick(self, seconds: int = 1) -> None:
+        """
+        Close a period: the rate is what moved since the previous tick,
+        averaged over the C{seconds} the period lasted.
+        """
+        self.rx_second = (self.rx - self._rx_mark) // seconds
+        self.tx_second = (self.tx - self._tx_mark) // seconds
         self._rx_mark = self.rx
         self._tx_mark = self.tx
 
@@ -72,7 +75,7 @@ class RateClock:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self._sources: list[Callable[[], Iterable[Traffic]]] = []
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = reactor
 
     def add(self, source: Callable[[], Iterable[Traffic]]) -> None:
@@ -93,7 +96,8 @@ class RateClock:
         if self._loop.running:
             self._loop.stop()
 
-    def _tick(self) -> None:
+    def _tick(self, seconds: int) -> None:
+        # seconds > 1 when the reactor was too busy to tick on time
         for source in list(self._sources):
             for traffic in source():
-                traffic.tick()
+                traffic.tick(seconds)

@@ -5,7 +5,8 @@ connection to the chosen backend).
 
 Flow control is Twisted's producer/consumer: each transport is registered as
 the producer of the other, so a slow reader pauses the fast writer and no
-buffer grows without bound.  Half-close is relayed both ways.
+buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
+relayed both ways.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from balancer.backends import Backend
     from balancer.server import ServerService
+    from balancer.stats import Traffic
 
 log = Logger()
 _relay_ids = itertools.count(1)
@@ -111,14 +113,8 @@ class ClientSide(_Side):
         self.relay.client_connected()
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from the client go to the backend, counted as tx."""
-        relay = self.relay
-        peer = relay.backend_side
-        if peer is None:
-            relay.early_data.append(data)
-            return
-        peer.transport.write(data)
-        relay.count_tx(len(data))
+        """Bytes from the client go to the backend."""
+        self.relay.from_client(data)
 
 
 class BackendSide(_Side):
@@ -129,27 +125,35 @@ class BackendSide(_Side):
         self.relay.backend_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from the backend go to the client, counted as rx."""
-        relay = self.relay
-        relay.client.transport.write(data)
-        relay.count_rx(len(data))
+        """Bytes from the backend go to the client."""
+        self.relay.from_backend(data)
 
 
-class _BackendConnector(ClientFactory):
-    """Builds the L{BackendSide} of one relay and reports a failed connect."""
+class _Attempt(ClientFactory):
+    """
+    One attempt to connect a relay to one backend.
+
+    An attempt the relay gave up on (its client left, or it was closed) is
+    detached: a late failure is ignored and a late success is closed at once.
+    """
 
     noisy = False
 
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
+    def __init__(self, relay: Relay, backend: Backend) -> None:
+        self.relay: Relay | None = relay
+        self.backend = backend
+        self.connector: Any = None
 
-    def buildProtocol(self, addr: Any) -> BackendSide:
+    def buildProtocol(self, addr: Any) -> BackendSide | None:
+        if self.relay is None:
+            return None
         side = BackendSide(self.relay)
         side.factory = self
         return side
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.relay.connect_failed(reason)
+        if self.relay is not None:
+            self.relay.connect_failed(self, reason)
 
 
 class Relay:
@@ -157,10 +161,16 @@ class Relay:
     One client's session: admission, backend choice with retries, relaying,
     idle timeouts and accounting.
 
+    The session is registered with its server from admission until both of
+    its connections are closed.
+
     @ivar id: a number unique in this process (the /v1 session id).
     @ivar backend: the backend connected (or being connected) to, if any.
     @ivar rx: bytes relayed from the backend to the client.
     @ivar tx: bytes relayed from the client to the backend.
+    @ivar early_data: bytes a client transport delivered while paused before
+        a backend was connected (TCP does not; a TLS transport may hold
+        already decrypted bytes); sent first once connected.
     """
 
     def __init__(self, server: ServerService) -> None:
@@ -174,8 +184,12 @@ class Relay:
         self.tx = 0
         self.early_data: list[bytes] = []
         self._tried: set[str] = set()
-        self._connector: Any = None
-        self._admitted = False
+        self._attempt: _Attempt | None = None
+        self._registered = False
+        self._server_traffic: Traffic = server.counters.traffic
+        self._backend_traffic: Traffic | None = None
+        self._to_backend: Callable[[bytes], None] | None = None
+        self._to_client: Callable[[bytes], None] | None = None
         self._client_idle: IdleTimer | None = None
         self._backend_idle: IdleTimer | None = None
 
@@ -188,11 +202,10 @@ class Relay:
 
     def client_connected(self) -> None:
         """Admit the client (limits first), then connect to a backend."""
-        server = self.server
-        if not server.admit(self):
+        if not self.server.admit(self):
             self.client.transport.loseConnection()
             return
-        self._admitted = True
+        self._registered = True
         self.client.transport.pauseProducing()
         self._connect_next()
 
@@ -210,18 +223,13 @@ class Relay:
         self._tried.add(backend.key)
         self.backend = backend
         backend.counters.active_connections += 1
-        self._connector = self.server.connect(backend, _BackendConnector(self))
+        attempt = self._attempt = _Attempt(self, backend)
+        attempt.connector = self.server.connect(backend, attempt)
 
-    def connect_failed(self, reason: Failure) -> None:
+    def connect_failed(self, attempt: _Attempt, reason: Failure) -> None:
         """The backend refused or timed out: count it and try the next one."""
-        backend = self.backend
-        assert backend is not None
-        backend.counters.active_connections -= 1
-        self.backend = None
-        self._connector = None
-        self.server.backend_released(backend)
-        if self.client.lost:
-            return
+        backend = attempt.backend
+        self._detach(attempt)
         backend.counters.refused_connections += 1
         log.info(
             "{server}: backend {backend} refused client {client}: {why}",
@@ -232,56 +240,97 @@ class Relay:
         )
         self._connect_next()
 
+    def _detach(self, attempt: _Attempt) -> None:
+        """Forget a connect attempt that will not become the relay's backend connection."""
+        attempt.relay = None
+        self._attempt = None
+        self.backend = None
+        self._release(attempt.backend)
+
+    def _abandon_attempt(self) -> None:
+        """Stop a pending connect (the client is gone or being closed)."""
+        attempt = self._attempt
+        if attempt is not None:
+            self._detach(attempt)
+            attempt.connector.stopConnecting()
+
+    def _release(self, backend: Backend) -> None:
+        backend.counters.active_connections -= 1
+        self.server.backend_released(backend)
+
     def backend_connected(self, side: BackendSide) -> None:
         """Join the two transports and let bytes flow."""
-        self._connector = None
+        self._attempt = None
         self.backend_side = side
-        assert self.backend is not None
-        self.backend.counters.total_connections += 1
-        client, backend = self.client.transport, side.transport
-        for transport in (client, backend):
+        backend = self.backend
+        assert backend is not None
+        backend.counters.total_connections += 1
+        self._backend_traffic = backend.counters.traffic
+        client, to_backend = self.client.transport, side.transport
+        for transport in (client, to_backend):
             set_no_delay = getattr(transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
-        client.registerProducer(backend, True)
-        backend.registerProducer(client, True)
-        for data in self.early_data:
-            backend.write(data)
-            self.count_tx(len(data))
-        self.early_data = []
-        if self.client.read_closed:
-            finish_writing(backend, half=True)
+        client.registerProducer(to_backend, True)
+        to_backend.registerProducer(client, True)
+        self._to_client = client.write
+        self._to_backend = to_backend.write
+        early, self.early_data = self.early_data, []
+        for data in early:
+            self.from_client(data)
         config = self.server.config
         clock = self.server.clock
-        if config.client_idle_timeout:
-            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
+        if self.client.read_closed:
+            finish_writing(to_backend, half=True)
+            return
+        if config.client_idle_timeout:
+            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
         client.resumeProducing()
 
-    # Bytes
+    # Bytes (the hot path: keep the work per chunk minimal)
 
-    def count_tx(self, size: int) -> None:
-        """Account C{size} bytes sent from the client to the backend."""
+    def from_client(self, data: bytes) -> None:
+        """Send C{data} from the client to the backend; count it as tx."""
+        write = self._to_backend
+        if write is None:
+            self.early_data.append(data)
+            return
+        write(data)
+        size = len(data)
         self.tx += size
-        self.server.counters.traffic.tx += size
-        self.backend.counters.traffic.tx += size  # type: ignore[union-attr]
+        self._server_traffic.tx += size
+        self._backend_traffic.tx += size  # type: ignore[union-attr]
         if self._client_idle is not None:
             self._client_idle.touch()
 
-    def count_rx(self, size: int) -> None:
-        """Account C{size} bytes sent from the backend to the client."""
+    def from_backend(self, data: bytes) -> None:
+        """Send C{data} from the backend to the client; count it as rx."""
+        self._to_client(data)  # type: ignore[misc]
+        size = len(data)
         self.rx += size
-        self.server.counters.traffic.rx += size
-        self.backend.counters.traffic.rx += size  # type: ignore[union-attr]
+        self._server_traffic.rx += size
+        self._backend_traffic.rx += size  # type: ignore[union-attr]
         if self._backend_idle is not None:
             self._backend_idle.touch()
 
     # Endings
 
     def read_closed(self, side: _Side) -> None:
-        """C{side}'s peer finished sending: finish sending to the other end."""
-        peer = self.backend_side if side is self.client else self.client
+        """
+        C{side}'s peer finished sending: finish sending to the other end.
+
+        That direction can no longer be idle, so its idle timer stops.
+        """
+        if side is self.client:
+            peer: _Side | None = self.backend_side
+            timer, self._client_idle = self._client_idle, None
+        else:
+            peer = self.client
+            timer, self._backend_idle = self._backend_idle, None
+        if timer is not None:
+            timer.cancel()
         if peer is not None and not peer.lost:
             finish_writing(peer.transport, half=True)
         if side.write_closed:
@@ -290,26 +339,25 @@ class Relay:
     def side_lost(self, side: _Side) -> None:
         """One end closed: close the other after it has sent what it holds."""
         if side is self.client:
-            if self._connector is not None:
-                self._connector.stopConnecting()
-            if self.backend_side is not None and not self.backend_side.lost:
-                finish_writing(self.backend_side.transport, half=False)
+            self._abandon_attempt()
             self._stop_timers()
-            if self._admitted:
-                self.server.relay_ended(self)
+            peer: _Side | None = self.backend_side
         else:
-            backend = self.backend
-            assert backend is not None
-            backend.counters.active_connections -= 1
-            self.server.backend_released(backend)
-            if not self.client.lost:
-                finish_writing(self.client.transport, half=False)
+            assert self.backend is not None
+            self._release(self.backend)
+            peer = self.client
+        if peer is not None and not peer.lost:
+            finish_writing(peer.transport, half=False)
+        elif self._registered:
+            self._registered = False
+            self.server.relay_ended(self)
 
     def close(self) -> None:
-        """Close both ends now, dropping unsent data (session kill, shutdown)."""
-        self.client.transport.abortConnection()
-        if self.backend_side is not None and not self.backend_side.lost:
-            self.backend_side.transport.abortConnection()
+        """Close both ends now, dropping unsent data (session kill, idle, end of grace)."""
+        self._abandon_attempt()
+        for side in (self.client, self.backend_side):
+            if side is not None and not side.lost:
+                side.transport.abortConnection()
 
     def _idle(self, which: str) -> Callable[[], None]:
         def on_idle() -> None:
@@ -319,7 +367,7 @@ class Relay:
                 client=self.client_address.host,
                 which=which,
             )
-            finish_writing(self.client.transport, half=False)
+            self.close()
 
         return on_idle
 
@@ -327,6 +375,7 @@ class Relay:
         for timer in (self._client_idle, self._backend_idle):
             if timer is not None:
                 timer.cancel()
+        self._client_idle = self._backend_idle = None
 
 
 class RelayFactory(Factory):

@@ -1,0 +1,57 @@
+"""Prometheus metrics: the live counters, scraped in text format."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from treq.testing import StubTreq
+from twisted.web.resource import Resource
+
+from balancer.config.load import parse_config
+from balancer.metrics import MetricsResource, metrics_registry
+from balancer.service import BalancerService
+
+CONFIG = b"""
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:9001", "[::1]:9002"]
+"""
+
+
+class MetricsTests(SynchronousTestCase):
+    """Every sample reflects the counters at scrape time."""
+
+    def setUp(self) -> None:
+        self.balancer = BalancerService(parse_config(CONFIG, "x"), MemoryReactorClock())
+        server = self.balancer.server("web")
+        server.counters.traffic.rx = 1234
+        server.counters.over_limit = 2
+        backend = server.pool.get("127.0.0.1:9001")
+        assert backend is not None
+        backend.counters.refused_connections = 3
+        backend.live = False
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(metrics_registry(self.balancer)))
+        self.treq = StubTreq(root)
+
+    def scrape(self) -> tuple[str, str]:
+        response = self.successResultOf(self.treq.get("http://metrics.test/metrics"))
+        body = self.successResultOf(response.text())
+        return response.headers.getRawHeaders("content-type")[0], body
+
+    def test_serverAndBackendSamples(self) -> None:
+        content_type, body = self.scrape()
+        self.assertTrue(content_type.startswith("text/plain"))
+        lines = set(body.splitlines())
+        self.assertIn('balancer_server_rx_bytes_total{server="web"} 1234.0', lines)
+        self.assertIn('balancer_server_over_limit_total{server="web"} 2.0', lines)
+        self.assertIn('balancer_backend_refused_connections_total{host="127.0.0.1",port="9001",server="web"} 3.0', lines)
+        self.assertIn('balancer_backend_live{host="127.0.0.1",port="9001",server="web"} 0.0', lines)
+        self.assertIn('balancer_backend_live{host="::1",port="9002",server="web"} 1.0', lines)
+
+    def test_scrapeSeesLaterChanges(self) -> None:
+        self.balancer.server("web").counters.active_connections = 7
+        _, body = self.scrape()
+        self.assertIn('balancer_server_active_connections{server="web"} 7.0', body.splitlines())

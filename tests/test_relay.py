@@ -1,0 +1,457 @@
+"""
+The TCP relay (L{balancer.proxy.tcp}) on fakes: a L{MemoryReactorClock} for
+connects and time, and string transports for both ends of each relay.
+
+The helpers at the top are shared with the other data-plane unit tests.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError, UserError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from balancer.config.addresses import HostPort, parse_backend_line
+from balancer.config.schema import DiscoveryConfig, ServerConfig
+from balancer.proxy.tcp import BackendSide, IdleTimer, Relay, RelayFactory, finish_writing
+from balancer.server import DEFAULT_CONNECT_TIMEOUT, ServerService
+from balancer.stats import RateClock
+
+BACKENDS = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+
+
+class FakeTransport(StringTransport):
+    """
+    A L{StringTransport} that half-closes and aborts as a TCP transport does,
+    and records the producer registered when it was asked to close.
+    """
+
+    def __init__(self, peer: str = "192.0.2.1") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.write_closed = False
+        self.aborted = False
+        self.producer_at_close: list[Any] = []
+
+    def loseWriteConnection(self) -> None:
+        self.producer_at_close.append(self.producer)
+        self.write_closed = True
+
+    def loseConnection(self) -> None:
+        self.producer_at_close.append(self.producer)
+        super().loseConnection()
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+    def unregisterProducer(self) -> None:
+        """As TCP transports do, unregistering with no producer is harmless."""
+        self.producer = None
+        self.streaming = None
+
+
+def server_config(backends: tuple[str, ...] = BACKENDS, **options: Any) -> ServerConfig:
+    """A C{[servers.X]} with static C{backends} and the given options."""
+    options.setdefault("balance", "roundrobin")
+    options.setdefault("bind", HostPort("127.0.0.1", 0))
+    specs = tuple(parse_backend_line(line) for line in backends)
+    return ServerConfig(discovery=DiscoveryConfig(kind="static", static_list=specs), **options)
+
+
+def make_server(
+    reactor: MemoryReactorClock | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+    *,
+    grace: float = 10.0,
+    seed: int = 0,
+    rates: RateClock | None = None,
+    **options: Any,
+) -> ServerService:
+    """A started L{ServerService} on a memory reactor (C{server.reactor})."""
+    reactor = reactor if reactor is not None else MemoryReactorClock()
+    rates = rates if rates is not None else RateClock(reactor)
+    server = ServerService(
+        "web", server_config(backends, **options), reactor, rates, grace=grace, rng=random.Random(seed)
+    )
+    server.startService()
+    return server
+
+
+def accept(server: ServerService, peer: str = "192.0.2.1") -> tuple[Relay, FakeTransport]:
+    """A client from C{peer} arrives at C{server}; returns its relay and transport."""
+    client = RelayFactory(server).buildProtocol(IPv4Address("TCP", peer, 40000))
+    transport = FakeTransport(peer)
+    client.makeConnection(transport)
+    return client.relay, transport
+
+
+def connect(server: ServerService, index: int = -1) -> tuple[BackendSide, FakeTransport]:
+    """The backend of the C{index}th connect attempt accepts; returns its side and transport."""
+    factory = server.reactor.tcpClients[index][2]
+    side = factory.buildProtocol(None)
+    transport = FakeTransport()
+    side.makeConnection(transport)
+    return side, transport
+
+
+def fail(server: ServerService, index: int = -1, reason: Exception | None = None) -> None:
+    """The C{index}th connect attempt fails (refused, unless another C{reason} is given)."""
+    factory = server.reactor.tcpClients[index][2]
+    factory.clientConnectionFailed(server.reactor.connectors[index], Failure(reason or ConnectionRefusedError()))
+
+
+def attempted(server: ServerService) -> list[str]:
+    """C{host:port} of every connect attempt so far, in order."""
+    return [f"{host}:{port}" for host, port, *_ in server.reactor.tcpClients]
+
+
+def lose(side: Any) -> None:
+    """The connection of a relay's side is closed."""
+    side.connectionLost(Failure(ConnectionDone()))
+
+
+def relayed(**options: Any) -> tuple[ServerService, Relay, FakeTransport, BackendSide, FakeTransport]:
+    """A server with one client relayed to its first backend."""
+    server = make_server(**options)
+    relay, client = accept(server)
+    side, backend = connect(server)
+    return server, relay, client, side, backend
+
+
+class ConnectTests(SynchronousTestCase):
+    """A client waits, paused, for a backend; then the two transports are joined."""
+
+    def test_clientPausedUntilBackendConnects(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        self.assertEqual(client.producerState, "paused")
+        self.assertEqual(attempted(server), ["10.0.0.1:80"])
+        side, backend = connect(server)
+        self.assertEqual(client.producerState, "producing")
+        self.assertIs(relay.backend_side, side)
+
+    def test_eachTransportIsTheOthersStreamingProducer(self) -> None:
+        server, relay, client, side, backend = relayed()
+        self.assertEqual((client.producer, client.streaming), (backend, True))
+        self.assertEqual((backend.producer, backend.streaming), (client, True))
+
+    def test_connectUsesBackendConnectionTimeout(self) -> None:
+        server = make_server(backend_connection_timeout=2.5)
+        accept(server)
+        self.assertEqual(server.reactor.tcpClients[0][3], 2.5)
+
+    def test_connectTimeoutZeroIsTheDefault(self) -> None:
+        """0 is documented as the default of 30 seconds; Twisted would read 0 as "fail at once"."""
+        server = make_server(backend_connection_timeout=0.0)
+        accept(server)
+        self.assertEqual(server.reactor.tcpClients[0][3], DEFAULT_CONNECT_TIMEOUT)
+        self.assertEqual(DEFAULT_CONNECT_TIMEOUT, 30.0)
+
+    def test_backendCountsActiveFromConnectAndTotalOnSuccess(self) -> None:
+        server = make_server()
+        accept(server)
+        first = server.pool.get("10.0.0.1:80")
+        self.assertEqual((first.counters.active_connections, first.counters.total_connections), (1, 0))
+        connect(server)
+        self.assertEqual((first.counters.active_connections, first.counters.total_connections), (1, 1))
+
+
+class RelayBytesTests(SynchronousTestCase):
+    """Bytes go through unchanged and are counted once, where they move."""
+
+    def test_bothWaysCountedExactly(self) -> None:
+        server, relay, client, side, backend = relayed()
+        relay.client.dataReceived(b"hello")
+        relay.client.dataReceived(b" world")
+        side.dataReceived(b"answer!")
+        self.assertEqual(backend.value(), b"hello world")
+        self.assertEqual(client.value(), b"answer!")
+        counters = server.pool.get("10.0.0.1:80").counters.traffic
+        self.assertEqual((relay.tx, relay.rx), (11, 7))
+        self.assertEqual((server.counters.traffic.tx, server.counters.traffic.rx), (11, 7))
+        self.assertEqual((counters.tx, counters.rx), (11, 7))
+
+    def test_earlyDataGoesFirst(self) -> None:
+        """A transport that delivers bytes while paused (TLS may) loses none of them."""
+        server = make_server()
+        relay, client = accept(server)
+        relay.client.dataReceived(b"early ")
+        self.assertEqual(relay.tx, 0)
+        side, backend = connect(server)
+        relay.client.dataReceived(b"late")
+        self.assertEqual(backend.value(), b"early late")
+        self.assertEqual(server.counters.traffic.tx, 10)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """A shut-down write side is passed on; the other direction keeps flowing."""
+
+    def test_clientHalfCloseReachesBackendAndAnswerStillFlows(self) -> None:
+        server, relay, client, side, backend = relayed()
+        relay.client.dataReceived(b"request")
+        relay.client.readConnectionLost()
+        self.assertTrue(backend.write_closed)
+        self.assertFalse(backend.disconnecting)
+        self.assertFalse(client.disconnecting or client.write_closed)
+        side.dataReceived(b"the whole answer")
+        self.assertEqual(client.value(), b"the whole answer")
+        side.readConnectionLost()
+        self.assertTrue(client.write_closed)
+        side.writeConnectionLost()
+        self.assertTrue(backend.disconnecting)
+        relay.client.writeConnectionLost()
+        self.assertTrue(client.disconnecting)
+
+    def test_backendHalfCloseReachesClientAndRequestStillFlows(self) -> None:
+        server, relay, client, side, backend = relayed()
+        side.dataReceived(b"banner")
+        side.readConnectionLost()
+        self.assertTrue(client.write_closed)
+        self.assertFalse(backend.disconnecting or backend.write_closed)
+        relay.client.dataReceived(b"request")
+        self.assertEqual(backend.value(), b"request")
+        relay.client.writeConnectionLost()
+        relay.client.readConnectionLost()
+        self.assertTrue(backend.write_closed)
+        self.assertTrue(client.disconnecting)
+
+    def test_noProducerIsLeftRegisteredOnAClosingTransport(self) -> None:
+        """A transport whose (paused) producer stays registered would never close."""
+        server, relay, client, side, backend = relayed()
+        relay.client.readConnectionLost()
+        side.readConnectionLost()
+        side.writeConnectionLost()
+        relay.client.writeConnectionLost()
+        self.assertEqual(backend.producer_at_close, [None, None])
+        self.assertEqual(client.producer_at_close, [None, None])
+
+    def test_finishWritingUnregistersFirst(self) -> None:
+        transport = FakeTransport()
+        transport.registerProducer(FakeTransport(), True)
+        finish_writing(transport, half=True)
+        finish_writing(transport, half=False)
+        self.assertEqual(transport.producer_at_close, [None, None])
+        self.assertTrue(transport.write_closed and transport.disconnecting)
+
+
+class EndingTests(SynchronousTestCase):
+    """Closing one end closes the other after a flush; the relay is forgotten once both are gone."""
+
+    def test_clientGoneClosesBackendGracefully(self) -> None:
+        server, relay, client, side, backend = relayed()
+        lose(relay.client)
+        self.assertTrue(backend.disconnecting)
+        self.assertFalse(backend.aborted)
+        self.assertEqual(list(server.relays), [relay.id])
+        lose(side)
+        self.assertEqual(server.relays, {})
+        self.assertEqual(server.counters.active_connections, 0)
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.active_connections, 0)
+
+    def test_backendGoneClosesClientGracefully(self) -> None:
+        server, relay, client, side, backend = relayed()
+        side.dataReceived(b"last words")
+        lose(side)
+        self.assertTrue(client.disconnecting)
+        self.assertFalse(client.aborted)
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.active_connections, 0)
+        self.assertEqual(server.counters.active_connections, 1)
+        lose(relay.client)
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+
+    def test_closeAbortsBoth(self) -> None:
+        server, relay, client, side, backend = relayed()
+        relay.close()
+        self.assertTrue(client.aborted and backend.aborted)
+
+    def test_undiscoveredBackendForgottenAfterLastConnection(self) -> None:
+        server, relay, client, side, backend = relayed()
+        server.pool.replace([parse_backend_line("10.0.0.2:80")])
+        self.assertFalse(server.pool.get("10.0.0.1:80").discovered)
+        lose(relay.client)
+        lose(side)
+        self.assertIsNone(server.pool.get("10.0.0.1:80"))
+
+
+class RetryTests(SynchronousTestCase):
+    """A refused or timed-out connect is counted and the next backend is tried."""
+
+    def test_refusedCountedAndNextTried(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        fail(server)
+        first = server.pool.get("10.0.0.1:80")
+        self.assertEqual(attempted(server), ["10.0.0.1:80", "10.0.0.2:80"])
+        self.assertEqual((first.counters.refused_connections, first.counters.active_connections), (1, 0))
+        self.assertTrue(first.live)
+        self.assertFalse(client.disconnecting)
+        connect(server)
+        relay.client.dataReceived(b"x")
+        self.assertEqual(server.pool.get("10.0.0.2:80").counters.traffic.tx, 1)
+
+    def test_timedOutConnectMovesOn(self) -> None:
+        server = make_server(backend_connection_timeout=2.0)
+        accept(server)
+        self.assertEqual(server.reactor.tcpClients[0][3], 2.0)
+        fail(server, reason=TimeoutError())
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.refused_connections, 1)
+        self.assertEqual(attempted(server), ["10.0.0.1:80", "10.0.0.2:80"])
+
+    def test_everyBackendOnceThenClientClosed(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        for _ in BACKENDS:
+            fail(server)
+        self.assertEqual(attempted(server), list(BACKENDS))
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(server.counters.no_backend, 1)
+        self.assertEqual([b.counters.refused_connections for b in server.pool], [1, 1, 1])
+        self.assertEqual([b.counters.active_connections for b in server.pool], [0, 0, 0])
+        lose(relay.client)
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+
+    def test_noBackendAtAll(self) -> None:
+        server = make_server(backends=())
+        relay, client = accept(server)
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(server.counters.no_backend, 1)
+
+    def test_clientGoneWhileConnectingIsNotARefusal(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        lose(relay.client)
+        first = server.pool.get("10.0.0.1:80")
+        self.assertTrue(server.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual((first.counters.active_connections, first.counters.refused_connections), (0, 0))
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+        fail(server, 0, UserError())
+        self.assertEqual((first.counters.active_connections, first.counters.refused_connections), (0, 0))
+        self.assertEqual(len(server.reactor.tcpClients), 1)
+
+    def test_lateConnectOfAnAbandonedAttemptIsClosed(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        relay.close()
+        self.assertTrue(client.aborted)
+        self.assertIsNone(server.reactor.tcpClients[0][2].buildProtocol(None))
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.total_connections, 0)
+
+
+class LimitTests(SynchronousTestCase):
+    """max_connections per server and per backend."""
+
+    def test_clientOverServerLimitClosedAtOnceAndCounted(self) -> None:
+        server = make_server(max_connections=2)
+        accept(server)
+        accept(server)
+        relay, client = accept(server)
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(server.counters.over_limit, 1)
+        self.assertEqual((len(server.relays), len(server.reactor.tcpClients)), (2, 2))
+        lose(relay.client)
+        self.assertEqual(server.counters.active_connections, 2)
+
+    def test_slotFreedByAnEndedRelay(self) -> None:
+        server = make_server(max_connections=1)
+        first, _ = accept(server)
+        lose(first.client)
+        relay, client = accept(server)
+        self.assertFalse(client.disconnecting)
+        self.assertEqual(server.counters.over_limit, 0)
+
+    def test_fullBackendSkipped(self) -> None:
+        server = make_server(
+            backends=("10.0.0.1:80 weight=1 priority=1 max_connections=1", "10.0.0.2:80 priority=2"), balance="weight"
+        )
+        first, _ = accept(server)
+        accept(server)
+        self.assertEqual(attempted(server), ["10.0.0.1:80", "10.0.0.2:80"])
+        lose(first.client)
+        accept(server)
+        self.assertEqual(attempted(server)[-1], "10.0.0.1:80")
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """client_idle_timeout and backend_idle_timeout on the reactor's clock."""
+
+    def test_clientIdleClosesAtDeadlineNotBefore(self) -> None:
+        server, relay, client, side, backend = relayed(client_idle_timeout=10.0)
+        server.reactor.advance(9.75)
+        self.assertFalse(client.aborted)
+        server.reactor.advance(0.25)
+        self.assertTrue(client.aborted and backend.aborted)
+
+    def test_clientActivityPushesDeadline(self) -> None:
+        server, relay, client, side, backend = relayed(client_idle_timeout=10.0)
+        server.reactor.advance(6)
+        relay.client.dataReceived(b"ping")
+        side.dataReceived(b"backend traffic does not count for the client")
+        server.reactor.advance(9.75)
+        self.assertFalse(client.aborted)
+        server.reactor.advance(0.25)
+        self.assertTrue(client.aborted)
+
+    def test_backendIdleClosesAtDeadlineAndActivityPushesIt(self) -> None:
+        server, relay, client, side, backend = relayed(backend_idle_timeout=5.0)
+        server.reactor.advance(4)
+        side.dataReceived(b"pong")
+        relay.client.dataReceived(b"client traffic does not count for the backend")
+        server.reactor.advance(4.75)
+        self.assertFalse(backend.aborted)
+        server.reactor.advance(0.25)
+        self.assertTrue(client.aborted and backend.aborted)
+
+    def test_noTimeoutNoTimer(self) -> None:
+        server, relay, client, side, backend = relayed()
+        self.assertEqual(server.reactor.getDelayedCalls(), [])
+
+    def test_finishedDirectionCannotBeIdle(self) -> None:
+        """A client that sent its request and shut down its write side waits for the answer."""
+        server, relay, client, side, backend = relayed(client_idle_timeout=10.0, backend_idle_timeout=30.0)
+        relay.client.readConnectionLost()
+        server.reactor.advance(29)
+        self.assertFalse(client.aborted)
+        server.reactor.advance(1)
+        self.assertTrue(client.aborted)
+
+    def test_timersStopWhenRelayEnds(self) -> None:
+        server, relay, client, side, backend = relayed(client_idle_timeout=10.0, backend_idle_timeout=10.0)
+        lose(relay.client)
+        lose(side)
+        self.assertEqual(server.reactor.getDelayedCalls(), [])
+
+
+class IdleTimerTests(SynchronousTestCase):
+    """The timer behind both idle timeouts."""
+
+    def test_firesOnceAfterTimeoutWithoutTouch(self) -> None:
+        clock = MemoryReactorClock()
+        fired: list[float] = []
+        IdleTimer(clock, 3.0, lambda: fired.append(clock.seconds()))
+        clock.advance(2)
+        clock.advance(1)
+        clock.advance(10)
+        self.assertEqual(fired, [3.0])
+
+    def test_touchMovesDeadline(self) -> None:
+        clock = MemoryReactorClock()
+        fired: list[float] = []
+        timer = IdleTimer(clock, 3.0, lambda: fired.append(clock.seconds()))
+        clock.advance(2)
+        timer.touch()
+        clock.advance(2.5)
+        self.assertEqual(fired, [])
+        clock.advance(0.5)
+        self.assertEqual(fired, [5.0])
+
+    def test_cancel(self) -> None:
+        clock = MemoryReactorClock()
+        timer = IdleTimer(clock, 3.0, self.fail)
+        timer.cancel()
+        clock.advance(5)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -1,0 +1,598 @@
+"""
+The TCP data plane on real sockets (127.0.0.1, port 0): the balancer runs in
+this process on the global reactor, between real clients and real backends;
+graceful stop on SIGTERM runs it as a twistd process.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import signal
+import socket
+from typing import Any, Callable
+
+from twisted.internet import error, reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from balancer.config.schema import Config, DefaultsConfig
+from balancer.server import ServerService
+from balancer.service import BalancerService
+from tests.clients import Named, exchange, listen
+from tests.helpers import ROOT
+from tests.processes import free_port, spawn_twistd
+from tests.test_relay import server_config
+
+CHUNK = 64 * 1024
+
+
+def pattern(index: int) -> bytes:
+    """Chunk C{index} of a stream: distinct per index, so loss, duplication and reordering all show."""
+    return hashlib.sha256(index.to_bytes(8, "big")).digest() * (CHUNK // 32)
+
+
+def buffered(transport: Any) -> int:
+    """Bytes a Twisted TCP transport holds, written but not yet sent."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def until(condition: Callable[[], bool], each: Callable[[], None] | None = None) -> Deferred[None]:
+    """
+    Fires once C{condition()} holds, checking (and first calling C{each}) every
+    reactor turn; fails with what C{each} or C{condition} raises.
+    """
+    done: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if each is not None:
+            each()
+        if condition():
+            loop.stop()
+            done.callback(None)
+
+    loop = LoopingCall(check)
+    loop.start(0).addErrback(done.errback)
+    return done
+
+
+@implementer(IHalfCloseableProtocol)
+class Echo(Protocol):
+    """Echoes, pausing its own reading while its answer is not sent; closes after the end of input."""
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class Answer(Protocol):
+    """Reads until the end of input, then answers with the digest of it and C{factory.body}, and closes."""
+
+    def connectionMade(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(self.digest.hexdigest().encode() + self.factory.body)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class Greeter(Protocol):
+    """Sends C{factory.banner}, shuts down its write side first, then collects the client's input."""
+
+    def connectionMade(self) -> None:
+        self.received: list[bytes] = []
+        self.transport.write(self.factory.banner)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.factory.got.callback(b"".join(self.received))
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class StalledSink(Protocol):
+    """Does not read until told to; then hashes everything and reports it at the end."""
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.factory.sinks.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.done.callback((self.count, self.digest.hexdigest()))
+
+
+@implementer(IHalfCloseableProtocol, IPullProducer)
+class Streamer(Protocol):
+    """
+    Sends C{chunks} chunks of L{pattern} as fast as its transport takes them,
+    then shuts down its write side; hashes what it sends and what it receives.
+    """
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.index = 0
+        self.sent = hashlib.sha256()
+        self.received = hashlib.sha256()
+        self.received_count = 0
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        if self.index >= self.chunks:
+            self.transport.unregisterProducer()
+            self.transport.loseWriteConnection()
+            return
+        chunk = pattern(self.index)
+        self.index += 1
+        self.sent.update(chunk)
+        self.transport.write(chunk)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.update(data)
+        self.received_count += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+@implementer(IHalfCloseableProtocol)
+class Peer(Protocol):
+    """A client that sends when told, and waits for a number of bytes or for the end of input."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.write_closed = False
+        self._waiting: tuple[int, Deferred[bytes]] | None = None
+        self.ended: Deferred[bytes] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def expect(self, size: int) -> Deferred[bytes]:
+        """Fires with the first C{size} bytes received."""
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (size, d)
+        self._check()
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self._check()
+
+    def _check(self) -> None:
+        if self._waiting is not None and len(self.data) >= self._waiting[0]:
+            size, d = self._waiting
+            self._waiting = None
+            d.callback(self.data[:size])
+
+    def readConnectionLost(self) -> None:
+        self.ended.callback(self.data)
+        if self.write_closed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+        if self.ended.called:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.ended.called:
+            self.ended.callback(self.data)
+        self.closed.callback(None)
+
+
+def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> Deferred[Protocol]:
+    """Connect C{protocol} to 127.0.0.1:C{port}."""
+    bind = (bind_host, 0) if bind_host else None
+    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
+
+
+class RelayIntegrationTests(TestCase):
+    """Relaying, balancing, limits and statistics through real sockets."""
+
+    timeout = 60
+
+    def listen(self, protocol: type[Protocol], **attributes: Any) -> Deferred[int]:
+        """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
+
+        def started(port: Any) -> int:
+            self.addCleanup(port.stopListening)
+            self.ports[port.getHost().port] = port
+            return int(port.getHost().port)
+
+        return listen(protocol, **attributes).addCallback(started)
+
+    def named(self, *names: bytes) -> Deferred[list[int]]:
+        """Backends answering with their names; fires with their ports, in order."""
+        return gatherResults([self.listen(Named, name=name) for name in names])
+
+    def setUp(self) -> None:
+        self.ports: dict[int, Any] = {}
+
+    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
+        """
+        A started balancer with one server on 127.0.0.1 port 0 in front of
+        C{backends}: ports on 127.0.0.1, or whole C{static_list} lines.
+        """
+        lines = tuple(f"127.0.0.1:{b}" if isinstance(b, int) else b for b in backends)
+        config = Config(defaults=DefaultsConfig(shutdown_grace=5.0), servers={"web": server_config(lines, **options)})
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        server = service.server("web")
+
+        def stop() -> Deferred[Any]:
+            server.grace = 0.0
+            return service.stopService()
+
+        self.addCleanup(stop)
+        return server
+
+    @inlineCallbacks
+    def test_50MBThroughEchoComeBackIdentical(self) -> None:
+        server = self.balancer([(yield self.listen(Echo))])
+        client = Streamer(chunks=800)
+        yield open_client(server.port, client)
+        yield client.closed
+        self.assertEqual(client.received_count, 800 * CHUNK)
+        self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+        yield until(lambda: not server.relays)
+        self.assertEqual((server.counters.traffic.tx, server.counters.traffic.rx), (800 * CHUNK, 800 * CHUNK))
+
+    @inlineCallbacks
+    def test_clientHalfClosesThenGetsTheWholeAnswer(self) -> None:
+        body = b"".join(pattern(i) for i in range(32))
+        server = self.balancer([(yield self.listen(Answer, body=body))])
+        request = b"".join(pattern(i) for i in range(100, 104))
+        answer = yield exchange(server.port, request, half_close=True)
+        self.assertEqual(answer, hashlib.sha256(request).hexdigest().encode() + body)
+
+    @inlineCallbacks
+    def test_backendHalfClosesFirstAndStillGetsTheRequest(self) -> None:
+        banner = b"".join(pattern(i) for i in range(16))
+        got: Deferred[bytes] = Deferred()
+        server = self.balancer([(yield self.listen(Greeter, banner=banner, got=got))])
+        client = Peer()
+        yield open_client(server.port, client)
+        received = yield client.ended
+        self.assertEqual(received, banner)
+        request = b"".join(pattern(i) for i in range(50, 58))
+        client.transport.write(request)
+        client.transport.loseWriteConnection()
+        self.assertEqual((yield got), request)
+        yield client.closed
+
+    @inlineCallbacks
+    def stalled_relay(self) -> Any:
+        """
+        A client streaming as fast as it can through the balancer to a backend
+        that does not read; fires with (server, relay, client, sink, sink done)
+        once the relay's transport to the backend has paused the client's.
+
+        The kernel buffers towards the backend are small and fixed, so that the
+        stall is final, not undone a moment later by the kernel growing a buffer.
+        """
+        done: Deferred[tuple[int, str]] = Deferred()
+        sinks: list[StalledSink] = []
+        sink_port = yield self.listen(StalledSink, sinks=sinks, done=done)
+        self.ports[sink_port].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server = self.balancer([sink_port])
+        client = Streamer(chunks=1 << 20)
+        yield open_client(server.port, client)
+        yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))
+        relay = next(iter(server.relays.values()))
+        relay.backend_side.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return server, relay, client, sinks[0], done
+
+    @inlineCallbacks
+    def test_stalledBackendBoundsBalancerMemory(self) -> None:
+        """
+        The backend stops reading; the client writes as fast as it can.  The
+        balancer's transport to the backend pauses the client's transport and
+        never holds more than its buffer size plus one read.
+        """
+        server, relay, client, sink, done = yield self.stalled_relay()
+        to_backend, from_client = relay.backend_side.transport, relay.client.transport
+        bound = to_backend.bufferSize + from_client.bufferSize
+
+        def sample() -> None:
+            self.assertLessEqual(buffered(to_backend), bound)
+
+        def stalled() -> bool:
+            return bool(
+                to_backend.producerPaused
+                and from_client not in reactor.getReaders()
+                and buffered(client.transport) > 0
+                and client.index < client.chunks
+            )
+
+        yield until(stalled, sample)
+        for _ in range(20):
+            yield deferLater(reactor, 0, sample)
+            self.assertTrue(stalled())
+        self.assertLess(relay.tx, client.index * CHUNK)
+        client.chunks = client.index
+        sink.transport.resumeProducing()
+        count, digest = yield done
+        self.assertEqual((count, digest), (client.chunks * CHUNK, client.sent.hexdigest()))
+
+    @inlineCallbacks
+    def test_clientLostWhileBackendStalledBackendStillCloses(self) -> None:
+        """
+        The client vanishes while the stalled backend's transport holds the
+        client's transport, paused, as its producer.  Once the backend reads
+        again, it gets every byte relayed and then the end of its connection:
+        the transport does not wait for its dead producer.
+        """
+        server, relay, client, sink, done = yield self.stalled_relay()
+        to_backend = relay.backend_side.transport
+        yield until(lambda: to_backend.producerPaused and relay.client.transport not in reactor.getReaders())
+        client.transport.abortConnection()
+        yield client.closed
+        sink.transport.write(b"?")  # relaying this, the balancer finds the client gone
+        yield until(lambda: relay.client.lost)
+        self.assertTrue(to_backend.disconnecting)
+        sink.transport.resumeProducing()
+        count, digest = yield done
+        self.assertEqual(count, relay.tx)
+        yield until(lambda: not server.relays)
+        self.assertEqual([b.counters.active_connections for b in server.pool], [0])
+
+    test_clientLostWhileBackendStalledBackendStillCloses.timeout = 20  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_deadBackendAmongLiveOnesEveryClientServed(self) -> None:
+        """The dead backend is preferred (priority 1), so every client is refused by it once, then served."""
+        live = yield self.named(b"a", b"b")
+        dead = free_port()
+        server = self.balancer(
+            [f"127.0.0.1:{dead} priority=1", *(f"127.0.0.1:{p} priority=2" for p in live)], balance="weight"
+        )
+        answers = yield gatherResults([exchange(server.port, half_close=False) for _ in range(30)])
+        served = collections.Counter(answers)
+        self.assertEqual(sum(served.values()), 30)
+        self.assertEqual(set(served), {b"a", b"b"})
+        backends = {b.port: b.counters for b in server.pool}
+        self.assertEqual((backends[dead].refused_connections, backends[dead].total_connections), (30, 0))
+        self.assertTrue(server.pool.get(f"127.0.0.1:{dead}").live)
+        self.assertEqual([backends[p].refused_connections for p in live], [0, 0])
+        self.assertEqual([backends[p].total_connections for p in live], [served[b"a"], served[b"b"]])
+        self.assertEqual(server.counters.no_backend, 0)
+        yield until(lambda: not server.relays)
+        self.assertEqual([b.counters.active_connections for b in server.pool], [0, 0, 0])
+
+    @inlineCallbacks
+    def test_deadBackendInRoundrobinEveryClientServed(self) -> None:
+        live = yield self.named(b"a", b"b")
+        server = self.balancer([live[0], free_port(), live[1]], balance="roundrobin")
+        answers = yield gatherResults([exchange(server.port, half_close=False) for _ in range(30)])
+        self.assertEqual(sorted(set(answers)), [b"a", b"b"])
+        self.assertEqual(len(answers), 30)
+        refused = sum(b.counters.refused_connections for b in server.pool)
+        self.assertGreaterEqual(refused, 10)
+        self.assertEqual(server.counters.no_backend, 0)
+
+    @inlineCallbacks
+    def test_allBackendsDeadClientClosed(self) -> None:
+        dead = [free_port(), free_port()]
+        server = self.balancer(dead)
+        answer = yield exchange(server.port, b"hello", half_close=False)
+        self.assertEqual(answer, b"")
+        self.assertEqual([b.counters.refused_connections for b in server.pool], [1, 1])
+        self.assertEqual(server.counters.no_backend, 1)
+
+    @inlineCallbacks
+    def test_roundrobinExactlyEqualOver300(self) -> None:
+        ports = yield self.named(b"a", b"b", b"c")
+        server = self.balancer(ports, balance="roundrobin")
+        answers: list[bytes] = []
+        for _ in range(6):
+            answers += yield gatherResults([exchange(server.port, half_close=False) for _ in range(50)])
+        self.assertEqual(collections.Counter(answers), {b"a": 100, b"b": 100, b"c": 100})
+        self.assertEqual([b.counters.total_connections for b in server.pool], [100, 100, 100])
+
+    @inlineCallbacks
+    def test_iphashSameClientAddressSameBackend(self) -> None:
+        ports = yield self.named(b"a", b"b", b"c")
+        server = self.balancer(ports, balance="iphash")
+        sources = [f"127.0.0.{i}" for i in range(2, 22)]
+        seen: dict[str, set[bytes]] = collections.defaultdict(set)
+        for _ in range(3):
+            answers = yield gatherResults([exchange(server.port, half_close=False, bind_host=s) for s in sources])
+            for source, answer in zip(sources, answers):
+                seen[source].add(answer)
+        self.assertEqual({len(names) for names in seen.values()}, {1})
+        self.assertGreater(len(set.union(*seen.values())), 1)
+
+    @inlineCallbacks
+    def test_serverLimitClosesTheNextClientAtOnce(self) -> None:
+        server = self.balancer([(yield self.listen(Echo))], max_connections=2)
+        peers = [Peer(), Peer()]
+        for peer in peers:
+            yield open_client(server.port, peer)
+            peer.transport.write(b"ping")
+            self.assertEqual((yield peer.expect(4)), b"ping")
+        answer = yield exchange(server.port, b"over the limit", half_close=False)
+        self.assertEqual(answer, b"")
+        self.assertEqual(server.counters.over_limit, 1)
+        self.assertEqual(server.counters.active_connections, 2)
+        peers[0].transport.loseConnection()
+        yield until(lambda: server.counters.active_connections == 1)
+        self.assertEqual((yield exchange(server.port, b"room again")), b"room again")
+
+    @inlineCallbacks
+    def test_backendLimitSkipsTheFullBackend(self) -> None:
+        first, second = yield gatherResults([self.listen(Echo), self.listen(Named, name=b"second")])
+        server = self.balancer(
+            [f"127.0.0.1:{first} priority=1 max_connections=1", f"127.0.0.1:{second} priority=2"], balance="weight"
+        )
+        holder = Peer()
+        yield open_client(server.port, holder)
+        holder.transport.write(b"x")
+        yield holder.expect(1)
+        self.assertEqual((yield exchange(server.port, half_close=False)), b"second")
+        holder.transport.loseConnection()
+        yield until(lambda: server.pool.get(f"127.0.0.1:{first}").counters.active_connections == 0)
+        self.assertEqual((yield exchange(server.port, b"echoed")), b"echoed")
+
+    @inlineCallbacks
+    def test_exactByteCountsForKnownPayloads(self) -> None:
+        body = b"r" * 54321
+        server = self.balancer([(yield self.listen(Answer, body=body))])
+        request = b"t" * 12345
+        answer = yield exchange(server.port, request)
+        self.assertEqual(len(answer), 64 + 54321)
+        yield until(lambda: not server.relays)
+        stats = server.stats()
+        self.assertEqual((stats["rx_total"], stats["tx_total"]), (64 + 54321, 12345))
+        backend = stats["backends"][0]["stats"]
+        self.assertEqual((backend["rx"], backend["tx"], backend["total_connections"]), (64 + 54321, 12345, 1))
+        self.assertEqual((stats["active_connections"], backend["active_connections"]), (0, 0))
+
+
+class StopIntegrationTests(TestCase):
+    """Stopping and removing servers with live relays, on real sockets."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        backend = yield listen(Echo)
+        self.addCleanup(backend.stopListening)
+        config = Config(
+            defaults=DefaultsConfig(shutdown_grace=20.0),
+            servers={"web": server_config((f"127.0.0.1:{backend.getHost().port}",))},
+        )
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        server = service.server("web")
+        peer = Peer()
+        yield open_client(server.port, peer)
+        peer.transport.write(b"ping")
+        yield peer.expect(4)
+        return service, server, peer
+
+    @inlineCallbacks
+    def test_stopClosesListenerAndLetsTheRelayFinish(self) -> None:
+        service, server, peer = yield self.start()
+        port = server.port
+        stopped = service.stopService()
+        yield deferLater(reactor, 0, lambda: None)
+        with socket.socket() as probe:
+            self.assertRaises(ConnectionRefusedError, probe.connect, ("127.0.0.1", port))
+        self.assertNoResult(stopped)
+        peer.transport.write(b"pong")
+        self.assertEqual((yield peer.expect(8)), b"pingpong")
+        peer.transport.loseWriteConnection()
+        yield peer.closed
+        yield stopped
+        self.assertEqual(server.relays, {})
+
+    @inlineCallbacks
+    def test_removeServerClosesRelaysAtOnce(self) -> None:
+        service, server, peer = yield self.start()
+        yield service.remove_server("web")
+        yield peer.closed
+        self.assertEqual(server.relays, {})
+        self.assertEqual(list(service), [])
+
+
+SIGTERM_CONFIG = """
+[defaults]
+shutdown_grace = "{grace}"
+[servers.web]
+bind = "127.0.0.1:{port}"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{backend}"]
+"""
+
+
+class SigtermTests(TestCase):
+    """twistd -n balancer: SIGTERM closes the listener first, then waits for relays up to the grace."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def run_balancer(self, grace: str) -> Any:
+        backend = yield listen(Echo)
+        self.addCleanup(backend.stopListening)
+        port = free_port()
+        path = os.path.abspath(self.mktemp() + ".toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(SIGTERM_CONFIG.format(grace=grace, port=port, backend=backend.getHost().port))
+        process = spawn_twistd(b"web: listening on", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
+        self.addCleanup(lambda: process.stop() if process.transport.pid else None)
+        yield process.seen
+        peer = Peer()
+        yield open_client(port, peer)
+        peer.transport.write(b"ping")
+        yield peer.expect(4)
+        os.kill(process.transport.pid, signal.SIGTERM)
+        yield until(lambda: b"web: stopped listening" in process.output)
+        return process, port, peer
+
+    @inlineCallbacks
+    def test_liveRelayFinishesThenProcessExits(self) -> None:
+        """With a long grace, the process ends as soon as its last relay does (else the test times out)."""
+        process, port, peer = yield self.run_balancer("60s")
+        refused = yield exchange(port).addCallbacks(lambda _: False, lambda f: f.check(error.ConnectionRefusedError))
+        self.assertTrue(refused)
+        peer.transport.write(b"pong")
+        self.assertEqual((yield peer.expect(8)), b"pingpong")
+        peer.transport.loseWriteConnection()
+        yield peer.closed
+        ended = yield process.ended
+        self.assertEqual(ended, (None, signal.SIGTERM), process.output.decode())
+
+    @inlineCallbacks
+    def test_relayClosedAtGraceDeadline(self) -> None:
+        process, port, peer = yield self.run_balancer("1s")
+        yield peer.closed
+        ended = yield process.ended
+        self.assertEqual(ended, (None, signal.SIGTERM), process.output.decode())
