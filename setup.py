@@ -21,6 +21,7 @@ setup(
         "attrs>=23.1",
         "bcrypt>=4.0",
         "werkzeug>=2.0",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["cryptography>=41"],

@@ -16,6 +16,7 @@ from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.control import Controller, load_effective
 from balancer.demo import demo_service, loopback_backends
+from balancer.metrics import metrics_service
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.state import RuntimeChanges
@@ -101,6 +102,8 @@ def build_service(
     )
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
+    if config.metrics.enabled:
+        metrics_service(config.metrics, balancer, reactor).setServiceParent(root)
     return root
 
 

@@ -55,3 +55,22 @@ class MetricsTests(SynchronousTestCase):
         self.balancer.server("web").counters.active_connections = 7
         _, body = self.scrape()
         self.assertIn('balancer_server_active_connections{server="web"} 7.0', body.splitlines())
+
+
+class MetricsServiceTests(SynchronousTestCase):
+    """[metrics] enabled adds a listener on [metrics] bind to the service tree."""
+
+    def test_enabledListens(self) -> None:
+        from balancer.tap import build_service
+
+        memory = MemoryReactorClock()
+        config = parse_config(CONFIG + b'[metrics]\nenabled = true\nbind = "127.0.0.1:9284"\n', "x")
+        build_service(config, memory).privilegedStartService()
+        self.assertIn((9284, "127.0.0.1"), [(port, iface) for port, _, _, iface in memory.tcpServers])
+
+    def test_disabledDoesNotListen(self) -> None:
+        from balancer.tap import build_service
+
+        memory = MemoryReactorClock()
+        build_service(parse_config(CONFIG, "x"), memory).privilegedStartService()
+        self.assertNotIn(9284, [port for port, _, _, _ in memory.tcpServers])
