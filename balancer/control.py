@@ -8,7 +8,6 @@ and it persists them (C{[state] path}) before they are reported done.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import attrs
@@ -18,8 +17,6 @@ from zope.interface import Interface, implementer
 
 from balancer import __version__
 from balancer.config.dump import to_json, to_mapping, to_toml
-from balancer.config.errors import ConfigError, Problem
-from balancer.config.fields import join
 from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.server import ServerService
@@ -31,7 +28,6 @@ log = Logger()
 __all__ = ["IControl", "Controller", "UnknownServer", "ServerExists", "DumpFormatError"]
 
 #: A server name, as C{[servers.<name>]} accepts it in a file (L{balancer.config.fields.named_sections}).
-_SERVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class DumpFormatError(ValueError):
@@ -62,6 +58,15 @@ class IControl(Interface):
         Atomic: on any failure nothing changed.  C{name} must be a valid
         C{[servers.<name>]} name.
         @raise ConfigError, ServerExists, BindError (as the Deferred's failure)
+        """
+
+    def update_server(name: str, definition: object) -> Deferred[dict[str, Any]]:
+        """
+        Validate a server's new definition, apply it and persist it; fires with it.
+        In place (relays kept) when C{bind}, C{protocol}, C{tls}, C{sni} and C{udp}
+        are unchanged; else a new listener replaces the old one, whose relays get
+        the shutdown grace.  Atomic: on any failure nothing changed.
+        @raise UnknownServer, ConfigError, BindError (as the Deferred's failure)
         """
 
     def remove_server(name: str) -> Deferred[None]:
@@ -148,9 +153,6 @@ class Controller:
 
     @inlineCallbacks
     def add_server(self, name: str, definition: object):  # type: ignore[no-untyped-def]
-        if not _SERVER_NAME.fullmatch(name):
-            message = "a name is 1 to 64 letters, digits, '_', '-' or '.'"
-            raise ConfigError("request body", [Problem(join("servers", name), message)])
         if name in self.server_names():
             raise ServerExists(f'a server named "{name}" already exists')
         config: ServerConfig = server_from_mapping(name, definition, "request body", self.effective_config())
@@ -160,6 +162,19 @@ class Controller:
             self._record(lambda changes: changes.created(name, mapping))
         except OSError:
             yield self._balancer.remove_server(name)
+            raise
+        return mapping
+
+    @inlineCallbacks
+    def update_server(self, name: str, definition: object):  # type: ignore[no-untyped-def]
+        old = self._balancer.server(name).config
+        config: ServerConfig = server_from_mapping(name, definition, "request body", self.effective_config())
+        yield self._balancer.update_server(name, config)
+        mapping = to_mapping(config)
+        try:
+            self._record(lambda changes: changes.created(name, mapping))
+        except OSError:
+            yield self._balancer.update_server(name, old)
             raise
         return mapping
 

@@ -14,7 +14,10 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from balancer.backends import Backend, Pool
+from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
+from balancer.discovery import DiscoveryRunner
+from balancer.health import HealthMonitor
 from balancer.proxy.tcp import Relay, RelayFactory
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
@@ -30,6 +33,20 @@ class BindError(Exception):
     """A server could not listen on its address; the message names both."""
 
 
+#: Keys whose change needs a new listener rather than an in-place update.
+LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
+
+
+def needs_new_listener(old: ServerConfig, new: ServerConfig) -> bool:
+    """Whether going from C{old} to C{new} changes how the server listens."""
+    return any(getattr(old, key) != getattr(new, key) for key in LISTENER_KEYS)
+
+
+def _initially_live(config: ServerConfig) -> bool:
+    """Backends start live unless checks run and C{initial_status} says unhealthy."""
+    return config.healthcheck.kind == "none" or config.healthcheck.initial_status == "healthy"
+
+
 class ServerService(Service):
     """
     One configured server.
@@ -39,9 +56,16 @@ class ServerService(Service):
     Stopping closes the listener first, then gives live relays C{grace}
     seconds to finish before closing them.
 
+    While running, its discovery keeps the pool's membership up to date and
+    its health monitor each backend's C{live} flag.  Static backends are in
+    the pool from the start, so a server built but not started already
+    shows them.
+
     @ivar counters: the server's own statistics.
     @ivar pool: its backends.
     @ivar relays: live client sessions by id.
+    @ivar discovery: the running discovery (None while stopped).
+    @ivar health: the running health monitor (None while stopped).
     """
 
     def __init__(
@@ -60,9 +84,12 @@ class ServerService(Service):
         self.clock = reactor
         self.grace = grace
         self.counters = ServerCounters()
-        self.pool = Pool(config.discovery.static_list)
+        self.pool = Pool(config.discovery.static_list, initially_live=_initially_live(config))
         self.strategy = make_strategy(config.balance, rng)
         self.relays: dict[int, Relay] = {}
+        self.discovery: DiscoveryRunner | None = None
+        self.health: HealthMonitor | None = None
+        self._rng = rng
         self._rates = rates
         self._port: Any = None
         self._drained: list[Deferred[None]] = []
@@ -105,10 +132,50 @@ class ServerService(Service):
         super().privilegedStartService()
 
     def startService(self) -> None:
-        """Bind if not bound yet, and count rates."""
+        """Bind if not bound yet, count rates, start discovery and health checks."""
         self.bind()
         self._rates.add(self.traffic_counters)
         super().startService()
+        self._start_watching()
+
+    def _start_watching(self) -> None:
+        """Start this configuration's discovery and health monitor."""
+        self.discovery = DiscoveryRunner(self.config.discovery, self.reactor, self.set_backends, name=self.name)
+        self.health = HealthMonitor(self.pool, self.config.healthcheck, self.reactor)
+        self.health.start()
+        self.discovery.start()
+
+    def _stop_watching(self) -> None:
+        for watcher in (self.discovery, self.health):
+            if watcher is not None:
+                watcher.stop()
+        self.discovery = self.health = None
+
+    def set_backends(self, specs: list[BackendSpec]) -> None:
+        """Make C{specs} the pool's discovered backends (those that stay keep stats and health)."""
+        self.pool.replace(specs)
+        if self.health is not None:
+            self.health.backends_changed()
+
+    def reconfigure(self, config: ServerConfig) -> None:
+        """
+        Apply a new definition in place: strategy, limits, timeouts,
+        discovery and health checks change; live relays are kept.  The
+        listener is not touched, so C{bind} and C{protocol} must be unchanged
+        (L{needs_new_listener}).
+        """
+        assert not needs_new_listener(self.config, config)
+        old, self.config = self.config, config
+        if config.balance != old.balance:
+            self.strategy = make_strategy(config.balance, self._rng)
+        if (config.discovery, config.healthcheck) != (old.discovery, old.healthcheck):
+            running = self.running
+            self._stop_watching()
+            if config.discovery.kind == "static":
+                self.set_backends(list(config.discovery.static_list))
+            if running:
+                self._start_watching()
+        log.info("{server}: reconfigured", server=self.name)
 
     def unbind(self) -> Deferred[None]:
         """Stop listening (if listening); fires once the port is closed."""
@@ -126,6 +193,7 @@ class ServerService(Service):
         """
         if self.running:
             self._rates.remove(self.traffic_counters)
+        self._stop_watching()
         super().stopService()
         address = self.address
         listener = self.unbind()

@@ -9,11 +9,11 @@ import random
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
-from balancer.server import BindError, ServerService
+from balancer.server import BindError, ServerService, needs_new_listener
 from balancer.stats import RateClock
 
 log = Logger()
@@ -105,6 +105,36 @@ class BalancerService(MultiService):
         service.setServiceParent(self)
         log.info("server {server} added", server=name)
         return service
+
+    @inlineCallbacks
+    def update_server(self, name: str, config: ServerConfig):  # type: ignore[no-untyped-def]
+        """
+        Give server C{name} a new definition.
+
+        In place when the listener is unaffected (L{needs_new_listener});
+        otherwise a new server binds first (on the same address, after the
+        old listener has closed) and the old one stops with its grace.
+
+        @raise UnknownServer: if there is none.
+        @raise BindError: if the new listener cannot bind (the old one is kept).
+        """
+        old = self.server(name)
+        if not needs_new_listener(old.config, config):
+            old.reconfigure(config)
+            return
+        new = self._make_server(name, config)
+        if (old.config.bind, old.config.protocol == "udp") == (config.bind, config.protocol == "udp"):
+            yield old.unbind()
+            try:
+                new.bind()
+            except BindError:
+                old.bind()
+                raise
+        else:
+            new.bind()
+        old.disownServiceParent()
+        new.setServiceParent(self)
+        log.info("server {server} replaced with a new listener", server=name)
 
     def remove_server(self, name: str) -> Deferred[None]:
         """

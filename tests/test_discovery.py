@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from balancer.config.errors import ConfigError
 from balancer.config.addresses import BackendSpec
 from balancer.config.load import config_from_mapping, read_config_file
 from balancer.config.schema import DISCOVERY_KINDS, DiscoveryConfig
@@ -128,10 +129,11 @@ class RegistryTests(SynchronousTestCase):
             self.assertTrue(verifyObject(IDiscovery, discovery))
 
     def test_lxd_refused(self) -> None:
-        """lxd is accepted by the configuration but make_discovery refuses it, saying so."""
-        config = discovery_config(kind="lxd", lxd_container_port=80)
-        error = self.assertRaises(ValueError, make_discovery, config, Clock())
-        self.assertIn('"lxd" is not supported', str(error))
+        """lxd is a gobetween kind this balancer does not implement: a configuration error at load."""
+        error = self.assertRaises(ConfigError, discovery_config, kind="lxd", lxd_container_port=80)
+        self.assertEqual(
+            error.lines(), ['test: servers.s.discovery.kind: discovery kind "lxd" is not supported by this balancer']
+        )
 
     def test_default_timeouts(self) -> None:
         """timeout = 0 means the kind's default: exec 3s, consul 2s, HTTP and DNS kinds 5s, static none."""
@@ -242,10 +244,9 @@ class PlaintextTests(SynchronousTestCase):
         )
 
     def test_pattern_needs_host_and_port(self) -> None:
-        """A pattern without a host or port group is refused when the discovery is made."""
-        config = example("plaintext", plaintext_regex_pattern=r"(?P<host>\S+)")
-        error = self.assertRaises(ValueError, make_discovery, config, Clock())
-        self.assertIn("(?P<port>", str(error))
+        """A pattern without a host or port group is a configuration error at load."""
+        error = self.assertRaises(ConfigError, example, "plaintext", plaintext_regex_pattern=r"(?P<host>\S+)")
+        self.assertIn("needs the named groups (?P<host>...) and (?P<port>...); missing port", error.render())
 
     def test_unmatched_line_fails(self) -> None:
         """One line that does not match fails the fetch, naming it."""

@@ -264,7 +264,12 @@ def section(cls: type) -> Parser:
     return parse
 
 
-def named_sections(cls: type, name_pattern: str = r"[A-Za-z0-9_.-]{1,64}") -> Parser:
+#: What a C{[servers.<name>]} name may be.
+NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+NAME_RULE = "a name is 1 to 64 letters, digits, '_', '-' or '.'"
+
+
+def named_sections(cls: type, name_pattern: str = NAME_PATTERN) -> Parser:
     """A table of named tables (like C{[servers.<name>]}), parsed to a dict."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:
@@ -275,7 +280,7 @@ def named_sections(cls: type, name_pattern: str = r"[A-Za-z0-9_.-]{1,64}") -> Pa
         for name, raw in value.items():
             where = join(path, name)
             if not re.fullmatch(name_pattern, name):
-                problems.add(where, "a name is 1 to 64 letters, digits, '_', '-' or '.'")
+                problems.add(where, NAME_RULE)
                 continue
             built = build(cls, raw, where, problems)
             if built is not INVALID:

@@ -9,6 +9,7 @@ expected.  Nothing here binds or connects.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections import defaultdict
 from typing import Any, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 import attrs
 
 from balancer.config.errors import ConfigError, Problem, Problems
-from balancer.config.fields import INVALID, build, join
+from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, build, join
 from balancer.config.schema import Config, ServerConfig
 
 
@@ -76,6 +77,8 @@ def server_from_mapping(name: str, raw: object, source: str, config: Config) -> 
     """
     problems = Problems()
     path = join("servers", name)
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ConfigError(source, [Problem(path, NAME_RULE)])
     server = build(ServerConfig, raw, path, problems)
     if server is not INVALID and not len(problems):
         server = server.with_defaults(config.defaults)

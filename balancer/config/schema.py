@@ -217,6 +217,14 @@ class DiscoveryConfig:
 
     def problems(self) -> Found:
         """The keys a kind cannot work without, and no keys of another kind."""
+        if self.kind == "lxd":
+            yield "kind", 'discovery kind "lxd" is not supported by this balancer'
+            return
+        if self.kind == "plaintext" and self.plaintext_regex_pattern:
+            groups = re.compile(self.plaintext_regex_pattern).groupindex
+            missing = [g for g in ("host", "port") if g not in groups]
+            if missing:
+                yield "plaintext_regex_pattern", f"needs the named groups (?P<host>...) and (?P<port>...); missing {', '.join(missing)}"
         for key in self._REQUIRED[self.kind]:
             if not getattr(self, key):
                 yield key, f'required when kind = "{self.kind}"'
