@@ -63,6 +63,8 @@ class DemoBackend(Protocol):
 class DemoFactory(Factory):
     """Builds L{DemoBackend}s named after their address."""
 
+    noisy = False
+
     def __init__(self, name: str, clock: Any) -> None:
         self.name = name
         self.clock = clock

@@ -9,13 +9,16 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver
 from twisted.python import usage
 
 from admin.service import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
+from balancer.config.schema import LoggingConfig
 from balancer.control import Controller, load_effective
 from balancer.demo import demo_service, loopback_backends
+from balancer.logs import log_observer, open_output
 from balancer.metrics import metrics_service
 from balancer.server import BindError
 from balancer.service import BalancerService
@@ -61,8 +64,26 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-class _ExitOnBindError(MultiService):
-    """The root service: a listener that cannot bind at start ends the process with status 1."""
+class BalancerRoot(MultiService):
+    """
+    The root service.
+
+    A listener that cannot bind at start ends the process with status 1.
+    A C{[logging]} section other than the defaults becomes the application's
+    log observer: twistd asks the application for one after C{makeService}
+    and before logging starts, so the file's settings take the place of
+    twistd's own log destination.
+    """
+
+    def __init__(self, logging: LoggingConfig) -> None:
+        super().__init__()
+        self._logging = logging
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Join the application, handing it our log observer when C{[logging]} asks for one."""
+        if self._logging != LoggingConfig() and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, log_observer(self._logging, open_output(self._logging.output)))
+        return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -91,7 +112,7 @@ def build_service(
     @param config: the effective configuration (file plus runtime state).
     @param configured: the file alone, when it differs from C{config}.
     """
-    root = _ExitOnBindError()
+    root = BalancerRoot(config.logging)
     if demo:
         demo_service(loopback_backends(config), reactor).setServiceParent(root)
     balancer = BalancerService(config, reactor)

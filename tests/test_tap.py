@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -9,6 +10,7 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -163,3 +165,37 @@ static_list = ["127.0.0.1:{backs[0]}", "127.0.0.1:{backs[1]}", "127.0.0.1:{backs
         ended = yield process.stop()
         self.assertEqual(ended, (None, signal.SIGTERM), process.output.decode())
         self.assertIn(b"Main loop terminated.", process.output)
+
+
+class LoggingSectionTests(TestCase):
+    """[logging] decides where twistd's log goes."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_jsonFileAtWarn(self) -> None:
+        """With output = a file, format = json, level = warn: info lines stay out, warnings go in."""
+        log_path = os.path.abspath(self.mktemp() + ".log")
+        path = write_config(self, f"""
+[logging]
+level = "warn"
+output = "{log_path}"
+format = "json"
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "exec"
+exec_command = ["/bin/false"]
+""")
+        process = spawn_twistd(b"never printed", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
+        process.seen.addErrback(lambda _: None)
+        self.addCleanup(process.stop)
+        records: list[dict] = []
+        while not any(r.get("log_level", {}).get("name") == "warn" for r in records):
+            yield deferLater(reactor, 0.1, lambda: None)
+            if os.path.exists(log_path):
+                with open(log_path, encoding="utf-8") as f:
+                    records = [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
+        levels = {r["log_level"]["name"] for r in records}
+        self.assertNotIn("info", levels)
+        self.assertNotIn(b"starting up", process.output)
