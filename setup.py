@@ -22,8 +22,10 @@ setup(
         "bcrypt>=4.0",
         "werkzeug>=2.0",
         "prometheus-client>=0.17",
+        "jsonpatch>=1.33",
+        "jsonpointer>=2.4",
     ],
     extras_require={
-        "test": ["cryptography>=41"],
+        "test": ["cryptography>=41", "openapi-spec-validator>=0.7", "schemathesis>=4.0"],
     },
 )

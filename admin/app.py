@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from admin import gobetween
 from admin.auth import Account, require_admin
 from admin.errors import BadRequest, Forbidden
+from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
 from balancer.control import DumpFormatError, IControl, ServerExists, UnknownServer
 from balancer.server import BindError
@@ -48,15 +49,22 @@ class PublicApp:
         """Every other path, through the guard."""
         return self._guarded
 
+    @app.handle_errors(HTTPException)
+    def unroutable(self, request: IRequest, failure: Failure) -> bytes:
+        """A path no route takes (one with a control character): 404 as JSON, a JSON:API error under /v1."""
+        error: Any = failure.value
+        if request.path == b"/v1" or request.path.startswith(b"/v1/"):
+            return gobetween.json_response(request, {"errors": [{"detail": "no resource at this path"}]}, error.code)
+        return gobetween.json_response(request, str(error.name).lower(), error.code)
+
 
 class AdminApp:
     """
     The API as one account sees it: gobetween's root routes (DESIGN §7.1).
 
     A C{basic} account may only read; writes and C{/dump} raise L{Forbidden}.
-    Further APIs (C{/v1}) mount here as branch routes returning their own
-    resource for the same C{control} and C{account}, so they sit behind the
-    same guard.
+    The /v1 API mounts here as a branch route returning its own resource
+    for the same C{control} and C{account}, so it sits behind the same guard.
     """
 
     app = Klein()
@@ -102,6 +110,12 @@ class AdminApp:
         require_admin(self.account, "deleting a server")
         await self.control.remove_server(name)
         return gobetween.json_response(request, None)
+
+    @app.route("/v1")
+    @app.route("/v1/", branch=True)
+    def v1(self, request: IRequest) -> IResource:
+        """C{/v1/...}: the MaxScale-style resource API (L{admin.v1.api}) for the same control and account."""
+        return V1App(self.control, self.account).app.resource()
 
     @app.route("/servers/<name>/stats", methods=["GET"])
     def stats(self, request: IRequest, name: str) -> bytes:

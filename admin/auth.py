@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -24,7 +25,9 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.web._auth.wrapper import UnauthorizedResource
 from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
@@ -177,6 +180,33 @@ class BasicCredentials(BasicCredentialFactory):
     scheme = _Scheme(b"Basic")
 
 
+class _Unauthorized(UnauthorizedResource):
+    """The 401 with its challenge; under C{/v1} the body is a JSON:API error document."""
+
+    def render(self, request: IRequest) -> bytes:
+        body: bytes = super().render(request)
+        if request.method == b"HEAD" or not (request.path == b"/v1" or request.path.startswith(b"/v1/")):
+            return body
+        request.setHeader(b"Content-Type", b"application/json")
+        detail = "credentials missing or not valid: use HTTP Basic authentication"
+        return json.dumps({"errors": [{"detail": detail}]}, indent=4).encode("utf-8")
+
+
+class _Guard(HTTPAuthSessionWrapper):
+    """L{HTTPAuthSessionWrapper} whose refusals are L{_Unauthorized}."""
+
+    def _authorizedResource(self, request: IRequest) -> IResource:
+        return self._json(super()._authorizedResource(request))
+
+    def _loginFailed(self, result: Any) -> IResource:
+        return self._json(super()._loginFailed(result))
+
+    def _json(self, resource: Any) -> Any:
+        if type(resource) is UnauthorizedResource:
+            return _Unauthorized(self._credentialFactories)
+        return resource
+
+
 def guard(api: ApiConfig, resource_for: Callable[[Account], IResource], run_blocking: RunBlocking = run_inline) -> IResource:
     """
     The API behind a login when C{api} configures accounts; open (as admin) otherwise.
@@ -191,4 +221,4 @@ def guard(api: ApiConfig, resource_for: Callable[[Account], IResource], run_bloc
     if not accounts:
         return resource_for(Account.ADMIN)
     portal = Portal(AccountRealm(accounts, resource_for), [AccountChecker(accounts, run_blocking)])
-    return HTTPAuthSessionWrapper(portal, [BasicCredentials(REALM)])
+    return _Guard(portal, [BasicCredentials(REALM)])

@@ -1,7 +1,9 @@
 """
 Requests whose body is bounded: over L{MAX_BODY} bytes, the API answers 413
 as soon as it knows (at the headers for a C{Content-Length}, at the limit for
-a chunked body), keeps none of the rest, and closes the connection.
+a chunked body), keeps none of the rest, and closes the connection.  The body
+says why: a JSON string (gobetween's form), or under C{/v1} a JSON:API error
+document.
 
 The close waits for the client to close first, for up to L{LINGER} seconds
 (whatever it still sends is dropped): closing a socket with unread bytes
@@ -75,7 +77,12 @@ class BoundedRequest(Request):
             limit=self.max_body,
             client=getattr(peer, "host", peer),
         )
-        body = json.dumps(f"the request body is over the limit of {self.max_body} bytes").encode("utf-8")
+        detail = f"the request body is over the limit of {self.max_body} bytes"
+        path = getattr(self.channel, "_path", b"") or b""
+        if path == b"/v1" or path.startswith((b"/v1/", b"/v1?")):
+            body = json.dumps({"errors": [{"detail": detail}]}).encode("utf-8")
+        else:
+            body = json.dumps(detail).encode("utf-8")
         head = (
             b"HTTP/1.1 413 Content Too Large\r\n"
             b"Content-Type: application/json\r\n"

@@ -3,7 +3,10 @@ The state file (C{[state] path}): runtime changes made through the API, kept
 across restarts (DESIGN §8).
 
 It records, per server, the whole definition of servers created or changed at
-run time and the names of servers deleted.  At start the configuration file
+run time and the names of servers deleted; for the /v1 API, the backends
+created through it (with the services they are linked to) and the admin state
+(maintenance, drain) set on backends.  Files written before those existed
+still load.  At start the configuration file
 applies first, then the state on top of it.  Writes are atomic: a temporary
 file in the same directory, fsync, rename.
 """
@@ -30,10 +33,26 @@ class RuntimeChanges:
 
     @ivar servers: name to raw definition (config key names) of servers created or replaced.
     @ivar deleted: names of configured servers deleted.
+    @ivar backends: name to parameters (C{address}, C{port}, C{weight},
+        C{priority}, C{max_connections}, C{sni}) and C{services} (the
+        services it is linked to) of backends created through /v1.
+    @ivar backend_states: a /v1 server id (a created backend's name, or
+        C{host:port}) to its admin state, C{"maintenance"} or C{"drain"}.
     """
 
     servers: dict[str, dict[str, Any]] = attrs.Factory(dict)
     deleted: set[str] = attrs.Factory(set)
+    backends: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    backend_states: dict[str, str] = attrs.Factory(dict)
+
+    def copy(self) -> RuntimeChanges:
+        """An independent copy, to change and persist before it replaces this one."""
+        return RuntimeChanges(
+            servers=dict(self.servers),
+            deleted=set(self.deleted),
+            backends={name: dict(record) for name, record in self.backends.items()},
+            backend_states=dict(self.backend_states),
+        )
 
     def created(self, name: str, definition: dict[str, Any]) -> None:
         """Record that server C{name} now has C{definition}."""
@@ -83,9 +102,17 @@ class StateFile:
             raise ConfigError(self.path, [Problem("", f"invalid TOML in the state file: {e}")])
         servers = raw.get("servers", {})
         deleted = raw.get("deleted", [])
+        backends = raw.get("backends", {})
+        states = raw.get("backend_states", {})
         if not isinstance(servers, dict) or not isinstance(deleted, list):
             raise ConfigError(self.path, [Problem("", "expected [servers.<name>] tables and a deleted = [...] list")])
-        return RuntimeChanges(servers=dict(servers), deleted=set(map(str, deleted)))
+        if not isinstance(backends, dict) or not all(isinstance(b, dict) for b in backends.values()):
+            raise ConfigError(self.path, [Problem("backends", "expected [backends.<name>] tables")])
+        if not isinstance(states, dict) or not all(v in ("maintenance", "drain") for v in states.values()):
+            raise ConfigError(self.path, [Problem("backend_states", 'expected "<id>" = "maintenance" or "drain"')])
+        return RuntimeChanges(
+            servers=dict(servers), deleted=set(map(str, deleted)), backends=dict(backends), backend_states=dict(states)
+        )
 
     def save(self, changes: RuntimeChanges) -> None:
         """
@@ -93,7 +120,12 @@ class StateFile:
 
         @raise OSError: if it cannot be written (the old file is left as it was).
         """
-        document = {"deleted": sorted(changes.deleted), "servers": changes.servers}
+        document = {
+            "deleted": sorted(changes.deleted),
+            "servers": changes.servers,
+            "backends": changes.backends,
+            "backend_states": changes.backend_states,
+        }
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, temporary = tempfile.mkstemp(prefix=".state-", dir=directory)
         try:

@@ -1,0 +1,37 @@
+"""C{/v1/balancer}: the process: version, pid, start time, uptime, configuration path and revision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admin.gobetween import rfc3339
+from admin.v1 import documents
+from admin.v1.kind import Kind
+
+
+class Balancer(Kind):
+    """The balancer itself, one resource of id C{balancer}."""
+
+    type = "balancer"
+    volatile = ("uptime",)
+
+    def member_path(self, id: str) -> str:
+        return documents.path("balancer")
+
+    def ids(self) -> list[str]:
+        return ["balancer"]
+
+    def get(self, id: str) -> dict[str, Any]:
+        info = self.control.info()
+        attributes = {
+            "version": info["version"],
+            "pid": info["pid"],
+            "started_at": rfc3339(info["started_at"]),
+            "uptime": round(info["time"] - info["started_at"], 3),
+            "config_path": info["config_path"],
+            "revision": info["revision"],
+        }
+        return documents.resource(self.type, "balancer", attributes, self_link=self.member_path(id))
+
+    def changed_at(self, id: str) -> float:
+        return self.control.changed_at("balancer", "")

@@ -1,0 +1,24 @@
+"""
+C{/v1/filters}: each service's access rules (C{[servers.<name>.access]}):
+C{default} (allow or deny) and C{rules} (first match wins).  A service
+without the section has the filter that allows everyone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admin.v1.parts import ServicePart
+
+
+class Filters(ServicePart):
+    """Services' access rule sets."""
+
+    type = "filters"
+    section = "access"
+
+    def attributes(self, id: str, server: Any) -> dict[str, Any]:
+        access = server.config.access
+        parameters = {"default": "allow", "rules": []} if access is None else {
+            "default": access.default, "rules": list(access.rules)}
+        return {"module": "access", "parameters": parameters}

@@ -1,0 +1,130 @@
+"""
+C{/v1/services}: the configured servers (C{[servers.<name>]}), each with its
+definition as C{parameters} in the configuration's key names, its state and
+statistics, and its servers, filter, monitor and listener.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from admin.v1 import documents
+from admin.v1.errors import bad_request, conflict, not_found, unprocessable
+from admin.v1.kind import Kind
+from admin.v1.servers import server_ids
+from balancer.config.errors import ConfigError
+from balancer.config.fields import join
+
+
+class Services(Kind):
+    """The configured servers as /v1 services."""
+
+    type = "services"
+    collection_methods = ("GET", "HEAD", "POST")
+    member_methods = ("GET", "HEAD", "PATCH", "DELETE")
+    writable = ("servers",)
+
+    def ids(self) -> list[str]:
+        return self.control.server_names()
+
+    def get(self, id: str) -> dict[str, Any]:
+        if id not in self.control.server_names():
+            raise self.missing(id)
+        server = self.control.server(id)
+        counters = server.counters
+        attributes = {
+            "router": server.config.balance,
+            "protocol": server.config.protocol,
+            "state": "Started" if server.running else "Stopped",
+            "listening_on": server.address,
+            "parameters": self.control.server_definition(id),
+            "statistics": {
+                "connections": counters.active_connections,
+                "total_connections": counters.total_connections,
+                "rx": counters.traffic.rx,
+                "tx": counters.traffic.tx,
+                "rx_second": counters.traffic.rx_second,
+                "tx_second": counters.traffic.tx_second,
+                "over_limit": counters.over_limit,
+                "no_backend": counters.no_backend,
+                "denied": counters.denied,
+                "sessions": len(server.relays),
+            },
+        }
+        relationships = {
+            "servers": ("servers", server_ids(self.control, id)),
+            "filters": ("filters", [id]),
+            "monitors": ("monitors", [id]),
+            "listeners": ("listeners", [id]),
+        }
+        return documents.resource(self.type, id, attributes, relationships)
+
+    def view(self, resource: dict[str, Any]) -> Any:
+        """Definition and links: state, address and statistics left out."""
+        attributes = {k: v for k, v in resource["attributes"].items() if k in ("router", "protocol", "parameters")}
+        return {**resource, "attributes": attributes}
+
+    async def create(self, data: dict[str, Any]) -> str:
+        name = data.get("id")
+        if not isinstance(name, str):
+            raise bad_request('a new service needs an "id" (its name)', "/data/id")
+        definition = documents.parameters(data)
+        if definition is None:
+            raise unprocessable([("/data/attributes/parameters", "required: the service's definition (bind, discovery, ...)")])
+        servers = documents.related_ids(data, "servers", "servers")
+        self._only_created(name, servers or [], [])
+        try:
+            await self.control.add_server(name, definition)
+        except ConfigError as e:
+            raise documents.config_problems(e, join("servers", name)) from None
+        if servers:
+            try:
+                await self.control.link_backends(name, servers)
+            except BaseException:
+                await self.control.remove_server(name)
+                raise
+        return name
+
+    async def update(self, id: str, data: dict[str, Any], current: dict[str, Any]) -> None:
+        servers = documents.related_ids(data, "servers", "servers")
+        if servers is not None:
+            self._only_created(id, servers, server_ids(self.control, id))
+        given = documents.parameters(data)
+        if given is not None:
+            definition = documents.merge(current["attributes"]["parameters"], given)
+            if definition != current["attributes"]["parameters"]:
+                try:
+                    await self.control.update_server(id, definition)
+                except ConfigError as e:
+                    raise documents.config_problems(e, join("servers", id)) from None
+        if servers is not None:
+            await self.control.link_backends(id, [s for s in servers if s in self.control.created_backends()])
+
+    async def delete(self, id: str) -> None:
+        self.get(id)
+        await self.control.remove_server(id)
+
+    async def relate(self, id: str, name: str, ids: list[str]) -> None:
+        self._only_created(id, ids, server_ids(self.control, id))
+        await self.control.link_backends(id, [s for s in ids if s in self.control.created_backends()])
+
+    def _only_created(self, service: str, wanted: list[str], current: list[str]) -> None:
+        """
+        Servers from discovery cannot be linked or unlinked here: those of
+        C{wanted} must be exactly those of C{current}.
+
+        @raise ApiError: 404 for an unknown server, 409 for a discovered one added or left out.
+        """
+        created = self.control.created_backends()
+        known = set(self.control.backend_index())
+        for id in wanted:
+            if id not in known:
+                raise not_found("servers", id)
+        discovered_wanted = {s for s in wanted if s not in created}
+        discovered_now = {s for s in current if s not in created}
+        if discovered_wanted != discovered_now:
+            changed = sorted(discovered_wanted ^ discovered_now)
+            raise conflict(
+                f'servers {", ".join(changed)} come from discovery: they follow the service\'s '
+                "parameters.discovery and cannot be linked or unlinked here"
+            )
