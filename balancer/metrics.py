@@ -42,6 +42,8 @@ class BalancerCollector:
             "over_limit_total": (CounterMetricFamily, "Clients closed at max_connections", lambda s: s.counters.over_limit),
             "no_backend_total": (CounterMetricFamily, "Clients closed because no backend took them", lambda s: s.counters.no_backend),
             "denied_total": (CounterMetricFamily, "Clients refused by access rules", lambda s: s.counters.denied),
+            "tls_failures_total": (CounterMetricFamily, "Client TLS handshakes that failed or timed out", lambda s: s.counters.tls_failures),
+            "sni_failures_total": (CounterMetricFamily, "Clients closed before SNI routing", lambda s: s.counters.sni_failures),
         }
         backend_figures = {
             "live": (GaugeMetricFamily, "1 when the health check passes", lambda b: int(b.live)),

@@ -1,6 +1,12 @@
 """
 L{ServerService}: one C{[servers.<name>]} at run time: its listener, backend
 pool, strategy, live relays and counters.
+
+What a server's protocol features need is settled here, once per listener
+or per configuration: the listener's factory (plain TCP, TCP reading the SNI
+first, TLS termination, or UDP), the access rules and SNI router applied at
+admission and routing, the PROXY protocol version and the TLS settings of
+connections to backends.  The relay itself stays the same for all of them.
 """
 
 from __future__ import annotations
@@ -12,13 +18,20 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
-from balancer.proxy.tcp import Relay, RelayFactory
+from balancer.proxy.access import AccessRules
+from balancer.proxy.proxy_protocol import header
+from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
+from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
+from balancer.proxy.tls import BackendTLS, TLSError, server_context
+from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
+from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
 
@@ -30,7 +43,10 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
 class BindError(Exception):
-    """A server could not listen on its address; the message names both."""
+    """
+    A server could not listen on its address (the message names both), or
+    its TLS files could not be loaded (the message names the key and file).
+    """
 
 
 #: Keys whose change needs a new listener rather than an in-place update.
@@ -66,6 +82,8 @@ class ServerService(Service):
     @ivar relays: live client sessions by id.
     @ivar discovery: the running discovery (None while stopped).
     @ivar health: the running health monitor (None while stopped).
+    @ivar udp: the datagram proxy of a C{protocol = "udp"} server while it
+        listens (its sessions are not relays).
     """
 
     def __init__(
@@ -89,10 +107,19 @@ class ServerService(Service):
         self.relays: dict[int, Relay] = {}
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
+        self.udp: UdpProxy | None = None
         self._rng = rng
         self._rates = rates
         self._port: Any = None
         self._drained: list[Deferred[None]] = []
+        self._backend_tls: BackendTLS | None = None
+        self._apply(config)
+
+    def _apply(self, config: ServerConfig) -> None:
+        """Compile what admission and routing use from C{config}."""
+        self._access = AccessRules.from_config(config.access) if config.access is not None else None
+        self._sni = SniRouter.from_config(config.sni) if config.sni is not None else None
+        self._proxy_version = config.proxy_protocol.version if config.proxy_protocol is not None else None
 
     # Life cycle
 
@@ -104,14 +131,56 @@ class ServerService(Service):
         """
         if self._port is not None:
             return
-        bind = self.config.bind
+        config = self.config
+        self._backend_tls = self._load_backend_tls(config)
+        bind = config.bind
         try:
-            self._port = self.reactor.listenTCP(
-                bind.port, RelayFactory(self), backlog=1024, interface=bind.listen_host
-            )
+            self._port = self._listen(config)
         except CannotListenError as e:
             raise BindError(f'server "{self.name}": cannot listen on {bind}: {e.socketError}') from e
-        log.info("{server}: listening on {address}", server=self.name, address=self.address)
+        log.info(
+            "{server}: listening on {address} ({protocol})",
+            server=self.name,
+            address=self.address,
+            protocol=config.protocol,
+        )
+
+    def _listen(self, config: ServerConfig) -> Any:
+        """Listen as C{protocol}, C{[tls]} and C{[sni]} say; returns the port."""
+        bind = config.bind
+        if config.protocol == "udp":
+            self.udp = UdpProxy.from_config(
+                config,
+                lambda host: self.choose_backend(host, set()),
+                self.counters,
+                reactor=self.reactor,
+                clock=self.clock,
+                name=self.name,
+                released=self.backend_released,
+            )
+            return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
+        factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
+        if config.protocol == "tls":
+            assert config.tls is not None
+            try:
+                creator = server_context(config.tls)
+            except TLSError as e:
+                raise BindError(f'server "{self.name}": {e}') from e
+            factory = TLSMemoryBIOFactory(creator, False, RelayFactory(self, TlsClientSide), self.clock)
+        return self.reactor.listenTCP(bind.port, factory, backlog=1024, interface=bind.listen_host)
+
+    def _load_backend_tls(self, config: ServerConfig) -> BackendTLS | None:
+        """
+        The loaded C{[backends_tls]}, if any.
+
+        @raise BindError: naming the server, the key and the file.
+        """
+        if config.backends_tls is None:
+            return None
+        try:
+            return BackendTLS(config.backends_tls)
+        except TLSError as e:
+            raise BindError(f'server "{self.name}": {e}') from e
 
     @property
     def address(self) -> str:
@@ -159,13 +228,24 @@ class ServerService(Service):
 
     def reconfigure(self, config: ServerConfig) -> None:
         """
-        Apply a new definition in place: strategy, limits, timeouts,
-        discovery and health checks change; live relays are kept.  The
-        listener is not touched, so C{bind} and C{protocol} must be unchanged
-        (L{needs_new_listener}).
+        Apply a new definition in place: strategy, limits, timeouts, access
+        rules, PROXY protocol, backend TLS, discovery and health checks
+        change for new clients; live relays are kept.  The listener is not
+        touched, so C{bind}, C{protocol}, C{tls}, C{sni} and C{udp} must be
+        unchanged (L{needs_new_listener}).
+
+        @raise BindError: if a changed C{[backends_tls]} cannot be loaded
+            (nothing changes then).
         """
         assert not needs_new_listener(self.config, config)
+        backend_tls = self._backend_tls
+        if config.backends_tls != self.config.backends_tls:
+            backend_tls = self._load_backend_tls(config)
         old, self.config = self.config, config
+        self._backend_tls = backend_tls
+        self._apply(config)
+        if self.udp is not None:
+            self.udp.configure(config)
         if config.balance != old.balance:
             self.strategy = make_strategy(config.balance, self._rng)
         if (config.discovery, config.healthcheck) != (old.discovery, old.healthcheck):
@@ -200,6 +280,10 @@ class ServerService(Service):
         listener.addCallback(
             lambda _: log.info("{server}: stopped listening on {address}", server=self.name, address=address)
         )
+        udp, self.udp = self.udp, None
+        if udp is not None:
+            # Answers to a closed listening socket cannot reach clients: sessions end now.
+            return gatherResults([listener, udp.close_all()], consumeErrors=True).addCallback(lambda _: None)
         if not self.relays:
             return listener
         log.info(
@@ -225,7 +309,17 @@ class ServerService(Service):
     # Called by relays
 
     def admit(self, relay: Relay) -> bool:
-        """Take a new client unless the server is at C{max_connections}."""
+        """
+        Take a new client unless the access rules refuse it (counted in
+        C{denied}) or the server is at C{max_connections} (C{over_limit}).
+        """
+        access = self._access
+        if access is not None:
+            host = relay.client_address.host
+            if not access.allows(host):
+                self.counters.denied += 1
+                log.debug("{server}: client {client} denied by access rules", server=self.name, client=host)
+                return False
         limit = self.config.max_connections
         if limit and self.counters.active_connections >= limit:
             self.counters.over_limit += 1
@@ -244,14 +338,50 @@ class ServerService(Service):
             for d in drained:
                 d.callback(None)
 
-    def choose_backend(self, client_host: str, tried: set[str]) -> Backend | None:
-        """The strategy's pick among backends that take connections and were not tried."""
-        candidates = [b for b in self.pool.candidates() if b.key not in tried]
-        return self.strategy.choose(candidates, client_host)
+    def choose_backend(self, client_host: str, tried: set[str], server_name: str | None = None) -> Backend | None:
+        """
+        The strategy's pick among backends that take connections and were
+        not tried; with C{[sni]}, among those of them that serve C{server_name}.
+        """
+        candidates = self.pool.candidates()
+        if self._sni is not None:
+            routed = self._sni.choose(server_name, candidates)
+            candidates = [] if isinstance(routed, str) else routed
+        return self.strategy.choose([b for b in candidates if b.key not in tried], client_host)
 
-    def connect(self, backend: Backend, factory: Any) -> Any:
-        """Open a connection to C{backend}; returns the connector."""
-        timeout = self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
+    def rejects(self, server_name: str | None) -> bool:
+        """
+        Whether C{[sni]} closes a client asking for C{server_name}
+        (C{unexpected_hostname_strategy = "reject"} and no candidate serves
+        it; with no candidate at all, the client is rather one no backend could take).
+        """
+        if self._sni is None:
+            return False
+        candidates = self.pool.candidates()
+        return bool(candidates) and self._sni.choose(server_name, candidates) == REJECT
+
+    def proxy_header(self, client: Any) -> bytes:
+        """The PROXY protocol header for a client's transport (empty without C{[proxy_protocol]})."""
+        if self._proxy_version is None:
+            return b""
+        return header(self._proxy_version, client.getPeer(), client.getHost())
+
+    @property
+    def backend_side(self) -> type[BackendSide]:
+        """The class of relays' connections to backends: over TLS with C{[backends_tls]}."""
+        return BackendSide if self._backend_tls is None else TlsBackendSide
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a backend has to accept a connection (and, with C{[backends_tls]}, again to finish its handshake)."""
+        return self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
+
+    def connect(self, backend: Backend, attempt: Any) -> Any:
+        """Open a connection to C{backend} (over TLS with C{[backends_tls]}); returns the connector."""
+        timeout = self.connect_timeout
+        factory = attempt
+        if self._backend_tls is not None:
+            factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)
         return self.reactor.connectTCP(backend.host, backend.port, factory, timeout=timeout)
 
     def backend_released(self, backend: Backend) -> None:

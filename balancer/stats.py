@@ -59,7 +59,13 @@ class ServerCounters:
 
     @ivar over_limit: clients closed because C{max_connections} was reached.
     @ivar no_backend: clients closed because no backend could take them.
-    @ivar denied: clients refused by access rules.
+    @ivar denied: clients refused by access rules (for UDP, datagrams of
+        clients without a session dropped by them).
+    @ivar tls_failures: clients whose TLS handshake with the balancer
+        failed or did not finish in time (C{protocol = "tls"}).
+    @ivar sni_failures: clients closed before routing by SNI: a first
+        flight that is not a ClientHello, none within C{read_timeout}, or a
+        name no backend serves under C{unexpected_hostname_strategy = "reject"}.
     """
 
     traffic: Traffic = attrs.Factory(Traffic)
@@ -68,6 +74,8 @@ class ServerCounters:
     over_limit: int = 0
     no_backend: int = 0
     denied: int = 0
+    tls_failures: int = 0
+    sni_failures: int = 0
 
 
 class RateClock:

@@ -15,6 +15,7 @@ from twisted.python import usage
 from admin.service import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
+from balancer.config.load import check_resources
 from balancer.config.schema import LoggingConfig
 from balancer.control import Controller, load_effective
 from balancer.demo import demo_service, loopback_backends
@@ -44,7 +45,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Load and validate the configuration.
+        Load and validate the configuration, then the files it names (TLS
+        certificates and keys).
 
         Every problem is printed to stderr, one per line, and the process exits
         with status 1 before anything binds.  With C{--check}, a valid file
@@ -54,6 +56,7 @@ class Options(usage.Options):
             configured = read_config_file(self["config"])
             self["configured"] = configured
             self["loaded"], self["changes"] = load_effective(configured, self["config"])
+            check_resources(self["loaded"], self["config"])
         except ConfigError as e:
             for line in e.lines():
                 print(line, file=sys.stderr)

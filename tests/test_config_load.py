@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config import ConfigError, read_config_file
 from balancer.config.addresses import BackendSpec, HostPort
-from balancer.config.load import parse_config, server_from_mapping
+from balancer.config.load import check_resources, parse_config, server_from_mapping
+from tests.certs import make_certificates
 from tests.helpers import ROOT, fixture
 
 
@@ -350,3 +351,64 @@ class ServerFromApiBodyTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             server_from_mapping("new", ["bind"], "request body", self.config)
         self.assertEqual(caught.exception.lines(), ["request body: servers.new: expected a table, got array"])
+
+
+class CheckResourcesTests(SynchronousTestCase):
+    """The files a configuration names are checked in a step of their own, not by reading it."""
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.certs = make_certificates(directory)
+
+    def tls_server(self, cert_path: str, key_path: str) -> dict[str, object]:
+        return {
+            "bind": "127.0.0.1:3443",
+            "protocol": "tls",
+            "tls": {"cert_path": cert_path, "key_path": key_path},
+            "discovery": {"kind": "static", "static_list": ["127.0.0.1:9001"]},
+        }
+
+    def test_placeholderPathsLoadButFailTheCheckWithTheirKeyPath(self) -> None:
+        path = fixture("gobetween", "wiki_protocols_tls_2016.toml")
+        config = read_config_file(path)
+        with self.assertRaises(ConfigError) as caught:
+            check_resources(config, path)
+        self.assertEqual(
+            caught.exception.lines(),
+            [
+                f'{path}: servers.default.tls.cert_path: cannot read "/path/to/file.crt": No such file or directory',
+                f'{path}: servers.default.tls.key_path: cannot read "/path/to/file.key": No such file or directory',
+            ],
+        )
+
+    def test_goodFilesPass(self) -> None:
+        config = read_config_file(os.path.join(ROOT, "etc", "balancer.toml"))
+        server = server_from_mapping(
+            "secure", self.tls_server(self.certs.server.cert_path, self.certs.server.key_path), "request body", config
+        )
+        self.assertEqual(server.protocol, "tls")
+        check_resources(config, "etc/balancer.toml")
+
+    def test_apiBodyWithAKeyOfAnotherCertificate(self) -> None:
+        config = read_config_file(os.path.join(ROOT, "etc", "balancer.toml"))
+        with self.assertRaises(ConfigError) as caught:
+            server_from_mapping(
+                "secure", self.tls_server(self.certs.server.cert_path, self.certs.client.key_path), "request body", config
+            )
+        [line] = caught.exception.lines()
+        self.assertTrue(line.startswith("request body: servers.secure.tls.key_path: "), line)
+        self.assertIn(self.certs.client.key_path, line)
+
+    def test_acmeOnlyIsRefused(self) -> None:
+        config = parse_config(
+            b'[servers.web]\nbind = ":3443"\nprotocol = "tls"\n[servers.web.tls]\nacme_hosts = ["example.com"]\n'
+            b'[servers.web.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:9001"]\n',
+            "x.toml",
+        )
+        with self.assertRaises(ConfigError) as caught:
+            check_resources(config, "x.toml")
+        self.assertEqual(
+            caught.exception.lines(),
+            ["x.toml: servers.web.tls.acme_hosts: certificates from ACME are not supported; give cert_path and key_path"],
+        )

@@ -28,6 +28,8 @@ class MetricsTests(SynchronousTestCase):
         server = self.balancer.server("web")
         server.counters.traffic.rx = 1234
         server.counters.over_limit = 2
+        server.counters.tls_failures = 4
+        server.counters.sni_failures = 5
         backend = server.pool.get("127.0.0.1:9001")
         assert backend is not None
         backend.counters.refused_connections = 3
@@ -47,6 +49,8 @@ class MetricsTests(SynchronousTestCase):
         lines = set(body.splitlines())
         self.assertIn('balancer_server_rx_bytes_total{server="web"} 1234.0', lines)
         self.assertIn('balancer_server_over_limit_total{server="web"} 2.0', lines)
+        self.assertIn('balancer_server_tls_failures_total{server="web"} 4.0', lines)
+        self.assertIn('balancer_server_sni_failures_total{server="web"} 5.0', lines)
         self.assertIn('balancer_backend_refused_connections_total{host="127.0.0.1",port="9001",server="web"} 3.0', lines)
         self.assertIn('balancer_backend_live{host="127.0.0.1",port="9001",server="web"} 0.0', lines)
         self.assertIn('balancer_backend_live{host="::1",port="9002",server="web"} 1.0', lines)

@@ -116,6 +116,24 @@ class TwistdTests(TestCase):
         self.assertNotIn("Traceback", err.decode())
 
     @inlineCallbacks
+    def test_checkReportsAnUnreadableCertificateByItsKeyPath(self) -> None:
+        path = write_config(
+            self,
+            '[servers.secure]\nbind = "127.0.0.1:3443"\nprotocol = "tls"\n'
+            '[servers.secure.tls]\ncert_path = "/nonexistent/cert.pem"\nkey_path = "/nonexistent/key.pem"\n'
+            '[servers.secure.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:9001"]\n',
+        )
+        out, err, code = yield run_twistd("balancer", "--check", "--config", path, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err.decode().strip().splitlines(),
+            [
+                f'{path}: servers.secure.tls.cert_path: cannot read "/nonexistent/cert.pem": No such file or directory',
+                f'{path}: servers.secure.tls.key_path: cannot read "/nonexistent/key.pem": No such file or directory',
+            ],
+        )
+
+    @inlineCallbacks
     def test_missingFileIsOneLine(self) -> None:
         out, err, code = yield run_twistd("-n", "balancer", "--config", "/nonexistent.toml", cwd=ROOT)
         self.assertEqual(code, 1)

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.config.addresses import BackendSpec, HostPort
 from balancer.config.schema import BackendsTlsConfig, DiscoveryConfig, ServerConfig, TlsConfig
-from balancer.proxy.tls import GO_CIPHERS, TLSError, backend_context, check_tls_files, server_context
+from balancer.proxy.tls import GO_CIPHERS, BackendTLS, TLSError, backend_context, check_tls_files, server_context
 from tests.certs import Authority, CertificateSet, make_certificates
 
 
@@ -272,6 +272,11 @@ class BackendContextTests(HandshakeTestCase):
             open(self.certs.server.cert_path, "rb").read() + open(self.certs.server.key_path, "rb").read()
         )
         return server.options(ca)
+
+    def test_creator_kept_per_host(self) -> None:
+        loaded = BackendTLS(self.backend_config())
+        self.assertIs(loaded.creator("127.0.0.1"), loaded.creator("127.0.0.1"))
+        self.assertIsNot(loaded.creator("127.0.0.1"), loaded.creator("localhost"))
 
     @inlineCallbacks
     def test_client_certificate(self):  # type: ignore[no-untyped-def]

@@ -4,6 +4,12 @@ Reading a configuration file (TOML, or JSON of the same schema) into a L{Config}
 Everything wrong with a file is reported at once, in a L{ConfigError} whose
 lines each name the file, the dotted key path, the bad value and what was
 expected.  Nothing here binds or connects.
+
+Reading a file checks its schema only: the files it names (TLS certificates
+and keys) are checked by L{check_resources}, a separate step that the
+command line runs before starting and the API runs on each server it is
+given (L{server_from_mapping}), so that a file can be validated on another
+machine than the one it runs on.
 """
 
 from __future__ import annotations
@@ -88,7 +94,41 @@ def server_from_mapping(name: str, raw: object, source: str, config: Config) -> 
                 problems.add(where, message)
     if len(problems) or server is INVALID:
         raise ConfigError(source, list(problems))
+    _check_server(path, server, problems)
+    if len(problems):
+        raise ConfigError(source, list(problems))
     return server
+
+
+def check_resources(config: Config, source: str) -> None:
+    """
+    Check what C{config}'s servers need beyond their schema: that their TLS
+    certificates, keys and CA files can be read and used (and the key is
+    the certificate's), and that C{protocol = "tls"} has a certificate, not
+    only C{acme_hosts}.
+
+    @param source: the name used in error messages (a file path).
+    @raise ConfigError: listing every problem, with paths C{servers.<name>.tls...}.
+    """
+    problems = Problems()
+    for name, server in config.servers.items():
+        _check_server(join("servers", name), server, problems)
+    if len(problems):
+        raise ConfigError(source, list(problems))
+
+
+def _check_server(path: str, server: ServerConfig, problems: Problems) -> None:
+    # Imported here: balancer.proxy.tls imports the schema, whose package imports this module.
+    from balancer.proxy.tls import check_tls_files
+
+    tls = server.tls
+    if server.protocol == "tls" and tls is not None and tls.acme_hosts and not (tls.cert_path and tls.key_path):
+        problems.add(
+            f"{path}.tls.acme_hosts",
+            "certificates from ACME are not supported; give cert_path and key_path",
+        )
+    for key, message in check_tls_files(server):
+        problems.add(f"{path}.{key}", message)
 
 
 def resolve_defaults(config: Config) -> Config:

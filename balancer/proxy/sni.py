@@ -10,6 +10,10 @@ pure: the caller keeps the bytes received so far and calls it again on more.
 L{SniRouter} is gobetween's C{balance/middleware/sni.go}: it narrows the
 candidates to the backends whose C{sni} matches the name, then leaves the pick
 among them to the server's strategy.
+
+L{SniClientSide} is the client side of a relay on a C{protocol = "tcp"}
+server with C{[sni]}: it reads the ClientHello, routes by its name, and
+relays the bytes read, untouched, first: TLS stays end to end.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from typing import Sequence
 
 import attrs
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from balancer.backends import Backend
 from balancer.config.schema import SniConfig
+from balancer.proxy.tcp import ClientSide, IdleTimer, Relay
 
 log = Logger()
 
@@ -281,3 +287,76 @@ class SniRouter:
         except re.error as e:
             log.error("backend sni {sni!r} is not a regular expression: {error}", sni=sni, error=e)
             return False
+
+
+class SniClientSide(ClientSide):
+    """
+    A client routed by the server name of its ClientHello, read without
+    terminating TLS.
+
+    Once admitted, the client is read (and nothing sent to it) until
+    L{parse_client_hello} has a whole hello; then it is paused and routed,
+    and the bytes read go to the backend first, as they came.  A client
+    whose first bytes are not a ClientHello (L{MALFORMED}), or that has not
+    sent a whole one within C{[sni] read_timeout} (0: no limit), is closed
+    and counted in the server's C{sni_failures}; one that leaves before is
+    not counted.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self._hello: bytes | None = None
+        self._deadline: IdleTimer | None = None
+
+    def connectionMade(self) -> None:
+        """Admit the client, then read its hello."""
+        if not self.relay.admit():
+            return
+        self._hello = b""
+        server = self.relay.server
+        timeout = server.config.sni.read_timeout if server.config.sni is not None else 0.0
+        if timeout:
+            self._deadline = IdleTimer(server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout"))
+
+    def dataReceived(self, data: bytes) -> None:
+        """The hello's bytes are kept until it is whole; later bytes go to the relay."""
+        hello = self._hello
+        if hello is None:
+            self.relay.from_client(data)
+            return
+        hello += data
+        result = parse_client_hello(hello)
+        if result.state == NEED_MORE:
+            self._hello = hello
+            return
+        if result.state == MALFORMED:
+            self._fail(result.reason)
+            return
+        self._hello = None
+        self._stop_deadline()
+        self.relay.early_data.append(hello)
+        self.relay.route(result.hostname)
+
+    def _fail(self, why: str) -> None:
+        self._hello = None
+        self._stop_deadline()
+        server = self.relay.server
+        server.counters.sni_failures += 1
+        log.info(
+            "{server}: closing client {client}: {why}",
+            server=server.name,
+            client=self.relay.client_address.host,
+            why=why,
+        )
+        self.transport.loseConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Stop waiting for the hello, then end as any client does."""
+        self._hello = None
+        self._stop_deadline()
+        super().connectionLost(reason)

@@ -7,6 +7,12 @@ Flow control is Twisted's producer/consumer: each transport is registered as
 the producer of the other, so a slow reader pauses the fast writer and no
 buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
 relayed both ways.
+
+The features a server may add (TLS at either end, reading the SNI before
+routing, a PROXY protocol header, access rules) are chosen once per
+connection, by the classes of its two sides and by what the server
+computes when the client is routed; the relaying of bytes is the same for
+all of them.
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ class _Side(Protocol):
         self.write_closed = False
         self.lost = False
 
+    def finish(self, *, half: bool) -> None:
+        """Flush, then close this end (or only its write side, if C{half})."""
+        finish_writing(self.transport, half=half)
+
     def readConnectionLost(self) -> None:
         """The peer shut down its write side: pass the end-of-stream on."""
         self.read_closed = True
@@ -97,7 +107,7 @@ class _Side(Protocol):
         """Our write side is shut; with both directions done, close."""
         self.write_closed = True
         if self.read_closed:
-            finish_writing(self.transport, half=False)
+            self.finish(half=False)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Tell the relay this end is gone."""
@@ -109,8 +119,9 @@ class ClientSide(_Side):
     """The accepted client connection of a relay."""
 
     def connectionMade(self) -> None:
-        """A client arrived: admit it and start connecting to a backend."""
-        self.relay.client_connected()
+        """A client arrived: admit it and route it to a backend at once."""
+        if self.relay.admit():
+            self.relay.route(None)
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from the client go to the backend."""
@@ -120,8 +131,13 @@ class ClientSide(_Side):
 class BackendSide(_Side):
     """The connection from the balancer to the chosen backend."""
 
+    factory: Attempt
+
     def connectionMade(self) -> None:
-        """The backend accepted: start relaying."""
+        """The backend accepted: send the PROXY header if any, then start relaying."""
+        header = self.factory.header
+        if header:
+            self.transport.write(header)
         self.relay.backend_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -129,27 +145,41 @@ class BackendSide(_Side):
         self.relay.from_backend(data)
 
 
-class _Attempt(ClientFactory):
+class Attempt(ClientFactory):
     """
     One attempt to connect a relay to one backend.
 
     An attempt the relay gave up on (its client left, or it was closed) is
     detached: a late failure is ignored and a late success is closed at once.
+
+    @ivar header: the PROXY protocol header to send first (empty: none).
+    @ivar side: the backend side once the TCP connection is made (a TLS
+        side then still has its handshake to do).
     """
 
     noisy = False
 
-    def __init__(self, relay: Relay, backend: Backend) -> None:
+    def __init__(self, relay: Relay, backend: Backend, side: type[BackendSide], header: bytes) -> None:
         self.relay: Relay | None = relay
         self.backend = backend
+        self.header = header
         self.connector: Any = None
+        self.side: BackendSide | None = None
+        self._side_class = side
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:
         if self.relay is None:
             return None
-        side = BackendSide(self.relay)
+        side = self.side = self._side_class(self.relay)
         side.factory = self
         return side
+
+    def cancel(self) -> None:
+        """Stop connecting, or close a connection whose TLS handshake is not done."""
+        if self.side is not None:
+            self.side.transport.abortConnection()
+        else:
+            self.connector.stopConnecting()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if self.relay is not None:
@@ -168,15 +198,18 @@ class Relay:
     @ivar backend: the backend connected (or being connected) to, if any.
     @ivar rx: bytes relayed from the backend to the client.
     @ivar tx: bytes relayed from the client to the backend.
-    @ivar early_data: bytes a client transport delivered while paused before
-        a backend was connected (TCP does not; a TLS transport may hold
-        already decrypted bytes); sent first once connected.
+    @ivar early_data: bytes a client transport delivered before a backend
+        was connected (a TLS transport may hold already decrypted bytes; an
+        SNI-routed client's ClientHello); sent first once connected.
+    @ivar server_name: the TLS server name the client asked for, when its
+        server routes by SNI.
     """
 
-    def __init__(self, server: ServerService) -> None:
+    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
         self.id = next(_relay_ids)
         self.server = server
-        self.client = ClientSide(self)
+        self.client = side(self)
+        self.server_name: str | None = None
         self.backend_side: BackendSide | None = None
         self.backend: Backend | None = None
         self.started_at = server.clock.seconds()
@@ -184,7 +217,8 @@ class Relay:
         self.tx = 0
         self.early_data: list[bytes] = []
         self._tried: set[str] = set()
-        self._attempt: _Attempt | None = None
+        self._header = b""
+        self._attempt: Attempt | None = None
         self._registered = False
         self._server_traffic: Traffic = server.counters.traffic
         self._backend_traffic: Traffic | None = None
@@ -200,17 +234,43 @@ class Relay:
 
     # Admission and backend choice
 
-    def client_connected(self) -> None:
-        """Admit the client (limits first), then connect to a backend."""
+    def admit(self) -> bool:
+        """
+        Ask the server to take the client (access rules, then limits); a
+        refused client is closed at once.
+
+        @return: whether it was admitted.
+        """
         if not self.server.admit(self):
             self.client.transport.loseConnection()
-            return
+            return False
         self._registered = True
+        return True
+
+    def route(self, server_name: str | None) -> None:
+        """
+        Pause the client and connect it to a backend: the server's strategy
+        picks among the candidates (those serving C{server_name}, when the
+        server routes by SNI); a name that its C{[sni]} rejects closes the
+        client, counted in C{sni_failures}.
+        """
         self.client.transport.pauseProducing()
+        self.server_name = server_name
+        if self.server.rejects(server_name):
+            self.server.counters.sni_failures += 1
+            log.info(
+                "{server}: client {client} asked for server name {name!r}, which no backend serves",
+                server=self.server.name,
+                client=self.client_address.host,
+                name=server_name,
+            )
+            self.client.finish(half=False)
+            return
+        self._header = self.server.proxy_header(self.client.transport)
         self._connect_next()
 
     def _connect_next(self) -> None:
-        backend = self.server.choose_backend(self.client_address.host, self._tried)
+        backend = self.server.choose_backend(self.client_address.host, self._tried, self.server_name)
         if backend is None:
             self.server.counters.no_backend += 1
             log.warn(
@@ -218,16 +278,16 @@ class Relay:
                 server=self.server.name,
                 client=self.client_address.host,
             )
-            self.client.transport.loseConnection()
+            self.client.finish(half=False)
             return
         self._tried.add(backend.key)
         self.backend = backend
         backend.counters.active_connections += 1
-        attempt = self._attempt = _Attempt(self, backend)
+        attempt = self._attempt = Attempt(self, backend, self.server.backend_side, self._header)
         attempt.connector = self.server.connect(backend, attempt)
 
-    def connect_failed(self, attempt: _Attempt, reason: Failure) -> None:
-        """The backend refused or timed out: count it and try the next one."""
+    def connect_failed(self, attempt: Attempt, reason: Failure) -> None:
+        """The backend refused, timed out or failed its TLS handshake: count it and try the next one."""
         backend = attempt.backend
         self._detach(attempt)
         backend.counters.refused_connections += 1
@@ -240,7 +300,7 @@ class Relay:
         )
         self._connect_next()
 
-    def _detach(self, attempt: _Attempt) -> None:
+    def _detach(self, attempt: Attempt) -> None:
         """Forget a connect attempt that will not become the relay's backend connection."""
         attempt.relay = None
         self._attempt = None
@@ -252,7 +312,7 @@ class Relay:
         attempt = self._attempt
         if attempt is not None:
             self._detach(attempt)
-            attempt.connector.stopConnecting()
+            attempt.cancel()
 
     def _release(self, backend: Backend) -> None:
         backend.counters.active_connections -= 1
@@ -283,7 +343,7 @@ class Relay:
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
         if self.client.read_closed:
-            finish_writing(to_backend, half=True)
+            side.finish(half=True)
             return
         if config.client_idle_timeout:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
@@ -332,9 +392,9 @@ class Relay:
         if timer is not None:
             timer.cancel()
         if peer is not None and not peer.lost:
-            finish_writing(peer.transport, half=True)
+            peer.finish(half=True)
         if side.write_closed:
-            finish_writing(side.transport, half=False)
+            side.finish(half=False)
 
     def side_lost(self, side: _Side) -> None:
         """One end closed: close the other after it has sent what it holds."""
@@ -347,7 +407,7 @@ class Relay:
             self._release(self.backend)
             peer = self.client
         if peer is not None and not peer.lost:
-            finish_writing(peer.transport, half=False)
+            peer.finish(half=False)
         elif self._registered:
             self._registered = False
             self.server.relay_ended(self)
@@ -379,12 +439,18 @@ class Relay:
 
 
 class RelayFactory(Factory):
-    """Builds a L{Relay} for each client accepted on a server's listener."""
+    """
+    Builds a L{Relay} for each client accepted on a server's listener.
+
+    @ivar side: the class of the client side: L{ClientSide}, or one that
+        reads or terminates TLS first.
+    """
 
     noisy = False
 
-    def __init__(self, server: ServerService) -> None:
+    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
         self.server = server
+        self.side = side
 
     def buildProtocol(self, addr: Any) -> ClientSide:
-        return Relay(self.server).client
+        return Relay(self.server, self.side).client

@@ -298,6 +298,50 @@ def server_context(config: TlsConfig) -> IOpenSSLServerConnectionCreator:
     )
 
 
+class BackendTLS:
+    """
+    A server's C{[backends_tls]}, loaded once (files read, settings
+    checked): L{creator} gives what a connection to one backend host needs.
+
+    @raise TLSError: on a version, cipher, certificate or key that cannot be used.
+    """
+
+    def __init__(self, config: BackendsTlsConfig) -> None:
+        self._low, self._high = _versions(config.min_version, config.max_version, "backends_tls")
+        self._ciphers = _acceptable_ciphers(config.ciphers, self._low, self._high, "backends_tls")
+        extra: dict[str, object] = {"enableSessionTickets": config.session_tickets}
+        if config.cert_path is not None and config.key_path is not None:
+            pair = _load_pair(config.cert_path, config.key_path, "backends_tls")
+            extra.update(privateKey=pair.key, certificate=pair.certificate, extraCertChain=list(pair.chain))
+        self._extra = extra
+        self._unverified: Any = None
+        self._trust: Any = None
+        if config.ignore_verify:
+            self._unverified = self._make(lambda **more: ssl.CertificateOptions(**extra, **more))
+        else:
+            self._trust = _trust_root(config.root_ca_cert_path)
+        self.creator: Callable[[str], IOpenSSLClientConnectionCreator] = lru_cache(maxsize=256)(self._creator)
+
+    def _make(self, make: Callable[..., object]) -> Any:
+        return _build(make, self._low, self._high, self._ciphers, "backends_tls")
+
+    def _creator(self, hostname: str) -> IOpenSSLClientConnectionCreator:
+        """
+        The creator for backend host C{hostname} (kept per host, so each has
+        one OpenSSL context): it verifies that the certificate chains to
+        C{root_ca_cert_path} (or the system's trust store) and names
+        C{hostname}, unless C{ignore_verify}.
+        """
+        if self._unverified is not None:
+            return _Unverified(self._unverified, hostname)
+        trust, extra = self._trust, self._extra
+
+        def make(**more: object) -> IOpenSSLClientConnectionCreator:
+            return ssl.optionsForClientTLS(hostname, trust, extraCertificateOptions={**extra, **more})
+
+        return self._make(make)  # type: ignore[no-any-return]
+
+
 def backend_context(config: BackendsTlsConfig, hostname: str) -> IOpenSSLClientConnectionCreator:
     """
     What a connection to a backend speaking TLS per C{config} needs (for
@@ -311,21 +355,7 @@ def backend_context(config: BackendsTlsConfig, hostname: str) -> IOpenSSLClientC
     @param hostname: the backend's host as configured.
     @raise TLSError: on a version, cipher, certificate or key that cannot be used.
     """
-    low, high = _versions(config.min_version, config.max_version, "backends_tls")
-    ciphers = _acceptable_ciphers(config.ciphers, low, high, "backends_tls")
-    extra: dict[str, object] = {"enableSessionTickets": config.session_tickets}
-    if config.cert_path is not None and config.key_path is not None:
-        pair = _load_pair(config.cert_path, config.key_path, "backends_tls")
-        extra.update(privateKey=pair.key, certificate=pair.certificate, extraCertChain=list(pair.chain))
-    if config.ignore_verify:
-        options = _build(lambda **more: ssl.CertificateOptions(**extra, **more), low, high, ciphers, "backends_tls")
-        return _Unverified(options, hostname)
-    trust = _trust_root(config.root_ca_cert_path)
-
-    def make(**more: object) -> IOpenSSLClientConnectionCreator:
-        return ssl.optionsForClientTLS(hostname, trust, extraCertificateOptions={**extra, **more})
-
-    return _build(make, low, high, ciphers, "backends_tls")
+    return BackendTLS(config).creator(hostname)
 
 
 def _build(

@@ -303,20 +303,21 @@ class UdpProxy(DatagramProtocol):
         released: Callable[[Backend], None] | None = None,
     ) -> UdpProxy:
         """The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied)."""
+        proxy = cls(choose, counters, reactor=reactor, clock=clock, name=name, released=released)
+        proxy.configure(config)
+        return proxy
+
+    def configure(self, config: ServerConfig) -> None:
+        """
+        Take the limits, idle timeouts and access rules of C{config} (a
+        server reconfigured in place); sessions already open keep their timeouts.
+        """
         udp = config.udp if config.udp is not None else UdpConfig()
-        return cls(
-            choose,
-            counters,
-            reactor=reactor,
-            clock=clock,
-            name=name,
-            max_requests=udp.max_requests,
-            max_responses=udp.max_responses,
-            client_idle_timeout=config.client_idle_timeout or 0.0,
-            backend_idle_timeout=config.backend_idle_timeout or 0.0,
-            access=AccessRules.from_config(config.access) if config.access is not None else None,
-            released=released,
-        )
+        self.max_requests = udp.max_requests
+        self.max_responses = udp.max_responses
+        self.client_idle_timeout = config.client_idle_timeout or 0.0
+        self.backend_idle_timeout = config.backend_idle_timeout or 0.0
+        self.access = AccessRules.from_config(config.access) if config.access is not None else None
 
     def startProtocol(self) -> None:
         """Read datagrams of any size, not Twisted's default 8 KiB."""

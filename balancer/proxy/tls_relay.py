@@ -1,0 +1,189 @@
+"""
+The relay's TLS ends: L{TlsClientSide} terminates TLS for a client
+(C{protocol = "tls"}), L{TlsBackendSide} with L{BackendTLSFactory} speaks
+TLS to a backend (C{[backends_tls]}).
+
+Both wait for their handshake: a client is routed, and a backend joined to
+its client, only once theirs is done.  So a client's failed handshake never
+reaches a backend (it counts in the server's C{tls_failures}), and a
+backend's failed handshake (an unknown CA, a certificate for another name)
+is a failed connect: it counts in the backend's C{refused_connections} and
+the next backend is tried.
+
+TLS connections have no half-close here (Twisted's TLS transport reports
+the peer's C{close_notify} as the end of the connection): an end of stream
+relayed to a TLS end closes it with C{close_notify} once everything before
+it was sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from balancer.proxy.tcp import Attempt, BackendSide, ClientSide, IdleTimer, Relay
+
+log = Logger()
+
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+"""Seconds a client has to finish its TLS handshake when no C{client_idle_timeout} is set."""
+
+
+def _finish_tls(transport: Any) -> None:
+    """
+    Flush a TLS transport, send C{close_notify} and close.
+
+    Reading resumes first: a paused transport would never read the peer's
+    C{close_notify} (or its end of connection) that completes the close.
+    """
+    transport.unregisterProducer()
+    transport.resumeProducing()
+    transport.loseConnection()
+
+
+@implementer(IHandshakeListener)
+class TlsClientSide(ClientSide):
+    """
+    A client of a C{protocol = "tls"} server: admitted at once, routed once
+    its handshake is done (by the server name it sent, when the server
+    routes by SNI).
+
+    A handshake that fails, or does not finish within C{client_idle_timeout}
+    (else L{DEFAULT_HANDSHAKE_TIMEOUT}), closes the client and counts in
+    C{tls_failures}; a client that just leaves during its handshake does not.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self._deadline: IdleTimer | None = None
+        self._waiting = False
+        self._timed_out = False
+
+    def connectionMade(self) -> None:
+        """Admit the client; its handshake has to finish in time."""
+        if self.relay.admit():
+            self._waiting = True
+            server = self.relay.server
+            timeout = server.config.client_idle_timeout or DEFAULT_HANDSHAKE_TIMEOUT
+            self._deadline = IdleTimer(server.clock, timeout, self._too_slow)
+
+    def handshakeCompleted(self) -> None:
+        """Route the client, by the server name it sent if any."""
+        self._waiting = False
+        self._stop_deadline()
+        name = self.transport.getHandle().get_servername()
+        self.relay.route(name.decode("ascii", "replace") if name else None)
+
+    def _too_slow(self) -> None:
+        self._timed_out = True
+        self.transport.abortConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def finish(self, *, half: bool) -> None:
+        """Close with C{close_notify} (TLS has no half-close here)."""
+        _finish_tls(self.transport)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Count a handshake that failed or timed out, then end as any client does."""
+        self._stop_deadline()
+        if self._waiting and (self._timed_out or reason.check(SSL.Error)):
+            server = self.relay.server
+            server.counters.tls_failures += 1
+            log.info(
+                "{server}: TLS handshake with {client} failed: {why}",
+                server=server.name,
+                client=self.relay.client_address.host,
+                why="timed out" if self._timed_out else reason.getErrorMessage(),
+            )
+        super().connectionLost(reason)
+
+
+@implementer(IHandshakeListener)
+class TlsBackendSide(BackendSide):
+    """
+    A connection to a backend over TLS: joined to its client once the
+    handshake is done, which has the server's connect timeout to finish.
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self._joined = False
+        self._timed_out = False
+        self._deadline: IdleTimer | None = None
+
+    def connectionMade(self) -> None:
+        """TCP is up (a PROXY header, if any, is already sent); the handshake goes on."""
+        server = self.relay.server
+        self._deadline = IdleTimer(server.clock, server.connect_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timed_out = True
+        self.transport.abortConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def handshakeCompleted(self) -> None:
+        """Join the client, unless the relay gave up on this attempt meanwhile."""
+        self._stop_deadline()
+        if self.factory.relay is None:
+            self.transport.abortConnection()
+            return
+        self._joined = True
+        self.relay.backend_connected(self)
+
+    def finish(self, *, half: bool) -> None:
+        """Close with C{close_notify} (TLS has no half-close here)."""
+        _finish_tls(self.transport)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """Before the handshake finished, this is a failed connect; after, the end of the relay's backend."""
+        self._stop_deadline()
+        if self._joined:
+            super().connectionLost(reason)
+            return
+        attempt = self.factory
+        if attempt.relay is not None:
+            if self._timed_out:
+                reason = Failure(TimeoutError("TLS handshake timed out"))
+            attempt.relay.connect_failed(attempt, reason)
+
+
+class _HeaderFirst(BufferingTLSTransport):
+    """A client TLS transport that sends the attempt's PROXY header in clear before its ClientHello."""
+
+    def makeConnection(self, transport: Any) -> None:
+        header = self.factory.wrappedFactory.header
+        if header:
+            transport.write(header)
+        super().makeConnection(transport)
+
+
+class BackendTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS around one connect attempt (an L{Attempt} building a L{TlsBackendSide}).
+
+    An attempt the relay gave up on builds no protocol, so the connection
+    is closed at once, as for plain TCP.
+    """
+
+    protocol = _HeaderFirst
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, attempt: Attempt, clock: Any) -> None:
+        super().__init__(creator, True, attempt, clock)
+
+    def buildProtocol(self, addr: Any) -> _HeaderFirst | None:  # type: ignore[override]
+        side = self.wrappedFactory.buildProtocol(addr)
+        return None if side is None else self.protocol(self, side)
