@@ -47,8 +47,35 @@ def _finish_tls(transport: Any) -> None:
     transport.loseConnection()
 
 
+class _TlsEnd:
+    """
+    What both TLS ends share: a handshake deadline, and closing with
+    C{close_notify} (TLS has no half-close here).
+    """
+
+    transport: Any
+    _deadline: IdleTimer | None = None
+    _timed_out = False
+
+    def _start_deadline(self, clock: Any, timeout: float) -> None:
+        self._deadline = IdleTimer(clock, timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timed_out = True
+        self.transport.abortConnection()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def finish(self, *, half: bool) -> None:
+        """Close with C{close_notify}, whether or not a half-close was asked for."""
+        _finish_tls(self.transport)
+
+
 @implementer(IHandshakeListener)
-class TlsClientSide(ClientSide):
+class TlsClientSide(_TlsEnd, ClientSide):
     """
     A client of a C{protocol = "tls"} server: admitted at once, routed once
     its handshake is done (by the server name it sent, when the server
@@ -61,9 +88,7 @@ class TlsClientSide(ClientSide):
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
-        self._deadline: IdleTimer | None = None
         self._waiting = False
-        self._timed_out = False
 
     def connectionMade(self) -> None:
         """Admit the client; its handshake has to finish in time."""
@@ -71,7 +96,7 @@ class TlsClientSide(ClientSide):
             self._waiting = True
             server = self.relay.server
             timeout = server.config.client_idle_timeout or DEFAULT_HANDSHAKE_TIMEOUT
-            self._deadline = IdleTimer(server.clock, timeout, self._too_slow)
+            self._start_deadline(server.clock, timeout)
 
     def handshakeCompleted(self) -> None:
         """Route the client, by the server name it sent if any."""
@@ -79,19 +104,6 @@ class TlsClientSide(ClientSide):
         self._stop_deadline()
         name = self.transport.getHandle().get_servername()
         self.relay.route(name.decode("ascii", "replace") if name else None)
-
-    def _too_slow(self) -> None:
-        self._timed_out = True
-        self.transport.abortConnection()
-
-    def _stop_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def finish(self, *, half: bool) -> None:
-        """Close with C{close_notify} (TLS has no half-close here)."""
-        _finish_tls(self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Count a handshake that failed or timed out, then end as any client does."""
@@ -109,7 +121,7 @@ class TlsClientSide(ClientSide):
 
 
 @implementer(IHandshakeListener)
-class TlsBackendSide(BackendSide):
+class TlsBackendSide(_TlsEnd, BackendSide):
     """
     A connection to a backend over TLS: joined to its client once the
     handshake is done, which has the server's connect timeout to finish.
@@ -118,22 +130,11 @@ class TlsBackendSide(BackendSide):
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         self._joined = False
-        self._timed_out = False
-        self._deadline: IdleTimer | None = None
 
     def connectionMade(self) -> None:
         """TCP is up (a PROXY header, if any, is already sent); the handshake goes on."""
         server = self.relay.server
-        self._deadline = IdleTimer(server.clock, server.connect_timeout, self._too_slow)
-
-    def _too_slow(self) -> None:
-        self._timed_out = True
-        self.transport.abortConnection()
-
-    def _stop_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._start_deadline(server.clock, server.connect_timeout)
 
     def handshakeCompleted(self) -> None:
         """Join the client, unless the relay gave up on this attempt meanwhile."""
@@ -143,10 +144,6 @@ class TlsBackendSide(BackendSide):
             return
         self._joined = True
         self.relay.backend_connected(self)
-
-    def finish(self, *, half: bool) -> None:
-        """Close with C{close_notify} (TLS has no half-close here)."""
-        _finish_tls(self.transport)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Before the handshake finished, this is a failed connect; after, the end of the relay's backend."""
