@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -107,7 +107,10 @@ class IControl(Interface):
         """
 
     def stats(name: str) -> dict[str, Any]:
-        """gobetween's statistics document for a server. @raise UnknownServer"""
+        """
+        gobetween's statistics document for a server, summed over the worker
+        processes (L{sum_stats}). @raise UnknownServer
+        """
 
     def dump(format: str) -> str:
         """The effective configuration as "toml" or "json". @raise DumpFormatError"""
@@ -179,6 +182,12 @@ class Controller:
     L{IControl} over a L{BalancerService}.
 
     @ivar revision: a number that grows with every configuration change.
+    @ivar on_change: called with no argument after each change of servers or
+        backend states has been applied and persisted (the worker supervisor,
+        L{balancer.workers}, sends the new configuration to the other worker
+        processes).
+    @ivar peer_stats: sources of the other worker processes' latest
+        statistics documents of a server, by name; L{stats} adds them up.
     """
 
     def __init__(
@@ -206,6 +215,8 @@ class Controller:
         self._started_at = reactor.seconds()
         self._changed: dict[tuple[str, str], float] = {}
         self.revision = 1
+        self.on_change: list[Callable[[], object]] = []
+        self.peer_stats: list[Callable[[str], list[dict[str, Any]]]] = []
         self._apply_backend_states()
 
     def info(self) -> dict[str, Any]:
@@ -228,7 +239,8 @@ class Controller:
         return to_mapping(self._balancer.server(name).config)
 
     def stats(self, name: str) -> dict[str, Any]:
-        return self._balancer.server(name).stats()
+        own = self._balancer.server(name).stats()
+        return sum_stats(own, [doc for source in self.peer_stats for doc in source(name)])
 
     def effective_config(self) -> Config:
         servers = {s.name: s.config for s in self._balancer.servers()}
@@ -253,6 +265,7 @@ class Controller:
         except OSError:
             yield self._balancer.remove_server(name)
             raise
+        self._notify_change()
         return mapping
 
     @inlineCallbacks
@@ -266,6 +279,7 @@ class Controller:
         except OSError:
             yield self._balancer.update_server(name, old)
             raise
+        self._notify_change()
         return mapping
 
     @inlineCallbacks
@@ -273,6 +287,7 @@ class Controller:
         self._balancer.server(name)
         self._record(lambda changes: changes.removed(name, configured=name in self._configured.servers))
         yield self._balancer.remove_server(name)
+        self._notify_change()
 
     # For the /v1 API: created backends, their links, admin states, sessions
 
@@ -356,6 +371,7 @@ class Controller:
                 changes.backend_states[id] = state
 
         self._record(change)
+        self._notify_change()
 
     def close_session(self, id: int) -> None:
         for service in self._balancer.servers():
@@ -410,6 +426,7 @@ class Controller:
             for server, config in reversed(done):
                 yield self.update_server(server, to_mapping(config))
             raise
+        self._notify_change()
         return records
 
     def _static_list(self, server: str, config: ServerConfig, linked: list[BackendSpec]) -> tuple[BackendSpec, ...] | None:
@@ -457,6 +474,11 @@ class Controller:
                 if table_old.get(id) != table_new.get(id):
                     self._changed[("backend", id)] = now
 
+    def _notify_change(self) -> None:
+        """Tell L{on_change} that servers or backend states changed."""
+        for callback in self.on_change:
+            callback()
+
     def _record(self, change: Any) -> None:
         """Apply C{change} to the runtime changes and persist them before returning."""
         candidate = self._changes.copy()
@@ -467,6 +489,36 @@ class Controller:
         self._changes = candidate
         self.revision += 1
         self._apply_backend_states()
+
+
+#: The server figures, and the backend figures, that add up over worker processes.
+SERVER_SUMS = ("active_connections", "rx_total", "tx_total", "rx_second", "tx_second")
+BACKEND_SUMS = (
+    "total_connections", "active_connections", "refused_connections", "rx", "tx", "rx_second", "tx_second"
+)
+
+
+def sum_stats(own: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    A server's statistics document over every worker process.
+
+    C{own} is this process's document: its backends, their weights and their
+    C{live} and C{discovered} flags (this process's health checks and
+    discovery) are kept, and the L{SERVER_SUMS} and L{BACKEND_SUMS} of each
+    document of C{others} are added, backends matched by host and port.  A
+    backend that only another process still has is left out.
+    """
+    total = {**own, "backends": [{**b, "stats": dict(b["stats"])} for b in own["backends"]]}
+    by_address = {(b["host"], b["port"]): b["stats"] for b in total["backends"]}
+    for doc in others:
+        for key in SERVER_SUMS:
+            total[key] += doc[key]
+        for backend in doc["backends"]:
+            stats = by_address.get((backend["host"], backend["port"]))
+            if stats is not None:
+                for key in BACKEND_SUMS:
+                    stats[key] += backend["stats"][key]
+    return total
 
 
 #: The parameters of a backend created through the API.

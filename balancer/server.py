@@ -32,6 +32,7 @@ from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
 from balancer.proxy.tls import BackendTLS, TLSError, server_context
 from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
+from balancer.reuseport import listen_tcp, listen_udp
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
 
@@ -84,6 +85,8 @@ class ServerService(Service):
     @ivar health: the running health monitor (None while stopped).
     @ivar udp: the datagram proxy of a C{protocol = "udp"} server while it
         listens (its sessions are not relays).
+    @ivar reuse_port: whether its listener shares its port with other
+        worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class ServerService(Service):
         *,
         grace: float = 10.0,
         rng: random.Random | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.name = name
+        self.reuse_port = reuse_port
         self.config = config
         self.reactor = reactor
         self.clock = reactor
@@ -158,6 +163,8 @@ class ServerService(Service):
                 name=self.name,
                 released=self.backend_released,
             )
+            if self.reuse_port:
+                return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)
             return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
         factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
         if config.protocol == "tls":
@@ -167,6 +174,8 @@ class ServerService(Service):
             except TLSError as e:
                 raise BindError(f'server "{self.name}": {e}') from e
             factory = TLSMemoryBIOFactory(creator, False, RelayFactory(self, TlsClientSide), self.clock)
+        if self.reuse_port:
+            return listen_tcp(self.reactor, bind.port, factory, bind.listen_host)
         return self.reactor.listenTCP(bind.port, factory, backlog=1024, interface=bind.listen_host)
 
     def _load_backend_tls(self, config: ServerConfig) -> BackendTLS | None:

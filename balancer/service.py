@@ -32,7 +32,9 @@ class BalancerService(MultiService):
     All servers of one configuration.
 
     Starting binds every server's listener before anything else runs; one
-    failure unbinds the others and raises L{BindError}.
+    failure unbinds the others and raises L{BindError}.  With C{[defaults]
+    workers} over 1, listeners share their port with the other worker
+    processes (C{SO_REUSEPORT}).
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -45,8 +47,10 @@ class BalancerService(MultiService):
             self._make_server(name, server).setServiceParent(self)
 
     def _make_server(self, name: str, server: ServerConfig) -> ServerService:
+        defaults = self.config.defaults
         service = ServerService(
-            name, server, self.reactor, self.rates, grace=self.config.defaults.shutdown_grace, rng=self._rng
+            name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
+            reuse_port=defaults.workers > 1,
         )
         service.setName(name)
         return service

@@ -24,6 +24,7 @@ from balancer.metrics import metrics_service
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.state import RuntimeChanges
+from balancer.workers import WorkerSupervisor
 
 
 class Options(usage.Options):
@@ -107,7 +108,8 @@ def build_service(
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
-    interface, the admin API when C{[api] enabled} and, with C{demo}, its
+    interface, the admin API when C{[api] enabled}, the other worker
+    processes when C{[defaults] workers} is over 1 and, with C{demo}, its
     demo backends.
 
     Nothing binds or connects until the tree is started.
@@ -128,6 +130,11 @@ def build_service(
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
         metrics_service(config.metrics, balancer, reactor).setServiceParent(root)
+    if config.defaults.workers > 1:
+        supervisor = WorkerSupervisor(root.control, config.defaults.workers, reactor,  # type: ignore[attr-defined]
+                                      grace=config.defaults.shutdown_grace)
+        supervisor.setName("workers")
+        supervisor.setServiceParent(root)
     return root
 
 

@@ -7,15 +7,18 @@ Needs (installs nothing)::
 
 Run from the repository, with the Python that has Twisted::
 
-    /work/venv/bin/python bench/compare.py [--repeat N] [--duration S] [--quick] [--json]
+    /work/venv/bin/python bench/compare.py [--repeat N] [--duration S] [--workers N] [--quick] [--json]
 
 It starts, on 127.0.0.1 only and on free ports:
 
  - nginx (one worker, keep-alive on, a small static file) and C{iperf3 -s} as
    the backends;
- - HAProxy in C{mode tcp} with C{nbthread 1}, from a generated configuration;
+ - HAProxy in C{mode tcp} with C{nbthread N}, from a generated configuration;
  - this balancer from the working tree (C{twistd -n --pidfile= balancer} with
-   a generated configuration and the repository first on C{PYTHONPATH}).
+   a generated configuration, C{[defaults] workers = N}, and the repository
+   first on C{PYTHONPATH}).
+
+N is C{--workers} (default 1): both proxies get as many cores.
 
 Each repetition (with HAProxy and the balancer started anew) measures every
 figure for the three paths in turn (direct, HAProxy, balancer); the table
@@ -27,7 +30,7 @@ gives the median of the repetitions and the balancer's ratios to the others:
    C{wrk --latency -t1 -c50};
  - resident memory per idle connection: the proxy's VmRSS before and after
    this script opens 1,000 idle connections through it (the balancer's is the
-   twistd process itself), and the system-wide Slab growth (kernel memory,
+   sum over the twistd process and its worker processes), and the system-wide Slab growth (kernel memory,
    every socket of every process on the machine, so noisy) over the same time.
 
 Everything started is stopped by pid on exit, on an error, on SIGINT and on
@@ -155,8 +158,13 @@ class Processes:
         self._workdir = workdir
         self._started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], ports: list[int], env: dict[str, str] | None = None) -> int:
-        """Start C{argv}, wait until it listens on every one of C{ports}, and return its pid."""
+    def start(
+        self, name: str, argv: list[str], ports: list[int], env: dict[str, str] | None = None, listeners: int = 1
+    ) -> int:
+        """
+        Start C{argv}, wait until it listens on every one of C{ports} (with
+        C{listeners} sockets each: one per worker process), and return its pid.
+        """
         log = open(self._workdir / f"{name}.log", "wb")
         with log:
             proc = subprocess.Popen(
@@ -167,8 +175,8 @@ class Processes:
         def listening() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{self.output(name)}")
-            bound = {local for local, _, state in tcp_sockets() if state == TCP_LISTEN}
-            return all(port in bound for port in ports)
+            bound = [local for local, _, state in tcp_sockets() if state == TCP_LISTEN]
+            return all(bound.count(port) >= listeners for port in ports)
 
         try:
             wait_until(listening, START_TIMEOUT, f"{name} to listen on {ports}")
@@ -241,14 +249,14 @@ def start_iperf3(procs: Processes) -> int:
     return port
 
 
-def start_haproxy(procs: Processes, workdir: Path, http: int, bulk: int) -> Endpoints:
-    """HAProxy, C{mode tcp}, one thread, one frontend per backend."""
+def start_haproxy(procs: Processes, workdir: Path, http: int, bulk: int, threads: int) -> Endpoints:
+    """HAProxy, C{mode tcp}, C{threads} threads, one frontend per backend."""
     ports = free_ports(2)
     conf = workdir / "haproxy.cfg"
     conf.write_text(
         f"""
 global
-    nbthread 1
+    nbthread {threads}
     maxconn 4096
 
 defaults
@@ -278,8 +286,8 @@ def twistd_path() -> str:
     return str(path)
 
 
-def start_balancer(procs: Processes, workdir: Path, http: int, bulk: int) -> Endpoints:
-    """This balancer from the working tree, one server per backend, logging warnings only."""
+def start_balancer(procs: Processes, workdir: Path, http: int, bulk: int, workers: int) -> Endpoints:
+    """This balancer from the working tree, one server per backend, C{workers} processes, logging warnings only."""
     ports = free_ports(2)
     conf = workdir / "balancer.toml"
     servers = "".join(
@@ -293,10 +301,10 @@ balance = "roundrobin"
 """
         for name, port, backend in (("http", ports[0], http), ("bulk", ports[1], bulk))
     )
-    conf.write_text(f'[logging]\nlevel = "warn"\n\n[defaults]\nshutdown_grace = "1s"\n{servers}')
+    conf.write_text(f'[logging]\nlevel = "warn"\n\n[defaults]\nshutdown_grace = "1s"\nworkers = {workers}\n{servers}')
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     argv = [twistd_path(), "-n", "--pidfile=", "balancer", f"--config={conf}"]
-    pid = procs.start("balancer", argv, list(ports), env)
+    pid = procs.start("balancer", argv, list(ports), env, listeners=workers)
     return Endpoints(ports[0], ports[1], pid)
 
 
@@ -362,6 +370,28 @@ def vm_rss_kib(pid: int) -> int:
     raise MeasurementError(f"no VmRSS for pid {pid}")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of C{pid}'s child processes, from each process's C{/proc/PID/stat}."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The fourth field, after the parenthesised command name (which may hold spaces).
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of C{pid} and its child processes (a balancer's workers), in KiB."""
+    return sum(vm_rss_kib(p) for p in [pid, *children(pid)])
+
+
 def slab_kib() -> int:
     """The kernel's Slab memory in KiB, system-wide, from /proc/meminfo."""
     with open("/proc/meminfo") as f:
@@ -399,11 +429,11 @@ def idle_connections(port: int, backend: int, count: int) -> Iterator[None]:
 
 def measure_idle(path: Endpoints, backend: int) -> dict[str, float]:
     """KiB per idle connection: the proxy's RSS growth (not for direct) and the kernel's Slab growth."""
-    rss_before = vm_rss_kib(path.pid) if path.pid else 0
+    rss_before = tree_rss_kib(path.pid) if path.pid else 0
     slab_before = slab_kib()
     with idle_connections(path.http, backend, IDLE_CONNECTIONS):
         time.sleep(0.5)
-        rss_after = vm_rss_kib(path.pid) if path.pid else 0
+        rss_after = tree_rss_kib(path.pid) if path.pid else 0
         slab_after = slab_kib()
     result = {"idle_slab": (slab_after - slab_before) / IDLE_CONNECTIONS}
     if path.pid:
@@ -453,9 +483,13 @@ def versions() -> dict[str, str]:
     }
 
 
-def run(repeat: int, duration: float, progress: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
+def run(
+    repeat: int, duration: float, workers: int, progress: Callable[[str], None]
+) -> dict[str, dict[str, list[float]]]:
     """
     Start the backends, take C{repeat} interleaved rounds of samples, stop everything.
+
+    Both proxies get C{workers} cores: HAProxy as threads, the balancer as processes.
 
     HAProxy and the balancer are started anew for each round, so that the
     idle-connection memory, measured first, is that of a fresh process and
@@ -482,8 +516,8 @@ def run(repeat: int, duration: float, progress: Callable[[str], None]) -> dict[s
                 try:
                     paths = {
                         "direct": Endpoints(http, bulk, None),
-                        "haproxy": start_haproxy(proxies, workdir, http, bulk),
-                        "balancer": start_balancer(proxies, workdir, http, bulk),
+                        "haproxy": start_haproxy(proxies, workdir, http, bulk, workers),
+                        "balancer": start_balancer(proxies, workdir, http, bulk, workers),
                     }
                     for what, step in steps:
                         for name, endpoints in paths.items():
@@ -545,7 +579,8 @@ def render(
     lines += [
         "",
         f"median of {settings['repeat']:g} interleaved rounds, {settings['duration']:g} s per client run, "
-        f"{IDLE_CONNECTIONS} idle connections; all on 127.0.0.1",
+        f"{IDLE_CONNECTIONS} idle connections; {settings['workers']:g} balancer workers and HAProxy threads; "
+        "all on 127.0.0.1",
         "machine: " + ", ".join(f"{k} {v}" for k, v in info["machine"].items()),
         *(f"  {k}: {v}" for k, v in info["versions"].items()),
     ]
@@ -557,13 +592,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--repeat", type=int, default=3, help="rounds of measurements (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per iperf3/wrk run (default 5)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="balancer worker processes ([defaults] workers) and HAProxy threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s runs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.duration = 1, 2.0
-    if args.repeat < 1 or args.duration <= 0:
-        parser.error("--repeat must be at least 1 and --duration positive")
+    if args.repeat < 1 or args.duration <= 0 or not 1 <= args.workers <= 256:
+        parser.error("--repeat must be at least 1, --duration positive and --workers from 1 to 256")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         parser.error(f"not installed: {', '.join(missing)} (apt-get install haproxy iperf3 wrk nginx-light)")
@@ -576,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, interrupt)
     info = {"machine": machine(), "versions": versions()}
     try:
-        samples = run(args.repeat, args.duration, lambda line: print(line, file=sys.stderr, flush=True))
+        samples = run(args.repeat, args.duration, args.workers, lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
@@ -584,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: {e}", file=sys.stderr)
         return 1
     table = summarize(samples)
-    settings = {"repeat": args.repeat, "duration": args.duration, "idle_connections": IDLE_CONNECTIONS}
+    settings = {
+        "repeat": args.repeat, "duration": args.duration, "workers": args.workers, "idle_connections": IDLE_CONNECTIONS
+    }
     if args.json:
         print(json.dumps({**info, "settings": settings, "samples": samples, "medians": table}, indent=2))
     else:

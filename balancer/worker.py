@@ -1,0 +1,240 @@
+"""
+A worker process of C{[defaults] workers} > 1: C{python -m balancer.worker INDEX}.
+
+The twistd process is worker 0; its L{balancer.workers.WorkerSupervisor}
+starts the others with this module.  A worker serves every server of the
+configuration on the same ports as worker 0 (C{SO_REUSEPORT}, see
+L{balancer.reuseport}), with its own health checks and discovery, and
+nothing else: no admin API, no metrics, no state file.
+
+Its standard streams are its link to worker 0:
+
+ - stdin: JSON lines, each a whole configuration (L{read_message}).  The
+   first one starts the servers; each later one, sent when the API changed
+   worker 0, is applied as a difference (L{server_changes}): servers
+   removed, changed (in place, or with a new listener) and added.
+ - stdout: C{{"ready": true}} once the listeners are bound, then
+   C{{"stats": {server: document}}} every second on this process's clock,
+   each document the server's L{ServerService.stats}.
+ - stderr: its log events as JSON (C{jsonFileLogObserver}), which worker 0
+   logs as its own.
+
+A worker stops on SIGTERM (listeners close first, relays get C{shutdown_grace})
+and when its stdin closes (worker 0 is gone).  SIGINT is ignored: Ctrl-C on a
+terminal reaches the whole process group, and worker 0 stops its workers itself.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any, Mapping
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.stdio import StandardIO
+from twisted.internet.task import LoopingCall
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
+from twisted.protocols.basic import LineReceiver
+
+from balancer.backends import ACTIVE
+from balancer.config import ConfigError
+from balancer.config.load import config_from_mapping
+from balancer.config.schema import Config, ServerConfig
+from balancer.server import BindError
+from balancer.service import BalancerService
+
+log = Logger()
+
+#: Seconds between two statistics reports.
+REPORT_INTERVAL = 1.0
+
+
+@attrs.frozen
+class ServerChanges:
+    """What turns one set of servers into another, by name."""
+
+    removed: list[str]
+    updated: dict[str, ServerConfig]
+    added: dict[str, ServerConfig]
+
+
+def server_changes(old: Mapping[str, ServerConfig], new: Mapping[str, ServerConfig]) -> ServerChanges:
+    """
+    The servers of C{old} not in C{new}, those whose definition differs, and
+    those only in C{new}, each in the order of the mapping they come from.
+    """
+    return ServerChanges(
+        removed=[name for name in old if name not in new],
+        updated={name: server for name, server in new.items() if name in old and old[name] != server},
+        added={name: server for name, server in new.items() if name not in old},
+    )
+
+
+def read_message(line: bytes) -> tuple[Config, dict[str, dict[str, str]]]:
+    """
+    A configuration line from worker 0: C{{"config": MAPPING, "admin_states":
+    {server: {"host:port": state}}}}, the mapping in the file's own key names
+    (L{balancer.config.dump.to_mapping}) and the admin states of backends
+    that are not active.
+
+    @raise balancer.config.ConfigError: if the configuration does not validate.
+    """
+    message = json.loads(line)
+    return config_from_mapping(message["config"], "worker 0"), message["admin_states"]
+
+
+class Worker(LineReceiver):
+    """
+    The worker's end of its standard streams (L{StandardIO}): starts, changes
+    and stops its L{BalancerService} as worker 0 says, and reports statistics.
+
+    @ivar exit_code: the process's exit status: 1 when its first
+        configuration could not be served.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 << 20
+
+    def __init__(self, reactor: Any, level: LogLevelFilterPredicate) -> None:
+        """
+        @param level: the filter of the process's log, set to C{[logging] level}
+            by the first configuration.
+        """
+        self._level = level
+        self.exit_code = 0
+        self.balancer: BalancerService | None = None
+        self._reactor = reactor
+        self._applied: Deferred[None] = succeed(None)
+        self._stopping = False
+        self._reports = LoopingCall(self._report)
+        self._reports.clock = reactor
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Start with the first configuration; apply each later one after the
+        one before (none once stopping).
+        """
+        if self._stopping:
+            return
+        try:
+            config, states = read_message(line)
+        except (ValueError, KeyError, ConfigError) as e:
+            log.critical("not a configuration from worker 0: {error}", error=str(e))
+            self._stop(1)
+            return
+        if self.balancer is None:
+            self._start(config, states)
+            return
+        self._applied.addCallback(lambda _: self._apply(config, states))
+        self._applied.addErrback(lambda failure: log.failure("applying a configuration failed", failure))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A configuration over L{MAX_LENGTH} bytes: worker 0 is not speaking our language."""
+        log.critical("configuration line over {limit} bytes", limit=self.MAX_LENGTH)
+        self._stop(1)
+
+    def _start(self, config: Config, states: dict[str, dict[str, str]]) -> None:
+        """Log as C{[logging] level} says, bind every listener, report that we serve."""
+        level = config.logging.level
+        self._level.defaultLogLevel = LogLevel.levelWithName("warn" if level == "warning" else level)
+        balancer = BalancerService(config, self._reactor)
+        try:
+            balancer.privilegedStartService()
+        except BindError as e:
+            log.critical("{error}", error=str(e))
+            self._stop(1)
+            return
+        balancer.startService()
+        self.balancer = balancer
+        self._apply_states(states)
+        self._reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self._send({"ready": True})
+        self._reports.start(REPORT_INTERVAL, now=True)
+
+    @inlineCallbacks
+    def _apply(self, config: Config, states: dict[str, dict[str, str]]):  # type: ignore[no-untyped-def]
+        """Bring the running servers to C{config}: removals, then changes, then additions."""
+        balancer = self.balancer
+        if balancer is None:  # stopping
+            return
+        changes = server_changes({s.name: s.config for s in balancer.servers()}, config.servers)
+        for name in changes.removed:
+            yield balancer.remove_server(name)
+        for name, server in changes.updated.items():
+            try:
+                yield balancer.update_server(name, server)
+            except BindError as e:
+                log.error("{error}", error=str(e))
+        for name, server in changes.added.items():
+            try:
+                balancer.add_server(name, server)
+            except BindError as e:
+                log.error("{error}", error=str(e))
+        self._apply_states(states)
+
+    def _apply_states(self, states: dict[str, dict[str, str]]) -> None:
+        """Give every backend the admin state worker 0 has for it (active if none)."""
+        assert self.balancer is not None
+        for server in self.balancer.servers():
+            wanted = states.get(server.name, {})
+            for backend in server.pool:
+                backend.admin_state = wanted.get(backend.key, ACTIVE)
+
+    def _report(self) -> None:
+        """Send every server's statistics document."""
+        assert self.balancer is not None
+        self._send({"stats": {server.name: server.stats() for server in self.balancer.servers()}})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.transport.write(json.dumps(message).encode() + b"\n")
+
+    def _shutdown(self) -> Deferred[None] | None:
+        """Before the reactor stops: stop reporting, close listeners, give relays their grace."""
+        self._stopping = True
+        if self._reports.running:
+            self._reports.stop()
+        balancer, self.balancer = self.balancer, None
+        return balancer.stopService() if balancer is not None and balancer.running else None
+
+    def _stop(self, exit_code: int) -> None:
+        """Stop the reactor (once), exiting with C{exit_code}."""
+        if not self._stopping:
+            self._stopping = True
+            self.exit_code = exit_code
+            self._reactor.stop()
+
+    def connectionLost(self, reason: object = None) -> None:
+        """Worker 0 closed our stdin (it is gone): stop."""
+        self._stop(self.exit_code)
+
+
+def main() -> int:
+    """
+    Run a worker until it is told to stop; returns the exit status.
+
+    Its one argument, the worker's index, is for C{ps} and C{top} to show.
+    """
+    from twisted.internet import reactor
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    level = LogLevelFilterPredicate(LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(jsonFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
+    )
+    worker = Worker(reactor, level)
+    StandardIO(worker, reactor=reactor)
+    reactor.run()  # type: ignore[attr-defined]
+    return worker.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
