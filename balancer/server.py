@@ -25,6 +25,7 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
+from balancer.proxy import splice
 from balancer.proxy.access import AccessRules
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
@@ -87,6 +88,8 @@ class ServerService(Service):
         listens (its sessions are not relays).
     @ivar reuse_port: whether its listener shares its port with other
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
+    @ivar splice: whether its plain TCP relays take the fast path
+        (L{balancer.proxy.splice}); by default where the platform has it.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class ServerService(Service):
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
         self.udp: UdpProxy | None = None
+        self.splice = splice.AVAILABLE
         self._rng = rng
         self._rates = rates
         self._port: Any = None

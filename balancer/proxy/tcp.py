@@ -8,6 +8,10 @@ the producer of the other, so a slow reader pauses the fast writer and no
 buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
 relayed both ways.
 
+A relay between two plain TCP connections takes the fast path instead
+(L{balancer.proxy.splice}, on Linux): the bytes move from socket to socket
+in the kernel, and the same protocols, counting and endings stay in charge.
+
 The features a server may add (TLS at either end, reading the SNI before
 routing, a PROXY protocol header, access rules) are chosen once per
 connection, by the classes of its two sides and by what the server
@@ -25,6 +29,8 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from balancer.proxy import splice
 
 if TYPE_CHECKING:
     from balancer.backends import Backend
@@ -319,7 +325,11 @@ class Relay:
         self.server.backend_released(backend)
 
     def backend_connected(self, side: BackendSide) -> None:
-        """Join the two transports and let bytes flow."""
+        """
+        Join the two transports and let bytes flow: through the fast path
+        when L{_splices} says so, else with each transport the producer of
+        the other.
+        """
         self._attempt = None
         self.backend_side = side
         backend = self.backend
@@ -331,6 +341,15 @@ class Relay:
             set_no_delay = getattr(transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
+        config = self.server.config
+        clock = self.server.clock
+        if config.backend_idle_timeout:
+            self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
+        if self._splices(client, to_backend):
+            if config.client_idle_timeout:
+                self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
+            splice.splice(self.server.reactor, self.client, side, self.count_tx, self.count_rx)
+            return
         client.registerProducer(to_backend, True)
         to_backend.registerProducer(client, True)
         self._to_client = client.write
@@ -338,16 +357,28 @@ class Relay:
         early, self.early_data = self.early_data, []
         for data in early:
             self.from_client(data)
-        config = self.server.config
-        clock = self.server.clock
-        if config.backend_idle_timeout:
-            self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
         if self.client.read_closed:
             side.finish(half=True)
             return
         if config.client_idle_timeout:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
         client.resumeProducing()
+
+    def _splices(self, client: Any, to_backend: Any) -> bool:
+        """
+        Whether the relay takes the fast path: its server allows it, both
+        transports are plain TCP, and nothing waits to be sent first (no
+        PROXY header, no early data such as an SNI-routed ClientHello, no
+        end of the client's input).
+        """
+        return (
+            self.server.splice
+            and not self._header
+            and not self.early_data
+            and not self.client.read_closed
+            and splice.can_splice(client)
+            and splice.can_splice(to_backend)
+        )
 
     # Bytes (the hot path: keep the work per chunk minimal)
 
@@ -358,17 +389,23 @@ class Relay:
             self.early_data.append(data)
             return
         write(data)
-        size = len(data)
+        self.count_tx(len(data))
+
+    def from_backend(self, data: bytes) -> None:
+        """Send C{data} from the backend to the client; count it as rx."""
+        self._to_client(data)  # type: ignore[misc]
+        self.count_rx(len(data))
+
+    def count_tx(self, size: int) -> None:
+        """Count C{size} bytes relayed from the client to the backend."""
         self.tx += size
         self._server_traffic.tx += size
         self._backend_traffic.tx += size  # type: ignore[union-attr]
         if self._client_idle is not None:
             self._client_idle.touch()
 
-    def from_backend(self, data: bytes) -> None:
-        """Send C{data} from the backend to the client; count it as rx."""
-        self._to_client(data)  # type: ignore[misc]
-        size = len(data)
+    def count_rx(self, size: int) -> None:
+        """Count C{size} bytes relayed from the backend to the client."""
         self.rx += size
         self._server_traffic.rx += size
         self._backend_traffic.rx += size  # type: ignore[union-attr]

@@ -1,0 +1,593 @@
+"""
+The relay's fast path (L{balancer.proxy.splice}) against its normal path.
+
+The same scenarios run on real sockets (127.0.0.1, port 0) through a server
+that takes each path (L{NormalPathTests}, L{SplicePathTests}), and expect
+the same: the bytes, the statistics of the relay, its server and its backend,
+half-closes in both directions, idle timeouts, aborts, and a stalled backend
+stopping the reading from its client.  Idle timeouts run on a L{Clock} given
+to the server, so that they are exact while the bytes move on the reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+import tests.test_relay_integration as integration
+from balancer.config.schema import Config, DefaultsConfig, ProxyProtocolConfig
+from balancer.proxy import splice
+from balancer.proxy.tcp import Relay
+from balancer.server import ServerService
+from balancer.service import BalancerService
+from tests.clients import exchange, listen
+from tests.test_relay import FakeTransport, server_config
+from tests.test_relay_integration import (
+    CHUNK,
+    Answer,
+    Echo,
+    Greeter,
+    Peer,
+    StalledSink,
+    Streamer,
+    buffered,
+    open_client,
+    pattern,
+    until,
+)
+
+
+class Watcher(Peer):
+    """A L{Peer} that keeps why its connection ended."""
+
+    reason: Any = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reason = reason
+        super().connectionLost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class Sink(Protocol):
+    """
+    Reads and keeps everything, answers nothing, and stays open after the
+    end of its input (noted in C{eof}); C{factory.ended} fires with (bytes
+    read, reason) when its connection ends.
+    """
+
+    def connectionMade(self) -> None:
+        self.data = b""
+        self.eof = False
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.ended.callback((self.data, reason))
+
+
+class _Scenarios:
+    """
+    Scenarios for both paths; a subclass says which path by L{splice}.
+
+    Each checks through L{established} that its relay took that path.
+    """
+
+    splice: bool
+    timeout = 60
+
+    # Set up by the TestCase this is mixed into
+    addCleanup: Any
+    assertEqual: Any
+    assertFalse: Any
+    assertIsInstance: Any
+    assertNotIsInstance: Any
+    assertGreaterEqual: Any
+    assertLess: Any
+    assertTrue: Any
+
+    def listen(self, protocol: type[Protocol], **attributes: Any) -> Deferred[int]:
+        """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
+
+        def started(port: Any) -> int:
+            self.addCleanup(port.stopListening)
+            return int(port.getHost().port)
+
+        return listen(protocol, **attributes).addCallback(started)
+
+    def balancer(self, backend: int, **options: Any) -> ServerService:
+        """A started server on this test's path, with one backend on 127.0.0.1."""
+        config = Config(
+            defaults=DefaultsConfig(shutdown_grace=5.0),
+            servers={"web": server_config((f"127.0.0.1:{backend}",), **options)},
+        )
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        server = service.server("web")
+
+        def stop() -> Deferred[Any]:
+            server.grace = 0.0
+            return service.stopService()
+
+        self.addCleanup(stop)
+        server.splice = self.splice
+        return server
+
+    @inlineCallbacks
+    def established(self, server: ServerService) -> Any:
+        """Fires with the server's only relay once its backend is connected, checking its path."""
+        yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))
+        relay = next(iter(server.relays.values()))
+        for transport in (relay.client.transport, relay.backend_side.transport):
+            if self.splice:
+                self.assertIsInstance(transport, splice.SplicedTransport)
+            else:
+                self.assertNotIsInstance(transport, splice.SplicedTransport)
+        return relay
+
+    def assertTraffic(self, server: ServerService, relay: Relay, tx: int, rx: int) -> None:
+        """The relay, its server and its backend counted C{tx} bytes to and C{rx} from the backend."""
+        stats = server.stats()
+        backend = stats["backends"][0]["stats"]
+        counted = {
+            "relay": (relay.tx, relay.rx),
+            "server": (stats["tx_total"], stats["rx_total"]),
+            "backend": (backend["tx"], backend["rx"]),
+        }
+        self.assertEqual(counted, {"relay": (tx, rx), "server": (tx, rx), "backend": (tx, rx)})
+
+    @inlineCallbacks
+    def ended(self, server: ServerService) -> Any:
+        """Fires once every relay of C{server} is over; checks that nothing stays counted as active."""
+        yield until(lambda: not server.relays)
+        stats = server.stats()
+        self.assertEqual((stats["active_connections"], stats["backends"][0]["stats"]["active_connections"]), (0, 0))
+
+    # Bytes and statistics
+
+    @inlineCallbacks
+    def test_exactBytesAndStatisticsBothWays(self) -> Any:
+        body = b"".join(pattern(i) for i in range(40)) + b"tail"
+        server = self.balancer((yield self.listen(Answer, body=body)))
+        request = b"".join(pattern(i) for i in range(200, 230)) + b"end"
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        client.transport.write(request)
+        client.transport.loseWriteConnection()
+        answer = yield client.ended
+        self.assertEqual(answer, hashlib.sha256(request).hexdigest().encode() + body)
+        yield self.ended(server)
+        self.assertTraffic(server, relay, len(request), 64 + len(body))
+        stats = server.stats()["backends"][0]["stats"]
+        self.assertEqual((stats["total_connections"], stats["refused_connections"]), (1, 0))
+
+    @inlineCallbacks
+    def test_50MBThroughEchoComeBackIdentical(self) -> Any:
+        server = self.balancer((yield self.listen(Echo)))
+        client = Streamer(chunks=800)
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        yield client.closed
+        self.assertEqual(client.received_count, 800 * CHUNK)
+        self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+        yield self.ended(server)
+        self.assertTraffic(server, relay, 800 * CHUNK, 800 * CHUNK)
+
+    @inlineCallbacks
+    def test_backendClosesAfterItsAnswerClientGetsAllOfIt(self) -> Any:
+        """The backend writes 4 MB and closes (not a half-close): all of it reaches the client, then the end."""
+        server = self.balancer((yield self.listen(Answer, body=b"".join(pattern(i) for i in range(64)))))
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        client.transport.loseWriteConnection()
+        answer = yield client.ended
+        self.assertEqual(answer[64:], b"".join(pattern(i) for i in range(64)))
+        yield client.closed
+        self.assertTrue(client.reason.check(ConnectionDone))
+        yield self.ended(server)
+        self.assertTraffic(server, relay, 0, 64 + 64 * CHUNK)
+
+    # Half-close
+
+    @inlineCallbacks
+    def test_clientHalfClosesThenGetsTheWholeAnswer(self) -> Any:
+        body = b"".join(pattern(i) for i in range(32))
+        server = self.balancer((yield self.listen(Answer, body=body)))
+        request = b"".join(pattern(i) for i in range(100, 104))
+        answer = yield exchange(server.port, request, half_close=True)
+        self.assertEqual(answer, hashlib.sha256(request).hexdigest().encode() + body)
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_backendHalfClosesFirstAndStillGetsTheRequest(self) -> Any:
+        banner = b"".join(pattern(i) for i in range(16))
+        got: Deferred[bytes] = Deferred()
+        server = self.balancer((yield self.listen(Greeter, banner=banner, got=got)))
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        self.assertEqual((yield client.ended), banner)
+        self.assertFalse(client.closed.called)
+        request = b"".join(pattern(i) for i in range(50, 58))
+        client.transport.write(request)
+        client.transport.loseWriteConnection()
+        self.assertEqual((yield got), request)
+        yield client.closed
+        self.assertTrue(client.reason.check(ConnectionDone))
+        yield self.ended(server)
+        self.assertTraffic(server, relay, len(request), len(banner))
+
+    @inlineCallbacks
+    def test_halfClosedClientKeepsItsConnectionWhileTheBackendStaysOpen(self) -> Any:
+        """The client's end of input reaches the backend, which keeps its side open: so does the relay."""
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
+        client = Watcher()
+        yield open_client(server.port, client)
+        yield self.established(server)
+        client.transport.write(b"request")
+        client.transport.loseWriteConnection()
+        yield until(lambda: bool(connections) and connections[0].data == b"request")
+        for _ in range(10):
+            yield deferLater(reactor, 0, lambda: None)
+        self.assertFalse(client.ended.called or ended.called)
+        self.assertEqual(len(server.relays), 1)
+        connections[0].transport.write(b"late answer")
+        connections[0].transport.loseConnection()
+        self.assertEqual((yield client.ended), b"late answer")
+        yield self.ended(server)
+
+    # Idle timeouts and aborts
+
+    def idle_clock(self, server: ServerService) -> Clock:
+        """Make the server's idle timers run on a clock the test advances."""
+        clock = server.clock = Clock()
+        return clock
+
+    @inlineCallbacks
+    def test_clientIdleClosesBothAtTheDeadlineAndActivityPushesIt(self) -> Any:
+        server = self.balancer((yield self.listen(Echo)), client_idle_timeout=10.0)
+        clock = self.idle_clock(server)
+        client = Watcher()
+        yield open_client(server.port, client)
+        yield self.established(server)
+        clock.advance(6)
+        client.transport.write(b"ping")
+        self.assertEqual((yield client.expect(4)), b"ping")
+        clock.advance(9.75)
+        self.assertEqual(len(server.relays), 1)
+        self.assertFalse(client.closed.called)
+        clock.advance(0.25)
+        yield client.closed
+        self.assertTrue(client.reason.check(ConnectionLost))
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_backendIdleIgnoresClientTraffic(self) -> Any:
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer(
+            (yield self.listen(Sink, connections=connections, ended=ended)), backend_idle_timeout=5.0
+        )
+        clock = self.idle_clock(server)
+        client = Watcher()
+        yield open_client(server.port, client)
+        yield self.established(server)
+        clock.advance(4)
+        client.transport.write(b"not for the backend's timer")
+        yield until(lambda: bool(connections) and connections[0].data == b"not for the backend's timer")
+        clock.advance(0.75)
+        self.assertFalse(client.closed.called or ended.called)
+        clock.advance(0.25)
+        data, reason = yield ended
+        self.assertTrue(reason.check(ConnectionLost))
+        yield client.closed
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_finishedDirectionCannotBeIdle(self) -> Any:
+        """A client that sent its request and shut down its write side waits for the answer, up to the backend's timeout."""
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer(
+            (yield self.listen(Sink, connections=connections, ended=ended)),
+            client_idle_timeout=10.0,
+            backend_idle_timeout=30.0,
+        )
+        clock = self.idle_clock(server)
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        client.transport.loseWriteConnection()
+        yield until(lambda: relay.client.read_closed)
+        clock.advance(29)
+        self.assertFalse(client.closed.called)
+        clock.advance(1)
+        yield client.closed
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_closeAbortsBothEnds(self) -> Any:
+        """A closed relay (session kill, end of grace) resets both of its connections."""
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        client.transport.write(b"hello")
+        yield until(lambda: bool(connections) and connections[0].data == b"hello")
+        relay.close()
+        data, reason = yield ended
+        self.assertTrue(reason.check(ConnectionLost))
+        yield client.closed
+        self.assertTrue(client.reason.check(ConnectionLost))
+        yield self.ended(server)
+        self.assertTraffic(server, relay, 5, 0)
+
+    @inlineCallbacks
+    def test_clientResetClosesTheBackendGracefully(self) -> Any:
+        """The backend gets the end of its input (not a reset), and the relay ends."""
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
+        client = Watcher()
+        yield open_client(server.port, client)
+        yield self.established(server)
+        client.transport.write(b"bye")
+        yield until(lambda: bool(connections) and connections[0].data == b"bye")
+        client.transport.abortConnection()
+        yield until(lambda: connections[0].eof)
+        self.assertFalse(ended.called)
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_backendResetEndsTheRelayAndTheClientsConnection(self) -> Any:
+        """The backend resets its connection while the client streams: the relay ends, having counted what it moved."""
+        connections: list[Sink] = []
+        ended: Deferred[tuple[bytes, Any]] = Deferred()
+        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
+        client = Streamer(chunks=1 << 20)
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        yield until(lambda: bool(connections) and len(connections[0].data) > CHUNK)
+        connections[0].transport.abortConnection()
+        data, reason = yield ended
+        yield client.closed
+        yield self.ended(server)
+        self.assertGreaterEqual(relay.tx, len(data))
+
+    # Flow control
+
+    @inlineCallbacks
+    def test_stalledBackendStopsTheReadingFromItsClient(self) -> Any:
+        """
+        The backend does not read, the client writes as fast as it can: once
+        the (small, fixed) kernel buffers and the relay's one buffer are
+        full, the balancer stops reading from the client.  Once the backend
+        reads again, it gets every byte.
+        """
+        done: Deferred[tuple[int, str]] = Deferred()
+        sinks: list[StalledSink] = []
+        backend = yield listen(StalledSink, sinks=sinks, done=done)
+        self.addCleanup(backend.stopListening)
+        backend.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server = self.balancer(backend.getHost().port)
+        client = Streamer(chunks=1 << 20)
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        from_client = relay.client.transport
+        marks: list[int] = []
+
+        def stalled() -> bool:
+            marks.append(relay.tx)
+            return bool(
+                len(marks) > 20
+                and len(set(marks[-20:])) == 1
+                and from_client not in reactor.getReaders()
+                and buffered(client.transport) > 0
+            )
+
+        yield until(stalled)
+        self.assertLess(relay.tx, client.index * CHUNK)
+        client.chunks = client.index
+        sinks[0].transport.resumeProducing()
+        count, digest = yield done
+        self.assertEqual((count, digest), (client.chunks * CHUNK, client.sent.hexdigest()))
+        self.assertEqual(relay.tx, count)
+        yield self.ended(server)
+
+    @inlineCallbacks
+    def test_clientGoneWhileBackendStalledBackendGetsEverythingThenTheEnd(self) -> Any:
+        """
+        The client vanishes while the balancer holds bytes for its stalled
+        backend.  Relaying the backend's next bytes, the balancer finds the
+        client gone; once the backend reads again, it gets every byte
+        relayed and then the end of its connection.
+        """
+        done: Deferred[tuple[int, str]] = Deferred()
+        sinks: list[StalledSink] = []
+        backend = yield listen(StalledSink, sinks=sinks, done=done)
+        self.addCleanup(backend.stopListening)
+        backend.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server = self.balancer(backend.getHost().port)
+        client = Streamer(chunks=1 << 20)
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        from_client = relay.client.transport
+        yield until(lambda: from_client not in reactor.getReaders() and buffered(client.transport) > 0)
+        client.transport.abortConnection()
+        yield client.closed
+        sinks[0].transport.write(b"?")
+        yield until(lambda: relay.client.lost)
+        sinks[0].transport.resumeProducing()
+        count, digest = yield done
+        self.assertEqual(count, relay.tx)
+        yield self.ended(server)
+
+
+class NormalPathTests(_Scenarios, TestCase):
+    """The scenarios through the relay's normal path (bytes through Python)."""
+
+    splice = False
+
+
+class SplicePathTests(_Scenarios, TestCase):
+    """The scenarios through the fast path, and what only the fast path does."""
+
+    splice = True
+
+    def test_availableOnThisPlatform(self) -> None:
+        """These tests run on Linux, where the fast path exists: they must not pass by falling back."""
+        self.assertTrue(splice.AVAILABLE)
+
+    @inlineCallbacks
+    def test_idleRelayReadsBothWritesNeitherHoldsNoPipe(self) -> Any:
+        """
+        No pipe is taken before bytes flow.  Once 4 MB went through a
+        socket too small to take them at once (so that the relay had to
+        wait for it to drain), the open, idle relay holds no pipe and waits
+        only to read.
+        """
+        lent, created = splice.PIPES.lent, splice.PIPES.created
+        server = self.balancer((yield self.listen(Echo)))
+        client = Watcher()
+        yield open_client(server.port, client)
+        relay = yield self.established(server)
+        self.assertEqual((splice.PIPES.lent, splice.PIPES.created), (lent, created))
+        relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = b"".join(pattern(i) for i in range(64))
+        client.transport.write(data)
+        self.assertEqual((yield client.expect(len(data))), data)
+        self.assertEqual(splice.PIPES.lent, lent)
+        ends = {relay.client.transport, relay.backend_side.transport}
+        self.assertEqual(ends & set(reactor.getWriters()), set())
+        self.assertEqual(ends & set(reactor.getReaders()), ends)
+        self.assertEqual(len(server.relays), 1)
+
+
+class ChoiceTests(TestCase):
+    """Which relays take the fast path."""
+
+    timeout = 30
+
+    def test_onlyPlainTcpTransportsCanBeSpliced(self) -> None:
+        self.assertFalse(splice.can_splice(FakeTransport()))
+
+    @inlineCallbacks
+    def test_relaysSendingAProxyHeaderTakeTheNormalPath(self) -> Any:
+        """The header waits in the Twisted transport: the relay stays on the normal path."""
+        backend = yield listen(Echo)
+        self.addCleanup(backend.stopListening)
+        config = Config(
+            servers={
+                "web": server_config(
+                    (f"127.0.0.1:{backend.getHost().port}",), proxy_protocol=ProxyProtocolConfig(version="1")
+                )
+            }
+        )
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        server = service.server("web")
+        self.assertTrue(server.splice)
+        client = Watcher()
+        yield open_client(server.port, client)
+        yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))
+        relay = next(iter(server.relays.values()))
+        self.assertNotIsInstance(relay.backend_side.transport, splice.SplicedTransport)
+        client.transport.write(b"ping")
+        yield until(lambda: client.data.endswith(b"\r\nping"))
+        self.assertTrue(client.data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "))
+
+
+class NormalPathRelayIntegrationTests(integration.RelayIntegrationTests):
+    """C{tests.test_relay_integration}'s relays, all on the normal path (the default there is the fast path)."""
+
+    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
+        server = super().balancer(backends, **options)
+        server.splice = False
+        return server
+
+
+class PipePoolTests(SynchronousTestCase):
+    """The pipes of the fast path."""
+
+    def pool(self, **options: Any) -> splice.PipePool:
+        pool = splice.PipePool(**options)
+        self.addCleanup(pool.close)
+        return pool
+
+    def test_pipesAreNonBlockingAndSized(self) -> None:
+        pool = self.pool(size=1 << 20)
+        read, write = pipe = pool.acquire()
+        self.addCleanup(pool.discard, pipe)
+        self.assertEqual(fcntl.fcntl(write, fcntl.F_GETPIPE_SZ), 1 << 20)
+        self.assertTrue(fcntl.fcntl(read, fcntl.F_GETFL) & os.O_NONBLOCK)
+        self.assertTrue(fcntl.fcntl(write, fcntl.F_GETFL) & os.O_NONBLOCK)
+        self.assertEqual((pool.created, pool.lent, pool.free), (1, 1, 0))
+
+    def test_sizeTheKernelRefusesFallsBackToItsDefault(self) -> None:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            limit = int(f.read())
+        pool = self.pool(size=limit * 2)
+        read, write = pipe = pool.acquire()
+        self.addCleanup(pool.discard, pipe)
+        self.assertEqual(pool.size, fcntl.fcntl(write, fcntl.F_GETPIPE_SZ))
+        self.assertLess(pool.size, limit * 2)
+
+    def test_releasedPipesAreReusedUpToKeep(self) -> None:
+        pool = self.pool(keep=1)
+        first, second = pool.acquire(), pool.acquire()
+        pool.release(first)
+        pool.release(second)
+        self.assertEqual((pool.lent, pool.free), (0, 1))
+        self.assertRaises(OSError, os.fstat, second[0])
+        self.assertEqual(pool.acquire(), first)
+        self.assertEqual(pool.created, 2)
+
+    def test_discardClosesAPipeThatHoldsBytes(self) -> None:
+        pool = self.pool()
+        read, write = pipe = pool.acquire()
+        os.write(write, b"left over")
+        pool.discard(pipe)
+        self.assertEqual((pool.lent, pool.free), (0, 0))
+        for fd in pipe:
+            with self.assertRaises(OSError) as caught:
+                os.fstat(fd)
+            self.assertEqual(caught.exception.errno, errno.EBADF)
+
+    def test_closeClosesTheKeptPipes(self) -> None:
+        pool = self.pool()
+        pipe = pool.acquire()
+        pool.release(pipe)
+        pool.close()
+        self.assertEqual(pool.free, 0)
+        self.assertRaises(OSError, os.fstat, pipe[1])
