@@ -52,6 +52,7 @@ class BalancerService(MultiService):
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
         )
+        service.splice = service.splice and defaults.splice
         service.setName(name)
         return service
 

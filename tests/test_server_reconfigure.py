@@ -10,7 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
-from balancer.config.schema import Config, DiscoveryConfig, HealthcheckConfig
+from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
@@ -115,3 +115,15 @@ class NewListenerTests(SynchronousTestCase):
         self.assertIs(balancer.server("web"), old)
         self.assertTrue(old.running)
         self.assertFalse(reactor.ports[0].stopped)
+
+
+class SpliceSwitchTests(SynchronousTestCase):
+    """[defaults] splice = false keeps every relay on the normal path."""
+
+    def test_defaultOn(self) -> None:
+        balancer = BalancerService(Config(servers={"web": server_config()}), MemoryReactorClock())
+        self.assertTrue(balancer.server("web").splice)
+
+    def test_switchedOff(self) -> None:
+        config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})
+        self.assertFalse(BalancerService(config, MemoryReactorClock()).server("web").splice)

@@ -134,6 +134,7 @@ class DefaultsConfig:
     backend_connection_timeout: float = setting(0.0, parse=duration())
     shutdown_grace: float = setting(10.0, parse=duration())
     workers: int = setting(1, parse=whole(1, 256))
+    splice: bool = setting(True, parse=flag())
 
 
 @attrs.frozen
