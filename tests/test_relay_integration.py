@@ -230,6 +230,25 @@ def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> 
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
 
 
+def start_balancer(test: TestCase, lines: tuple[str, ...], **options: Any) -> ServerService:
+    """
+    A started balancer with one server "web" on 127.0.0.1 port 0 in front of
+    the C{static_list} C{lines}; stopped (relays closed at once) after C{test}.
+    """
+    config = Config(defaults=DefaultsConfig(shutdown_grace=5.0), servers={"web": server_config(lines, **options)})
+    service = BalancerService(config, reactor)
+    service.privilegedStartService()
+    service.startService()
+    server = service.server("web")
+
+    def stop() -> Deferred[Any]:
+        server.grace = 0.0
+        return service.stopService()
+
+    test.addCleanup(stop)
+    return server
+
+
 class RelayIntegrationTests(TestCase):
     """Relaying, balancing, limits and statistics through real sockets."""
 
@@ -258,18 +277,7 @@ class RelayIntegrationTests(TestCase):
         C{backends}: ports on 127.0.0.1, or whole C{static_list} lines.
         """
         lines = tuple(f"127.0.0.1:{b}" if isinstance(b, int) else b for b in backends)
-        config = Config(defaults=DefaultsConfig(shutdown_grace=5.0), servers={"web": server_config(lines, **options)})
-        service = BalancerService(config, reactor)
-        service.privilegedStartService()
-        service.startService()
-        server = service.server("web")
-
-        def stop() -> Deferred[Any]:
-            server.grace = 0.0
-            return service.stopService()
-
-        self.addCleanup(stop)
-        return server
+        return start_balancer(self, lines, **options)
 
     @inlineCallbacks
     def test_50MBThroughEchoComeBackIdentical(self) -> None:

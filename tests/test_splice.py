@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 import tests.test_relay_integration as integration
-from balancer.config.schema import Config, DefaultsConfig, ProxyProtocolConfig
+from balancer.config.schema import Config, ProxyProtocolConfig
 from balancer.proxy import splice
 from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
@@ -46,6 +46,7 @@ from tests.test_relay_integration import (
     buffered,
     open_client,
     pattern,
+    start_balancer,
     until,
 )
 
@@ -117,20 +118,7 @@ class _Scenarios:
 
     def balancer(self, backend: int, **options: Any) -> ServerService:
         """A started server on this test's path, with one backend on 127.0.0.1."""
-        config = Config(
-            defaults=DefaultsConfig(shutdown_grace=5.0),
-            servers={"web": server_config((f"127.0.0.1:{backend}",), **options)},
-        )
-        service = BalancerService(config, reactor)
-        service.privilegedStartService()
-        service.startService()
-        server = service.server("web")
-
-        def stop() -> Deferred[Any]:
-            server.grace = 0.0
-            return service.stopService()
-
-        self.addCleanup(stop)
+        server = start_balancer(self, (f"127.0.0.1:{backend}",), **options)
         server.splice = self.splice
         return server
 
@@ -384,12 +372,11 @@ class _Scenarios:
     # Flow control
 
     @inlineCallbacks
-    def test_stalledBackendStopsTheReadingFromItsClient(self) -> Any:
+    def stalled_relay(self) -> Any:
         """
-        The backend does not read, the client writes as fast as it can: once
-        the (small, fixed) kernel buffers and the relay's one buffer are
-        full, the balancer stops reading from the client.  Once the backend
-        reads again, it gets every byte.
+        A client streaming as fast as it can to a backend that does not read,
+        with small fixed kernel buffers towards the backend; fires with
+        (server, relay, client, sink, sink done) once the relay is established.
         """
         done: Deferred[tuple[int, str]] = Deferred()
         sinks: list[StalledSink] = []
@@ -401,6 +388,17 @@ class _Scenarios:
         yield open_client(server.port, client)
         relay = yield self.established(server)
         relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return server, relay, client, sinks[0], done
+
+    @inlineCallbacks
+    def test_stalledBackendStopsTheReadingFromItsClient(self) -> Any:
+        """
+        The backend does not read, the client writes as fast as it can: once
+        the (small, fixed) kernel buffers and the relay's one buffer are
+        full, the balancer stops reading from the client.  Once the backend
+        reads again, it gets every byte.
+        """
+        server, relay, client, sink, done = yield self.stalled_relay()
         from_client = relay.client.transport
         marks: list[int] = []
 
@@ -416,7 +414,7 @@ class _Scenarios:
         yield until(stalled)
         self.assertLess(relay.tx, client.index * CHUNK)
         client.chunks = client.index
-        sinks[0].transport.resumeProducing()
+        sink.transport.resumeProducing()
         count, digest = yield done
         self.assertEqual((count, digest), (client.chunks * CHUNK, client.sent.hexdigest()))
         self.assertEqual(relay.tx, count)
@@ -430,23 +428,14 @@ class _Scenarios:
         client gone; once the backend reads again, it gets every byte
         relayed and then the end of its connection.
         """
-        done: Deferred[tuple[int, str]] = Deferred()
-        sinks: list[StalledSink] = []
-        backend = yield listen(StalledSink, sinks=sinks, done=done)
-        self.addCleanup(backend.stopListening)
-        backend.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        server = self.balancer(backend.getHost().port)
-        client = Streamer(chunks=1 << 20)
-        yield open_client(server.port, client)
-        relay = yield self.established(server)
-        relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server, relay, client, sink, done = yield self.stalled_relay()
         from_client = relay.client.transport
         yield until(lambda: from_client not in reactor.getReaders() and buffered(client.transport) > 0)
         client.transport.abortConnection()
         yield client.closed
-        sinks[0].transport.write(b"?")
+        sink.transport.write(b"?")
         yield until(lambda: relay.client.lost)
-        sinks[0].transport.resumeProducing()
+        sink.transport.resumeProducing()
         count, digest = yield done
         self.assertEqual(count, relay.tx)
         yield self.ended(server)
