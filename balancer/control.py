@@ -42,9 +42,6 @@ __all__ = [
     "LinkError",
 ]
 
-#: A server name, as C{[servers.<name>]} accepts it in a file (L{balancer.config.fields.named_sections}).
-
-
 class DumpFormatError(ValueError):
     """A dump format other than toml or json was asked for."""
 
