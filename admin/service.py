@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from admin.app import AdminApp, PublicApp
 from admin.auth import Account, RunBlocking, guard, run_inline
 from admin.cors import CorsResource
-from admin.request import BoundedRequest
+from admin.request import BoundedChannel, BoundedRequest
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
 from balancer.server import BindError
@@ -128,4 +128,5 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     site = Site(api_resource(control, api, run_blocking), requestFactory=BoundedRequest, reactor=reactor)
+    site.protocol = BoundedChannel
     return ApiService(site, api, reactor)

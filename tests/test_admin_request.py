@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from admin.request import LINGER, MAX_BODY, BoundedRequest
+from admin.request import LINGER, MAX_BODY, MAX_HEAD, BoundedChannel, BoundedRequest
 
 
 class Recorder(Resource):
@@ -101,3 +101,33 @@ class BodyLimitTests(SynchronousTestCase):
         self.channel.dataReceived(b"5\r\nhello\r\n0\r\n\r\n")
         self.assertEqual(self.resource.bodies, [5])
         self.assertFalse(self.transport.disconnecting)
+
+
+class HeadLimitTests(SynchronousTestCase):
+    """A request head over MAX_HEAD gets 431 with a JSON error, not Twisted's bare 400."""
+
+    def setUp(self) -> None:
+        self.resource = Recorder()
+        site = Site(self.resource, requestFactory=BoundedRequest, reactor=Clock())
+        site.protocol = BoundedChannel
+        self.channel = site.buildProtocol(None)
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def send(self, header_lines: int, size: int) -> None:
+        headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * size) for i in range(header_lines))
+        self.channel.dataReceived(b"POST /servers/x HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n" + headers + b"\r\n")
+
+    def test_overTheLimit431(self) -> None:
+        self.send(5, 8000)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertEqual(head.split(b"\r\n")[0], b"HTTP/1.1 431 Request Header Fields Too Large")
+        self.assertEqual(json.loads(body), {"errors": [{"detail": f"the request head is over {MAX_HEAD} bytes"}]})
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.resource.bodies, [])
+
+    def test_underTheLimitServed(self) -> None:
+        """Between Twisted's default 16 KiB and MAX_HEAD, the request reaches the API (which has its own limits)."""
+        self.send(3, 8000)
+        self.assertEqual(self.resource.bodies, [0])
+        self.assertIn(b"200 OK", self.transport.value())
