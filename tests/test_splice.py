@@ -229,14 +229,24 @@ class _Scenarios:
         self.assertTraffic(server, relay, len(request), len(banner))
 
     @inlineCallbacks
-    def test_halfClosedClientKeepsItsConnectionWhileTheBackendStaysOpen(self) -> Any:
-        """The client's end of input reaches the backend, which keeps its side open: so does the relay."""
+    def sink_relay(self, client: Protocol) -> Any:
+        """
+        C{client} connected through the balancer to a L{Sink} backend; fires with
+        (server, relay, the backend's connections, the backend's end) once the
+        relay is established.
+        """
         connections: list[Sink] = []
         ended: Deferred[tuple[bytes, Any]] = Deferred()
         server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
-        client = Watcher()
         yield open_client(server.port, client)
-        yield self.established(server)
+        relay = yield self.established(server)
+        return server, relay, connections, ended
+
+    @inlineCallbacks
+    def test_halfClosedClientKeepsItsConnectionWhileTheBackendStaysOpen(self) -> Any:
+        """The client's end of input reaches the backend, which keeps its side open: so does the relay."""
+        client = Watcher()
+        server, _, connections, ended = yield self.sink_relay(client)
         client.transport.write(b"request")
         client.transport.loseWriteConnection()
         yield until(lambda: bool(connections) and connections[0].data == b"request")
@@ -321,12 +331,8 @@ class _Scenarios:
     @inlineCallbacks
     def test_closeAbortsBothEnds(self) -> Any:
         """A closed relay (session kill, end of grace) resets both of its connections."""
-        connections: list[Sink] = []
-        ended: Deferred[tuple[bytes, Any]] = Deferred()
-        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
         client = Watcher()
-        yield open_client(server.port, client)
-        relay = yield self.established(server)
+        server, relay, connections, ended = yield self.sink_relay(client)
         client.transport.write(b"hello")
         yield until(lambda: bool(connections) and connections[0].data == b"hello")
         relay.close()
@@ -340,12 +346,8 @@ class _Scenarios:
     @inlineCallbacks
     def test_clientResetClosesTheBackendGracefully(self) -> Any:
         """The backend gets the end of its input (not a reset), and the relay ends."""
-        connections: list[Sink] = []
-        ended: Deferred[tuple[bytes, Any]] = Deferred()
-        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
         client = Watcher()
-        yield open_client(server.port, client)
-        yield self.established(server)
+        server, _, connections, ended = yield self.sink_relay(client)
         client.transport.write(b"bye")
         yield until(lambda: bool(connections) and connections[0].data == b"bye")
         client.transport.abortConnection()
@@ -356,12 +358,8 @@ class _Scenarios:
     @inlineCallbacks
     def test_backendResetEndsTheRelayAndTheClientsConnection(self) -> Any:
         """The backend resets its connection while the client streams: the relay ends, having counted what it moved."""
-        connections: list[Sink] = []
-        ended: Deferred[tuple[bytes, Any]] = Deferred()
-        server = self.balancer((yield self.listen(Sink, connections=connections, ended=ended)))
         client = Streamer(chunks=1 << 20)
-        yield open_client(server.port, client)
-        relay = yield self.established(server)
+        server, relay, connections, ended = yield self.sink_relay(client)
         yield until(lambda: bool(connections) and len(connections[0].data) > CHUNK)
         connections[0].transport.abortConnection()
         data, reason = yield ended
