@@ -25,10 +25,11 @@ from twisted.internet.error import CannotListenError
 BACKLOG = 1024
 
 
-def _shared_socket(kind: int, host: str, port: int) -> socket.socket:
+def bound_socket(kind: int, host: str, port: int, *, share: bool = True) -> socket.socket:
     """
     A non-blocking socket of C{kind} bound to C{host:port} with C{SO_REUSEADDR}
-    and C{SO_REUSEPORT} (and listening, for TCP).
+    (as Twisted's ports set it) and, to C{share} the port, C{SO_REUSEPORT}
+    (and listening, for TCP).
 
     @raise CannotListenError: naming the address and the socket error.
     """
@@ -36,7 +37,8 @@ def _shared_socket(kind: int, host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(BACKLOG)
@@ -54,7 +56,7 @@ def listen_tcp(reactor: Any, port: int, factory: Any, interface: str) -> Any:
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    sock = _shared_socket(socket.SOCK_STREAM, interface, port)
+    sock = bound_socket(socket.SOCK_STREAM, interface, port)
     with sock:
         return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
 
@@ -66,6 +68,6 @@ def listen_udp(reactor: Any, port: int, protocol: Any, interface: str, max_packe
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    sock = _shared_socket(socket.SOCK_DGRAM, interface, port)
+    sock = bound_socket(socket.SOCK_DGRAM, interface, port)
     with sock:
         return reactor.adoptDatagramPort(sock.fileno(), sock.family, protocol, max_packet_size)

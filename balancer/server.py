@@ -25,8 +25,9 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
-from balancer.proxy import splice
+from balancer.proxy import sockets
 from balancer.proxy.access import AccessRules
+from balancer.proxy.engine import Engine
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
 from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
@@ -53,6 +54,15 @@ class BindError(Exception):
 
 #: Keys whose change needs a new listener rather than an in-place update.
 LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
+
+
+def runs_on_engine(config: ServerConfig) -> bool:
+    """
+    Whether a server's relays can run on the relay engine
+    (L{balancer.proxy.engine}): plain TCP at both ends, nothing to read or
+    encrypt besides the bytes relayed (no TLS, no SNI routing).
+    """
+    return config.protocol == "tcp" and config.tls is None and config.sni is None and config.backends_tls is None
 
 
 def needs_new_listener(old: ServerConfig, new: ServerConfig) -> bool:
@@ -88,8 +98,8 @@ class ServerService(Service):
         listens (its sessions are not relays).
     @ivar reuse_port: whether its listener shares its port with other
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
-    @ivar splice: whether its plain TCP relays take the fast path
-        (L{balancer.proxy.splice}); by default where the platform has it.
+    @ivar engine: the relay engine its plain TCP relays run on
+        (L{runs_on_engine}), or C{None} for Twisted's transports.
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class ServerService(Service):
         grace: float = 10.0,
         rng: random.Random | None = None,
         reuse_port: bool = False,
+        engine: Engine | None = None,
     ) -> None:
         self.name = name
         self.reuse_port = reuse_port
@@ -116,7 +127,7 @@ class ServerService(Service):
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
         self.udp: UdpProxy | None = None
-        self.splice = splice.AVAILABLE
+        self.engine = engine
         self._rng = rng
         self._rates = rates
         self._port: Any = None
@@ -170,6 +181,9 @@ class ServerService(Service):
             if self.reuse_port:
                 return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)
             return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
+        if self.on_engine:
+            assert self.engine is not None
+            return sockets.listen(self.engine, bind.port, RelayFactory(self), bind.listen_host, reuse_port=self.reuse_port)
         factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
         if config.protocol == "tls":
             assert config.tls is not None
@@ -245,12 +259,12 @@ class ServerService(Service):
         rules, PROXY protocol, backend TLS, discovery and health checks
         change for new clients; live relays are kept.  The listener is not
         touched, so C{bind}, C{protocol}, C{tls}, C{sni} and C{udp} must be
-        unchanged (L{needs_new_listener}).
+        unchanged, and so must be whether it runs on the engine (L{needs_new_listener}).
 
         @raise BindError: if a changed C{[backends_tls]} cannot be loaded
             (nothing changes then).
         """
-        assert not needs_new_listener(self.config, config)
+        assert not self.needs_new_listener(config)
         backend_tls = self._backend_tls
         if config.backends_tls != self.config.backends_tls:
             backend_tls = self._load_backend_tls(config)
@@ -269,6 +283,16 @@ class ServerService(Service):
             if running:
                 self._start_watching()
         log.info("{server}: reconfigured", server=self.name)
+
+    def needs_new_listener(self, config: ServerConfig) -> bool:
+        """
+        Whether going to C{config} needs a new listener: a listener key
+        changes, or, on a server with an engine, whether its relays run
+        there (C{[backends_tls]} added or removed).
+        """
+        return needs_new_listener(self.config, config) or (
+            self.engine is not None and runs_on_engine(self.config) != runs_on_engine(config)
+        )
 
     def unbind(self) -> Deferred[None]:
         """Stop listening (if listening); fires once the port is closed."""
@@ -389,9 +413,19 @@ class ServerService(Service):
         """Seconds a backend has to accept a connection (and, with C{[backends_tls]}, again to finish its handshake)."""
         return self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
 
+    @property
+    def on_engine(self) -> bool:
+        """Whether its relays run on the relay engine (it has one, and L{runs_on_engine})."""
+        return self.engine is not None and runs_on_engine(self.config)
+
     def connect(self, backend: Backend, attempt: Any) -> Any:
-        """Open a connection to C{backend} (over TLS with C{[backends_tls]}); returns the connector."""
+        """
+        Open a connection to C{backend} (on the engine, or over TLS with
+        C{[backends_tls]}); returns the connector.
+        """
         timeout = self.connect_timeout
+        if self.on_engine:
+            return sockets.connect(self.engine, backend.host, backend.port, attempt, timeout)
         factory = attempt
         if self._backend_tls is not None:
             factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)

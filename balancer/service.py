@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
-from balancer.server import BindError, ServerService, needs_new_listener
+from balancer.proxy.engine import engine_for
+from balancer.server import BindError, ServerService
 from balancer.stats import RateClock
 
 log = Logger()
@@ -51,8 +52,8 @@ class BalancerService(MultiService):
         service = ServerService(
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
+            engine=engine_for(self.reactor) if defaults.splice else None,
         )
-        service.splice = service.splice and defaults.splice
         service.setName(name)
         return service
 
@@ -116,7 +117,7 @@ class BalancerService(MultiService):
         """
         Give server C{name} a new definition.
 
-        In place when the listener is unaffected (L{needs_new_listener});
+        In place when the listener is unaffected (L{ServerService.needs_new_listener});
         otherwise a new server binds first (on the same address, after the
         old listener has closed) and the old one stops with its grace.
 
@@ -124,7 +125,7 @@ class BalancerService(MultiService):
         @raise BindError: if the new listener cannot bind (the old one is kept).
         """
         old = self.server(name)
-        if not needs_new_listener(old.config, config):
+        if not old.needs_new_listener(config):
             old.reconfigure(config)
             return
         new = self._make_server(name, config)

@@ -201,11 +201,11 @@ class HalfCloseTests(SynchronousTestCase):
         side.dataReceived(b"the whole answer")
         self.assertEqual(client.value(), b"the whole answer")
         side.readConnectionLost()
-        self.assertTrue(client.write_closed)
+        # The client finished sending before: done both ways, it is closed, not half-closed.
+        self.assertTrue(client.disconnecting)
+        self.assertFalse(client.write_closed)
         side.writeConnectionLost()
         self.assertTrue(backend.disconnecting)
-        relay.client.writeConnectionLost()
-        self.assertTrue(client.disconnecting)
 
     def test_backendHalfCloseReachesClientAndRequestStillFlows(self) -> None:
         server, relay, client, side, backend = relayed()
@@ -217,7 +217,9 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(backend.value(), b"request")
         relay.client.writeConnectionLost()
         relay.client.readConnectionLost()
-        self.assertTrue(backend.write_closed)
+        # The backend finished sending before: done both ways, it is closed, not half-closed.
+        self.assertTrue(backend.disconnecting)
+        self.assertFalse(backend.write_closed)
         self.assertTrue(client.disconnecting)
 
     def test_noProducerIsLeftRegisteredOnAClosingTransport(self) -> None:

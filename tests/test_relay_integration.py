@@ -230,12 +230,15 @@ def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> 
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
 
 
-def start_balancer(test: TestCase, lines: tuple[str, ...], **options: Any) -> ServerService:
+def start_balancer(test: TestCase, lines: tuple[str, ...], splice: bool = True, **options: Any) -> ServerService:
     """
     A started balancer with one server "web" on 127.0.0.1 port 0 in front of
-    the C{static_list} C{lines}; stopped (relays closed at once) after C{test}.
+    the C{static_list} C{lines}, with C{[defaults] splice} as given; stopped
+    (relays closed at once) after C{test}.
     """
-    config = Config(defaults=DefaultsConfig(shutdown_grace=5.0), servers={"web": server_config(lines, **options)})
+    config = Config(
+        defaults=DefaultsConfig(shutdown_grace=5.0, splice=splice), servers={"web": server_config(lines, **options)}
+    )
     service = BalancerService(config, reactor)
     service.privilegedStartService()
     service.startService()
@@ -327,8 +330,8 @@ class RelayIntegrationTests(TestCase):
         sinks: list[StalledSink] = []
         sink_port = yield self.listen(StalledSink, sinks=sinks, done=done)
         self.ports[sink_port].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        server = self.balancer([sink_port])
-        server.splice = False  # these tests pin the normal path's Twisted buffers; tests.test_splice covers both paths
+        # These tests pin the normal path's Twisted buffers; tests.test_splice covers both paths.
+        server = self.balancer([sink_port], splice=False)
         client = Streamer(chunks=1 << 20)
         yield open_client(server.port, client)
         yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))

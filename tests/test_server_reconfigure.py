@@ -6,11 +6,13 @@ new listener (bind, protocol); and the discovery and health checks it runs.
 from __future__ import annotations
 
 import attrs
+from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
+from balancer.proxy.engine import engine_for
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
@@ -118,12 +120,20 @@ class NewListenerTests(SynchronousTestCase):
 
 
 class SpliceSwitchTests(SynchronousTestCase):
-    """[defaults] splice = false keeps every relay on the normal path."""
+    """[defaults] splice = false keeps every relay on the normal path (Twisted's transports)."""
 
     def test_defaultOn(self) -> None:
-        balancer = BalancerService(Config(servers={"web": server_config()}), MemoryReactorClock())
-        self.assertTrue(balancer.server("web").splice)
+        balancer = BalancerService(Config(servers={"web": server_config()}), global_reactor)
+        server = balancer.server("web")
+        self.assertIs(server.engine, engine_for(global_reactor))
+        self.assertTrue(server.on_engine)
 
     def test_switchedOff(self) -> None:
         config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})
-        self.assertFalse(BalancerService(config, MemoryReactorClock()).server("web").splice)
+        server = BalancerService(config, global_reactor).server("web")
+        self.assertIsNone(server.engine)
+        self.assertFalse(server.on_engine)
+
+    def test_noEngineOnAReactorThatDoesNotPoll(self) -> None:
+        balancer = BalancerService(Config(servers={"web": server_config()}), MemoryReactorClock())
+        self.assertIsNone(balancer.server("web").engine)

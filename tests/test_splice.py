@@ -18,6 +18,8 @@ import os
 import socket
 from typing import Any
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -28,8 +30,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 import tests.test_relay_integration as integration
-from balancer.config.schema import Config, ProxyProtocolConfig
+from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
 from balancer.proxy import splice
+from balancer.proxy.sockets import EngineListener
 from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
@@ -118,9 +121,7 @@ class _Scenarios:
 
     def balancer(self, backend: int, **options: Any) -> ServerService:
         """A started server on this test's path, with one backend on 127.0.0.1."""
-        server = start_balancer(self, (f"127.0.0.1:{backend}",), **options)
-        server.splice = self.splice
-        return server
+        return start_balancer(self, (f"127.0.0.1:{backend}",), splice=self.splice, **options)
 
     @inlineCallbacks
     def established(self, server: ServerService) -> Any:
@@ -474,8 +475,8 @@ class SplicePathTests(_Scenarios, TestCase):
         self.assertEqual((yield client.expect(len(data))), data)
         self.assertEqual(splice.PIPES.lent, lent)
         ends = {relay.client.transport, relay.backend_side.transport}
-        self.assertEqual(ends & set(reactor.getWriters()), set())
-        self.assertEqual(ends & set(reactor.getReaders()), ends)
+        self.assertEqual(ends & set(server.engine.getWriters()), set())
+        self.assertEqual(ends & set(server.engine.getReaders()), ends)
         self.assertEqual(len(server.relays), 1)
 
 
@@ -488,8 +489,8 @@ class ChoiceTests(TestCase):
         self.assertFalse(splice.can_splice(FakeTransport()))
 
     @inlineCallbacks
-    def test_relaysSendingAProxyHeaderTakeTheNormalPath(self) -> Any:
-        """The header waits in the Twisted transport: the relay stays on the normal path."""
+    def test_relaysSendingAProxyHeaderAreSplicedHeaderFirst(self) -> Any:
+        """The PROXY header goes through the pipe ahead of the client's bytes."""
         backend = yield listen(Echo)
         self.addCleanup(backend.stopListening)
         config = Config(
@@ -504,24 +505,44 @@ class ChoiceTests(TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         server = service.server("web")
-        self.assertTrue(server.splice)
+        self.assertTrue(server.on_engine)
         client = Watcher()
         yield open_client(server.port, client)
         yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))
         relay = next(iter(server.relays.values()))
-        self.assertNotIsInstance(relay.backend_side.transport, splice.SplicedTransport)
+        self.assertIsInstance(relay.backend_side.transport, splice.SplicedTransport)
         client.transport.write(b"ping")
         yield until(lambda: client.data.endswith(b"\r\nping"))
         self.assertTrue(client.data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "))
+        self.assertEqual(server.stats()["tx_total"], 4)
+
+    def test_tlsToBackendsTakesTheNormalPath(self) -> None:
+        """A server with [backends_tls] has its relays on Twisted's transports, not on the engine."""
+        config = Config(servers={"web": server_config(("127.0.0.1:1",), backends_tls=BackendsTlsConfig())})
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        server = service.server("web")
+        self.assertIsNotNone(server.engine)
+        self.assertFalse(server.on_engine)
+        self.assertNotIsInstance(server._port, EngineListener)
+
+    def test_addingTlsToBackendsNeedsANewListenerAProxyHeaderDoesNot(self) -> None:
+        """Only a change of where its relays run (engine or not) makes an engine server rebind."""
+        plain = server_config(("127.0.0.1:1",))
+        server = BalancerService(Config(servers={"web": plain}), reactor).server("web")
+        self.assertTrue(server.needs_new_listener(attrs.evolve(plain, backends_tls=BackendsTlsConfig())))
+        self.assertFalse(server.needs_new_listener(attrs.evolve(plain, proxy_protocol=ProxyProtocolConfig())))
+        off = BalancerService(Config(defaults=DefaultsConfig(splice=False), servers={"web": plain}), reactor)
+        self.assertFalse(off.server("web").needs_new_listener(attrs.evolve(plain, backends_tls=BackendsTlsConfig())))
 
 
 class NormalPathRelayIntegrationTests(integration.RelayIntegrationTests):
     """C{tests.test_relay_integration}'s relays, all on the normal path (the default there is the fast path)."""
 
     def balancer(self, backends: list[Any], **options: Any) -> ServerService:
-        server = super().balancer(backends, **options)
-        server.splice = False
-        return server
+        return super().balancer(backends, **{**options, "splice": False})
 
 
 class PipePoolTests(SynchronousTestCase):

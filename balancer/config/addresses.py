@@ -24,6 +24,11 @@ class AddressError(ValueError):
     """A host:port or backend line that does not parse; the message says why."""
 
 
+def join_host_port(host: str, port: int) -> str:
+    """C{host:port}, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @attrs.frozen
 class HostPort:
     """A host (empty for "all interfaces") and a port."""
@@ -32,9 +37,7 @@ class HostPort:
     port: int
 
     def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     @property
     def listen_host(self) -> str:
@@ -96,7 +99,7 @@ class BackendSpec:
     @property
     def key(self) -> str:
         """The backend's identity, C{host:port}."""
-        return str(HostPort(self.host, self.port))
+        return join_host_port(self.host, self.port)
 
     def to_line(self) -> str:
         """The C{static_list} line that parses back to this backend."""

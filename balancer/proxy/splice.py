@@ -3,17 +3,17 @@ The relay's zero-copy fast path (DESIGN §4): on Linux, the bytes of a plain
 TCP relay move from one socket to the other through a pipe with
 C{os.splice}, without ever becoming Python C{bytes}.
 
-L{splice} takes over the two connected transports of a relay: Twisted stops
-reading them, and a L{SplicedTransport} for each socket, added to the
-reactor as its reader and writer, moves the bytes instead.  Each
-L{SplicedTransport} then stands in for the Twisted transport in front of the
-same protocol, which keeps handling the endings as before: it is told of the
-end of input (C{readConnectionLost}), of its shut write side
-(C{writeConnectionLost}) and of the end of the connection
-(C{connectionLost}, through the Twisted transport, which closes the socket),
-and it closes either end with the calls it makes on any TCP transport.  The
-relay's logic is thus the same on both paths, and so are its statistics,
-half-closes and timeouts.
+Each socket of such a relay is a L{SplicedTransport} on the relay
+L{engine<balancer.proxy.engine>}, from the moment it is accepted or
+connected (L{balancer.proxy.sockets}) to its close: the transport its
+protocol sees, and the engine's reader and writer of the socket.  Until
+L{splice} joins it to its peer it reads nothing; from then on the bytes move
+in the kernel.  The protocol handles the endings as with any TCP transport:
+it is told of the end of input (C{readConnectionLost}), of its shut write
+side (C{writeConnectionLost}) and of the end of the connection
+(C{connectionLost}), and it closes either end with the calls it makes on any
+TCP transport.  The relay's logic is thus the same on both paths, and so
+are its statistics, half-closes and timeouts.
 
 The pipe of a direction is its write buffer.  Flow control is the same as on
 the normal path with a buffer of one read: a socket is read only into an
@@ -28,11 +28,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import sys
 from typing import Any, Callable
 
-from twisted.internet import tcp
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IReadWriteDescriptor, ISystemHandle
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -60,6 +61,9 @@ _WOULD_BLOCK = (errno.EAGAIN, errno.ENOBUFS)
 # own: building a Failure walks its exception's class hierarchy.
 _DONE = Failure(ConnectionDone())
 _LOST = Failure(ConnectionLost())
+_ABORTED = Failure(ConnectionAborted())
+# SO_LINGER on, for 0 s: close() resets the connection.
+_RESET = struct.pack("ii", 1, 0)
 
 
 class PipePool:
@@ -130,22 +134,25 @@ PIPES = PipePool()
 @implementer(IReadWriteDescriptor, ISystemHandle)
 class SplicedTransport:
     """
-    One socket of a spliced relay: reads from it into the pipe of the other
-    socket, writes to it from its own pipe, and offers its protocol the part
-    of C{ITCPTransport} a relay uses.
+    One socket of a relay on the engine: the transport its protocol sees
+    (the part of C{ITCPTransport} a relay uses), and, once L{splice}d, the
+    engine's reader and writer of the socket, reading into the pipe of the
+    other socket and writing from its own.
 
-    It is the reactor's reader and writer of the socket, and its peer's
-    producer: when the peer cannot take a read at once, this transport stops
-    reading until the peer's pipe is drained.
+    It is its peer's producer: when the peer cannot take a read at once,
+    this transport stops reading until the peer's pipe is drained.
+
+    @ivar protocol: the protocol in front of it (set before C{makeConnection}).
     """
 
     # Two per relay for as long as it lives: no instance dictionaries.
     __slots__ = (
-        "_reactor",
-        "_transport",
-        "_protocol",
+        "protocol",
+        "_engine",
         "_socket",
         "_fd",
+        "_address",
+        "_host",
         "_pool",
         "_count",
         "_peer",
@@ -160,22 +167,21 @@ class SplicedTransport:
         "_closed",
     )
 
-    def __init__(self, reactor: Any, transport: Any, count: Callable[[int], None], pool: PipePool) -> None:
+    def __init__(self, engine: Any, sock: Any, address: IAddress | None = None, pool: PipePool = PIPES) -> None:
         """
-        @param reactor: the reactor C{transport} runs on (an C{IReactorFDSet}
-            and C{IReactorTime}).
-        @param transport: a connected Twisted TCP transport that neither
-            reads nor writes any more and holds no unsent bytes.
-        @param count: called with the size of every read from the socket.
+        @param engine: the engine the socket runs on (L{balancer.proxy.engine.Engine}).
+        @param sock: a connected, non-blocking TCP socket.
+        @param address: its peer's address (by default read from the socket when asked for).
         @param pool: where pipes come from and go back to.
         """
-        self._reactor: Any = reactor
-        self._transport = transport
-        self._protocol = transport.protocol
-        self._socket: socket.socket = transport.getHandle()
-        self._fd = self._socket.fileno()
+        self.protocol: Any = None
+        self._engine: Any = engine
+        self._socket = sock
+        self._fd: int = sock.fileno()
+        self._address: IAddress | None = address
+        self._host: IAddress | None = None
         self._pool = pool
-        self._count = count
+        self._count: Callable[[int], None] | None = None
         self._peer: SplicedTransport = self  # until splice() pairs them
         self._producer: SplicedTransport | None = None
         self._pipe: tuple[int, int] | None = None
@@ -191,15 +197,45 @@ class SplicedTransport:
 
     def getPeer(self) -> IAddress:
         """The remote address."""
-        return self._transport.getPeer()  # type: ignore[no-any-return]
+        if self._address is None:
+            self._address = self._tcp_address(self._socket.getpeername())
+        return self._address
 
     def getHost(self) -> IAddress:
         """The local address."""
-        return self._transport.getHost()  # type: ignore[no-any-return]
+        if self._host is None:
+            self._host = self._tcp_address(self._socket.getsockname())
+        return self._host
 
-    def getHandle(self) -> socket.socket:
+    def _tcp_address(self, address: tuple[Any, ...]) -> IAddress:
+        if self._socket.family == socket.AF_INET6:
+            return IPv6Address("TCP", *address)
+        return IPv4Address("TCP", *address)
+
+    def getHandle(self) -> Any:
         """The socket."""
         return self._socket
+
+    def pauseProducing(self) -> None:
+        """Nothing to do: the socket is not read before L{splice} joins it to its peer."""
+
+    def write(self, data: bytes) -> None:
+        """
+        Send C{data} ahead of the bytes relayed (a PROXY protocol header,
+        written before L{splice}): it goes through the pipe as they do.  The
+        pipe is empty then, so it takes these few bytes whole.
+        """
+        if self._closed or self._closing or self._write_closing:
+            return
+        pipe = self._pipe
+        if pipe is None:
+            pipe = self._pipe = self._pool.acquire()
+        written = os.write(pipe[1], data)
+        self._buffered += written
+        if written < len(data):
+            self._fail()
+        else:
+            self._flush()
 
     def unregisterProducer(self) -> None:
         """Stop resuming the peer's reading once this transport's pipe is drained."""
@@ -226,19 +262,21 @@ class SplicedTransport:
         """Drop the pipe's bytes and reset the connection (the protocol hears of it a reactor turn later)."""
         if self._closed:
             return
-        self._closed = True
-        self._detach()
-        self._transport.abortConnection()
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        except OSError:
+            pass  # already reset
+        self._close_later(_ABORTED)
 
-    # The descriptor, as the reactor sees it
+    # The descriptor, as the engine sees it
 
     def fileno(self) -> int:
         """The socket's file descriptor."""
         return self._fd
 
     def logPrefix(self) -> str:
-        """The Twisted transport's log prefix."""
-        return self._transport.logPrefix()  # type: ignore[no-any-return]
+        """How the log names this socket."""
+        return f"relay socket {self._fd}"
 
     def doRead(self) -> None:
         """
@@ -266,7 +304,7 @@ class SplicedTransport:
                 peer._release_if_empty()
                 self._end_of_input()
                 return
-            self._count(moved)
+            self._count(moved)  # type: ignore[misc]
             peer._buffered += moved
             if not peer._flush():
                 self._stop_reading()
@@ -333,22 +371,22 @@ class SplicedTransport:
     def _start_reading(self) -> None:
         if not self._reading:
             self._reading = True
-            self._reactor.addReader(self)
+            self._engine.addReader(self)
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._reactor.removeReader(self)
+            self._engine.removeReader(self)
 
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            self._reactor.addWriter(self)
+            self._engine.addWriter(self)
 
     def _stop_writing(self) -> None:
         if self._writing:
             self._writing = False
-            self._reactor.removeWriter(self)
+            self._engine.removeWriter(self)
 
     # Endings
 
@@ -356,19 +394,19 @@ class SplicedTransport:
         """The peer shut down its write side: stop reading and tell the protocol."""
         self._read_open = False
         self._stop_reading()
-        self._protocol.readConnectionLost()
+        self.protocol.readConnectionLost()
 
     def _shutdown_write(self) -> None:
         try:
             self._socket.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # already reset by the peer: Twisted ignores this too
-        self._protocol.writeConnectionLost()
+        self.protocol.writeConnectionLost()
 
     def _detach(self) -> None:
-        """Leave the reactor and give back (or, holding unsent bytes, close) the pipe."""
-        self._stop_reading()
-        self._stop_writing()
+        """Leave the engine and give back (or, holding unsent bytes, close) the pipe."""
+        self._reading = self._writing = False
+        self._engine.forget(self._fd)
         pipe = self._pipe
         if pipe is not None:
             self._pipe = None
@@ -379,64 +417,57 @@ class SplicedTransport:
             self._buffered = 0
 
     def _close(self, reason: Failure) -> None:
-        """Close the socket through the Twisted transport, which tells the protocol."""
+        """Close the socket and tell the protocol."""
         if self._closed:
             return
         self._closed = True
         self._detach()
-        self._transport.connectionLost(reason)
+        self._socket.close()
+        self.protocol.connectionLost(reason)
+
+    def _close_later(self, reason: Failure) -> None:
+        """Close the socket now; the protocol hears of it a reactor turn later, as from a Twisted transport."""
+        self._closed = True
+        self._detach()
+        self._socket.close()
+        self._engine.callLater(0, self.protocol.connectionLost, reason)
 
     def _fail(self) -> None:
         """
         Reading or writing the socket failed: the connection is lost.  The
-        protocol hears of it a reactor turn later, as from a Twisted
-        transport, not in the middle of the peer's read.
+        protocol hears of it a reactor turn later, not in the middle of the
+        peer's read.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._detach()
-        self._reactor.callLater(0, self._transport.connectionLost, _LOST)
+        if not self._closed:
+            self._close_later(_LOST)
 
 
 def can_splice(transport: Any) -> bool:
-    """Whether L{splice} can take over C{transport}: a TCP connection without TLS, on a platform with the fast path."""
-    return AVAILABLE and isinstance(transport, tcp.Connection) and not transport.TLS
+    """Whether L{splice} can join C{transport}: a socket of the relay engine."""
+    return isinstance(transport, SplicedTransport)
 
 
 def splice(
-    reactor: Any,
     client: Any,
     backend: Any,
     count_tx: Callable[[int], None],
     count_rx: Callable[[int], None],
-    pool: PipePool = PIPES,
 ) -> None:
     """
-    Move the bytes between two connected TCP protocols with C{os.splice}
-    from now on.
+    Move the bytes between two connected protocols on L{SplicedTransport}s
+    with C{os.splice} from now on: both start reading.
 
-    Both Twisted transports stop reading and are replaced, as
-    C{protocol.transport}, by a L{SplicedTransport} each; both start reading.
-
-    @param reactor: the reactor both transports run on (an C{IReactorFDSet}
-        and C{IReactorTime}).
     @param client: the protocol of the accepted connection, an
-        C{IHalfCloseableProtocol}; its transport (see L{can_splice}) has
-        been written nothing and has no producer.
+        C{IHalfCloseableProtocol}, on a L{SplicedTransport}.
     @param backend: the protocol of the connection to the backend, likewise.
     @param count_tx: called with the size of each read from the client.
     @param count_rx: called with the size of each read from the backend.
-    @param pool: where the pipes come from.
     """
-    ends = []
-    for protocol, count in ((client, count_tx), (backend, count_rx)):
-        transport = protocol.transport
-        transport.stopReading()
-        ends.append(SplicedTransport(reactor, transport, count, pool))
-    from_client, from_backend = ends
+    from_client: SplicedTransport = client.transport
+    from_backend: SplicedTransport = backend.transport
+    from_client._count = count_tx
+    from_backend._count = count_rx
     from_client._peer = from_client._producer = from_backend
     from_backend._peer = from_backend._producer = from_client
-    client.transport, backend.transport = from_client, from_backend
     from_client._start_reading()
     from_backend._start_reading()

@@ -8,9 +8,11 @@ the producer of the other, so a slow reader pauses the fast writer and no
 buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
 relayed both ways.
 
-A relay between two plain TCP connections takes the fast path instead
-(L{balancer.proxy.splice}, on Linux): the bytes move from socket to socket
-in the kernel, and the same protocols, counting and endings stay in charge.
+A relay between two plain TCP connections runs on the relay engine instead
+(L{balancer.proxy.engine}, on Linux): its sockets are accepted and connected
+there, and the bytes move from socket to socket in the kernel
+(L{balancer.proxy.splice}), while the same protocols, counting and endings
+stay in charge.
 
 The features a server may add (TLS at either end, reading the SNI before
 routing, a PROXY protocol header, access rules) are chosen once per
@@ -326,8 +328,8 @@ class Relay:
 
     def backend_connected(self, side: BackendSide) -> None:
         """
-        Join the two transports and let bytes flow: through the fast path
-        when L{_splices} says so, else with each transport the producer of
+        Join the two transports and let bytes flow: spliced on the relay
+        engine when both run there, else with each transport the producer of
         the other.
         """
         self._attempt = None
@@ -345,10 +347,10 @@ class Relay:
         clock = self.server.clock
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
-        if self._splices(client, to_backend):
+        if splice.can_splice(client) and splice.can_splice(to_backend):
             if config.client_idle_timeout:
                 self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
-            splice.splice(self.server.reactor, self.client, side, self.count_tx, self.count_rx)
+            splice.splice(self.client, side, self.count_tx, self.count_rx)
             return
         client.registerProducer(to_backend, True)
         to_backend.registerProducer(client, True)
@@ -363,22 +365,6 @@ class Relay:
         if config.client_idle_timeout:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
         client.resumeProducing()
-
-    def _splices(self, client: Any, to_backend: Any) -> bool:
-        """
-        Whether the relay takes the fast path: its server allows it, both
-        transports are plain TCP, and nothing waits to be sent first (no
-        PROXY header, no early data such as an SNI-routed ClientHello, no
-        end of the client's input).
-        """
-        return (
-            self.server.splice
-            and not self._header
-            and not self.early_data
-            and not self.client.read_closed
-            and splice.can_splice(client)
-            and splice.can_splice(to_backend)
-        )
 
     # Bytes (the hot path: keep the work per chunk minimal)
 
@@ -429,7 +415,8 @@ class Relay:
         if timer is not None:
             timer.cancel()
         if peer is not None and not peer.lost:
-            peer.finish(half=True)
+            # A peer that finished sending too is done both ways: close it rather than only its write side.
+            peer.finish(half=not peer.read_closed)
         if side.write_closed:
             side.finish(half=False)
 

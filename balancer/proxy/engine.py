@@ -1,0 +1,295 @@
+"""
+The engine of plain TCP relays (DESIGN §4): an edge-triggered epoll set of
+their sockets, nested in the reactor.
+
+Twisted's epoll reactor watches a socket level-triggered and changes its
+registration each time a transport starts or stops reading or writing, and
+it wraps every event in its logging context.  For a relay that lives for
+one request and one answer those costs outweigh the relaying itself.  The
+engine watches each of its sockets once, for reading and writing at once,
+edge-triggered: starting or stopping to read or write is then only a
+change to a dictionary, and a socket costs one C{epoll_ctl} in its life.
+
+The engine's own epoll file descriptor is one reader of the reactor: when
+any of its sockets has an event, the reactor calls L{Engine.doRead}, which
+takes the events and dispatches them to the descriptors (L{IReadDescriptor}
+and L{IWriteDescriptor} providers with a C{fileno}) added with
+L{Engine.addReader} and L{Engine.addWriter}, as a reactor would.  Everything
+runs in the reactor's thread.
+
+Edge-triggered events come once per change, so an event nobody wanted when
+it came is remembered, and a descriptor added later for it is called at
+once (soon after, in the same turn of the reactor) instead of waiting for
+an edge that may never come.  A descriptor that stops reading may have left
+bytes unread, so that counts as a remembered event too; a call that finds
+nothing to read costs one system call.
+
+Listening sockets are watched level-triggered: the engine accepts a bounded
+number of clients per event and the rest come with the next one.
+"""
+
+from __future__ import annotations
+
+import select
+import weakref
+from collections import deque
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from balancer.proxy import splice
+from balancer.proxy.deadlines import Deadlines
+
+log = Logger()
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ENDS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_READABLE = _IN | _ENDS
+_WRITABLE = _OUT | select.EPOLLHUP | select.EPOLLERR
+_STREAM = _IN | _OUT | select.EPOLLRDHUP | select.EPOLLET
+
+#: The most events taken from the kernel per call of L{Engine.doRead}.
+MAX_EVENTS = 1024
+
+
+@implementer(IReadDescriptor)
+class Engine:
+    """
+    An edge-triggered epoll set of sockets, nested in a reactor as one of its
+    readers, with the reactor's C{IReactorFDSet} methods for the
+    descriptors of those sockets and its C{callLater}.
+
+    The engine is a reader of the reactor only while it watches a socket.
+
+    @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        """
+        @param reactor: the reactor to nest in (an C{IReactorFDSet} and
+            C{IReactorTime} polling file descriptors).
+        """
+        self.reactor = reactor
+        self.deadlines = Deadlines(reactor)
+        self._epoll = select.epoll()
+        self._readers: dict[int, Any] = {}
+        self._writers: dict[int, Any] = {}
+        # Watched file descriptors and the events they had that nobody took yet.
+        self._unseen: dict[int, int] = {}
+        # Descriptors to call soon for an event they were added too late to get.
+        self._soon: deque[tuple[Any, int]] = deque()
+        self._soon_call: Any = None
+        # File descriptors closed while dispatching: later events of the same batch are theirs, not a new socket's.
+        self._gone: set[int] = set()
+        self._dispatching = False
+        self._nested = False
+
+    # The reactor's interface, for the engine's descriptors
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The reactor's C{callLater}."""
+        return self.reactor.callLater(delay, f, *args, **kwargs)
+
+    def seconds(self) -> float:
+        """The reactor's time."""
+        return self.reactor.seconds()  # type: ignore[no-any-return]
+
+    def addReader(self, reader: Any) -> None:
+        """Call C{reader.doRead} when its socket has bytes, an end or an error."""
+        fd = reader.fileno()
+        self._readers[fd] = reader
+        unseen = self._unseen.get(fd)
+        if unseen is None:
+            self._watch(fd, _STREAM)
+        elif unseen & _IN:
+            self._call_soon(reader, _IN)
+
+    def addWriter(self, writer: Any) -> None:
+        """Call C{writer.doWrite} when its socket takes bytes again (or fails)."""
+        fd = writer.fileno()
+        self._writers[fd] = writer
+        unseen = self._unseen.get(fd)
+        if unseen is None:
+            self._watch(fd, _STREAM)
+        elif unseen & _OUT:
+            self._call_soon(writer, _OUT)
+
+    def removeReader(self, reader: Any) -> None:
+        """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
+        fd = reader.fileno()
+        if self._readers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _IN
+
+    def removeWriter(self, writer: Any) -> None:
+        """Stop calling C{writer.doWrite}."""
+        fd = writer.fileno()
+        if self._writers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _OUT
+
+    def listen(self, listener: Any) -> None:
+        """Watch a listening socket, level-triggered: C{listener.doRead} is called while clients wait."""
+        fd = listener.fileno()
+        self._readers[fd] = listener
+        if fd not in self._unseen:
+            self._watch(fd, _IN)
+
+    def forget(self, fd: int) -> None:
+        """
+        Stop watching C{fd}, which its owner closes right after: the kernel
+        drops a closed socket from the epoll set, and the engine drops its
+        descriptors and any event of it still to dispatch.
+        """
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        if self._unseen.pop(fd, None) is not None:
+            if self._dispatching:
+                self._gone.add(fd)
+            if not self._unseen:
+                self._unnest()
+
+    def getReaders(self) -> list[Any]:
+        """The descriptors called when their socket is readable (as C{IReactorFDSet.getReaders})."""
+        return list(self._readers.values())
+
+    def getWriters(self) -> list[Any]:
+        """The descriptors called when their socket is writable (as C{IReactorFDSet.getWriters})."""
+        return list(self._writers.values())
+
+    @property
+    def watched(self) -> int:
+        """How many sockets the engine watches."""
+        return len(self._unseen)
+
+    # The engine, as the reactor sees it
+
+    def fileno(self) -> int:
+        """The epoll set's file descriptor."""
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        """How the reactor names the engine in its log."""
+        return "balancer.engine"
+
+    def doRead(self) -> None:
+        """
+        The epoll set has events: dispatch them, then call the descriptors
+        added since for events they had missed.
+
+        A reader whose event says the peer finished sending or the socket
+        failed is called again if it is still reading after its first call:
+        a short read followed by the end of the input brings no new edge.
+        """
+        readers, writers, unseen, gone = self._readers, self._writers, self._unseen, self._gone
+        gone.clear()
+        self._dispatching = True
+        try:
+            for fd, events in self._epoll.poll(0, MAX_EVENTS):
+                if fd in gone:
+                    continue
+                descriptor = None
+                try:
+                    if events & _READABLE:
+                        descriptor = readers.get(fd)
+                        if descriptor is None:
+                            if fd in unseen:
+                                unseen[fd] |= _IN
+                        else:
+                            descriptor.doRead()
+                            if events & _ENDS and readers.get(fd) is descriptor:
+                                descriptor.doRead()
+                            if fd in gone:
+                                continue
+                    if events & _WRITABLE:
+                        descriptor = writers.get(fd)
+                        if descriptor is None:
+                            if fd in unseen:
+                                unseen[fd] |= _OUT
+                        else:
+                            descriptor.doWrite()
+                except Exception:
+                    self._failed(descriptor)
+            self._run_soon()
+        finally:
+            self._dispatching = False
+            gone.clear()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor stopped watching the engine (it is shutting down)."""
+        self._nested = False
+
+    # Inside
+
+    def _failed(self, descriptor: Any) -> None:
+        """C{descriptor} raised: log it, and it loses its connection."""
+        failure = Failure()
+        log.failure("{descriptor} failed", failure, descriptor=descriptor)
+        self.forget(descriptor.fileno())
+        descriptor.connectionLost(failure)
+
+    def _watch(self, fd: int, events: int) -> None:
+        self._epoll.register(fd, events)
+        self._unseen[fd] = 0
+        if not self._nested:
+            self._nested = True
+            self.reactor.addReader(self)
+
+    def _unnest(self) -> None:
+        """Watching nothing: leave the reactor (and so no timer of a connect is left either)."""
+        if self._nested:
+            self._nested = False
+            self.reactor.removeReader(self)
+        self.deadlines.stop_if_idle()
+
+    def _call_soon(self, descriptor: Any, event: int) -> None:
+        self._soon.append((descriptor, event))
+        if not self._dispatching and self._soon_call is None:
+            self._soon_call = self.reactor.callLater(0, self._run_soon_now)
+
+    def _run_soon_now(self) -> None:
+        """L{_run_soon} outside of L{doRead}: descriptors were added from a timer or an API call."""
+        self._dispatching = True
+        try:
+            self._run_soon()
+        finally:
+            self._dispatching = False
+            self._soon_call = None
+            self._gone.clear()
+
+    def _run_soon(self) -> None:
+        """Call each descriptor queued by L{_call_soon} whose event is still unseen and wanted."""
+        soon, unseen = self._soon, self._unseen
+        while soon:
+            descriptor, event = soon.popleft()
+            fd = descriptor.fileno()
+            wanted = self._readers if event == _IN else self._writers
+            if wanted.get(fd) is descriptor and unseen.get(fd, 0) & event:
+                unseen[fd] &= ~event
+                try:
+                    if event == _IN:
+                        descriptor.doRead()
+                    else:
+                        descriptor.doWrite()
+                except Exception:
+                    self._failed(descriptor)
+
+
+_engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
+
+
+def engine_for(reactor: Any) -> Engine | None:
+    """
+    The engine nested in C{reactor}, made on first use; C{None} where there
+    can be none: without C{os.splice} and epoll (not Linux), or for a
+    reactor that does not poll file descriptors (a test's memory reactor).
+    """
+    if not (splice.AVAILABLE and isinstance(reactor, PosixReactorBase)):
+        return None
+    engine = _engines.get(reactor)
+    if engine is None:
+        engine = _engines[reactor] = Engine(reactor)
+    return engine

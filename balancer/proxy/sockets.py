@@ -1,0 +1,261 @@
+"""
+Listening and connecting on the relay L{engine<balancer.proxy.engine>}:
+plain TCP clients are accepted, and connections to backends are made,
+without Twisted's ports, connectors and transports; each connected socket
+is a L{SplicedTransport} from the start.
+
+Only what a relay needs is done per connection: one C{accept4}, one
+C{ioctl} to make the socket non-blocking and one C{setsockopt} for
+C{TCP_NODELAY} for a client; one C{socket} (created non-blocking), one
+C{setsockopt} and one C{connect} for a backend, whose result is read with
+one C{getsockopt} when the engine says the socket is writable.
+
+L{EngineListener} offers the part of C{IListeningPort} a server uses
+(C{getHost}, C{stopListening}); L{EngineConnector} the part of
+C{IConnector} (C{stopConnecting}).  A factory's C{buildProtocol} is all
+that either uses of it; C{clientConnectionFailed} is called as by
+C{connectTCP}.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import socket
+from typing import Any
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import TimeoutError, UserError, getConnectError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from balancer.proxy.splice import SplicedTransport
+from balancer.reuseport import bound_socket
+
+log = Logger()
+
+#: The most clients accepted per event of a listening socket (the others
+#: wait for the next turn of the reactor, as with Twisted's ports).
+ACCEPTS_PER_EVENT = 64
+
+#: Seconds a listener stops accepting when the process is out of file
+#: descriptors or memory (instead of busy-looping on the waiting clients).
+ACCEPT_PAUSE = 0.1
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_STREAM = socket.SOCK_STREAM
+_NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+def _address(family: int, addr: tuple[Any, ...]) -> IPv4Address | IPv6Address:
+    if family == socket.AF_INET6:
+        return IPv6Address("TCP", *addr)
+    return IPv4Address("TCP", addr[0], addr[1])
+
+
+class EngineListener:
+    """
+    A listening TCP socket on the engine: each client accepted becomes a
+    L{SplicedTransport} in front of a protocol from C{factory}.
+    """
+
+    def __init__(self, engine: Any, sock: socket.socket, factory: Any) -> None:
+        """
+        @param engine: the engine to run on.
+        @param sock: a bound, listening, non-blocking socket (now owned by the listener).
+        @param factory: builds a protocol for each client (C{buildProtocol(address)}).
+        """
+        self._engine = engine
+        self._socket = sock
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._factory = factory
+        self._listening = True
+        self._resume: Any = None
+        engine.listen(self)
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """The address listened on."""
+        return _address(self._family, self._socket.getsockname())
+
+    def stopListening(self) -> None:
+        """Close the socket: clients not accepted yet are refused."""
+        if not self._listening:
+            return
+        self._listening = False
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._engine.forget(self._fd)
+        self._socket.close()
+
+    def fileno(self) -> int:
+        """The listening socket's file descriptor."""
+        return self._fd
+
+    def logPrefix(self) -> str:
+        """How the log names this listener."""
+        return f"{self._factory.__class__.__name__} (engine)"
+
+    def doRead(self) -> None:
+        """Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them."""
+        accept = self._socket._accept  # type: ignore[attr-defined]
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                fd, addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ECONNABORTED:
+                    continue
+                if e.errno in _OUT_OF_RESOURCES:
+                    self._pause(e)
+                    return
+                raise
+            self._accepted(fd, addr)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Accepting failed in a way not foreseen (logged by the engine): stop listening."""
+        self.stopListening()
+
+    def _accepted(self, fd: int, addr: tuple[Any, ...]) -> None:
+        """Make the client's transport and protocol; a client whose setup fails is closed and logged."""
+        sock = _socket.socket(self._family, _STREAM, 0, fd)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = _address(self._family, addr)
+            protocol = self._factory.buildProtocol(address)
+        except Exception:
+            log.failure("could not set up an accepted client")
+            sock.close()
+            return
+        if protocol is None:
+            sock.close()
+            return
+        transport = SplicedTransport(self._engine, sock, address)
+        transport.protocol = protocol
+        try:
+            protocol.makeConnection(transport)
+        except Exception:
+            log.failure("could not set up an accepted client")
+            transport.abortConnection()
+
+    def _pause(self, error: OSError) -> None:
+        log.warn(
+            "cannot accept clients ({error}); accepting again in {pause} s",
+            error=error.strerror,
+            pause=ACCEPT_PAUSE,
+        )
+        self._engine.forget(self._fd)
+        self._resume = self._engine.callLater(ACCEPT_PAUSE, self._accept_again)
+
+    def _accept_again(self) -> None:
+        self._resume = None
+        if self._listening:
+            self._engine.listen(self)
+
+
+def listen(engine: Any, port: int, factory: Any, interface: str, *, reuse_port: bool = False) -> EngineListener:
+    """
+    Listen on C{interface:port} on the engine (sharing the port with other
+    processes with C{reuse_port}).
+
+    @raise CannotListenError: if the address cannot be bound.
+    """
+    return EngineListener(engine, bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port), factory)
+
+
+class EngineConnector:
+    """
+    A non-blocking connect to C{host:port} on the engine, the engine's
+    writer of the socket until it is connected; then a L{SplicedTransport}
+    in front of a protocol from the factory (whose C{buildProtocol} is
+    given C{None}: the transport's C{getPeer} has the address).  A refusal,
+    an error or the timeout calls the factory's C{clientConnectionFailed}.
+    """
+
+    def __init__(self, engine: Any, host: str, port: int, factory: Any, timeout: float) -> None:
+        self._engine = engine
+        self._port = port
+        self._factory = factory
+        self._timeout = timeout
+        self._socket: Any = None
+        self._fd = -1
+        self._deadline: int | None = engine.deadlines.add(timeout, self)
+        if isIPAddress(host) or isIPv6Address(host):
+            self._connect(host)
+        else:
+            resolved: Deferred[str] = engine.reactor.resolve(host)
+            resolved.addCallbacks(self._connect, self._fail)
+
+    def stopConnecting(self) -> None:
+        """Give up: the factory's C{clientConnectionFailed} is called with a C{UserError}."""
+        self._fail(Failure(UserError(string="connecting stopped")))
+
+    def deadline_passed(self) -> None:
+        """The connect timed out."""
+        self._fail(Failure(TimeoutError(string=f"after {self._timeout:g} s")))
+
+    def fileno(self) -> int:
+        """The socket's file descriptor."""
+        return self._fd
+
+    def logPrefix(self) -> str:
+        """How the log names this connect."""
+        return f"connect to {self._port}"
+
+    def doWrite(self) -> None:
+        """The connect finished: hand the socket to a protocol, or report the error."""
+        sock = self._socket
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._fail(Failure(getConnectError((error, errno.errorcode.get(error, str(error))))))
+            return
+        engine = self._engine
+        engine.removeWriter(self)
+        engine.deadlines.remove(self._deadline, self)
+        self._socket = self._deadline = None
+        transport = SplicedTransport(engine, sock)
+        protocol = self._factory.buildProtocol(None)
+        if protocol is None:
+            transport.abortConnection()
+            return
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Connecting failed in a way not foreseen (logged by the engine)."""
+        self._fail(reason)
+
+    def _connect(self, host: str) -> None:
+        if self._deadline is None:
+            return  # failed or stopped while resolving
+        sock = self._socket = _socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
+        )
+        self._fd = sock.fileno()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = sock.connect_ex((host, self._port))
+        if error and error != errno.EINPROGRESS:
+            self._engine.callLater(0, self._fail, Failure(getConnectError((error, errno.errorcode.get(error, "")))))
+            return
+        self._engine.addWriter(self)
+
+    def _fail(self, reason: Failure) -> None:
+        """Close the socket (if any) and tell the factory, once."""
+        if self._deadline is None:
+            return
+        self._engine.deadlines.remove(self._deadline, self)
+        self._deadline = None
+        sock, self._socket = self._socket, None
+        if sock is not None:
+            self._engine.forget(self._fd)
+            sock.close()
+        self._factory.clientConnectionFailed(self, reason)
+
+
+def connect(engine: Any, host: str, port: int, factory: Any, timeout: float) -> EngineConnector:
+    """Connect to C{host:port} on the engine (see L{EngineConnector}); returns the connector."""
+    return EngineConnector(engine, host, port, factory, timeout)
