@@ -35,10 +35,11 @@ class Backend:
     admin_state: str = ACTIVE
     counters: BackendCounters = attrs.Factory(BackendCounters)
 
-    @property
-    def key(self) -> str:
-        """C{host:port}, the backend's identity within its server."""
-        return self.spec.key
+    #: C{host:port}, the backend's identity within its server (a new spec keeps it).
+    key: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.key = self.spec.key
 
     @property
     def host(self) -> str:

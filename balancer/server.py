@@ -100,6 +100,8 @@ class ServerService(Service):
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
     @ivar engine: the relay engine its plain TCP relays run on
         (L{runs_on_engine}), or C{None} for Twisted's transports.
+    @ivar on_engine: whether its relays run on the engine (it has one, and
+        its configuration L{runs_on_engine}).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class ServerService(Service):
 
     def _apply(self, config: ServerConfig) -> None:
         """Compile what admission and routing use from C{config}."""
+        self.on_engine = self.engine is not None and runs_on_engine(config)
         self._access = AccessRules.from_config(config.access) if config.access is not None else None
         self._sni = SniRouter.from_config(config.sni) if config.sni is not None else None
         self._proxy_version = config.proxy_protocol.version if config.proxy_protocol is not None else None
@@ -384,7 +387,9 @@ class ServerService(Service):
         if self._sni is not None:
             routed = self._sni.choose(server_name, candidates)
             candidates = [] if isinstance(routed, str) else routed
-        return self.strategy.choose([b for b in candidates if b.key not in tried], client_host)
+        if tried:
+            candidates = [b for b in candidates if b.key not in tried]
+        return self.strategy.choose(candidates, client_host)
 
     def rejects(self, server_name: str | None) -> bool:
         """
@@ -412,11 +417,6 @@ class ServerService(Service):
     def connect_timeout(self) -> float:
         """Seconds a backend has to accept a connection (and, with C{[backends_tls]}, again to finish its handshake)."""
         return self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
-
-    @property
-    def on_engine(self) -> bool:
-        """Whether its relays run on the relay engine (it has one, and L{runs_on_engine})."""
-        return self.engine is not None and runs_on_engine(self.config)
 
     def connect(self, backend: Backend, attempt: Any) -> Any:
         """

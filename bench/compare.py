@@ -25,7 +25,10 @@ figure for the three paths in turn (direct, HAProxy, balancer); the table
 gives the median of the repetitions and the balancer's ratios to the others:
 
  - bulk throughput: C{iperf3 -c}, 1 and 4 streams (C{-P 4}), receiver side;
- - new connections per second: C{wrk -t1 -c50} with C{Connection: close};
+ - new connections per second: C{wrk -t1 -c50} with C{Connection: close},
+   and the proxy's CPU time (user plus system, over its process and its
+   workers) per connection meanwhile: the figure least affected by the
+   client and the backend sharing the machine's cores;
  - requests per second and p50/p99 latency over 50 kept-alive connections:
    C{wrk --latency -t1 -c50};
  - resident memory per idle connection: the proxy's VmRSS before and after
@@ -87,6 +90,7 @@ METRICS = (
     Metric("bulk_1", "bulk throughput, 1 stream", "Gbit/s", True),
     Metric("bulk_4", "bulk throughput, 4 streams", "Gbit/s", True),
     Metric("conn_rate", "new connections (Connection: close)", "conn/s", True),
+    Metric("conn_cpu", "  proxy CPU per new connection", "us", False),
     Metric("keepalive_rps", "requests, 50 kept-alive conns", "req/s", True),
     Metric("keepalive_p50", "  latency p50", "ms", False),
     Metric("keepalive_p99", "  latency p99", "ms", False),
@@ -387,6 +391,27 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of C{pid} and its child processes, in seconds, from C{/proc/PID/stat}."""
+    ticks = 0
+    for p in [pid, *children(pid)]:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure_new_connections(path: Endpoints, duration: float) -> dict[str, float]:
+    """New connections per second and, for a proxy, its CPU time per connection in microseconds."""
+    cpu_before = tree_cpu_seconds(path.pid) if path.pid else 0.0
+    result = wrk(path.http, duration, close=True)
+    connections = result["rps"] * duration
+    rate = {"conn_rate": result["rps"]}
+    if path.pid and connections:
+        rate["conn_cpu"] = (tree_cpu_seconds(path.pid) - cpu_before) / connections * 1e6
+    return rate
+
+
 def tree_rss_kib(pid: int) -> int:
     """VmRSS of C{pid} and its child processes (a balancer's workers), in KiB."""
     return sum(vm_rss_kib(p) for p in [pid, *children(pid)])
@@ -508,7 +533,7 @@ def run(
                 ("idle connections", lambda e: measure_idle(e, http)),
                 ("bulk, 1 stream", lambda e: {"bulk_1": measure_bulk(e.bulk, 1, duration)}),
                 ("bulk, 4 streams", lambda e: {"bulk_4": measure_bulk(e.bulk, 4, duration)}),
-                ("new connections", lambda e: {"conn_rate": wrk(e.http, duration, close=True)["rps"]}),
+                ("new connections", lambda e: measure_new_connections(e, duration)),
                 ("keep-alive", lambda e: {f"keepalive_{k}": v for k, v in wrk(e.http, duration, close=False).items()}),
             ]
             for round_ in range(1, repeat + 1):

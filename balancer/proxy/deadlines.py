@@ -88,9 +88,9 @@ class Deadlines:
     def _run(self) -> None:
         """Call the owners of every slot that is due, then wait for the next slot."""
         self._call = self._called_for = None
-        now = int(self._clock.seconds() / self._resolution)
-        order = self._order
-        while order and order[0] <= now:
+        now = self._clock.seconds()
+        order, resolution = self._order, self._resolution
+        while order and order[0] * resolution <= now:
             owners = self._slots.pop(heapq.heappop(order))
             self._pending -= len(owners)
             for owner in owners:

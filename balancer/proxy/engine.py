@@ -138,6 +138,13 @@ class Engine:
         if fd not in self._unseen:
             self._watch(fd, _IN)
 
+    def unlisten(self, listener: Any) -> None:
+        """Stop watching a listening socket that stays open (until L{listen} again)."""
+        fd = listener.fileno()
+        if fd in self._unseen:
+            self._epoll.unregister(fd)
+            self.forget(fd)
+
     def forget(self, fd: int) -> None:
         """
         Stop watching C{fd}, which its owner closes right after: the kernel
@@ -225,11 +232,18 @@ class Engine:
     # Inside
 
     def _failed(self, descriptor: Any) -> None:
-        """C{descriptor} raised: log it, and it loses its connection."""
+        """
+        C{descriptor} raised: log it, and it loses its connection.  Nothing
+        raised here leaves the engine, which would make the reactor drop it
+        and with it every relay.
+        """
         failure = Failure()
         log.failure("{descriptor} failed", failure, descriptor=descriptor)
         self.forget(descriptor.fileno())
-        descriptor.connectionLost(failure)
+        try:
+            descriptor.connectionLost(failure)
+        except Exception:
+            log.failure("{descriptor} failed to close", descriptor=descriptor)
 
     def _watch(self, fd: int, events: int) -> None:
         self._epoll.register(fd, events)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import _socket
 import errno
 import socket
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -47,6 +48,12 @@ ACCEPT_PAUSE = 0.1
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _STREAM = socket.SOCK_STREAM
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+
+
+@lru_cache(maxsize=1024)
+def _is_ip_address(host: str) -> bool:
+    """Whether C{host} is an IPv4 or IPv6 address (backends' hosts repeat: the answer is kept)."""
+    return isIPAddress(host) or isIPv6Address(host)
 
 
 def _address(family: int, addr: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -148,7 +155,7 @@ class EngineListener:
             error=error.strerror,
             pause=ACCEPT_PAUSE,
         )
-        self._engine.forget(self._fd)
+        self._engine.unlisten(self)
         self._resume = self._engine.callLater(ACCEPT_PAUSE, self._accept_again)
 
     def _accept_again(self) -> None:
@@ -184,7 +191,7 @@ class EngineConnector:
         self._socket: Any = None
         self._fd = -1
         self._deadline: int | None = engine.deadlines.add(timeout, self)
-        if isIPAddress(host) or isIPv6Address(host):
+        if _is_ip_address(host):
             self._connect(host)
         else:
             resolved: Deferred[str] = engine.reactor.resolve(host)
@@ -217,11 +224,12 @@ class EngineConnector:
         engine.removeWriter(self)
         engine.deadlines.remove(self._deadline, self)
         self._socket = self._deadline = None
-        transport = SplicedTransport(engine, sock)
         protocol = self._factory.buildProtocol(None)
         if protocol is None:
-            transport.abortConnection()
+            engine.forget(self._fd)
+            sock.close()
             return
+        transport = SplicedTransport(engine, sock)
         transport.protocol = protocol
         protocol.makeConnection(transport)
 
@@ -232,12 +240,15 @@ class EngineConnector:
     def _connect(self, host: str) -> None:
         if self._deadline is None:
             return  # failed or stopped while resolving
-        sock = self._socket = _socket.socket(
-            socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
-        )
-        self._fd = sock.fileno()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        error = sock.connect_ex((host, self._port))
+        try:
+            sock = self._socket = _socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
+            )
+            self._fd = sock.fileno()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            error = sock.connect_ex((host, self._port))
+        except OSError as e:  # out of file descriptors or memory, or a bad address
+            error = e.errno or errno.EINVAL
         if error and error != errno.EINPROGRESS:
             self._engine.callLater(0, self._fail, Failure(getConnectError((error, errno.errorcode.get(error, "")))))
             return
@@ -253,6 +264,8 @@ class EngineConnector:
         if sock is not None:
             self._engine.forget(self._fd)
             sock.close()
+        if not self._engine.watched:
+            self._engine.deadlines.stop_if_idle()
         self._factory.clientConnectionFailed(self, reason)
 
 
