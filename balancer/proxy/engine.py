@@ -48,10 +48,12 @@ log = Logger()
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
-_ENDS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+# PyPy 3.9 lacks the name of EPOLLRDHUP (Linux 2.6.17+).
+_RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+_ENDS = _RDHUP | select.EPOLLHUP | select.EPOLLERR
 _READABLE = _IN | _ENDS
 _WRITABLE = _OUT | select.EPOLLHUP | select.EPOLLERR
-_STREAM = _IN | _OUT | select.EPOLLRDHUP | select.EPOLLET
+_STREAM = _IN | _OUT | _RDHUP | select.EPOLLET
 
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
