@@ -27,6 +27,7 @@ from balancer.config.schema import Config, ServerConfig
 from balancer.server import ServerService
 from balancer.service import BalancerService, ServerExists, UnknownServer
 from balancer.state import RuntimeChanges, StateFile
+from balancer.stats import SERVER_COUNTERS, server_report
 
 log = Logger()
 
@@ -109,6 +110,13 @@ class IControl(Interface):
         processes (L{sum_stats}). @raise UnknownServer
         """
 
+    def statistics(name: str) -> dict[str, Any]:
+        """
+        L{stats} with the server counters /v1 and /metrics show besides
+        (L{balancer.stats.SERVER_COUNTERS}), all summed over the worker
+        processes. @raise UnknownServer
+        """
+
     def dump(format: str) -> str:
         """The effective configuration as "toml" or "json". @raise DumpFormatError"""
 
@@ -184,7 +192,8 @@ class Controller:
         L{balancer.workers}, sends the new configuration to the other worker
         processes).
     @ivar peer_stats: sources of the other worker processes' latest
-        statistics documents of a server, by name; L{stats} adds them up.
+        statistics documents of a server, by name (each a
+        L{balancer.stats.server_report}); L{stats} and L{statistics} add them up.
     """
 
     def __init__(
@@ -236,8 +245,15 @@ class Controller:
         return to_mapping(self._balancer.server(name).config)
 
     def stats(self, name: str) -> dict[str, Any]:
-        own = self._balancer.server(name).stats()
-        return sum_stats(own, [doc for source in self.peer_stats for doc in source(name)])
+        return sum_stats(self._balancer.server(name).stats(), self._peer_documents(name))
+
+    def statistics(self, name: str) -> dict[str, Any]:
+        own = server_report(self._balancer.server(name))
+        return sum_stats(own, self._peer_documents(name), SERVER_SUMS + SERVER_COUNTERS)
+
+    def _peer_documents(self, name: str) -> list[dict[str, Any]]:
+        """The other worker processes' latest reports of server C{name}."""
+        return [doc for source in self.peer_stats for doc in source(name)]
 
     def effective_config(self) -> Config:
         servers = {s.name: s.config for s in self._balancer.servers()}
@@ -488,27 +504,29 @@ class Controller:
         self._apply_backend_states()
 
 
-#: The server figures, and the backend figures, that add up over worker processes.
+#: The server figures of gobetween's document, and the backend figures, that add up over worker processes.
 SERVER_SUMS = ("active_connections", "rx_total", "tx_total", "rx_second", "tx_second")
 BACKEND_SUMS = (
     "total_connections", "active_connections", "refused_connections", "rx", "tx", "rx_second", "tx_second"
 )
 
 
-def sum_stats(own: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+def sum_stats(
+    own: dict[str, Any], others: list[dict[str, Any]], server_sums: tuple[str, ...] = SERVER_SUMS
+) -> dict[str, Any]:
     """
     A server's statistics document over every worker process.
 
     C{own} is this process's document: its backends, their weights and their
     C{live} and C{discovered} flags (this process's health checks and
-    discovery) are kept, and the L{SERVER_SUMS} and L{BACKEND_SUMS} of each
+    discovery) are kept, and the C{server_sums} and L{BACKEND_SUMS} of each
     document of C{others} are added, backends matched by host and port.  A
     backend that only another process still has is left out.
     """
     total = {**own, "backends": [{**b, "stats": dict(b["stats"])} for b in own["backends"]]}
     by_address = {(b["host"], b["port"]): b["stats"] for b in total["backends"]}
     for doc in others:
-        for key in SERVER_SUMS:
+        for key in server_sums:
             total[key] += doc[key]
         for backend in doc["backends"]:
             stats = by_address.get((backend["host"], backend["port"]))

@@ -2,8 +2,10 @@
 Prometheus metrics (C{[metrics] enabled/bind}): the same figures as the
 statistics, in Prometheus text format at C{/metrics}.
 
-A custom collector reads the live counters when scraped, in the reactor
-thread, so nothing is copied on the data path.
+A custom collector reads the statistics through the control interface when
+scraped, in the reactor thread, so nothing is copied on the data path.  With
+C{[defaults] workers} > 1 they are summed over the worker processes
+(L{IControl.statistics}); a backend's C{live} and C{discovered} are worker 0's.
 """
 
 from __future__ import annotations
@@ -12,61 +14,69 @@ from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.application.internet import TCPServer
-from twisted.application.service import IService
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from balancer.config.addresses import join_host_port
 from balancer.config.schema import MetricsConfig
-from balancer.service import BalancerService
+from balancer.control import IControl
+
+log = Logger()
 
 _SERVER_LABELS = ["server"]
 _BACKEND_LABELS = ["server", "host", "port"]
 
+#: Each server family: its type, help text and key in the statistics document.
+SERVER_FIGURES = {
+    "active_connections": (GaugeMetricFamily, "Client connections open now", "active_connections"),
+    "connections_total": (CounterMetricFamily, "Client connections accepted", "total_connections"),
+    "rx_bytes_total": (CounterMetricFamily, "Bytes received from backends", "rx_total"),
+    "tx_bytes_total": (CounterMetricFamily, "Bytes sent to backends", "tx_total"),
+    "rx_bytes_per_second": (GaugeMetricFamily, "Bytes from backends over the last second", "rx_second"),
+    "tx_bytes_per_second": (GaugeMetricFamily, "Bytes to backends over the last second", "tx_second"),
+    "over_limit_total": (CounterMetricFamily, "Clients closed at max_connections", "over_limit"),
+    "no_backend_total": (CounterMetricFamily, "Clients closed because no backend took them", "no_backend"),
+    "denied_total": (CounterMetricFamily, "Clients refused by access rules", "denied"),
+    "tls_failures_total": (CounterMetricFamily, "Client TLS handshakes that failed or timed out", "tls_failures"),
+    "sni_failures_total": (CounterMetricFamily, "Clients closed before SNI routing", "sni_failures"),
+}
+#: Each backend family: its type, help text and key in a backend's C{stats}.
+BACKEND_FIGURES = {
+    "live": (GaugeMetricFamily, "1 when the health check passes", "live"),
+    "discovered": (GaugeMetricFamily, "1 when discovery lists the backend", "discovered"),
+    "active_connections": (GaugeMetricFamily, "Connections open now", "active_connections"),
+    "connections_total": (CounterMetricFamily, "Connections made", "total_connections"),
+    "refused_connections_total": (CounterMetricFamily, "Connects refused or timed out", "refused_connections"),
+    "rx_bytes_total": (CounterMetricFamily, "Bytes received from the backend", "rx"),
+    "tx_bytes_total": (CounterMetricFamily, "Bytes sent to the backend", "tx"),
+    "rx_bytes_per_second": (GaugeMetricFamily, "Bytes from the backend over the last second", "rx_second"),
+    "tx_bytes_per_second": (GaugeMetricFamily, "Bytes to the backend over the last second", "tx_second"),
+}
+
 
 class BalancerCollector:
-    """Collects server and backend counters of a L{BalancerService} at scrape time."""
+    """Collects every server's statistics (L{IControl.statistics}) at scrape time."""
 
-    def __init__(self, balancer: BalancerService) -> None:
-        self._balancer = balancer
+    def __init__(self, control: IControl) -> None:
+        self._control = control
 
     def collect(self) -> Iterator[Metric]:
         """Yield one family per figure, a sample per server or backend."""
-        server_figures = {
-            "active_connections": (GaugeMetricFamily, "Client connections open now", lambda s: s.counters.active_connections),
-            "connections_total": (CounterMetricFamily, "Client connections accepted", lambda s: s.counters.total_connections),
-            "rx_bytes_total": (CounterMetricFamily, "Bytes received from backends", lambda s: s.counters.traffic.rx),
-            "tx_bytes_total": (CounterMetricFamily, "Bytes sent to backends", lambda s: s.counters.traffic.tx),
-            "rx_bytes_per_second": (GaugeMetricFamily, "Bytes from backends over the last second", lambda s: s.counters.traffic.rx_second),
-            "tx_bytes_per_second": (GaugeMetricFamily, "Bytes to backends over the last second", lambda s: s.counters.traffic.tx_second),
-            "over_limit_total": (CounterMetricFamily, "Clients closed at max_connections", lambda s: s.counters.over_limit),
-            "no_backend_total": (CounterMetricFamily, "Clients closed because no backend took them", lambda s: s.counters.no_backend),
-            "denied_total": (CounterMetricFamily, "Clients refused by access rules", lambda s: s.counters.denied),
-            "tls_failures_total": (CounterMetricFamily, "Client TLS handshakes that failed or timed out", lambda s: s.counters.tls_failures),
-            "sni_failures_total": (CounterMetricFamily, "Clients closed before SNI routing", lambda s: s.counters.sni_failures),
-        }
-        backend_figures = {
-            "live": (GaugeMetricFamily, "1 when the health check passes", lambda b: int(b.live)),
-            "discovered": (GaugeMetricFamily, "1 when discovery lists the backend", lambda b: int(b.discovered)),
-            "active_connections": (GaugeMetricFamily, "Connections open now", lambda b: b.counters.active_connections),
-            "connections_total": (CounterMetricFamily, "Connections made", lambda b: b.counters.total_connections),
-            "refused_connections_total": (CounterMetricFamily, "Connects refused or timed out", lambda b: b.counters.refused_connections),
-            "rx_bytes_total": (CounterMetricFamily, "Bytes received from the backend", lambda b: b.counters.traffic.rx),
-            "tx_bytes_total": (CounterMetricFamily, "Bytes sent to the backend", lambda b: b.counters.traffic.tx),
-            "rx_bytes_per_second": (GaugeMetricFamily, "Bytes from the backend over the last second", lambda b: b.counters.traffic.rx_second),
-            "tx_bytes_per_second": (GaugeMetricFamily, "Bytes to the backend over the last second", lambda b: b.counters.traffic.tx_second),
-        }
-        servers = self._balancer.servers()
-        for suffix, (family, text, read) in server_figures.items():
+        documents = {name: self._control.statistics(name) for name in self._control.server_names()}
+        for suffix, (family, text, key) in SERVER_FIGURES.items():
             metric = family(f"balancer_server_{suffix}", text, labels=_SERVER_LABELS)
-            for server in servers:
-                metric.add_metric([server.name], read(server))
+            for name, document in documents.items():
+                metric.add_metric([name], int(document[key]))
             yield metric
-        for suffix, (family, text, read) in backend_figures.items():
+        for suffix, (family, text, key) in BACKEND_FIGURES.items():
             metric = family(f"balancer_backend_{suffix}", text, labels=_BACKEND_LABELS)
-            for server in servers:
-                for backend in server.pool:
-                    metric.add_metric([server.name, backend.host, str(backend.port)], read(backend))
+            for name, document in documents.items():
+                for backend in document["backends"]:
+                    metric.add_metric([name, backend["host"], backend["port"]], int(backend["stats"][key]))
             yield metric
 
 
@@ -84,17 +94,56 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
-def metrics_registry(balancer: BalancerService) -> CollectorRegistry:
+def metrics_registry(control: IControl) -> CollectorRegistry:
     """A registry holding only the balancer's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer))  # type: ignore[arg-type]
+    registry.register(BalancerCollector(control))  # type: ignore[arg-type]
     return registry
 
 
-def metrics_service(config: MetricsConfig, balancer: BalancerService, reactor: Any) -> IService:
+class MetricsService(Service):
+    """
+    Listens on C{[metrics] bind} with the metrics site once started (binding
+    in C{privilegedStartService}, as Twisted's C{TCPServer} does, so a bad
+    address ends the start) and logs C{metrics: listening on HOST:PORT} with
+    the real port.
+    """
+
+    def __init__(self, config: MetricsConfig, site: Site, reactor: Any) -> None:
+        self._config = config
+        self._site = site
+        self._reactor = reactor
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        """Bind."""
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Bind, if not bound already."""
+        self._listen()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening."""
+        super().stopService()
+        port, self._port = self._port, None
+        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
+
+    def _listen(self) -> None:
+        if self._port is not None:
+            return
+        bind = self._config.bind
+        self._port = self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
+        host = self._port.getHost()
+        log.info("metrics: listening on {address}", address=join_host_port(host.host, host.port))
+
+
+def metrics_service(config: MetricsConfig, control: IControl, reactor: Any) -> IService:
     """Listen on C{[metrics] bind} and serve C{/metrics}."""
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(metrics_registry(balancer)))
+    root.putChild(b"metrics", MetricsResource(metrics_registry(control)))
     site = Site(root)
     site.noisy = False
-    return TCPServer(config.bind.port, site, interface=config.bind.listen_host, reactor=reactor)
+    return MetricsService(config, site, reactor)

@@ -8,11 +8,17 @@ second on the injected reactor clock, so tests drive it with C{task.Clock}.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+
+if TYPE_CHECKING:
+    from balancer.server import ServerService
+
+#: The server counters past gobetween's statistics document that /v1 and /metrics show.
+SERVER_COUNTERS = ("total_connections", "over_limit", "no_backend", "denied", "tls_failures", "sni_failures")
 
 
 @attrs.define(eq=False)
@@ -109,3 +115,13 @@ class RateClock:
         for source in list(self._sources):
             for traffic in source():
                 traffic.tick(seconds)
+
+
+def server_report(server: ServerService) -> dict[str, Any]:
+    """
+    Every statistic of a server that adds up over worker processes, as a
+    worker reports it: gobetween's document (L{ServerService.stats}) with the
+    L{SERVER_COUNTERS} at its top level.
+    """
+    counters = server.counters
+    return {**server.stats(), **{key: getattr(counters, key) for key in SERVER_COUNTERS}}

@@ -15,7 +15,8 @@ Its standard streams are its link to worker 0:
    removed, changed (in place, or with a new listener) and added.
  - stdout: C{{"ready": true}} once the listeners are bound, then
    C{{"stats": {server: document}}} every second on this process's clock,
-   each document the server's L{ServerService.stats}.
+   each document the server's L{balancer.stats.server_report}: gobetween's
+   statistics document and the counters /v1 and /metrics show besides.
  - stderr: its log events as JSON (C{jsonFileLogObserver}), which worker 0
    logs as its own.
 
@@ -51,6 +52,7 @@ from balancer.config.load import config_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.server import BindError
 from balancer.service import BalancerService
+from balancer.stats import server_report
 
 log = Logger()
 
@@ -192,7 +194,7 @@ class Worker(LineReceiver):
     def _report(self) -> None:
         """Send every server's statistics document."""
         assert self.balancer is not None
-        self._send({"stats": {server.name: server.stats() for server in self.balancer.servers()}})
+        self._send({"stats": {server.name: server_report(server) for server in self.balancer.servers()}})
 
     def _send(self, message: dict[str, Any]) -> None:
         self.transport.write(json.dumps(message).encode() + b"\n")

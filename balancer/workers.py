@@ -13,10 +13,11 @@ ports with C{SO_REUSEPORT}: the kernel spreads new connections across them.
    starts, and again after every change made through the API
    (L{Controller.on_change}).
  - Statistics: each worker sends its servers' statistics documents every
-   second; the supervisor keeps each worker's latest, which
-   L{Controller.stats} adds to worker 0's own (L{balancer.control.sum_stats}).
-   A worker that ended still counts with its last report until its
-   replacement sends its first.
+   second (L{balancer.stats.server_report}); the supervisor keeps each
+   worker's latest, which L{Controller.stats} (gobetween's document) and
+   L{Controller.statistics} (/v1 and /metrics) add to worker 0's own
+   (L{balancer.control.sum_stats}).  A worker that ended still counts with
+   its last report until its replacement sends its first.
  - Logs: each worker's log events are logged here, with C{log_system} set to
    C{worker N}.
  - Failures: a worker that ends while the supervisor runs is started again

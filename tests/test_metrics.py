@@ -1,15 +1,20 @@
-"""Prometheus metrics: the live counters, scraped in text format."""
+"""Prometheus metrics: the statistics at scrape time, summed over the worker processes, in text format."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from treq.testing import StubTreq
 from twisted.web.resource import Resource
 
 from balancer.config.load import parse_config
-from balancer.metrics import MetricsResource, metrics_registry
+from balancer.control import Controller
+from balancer.metrics import BACKEND_FIGURES, SERVER_FIGURES, MetricsResource, metrics_registry
 from balancer.service import BalancerService
+from balancer.stats import SERVER_COUNTERS, server_report
 
 CONFIG = b"""
 [servers.web]
@@ -20,11 +25,40 @@ static_list = ["127.0.0.1:9001", "[::1]:9002"]
 """
 
 
+def balancer_with_counters(base: int) -> BalancerService:
+    """
+    A balancer on L{CONFIG} whose every server and backend counter is set,
+    each to a different number from C{base} on.
+    """
+    balancer = BalancerService(parse_config(CONFIG, "x"), MemoryReactorClock())
+    server = balancer.server("web")
+    figures = iter(range(base, base + 100))
+    fields = [(server.counters, ("active_connections", *SERVER_COUNTERS))]
+    fields += [(traffic, ("rx", "tx", "rx_second", "tx_second")) for traffic in server.traffic_counters()]
+    fields += [(b.counters, ("total_connections", "active_connections", "refused_connections")) for b in server.pool]
+    for counters, names in fields:
+        for name in names:
+            setattr(counters, name, next(figures))
+    return balancer
+
+
+def samples(body: str) -> dict[str, float]:
+    """The samples of a scrape, by name with labels."""
+    found = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
+
+
 class MetricsTests(SynchronousTestCase):
-    """Every sample reflects the counters at scrape time."""
+    """Every sample reflects the statistics at scrape time."""
 
     def setUp(self) -> None:
-        self.balancer = BalancerService(parse_config(CONFIG, "x"), MemoryReactorClock())
+        config = parse_config(CONFIG, "x")
+        self.balancer = BalancerService(config, MemoryReactorClock())
+        self.control = Controller(self.balancer, config, "x", MemoryReactorClock())
         server = self.balancer.server("web")
         server.counters.traffic.rx = 1234
         server.counters.over_limit = 2
@@ -35,7 +69,7 @@ class MetricsTests(SynchronousTestCase):
         backend.counters.refused_connections = 3
         backend.live = False
         root = Resource()
-        root.putChild(b"metrics", MetricsResource(metrics_registry(self.balancer)))
+        root.putChild(b"metrics", MetricsResource(metrics_registry(self.control)))
         self.treq = StubTreq(root)
 
     def scrape(self) -> tuple[str, str]:
@@ -61,16 +95,68 @@ class MetricsTests(SynchronousTestCase):
         self.assertIn('balancer_server_active_connections{server="web"} 7.0', body.splitlines())
 
 
+class SummedMetricsTests(SynchronousTestCase):
+    """With other worker processes, every figure adds their latest reports to worker 0's own."""
+
+    def setUp(self) -> None:
+        self.own, self.other = balancer_with_counters(1), balancer_with_counters(1000)
+        self.control = Controller(self.own, parse_config(CONFIG, "x"), "x", MemoryReactorClock())
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(metrics_registry(self.control)))
+        self.treq = StubTreq(root)
+
+    def scrape(self) -> dict[str, float]:
+        response = self.successResultOf(self.treq.get("http://metrics.test/metrics"))
+        return samples(self.successResultOf(response.text()))
+
+    def test_everyFigureIsTheSumWithWorker0sLiveAndDiscovered(self) -> None:
+        backend = self.other.server("web").pool.get("127.0.0.1:9001")
+        assert backend is not None
+        backend.live = backend.discovered = False
+        report = server_report(self.other.server("web"))
+        self.control.peer_stats.append(lambda name: [report, report])
+        found = self.scrape()
+        expected = expected_samples(server_report(self.own.server("web")), report, copies=2)
+        self.assertEqual({k: found[k] for k in expected}, expected)
+        self.assertEqual(len([k for k in found if k.startswith("balancer_")]), len(expected))
+        own = self.own.server("web").counters
+        self.assertEqual(found['balancer_server_connections_total{server="web"}'],
+                         own.total_connections + 2 * report["total_connections"])
+        self.assertEqual(found['balancer_backend_live{host="127.0.0.1",port="9001",server="web"}'], 1.0)
+
+
+def expected_samples(own: dict[str, Any], other: dict[str, Any], copies: int) -> dict[str, float]:
+    """
+    The samples of server "web" when worker 0 has C{own} and C{copies}
+    workers report C{other}: each figure summed, backends' C{live} and
+    C{discovered} from C{own}.
+    """
+    expected = {}
+    for suffix, (_, _, key) in SERVER_FIGURES.items():
+        expected[f'balancer_server_{suffix}{{server="web"}}'] = float(own[key] + copies * other[key])
+    for mine, theirs in zip(own["backends"], other["backends"]):
+        labels = f'{{host="{mine["host"]}",port="{mine["port"]}",server="web"}}'
+        for suffix, (_, _, key) in BACKEND_FIGURES.items():
+            flag = key in ("live", "discovered")
+            value = mine["stats"][key] + (0 if flag else copies * theirs["stats"][key])
+            expected[f"balancer_backend_{suffix}{labels}"] = float(value)
+    return expected
+
+
 class MetricsServiceTests(SynchronousTestCase):
     """[metrics] enabled adds a listener on [metrics] bind to the service tree."""
 
-    def test_enabledListens(self) -> None:
+    def test_enabledListensAndLogsItsAddress(self) -> None:
         from balancer.tap import build_service
 
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         memory = MemoryReactorClock()
         config = parse_config(CONFIG + b'[metrics]\nenabled = true\nbind = "127.0.0.1:9284"\n', "x")
         build_service(config, memory).privilegedStartService()
         self.assertIn((9284, "127.0.0.1"), [(port, iface) for port, _, _, iface in memory.tcpServers])
+        self.assertIn("0.0.0.0:9284", [e.get("address") for e in events if e.get("log_format", "").startswith("metrics:")])
 
     def test_disabledDoesNotListen(self) -> None:
         from balancer.tap import build_service

@@ -1,8 +1,9 @@
 """
 /v1 resources and their changes, through C{StubTreq}: documents and
 relationships, servers created and linked, admin states gating the pool,
-sessions closed, and one control interface under both APIs, persisted the
-same way in the state file (read back after a restart).
+sessions closed, statistics summed over worker processes, and one control
+interface under both APIs, persisted the same way in the state file (read
+back after a restart).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config.load import parse_config
 from balancer.proxy.tcp import Relay
 from balancer.state import StateFile
+from balancer.stats import BackendCounters, ServerCounters, server_report
 from tests.test_admin_root import Reactor
 from tests.test_v1_helpers import CONFIG, NEW_SERVER, V1, assert_errors, make_v1
 from tests.test_relay import FakeTransport
@@ -149,6 +151,52 @@ class ChangeTests(SynchronousTestCase):
         response, _ = self.v1.call(self, "DELETE", "/v1/services/api")
         self.assertEqual(response.code, 204)
         self.assertNotIn("api", self.v1.control.server_names())
+
+
+class WorkerStatisticsTests(SynchronousTestCase):
+    """
+    With C{[defaults] workers}, /v1 statistics add the other processes'
+    latest reports to worker 0's own; sessions and health stay worker 0's.
+    """
+
+    def setUp(self) -> None:
+        """Two workers, each reporting what worker 0 has: every sum is three times worker 0's figure."""
+        self.v1 = make_v1(self)
+        balancer = self.v1.balancer
+        self.v1.control.peer_stats.append(lambda name: [server_report(balancer.server(name))] * 2)
+
+    def set_counters(self, counters: ServerCounters | BackendCounters, **figures: int) -> None:
+        """Set C{figures} on C{counters}, those of traffic on its C{traffic}."""
+        for name, value in figures.items():
+            setattr(counters.traffic if name in ("rx", "tx", "rx_second", "tx_second") else counters, name, value)
+
+    def test_serviceStatisticsAreSummedButSessions(self) -> None:
+        server = self.v1.balancer.server("web")
+        Relay(server).client.makeConnection(FakeTransport("198.51.100.7"))
+        self.set_counters(server.counters, active_connections=1, total_connections=5, over_limit=2, no_backend=3,
+                          denied=4, rx=100, tx=10, rx_second=7, tx_second=1)
+        _, body = self.v1.json(self, "GET", "/v1/services/web")
+        self.assertEqual(body["data"]["attributes"]["statistics"],
+                         {"connections": 3, "total_connections": 15, "rx": 300, "tx": 30, "rx_second": 21,
+                          "tx_second": 3, "over_limit": 6, "no_backend": 9, "denied": 12, "sessions": 1})
+
+    def test_serverStatisticsAreSummedOverServicesAndWorkers(self) -> None:
+        self.v1.json(self, "POST", "/v1/servers", NEW_SERVER)
+        self.v1.json(self, "PATCH", "/v1/services/web/relationships/servers", LINK_MINE)
+        self.v1.json(self, "PATCH", "/v1/services/db/relationships/servers",
+                     {"data": [{"id": "mine", "type": "servers"}, {"id": "127.0.0.1:5432", "type": "servers"}]})
+        for service, base in (("web", 1), ("db", 10)):
+            backend = self.v1.balancer.server(service).pool.get("127.0.0.1:9100")
+            assert backend is not None
+            self.set_counters(backend.counters, active_connections=base, total_connections=2 * base,
+                              refused_connections=3 * base, rx=4 * base, tx=5 * base, rx_second=6 * base,
+                              tx_second=7 * base)
+        _, body = self.v1.json(self, "GET", "/v1/servers/mine")
+        self.assertEqual(body["data"]["attributes"]["statistics"],
+                         {"connections": 33, "total_connections": 66, "refused": 99, "rx": 132, "tx": 165,
+                          "rx_second": 198, "tx_second": 231})
+        _, body = self.v1.json(self, "GET", "/v1/servers/127.0.0.1:9002")
+        self.assertEqual(body["data"]["attributes"]["statistics"]["total_connections"], 0)
 
 
 class OneControlTests(SynchronousTestCase):

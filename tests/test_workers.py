@@ -1,9 +1,10 @@
 """
 One process per core (C{[defaults] workers}): shared listeners
 (L{balancer.reuseport}), statistics summed over processes
-(L{balancer.control.sum_stats}), the worker process (L{balancer.worker}) and
-its supervisor in worker 0 (L{balancer.workers}); then all of it in a real
-C{twistd -n balancer} with two workers.
+(L{balancer.control.sum_stats}, for the root API, /v1 and /metrics), the
+worker process (L{balancer.worker}) and its supervisor in worker 0
+(L{balancer.workers}); then all of it in a real C{twistd -n balancer} with
+two workers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import os
 import re
 import signal
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import treq
+from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -29,14 +31,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from balancer.backends import DRAIN, MAINTENANCE
 from balancer.config.load import parse_config
 from balancer.control import Controller, sum_stats
+from balancer.metrics import metrics_registry
 from balancer.server import BindError, ServerService
 from balancer.service import BalancerService
-from balancer.stats import RateClock
+from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
 from tests.clients import exchange, listen
 from tests.processes import ROOT, source_env, twistd_path
 from tests.test_admin_integration import Balancer, Double
+from tests.test_metrics import samples
 
 SERVERS = """
 [servers.one]
@@ -69,8 +73,8 @@ def backend(host: str, port: int, live: bool = True, **stats: int) -> dict[str, 
 
 
 def document(backends: list[dict[str, Any]], **stats: int) -> dict[str, Any]:
-    """A server's statistics document."""
-    figures = dict.fromkeys(("active_connections", "rx_total", "tx_total", "rx_second", "tx_second"), 0)
+    """A server's statistics document as a worker reports it (L{server_report})."""
+    figures = dict.fromkeys(("active_connections", "rx_total", "tx_total", "rx_second", "tx_second", *SERVER_COUNTERS), 0)
     figures.update(stats)
     return {**figures, "backends": backends}
 
@@ -223,6 +227,8 @@ class WorkerTests(SynchronousTestCase):
         ready, first = self.sent()
         self.assertEqual(ready, {"ready": True})
         self.assertEqual(sorted(first["stats"]), ["one", "two"])
+        assert self.worker.balancer is not None
+        self.assertEqual(first["stats"]["two"], server_report(self.worker.balancer.server("two")))
         self.assertEqual([b["host"] + ":" + b["port"] for b in first["stats"]["one"]["backends"]],
                          ["127.0.0.1:9001", "127.0.0.1:9002"])
         self.memory.advance(1)
@@ -360,6 +366,22 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual((stats["rx_total"], stats["backends"][0]["stats"]["total_connections"]), (80, 4))
         self.assertEqual(self.control.stats("two")["rx_total"], 0)
 
+    def test_reportsAddUpInStatisticsAndMetrics(self) -> None:
+        """Every server counter a worker reports, beyond gobetween's, reaches /v1 and /metrics summed."""
+        self.balancer.server("one").counters.denied = 1
+        reports = [document([backend("127.0.0.1", 9001, refused_connections=r)], denied=d, tls_failures=t)
+                   for r, d, t in ((2, 10, 3), (5, 20, 4))]
+        for (protocol, _, _, _), report in zip(self.memory.spawned, reports):
+            protocol.outReceived(json.dumps({"stats": {"one": report}}).encode() + b"\n")
+        statistics = self.control.statistics("one")
+        self.assertEqual((statistics["denied"], statistics["tls_failures"]), (31, 7))
+        self.assertEqual(statistics["backends"][0]["stats"]["refused_connections"], 7)
+        self.assertNotIn("denied", self.control.stats("one"))
+        scraped = generate_latest(metrics_registry(self.control)).decode().splitlines()
+        self.assertIn('balancer_server_denied_total{server="one"} 31.0', scraped)
+        self.assertIn('balancer_backend_refused_connections_total{host="127.0.0.1",port="9001",server="one"} 7.0',
+                      scraped)
+
     def test_endedWorkerRestartsWithBackoff(self) -> None:
         """
         After 1 s, doubled after each quick failure, and 1 s again after a
@@ -435,6 +457,9 @@ shutdown_grace = "1s"
 [api]
 enabled = true
 bind = "127.0.0.1:0"
+[metrics]
+enabled = true
+bind = "127.0.0.1:0"
 [servers.web]
 bind = "127.0.0.1:0"
 [servers.web.discovery]
@@ -448,13 +473,18 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
 
     @inlineCallbacks
     def start(self) -> Any:
-        """Start twistd; fires with (process, API port, web port) once worker 1 serves."""
+        """
+        Start twistd; fires with (process, API port, web port) once worker 1
+        serves, the metrics port in C{self.metrics}.
+        """
         process = Balancer()
         reactor.spawnProcess(process, twistd_path(),
                              [twistd_path(), "-n", "--pidfile=", "balancer", "--config", self.config],
                              env=source_env(), path=ROOT)
         self.addCleanup(process.stop)
         api = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
+        metrics = yield process.wait_for(rb"metrics: listening on 127\.0\.0\.1:(\d+)")
+        self.metrics = int(metrics.group(1))
         web = yield process.wait_for(rb"\] web: listening on 127\.0\.0\.1:(\d+)")
         worker = yield process.wait_for(rb"worker 1 \(pid (\d+)\) serving")
         self._pids[:] = [process.transport.pid, int(worker.group(1))]
@@ -466,6 +496,26 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         response = yield treq.request(method, f"http://127.0.0.1:{api}{path}", json=body, persistent=False)
         content = yield response.json()
         return response.code, content
+
+    @inlineCallbacks
+    def scrape(self) -> Any:
+        """Fires with the samples of one C{/metrics} scrape, by name with labels."""
+        response = yield treq.get(f"http://127.0.0.1:{self.metrics}/metrics", persistent=False)
+        text = yield response.text()
+        return samples(text)
+
+    @inlineCallbacks
+    def settled(self, fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
+        """
+        Fires with what C{fetch()} fires with once C{done} holds for it, or
+        after 10 s (workers report once a second).
+        """
+        deadline = reactor.seconds() + 10
+        while True:
+            value = yield fetch()
+            if done(value) or reactor.seconds() > deadline:
+                return value
+            yield deferLater(reactor, 0.1, lambda: None)
 
     @inlineCallbacks
     def served_by_both(self, port: int) -> Any:
@@ -484,22 +534,26 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         return count
 
     @inlineCallbacks
-    def test_bothProcessesServeAndTheApiSumsTheirBytes(self) -> Any:
+    def test_bothProcessesServeAndTheApiAndMetricsSumThem(self) -> Any:
         process, api, web = yield self.start()
         worker = yield process.wait_for(rb"\[worker 1\] web: listening on 127\.0\.0\.1:(\d+)")
         self.assertEqual(int(worker.group(1)), web)
         count = yield self.served_by_both(web)
-        deadline = reactor.seconds() + 10
-        while True:
-            code, stats = yield self.call(api, "GET", "/servers/web/stats")
-            self.assertEqual(code, 200)
-            if (stats["tx_total"], stats["rx_total"]) == (100 * count, 200 * count) or reactor.seconds() > deadline:
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
+        code, stats = yield self.settled(
+            lambda: self.call(api, "GET", "/servers/web/stats"),
+            lambda answer: (answer[1]["tx_total"], answer[1]["rx_total"]) == (100 * count, 200 * count),
+        )
+        self.assertEqual(code, 200)
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]),
                          (100 * count, 200 * count, 0))
         [entry] = stats["backends"]
         self.assertEqual((entry["stats"]["total_connections"], entry["stats"]["tx"]), (count, 100 * count))
+        server = 'balancer_server_connections_total{server="web"}'
+        found = yield self.settled(self.scrape, lambda found: found.get(server) == count)
+        labels = f'{{host="127.0.0.1",port="{self.backend.getHost().port}",server="web"}}'
+        figures = (server, 'balancer_server_tx_bytes_total{server="web"}',
+                   f"balancer_backend_connections_total{labels}", f"balancer_backend_rx_bytes_total{labels}")
+        self.assertEqual([found[name] for name in figures], [count, 100 * count, count, 200 * count])
 
     @inlineCallbacks
     def test_serverPostedThroughTheApiIsServedByTheWorkerToo(self) -> Any:

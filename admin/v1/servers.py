@@ -4,7 +4,8 @@ found by a service's discovery (static lists included); one by its given name
 for each backend created through the API, which serves once it is linked to
 services with static discovery.  C{PUT .../set?state=} and C{.../clear}
 change the admin state: C{maintenance} takes no new connections, C{drain}
-keeps its live relays and takes no new ones.
+keeps its live relays and takes no new ones.  The statistics are summed over
+the worker processes; C{state} follows worker 0's health checks and discovery.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ STATES = (MAINTENANCE, DRAIN)
 
 _STATE_NAMES = {MAINTENANCE: "Maintenance", DRAIN: "Draining"}
 
+#: A server's statistics, each from the figure of a backend's C{stats} it adds up.
+FIGURES = {
+    "connections": "active_connections",
+    "total_connections": "total_connections",
+    "refused": "refused_connections",
+    "rx": "rx",
+    "tx": "tx",
+    "rx_second": "rx_second",
+    "tx_second": "tx_second",
+}
+
 
 def server_ids(control: IControl, service: str) -> list[str]:
     """The ids of the servers service C{service} uses, in its pool's order."""
@@ -36,6 +48,27 @@ def id_of(control: IControl, service: str, backend: Backend) -> str | None:
         if any(s == service and b is backend for s, b in entries):
             return id
     return None
+
+
+def statistics(control: IControl, entries: list[tuple[str, Backend]]) -> dict[str, int]:
+    """
+    A server's statistics: its figures in the pool of each service that uses
+    it (C{entries}, from L{IControl.backend_index}), added up, each summed
+    over the worker processes (L{IControl.statistics}).
+    """
+    by_service = {service: control.statistics(service) for service in dict.fromkeys(s for s, _ in entries)}
+    totals = dict.fromkeys(FIGURES, 0)
+    for service, backend in entries:
+        stats = backend_stats(by_service[service], backend)
+        for name, key in FIGURES.items():
+            totals[name] += stats[key]
+    return totals
+
+
+def backend_stats(document: dict[str, Any], backend: Backend) -> dict[str, Any]:
+    """The C{stats} of C{backend} in its server's statistics document (matched by host and port)."""
+    address = (backend.host, str(backend.port))
+    return next(b["stats"] for b in document["backends"] if (b["host"], b["port"]) == address)
 
 
 def parse_state(args: dict[bytes, list[bytes]], required: bool) -> str | None:
@@ -85,22 +118,12 @@ class Servers(Kind):
         else:
             state = "Running" if any(b.live and b.discovered for _, b in entries) else "Down"
         services = list(dict.fromkeys(s for s, _ in entries))
-        counters = [b.counters for _, b in entries]
-        statistics = {
-            "connections": sum(c.active_connections for c in counters),
-            "total_connections": sum(c.total_connections for c in counters),
-            "refused": sum(c.refused_connections for c in counters),
-            "rx": sum(c.traffic.rx for c in counters),
-            "tx": sum(c.traffic.tx for c in counters),
-            "rx_second": sum(c.traffic.rx_second for c in counters),
-            "tx_second": sum(c.traffic.tx_second for c in counters),
-        }
         attributes = {
             "state": state,
             "admin_state": admin,
             "origin": "api" if created is not None else "discovery",
             "parameters": parameters,
-            "statistics": statistics,
+            "statistics": statistics(self.control, entries),
         }
         relationships = {"services": ("services", services), "monitors": ("monitors", services)}
         return documents.resource(self.type, id, attributes, relationships)

@@ -1,7 +1,9 @@
 """
 C{/v1/services}: the configured servers (C{[servers.<name>]}), each with its
 definition as C{parameters} in the configuration's key names, its state and
-statistics, and its servers, filter, monitor and listener.
+statistics, and its servers, filter, monitor and listener.  The statistics
+are summed over the worker processes, but for C{sessions}: worker 0's live
+relays, those C{/v1/sessions} lists.
 """
 
 from __future__ import annotations
@@ -14,6 +16,28 @@ from admin.v1.kind import Kind
 from admin.v1.servers import server_ids
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
+
+
+#: A service's statistics, each from the figure of the server's statistics document it is.
+FIGURES = {
+    "connections": "active_connections",
+    "total_connections": "total_connections",
+    "rx": "rx_total",
+    "tx": "tx_total",
+    "rx_second": "rx_second",
+    "tx_second": "tx_second",
+    "over_limit": "over_limit",
+    "no_backend": "no_backend",
+    "denied": "denied",
+}
+
+
+def statistics(document: dict[str, Any]) -> dict[str, int]:
+    """
+    A service's statistics from its server's statistics document
+    (L{balancer.control.IControl.statistics}, summed over the worker processes).
+    """
+    return {name: document[key] for name, key in FIGURES.items()}
 
 
 class Services(Kind):
@@ -31,25 +55,13 @@ class Services(Kind):
         if id not in self.control.server_names():
             raise self.missing(id)
         server = self.control.server(id)
-        counters = server.counters
         attributes = {
             "router": server.config.balance,
             "protocol": server.config.protocol,
             "state": "Started" if server.running else "Stopped",
             "listening_on": server.address,
             "parameters": self.control.server_definition(id),
-            "statistics": {
-                "connections": counters.active_connections,
-                "total_connections": counters.total_connections,
-                "rx": counters.traffic.rx,
-                "tx": counters.traffic.tx,
-                "rx_second": counters.traffic.rx_second,
-                "tx_second": counters.traffic.tx_second,
-                "over_limit": counters.over_limit,
-                "no_backend": counters.no_backend,
-                "denied": counters.denied,
-                "sessions": len(server.relays),
-            },
+            "statistics": {**statistics(self.control.statistics(id)), "sessions": len(server.relays)},
         }
         relationships = {
             "servers": ("servers", server_ids(self.control, id)),
