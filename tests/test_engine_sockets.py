@@ -8,6 +8,7 @@ and leaves it watching nothing.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 from typing import Any
@@ -114,12 +115,14 @@ class Client(Protocol):
 
 class Exhausted:
     """
-    A listening socket whose first C{accept} fails as a process out of file
-    descriptors does; later ones accept from the real socket.
+    A listening socket whose first C{accept} fails with C{error} (by default
+    as a process out of file descriptors does); later ones accept from the
+    real socket.
     """
 
-    def __init__(self, real: socket.socket) -> None:
+    def __init__(self, real: socket.socket, error: int = errno.EMFILE) -> None:
         self.real = real
+        self.error = error
         self.accepts: list[float] = []
 
     def fileno(self) -> int:
@@ -134,7 +137,7 @@ class Exhausted:
     def _accept(self) -> Any:
         self.accepts.append(reactor.seconds())
         if len(self.accepts) == 1:
-            raise OSError(errno.EMFILE, "Too many open files")
+            raise OSError(self.error, os.strerror(self.error))
         return self.real._accept()  # type: ignore[attr-defined]
 
 
@@ -337,6 +340,24 @@ class ListenerTests(_EngineTestCase):
         protocol = yield factory.built
         self.assertEqual(len(exhausted.accepts), 2)
         self.assertGreaterEqual(factory.built_at[0] - exhausted.accepts[0], sockets.ACCEPT_PAUSE)
+        self.assertEqual(self.engine.getReaders(), [listener])
+        protocol.transport.loseConnection()
+        yield client.closed
+
+    @inlineCallbacks
+    def test_errorOfOneClientSkipsToTheNext(self) -> Any:
+        """
+        An error accept(2) reports for one connection (here EPERM, as
+        netfilter may give) neither pauses nor stops the listener: the next
+        C{accept} takes the waiting client.
+        """
+        factory = Factory()
+        listener = self.listen(factory)
+        refused = listener._socket = Exhausted(listener._socket, errno.EPERM)
+        client = Client()
+        yield open_client(listener.getHost().port, client)
+        protocol = yield factory.built
+        self.assertEqual(len(refused.accepts), 3)  # EPERM, the client, then EAGAIN
         self.assertEqual(self.engine.getReaders(), [listener])
         protocol.transport.loseConnection()
         yield client.closed

@@ -6,7 +6,8 @@ is a L{SplicedTransport} from the start.
 
 Only what a relay needs is done per connection: one C{accept4}, one
 C{ioctl} to make the socket non-blocking and one C{setsockopt} for
-C{TCP_NODELAY} for a client; one C{socket} (created non-blocking), one
+C{TCP_NODELAY} for a client (and the C{getsockname} with which Python
+checks a descriptor it wraps); one C{socket} (created non-blocking), one
 C{setsockopt} and one C{connect} for a backend, whose result is read with
 one C{getsockopt} when the engine says the socket is writable.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import os
 import socket
 from functools import lru_cache
 from typing import Any
@@ -46,6 +48,20 @@ ACCEPTS_PER_EVENT = 64
 ACCEPT_PAUSE = 0.1
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Errors of one client, not of the listener: accept(2) says to go on with the next
+# (ECONNABORTED, network errors the new connection already had, EPERM from netfilter).
+_CLIENT_ERRORS = (
+    errno.ECONNABORTED,
+    errno.EPERM,
+    errno.EPROTO,
+    errno.ENOPROTOOPT,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ENONET,
+    errno.EOPNOTSUPP,
+)
 _STREAM = socket.SOCK_STREAM
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
@@ -114,7 +130,7 @@ class EngineListener:
             except BlockingIOError:
                 return
             except OSError as e:
-                if e.errno == errno.ECONNABORTED:
+                if e.errno in _CLIENT_ERRORS:
                     continue
                 if e.errno in _OUT_OF_RESOURCES:
                     self._pause(e)
@@ -218,7 +234,7 @@ class EngineConnector:
         sock = self._socket
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
-            self._fail(Failure(getConnectError((error, errno.errorcode.get(error, str(error))))))
+            self._fail(Failure(getConnectError((error, os.strerror(error)))))
             return
         engine = self._engine
         engine.removeWriter(self)
@@ -250,7 +266,7 @@ class EngineConnector:
         except OSError as e:  # out of file descriptors or memory, or a bad address
             error = e.errno or errno.EINVAL
         if error and error != errno.EINPROGRESS:
-            self._engine.callLater(0, self._fail, Failure(getConnectError((error, errno.errorcode.get(error, "")))))
+            self._engine.callLater(0, self._fail, Failure(getConnectError((error, os.strerror(error)))))
             return
         self._engine.addWriter(self)
 
