@@ -10,12 +10,11 @@ import re
 from typing import Any
 
 from OpenSSL.crypto import FILETYPE_PEM
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
@@ -25,9 +24,8 @@ from admin.cors import CorsResource
 from admin.request import BoundedChannel, BoundedRequest
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
+from balancer.listening import ListeningService
 from balancer.server import BindError
-
-log = Logger()
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -72,49 +70,29 @@ def tls_options(tls: ApiTlsConfig) -> CertificateOptions:
         raise BindError(f"api: cannot use [api.tls] cert_path/key_path: {e}") from e
 
 
-class ApiService(Service):
+class ApiService(ListeningService):
     """Listens on C{[api] bind} with the API's site; a bind failure is a L{BindError}."""
 
     name = "api"
+    label = "api"
 
     def __init__(self, site: Site, api: ApiConfig, reactor: Any) -> None:
+        super().__init__()
         self._site = site
         self._api = api
         self._reactor = reactor
-        self._port: Any = None
 
-    def privilegedStartService(self) -> None:
-        """Bind (raising L{BindError} on failure), so a bad address ends the start."""
-        self._listen()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        """Bind, if not bound already."""
-        self._listen()
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening."""
-        super().stopService()
-        port, self._port = self._port, None
-        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
-
-    def _listen(self) -> None:
-        if self._port is not None:
-            return
+    def bind(self) -> Any:
+        """Listen on C{[api] bind}, over TLS with C{[api.tls]}."""
         bind = self._api.bind
         try:
             if self._api.tls is not None:
-                self._port = self._reactor.listenSSL(
+                return self._reactor.listenSSL(
                     bind.port, self._site, tls_options(self._api.tls), interface=bind.listen_host
                 )
-            else:
-                self._port = self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
+            return self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
         except CannotListenError as e:
             raise BindError(f"api: cannot listen on {bind}: {e.socketError}") from e
-        host = self._port.getHost()
-        address = f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
-        log.info("api: listening on {address}", address=address)
 
 
 def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:

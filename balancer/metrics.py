@@ -14,18 +14,13 @@ from typing import Any, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.application.service import IService
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from balancer.config.addresses import join_host_port
 from balancer.config.schema import MetricsConfig
 from balancer.control import IControl
-
-log = Logger()
+from balancer.listening import ListeningService
 
 _SERVER_LABELS = ["server"]
 _BACKEND_LABELS = ["server", "host", "port"]
@@ -101,43 +96,21 @@ def metrics_registry(control: IControl) -> CollectorRegistry:
     return registry
 
 
-class MetricsService(Service):
-    """
-    Listens on C{[metrics] bind} with the metrics site once started (binding
-    in C{privilegedStartService}, as Twisted's C{TCPServer} does, so a bad
-    address ends the start) and logs C{metrics: listening on HOST:PORT} with
-    the real port.
-    """
+class MetricsService(ListeningService):
+    """Listens on C{[metrics] bind} with the metrics site."""
+
+    label = "metrics"
 
     def __init__(self, config: MetricsConfig, site: Site, reactor: Any) -> None:
+        super().__init__()
         self._config = config
         self._site = site
         self._reactor = reactor
-        self._port: IListeningPort | None = None
 
-    def privilegedStartService(self) -> None:
-        """Bind."""
-        self._listen()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        """Bind, if not bound already."""
-        self._listen()
-        super().startService()
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening."""
-        super().stopService()
-        port, self._port = self._port, None
-        return maybeDeferred(port.stopListening) if port is not None else succeed(None)
-
-    def _listen(self) -> None:
-        if self._port is not None:
-            return
+    def bind(self) -> Any:
+        """Listen on C{[metrics] bind}."""
         bind = self._config.bind
-        self._port = self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
-        host = self._port.getHost()
-        log.info("metrics: listening on {address}", address=join_host_port(host.host, host.port))
+        return self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
 
 
 def metrics_service(config: MetricsConfig, control: IControl, reactor: Any) -> IService:

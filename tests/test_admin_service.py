@@ -43,7 +43,7 @@ class ApiServiceTests(SynchronousTestCase):
             service.privilegedStartService()
             service.startService()
         self.assertEqual([(port, interface) for port, _, _, interface in memory.tcpServers], [(8080, "127.0.0.1")])
-        messages = [e["log_format"].format(**e) for e in events if e.get("log_namespace") == "admin.service"]
+        messages = [e["log_format"].format(**e) for e in events if e.get("log_namespace") == "balancer.listening"]
         self.assertEqual(messages, ["api: listening on 0.0.0.0:8080"])
 
     def test_emptyHostIsEveryInterface(self) -> None:

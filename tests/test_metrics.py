@@ -156,7 +156,7 @@ class MetricsServiceTests(SynchronousTestCase):
         config = parse_config(CONFIG + b'[metrics]\nenabled = true\nbind = "127.0.0.1:9284"\n', "x")
         build_service(config, memory).privilegedStartService()
         self.assertIn((9284, "127.0.0.1"), [(port, iface) for port, _, _, iface in memory.tcpServers])
-        self.assertIn("0.0.0.0:9284", [e.get("address") for e in events if e.get("log_format", "").startswith("metrics:")])
+        self.assertIn("0.0.0.0:9284", [e.get("address") for e in events if e.get("label") == "metrics"])
 
     def test_disabledDoesNotListen(self) -> None:
         from balancer.tap import build_service
