@@ -69,6 +69,9 @@ class Engine:
     The engine is a reader of the reactor only while it watches a socket.
 
     @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
+    @ivar ending: while a reader is called, whether its event also says that
+        the peer finished sending or the socket failed (then a short read is
+        not the end of what there is to read).
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -78,6 +81,7 @@ class Engine:
         """
         self.reactor = reactor
         self.deadlines = Deadlines(reactor)
+        self.ending = 0
         self._epoll = select.epoll()
         self._readers: dict[int, Any] = {}
         self._writers: dict[int, Any] = {}
@@ -208,9 +212,11 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _IN
                         else:
+                            self.ending = events & _ENDS
                             descriptor.doRead()
-                            if events & _ENDS and readers.get(fd) is descriptor:
+                            if self.ending and readers.get(fd) is descriptor:
                                 descriptor.doRead()
+                            self.ending = 0
                             if fd in gone:
                                 continue
                     if events & _WRITABLE:

@@ -281,9 +281,9 @@ class SplicedTransport:
     def doRead(self) -> None:
         """
         Splice what the socket has into the peer's (empty) pipe and on to
-        the peer's socket; again while a read fills the pipe and the peer
-        takes it all.  Each read is counted; the end of input is passed to
-        the protocol.
+        the peer's socket; again while a read fills the pipe (or the engine
+        says the input ends) and the peer takes it all.  Each read is
+        counted; the end of input is passed to the protocol.
         """
         peer = self._peer
         pool = self._pool
@@ -309,7 +309,7 @@ class SplicedTransport:
             if not peer._flush():
                 self._stop_reading()
                 return
-            if moved < pool.size:
+            if moved < pool.size and not self._engine.ending:
                 return
         self._stop_reading()
 
