@@ -186,7 +186,9 @@ class ServerService(Service):
             return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
         if self.on_engine:
             assert self.engine is not None
-            return sockets.listen(self.engine, bind.port, RelayFactory(self), bind.listen_host, reuse_port=self.reuse_port)
+            return sockets.listen(
+                self.engine, bind.port, RelayFactory(self), bind.listen_host, reuse_port=self.reuse_port
+            )
         factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
         if config.protocol == "tls":
             assert config.tls is not None

@@ -339,19 +339,20 @@ class Relay:
         backend.counters.total_connections += 1
         self._backend_traffic = backend.counters.traffic
         client, to_backend = self.client.transport, side.transport
-        for transport in (client, to_backend):
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                set_no_delay(True)
         config = self.server.config
         clock = self.server.clock
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
         if splice.can_splice(client) and splice.can_splice(to_backend):
+            # The engine's sockets have TCP_NODELAY from the start.
             if config.client_idle_timeout:
                 self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
             splice.splice(self.client, side, self.count_tx, self.count_rx)
             return
+        for transport in (client, to_backend):
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
         client.registerProducer(to_backend, True)
         to_backend.registerProducer(client, True)
         self._to_client = client.write
