@@ -485,6 +485,14 @@ class ChoiceTests(TestCase):
 
     timeout = 30
 
+    def started(self, config: Config) -> ServerService:
+        """Server "web" of a balancer started on the reactor with C{config} (stopped after the test)."""
+        service = BalancerService(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service.server("web")
+
     def test_onlyPlainTcpTransportsCanBeSpliced(self) -> None:
         self.assertFalse(splice.can_splice(FakeTransport()))
 
@@ -500,11 +508,7 @@ class ChoiceTests(TestCase):
                 )
             }
         )
-        service = BalancerService(config, reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        server = service.server("web")
+        server = self.started(config)
         self.assertTrue(server.on_engine)
         client = Watcher()
         yield open_client(server.port, client)
@@ -518,12 +522,7 @@ class ChoiceTests(TestCase):
 
     def test_tlsToBackendsTakesTheNormalPath(self) -> None:
         """A server with [backends_tls] has its relays on Twisted's transports, not on the engine."""
-        config = Config(servers={"web": server_config(("127.0.0.1:1",), backends_tls=BackendsTlsConfig())})
-        service = BalancerService(config, reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        server = service.server("web")
+        server = self.started(Config(servers={"web": server_config(("127.0.0.1:1",), backends_tls=BackendsTlsConfig())}))
         self.assertIsNotNone(server.engine)
         self.assertFalse(server.on_engine)
         self.assertNotIsInstance(server._port, EngineListener)
