@@ -4,10 +4,10 @@ plain TCP clients are accepted, and connections to backends are made,
 without Twisted's ports, connectors and transports; each connected socket
 is a L{SplicedTransport} from the start.
 
-Only what a relay needs is done per connection: one C{accept4}, one
-C{ioctl} to make the socket non-blocking and one C{setsockopt} for
-C{TCP_NODELAY} for a client (and the C{getsockname} with which Python
-checks a descriptor it wraps); one C{socket} (created non-blocking), one
+Only what a relay needs is done per connection: one C{accept4} and one
+C{ioctl} to make the socket non-blocking for a client (and the
+C{getsockname} with which Python checks a descriptor it wraps; Linux gives
+accepted sockets the listener's C{TCP_NODELAY}); one C{socket} (created non-blocking), one
 C{setsockopt} and one C{connect} for a backend, whose result is read with
 one C{getsockopt} when the engine says the socket is writable.
 
@@ -147,7 +147,6 @@ class EngineListener:
         sock = _socket.socket(self._family, _STREAM, 0, fd)
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = _address(self._family, addr)
             protocol = self._factory.buildProtocol(address)
         except Exception:
@@ -187,7 +186,10 @@ def listen(engine: Any, port: int, factory: Any, interface: str, *, reuse_port: 
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    return EngineListener(engine, bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port), factory)
+    sock = bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port)
+    # Accepted sockets inherit it: no system call per client.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return EngineListener(engine, sock, factory)
 
 
 class EngineConnector:
