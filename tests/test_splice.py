@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -37,6 +37,7 @@ from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.clients import exchange, listen
+from tests.processes import free_port
 from tests.test_relay import FakeTransport, server_config
 from tests.test_relay_integration import (
     CHUNK,
@@ -478,6 +479,43 @@ class SplicePathTests(_Scenarios, TestCase):
         self.assertEqual(ends & set(server.engine.getWriters()), set())
         self.assertEqual(ends & set(server.engine.getReaders()), ends)
         self.assertEqual(len(server.relays), 1)
+
+
+class EngineChurnTests(TestCase):
+    """Many short relays at once on the engine, as a load balancer sees them."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_churnThroughALiveAndADeadBackendLeavesNothingBehind(self) -> Any:
+        """
+        200 clients at once, round robin over a live backend and one that
+        refuses: every client gets its own bytes back, each refusal is
+        counted and retried on the live backend, the byte counts add up, and
+        afterwards the engine watches only the listener and no pipe is lent.
+        """
+        backend = yield listen(Echo)
+        self.addCleanup(backend.stopListening)
+        live, dead = backend.getHost().port, free_port()
+        server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
+        lent = splice.PIPES.lent
+        payloads = [b"".join(pattern(i) for i in range(1 + i % 3))[: 1000 + i] for i in range(200)]
+        answers = yield gatherResults([exchange(server.port, payload) for payload in payloads])
+        self.assertEqual(answers, payloads)
+        yield until(lambda: not server.relays)
+        stats = server.stats()
+        backends = {int(b["port"]): b["stats"] for b in stats["backends"]}
+        self.assertEqual(
+            (backends[live]["total_connections"], backends[dead]["total_connections"]), (200, 0)
+        )
+        self.assertGreaterEqual(backends[dead]["refused_connections"], 99)
+        self.assertEqual([b["active_connections"] for b in backends.values()], [0, 0])
+        size = sum(map(len, payloads))
+        self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]), (size, size, 0))
+        self.assertEqual(splice.PIPES.lent, lent)
+        (listener,) = server.engine.getReaders()
+        self.assertIsInstance(listener, EngineListener)
+        self.assertEqual((server.engine.getWriters(), server.engine.watched), ([], 1))
 
 
 class ChoiceTests(TestCase):
