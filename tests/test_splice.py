@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -494,7 +494,10 @@ class EngineChurnTests(TestCase):
         counted and retried on the live backend, the byte counts add up, and
         afterwards the engine watches only the listener and no pipe is lent.
         """
-        backend = yield listen(Echo)
+        # A backlog for all 200 at once: with Twisted's default of 50, a burst overflows the
+        # backend's queue under load and the kernel resets some of the connections it queued.
+        factory = Factory.forProtocol(Echo)
+        backend = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
         live, dead = backend.getHost().port, free_port()
         server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
