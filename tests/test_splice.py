@@ -1,5 +1,7 @@
 """
-The relay's fast path (L{balancer.proxy.splice}) against its normal path.
+The relay's fast path (the relay engine, L{balancer.proxy.engine}, with its
+sockets spliced, L{balancer.proxy.splice}) against its normal path (Twisted's
+transports, bytes through Python).
 
 The same scenarios run on real sockets (127.0.0.1, port 0) through a server
 that takes each path (L{NormalPathTests}, L{SplicePathTests}), and expect
