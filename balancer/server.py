@@ -296,7 +296,7 @@ class ServerService(Service):
         there (C{[backends_tls]} added or removed).
         """
         return needs_new_listener(self.config, config) or (
-            self.engine is not None and runs_on_engine(self.config) != runs_on_engine(config)
+            self.engine is not None and self.on_engine != runs_on_engine(config)
         )
 
     def unbind(self) -> Deferred[None]:

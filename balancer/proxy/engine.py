@@ -101,10 +101,6 @@ class Engine:
         """The reactor's C{callLater}."""
         return self.reactor.callLater(delay, f, *args, **kwargs)
 
-    def seconds(self) -> float:
-        """The reactor's time."""
-        return self.reactor.seconds()  # type: ignore[no-any-return]
-
     def addReader(self, reader: Any) -> None:
         """Call C{reader.doRead} when its socket has bytes, an end or an error."""
         fd = reader.fileno()

@@ -34,7 +34,7 @@ from twisted.internet.error import TimeoutError, UserError, getConnectError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancer.proxy.splice import SplicedTransport
+from balancer.proxy.splice import SplicedTransport, tcp_address
 from balancer.reuseport import bound_socket
 
 log = Logger()
@@ -72,12 +72,6 @@ def _is_ip_address(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
 
 
-def _address(family: int, addr: tuple[Any, ...]) -> IPv4Address | IPv6Address:
-    if family == socket.AF_INET6:
-        return IPv6Address("TCP", *addr)
-    return IPv4Address("TCP", addr[0], addr[1])
-
-
 class EngineListener:
     """
     A listening TCP socket on the engine: each client accepted becomes a
@@ -101,7 +95,7 @@ class EngineListener:
 
     def getHost(self) -> IPv4Address | IPv6Address:
         """The address listened on."""
-        return _address(self._family, self._socket.getsockname())
+        return tcp_address(self._family, self._socket.getsockname())
 
     def stopListening(self) -> None:
         """Close the socket: clients not accepted yet are refused."""
@@ -147,7 +141,7 @@ class EngineListener:
         sock = _socket.socket(self._family, _STREAM, 0, fd)
         try:
             sock.setblocking(False)
-            address = _address(self._family, addr)
+            address = tcp_address(self._family, addr)
             protocol = self._factory.buildProtocol(address)
         except Exception:
             log.failure("could not set up an accepted client")

@@ -131,6 +131,13 @@ class PipePool:
 PIPES = PipePool()
 
 
+def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
+    """Twisted's address of a TCP socket of C{family}, from what C{getsockname}/C{accept} give."""
+    if family == socket.AF_INET6:
+        return IPv6Address("TCP", *address)
+    return IPv4Address("TCP", address[0], address[1])
+
+
 @implementer(IReadWriteDescriptor, ISystemHandle)
 class SplicedTransport:
     """
@@ -198,19 +205,14 @@ class SplicedTransport:
     def getPeer(self) -> IAddress:
         """The remote address."""
         if self._address is None:
-            self._address = self._tcp_address(self._socket.getpeername())
+            self._address = tcp_address(self._socket.family, self._socket.getpeername())
         return self._address
 
     def getHost(self) -> IAddress:
         """The local address."""
         if self._host is None:
-            self._host = self._tcp_address(self._socket.getsockname())
+            self._host = tcp_address(self._socket.family, self._socket.getsockname())
         return self._host
-
-    def _tcp_address(self, address: tuple[Any, ...]) -> IAddress:
-        if self._socket.family == socket.AF_INET6:
-            return IPv6Address("TCP", *address)
-        return IPv4Address("TCP", *address)
 
     def getHandle(self) -> Any:
         """The socket."""
