@@ -312,37 +312,36 @@ class EngineTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(writer.writes, 2)
 
-    def test_endAfterAShortReadIsDelivered(self) -> None:
+    def test_readAgainCallsTheReaderInALaterTurn(self) -> None:
         """
-        Bytes and the end of input in one event: a reader that reads once
-        (a short read) is called again, and finds the end.
+        A reader that stopped before its socket said C{EAGAIN} asks to be
+        read again, with no new edge: it is called after the other events
+        of the batch, and from then on in later turns of the reactor (the
+        memory reactor runs them in one C{advance}), until it reads the end.
         """
         a, b = self.pair()
-        reader = Descriptor(a, size=4096)
+        reader = Descriptor(a, size=4)
+        reader.then = lambda: None if reader.eof else self.engine.read_again(reader)
         self.engine.addReader(reader)
         b.send(b"last words")
         b.shutdown(socket.SHUT_WR)
         self.engine.doRead()
-        self.assertEqual((reader.reads, reader.data, reader.eof), (2, b"last words", True))
+        self.assertEqual((reader.reads, reader.data), (2, b"last wor"))
+        self.reactor.advance(0)
+        self.assertEqual((reader.reads, reader.data, reader.eof), (4, b"last words", True))
+        self.reactor.advance(0)
+        self.assertEqual(reader.reads, 4)
 
-    def test_endNotDeliveredToAReaderThatStopped(self) -> None:
-        """The second call is only for a reader still reading after its first."""
+    def test_readAgainForAReaderThatStoppedDoesNothing(self) -> None:
+        """A reader removed before its turn comes is not called for it."""
         a, b = self.pair()
-        reader = Descriptor(a, size=4096)
-        reader.then = lambda: self.engine.removeReader(reader)
+        reader = Descriptor(a, size=4)
         self.engine.addReader(reader)
-        b.send(b"last words")
-        b.shutdown(socket.SHUT_WR)
+        b.send(b"some words")
         self.engine.doRead()
-        self.assertEqual((reader.reads, reader.eof), (1, False))
-
-    def test_plainArrivalCallsTheReaderOnce(self) -> None:
-        """Without an end in the event, a short read is not followed by a second call."""
-        a, b = self.pair()
-        reader = Descriptor(a, size=4096)
-        self.engine.addReader(reader)
-        b.send(b"some")
-        self.engine.doRead()
+        self.engine.read_again(reader)
+        self.engine.removeReader(reader)
+        self.reactor.advance(0)
         self.assertEqual(reader.reads, 1)
 
     def test_socketForgottenDuringABatchMissesTheRestOfIt(self) -> None:

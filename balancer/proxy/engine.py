@@ -22,7 +22,11 @@ it came is remembered, and a descriptor added later for it is called at
 once (soon after, in the same turn of the reactor) instead of waiting for
 an edge that may never come.  A descriptor that stops reading may have left
 bytes unread, so that counts as a remembered event too; a call that finds
-nothing to read costs one system call.
+nothing to read costs one system call.  For the same reason a reader reads
+until the socket says it has nothing more (C{EAGAIN}) or its end: a short
+read is not proof of that, and the end of the input may have come with the
+same edge as the bytes before it.  A reader that stops before then, to let
+the others have their turn, asks to be called again with L{Engine.read_again}.
 
 Listening sockets are watched level-triggered: the engine accepts a bounded
 number of clients per event and the rest come with the next one.
@@ -69,9 +73,6 @@ class Engine:
     The engine is a reader of the reactor only while it watches a socket.
 
     @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
-    @ivar ending: while a reader is called, whether its event also says that
-        the peer finished sending or the socket failed (then a short read is
-        not the end of what there is to read).
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -81,7 +82,6 @@ class Engine:
         """
         self.reactor = reactor
         self.deadlines = Deadlines(reactor)
-        self.ending = 0
         self._epoll = select.epoll()
         self._readers: dict[int, Any] = {}
         self._writers: dict[int, Any] = {}
@@ -120,6 +120,16 @@ class Engine:
             self._watch(fd, _STREAM)
         elif unseen & _OUT:
             self._call_soon(writer, _OUT)
+
+    def read_again(self, reader: Any) -> None:
+        """
+        Call C{reader.doRead} again soon, after the descriptors waiting now:
+        it stopped reading a socket that may have more.
+        """
+        fd = reader.fileno()
+        if self._readers.get(fd) is reader and fd in self._unseen:
+            self._unseen[fd] |= _IN
+            self._call_soon(reader, _IN)
 
     def removeReader(self, reader: Any) -> None:
         """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
@@ -188,10 +198,6 @@ class Engine:
         """
         The epoll set has events: dispatch them, then call the descriptors
         added since for events they had missed.
-
-        A reader whose event says the peer finished sending or the socket
-        failed is called again if it is still reading after its first call:
-        a short read followed by the end of the input brings no new edge.
         """
         readers, writers, unseen, gone = self._readers, self._writers, self._unseen, self._gone
         gone.clear()
@@ -208,11 +214,7 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _IN
                         else:
-                            self.ending = events & _ENDS
                             descriptor.doRead()
-                            if self.ending and readers.get(fd) is descriptor:
-                                descriptor.doRead()
-                            self.ending = 0
                             if fd in gone:
                                 continue
                     if events & _WRITABLE:
@@ -269,19 +271,24 @@ class Engine:
             self._soon_call = self.reactor.callLater(0, self._run_soon_now)
 
     def _run_soon_now(self) -> None:
-        """L{_run_soon} outside of L{doRead}: descriptors were added from a timer or an API call."""
+        """L{_run_soon} outside of L{doRead}: descriptors were added from a timer or an API call, or read again."""
+        self._soon_call = None
         self._dispatching = True
         try:
             self._run_soon()
         finally:
             self._dispatching = False
-            self._soon_call = None
             self._gone.clear()
 
     def _run_soon(self) -> None:
-        """Call each descriptor queued by L{_call_soon} whose event is still unseen and wanted."""
+        """
+        Call each descriptor queued by L{_call_soon} whose event is still
+        unseen and wanted.  Those queued meanwhile (a reader that asked to
+        read again) are called in a later turn of the reactor, after the
+        others' events.
+        """
         soon, unseen = self._soon, self._unseen
-        while soon:
+        for _ in range(len(soon)):
             descriptor, event = soon.popleft()
             fd = descriptor.fileno()
             wanted = self._readers if event == _IN else self._writers
@@ -294,6 +301,8 @@ class Engine:
                         descriptor.doWrite()
                 except Exception:
                     self._failed(descriptor)
+        if soon and self._soon_call is None:
+            self._soon_call = self.reactor.callLater(0, self._run_soon_now)
 
 
 _engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()

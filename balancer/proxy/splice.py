@@ -20,7 +20,16 @@ the normal path with a buffer of one read: a socket is read only into an
 empty pipe, and a read that the other socket cannot take at once stops the
 reading until the pipe is drained.  Pipes come from a L{PipePool} when bytes
 arrive and go back to it as soon as they are empty, so an idle relay holds
-none.
+none.  When the process is out of descriptors for a pipe, a read copies the
+bytes through Python instead (C{recv} and C{send}, the buffer then being
+those bytes), with a warning at most once a minute.
+
+A socket is read until it has nothing more (C{EAGAIN}) or its end, however
+short a read is: with edge-triggered events a short read is no proof that
+nothing is left, and the end of the input may have come in the same edge as
+the last bytes, or while the reading was stopped by flow control.  After
+L{READS_PER_EVENT} full reads the socket waits its turn behind the others
+(L{Engine.read_again<balancer.proxy.engine.Engine.read_again>}).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any, Callable
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IReadWriteDescriptor, ISystemHandle
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,6 +65,15 @@ PIPE_SIZE = 1 << 20
 #: How many empty pipes a pool keeps for reuse; more are closed.
 POOL_KEEP = 32
 
+#: How many reads a socket gets per call before it lets the others have their turn.
+READS_PER_EVENT = 16
+
+#: How many bytes a read takes when no pipe can be had (the copying path).
+COPY_SIZE = 65536
+
+#: Seconds between two warnings that relays copy bytes for want of pipes.
+PIPE_WARNING_INTERVAL = 60.0
+
 # Errors of a non-blocking write that only mean "not now" (as Twisted's TCP transport treats them).
 _WOULD_BLOCK = (errno.EAGAIN, errno.ENOBUFS)
 # Why a connection ended, built once and shared as the reactor shares its
@@ -64,6 +83,10 @@ _LOST = Failure(ConnectionLost())
 _ABORTED = Failure(ConnectionAborted())
 # SO_LINGER on, for 0 s: close() resets the connection.
 _RESET = struct.pack("ii", 1, 0)
+# Errors of pipe2(2) that mean the process or the system is short of descriptors or memory.
+_NO_PIPE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+log = Logger()
 
 
 class PipePool:
@@ -76,14 +99,18 @@ class PipePool:
     @ivar created: how many pipes it has opened in all.
     @ivar lent: how many pipes are out (acquired, neither released nor
         discarded yet).
+    @ivar refused: how many times no pipe could be had (out of descriptors
+        or memory), so that a read copied its bytes instead.
     """
 
     def __init__(self, size: int = PIPE_SIZE, keep: int = POOL_KEEP) -> None:
         self.size = size
         self.created = 0
         self.lent = 0
+        self.refused = 0
         self._keep = keep
         self._free: list[tuple[int, int]] = []
+        self._warned_at: float | None = None
 
     @property
     def free(self) -> int:
@@ -91,11 +118,16 @@ class PipePool:
         return len(self._free)
 
     def acquire(self) -> tuple[int, int]:
-        """An empty pipe, C{(read end, write end)}: a kept one, or a new one."""
-        self.lent += 1
+        """
+        An empty pipe, C{(read end, write end)}: a kept one, or a new one.
+
+        @raise OSError: if no pipe can be made (out of descriptors or memory).
+        """
         if self._free:
+            self.lent += 1
             return self._free.pop()
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.lent += 1
         self.created += 1
         try:
             fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, self.size)
@@ -104,6 +136,28 @@ class PipePool:
             # what the kernel gives.
             self.size = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
         return read, write
+
+    def acquire_or_none(self, now: float) -> tuple[int, int] | None:
+        """
+        L{acquire}, or C{None} when the process or the system is out of
+        descriptors or memory for a pipe: logged as a warning at most once
+        every L{PIPE_WARNING_INTERVAL} seconds (C{now} is the time).
+        """
+        try:
+            return self.acquire()
+        except OSError as e:
+            if e.errno not in _NO_PIPE:
+                raise
+            self.refused += 1
+            if self._warned_at is None or now - self._warned_at >= PIPE_WARNING_INTERVAL:
+                self._warned_at = now
+                log.warn(
+                    "no pipe for a relay ({error}): relays copy their bytes until pipes can be had again "
+                    "({refused} reads so far)",
+                    error=e.strerror,
+                    refused=self.refused,
+                )
+            return None
 
     def release(self, pipe: tuple[int, int]) -> None:
         """Take back an empty pipe (closed if the pool is full)."""
@@ -166,6 +220,7 @@ class SplicedTransport:
         "_producer",
         "_pipe",
         "_buffered",
+        "_pending",
         "_reading",
         "_writing",
         "_read_open",
@@ -193,6 +248,7 @@ class SplicedTransport:
         self._producer: SplicedTransport | None = None
         self._pipe: tuple[int, int] | None = None
         self._buffered = 0
+        self._pending = b""
         self._reading = False
         self._writing = False
         self._read_open = True
@@ -231,7 +287,11 @@ class SplicedTransport:
             return
         pipe = self._pipe
         if pipe is None:
-            pipe = self._pipe = self._pool.acquire()
+            pipe = self._pipe = self._pool.acquire_or_none(self._engine.reactor.seconds())
+        if pipe is None:
+            self._pending += data
+            self._flush()
+            return
         written = os.write(pipe[1], data)
         self._buffered += written
         if written < len(data):
@@ -248,7 +308,7 @@ class SplicedTransport:
         if self._write_closing or self._closed:
             return
         self._write_closing = True
-        if not self._buffered:
+        if not (self._buffered or self._pending):
             self._shutdown_write()
 
     def loseConnection(self) -> None:
@@ -257,7 +317,7 @@ class SplicedTransport:
             return
         self._closing = True
         self._stop_reading()
-        if not self._buffered:
+        if not (self._buffered or self._pending):
             self._close(_DONE)
 
     def abortConnection(self) -> None:
@@ -283,16 +343,25 @@ class SplicedTransport:
     def doRead(self) -> None:
         """
         Splice what the socket has into the peer's (empty) pipe and on to
-        the peer's socket; again while a read fills the pipe (or the engine
-        says the input ends) and the peer takes it all.  Each read is
-        counted; the end of input is passed to the protocol.
+        the peer's socket, until the socket has nothing more, its input
+        ends, or the peer cannot take a read at once (then reading stops
+        until the peer's pipe is drained).  Each read is counted; the end of
+        input is passed to the protocol.  After L{READS_PER_EVENT} reads the
+        socket is read again later, after the other sockets' events.
         """
         peer = self._peer
         pool = self._pool
-        while not peer._closed:
+        for _ in range(READS_PER_EVENT):
+            if peer._closed:
+                self._stop_reading()
+                return
             pipe = peer._pipe
             if pipe is None:
-                pipe = peer._pipe = pool.acquire()
+                pipe = peer._pipe = pool.acquire_or_none(self._engine.reactor.seconds())
+                if pipe is None:
+                    if not self._copy_once(peer):
+                        return
+                    continue
             try:
                 moved = os.splice(self._fd, pipe[1], pool.size, flags=_FLAGS)
             except BlockingIOError:
@@ -311,9 +380,32 @@ class SplicedTransport:
             if not peer._flush():
                 self._stop_reading()
                 return
-            if moved < pool.size and not self._engine.ending:
-                return
-        self._stop_reading()
+        self._engine.read_again(self)
+
+    def _copy_once(self, peer: SplicedTransport) -> bool:
+        """
+        One read through Python, for want of a pipe: C{recv} what the socket
+        has and C{send} it on, keeping what the peer cannot take yet.
+
+        @return: whether to read again (else the socket has nothing more, its
+            input ended, it failed, or the peer must drain first).
+        """
+        try:
+            data = self._socket.recv(COPY_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._fail()
+            return False
+        if not data:
+            self._end_of_input()
+            return False
+        self._count(len(data))  # type: ignore[misc]
+        peer._pending = data
+        if not peer._flush():
+            self._stop_reading()
+            return False
+        return True
 
     def doWrite(self) -> None:
         """The socket takes bytes again: drain the pipe, then finish what waited for it."""
@@ -347,6 +439,18 @@ class SplicedTransport:
         if pipe is not None:
             self._pipe = None
             self._pool.release(pipe)
+        pending = self._pending
+        while pending:
+            try:
+                pending = pending[self._socket.send(pending) :]
+            except OSError as e:
+                self._pending = pending
+                if e.errno in _WOULD_BLOCK:
+                    self._start_writing()
+                else:
+                    self._fail()
+                return False
+        self._pending = b""
         return True
 
     def _drained(self) -> None:
@@ -417,6 +521,7 @@ class SplicedTransport:
             else:
                 self._pool.release(pipe)
             self._buffered = 0
+        self._pending = b""
 
     def _close(self, reason: Failure) -> None:
         """Close the socket and tell the protocol."""

@@ -24,8 +24,11 @@ all of them.
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
@@ -41,6 +44,27 @@ if TYPE_CHECKING:
 
 log = Logger()
 _relay_ids = itertools.count(1)
+# SO_LINGER on, for 0 s: closing the socket resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset_connection(transport: Any) -> None:
+    """
+    Reset C{transport}'s connection: its peer gets an RST, not an end of
+    stream, and what was not sent yet is dropped.  For a transport that
+    wraps another (TLS), the socket is the innermost transport's.
+    """
+    inner = transport
+    while inner is not None:
+        handle = inner.getHandle() if hasattr(inner, "getHandle") else None
+        if isinstance(handle, socket.SocketType):
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass  # already closed or reset
+            break
+        inner = getattr(inner, "transport", None)
+    transport.abortConnection()
 
 
 def finish_writing(transport: Any, *, half: bool) -> None:
@@ -118,9 +142,9 @@ class _Side(Protocol):
             self.finish(half=False)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        """Tell the relay this end is gone."""
+        """Tell the relay this end is gone, and whether in order or by a reset (or another error)."""
         self.lost = True
-        self.relay.side_lost(self)
+        self.relay.side_lost(self, reset=reason is not None and not reason.check(ConnectionDone))
 
 
 class ClientSide(_Side):
@@ -421,8 +445,12 @@ class Relay:
         if side.write_closed:
             side.finish(half=False)
 
-    def side_lost(self, side: _Side) -> None:
-        """One end closed: close the other after it has sent what it holds."""
+    def side_lost(self, side: _Side, reset: bool = False) -> None:
+        """
+        One end closed: close the other after it has sent what it holds, or,
+        if this end was C{reset}, reset the other at once, so that a
+        transfer cut short never looks complete to it.
+        """
         if side is self.client:
             self._abandon_attempt()
             self._stop_timers()
@@ -432,7 +460,10 @@ class Relay:
             self._release(self.backend)
             peer = self.client
         if peer is not None and not peer.lost:
-            peer.finish(half=False)
+            if reset:
+                reset_connection(peer.transport)
+            else:
+                peer.finish(half=False)
         elif self._registered:
             self._registered = False
             self.server.relay_ended(self)
