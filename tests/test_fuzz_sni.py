@@ -241,9 +241,9 @@ def extension(kind: int, data: bytes) -> bytes:
     return kind.to_bytes(2, "big") + vector(2, data)
 
 
-def handshake(body: bytes) -> bytes:
-    """A ClientHello handshake message around C{body}."""
-    return b"\x01" + vector(3, body)
+def handshake(body: bytes, kind: int = 1) -> bytes:
+    """A handshake message of type C{kind} (a ClientHello unless told) around C{body}."""
+    return bytes([kind]) + vector(3, body)
 
 
 def openssl_hello(
@@ -342,7 +342,114 @@ def make_sessions() -> None:
         session_contexts[version] = (context, session)
 
 
+# A reference reader, written apart from the one under test
+
+
+class NotAHello(Exception):
+    """The bytes are not (the start of) a ClientHello the balancer accepts."""
+
+
+def split_vector(data: bytes, size: int) -> tuple[bytes, bytes]:
+    """The vector with a C{size}-byte length at the start of C{data}, and the bytes after it."""
+    if len(data) < size or len(data) < size + int.from_bytes(data[:size], "big"):
+        raise NotAHello("a vector runs past its end")
+    end = size + int.from_bytes(data[:size], "big")
+    return data[size:end], data[end:]
+
+
+def host_names(extension_data: bytes) -> list[bytes]:
+    """The C{host_name} entries of a C{server_name} extension (RFC 6066 section 3)."""
+    entries, rest = split_vector(extension_data, 2)
+    if rest or not entries:
+        raise NotAHello("not one non-empty server name list")
+    found = []
+    while entries:
+        kind = entries[0]
+        name, entries = split_vector(entries[1:], 2)
+        if kind == 0:
+            found.append(name)
+    return found
+
+
+def reference_name(body: bytes) -> str | None:
+    """
+    The host name of a ClientHello body (RFC 8446 section 4.1.2), checked
+    as Go's crypto/tls does: one host name at most, not empty, no trailing
+    dot (and ASCII, as the balancer wants); C{None} when there is none.
+    """
+    if len(body) < 34:
+        raise NotAHello("no version and random")
+    rest = body[34:]
+    for size in (1, 2, 1):  # session id, cipher suites, compression methods
+        _, rest = split_vector(rest, size)
+    if not rest:
+        return None
+    block, rest = split_vector(rest, 2)
+    if rest:
+        raise NotAHello("bytes after the extensions")
+    seen: set[int] = set()
+    names: list[bytes] = []
+    while block:
+        if len(block) < 4:
+            raise NotAHello("an extension runs past the block")
+        kind = int.from_bytes(block[:2], "big")
+        data, block = split_vector(block[2:], 2)
+        if kind in seen:
+            raise NotAHello("an extension appears twice")
+        seen.add(kind)
+        if kind == 0:
+            names = host_names(data)
+            if len(names) > 1:
+                raise NotAHello("two host names")
+            if names and (not names[0] or not names[0].isascii() or names[0].endswith(b".")):
+                raise NotAHello("a bad host name")
+    return names[0].decode("ascii") if names else None
+
+
+def reference_outcome(data: bytes) -> tuple[bool, str | None]:
+    """
+    Whether a client that sends C{data} (and then nothing) is routed, and by
+    which name: routed when the first handshake records hold a whole
+    ClientHello of at most 16 KiB ending within the first
+    L{MAX_HELLO_BYTES} bytes (RFC 8446 section 5.1: records of type 22,
+    version 3.x, 1 to 2^14 bytes; a message may span records).
+    """
+    message = b""
+    at = 0
+    try:
+        while True:
+            header = data[at : at + _RECORD_HEADER]
+            if len(header) < _RECORD_HEADER:
+                raise NotAHello("no whole hello")
+            length = int.from_bytes(header[3:5], "big")
+            if header[0] != 22 or header[1] != 3 or not 0 < length <= _MAX_FRAGMENT:
+                raise NotAHello("not a handshake record")
+            fragment = data[at + _RECORD_HEADER : at + _RECORD_HEADER + length]
+            start = at + _RECORD_HEADER
+            message += fragment
+            at = start + length
+            if message[:1] not in (b"", b"\x01"):
+                raise NotAHello("not a ClientHello")
+            if len(message) < 4:
+                continue
+            size = 4 + int.from_bytes(message[1:4], "big")
+            if size > _MAX_FRAGMENT:
+                raise NotAHello("a hello over 16 KiB")
+            if len(message) >= size:
+                if start + len(fragment) - (len(message) - size) > MAX_HELLO_BYTES:
+                    raise NotAHello("a hello ending past the cap")
+                return True, reference_name(message[4:size])
+            if len(fragment) < length:
+                raise NotAHello("no whole hello")
+    except NotAHello:
+        return False, None
+
+
 # Strategies
+
+Hello = tuple[bytes, str | None]
+"""A first flight and the host name its ClientHello carries."""
+
 
 label = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?\Z")
 dns_names = st.builds(
@@ -355,12 +462,13 @@ dns_names = st.builds(
 ascii_names = st.text(st.characters(max_codepoint=127), min_size=1, max_size=300).filter(lambda n: not n.endswith("."))
 """Every name the reader accepts: any ASCII, not empty, not ending with a dot."""
 
-openssl_names = st.one_of(dns_names, st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=255))
+printable = st.characters(min_codepoint=33, max_codepoint=126)
+openssl_names = st.one_of(dns_names, st.text(printable, min_size=1, max_size=255))
 alpn_protocols = st.lists(st.binary(min_size=1, max_size=40), max_size=6)
 
 
 @st.composite
-def openssl_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
+def openssl_hellos(draw: Callable[..., Any]) -> Hello:
     """A pyOpenSSL client's ClientHello with random name, ALPN, version and extensions, and its name."""
     name = draw(st.none() | openssl_names.filter(lambda n: not n.endswith(".")))
     hello = openssl_hello(
@@ -376,22 +484,32 @@ def openssl_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
 
 
 @st.composite
-def stdlib_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
+def stdlib_hellos(draw: Callable[..., Any]) -> Hello:
     """A standard library client's ClientHello, sometimes resuming a session, and its name."""
     name = draw(st.none() | dns_names)
     version = draw(st.sampled_from([ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]))
     if draw(st.booleans()):
         make_sessions()
         return stdlib_hello(name, max_version=version, session=session_contexts[version][1]), name
-    alpn = draw(st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30), max_size=5))
+    alpn = draw(st.lists(st.text(printable, min_size=1, max_size=30), max_size=5))
     return stdlib_hello(name, alpn, version), name
 
+
+bad_names = st.one_of(
+    st.just(b""),
+    ascii_names.map(lambda n: n.encode("ascii") + b"."),
+    st.tuples(ascii_names, st.characters(min_codepoint=128)).map(lambda t: (t[0] + t[1]).encode()),
+    st.binary(max_size=40),
+)
+"""Names the reader must refuse: empty, ending with a dot, not ASCII, anything."""
+
+DEFECTS = ("", "type", "bad name", "two names", "twice", "trailing")
 
 grease = st.integers(0, 15).map(lambda n: (n << 12) | 0x0A0A | (n << 4))
 
 
 @st.composite
-def hand_built_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
+def hand_built_hellos(draw: Callable[..., Any], hostile: bool = False) -> Hello:
     """
     A ClientHello built field by field, in one record, and the host name it carries.
 
@@ -399,10 +517,16 @@ def hand_built_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
     (GREASE, unknown, C{padding} of up to 4 KiB, a C{session_ticket} of up to
     8 KiB); its name list may hold entries of other name types around the
     host name; some hellos have no extension block at all.
+
+    With C{hostile}, the hello may also have one of L{DEFECTS}, the ways a
+    reader must notice: another handshake type, a name that is empty, not
+    ASCII or ends with a dot, two host names, an extension twice, bytes
+    after the extensions (the name returned is then meaningless).
     """
-    name = draw(st.none() | ascii_names)
-    kinds = draw(st.lists(st.integers(1, 0xFFFF) | grease, unique=True, max_size=20).map(lambda ks: [k for k in ks if k not in (21, 35)]))
-    extensions = [extension(kind, draw(st.binary(max_size=64))) for kind in kinds]
+    defect = draw(st.sampled_from(DEFECTS)) if hostile else ""
+    name = draw(bad_names if defect == "bad name" else st.none() | ascii_names.map(lambda n: n.encode("ascii")))
+    kinds = draw(st.lists(st.integers(1, 0xFFFF) | grease, unique=True, max_size=20))
+    extensions = [extension(kind, draw(st.binary(max_size=64))) for kind in kinds if kind not in (21, 35)]
     if draw(st.booleans()):
         extensions.append(extension(21, bytes(draw(st.integers(0, 4096)))))
     if draw(st.booleans()):
@@ -410,18 +534,25 @@ def hand_built_hellos(draw: Callable[..., Any]) -> tuple[bytes, str | None]:
     if name is not None:
         others = draw(st.lists(st.tuples(st.integers(1, 255), st.binary(max_size=30)), max_size=3))
         entries = [bytes([kind]) + vector(2, value) for kind, value in others]
-        entries.insert(draw(st.integers(0, len(entries))), b"\x00" + vector(2, name.encode("ascii")))
+        for _ in range(2 if defect == "two names" else 1):
+            entries.insert(draw(st.integers(0, len(entries))), b"\x00" + vector(2, name))
         extensions.insert(draw(st.integers(0, len(extensions))), extension(0, vector(2, b"".join(entries))))
+    if defect == "twice" and extensions:
+        extensions.insert(draw(st.integers(0, len(extensions))), draw(st.sampled_from(extensions)))
     body = (
         draw(st.sampled_from([b"\x03\x01", b"\x03\x03"]))
         + draw(st.binary(min_size=32, max_size=32))
         + vector(1, draw(st.binary(max_size=32)))
-        + vector(2, b"".join(s.to_bytes(2, "big") for s in draw(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=64))))
+        + vector(2, draw(st.lists(st.binary(min_size=2, max_size=2), min_size=1, max_size=64).map(b"".join)))
         + vector(1, draw(st.sampled_from([b"\x00", b"\x01\x00"])))
     )
     if extensions or draw(st.booleans()):
         body += vector(2, b"".join(extensions))
-    return records(handshake(body), [_MAX_FRAGMENT]), name
+    if defect == "trailing":
+        body += draw(st.binary(min_size=1, max_size=2))
+    kind = draw(st.sampled_from([0, 2, 11, 255])) if defect == "type" else 1
+    flight = records(handshake(body, kind), [_MAX_FRAGMENT])
+    return flight, None if name is None else name.decode("ascii", "replace")
 
 
 any_hello = st.one_of(openssl_hellos(), stdlib_hellos(), hand_built_hellos())
@@ -429,33 +560,39 @@ any_hello = st.one_of(openssl_hellos(), stdlib_hellos(), hand_built_hellos())
 
 
 @st.composite
-def reframed(draw: Callable[..., Any], hellos: st.SearchStrategy[tuple[bytes, str | None]]) -> tuple[bytes, str | None]:
-    """A hello re-framed across records of random sizes (as many as fit in L{MAX_HELLO_BYTES}), and its name."""
+def reframed(draw: Callable[..., Any], hellos: st.SearchStrategy[Hello], fit: bool = True) -> Hello:
+    """
+    A hello re-framed across records of random sizes, often tiny, and its
+    name; with C{fit}, the records fit in L{MAX_HELLO_BYTES}.
+    """
     flight, name = draw(hellos)
     message = unframe(flight)
     most = (MAX_HELLO_BYTES - len(message)) // _RECORD_HEADER
-    smallest = max(1, -(-len(message) // most))
-    sizes = draw(st.lists(st.integers(smallest, _MAX_FRAGMENT), min_size=1, max_size=8))
+    smallest = -(-len(message) // most) if fit else 1
+    small = st.integers(smallest, max(smallest, 4))
+    sizes = draw(st.lists(small | st.integers(smallest, _MAX_FRAGMENT), min_size=1, max_size=8))
     framed = records(message, sizes, draw(st.sampled_from([1, 3])))
-    if len(framed) > MAX_HELLO_BYTES:  # the cycle of sizes started small: keep to the smallest that fits
-        framed = records(message, [max(smallest, min(sizes))], 1)
-        framed = framed if len(framed) <= MAX_HELLO_BYTES else records(message, [smallest])
-    assert len(framed) <= MAX_HELLO_BYTES
+    if fit and len(framed) > MAX_HELLO_BYTES:
+        framed = records(message, [smallest])
     return framed, name
 
 
-def cuts_for(data_strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, list[int]]]:
-    """Something drawn from C{data_strategy} (bytes first), with up to 40 offsets to split its bytes at."""
-    return data_strategy.flatmap(
-        lambda drawn: st.tuples(st.just(drawn), st.lists(st.integers(1, max(1, len(drawn[0] if isinstance(drawn, tuple) else drawn))), max_size=40))
-    )
+def split_up(things: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, list[int]]]:
+    """Bytes, or a hello, drawn from C{things}, with up to 40 offsets to split the bytes at."""
+
+    def with_cuts(drawn: Any) -> st.SearchStrategy[tuple[Any, list[int]]]:
+        data = drawn[0] if isinstance(drawn, tuple) else drawn
+        return st.tuples(st.just(drawn), st.lists(st.integers(1, max(1, len(data) - 1)), max_size=40))
+
+    return things.flatmap(with_cuts)
 
 
 @st.composite
 def mutated(draw: Callable[..., Any]) -> bytes:
     """A real or hand-built first flight with bytes overwritten, cut out, inserted or truncated."""
-    data = bytearray(draw(st.one_of(any_hello, reframed(hand_built_hellos())))[0])
-    for _ in range(draw(st.integers(1, 6))):
+    hellos = st.one_of(any_hello, reframed(hand_built_hellos()), reframed(hand_built_hellos(True)))
+    data = bytearray(draw(hellos)[0])
+    for _ in range(draw(st.integers(0, 4))):
         op = draw(st.sampled_from(["set", "cut", "insert", "truncate", "length"]))
         at = draw(st.integers(0, len(data)))
         if op == "set" and at < len(data):
@@ -480,7 +617,8 @@ tls_looking = st.builds(
 )
 """Bytes that start like a TLS record and go on at random."""
 
-arbitrary = st.one_of(st.binary(max_size=300), tls_looking, mutated())
+hostile_hellos = reframed(hand_built_hellos(True), fit=False).map(lambda h: h[0])
+arbitrary = st.one_of(st.binary(max_size=300), tls_looking, hostile_hellos, hostile_hellos, mutated())
 
 
 def every_split(data: bytes) -> Iterator[list[int]]:
@@ -503,18 +641,15 @@ class ArbitraryBytesTests(SynchronousTestCase):
         whole = self.harness.run(data)
         split = self.harness.run(data, cuts)
         self.assertEqual(split, whole, f"{len(chunked(data, cuts))} reads")
-        if whole.routed and whole.name is not None:
-            name = whole.name
-            self.assertTrue(name.isascii() and name and not name.endswith("."), name)
-            self.assertIn(name.encode("ascii"), data)
+        self.assertEqual((whole.routed, whole.name), reference_outcome(data), "the reference reader disagrees")
 
-    @FUZZ
-    @given(cuts_for(arbitrary))
+    @settings(FUZZ, max_examples=300)
+    @given(split_up(arbitrary))
     def test_anyBytesAnyChunking(self, case: tuple[bytes, list[int]]) -> None:
         self.check(*case)
 
     @settings(FUZZ, max_examples=300)
-    @given(cuts_for(mutated()))
+    @given(split_up(mutated()))
     def test_mutatedHellosAnyChunking(self, case: tuple[bytes, list[int]]) -> None:
         self.check(*case)
 
@@ -532,29 +667,29 @@ class RealHelloTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.harness = Harness(self)
 
-    def check(self, hello: tuple[bytes, str | None], cuts: Sequence[int], after: bytes = b"") -> None:
+    def check(self, hello: Hello, cuts: Sequence[int], after: bytes = b"") -> None:
         data, name = hello
         outcome = self.harness.run(data + after, cuts)
         self.assertEqual(outcome, Outcome(True, name, False, data + after))
 
     @settings(FUZZ, max_examples=60)
-    @given(cuts_for(openssl_hellos()))
-    def test_openssl(self, case: tuple[tuple[bytes, str | None], list[int]]) -> None:
+    @given(split_up(openssl_hellos()))
+    def test_openssl(self, case: tuple[Hello, list[int]]) -> None:
         self.check(*case)
 
     @settings(FUZZ, max_examples=60)
-    @given(cuts_for(stdlib_hellos()))
-    def test_stdlib(self, case: tuple[tuple[bytes, str | None], list[int]]) -> None:
+    @given(split_up(stdlib_hellos()))
+    def test_stdlib(self, case: tuple[Hello, list[int]]) -> None:
         self.check(*case)
 
     @FUZZ
-    @given(cuts_for(hand_built_hellos()), st.binary(max_size=64))
-    def test_handBuilt(self, case: tuple[tuple[bytes, str | None], list[int]], after: bytes) -> None:
+    @given(split_up(hand_built_hellos()), st.binary(max_size=64))
+    def test_handBuilt(self, case: tuple[Hello, list[int]], after: bytes) -> None:
         self.check(*case, after=after)
 
     @FUZZ
-    @given(cuts_for(reframed(any_hello)), st.binary(max_size=64))
-    def test_acrossRecords(self, case: tuple[tuple[bytes, str | None], list[int]], after: bytes) -> None:
+    @given(split_up(reframed(any_hello)), st.binary(max_size=64))
+    def test_acrossRecords(self, case: tuple[Hello, list[int]], after: bytes) -> None:
         self.check(*case, after=after)
 
     def test_realHellosSplitAtEveryPoint(self) -> None:
