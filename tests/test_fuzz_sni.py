@@ -26,6 +26,7 @@ run is repeatable and takes seconds; a failure prints the falsifying example.
 
 from __future__ import annotations
 
+import itertools
 import random
 import ssl
 import tempfile
@@ -132,6 +133,17 @@ def make_server(reactor: MemoryReactorClock) -> ServerService:
     return server
 
 
+def arrive() -> tuple[MemoryReactorClock, ServerService, SniClientSide, ClientTransport]:
+    """A client connects to a fresh server of L{make_server}."""
+    reactor = MemoryReactorClock()
+    server = make_server(reactor)
+    client = RelayFactory(server, SniClientSide).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+    assert isinstance(client, SniClientSide)
+    transport = ClientTransport()
+    client.makeConnection(transport)
+    return reactor, server, client, transport
+
+
 def chunked(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """C{data} split at the offsets in C{cuts} (any order, repeats and out-of-range ones ignored)."""
     points = sorted({c for c in cuts if 0 < c < len(data)})
@@ -162,11 +174,7 @@ class Harness:
 
     def _run(self, data: bytes, chunks: list[bytes]) -> Outcome:
         test = self.test
-        reactor = MemoryReactorClock()
-        server = make_server(reactor)
-        client = RelayFactory(server, SniClientSide).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
-        transport = ClientTransport()
-        client.makeConnection(transport)
+        reactor, server, client, transport = arrive()
         pending = list(chunks)
         # A TCP transport delivers nothing once it closes or is paused.
         while pending and transport.producerState == "producing" and not transport.disconnecting:
@@ -215,14 +223,13 @@ def records(message: bytes, sizes: Sequence[int], version: int = 1) -> bytes:
     """C{message} framed as handshake records; the fragment sizes cycle through C{sizes}."""
     framed = []
     at = 0
-    for i in range(len(message)):
+    for size in itertools.cycle(sizes):
         if at >= len(message):
-            break
-        size = sizes[i % len(sizes)]
+            return b"".join(framed)
         fragment = message[at : at + size]
-        framed.append(bytes([22, 3, version]) + len(fragment).to_bytes(2, "big") + fragment)
+        framed.append(bytes([22, 3, version]) + vector(2, fragment))
         at += size
-    return b"".join(framed)
+    raise AssertionError("unreachable: sizes is not empty")
 
 
 def unframe(hello: bytes) -> bytes:
@@ -754,11 +761,7 @@ class LimitTests(SynchronousTestCase):
         parse every record again on each read, about 15 s of CPU for the
         16 KiB it may send.
         """
-        reactor = MemoryReactorClock()
-        server = make_server(reactor)
-        client = RelayFactory(server, SniClientSide).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
-        transport = ClientTransport()
-        client.makeConnection(transport)
+        reactor, server, client, transport = arrive()
         message = handshake(bytes(16000))
         data = records(message, [1])[:MAX_HELLO_BYTES]
         started = time.process_time()
@@ -778,11 +781,7 @@ class LimitTests(SynchronousTestCase):
         C{read_timeout = 0}.
         """
         for sent in (b"", openssl_hello(b"a.test")[:50]):
-            reactor = MemoryReactorClock()
-            server = make_server(reactor)
-            client = RelayFactory(server, SniClientSide).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
-            transport = ClientTransport()
-            client.makeConnection(transport)
+            reactor, server, client, transport = arrive()
             client.dataReceived(sent)
             client.readConnectionLost()
             self.assertTrue(transport.disconnecting, sent)
@@ -792,11 +791,7 @@ class LimitTests(SynchronousTestCase):
 
     def test_halfCloseAfterTheHelloIsRelayed(self) -> None:
         """A client that sends its hello and ends its stream is routed, and the end reaches the backend."""
-        reactor = MemoryReactorClock()
-        server = make_server(reactor)
-        client = RelayFactory(server, SniClientSide).buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
-        transport = ClientTransport()
-        client.makeConnection(transport)
+        reactor, server, client, transport = arrive()
         hello = openssl_hello(b"a.test")
         client.dataReceived(hello)
         client.readConnectionLost()
