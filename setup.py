@@ -26,6 +26,6 @@ setup(
         "jsonpointer>=2.4",
     ],
     extras_require={
-        "test": ["cryptography>=41", "openapi-spec-validator>=0.7", "schemathesis>=4.0"],
+        "test": ["cryptography>=41", "openapi-spec-validator>=0.7", "schemathesis>=4.0", "hypothesis>=6.100"],
     },
 )

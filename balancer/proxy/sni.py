@@ -2,10 +2,10 @@
 SNI routing: the server name a TLS client asks for, read from its ClientHello
 without terminating TLS, and the backends that may serve that name.
 
-L{parse_client_hello} reads the first bytes of a connection (TLS records of
+L{ClientHelloReader} reads the first bytes of a connection (TLS records of
 content type handshake, RFC 8446 section 5.1, carrying one ClientHello,
-section 4.1.2, whose C{server_name} extension is RFC 6066 section 3).  It is
-pure: the caller keeps the bytes received so far and calls it again on more.
+section 4.1.2, whose C{server_name} extension is RFC 6066 section 3) as they
+arrive; L{parse_client_hello} is the same on bytes at hand.
 
 L{SniRouter} is gobetween's C{balance/middleware/sni.go}: it narrows the
 candidates to the backends whose C{sni} matches the name, then leaves the pick
@@ -41,8 +41,9 @@ _MAX_FRAGMENT = 1 << 14
 MAX_HELLO_BYTES = _MAX_FRAGMENT + _RECORD_HEADER
 """
 The most bytes read for a ClientHello (records included): one full record.
-A hello that is not complete within them is reported malformed, which bounds
-what a connection may make the balancer buffer before a backend is chosen.
+A hello whose last byte does not come within them is reported malformed,
+whether the bytes came in one read or many; this bounds what a connection
+may make the balancer buffer before a backend is chosen.
 """
 
 NEED_MORE = "need_more"
@@ -83,51 +84,91 @@ def parse_client_hello(data: bytes) -> SniResult:
     """
     Read the server name from the start of a TLS connection.
 
-    The ClientHello may be split across reads and across several handshake
-    records; each check is made as soon as the bytes it needs are there, so
-    non-TLS input is refused on its first byte.
+    The ClientHello may be split across several handshake records; each
+    check is made as soon as the bytes it needs are there, so non-TLS input
+    is refused on its first byte.  The result depends on the bytes only: a
+    L{NEED_MORE} prefix grows into the same verdict as any longer one.
 
     @param data: every byte received from the client so far.
     @return: a L{SniResult}.
     """
-    message = bytearray()
-    needed: int | None = None
-    offset = 0
-    while True:
-        if len(data) - offset < _RECORD_HEADER:
-            problem = _check_record_header(data[offset:])
-            if problem:
-                return _malformed(problem)
-            return _need_more(data)
-        header = data[offset : offset + _RECORD_HEADER]
-        problem = _check_record_header(header)
-        if problem:
-            return _malformed(problem)
-        length = int.from_bytes(header[3:5], "big")
-        fragment = data[offset + _RECORD_HEADER : offset + _RECORD_HEADER + length]
-        message += fragment
-        if needed is None and len(message) >= 4:
+    return ClientHelloReader().feed(data)
+
+
+class ClientHelloReader:
+    """
+    Reads a ClientHello as its bytes arrive, looking at each byte once.
+
+    Feeding the bytes of a connection in any number of reads gives the
+    verdict L{parse_client_hello} gives on all of them at once; each
+    L{feed} costs time in proportion to the bytes it is given, so a client
+    sending its hello in one-byte records, one byte per read, costs no more
+    than one sending it whole.
+    """
+
+    def __init__(self) -> None:
+        self._result = _NEED_MORE
+        self._received = 0
+        self._header = b""
+        self._record_left = 0
+        self._message = bytearray()
+        self._needed: int | None = None
+
+    def feed(self, data: bytes) -> SniResult:
+        """
+        Take the next bytes of the connection.
+
+        @return: L{NEED_MORE} until the verdict is known, then the verdict
+            (again on every later call).
+        """
+        if self._result.state == NEED_MORE:
+            self._result = self._read(data)
+        return self._result
+
+    def _read(self, data: bytes) -> SniResult:
+        at = 0
+        while at < len(data):
+            if not self._record_left:
+                take = _RECORD_HEADER - len(self._header)
+                self._header += data[at : at + take]
+                at += take
+                problem = _check_record_header(self._header)
+                if problem:
+                    return _malformed(problem)
+                if len(self._header) < _RECORD_HEADER:
+                    break
+                self._record_left = int.from_bytes(self._header[3:5], "big")
+                self._header = b""
+                continue
+            fragment = data[at : at + self._record_left]
+            at += len(fragment)
+            self._record_left -= len(fragment)
+            message = self._message
+            message += fragment
             if message[0] != _CLIENT_HELLO:
                 return _malformed(f"handshake message type {message[0]} is not a ClientHello (1)")
-            needed = 4 + int.from_bytes(message[1:4], "big")
-            if needed + _RECORD_HEADER > MAX_HELLO_BYTES:
-                return _malformed(f"ClientHello of {needed} bytes is larger than {MAX_HELLO_BYTES - _RECORD_HEADER}")
-        elif needed is None and message and message[0] != _CLIENT_HELLO:
-            return _malformed(f"handshake message type {message[0]} is not a ClientHello (1)")
-        if needed is not None and len(message) >= needed:
-            try:
-                return SniResult(COMPLETE, hostname=_server_name(bytes(message[4:needed])))
-            except _Malformed as e:
-                return _malformed(str(e))
-        if len(fragment) < length:
-            return _need_more(data)
-        offset += _RECORD_HEADER + length
+            if self._needed is None and len(message) >= 4:
+                self._needed = 4 + int.from_bytes(message[1:4], "big")
+                if self._needed + _RECORD_HEADER > MAX_HELLO_BYTES:
+                    limit = MAX_HELLO_BYTES - _RECORD_HEADER
+                    return _malformed(f"ClientHello of {self._needed} bytes is larger than {limit}")
+            if self._needed is not None and len(message) >= self._needed:
+                # The bytes of the connection up to the hello's last one.
+                end = self._received + at - (len(message) - self._needed)
+                if end > MAX_HELLO_BYTES:
+                    return _too_long()
+                try:
+                    return SniResult(COMPLETE, hostname=_server_name(bytes(message[4 : self._needed])))
+                except _Malformed as e:
+                    return _malformed(str(e))
+        self._received += len(data)
+        if self._received >= MAX_HELLO_BYTES:
+            return _too_long()
+        return _NEED_MORE
 
 
-def _need_more(data: bytes) -> SniResult:
-    if len(data) >= MAX_HELLO_BYTES:
-        return _malformed(f"no complete ClientHello within {MAX_HELLO_BYTES} bytes")
-    return _NEED_MORE
+def _too_long() -> SniResult:
+    return _malformed(f"no complete ClientHello within {MAX_HELLO_BYTES} bytes")
 
 
 def _check_record_header(header: bytes) -> str:
@@ -294,25 +335,26 @@ class SniClientSide(ClientSide):
     A client routed by the server name of its ClientHello, read without
     terminating TLS.
 
-    Once admitted, the client is read (and nothing sent to it) until
-    L{parse_client_hello} has a whole hello; then it is paused and routed,
+    Once admitted, the client is read (and nothing sent to it) until a
+    L{ClientHelloReader} has a whole hello; then it is paused and routed,
     and the bytes read go to the backend first, as they came.  A client
     whose first bytes are not a ClientHello (L{MALFORMED}), or that has not
     sent a whole one within C{[sni] read_timeout} (0: no limit), is closed
-    and counted in the server's C{sni_failures}; one that leaves before is
-    not counted.
+    and counted in the server's C{sni_failures}; one that leaves before, or
+    ends its stream before, is closed and not counted.
     """
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
-        self._hello: bytes | None = None
+        self._reader: ClientHelloReader | None = None
+        self._received: list[bytes] = []
         self._deadline: IdleTimer | None = None
 
     def connectionMade(self) -> None:
         """Admit the client, then read its hello."""
         if not self.relay.admit():
             return
-        self._hello = b""
+        self._reader = ClientHelloReader()
         server = self.relay.server
         timeout = server.config.sni.read_timeout if server.config.sni is not None else 0.0
         if timeout:
@@ -320,26 +362,36 @@ class SniClientSide(ClientSide):
 
     def dataReceived(self, data: bytes) -> None:
         """The hello's bytes are kept until it is whole; later bytes go to the relay."""
-        hello = self._hello
-        if hello is None:
+        reader = self._reader
+        if reader is None:
             self.relay.from_client(data)
             return
-        hello += data
-        result = parse_client_hello(hello)
+        self._received.append(data)
+        result = reader.feed(data)
         if result.state == NEED_MORE:
-            self._hello = hello
             return
         if result.state == MALFORMED:
             self._fail(result.reason)
             return
-        self._hello = None
-        self._stop_deadline()
-        self.relay.early_data.append(hello)
+        self.relay.early_data.append(b"".join(self._received))
+        self._stop_reading()
         self.relay.route(result.hostname)
 
+    def readConnectionLost(self) -> None:
+        """
+        The client ended its stream: before a whole hello, it cannot be
+        routed and is closed (not counted, as one that leaves); after, the
+        end is relayed.
+        """
+        if self._reader is None:
+            super().readConnectionLost()
+            return
+        self.read_closed = True
+        self._stop_reading()
+        self.transport.loseConnection()
+
     def _fail(self, why: str) -> None:
-        self._hello = None
-        self._stop_deadline()
+        self._stop_reading()
         server = self.relay.server
         server.counters.sni_failures += 1
         log.info(
@@ -350,13 +402,14 @@ class SniClientSide(ClientSide):
         )
         self.transport.loseConnection()
 
-    def _stop_deadline(self) -> None:
+    def _stop_reading(self) -> None:
+        self._reader = None
+        self._received = []
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Stop waiting for the hello, then end as any client does."""
-        self._hello = None
-        self._stop_deadline()
+        self._stop_reading()
         super().connectionLost(reason)
