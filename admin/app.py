@@ -24,7 +24,7 @@ from admin.auth import Account, require_admin
 from admin.errors import BadRequest, Forbidden
 from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
-from balancer.control import DumpFormatError, IControl, ServerExists, UnknownServer
+from balancer.control import ChangeRefused, DumpFormatError, IControl, ServerExists, UnknownServer
 from balancer.server import BindError
 
 log = Logger()
@@ -144,9 +144,9 @@ class AdminApp:
         """A body or a query parameter that cannot be used: 400."""
         return gobetween.json_response(request, str(failure.value), 400)
 
-    @app.handle_errors(Forbidden)
+    @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:
-        """The account may not do this: 403."""
+        """The account may not do this, or no account may (an exec without C{[api] allow_exec}): 403."""
         return gobetween.json_response(request, str(failure.value), 403)
 
     @app.handle_errors(HTTPException)

@@ -1,37 +1,68 @@
 """
-Cross-origin requests (C{[api] cors = true}): every answer allows any origin,
-and browsers' preflight requests are answered before the guard, since a
-browser sends them without credentials.
+Cross-origin requests.  Browsers' preflight requests are answered here,
+before the guard, since a browser sends them without credentials.
+
+ - C{[api] cors = true} (gobetween's key) lets pages of any origin read:
+   answers carry C{Access-Control-Allow-Origin: *}, and a preflight allows
+   only reads (writes from another origin are refused anyway, see
+   L{admin.writes}).
+ - C{[api] cors_origins} lists the origins whose pages may also write: to a
+   request from one of them the answer names that origin, allows
+   credentials, and a preflight allows every method of the API.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
-#: The methods a preflight answer allows.
-ALLOWED_METHODS = b"GET, POST, DELETE, OPTIONS"
+from admin.origins import Origin, parse_origin
+
+#: The methods a preflight allows to any origin (C{cors = true}).
+READ_METHODS = b"GET, HEAD, OPTIONS"
+
+#: The methods a preflight allows to an origin of C{cors_origins}.
+ALL_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 #: How long a browser may cache a preflight answer, in seconds.
 MAX_AGE = b"600"
 
 
 class CorsResource(Resource):
-    """Wraps the API: C{Access-Control-Allow-Origin: *} on every answer, preflights answered here."""
+    """Wraps the API: CORS headers on its answers, preflights answered here."""
 
     isLeaf = True
 
-    def __init__(self, wrapped: IResource) -> None:
+    def __init__(self, wrapped: IResource, any_origin: bool, trusted: frozenset[Origin] = frozenset()) -> None:
+        """
+        @param any_origin: let pages of any origin read (C{[api] cors}).
+        @param trusted: the origins whose pages may also write (C{[api] cors_origins}).
+        """
         super().__init__()
         self._wrapped = wrapped
+        self._any_origin = any_origin
+        self._trusted = trusted
 
-    def render(self, request: IRequest) -> bytes | int:
+    def render(self, request: IRequest) -> Any:
         """Answer a preflight with 204; render anything else with the wrapped resource."""
-        request.setHeader(b"Access-Control-Allow-Origin", b"*")
+        origin = request.getHeader(b"Origin")
+        if origin is not None and parse_origin(origin.decode("latin-1")) in self._trusted:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+            methods = ALL_METHODS
+        elif self._any_origin:
+            request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            methods = READ_METHODS
+        else:
+            methods = b""
+        if self._trusted:
+            request.setHeader(b"Vary", b"Origin")
         wanted = request.getHeader(b"Access-Control-Request-Method")
-        if request.method == b"OPTIONS" and wanted is not None:
+        if methods and request.method == b"OPTIONS" and wanted is not None:
             request.setResponseCode(204)
-            request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
+            request.setHeader(b"Access-Control-Allow-Methods", methods)
             headers = request.getHeader(b"Access-Control-Request-Headers")
             if headers:
                 request.setHeader(b"Access-Control-Allow-Headers", headers)

@@ -1,6 +1,6 @@
 """
 The API as a service of the balancer's tree: the resource stack (CORS, the
-public routes, the guard, the per-account app) served by a L{Site} of
+write policy, the public routes, the guard, the per-account app) served by a L{Site} of
 L{BoundedRequest}s on C{[api] bind}, over TLS when C{[api.tls]} is set.
 """
 
@@ -21,7 +21,10 @@ from twisted.web.server import Site
 from admin.app import AdminApp, PublicApp
 from admin.auth import Account, RunBlocking, guard, run_inline
 from admin.cors import CorsResource
+from admin.origins import origin_set
+from admin.redacted import RedactedControl
 from admin.request import BoundedChannel, BoundedRequest
+from admin.writes import WritePolicy
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
 from balancer.listening import ListeningService
@@ -33,16 +36,20 @@ _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFIC
 def api_resource(control: IControl, api: ApiConfig, run_blocking: RunBlocking = run_inline) -> IResource:
     """
     The whole API as one resource: C{/ping} public, every other route behind
-    the accounts of C{api}, with CORS when C{api.cors}.
+    the accounts of C{api} (a C{basic} account sees secrets redacted), writes
+    checked by L{WritePolicy} first, with CORS when C{api.cors} or C{api.cors_origins}.
 
     @param run_blocking: runs bcrypt checks (see L{admin.auth.AccountChecker}).
     """
 
     def resource_for(account: Account) -> IResource:
-        return AdminApp(control, account).app.resource()
+        seen = control if account is Account.ADMIN else RedactedControl(control)
+        return AdminApp(seen, account).app.resource()
 
-    front = PublicApp(guard(api, resource_for, run_blocking)).app.resource()
-    return CorsResource(front) if api.cors else front
+    front = WritePolicy(PublicApp(guard(api, resource_for, run_blocking)).app.resource(), api)
+    if api.cors or api.cors_origins:
+        return CorsResource(front, api.cors, origin_set(api.cors_origins))
+    return front
 
 
 def tls_options(tls: ApiTlsConfig) -> CertificateOptions:

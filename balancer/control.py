@@ -24,6 +24,8 @@ from balancer.config.errors import ConfigError, Problem
 from balancer.config.fields import NAME_PATTERN, NAME_RULE, join
 from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config, ServerConfig
+from balancer.config.secrets import keep_secrets
+from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
 from balancer.server import ServerService
 from balancer.service import BalancerService, ServerExists, UnknownServer
 from balancer.state import RuntimeChanges, StateFile
@@ -41,6 +43,8 @@ __all__ = [
     "UnknownSession",
     "BackendInUse",
     "LinkError",
+    "ChangeRefused",
+    "dump_config",
 ]
 
 class DumpFormatError(ValueError):
@@ -85,8 +89,10 @@ class IControl(Interface):
         """
         Validate, bind, start and persist a new server; fires with its definition.
         Atomic: on any failure nothing changed.  C{name} must be a valid
-        C{[servers.<name>]} name.
-        @raise ConfigError, ServerExists, BindError (as the Deferred's failure)
+        C{[servers.<name>]} name.  The change passes L{check_server_change}
+        under C{[api]}'s policy; a secret given as C{"********"} is refused
+        (there is none to keep, see L{keep_secrets}).
+        @raise ConfigError, ServerExists, BindError, ChangeRefused (as the Deferred's failure)
         """
 
     def update_server(name: str, definition: object) -> Deferred[dict[str, Any]]:
@@ -94,8 +100,10 @@ class IControl(Interface):
         Validate a server's new definition, apply it and persist it; fires with it.
         In place (relays kept) when C{bind}, C{protocol}, C{tls}, C{sni} and C{udp}
         are unchanged; else a new listener replaces the old one, whose relays get
-        the shutdown grace.  Atomic: on any failure nothing changed.
-        @raise UnknownServer, ConfigError, BindError (as the Deferred's failure)
+        the shutdown grace.  Atomic: on any failure nothing changed.  The change
+        passes L{check_server_change} under C{[api]}'s policy; a secret given as
+        C{"********"} keeps the server's current one (L{keep_secrets}).
+        @raise UnknownServer, ConfigError, BindError, ChangeRefused (as the Deferred's failure)
         """
 
     def remove_server(name: str) -> Deferred[None]:
@@ -260,17 +268,16 @@ class Controller:
         return attrs.evolve(self._config, servers=servers)
 
     def dump(self, format: str) -> str:
-        if format == "toml":
-            return to_toml(self.effective_config())
-        if format == "json":
-            return to_json(self.effective_config())
-        raise DumpFormatError(f'unknown format "{format}": expected "toml" or "json"')
+        return dump_config(self.effective_config(), format)
 
     @inlineCallbacks
     def add_server(self, name: str, definition: object):  # type: ignore[no-untyped-def]
         if name in self.server_names():
             raise ServerExists(f'a server named "{name}" already exists')
-        config: ServerConfig = server_from_mapping(name, definition, "request body", self.effective_config())
+        definition = keep_secrets(definition, None, name, "request body")
+        effective = self.effective_config()
+        config: ServerConfig = server_from_mapping(name, definition, "request body", effective)
+        check_server_change(name, config, None, ChangePolicy.of(effective.api))
         self._balancer.add_server(name, config)
         mapping = to_mapping(config)
         try:
@@ -284,7 +291,10 @@ class Controller:
     @inlineCallbacks
     def update_server(self, name: str, definition: object):  # type: ignore[no-untyped-def]
         old = self._balancer.server(name).config
-        config: ServerConfig = server_from_mapping(name, definition, "request body", self.effective_config())
+        definition = keep_secrets(definition, to_mapping(old), name, "request body")
+        effective = self.effective_config()
+        config: ServerConfig = server_from_mapping(name, definition, "request body", effective)
+        check_server_change(name, config, old, ChangePolicy.of(effective.api))
         yield self._balancer.update_server(name, config)
         mapping = to_mapping(config)
         try:
@@ -502,6 +512,15 @@ class Controller:
         self._changes = candidate
         self.revision += 1
         self._apply_backend_states()
+
+
+def dump_config(config: Config, format: str) -> str:
+    """C{config} as "toml" or "json" (C{GET /dump}). @raise DumpFormatError: for another format."""
+    if format == "toml":
+        return to_toml(config)
+    if format == "json":
+        return to_json(config)
+    raise DumpFormatError(f'unknown format "{format}": expected "toml" or "json"')
 
 
 #: The server figures of gobetween's document, and the backend figures, that add up over worker processes.

@@ -48,7 +48,7 @@ from admin.v1.sessions import Sessions
 from admin.v1.users import Users
 from balancer import __version__
 from balancer.config.errors import ConfigError
-from balancer.control import BackendInUse, IControl, LinkError, ServerExists, UnknownBackend, UnknownServer, UnknownSession
+from balancer.control import BackendInUse, ChangeRefused, IControl, LinkError, ServerExists, UnknownBackend, UnknownServer, UnknownSession
 from balancer.server import BindError
 
 log = Logger()
@@ -316,9 +316,9 @@ class V1App:
             return b""
         return self._errors(request, error.code, error.errors)
 
-    @app.handle_errors(Forbidden)
+    @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:
-        """A C{basic} account writing: 403."""
+        """A C{basic} account writing, or an exec without C{[api] allow_exec}: 403."""
         return self._errors(request, 403, [{"detail": str(failure.value)}])
 
     @app.handle_errors(UnknownServer, UnknownBackend, UnknownSession)

@@ -36,7 +36,8 @@ _TITLES = {
 _COMMON = {
     "400": "malformed request, query parameter or document",
     "401": "credentials missing or wrong (WWW-Authenticate: Basic)",
-    "403": "a basic account may only read",
+    "403": "a basic account writing; a write from another origin (see [api] cors_origins); "
+           "with no account, a write from another host; an exec without [api] allow_exec",
     "404": "no such resource",
     "405": "method not allowed here (see Allow)",
     "406": "the Accept header excludes application/json",
@@ -105,7 +106,7 @@ _WRITE_CODES = {
     "422": "bad values, each with its JSON pointer",
     "423": "an operation on the resource is in progress",
 }
-_DELETE_CODES = {k: _WRITE_CODES[k] for k in ("409", "423")}
+_DELETE_CODES = {k: _WRITE_CODES[k] for k in ("409", "415", "423")}
 
 
 def _patch_body(schema: str) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def _state_path(required: bool) -> dict[str, Any]:
     summary = ("put a server in maintenance (no new connections) or drain (keeps its relays, no new ones)"
                if required else "clear a server's admin state (all, or only the one named)")
     return {"put": _write(summary, None, {"204": {"description": "done"}}, [_id(), state] + _PARAMS,
-                          {"423": _WRITE_CODES["423"]})}
+                          {k: _WRITE_CODES[k] for k in ("415", "423")})}
 
 
 def _root_paths() -> dict[str, Any]:
@@ -162,6 +163,7 @@ def _root_paths() -> dict[str, Any]:
     name = _id("name")
     definition = {"type": "object", "description": "a server definition in configuration key names"}
     errors = {code: message for code in ("400", "401", "403", "404", "405", "409", "413")}
+    write_errors = {**errors, "415": message}
     return {
         "/": {"get": {"summary": "process information", "responses": {
             "200": {"description": "pid, startTime, time, uptime, version, configuration",
@@ -182,9 +184,9 @@ def _root_paths() -> dict[str, Any]:
             "post": {"summary": "create and start a server", "parameters": [name],
                      "requestBody": {"required": True, "content": {_JSON: {"schema": definition}}},
                      "responses": {"200": {"description": "its definition with defaults", **_json(definition)},
-                                   **errors}},
+                                   **write_errors}},
             "delete": {"summary": "stop and remove a server", "parameters": [name],
-                       "responses": {"200": {"description": "null", **_json({"type": "null"})}, **errors}},
+                       "responses": {"200": {"description": "null", **_json({"type": "null"})}, **write_errors}},
         },
         "/servers/{name}/stats": {"get": {"summary": "gobetween's statistics document", "parameters": [name],
                                           "responses": {"200": {"description": "statistics", **_json({

@@ -36,6 +36,8 @@ TLS_VERSIONS = ("", "ssl3", "tls1", "tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
 Found = Iterator[tuple[str, str]]
 _HTTP_URL = r"https?://\S+"
+#: A web origin: scheme, host (a name, an IPv4 address or a bracketed IPv6 address) and optional port.
+_ORIGIN = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
 
 
 @attrs.frozen
@@ -89,14 +91,20 @@ class ApiConfig:
     tls: ApiTlsConfig | None = setting(None, parse=section(ApiTlsConfig))
     users: tuple[ApiUserConfig, ...] = setting((), parse=items(section(ApiUserConfig)))
     require_conditional: bool = setting(False, parse=flag())
+    cors_origins: tuple[str, ...] = setting((), parse=items(text(_ORIGIN, 'an origin like "https://ui.example:8443"')))
+    allow_exec: bool = setting(False, parse=flag())
 
     def problems(self) -> Found:
-        """Logins are unique across basic_auth and users."""
+        """Logins are unique across basic_auth and users; an origin's port is 1 to 65535."""
         logins = [u.login for u in self.users]
         if self.basic_auth is not None:
             logins.append(self.basic_auth.login)
         for login in sorted({x for x in logins if logins.count(x) > 1}):
             yield "users", f'login "{login}" is defined more than once'
+        for i, origin in enumerate(self.cors_origins):
+            port = re.search(r":(\d+)$", origin)
+            if port is not None and not 0 < int(port.group(1)) <= 65535:
+                yield f"cors_origins[{i}]", f'expected a port from 1 to 65535, got "{origin}"'
 
 
 @attrs.frozen
