@@ -13,13 +13,15 @@ from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from admin.app import AdminApp, PublicApp
-from admin.auth import Account, RunBlocking, guard, run_inline
+from admin.auth import Account, guard, run_inline
+from admin.checks import RunBlocking
 from admin.cors import CorsResource
 from admin.request import BoundedChannel, BoundedRequest
 from balancer.config.schema import ApiConfig, ApiTlsConfig
@@ -30,18 +32,21 @@ from balancer.server import BindError
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def api_resource(control: IControl, api: ApiConfig, run_blocking: RunBlocking = run_inline) -> IResource:
+def api_resource(
+    control: IControl, api: ApiConfig, run_blocking: RunBlocking = run_inline, clock: IReactorTime | None = None
+) -> IResource:
     """
     The whole API as one resource: C{/ping} public, every other route behind
     the accounts of C{api}, with CORS when C{api.cors}.
 
     @param run_blocking: runs bcrypt checks (see L{admin.auth.AccountChecker}).
+    @param clock: times logins (see L{admin.auth.guard}).
     """
 
     def resource_for(account: Account) -> IResource:
         return AdminApp(control, account).app.resource()
 
-    front = PublicApp(guard(api, resource_for, run_blocking)).app.resource()
+    front = PublicApp(guard(api, resource_for, run_blocking, clock)).app.resource()
     return CorsResource(front) if api.cors else front
 
 
@@ -105,6 +110,6 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    site = Site(api_resource(control, api, run_blocking), requestFactory=BoundedRequest, reactor=reactor)
+    site = Site(api_resource(control, api, run_blocking, reactor), requestFactory=BoundedRequest, reactor=reactor)
     site.protocol = BoundedChannel
     return ApiService(site, api, reactor)
