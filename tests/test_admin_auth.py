@@ -410,8 +410,8 @@ class LimitConfigTests(SynchronousTestCase):
 
     def test_outOfBoundsNamesTheKey(self) -> None:
         for line, expected in (
-            ("auth_concurrency = 0", "api.auth_concurrency: expected an integer from 1 to 64, got 0"),
-            ("auth_concurrency = 65", "api.auth_concurrency: expected an integer from 1 to 64, got 65"),
+            ("auth_concurrency = 0", "api.auth_concurrency: expected an integer from 1 to 8, got 0"),
+            ("auth_concurrency = 9", "api.auth_concurrency: expected an integer from 1 to 8, got 9"),
             ('auth_concurrency = "2"', 'api.auth_concurrency: expected an integer, got string "2"'),
             ("auth_failures_per_second = 0",
              "api.auth_failures_per_second: expected an integer from 1 to 10000, got 0"),

@@ -89,7 +89,7 @@ class ApiConfig:
     tls: ApiTlsConfig | None = setting(None, parse=section(ApiTlsConfig))
     users: tuple[ApiUserConfig, ...] = setting((), parse=items(section(ApiUserConfig)))
     require_conditional: bool = setting(False, parse=flag())
-    auth_concurrency: int = setting(2, parse=whole(1, 64))
+    auth_concurrency: int = setting(2, parse=whole(1, 8))
     auth_failures_per_second: int = setting(5, parse=whole(1, 10_000))
 
     def problems(self) -> Found:
