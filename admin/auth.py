@@ -1,12 +1,16 @@
 """
 Who may use the API: accounts from C{[api.basic_auth]} and C{[[api.users]]},
-checked by a C{twisted.cred} portal behind C{HTTPAuthSessionWrapper} with
-HTTP Basic credentials.
+checked by a C{twisted.cred} portal behind L{admin.gate.Gate} with HTTP Basic
+credentials.
 
 Passwords are never compared in variable time: plain ones with
-C{hmac.compare_digest}, hashes with C{bcrypt.checkpw} (run off the reactor
-thread by the injected C{run_blocking}).  A login that does not exist costs
-the same check against a configured secret, and fails whatever its result.
+C{hmac.compare_digest}, hashes with C{bcrypt.checkpw}, run off the reactor by
+a L{CheckQueue} (C{[api] auth_concurrency} at once, a short queue, then 503).
+A login that does not exist costs a check against the most expensive secret
+configured (the bcrypt hash of highest cost), and fails whatever its result.
+Failed checks are limited per client address (C{[api] auth_failures_per_second},
+then 429), and a login that succeeded is remembered for a minute
+(L{LoginCache}), so its client does not pay for the hash on every request.
 With no account configured the API is open, as in gobetween.
 """
 
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import json
 from typing import Any, Callable, Sequence
 
 import attrs
@@ -23,15 +26,18 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web._auth.wrapper import UnauthorizedResource
-from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
-from twisted.web.iweb import IRequest
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from admin.checks import Busy, CheckQueue, RunBlocking
 from admin.errors import Forbidden
+from admin.gate import ClientPassword, Gate
+from admin.logincache import LoginCache
+from admin.ratelimit import FailureLimiter, TooManyFailures
 from balancer.config.schema import ApiConfig
 
 log = Logger()
@@ -39,8 +45,8 @@ log = Logger()
 #: The realm named in C{WWW-Authenticate: Basic realm="balancer"}.
 REALM = b"balancer"
 
-#: Runs a blocking function and fires with its result (a thread pool in production).
-RunBlocking = Callable[..., "Deferred[Any]"]
+#: The limiter's key for credentials that carry no client address.
+NO_ADDRESS = ""
 
 
 class Account(enum.Enum):
@@ -79,12 +85,21 @@ class Login:
     password: bytes | None = None
     password_hash: bytes | None = None
 
-    def verify(self, password: bytes, run_blocking: RunBlocking) -> Deferred[bool]:
-        """Whether C{password} is this account's, checked in constant time."""
+    def cost(self) -> int:
+        """What a check costs: the bcrypt cost of the hash, or -1 for a plain password."""
+        if self.password_hash is None:
+            return -1
+        return int(self.password_hash.split(b"$")[2])
+
+    def verify(self, password: bytes, checks: CheckQueue) -> Deferred[bool]:
+        """
+        Whether C{password} is this account's, checked in constant time: a
+        hash through C{checks} (which may fail with L{Busy}), a plain password at once.
+        """
         if self.password_hash is not None:
-            return run_blocking(_bcrypt_matches, password, self.password_hash)
+            return checks.submit(_bcrypt_matches, password, self.password_hash)
         assert self.password is not None
-        return run_inline(hmac.compare_digest, password, self.password)
+        return succeed(hmac.compare_digest(password, self.password))
 
 
 def _bcrypt_matches(password: bytes, password_hash: bytes) -> bool:
@@ -112,34 +127,62 @@ def logins(api: ApiConfig) -> list[Login]:
     return found
 
 
+def decoy(accounts: Sequence[Login]) -> Login:
+    """The account an unknown login is checked against: the most expensive one (the first of them)."""
+    return max(accounts, key=Login.cost)
+
+
 @implementer(ICredentialsChecker)
 class AccountChecker:
-    """Checks HTTP Basic credentials against the configured accounts; the avatar id is the login."""
+    """
+    Checks HTTP Basic credentials against the configured accounts; the avatar id is the login.
+
+    In order: a login remembered in C{cache} for this account as it is
+    configured now gets in at once; else the client (L{ClientPassword.client})
+    must have a token in C{limiter} (else L{TooManyFailures}), and the password
+    is verified (a hash through C{checks}, which may fail with L{Busy}).
+    A success gives the token back and is remembered.
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, accounts: Sequence[Login], run_blocking: RunBlocking = run_inline) -> None:
-        """
-        @param accounts: at least one account.
-        @param run_blocking: runs the bcrypt check (slow on purpose) off the reactor thread.
-        """
+    def __init__(
+        self, accounts: Sequence[Login], checks: CheckQueue, cache: LoginCache[Login], limiter: FailureLimiter
+    ) -> None:
+        """@param accounts: at least one account."""
         self._accounts = {a.login: a for a in accounts}
-        self._decoy = accounts[0]
-        self._run_blocking = run_blocking
+        self._decoy = decoy(accounts)
+        self._checks = checks
+        self._cache = cache
+        self._limiter = limiter
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
-        """Fire with the login, or fail with L{UnauthorizedLogin}."""
-        login = credentials.username
+        """Fire with the login, or fail with L{UnauthorizedLogin}, L{TooManyFailures} or L{Busy}."""
+        login, password = credentials.username, credentials.password
         account = self._accounts.get(login)
-        checked = (account or self._decoy).verify(credentials.password, self._run_blocking)
+        if account is not None and self._cache.get(login, password) == account:
+            return succeed(login)
+        client = credentials.client if isinstance(credentials, ClientPassword) else NO_ADDRESS
+        try:
+            self._limiter.take(client)
+        except TooManyFailures as e:
+            return fail(e)
 
         def decide(matches: bool) -> bytes:
             if account is None or not matches:
-                log.info("api: refused credentials for login {login!r}", login=login.decode("utf-8", "replace"))
+                log.info("api: refused credentials for login {login!r} from {client}",
+                         login=login.decode("utf-8", "replace"), client=client)
                 raise UnauthorizedLogin()
+            self._limiter.give_back(client)
+            self._cache.put(login, password, account)
             return login
 
-        return checked.addCallback(decide)
+        def busy(failure: Failure) -> Failure:
+            failure.trap(Busy)
+            self._limiter.give_back(client)
+            return failure
+
+        return (account or self._decoy).verify(password, self._checks).addCallbacks(decide, busy)
 
 
 @implementer(IRealm)
@@ -158,67 +201,31 @@ class AccountRealm:
         return IResource, self._resource_for(self._kinds[avatarId]), lambda: None
 
 
-class _Scheme(bytes):
-    """
-    C{b"Basic"}, equal to any capitalisation of itself.
-
-    The guard matches a factory's C{scheme} against the lower-cased scheme of
-    the C{Authorization} header, and writes it as is in challenges: this one
-    matches C{basic} and is written C{Basic}, as clients expect.
-    """
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, bytes) and self.lower() == other.lower()
-
-    def __hash__(self) -> int:
-        return hash(self.lower())
-
-
-class BasicCredentials(BasicCredentialFactory):
-    """HTTP Basic credentials; challenges read C{WWW-Authenticate: Basic realm="balancer"}."""
-
-    scheme = _Scheme(b"Basic")
-
-
-class _Unauthorized(UnauthorizedResource):
-    """The 401 with its challenge; under C{/v1} the body is a JSON:API error document."""
-
-    def render(self, request: IRequest) -> bytes:
-        body: bytes = super().render(request)
-        if request.method == b"HEAD" or not (request.path == b"/v1" or request.path.startswith(b"/v1/")):
-            return body
-        request.setHeader(b"Content-Type", b"application/json")
-        detail = "credentials missing or not valid: use HTTP Basic authentication"
-        return json.dumps({"errors": [{"detail": detail}]}, indent=4).encode("utf-8")
-
-
-class _Guard(HTTPAuthSessionWrapper):
-    """L{HTTPAuthSessionWrapper} whose refusals are L{_Unauthorized}."""
-
-    def _authorizedResource(self, request: IRequest) -> IResource:
-        return self._json(super()._authorizedResource(request))
-
-    def _loginFailed(self, result: Any) -> IResource:
-        return self._json(super()._loginFailed(result))
-
-    def _json(self, resource: Any) -> Any:
-        if type(resource) is UnauthorizedResource:
-            return _Unauthorized(self._credentialFactories)
-        return resource
-
-
-def guard(api: ApiConfig, resource_for: Callable[[Account], IResource], run_blocking: RunBlocking = run_inline) -> IResource:
+def guard(
+    api: ApiConfig,
+    resource_for: Callable[[Account], IResource],
+    run_blocking: RunBlocking = run_inline,
+    clock: IReactorTime | None = None,
+) -> IResource:
     """
     The API behind a login when C{api} configures accounts; open (as admin) otherwise.
 
     A request without valid credentials gets 401 and
-    C{WWW-Authenticate: Basic realm="balancer"}.
+    C{WWW-Authenticate: Basic realm="balancer"} (see L{Gate} for 429 and 503).
 
     @param resource_for: builds the API resource for one account kind.
-    @param run_blocking: runs bcrypt checks (see L{AccountChecker}).
+    @param run_blocking: runs bcrypt checks, C{api.auth_concurrency} at a time.
+    @param clock: times the login cache and the failure limit; the global reactor by default.
     """
     accounts = logins(api)
     if not accounts:
         return resource_for(Account.ADMIN)
-    portal = Portal(AccountRealm(accounts, resource_for), [AccountChecker(accounts, run_blocking)])
-    return _Guard(portal, [BasicCredentials(REALM)])
+    if clock is None:
+        from twisted.internet import reactor as clock
+    checker = AccountChecker(
+        accounts,
+        CheckQueue(run_blocking, api.auth_concurrency),
+        LoginCache(clock),
+        FailureLimiter(clock, api.auth_failures_per_second),
+    )
+    return Gate(Portal(AccountRealm(accounts, resource_for), [checker]), REALM)

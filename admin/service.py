@@ -13,13 +13,15 @@ from OpenSSL.crypto import FILETYPE_PEM
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from admin.app import AdminApp, PublicApp
-from admin.auth import Account, RunBlocking, guard, run_inline
+from admin.auth import Account, guard, run_inline
+from admin.checks import RunBlocking
 from admin.cors import CorsResource
 from admin.origins import origin_set
 from admin.redacted import RedactedControl
@@ -33,20 +35,23 @@ from balancer.server import BindError
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def api_resource(control: IControl, api: ApiConfig, run_blocking: RunBlocking = run_inline) -> IResource:
+def api_resource(
+    control: IControl, api: ApiConfig, run_blocking: RunBlocking = run_inline, clock: IReactorTime | None = None
+) -> IResource:
     """
     The whole API as one resource: C{/ping} public, every other route behind
     the accounts of C{api} (a C{basic} account sees secrets redacted), writes
     checked by L{WritePolicy} first, with CORS when C{api.cors} or C{api.cors_origins}.
 
     @param run_blocking: runs bcrypt checks (see L{admin.auth.AccountChecker}).
+    @param clock: times logins (see L{admin.auth.guard}).
     """
 
     def resource_for(account: Account) -> IResource:
         seen = control if account is Account.ADMIN else RedactedControl(control)
         return AdminApp(seen, account).app.resource()
 
-    front = WritePolicy(PublicApp(guard(api, resource_for, run_blocking)).app.resource(), api)
+    front = WritePolicy(PublicApp(guard(api, resource_for, run_blocking, clock)).app.resource(), api)
     if api.cors or api.cors_origins:
         return CorsResource(front, api.cors, origin_set(api.cors_origins))
     return front
@@ -112,6 +117,6 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    site = Site(api_resource(control, api, run_blocking), requestFactory=BoundedRequest, reactor=reactor)
+    site = Site(api_resource(control, api, run_blocking, reactor), requestFactory=BoundedRequest, reactor=reactor)
     site.protocol = BoundedChannel
     return ApiService(site, api, reactor)

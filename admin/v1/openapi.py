@@ -44,8 +44,9 @@ _COMMON = {
     "412": "If-Match / If-Unmodified-Since / If-None-Match not met",
     "414": "URI over 8 KiB",
     "428": "require_conditional: If-Match or If-Unmodified-Since needed",
+    "429": "too many failed logins from this address (see Retry-After)",
     "431": "header fields too large",
-    "503": "shutting down",
+    "503": "shutting down, or too many logins being checked (see Retry-After)",
 }
 
 
@@ -162,7 +163,7 @@ def _root_paths() -> dict[str, Any]:
     message = {"description": "a JSON string saying why", **_json({"type": "string"})}
     name = _id("name")
     definition = {"type": "object", "description": "a server definition in configuration key names"}
-    errors = {code: message for code in ("400", "401", "403", "404", "405", "409", "413")}
+    errors = {code: message for code in ("400", "401", "403", "404", "405", "409", "413", "429", "503")}
     write_errors = {**errors, "415": message}
     return {
         "/": {"get": {"summary": "process information", "responses": {

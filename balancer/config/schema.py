@@ -93,6 +93,8 @@ class ApiConfig:
     require_conditional: bool = setting(False, parse=flag())
     cors_origins: tuple[str, ...] = setting((), parse=items(text(_ORIGIN, 'an origin like "https://ui.example:8443"')))
     allow_exec: bool = setting(False, parse=flag())
+    auth_concurrency: int = setting(2, parse=whole(1, 8))
+    auth_failures_per_second: int = setting(5, parse=whole(1, 10_000))
 
     def problems(self) -> Found:
         """Logins are unique across basic_auth and users; an origin's port is 1 to 65535."""
