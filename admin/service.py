@@ -1,7 +1,8 @@
 """
 The API as a service of the balancer's tree: the resource stack (CORS, the
-public routes, the guard, the per-account app) served by a L{Site} of
-L{BoundedRequest}s on C{[api] bind}, over TLS when C{[api.tls]} is set.
+public routes, the guard, the per-account app) served by an L{ApiSite} on
+C{[api] bind}, over TLS when C{[api.tls]} is set, with a spare descriptor
+(L{admin.reserve}) to answer when the process has no other.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from admin.app import AdminApp, PublicApp
 from admin.auth import Account, RunBlocking, guard, run_inline
 from admin.cors import CorsResource
-from admin.request import BoundedChannel, BoundedRequest
+from admin.reserve import keep_reserve
+from admin.site import ApiSite
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
 from balancer.listening import ListeningService
@@ -76,23 +77,26 @@ class ApiService(ListeningService):
     name = "api"
     label = "api"
 
-    def __init__(self, site: Site, api: ApiConfig, reactor: Any) -> None:
+    def __init__(self, site: ApiSite, api: ApiConfig, reactor: Any) -> None:
         super().__init__()
         self._site = site
         self._api = api
         self._reactor = reactor
 
     def bind(self) -> Any:
-        """Listen on C{[api] bind}, over TLS with C{[api.tls]}."""
+        """Listen on C{[api] bind}, over TLS with C{[api.tls]}, keeping a spare descriptor."""
         bind = self._api.bind
         try:
             if self._api.tls is not None:
-                return self._reactor.listenSSL(
+                port = self._reactor.listenSSL(
                     bind.port, self._site, tls_options(self._api.tls), interface=bind.listen_host
                 )
-            return self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
+            else:
+                port = self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
         except CannotListenError as e:
             raise BindError(f"api: cannot listen on {bind}: {e.socketError}") from e
+        keep_reserve(port, answer=self._api.tls is None)
+        return port
 
 
 def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
@@ -105,6 +109,6 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    site = Site(api_resource(control, api, run_blocking), requestFactory=BoundedRequest, reactor=reactor)
-    site.protocol = BoundedChannel
+    site = ApiSite(api_resource(control, api, run_blocking), header_timeout=api.header_timeout,
+                   max_connections=api.max_connections, reactor=reactor)
     return ApiService(site, api, reactor)

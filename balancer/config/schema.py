@@ -89,9 +89,13 @@ class ApiConfig:
     tls: ApiTlsConfig | None = setting(None, parse=section(ApiTlsConfig))
     users: tuple[ApiUserConfig, ...] = setting((), parse=items(section(ApiUserConfig)))
     require_conditional: bool = setting(False, parse=flag())
+    header_timeout: float = setting(10.0, parse=duration())
+    max_connections: int = setting(256, parse=whole(1, 1_000_000))
 
     def problems(self) -> Found:
-        """Logins are unique across basic_auth and users."""
+        """Logins are unique across basic_auth and users; the request head has a deadline."""
+        if self.header_timeout <= 0:
+            yield "header_timeout", 'expected a duration over 0 (the request head always has a deadline), got 0'
         logins = [u.login for u in self.users]
         if self.basic_auth is not None:
             logins.append(self.basic_auth.login)
