@@ -67,7 +67,7 @@ _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(%s) ([\x21-\x7e]+) (HTTP/\d\.\d)" % _TOKEN)
 _FIELD_NAME = re.compile(_TOKEN)
 
-Clock = Callable[..., IDelayedCall]
+CallLater = Callable[..., IDelayedCall]
 
 
 class Linger:
@@ -77,7 +77,7 @@ class Linger:
     closed), then C{abort} if the connection is still open L{LINGER} later.
     """
 
-    def __init__(self, call_later: Clock, lose: Callable[[], object], abort: Callable[[], object],
+    def __init__(self, call_later: CallLater, lose: Callable[[], object], abort: Callable[[], object],
                  delay: float | None = None) -> None:
         """@param delay: seconds before C{lose}; L{LINGER} when not given."""
         self._call_later = call_later
