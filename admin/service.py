@@ -1,7 +1,9 @@
 """
 The API as a service of the balancer's tree: the resource stack (CORS, the
-write policy, the public routes, the guard, the per-account app) served by a L{Site} of
-L{BoundedRequest}s on C{[api] bind}, over TLS when C{[api.tls]} is set.
+The API as a service of the balancer's tree: the resource stack (CORS, the
+write policy, the public routes, the guard, the per-account app) served by an
+L{ApiSite} on C{[api] bind}, over TLS when C{[api.tls]} is set, with a spare
+descriptor (L{admin.reserve}) to answer when the process has no other.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, CertificateOptions, KeyPair
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from admin.app import AdminApp, PublicApp
 from admin.auth import Account, guard, run_inline
@@ -25,7 +26,8 @@ from admin.checks import RunBlocking
 from admin.cors import CorsResource
 from admin.origins import origin_set
 from admin.redacted import RedactedControl
-from admin.request import BoundedChannel, BoundedRequest
+from admin.reserve import keep_reserve
+from admin.site import ApiSite
 from admin.writes import WritePolicy
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
@@ -88,23 +90,26 @@ class ApiService(ListeningService):
     name = "api"
     label = "api"
 
-    def __init__(self, site: Site, api: ApiConfig, reactor: Any) -> None:
+    def __init__(self, site: ApiSite, api: ApiConfig, reactor: Any) -> None:
         super().__init__()
         self._site = site
         self._api = api
         self._reactor = reactor
 
     def bind(self) -> Any:
-        """Listen on C{[api] bind}, over TLS with C{[api.tls]}."""
+        """Listen on C{[api] bind}, over TLS with C{[api.tls]}, keeping a spare descriptor."""
         bind = self._api.bind
         try:
             if self._api.tls is not None:
-                return self._reactor.listenSSL(
+                port = self._reactor.listenSSL(
                     bind.port, self._site, tls_options(self._api.tls), interface=bind.listen_host
                 )
-            return self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
+            else:
+                port = self._reactor.listenTCP(bind.port, self._site, interface=bind.listen_host)
         except CannotListenError as e:
             raise BindError(f"api: cannot listen on {bind}: {e.socketError}") from e
+        keep_reserve(port, answer=self._api.tls is None)
+        return port
 
 
 def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
@@ -117,6 +122,6 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    site = Site(api_resource(control, api, run_blocking, reactor), requestFactory=BoundedRequest, reactor=reactor)
-    site.protocol = BoundedChannel
+    site = ApiSite(api_resource(control, api, run_blocking, reactor), header_timeout=api.header_timeout,
+                   max_connections=api.max_connections, reactor=reactor)
     return ApiService(site, api, reactor)

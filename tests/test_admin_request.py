@@ -1,8 +1,8 @@
 """
 L{BoundedRequest}: a body over 1 MiB is refused with 413 as soon as that is
 known, before the rest is taken in, and the connection closes once the client
-had time to read the answer; driven through a real C{HTTPChannel} on a
-C{StringTransport} and a clock.
+had time to read the answer; a failure no route handled is a JSON 500.
+Driven through an L{ApiSite}'s channel on a C{StringTransport} and a clock.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
-from admin.request import LINGER, MAX_BODY, MAX_HEAD, BoundedChannel, BoundedRequest
+from admin.channel import LINGER
+from admin.request import MAX_BODY
+from admin.site import ApiSite
 
 
 class Recorder(Resource):
@@ -40,7 +42,7 @@ class BodyLimitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.resource = Recorder()
         self.clock = Clock()
-        site = Site(self.resource, requestFactory=BoundedRequest, reactor=self.clock)
+        site = ApiSite(self.resource, header_timeout=10.0, max_connections=10, reactor=self.clock)
         self.channel = site.buildProtocol(None)
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
@@ -103,31 +105,34 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
 
 
-class HeadLimitTests(SynchronousTestCase):
-    """A request head over MAX_HEAD gets 431 with a JSON error, not Twisted's bare 400."""
+class Failing(Resource):
+    """Raises while rendering, as a route no error handler catches would."""
 
-    def setUp(self) -> None:
-        self.resource = Recorder()
-        site = Site(self.resource, requestFactory=BoundedRequest, reactor=Clock())
-        site.protocol = BoundedChannel
-        self.channel = site.buildProtocol(None)
-        self.transport = StringTransport()
-        self.channel.makeConnection(self.transport)
+    isLeaf = True
 
-    def send(self, header_lines: int, size: int) -> None:
-        headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * size) for i in range(header_lines))
-        self.channel.dataReceived(b"POST /servers/x HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\n" + headers + b"\r\n")
+    def render(self, request: Request) -> bytes:
+        raise OSError(24, "Too many open files")
 
-    def test_overTheLimit431(self) -> None:
-        self.send(5, 8000)
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        self.assertEqual(head.split(b"\r\n")[0], b"HTTP/1.1 431 Request Header Fields Too Large")
-        self.assertEqual(json.loads(body), {"errors": [{"detail": f"the request head is over {MAX_HEAD} bytes"}]})
-        self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.resource.bodies, [])
 
-    def test_underTheLimitServed(self) -> None:
-        """Between Twisted's default 16 KiB and MAX_HEAD, the request reaches the API (which has its own limits)."""
-        self.send(3, 8000)
-        self.assertEqual(self.resource.bodies, [0])
-        self.assertIn(b"200 OK", self.transport.value())
+class ProcessingFailedTests(SynchronousTestCase):
+    """A failure no route handled is a JSON 500 in the API's error form, logged, never Twisted's HTML page."""
+
+    def answer(self, path: bytes) -> tuple[bytes, bytes]:
+        site = ApiSite(Failing(), header_timeout=10.0, max_connections=10, reactor=Clock())
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: api\r\n\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 500 "), head)
+        self.assertIn(b"Content-Type: application/json", head.split(b"\r\n"))
+        return head, body
+
+    def test_rootApiAnswersAJsonString(self) -> None:
+        _, body = self.answer(b"/servers")
+        self.assertEqual(json.loads(body), "internal error (logged)")
+
+    def test_v1AnswersAnErrorDocument(self) -> None:
+        _, body = self.answer(b"/v1/servers?x=1")
+        self.assertEqual(json.loads(body), {"errors": [{"detail": "internal error (logged)"}]})

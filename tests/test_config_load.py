@@ -412,3 +412,29 @@ class CheckResourcesTests(SynchronousTestCase):
             caught.exception.lines(),
             ["x.toml: servers.web.tls.acme_hosts: certificates from ACME are not supported; give cert_path and key_path"],
         )
+
+
+class ApiLimitsTests(SynchronousTestCase):
+    """C{[api] header_timeout} and C{[api] max_connections}: defaults, values, bounds."""
+
+    def test_defaults(self) -> None:
+        api = parse_config(b"", "x.toml").api
+        self.assertEqual((api.header_timeout, api.max_connections), (10.0, 256))
+
+    def test_values(self) -> None:
+        api = parse_config(b'[api]\nheader_timeout = "2500ms"\nmax_connections = 1000000\n', "x.toml").api
+        self.assertEqual((api.header_timeout, api.max_connections), (2.5, 1_000_000))
+
+    def test_outOfBounds(self) -> None:
+        for text, line in (
+            (b'header_timeout = "0"', "x.toml: api.header_timeout: expected a duration over 0 "
+                                      "(the request head always has a deadline), got 0"),
+            (b'header_timeout = 10', 'x.toml: api.header_timeout: expected a duration string like "2s" or "500ms", '
+                                     "got integer 10"),
+            (b"max_connections = 0", "x.toml: api.max_connections: expected an integer from 1 to 1000000, got 0"),
+            (b"max_connections = 1000001",
+             "x.toml: api.max_connections: expected an integer from 1 to 1000000, got 1000001"),
+        ):
+            with self.subTest(text=text), self.assertRaises(ConfigError) as caught:
+                parse_config(b"[api]\n" + text + b"\n", "x.toml")
+            self.assertEqual(caught.exception.lines(), [line])

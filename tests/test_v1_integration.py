@@ -16,11 +16,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
-
-import admin.request
-from admin.request import BoundedRequest
+import admin.channel
 from admin.service import api_resource
+from admin.site import ApiSite
 from balancer.config.load import parse_config
 from balancer.control import Controller
 from balancer.service import BalancerService
@@ -36,8 +34,8 @@ static_list = ["127.0.0.1:{port}"]
 """
 
 
-class WatchedSite(Site):
-    """A L{Site} that knows when each of its connections has closed."""
+class WatchedSite(ApiSite):
+    """An L{ApiSite} that knows when each of its connections has closed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,7 +73,8 @@ class ServerLifeTests(TestCase):
         self.balancer.startService()
         self.addCleanup(self.balancer.stopService)
         control = Controller(self.balancer, config, "integration.toml", reactor)
-        site = self.site = WatchedSite(api_resource(control, config.api), requestFactory=BoundedRequest, reactor=reactor)
+        site = self.site = WatchedSite(api_resource(control, config.api), header_timeout=config.api.header_timeout,
+                                       max_connections=config.api.max_connections, reactor=reactor)
         api = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(api.stopListening)
         self.api = f"http://127.0.0.1:{api.getHost().port}"
@@ -129,7 +128,7 @@ class ServerLifeTests(TestCase):
 
     @inlineCallbacks
     def test_bodyOverTheLimitIs413WithAnErrorDocument(self) -> Any:
-        self.patch(admin.request, "LINGER", 0.0)
+        self.patch(admin.channel, "LINGER", 0.0)
         response = yield self.http.request("POST", self.api + "/v1/servers", data=b"[" + b" " * (2 << 20) + b"]",
                                       headers={"Content-Type": "application/json"})
         body = yield response.json()

@@ -17,10 +17,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.server import Site
-
-from admin.request import BoundedRequest
 from admin.service import api_resource
+from admin.site import ApiSite
 from admin.v1.openapi import document
 from balancer.config.load import parse_config
 from balancer.control import Controller
@@ -88,7 +86,8 @@ class SchemathesisTests(TestCase):
         self.balancer.startService()
         self.addCleanup(self.balancer.stopService)
         control = Controller(self.balancer, config, "schemathesis.toml", reactor)
-        site = Site(api_resource(control, config.api), requestFactory=BoundedRequest, reactor=reactor)
+        site = ApiSite(api_resource(control, config.api), header_timeout=config.api.header_timeout,
+                       max_connections=config.api.max_connections, reactor=reactor)
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
 

@@ -95,9 +95,13 @@ class ApiConfig:
     allow_exec: bool = setting(False, parse=flag())
     auth_concurrency: int = setting(2, parse=whole(1, 8))
     auth_failures_per_second: int = setting(5, parse=whole(1, 10_000))
+    header_timeout: float = setting(10.0, parse=duration())
+    max_connections: int = setting(256, parse=whole(1, 1_000_000))
 
     def problems(self) -> Found:
-        """Logins are unique across basic_auth and users; an origin's port is 1 to 65535."""
+        """Logins are unique across basic_auth and users; an origin's port is 1 to 65535; the request head has a deadline."""
+        if self.header_timeout <= 0:
+            yield "header_timeout", 'expected a duration over 0 (the request head always has a deadline), got 0'
         logins = [u.login for u in self.users]
         if self.basic_auth is not None:
             logins.append(self.basic_auth.login)

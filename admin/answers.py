@@ -1,0 +1,59 @@
+"""
+Error answers written straight onto a connection, before or instead of any
+route: a malformed or too large request, a deadline passed, no room for
+another connection.  The body says why in the API's own error form: a JSON
+string (gobetween's root API), or under C{/v1} a JSON:API C{errors}
+document, chosen by the request target when it is known.
+"""
+
+from __future__ import annotations
+
+import json
+
+#: RFC 9110's reason phrases for the codes written here (Twisted's table has older ones, and no 431).
+REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def under_v1(target: bytes) -> bool:
+    """Whether the request target C{target} is a C{/v1} resource (so errors are JSON:API documents)."""
+    return target == b"/v1" or target.startswith((b"/v1/", b"/v1?"))
+
+
+def error_body(detail: str, target: bytes = b"") -> bytes:
+    """The JSON error body saying C{detail}, in the form of the API that C{target} belongs to."""
+    document: object = {"errors": [{"detail": detail}]} if under_v1(target) else detail
+    return json.dumps(document).encode("utf-8")
+
+
+def error_answer(code: int, detail: str, target: bytes = b"", headers: tuple[bytes, ...] = ()) -> bytes:
+    """
+    A whole HTTP/1.1 answer: status C{code}, the JSON error body saying
+    C{detail}, and C{Connection: close} (every such answer ends the connection).
+
+    @param target: the request target, when known (C{b""} otherwise: gobetween's form).
+    @param headers: further header lines, without their line ends.
+    """
+    body = error_body(detail, target)
+    head = [
+        b"HTTP/1.1 %d %s" % (code, REASONS[code]),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Connection: close",
+        *headers,
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def target_of(request_line: bytes) -> bytes:
+    """The request target of a (maybe partial) request line: its second word, or C{b""}."""
+    words = request_line.split(b" ", 2)
+    return words[1] if len(words) > 1 else b""
