@@ -599,5 +599,20 @@ def load_effective(config: Config, source: str) -> tuple[Config, RuntimeChanges]
         return config, RuntimeChanges()
     state = StateFile(config.state.path)
     changes = state.load()
+    problems = []
+    for name, record in changes.backends.items():
+        try:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ConfigError(state.path, [Problem(join("backends", name), NAME_RULE)])
+            checked = backend_parameters(name, {k: v for k, v in record.items() if k != "services"})
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        services = record.get("services", [])
+        if not all(isinstance(s, str) for s in services):
+            problems.append(Problem(join(join("backends", name), "services"), "expected a list of service names"))
+        changes.backends[name] = {**checked, "services": list(services)}
+    if problems:
+        raise ConfigError(state.path, problems)
     return changes.apply(config, state.path), changes
 
