@@ -105,6 +105,11 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
+    return ApiService(api_site(control, api, reactor, run_blocking), api, reactor)
+
+
+def api_site(control: IControl, api: ApiConfig, reactor: Any, run_blocking: RunBlocking = run_inline) -> Site:
+    """The HTTP site of the API: L{api_resource} served with the API's request and channel classes."""
     site = Site(api_resource(control, api, run_blocking), requestFactory=BoundedRequest, reactor=reactor)
     site.protocol = BoundedChannel
-    return ApiService(site, api, reactor)
+    return site
