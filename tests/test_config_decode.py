@@ -159,7 +159,7 @@ class LoaderTests(SynchronousTestCase):
             ["servers.web.discovery.static_list[0]", "servers.web.healthcheck.exec_command",
              "servers.dns.discovery.exec_command[1]", "state.path"],
         )
-        self.assertIn('must not contain a NUL character (\\u0000), got string "/bin/check\\u0000 --now"', lines[2])
+        self.assertIn('must not contain a NUL character (\\u0000), got string "/bin/check\\u0000 --now"', lines[1])
 
     def test_probePayloadsMayHoldNul(self) -> None:
         config = tomllib.loads(VALID)
