@@ -22,6 +22,7 @@ from admin.app import AdminApp, PublicApp
 from admin.auth import Account, RunBlocking, guard, run_inline
 from admin.cors import CorsResource
 from admin.request import BoundedChannel, BoundedRequest
+from admin.urlcheck import Utf8Resource
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
 from balancer.listening import ListeningService
@@ -42,7 +43,7 @@ def api_resource(control: IControl, api: ApiConfig, run_blocking: RunBlocking = 
         return AdminApp(control, account).app.resource()
 
     front = PublicApp(guard(api, resource_for, run_blocking)).app.resource()
-    return CorsResource(front) if api.cors else front
+    return Utf8Resource(CorsResource(front) if api.cors else front)
 
 
 def tls_options(tls: ApiTlsConfig) -> CertificateOptions:

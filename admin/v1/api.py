@@ -293,7 +293,7 @@ class V1App:
         request.setHeader(b"Last-Modified", conditional.http_date(modified).encode("ascii"))
 
     def _render(self, request: IRequest, code: int, document: Any, query: params.Query | None = None) -> bytes:
-        pretty = query.pretty if query is not None else params.parse(request.args).pretty
+        pretty = query.pretty if query is not None else params.parse_pretty(request.args)
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", documents.JSON)
         return documents.dumps(document, pretty)
