@@ -34,13 +34,13 @@ from werkzeug.http import parse_accept_header
 from admin.auth import Account, require_admin
 from admin.errors import Forbidden
 from admin.v1 import conditional, documents, locks, openapi, params
-from admin.v1.patch import apply_patch
 from admin.v1.balancer import Balancer
 from admin.v1.errors import MAX_HEADER, MAX_HEADERS, MAX_URI, ApiError, bad_request, unprocessable
 from admin.v1.filters import Filters
 from admin.v1.kind import Kind
 from admin.v1.listeners import Listeners
 from admin.v1.monitors import Monitors
+from admin.v1.patch import apply_patch
 from admin.v1.servers import Servers, parse_state
 from admin.v1.services import Services
 from admin.v1.sessions import Sessions
