@@ -15,7 +15,7 @@ setup(
         "twisted[tls]>=23.10",
         "klein>=23.5",
         "treq>=23.11",
-        "toml>=0.10",
+        "tomli-w>=1.0",
         "service-identity>=23.1",
         "pyopenssl>=23.2",
         "attrs>=23.1",

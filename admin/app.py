@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from admin import gobetween
 from admin.auth import Account, require_admin
 from admin.errors import BadRequest, Forbidden
+from admin.jsonbody import BodyError
 from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
 from balancer.control import ChangeRefused, DumpFormatError, IControl, ServerExists, UnknownServer
@@ -143,6 +144,11 @@ class AdminApp:
     def bad_request(self, request: IRequest, failure: Failure) -> bytes:
         """A body or a query parameter that cannot be used: 400."""
         return gobetween.json_response(request, str(failure.value), 400)
+
+    @app.handle_errors(BodyError)
+    def bad_body(self, request: IRequest, failure: Failure) -> bytes:
+        """A body that is not JSON within the API's bounds (400), or too long (413)."""
+        return gobetween.json_response(request, str(failure.value), failure.value.code)
 
     @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:

@@ -15,6 +15,7 @@ from typing import IO, Any
 from twisted.web.iweb import IRequest
 
 from admin.errors import BadRequest
+from admin.jsonbody import read_json
 from balancer.control import IControl
 
 #: The fields of one backend in C{GET /servers/<name>/stats}, as gobetween documents them.
@@ -79,12 +80,11 @@ def server_body(content: IO[bytes]) -> dict[str, Any]:
     """
     The JSON object of a C{POST /servers/<name>} body.
 
-    @raise BadRequest: if the body is not JSON, or not a JSON object.
+    @raise admin.jsonbody.BodyError: if the body is not JSON within the bounds of
+        L{admin.jsonbody} (400), or too long (413).
+    @raise BadRequest: if the body is not a JSON object.
     """
-    try:
-        body = json.loads(content.read())
-    except ValueError as e:
-        raise BadRequest(f"the body is not JSON: {e}") from None
+    body = read_json(content)
     if not isinstance(body, dict):
         raise BadRequest(f"expected a JSON object (a server definition), got {type(body).__name__}")
     return body

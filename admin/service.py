@@ -28,6 +28,7 @@ from admin.origins import origin_set
 from admin.redacted import RedactedControl
 from admin.reserve import keep_reserve
 from admin.site import ApiSite
+from admin.urlcheck import Utf8Resource
 from admin.writes import WritePolicy
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
@@ -55,8 +56,8 @@ def api_resource(
 
     front = WritePolicy(PublicApp(guard(api, resource_for, run_blocking, clock)).app.resource(), api)
     if api.cors or api.cors_origins:
-        return CorsResource(front, api.cors, origin_set(api.cors_origins))
-    return front
+        front = CorsResource(front, api.cors, origin_set(api.cors_origins))
+    return Utf8Resource(front)
 
 
 def tls_options(tls: ApiTlsConfig) -> CertificateOptions:
@@ -122,6 +123,10 @@ def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
     def run_blocking(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    site = ApiSite(api_resource(control, api, run_blocking, reactor), header_timeout=api.header_timeout,
+    return ApiService(api_site(control, api, reactor, run_blocking), api, reactor)
+
+
+def api_site(control: IControl, api: ApiConfig, reactor: Any, run_blocking: RunBlocking = run_inline) -> ApiSite:
+    """The HTTP site of the API: L{api_resource} served by an L{ApiSite} with the API's limits."""
+    return ApiSite(api_resource(control, api, run_blocking, reactor), header_timeout=api.header_timeout,
                    max_connections=api.max_connections, reactor=reactor)
-    return ApiService(site, api, reactor)

@@ -21,7 +21,7 @@ from balancer.backends import ACTIVE, DRAIN, MAINTENANCE, Backend
 from balancer.config.addresses import AddressError, BackendSpec, parse_backend_line
 from balancer.config.dump import to_json, to_mapping, to_toml
 from balancer.config.errors import ConfigError, Problem
-from balancer.config.fields import NAME_PATTERN, NAME_RULE, join
+from balancer.config.fields import MAX_CONNECTIONS, MAX_COUNT, NAME_PATTERN, NAME_RULE, describe, join
 from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.config.secrets import keep_secrets
@@ -583,19 +583,20 @@ def backend_parameters(name: str, raw: object) -> dict[str, Any]:
         for key in raw
         if key not in BACKEND_PARAMETERS
     ]
-    ranges = {"port": (1, 65535, None), "weight": (0, 1 << 31, 1), "priority": (0, 1 << 31, 1), "max_connections": (0, 1 << 31, 0)}
+    ranges = {"port": (1, 65535, None), "weight": (0, MAX_COUNT, 1), "priority": (0, MAX_COUNT, 1),
+              "max_connections": (0, MAX_CONNECTIONS, 0)}
     values: dict[str, Any] = {}
     for key, (low, high, default) in ranges.items():
         value = raw.get(key, default)
         if type(value) is not int or not low <= value <= high:
             required = "required: " if default is None else ""
-            problems.append(Problem(join(where, key), f"{required}expected an integer from {low} to {high}, got {value!r}"))
+            problems.append(Problem(join(where, key), f"{required}expected an integer from {low} to {high}, got {describe(value)}"))
         values[key] = value
     address, sni = raw.get("address"), raw.get("sni")
-    if not isinstance(address, str) or not address:
-        problems.append(Problem(join(where, "address"), f"required: expected a host name or IP address, got {address!r}"))
-    if sni is not None and (not isinstance(sni, str) or not re.fullmatch(r"\S+", sni)):
-        problems.append(Problem(join(where, "sni"), f"expected a server name without spaces, got {sni!r}"))
+    if not isinstance(address, str) or not address or "\x00" in address:
+        problems.append(Problem(join(where, "address"), f"required: expected a host name or IP address, got {describe(address)}"))
+    if sni is not None and (not isinstance(sni, str) or not re.fullmatch(r"[^\s\x00]+", sni)):
+        problems.append(Problem(join(where, "sni"), f"expected a server name without spaces, got {describe(sni)}"))
     if not problems:
         spec = BackendSpec(address, values["port"], sni=sni)  # type: ignore[arg-type]
         try:
@@ -617,5 +618,20 @@ def load_effective(config: Config, source: str) -> tuple[Config, RuntimeChanges]
         return config, RuntimeChanges()
     state = StateFile(config.state.path)
     changes = state.load()
+    problems = []
+    for name, record in changes.backends.items():
+        try:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ConfigError(state.path, [Problem(join("backends", name), NAME_RULE)])
+            checked = backend_parameters(name, {k: v for k, v in record.items() if k != "services"})
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        services = record.get("services", [])
+        if not all(isinstance(s, str) for s in services):
+            problems.append(Problem(join(join("backends", name), "services"), "expected a list of service names"))
+        changes.backends[name] = {**checked, "services": list(services)}
+    if problems:
+        raise ConfigError(state.path, problems)
     return changes.apply(config, state.path), changes
 

@@ -100,6 +100,8 @@ class ServerService(Service):
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
     @ivar engine: the relay engine its plain TCP relays run on
         (L{runs_on_engine}), or C{None} for Twisted's transports.
+    @ivar udp_max_sessions: C{[defaults] udp_max_sessions}, the limit of UDP
+        sessions of a C{protocol = "udp"} server without C{max_connections}.
     @ivar on_engine: whether its relays run on the engine (it has one, and
         its configuration L{runs_on_engine}).
     """
@@ -115,8 +117,10 @@ class ServerService(Service):
         rng: random.Random | None = None,
         reuse_port: bool = False,
         engine: Engine | None = None,
+        udp_max_sessions: int = 0,
     ) -> None:
         self.name = name
+        self.udp_max_sessions = udp_max_sessions
         self.reuse_port = reuse_port
         self.config = config
         self.reactor = reactor
@@ -180,6 +184,7 @@ class ServerService(Service):
                 clock=self.clock,
                 name=self.name,
                 released=self.backend_released,
+                udp_max_sessions=self.udp_max_sessions,
             )
             if self.reuse_port:
                 return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)

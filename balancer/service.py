@@ -53,6 +53,7 @@ class BalancerService(MultiService):
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
             engine=engine_for(self.reactor) if defaults.splice else None,
+            udp_max_sessions=defaults.udp_max_sessions,
         )
         service.setName(name)
         return service

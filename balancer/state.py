@@ -8,22 +8,33 @@ created through it (with the services they are linked to) and the admin state
 (maintenance, drain) set on backends.  Files written before those existed
 still load.  At start the configuration file
 applies first, then the state on top of it.  Writes are atomic: a temporary
-file in the same directory, fsync, rename.
+file in the same directory (C{.state-<name>-XXXXXXXX} beside the state
+file C{<name>}), fsync, rename; temporary files that an interrupted write
+left behind are removed at start (L{StateCleanup}).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-import tomllib
 from typing import Any
 
 import attrs
-import toml
+import tomli_w
+from twisted.application.service import Service
+from twisted.logger import Logger
 
+from balancer.config.decode import DecodeError, loads_toml
 from balancer.config.errors import ConfigError, Problem
 from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config
+
+log = Logger()
+
+#: The temporary files of writers before this one named them C{.state-} and
+#: 8 characters of C{tempfile}'s alphabet, whatever the state file's name.
+_OLD_TEMPORARY = re.compile(r"\.state-[a-z0-9_]{8}")
 
 
 @attrs.define
@@ -89,30 +100,66 @@ class StateFile:
         """
         The changes recorded so far (none if the file does not exist yet).
 
-        @raise ConfigError: the file exists but cannot be read or parsed.
+        @raise ConfigError: the file exists but cannot be read or parsed, or
+            does not hold the tables a state file has (one line naming what).
         """
         try:
             with open(self.path, "rb") as f:
-                raw = tomllib.load(f)
+                data = f.read()
         except FileNotFoundError:
             return RuntimeChanges()
         except OSError as e:
             raise ConfigError(self.path, [Problem("", f"cannot read the state file: {e.strerror}")])
-        except tomllib.TOMLDecodeError as e:
+        try:
+            raw = loads_toml(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(self.path, [Problem("", f"the state file is not UTF-8 text (byte {e.start})")])
+        except DecodeError as e:
             raise ConfigError(self.path, [Problem("", f"invalid TOML in the state file: {e}")])
         servers = raw.get("servers", {})
         deleted = raw.get("deleted", [])
         backends = raw.get("backends", {})
         states = raw.get("backend_states", {})
-        if not isinstance(servers, dict) or not isinstance(deleted, list):
-            raise ConfigError(self.path, [Problem("", "expected [servers.<name>] tables and a deleted = [...] list")])
-        if not isinstance(backends, dict) or not all(isinstance(b, dict) for b in backends.values()):
-            raise ConfigError(self.path, [Problem("backends", "expected [backends.<name>] tables")])
+        if not isinstance(servers, dict) or not isinstance(deleted, list) or not all(isinstance(d, str) for d in deleted):
+            raise ConfigError(self.path, [Problem("", "expected [servers.<name>] tables and a deleted = [...] list of names")])
+        if not isinstance(backends, dict) or not all(_backend_record(b) for b in backends.values()):
+            raise ConfigError(self.path, [Problem("backends", "expected [backends.<name>] tables, each with services = [...]")])
         if not isinstance(states, dict) or not all(v in ("maintenance", "drain") for v in states.values()):
             raise ConfigError(self.path, [Problem("backend_states", 'expected "<id>" = "maintenance" or "drain"')])
         return RuntimeChanges(
-            servers=dict(servers), deleted=set(map(str, deleted)), backends=dict(backends), backend_states=dict(states)
+            servers=dict(servers), deleted=set(deleted), backends=dict(backends), backend_states=dict(states)
         )
+
+    def temporary_prefix(self) -> str:
+        """How the temporary files of L{save} begin: C{.state-<name of the state file>-}."""
+        return f".state-{os.path.basename(self.path)}-"
+
+    def remove_leftovers(self) -> list[str]:
+        """
+        Remove the temporary files that writes interrupted before their
+        rename (a C{kill -9}, a crash, a full disk) left beside the state
+        file: those of L{save}, and those of earlier versions (C{.state-}
+        and 8 characters).  Call it at start, before any write.
+
+        @return: the paths removed.
+        """
+        directory = os.path.dirname(os.path.abspath(self.path))
+        prefix = self.temporary_prefix()
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return []
+        removed = []
+        for name in names:
+            if name.startswith(prefix) or _OLD_TEMPORARY.fullmatch(name):
+                path = os.path.join(directory, name)
+                try:
+                    os.unlink(path)
+                except OSError as e:
+                    log.warn("state: cannot remove the leftover temporary file {path}: {error}", path=path, error=e.strerror)
+                    continue
+                removed.append(path)
+        return removed
 
     def save(self, changes: RuntimeChanges) -> None:
         """
@@ -127,11 +174,11 @@ class StateFile:
             "backend_states": changes.backend_states,
         }
         directory = os.path.dirname(os.path.abspath(self.path))
-        fd, temporary = tempfile.mkstemp(prefix=".state-", dir=directory)
+        fd, temporary = tempfile.mkstemp(prefix=self.temporary_prefix(), dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write("# balancer runtime state: written by the API, applied on top of the configuration.\n")
-                f.write(toml.dumps(document))
+                f.write(tomli_w.dumps(document))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
@@ -144,3 +191,22 @@ class StateFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _backend_record(record: object) -> bool:
+    """Whether C{record} has the shape of a created backend's record (its values are checked where used)."""
+    return isinstance(record, dict) and isinstance(record.get("services", []), list)
+
+
+class StateCleanup(Service):
+    """At start, removes what interrupted writes of the state file left (L{StateFile.remove_leftovers})."""
+
+    def __init__(self, path: str) -> None:
+        self.state = StateFile(path)
+
+    def startService(self) -> None:
+        """Remove the leftovers, saying how many in the log."""
+        super().startService()
+        removed = self.state.remove_leftovers()
+        if removed:
+            log.info("state: removed {count} temporary files left by interrupted writes", count=len(removed))

@@ -23,7 +23,7 @@ from balancer.logs import log_observer, open_output
 from balancer.metrics import metrics_service
 from balancer.server import BindError
 from balancer.service import BalancerService
-from balancer.state import RuntimeChanges
+from balancer.state import RuntimeChanges, StateCleanup
 from balancer.workers import WorkerSupervisor
 
 
@@ -108,7 +108,8 @@ def build_service(
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
-    interface, the admin API when C{[api] enabled}, the other worker
+    interface, the removal of what interrupted writes of C{[state] path}
+    left, the admin API when C{[api] enabled}, the other worker
     processes when C{[defaults] workers} is over 1 and, with C{demo}, its
     demo backends.
 
@@ -118,6 +119,8 @@ def build_service(
     @param configured: the file alone, when it differs from C{config}.
     """
     root = BalancerRoot(config.logging)
+    if config.state is not None:
+        StateCleanup(config.state.path).setServiceParent(root)
     if demo:
         demo_service(loopback_backends(config), reactor).setServiceParent(root)
     balancer = BalancerService(config, reactor)

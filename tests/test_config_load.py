@@ -154,7 +154,7 @@ class BadConfigTests(SynchronousTestCase):
 
     def test_negativeLimit(self) -> None:
         self.assertProblems(
-            "negative_limit.toml", "defaults.max_connections: expected an integer of at least 0, got -1"
+            "negative_limit.toml", "defaults.max_connections: expected an integer from 0 to 1000000, got -1"
         )
 
     def test_invalidToml(self) -> None:

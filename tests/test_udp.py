@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import attrs
+
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
@@ -373,3 +375,80 @@ class AdmissionTests(SynchronousTestCase):
         )
         proxy = UdpProxy.from_config(config, lambda host: None, ServerCounters(), reactor=reactor)
         self.assertEqual((proxy.max_requests, proxy.max_responses, proxy.access), (0, 0, None))
+
+
+class _FakeSocket:
+    """A connected backend socket of L{_SocketCountingReactor}."""
+
+    def __init__(self, reactor: _SocketCountingReactor) -> None:
+        self._reactor = reactor
+
+    def connect(self, host: str, port: int) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self._reactor.open -= 1
+
+
+class _SocketCountingReactor:
+    """Opens fake backend sockets and counts those open."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> _FakeSocket:
+        self.open += 1
+        return _FakeSocket(self)
+
+
+class SessionLimitTests(SynchronousTestCase):
+    """
+    Admission by C{max_connections}, else C{[defaults] udp_max_sessions}:
+    gobetween 0.8's UDP server ignores C{max_connections}, and every session
+    holds a socket, so spoofed source ports could fill the descriptor table.
+    """
+
+    def proxy(self, counters: ServerCounters, reactor: _SocketCountingReactor, **options: Any) -> UdpProxy:
+        backend = Backend(BackendSpec("127.0.0.1", 9))
+        return UdpProxy(lambda host: backend, counters, reactor=reactor, clock=task.Clock(), **options)
+
+    def flood(self, proxy: UdpProxy, ports: int) -> None:
+        for port in range(1000, 1000 + ports):
+            proxy.datagramReceived(b"q", ("192.0.2.7", port))
+
+    def test_maxConnectionsCountsSessions(self) -> None:
+        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        proxy = self.proxy(counters, reactor, max_sessions=100)
+        self.flood(proxy, 500)
+        self.assertEqual((len(proxy.live_sessions()), reactor.open, counters.active_connections), (100, 100, 100))
+        self.assertEqual((counters.over_limit, counters.total_connections), (400, 100))
+        proxy.datagramReceived(b"again", ("192.0.2.7", 1000))
+        self.assertEqual(counters.over_limit, 400)
+        proxy.live_sessions()[0].end("test")
+        proxy.datagramReceived(b"q", ("192.0.2.8", 1))
+        self.assertEqual((len(proxy.live_sessions()), counters.over_limit, counters.total_connections), (100, 400, 101))
+
+    def test_retiredSessionsStillCount(self) -> None:
+        """A session past C{max_requests} still holds its socket while it relays answers."""
+        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        proxy = self.proxy(counters, reactor, max_sessions=3, max_requests=1)
+        for _ in range(5):
+            proxy.datagramReceived(b"q", ("192.0.2.7", 1000))
+        self.assertEqual((reactor.open, counters.over_limit, proxy.sessions), (3, 2, {}))
+
+    def test_configTakesMaxConnectionsElseUdpMaxSessions(self) -> None:
+        config = ServerConfig(
+            bind=HostPort("127.0.0.1", 0),
+            discovery=DiscoveryConfig(kind="static", static_list=(BackendSpec("127.0.0.1", 53),)),
+            protocol="udp",
+            max_connections=0,
+        )
+        proxy = UdpProxy.from_config(config, lambda host: None, ServerCounters(), reactor=reactor, udp_max_sessions=7)
+        self.assertEqual(proxy.max_sessions, 7)
+        proxy.configure(attrs.evolve(config, max_connections=100))
+        self.assertEqual(proxy.max_sessions, 100)
+        proxy.configure(config)
+        self.assertEqual(proxy.max_sessions, 7)

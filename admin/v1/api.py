@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-import jsonpatch
-from jsonpointer import JsonPointerException
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +40,7 @@ from admin.v1.filters import Filters
 from admin.v1.kind import Kind
 from admin.v1.listeners import Listeners
 from admin.v1.monitors import Monitors
+from admin.v1.patch import apply_patch
 from admin.v1.servers import Servers, parse_state
 from admin.v1.services import Services
 from admin.v1.sessions import Sessions
@@ -152,7 +151,7 @@ class V1App:
             return self._render(request, 200, document)
         value, is_patch = body  # type: ignore[misc]
         if is_patch:
-            value = _apply_patch(value, document)
+            value = apply_patch(value, document)
         ids = documents.linkage(value, name)
         with locks.hold(self.control, kind.lock_key(id)):
             await kind.relate(id, name, ids)
@@ -219,7 +218,7 @@ class V1App:
         if media not in allowed:
             given = media.decode("latin-1") or "none"
             raise ApiError(415, f"{method} takes {', '.join(a.decode() for a in allowed)}; Content-Type is {given}")
-        return documents.parse_json(request.content.read()), media in JSON_PATCH
+        return documents.parse_json(request.content), media in JSON_PATCH
 
     async def _collection(self, request: IRequest, kind: Kind) -> bytes:
         method = self._begin(request, kind.collection_methods)
@@ -294,7 +293,7 @@ class V1App:
         request.setHeader(b"Last-Modified", conditional.http_date(modified).encode("ascii"))
 
     def _render(self, request: IRequest, code: int, document: Any, query: params.Query | None = None) -> bytes:
-        pretty = query.pretty if query is not None else params.parse(request.args).pretty
+        pretty = query.pretty if query is not None else params.parse_pretty(request.args)
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", documents.JSON)
         return documents.dumps(document, pretty)
@@ -362,34 +361,13 @@ class V1App:
         return documents.dumps({"errors": errors}, params.parse_pretty(request.args))
 
 
-def _apply_patch(operations: Any, document: Any) -> Any:
-    """
-    Apply a JSON Patch (RFC 6902) to C{document}.
-
-    @raise ApiError: 400 for a patch that is not a list of operations, 409
-        when a C{test} fails, 422 when a path does not exist.
-    """
-    if not isinstance(operations, list):
-        raise bad_request("a JSON Patch is a list of operations")
-    try:
-        return jsonpatch.JsonPatch(operations).apply(document)
-    except jsonpatch.JsonPatchTestFailed as e:
-        raise ApiError(409, f"JSON Patch test failed: {e}") from None
-    except jsonpatch.InvalidJsonPatch as e:
-        raise bad_request(f"not a valid JSON Patch: {e}") from None
-    except (jsonpatch.JsonPatchConflict, JsonPointerException) as e:
-        raise unprocessable([("", f"JSON Patch cannot be applied: {e}")]) from None
-    except (TypeError, KeyError, IndexError, ValueError) as e:
-        raise bad_request(f"not a valid JSON Patch: {e}") from None
-
-
 def _patched_data(kind: Kind, operations: Any, current: dict[str, Any]) -> dict[str, Any]:
     """
     The resource object a JSON Patch makes of C{current} (as C{{"data": ...}}).
 
     @raise ApiError: 422 listing every read-only member the patch changes.
     """
-    patched = _apply_patch(operations, {"data": current})
+    patched = apply_patch(operations, {"data": current})
     data = documents.resource_data(patched, kind.type, current["id"])
     readonly = [f"/data/{k}" for k in ("links",) if data.get(k) != current.get(k)]
     before, after = current.get("attributes", {}), data.get("attributes", {})

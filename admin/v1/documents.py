@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 from urllib.parse import quote
 
+from admin.jsonbody import BodyError, read_json
 from admin.v1.errors import ApiError, bad_request, unprocessable
 from balancer.config.errors import ConfigError
 
@@ -63,16 +64,17 @@ def dumps(document: Any, pretty: bool) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(content: IO[bytes] | None) -> Any:
     """
-    The JSON value of a request body.
+    The JSON value of a request body (read by L{admin.jsonbody}).
 
-    @raise ApiError: 400 if it is not UTF-8 JSON.
+    @raise ApiError: 400 if it is not UTF-8 JSON within the bounds of
+        L{admin.jsonbody}; 413 if it is too long.
     """
     try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise bad_request(f"the body is not JSON: {e}") from None
+        return read_json(content)
+    except BodyError as e:
+        raise ApiError(e.code, str(e)) from None
 
 
 def resource_data(document: Any, type_: str, id: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ on collections.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 from urllib.parse import urlencode
@@ -15,6 +14,7 @@ import attrs
 from jsonpointer import JsonPointer, JsonPointerException
 
 from admin.v1.errors import bad_request
+from balancer.config.decode import DecodeError, loads_json
 
 _MISSING = object()
 
@@ -25,7 +25,8 @@ class Query:
     The parsed parameters of one request.
 
     @ivar fields: type to the attribute or relationship names (C{a/b} for nested attributes) to keep.
-    @ivar filters: (pointer, raw value) pairs a collection member must match.
+    @ivar filters: (pointer, raw value, the value read as JSON if it is JSON)
+        triples a collection member must match.
     @ivar size: the page size, None for all.
     @ivar number: the page number, from 0.
     @ivar args: every query parameter, to build page links.
@@ -33,7 +34,7 @@ class Query:
 
     pretty: bool = True
     fields: dict[str, list[str]] = attrs.Factory(dict)
-    filters: list[tuple[JsonPointer, str]] = attrs.Factory(list)
+    filters: list[tuple[JsonPointer, str, Any]] = attrs.Factory(list)
     size: int | None = None
     number: int = 0
     args: list[tuple[str, str]] = attrs.Factory(list)
@@ -64,7 +65,7 @@ def parse(args: dict[bytes, list[bytes]]) -> Query:
         elif key == "filter":
             pointer, sep, wanted = value.partition("=")
             try:
-                filters.append((JsonPointer(pointer), wanted))
+                filters.append((JsonPointer(pointer), wanted, _json_or_missing(wanted)))
             except JsonPointerException:
                 raise bad_request(f'filter is "<JSON pointer>=<value>" like "/attributes/state=Running", got "{value}"') from None
             if not sep:
@@ -78,10 +79,24 @@ def parse(args: dict[bytes, list[bytes]]) -> Query:
     return Query(pretty == b"true", fields, filters, size, number or 0, decoded)
 
 
+#: The largest C{page[size]} and C{page[number]}.
+MAX_PAGE = 999_999_999
+
+
 def _number(key: str, value: str, lowest: int) -> int:
-    if not value.isdigit() or int(value) < lowest or len(value) > 9:
-        raise bad_request(f"{key} must be a whole number from {lowest}, got \"{value}\"")
+    """A page parameter: ASCII digits only, from C{lowest} to L{MAX_PAGE}."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) < lowest:
+        shown = value if len(value) <= 20 else value[:20] + "..."
+        raise bad_request(f'{key} must be a whole number from {lowest} to {MAX_PAGE}, got "{shown}"')
     return int(value)
+
+
+def _json_or_missing(text: str) -> Any:
+    """C{text} read as JSON, or L{_MISSING} if it is not JSON (within the bounds of L{loads_json})."""
+    try:
+        return loads_json(text)
+    except DecodeError:
+        return _MISSING
 
 
 def sparse(resource: dict[str, Any], query: Query) -> dict[str, Any]:
@@ -115,14 +130,10 @@ def _copy(source: dict[str, Any], target: dict[str, Any], keys: list[str]) -> No
 
 def matches(resource: dict[str, Any], query: Query) -> bool:
     """Whether C{resource} passes every C{filter}: the value at the pointer equals the given JSON value or text."""
-    for pointer, wanted in query.filters:
+    for pointer, wanted, parsed in query.filters:
         value = pointer.resolve(resource, _MISSING)
         if value is _MISSING:
             return False
-        try:
-            parsed = json.loads(wanted)
-        except ValueError:
-            parsed = _MISSING
         if value != parsed and not (isinstance(value, str) and value == wanted):
             return False
     return True

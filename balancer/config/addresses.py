@@ -8,15 +8,15 @@ from typing import Any
 import attrs
 
 from balancer.config.errors import Problems
-from balancer.config.fields import INVALID, Parser, describe
+from balancer.config.fields import INVALID, MAX_CONNECTIONS, MAX_COUNT, Parser, describe
 
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]*)):(?P<port>\d{1,5})$")
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]\x00]*)):(?P<port>\d{1,5})$")
 _BACKEND = re.compile(
-    r"^(?P<address>\S+)"
-    r"(?:\s+weight=(?P<weight>\d+))?"
-    r"(?:\s+priority=(?P<priority>\d+))?"
-    r"(?:\s+max_connections=(?P<max_connections>\d+))?"
-    r"(?:\s+sni=(?P<sni>\S+))?\s*$"
+    r"^(?P<address>[^\s\x00]+)"
+    r"(?:\s+weight=(?P<weight>\d{1,10}))?"
+    r"(?:\s+priority=(?P<priority>\d{1,10}))?"
+    r"(?:\s+max_connections=(?P<max_connections>\d{1,10}))?"
+    r"(?:\s+sni=(?P<sni>[^\s\x00]+))?\s*$"
 )
 
 
@@ -133,6 +133,10 @@ def parse_backend_line(line: str) -> BackendSpec:
         for name in ("weight", "priority", "max_connections")
         if match.group(name) is not None
     }
+    for name, value in numbers.items():
+        highest = MAX_CONNECTIONS if name == "max_connections" else MAX_COUNT
+        if value > highest:
+            raise AddressError(f'expected {name}=N with N from 0 to {highest}, got "{line}"')
     return BackendSpec(address.host, address.port, sni=match.group("sni"), **numbers)
 
 

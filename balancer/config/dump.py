@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import attrs
-import toml
+import tomli_w
 
 from balancer.config.addresses import BackendSpec, HostPort
 from balancer.config.fields import write_back
@@ -36,7 +36,7 @@ def to_mapping(instance: Any) -> dict[str, Any]:
 
 def to_toml(instance: Any) -> str:
     """The configuration as TOML text."""
-    return toml.dumps(to_mapping(instance))
+    return tomli_w.dumps(to_mapping(instance))
 
 
 def to_json(instance: Any) -> str:

@@ -9,6 +9,7 @@ of stopping at the first one, so an operator sees all mistakes of a file at once
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -27,6 +28,8 @@ _ALIASES = "balancer.aliases"
 _DOC = "balancer.doc"
 
 T = TypeVar("T")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def setting(
@@ -58,12 +61,15 @@ def write_back(f: "attrs.Attribute[Any]") -> Callable[[Any], Any] | None:
 
 
 def join(path: str, key: str) -> str:
-    """Return the dotted key path of C{key} inside C{path}."""
-    if not path:
-        return key
-    if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key):
-        return f"{path}.{key}"
-    return f'{path}."{key}"'
+    """
+    Return the dotted key path of C{key} inside C{path}; a key that is not a
+    bare TOML key is quoted, its control characters escaped (so that an
+    error about it stays on one line).
+    """
+    bare = re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) is not None
+    if not bare:
+        key = json.dumps(key, ensure_ascii=False)
+    return f"{path}.{key}" if path else key
 
 
 def describe(value: object) -> str:
@@ -76,11 +82,13 @@ def describe(value: object) -> str:
         list: "array",
         dict: "table",
     }.get(type(value), type(value).__name__)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**50:
+        return "integer of more than 50 digits"
     shown = repr(value)
     if isinstance(value, bool):
         shown = "true" if value else "false"
     elif isinstance(value, str):
-        shown = '"' + value.replace('"', '\\"') + '"'
+        shown = '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", value.replace('"', '\\"')) + '"'
     elif isinstance(value, (dict, list)):
         shown = ""
     if len(shown) > 60:
@@ -145,12 +153,21 @@ def build(cls: type[T], raw: object, path: str, problems: Problems) -> T | Any:
 # parsed value or INVALID.
 
 
-def text(pattern: str | None = None, expected: str = "") -> Parser:
-    """A string, optionally matching a regular expression."""
+def text(pattern: str | None = None, expected: str = "", *, nul: bool = False) -> Parser:
+    """
+    A string, optionally matching a regular expression.
+
+    @param nul: whether it may hold a NUL character.  Only payloads may
+        (C{probe_send}): a NUL cannot be part of a command, an argument, a
+        path or a name, so it would only make every use fail later.
+    """
 
     def parse(value: object, path: str, problems: Problems) -> Any:
         if not isinstance(value, str):
             problems.add(path, f"expected a string, got {describe(value)}")
+            return INVALID
+        if not nul and "\x00" in value:
+            problems.add(path, f"must not contain a NUL character (\\u0000), got {describe(value)}")
             return INVALID
         if pattern is not None and not re.fullmatch(pattern, value):
             problems.add(path, f"expected {expected}, got {describe(value)}")
@@ -189,16 +206,25 @@ def flag() -> Parser:
     return parse
 
 
-def whole(minimum: int = 0, maximum: int | None = None) -> Parser:
-    """An integer within [minimum, maximum]."""
+#: The most clients at once a server (C{max_connections}) or a backend may
+#: take, and the most UDP sessions (C{udp_max_sessions}): a fixed bound,
+#: the same on every host, far above what one process can hold.
+MAX_CONNECTIONS = 1_000_000
+
+#: The largest count of anything else (datagrams per session, weights, priorities).
+MAX_COUNT = 1_000_000_000
+
+
+def whole(minimum: int, maximum: int) -> Parser:
+    """An integer within [minimum, maximum] (every integer of the schema has both bounds)."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.add(path, f"expected an integer, got {describe(value)}")
             return INVALID
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
-            problems.add(path, f"expected an integer {bound}, got {value}")
+        if value < minimum or value > maximum:
+            shown = str(value) if abs(value) < 10**20 else "a number of more than 20 digits"
+            problems.add(path, f"expected an integer from {minimum} to {maximum}, got {shown}")
             return INVALID
         return value
 

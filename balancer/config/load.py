@@ -14,14 +14,13 @@ machine than the one it runs on.
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from collections import defaultdict
 from typing import Any, Mapping
 
 import attrs
 
+from balancer.config.decode import DecodeError, loads_json, loads_toml
 from balancer.config.errors import ConfigError, Problem, Problems
 from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, build, join
 from balancer.config.schema import Config, ServerConfig
@@ -143,11 +142,9 @@ def _decode(data: bytes, source: str, as_json: bool) -> Mapping[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(source, [Problem("", f"not UTF-8 text (byte {e.start})")])
     try:
-        decoded = json.loads(text) if as_json else tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, [Problem("", f"invalid TOML: {e}")])
-    except json.JSONDecodeError as e:
-        raise ConfigError(source, [Problem("", f"invalid JSON: {e}")])
+        decoded = loads_json(text) if as_json else loads_toml(text)
+    except DecodeError as e:
+        raise ConfigError(source, [Problem("", f"invalid {'JSON' if as_json else 'TOML'}: {e}")])
     if not isinstance(decoded, dict):
         raise ConfigError(source, [Problem("", "expected a JSON object at the top level")])
     return decoded

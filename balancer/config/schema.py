@@ -19,6 +19,8 @@ from balancer.config.fields import (
     duration,
     flag,
     items,
+    MAX_CONNECTIONS,
+    MAX_COUNT,
     named_sections,
     regexp,
     section,
@@ -142,13 +144,14 @@ class AcmeConfig:
 class DefaultsConfig:
     """C{[defaults]}: values for servers that do not set them."""
 
-    max_connections: int = setting(0, parse=whole(0))
+    max_connections: int = setting(0, parse=whole(0, MAX_CONNECTIONS))
     client_idle_timeout: float = setting(0.0, parse=duration())
     backend_idle_timeout: float = setting(0.0, parse=duration())
     backend_connection_timeout: float = setting(0.0, parse=duration())
     shutdown_grace: float = setting(10.0, parse=duration())
     workers: int = setting(1, parse=whole(1, 256))
     splice: bool = setting(True, parse=flag())
+    udp_max_sessions: int = setting(10_000, parse=whole(0, MAX_CONNECTIONS))
 
 
 @attrs.frozen
@@ -264,8 +267,8 @@ class HealthcheckConfig:
     exec_timeout_duration: float = setting(0.0, parse=duration())
     # probe
     probe_protocol: str = setting("tcp", parse=choice("tcp", "udp", "tls"))
-    probe_send: str = setting("", parse=text())
-    probe_recv: str = setting("", parse=text())
+    probe_send: str = setting("", parse=text(nul=True))
+    probe_recv: str = setting("", parse=text(nul=True))
     probe_recv_len: int = setting(0, parse=whole(0, 1 << 20))
     probe_strategy: str = setting("starts_with", parse=choice("starts_with", "regexp"))
     # exec
@@ -379,8 +382,8 @@ class BackendsTlsConfig:
 class UdpConfig:
     """C{[servers.X.udp]}: datagram session limits (0 is unlimited)."""
 
-    max_requests: int = setting(0, parse=whole(0))
-    max_responses: int = setting(0, parse=whole(0))
+    max_requests: int = setting(0, parse=whole(0, MAX_COUNT))
+    max_responses: int = setting(0, parse=whole(0, MAX_COUNT))
     transparent: bool = setting(False, parse=flag())
 
     def problems(self) -> Found:
@@ -409,7 +412,7 @@ class ServerConfig:
     discovery: DiscoveryConfig = setting(parse=section(DiscoveryConfig))
     protocol: str = setting("tcp", parse=choice(*PROTOCOLS))
     balance: str = setting("weight", parse=choice(*STRATEGIES))
-    max_connections: int | None = setting(None, parse=whole(0))
+    max_connections: int | None = setting(None, parse=whole(0, MAX_CONNECTIONS))
     client_idle_timeout: float | None = setting(None, parse=duration())
     backend_idle_timeout: float | None = setting(None, parse=duration())
     backend_connection_timeout: float | None = setting(None, parse=duration())

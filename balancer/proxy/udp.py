@@ -22,6 +22,14 @@ A session ends:
   - when the backend refuses (ICMP port unreachable), counted in its
     C{refused_connections}.
 
+Admission: a datagram from a client without a session opens one only while
+the server has fewer live sessions (those past C{max_requests} included,
+since each holds a socket) than its limit: C{max_connections} when set,
+else C{[defaults] udp_max_sessions}.  Past it the datagram is dropped and
+counted in the server's C{over_limit}.  gobetween 0.8's UDP server ignores
+C{max_connections}; here it bounds the sockets a flood of (spoofable)
+source addresses can make the balancer open.
+
 After C{max_requests} datagrams from the client the session takes no more
 from it: the client's next datagram opens a new session (and may pick
 another backend), while the old one still relays answers until one of the
@@ -260,6 +268,8 @@ class UdpProxy(DatagramProtocol):
         backend_idle_timeout: float = 0.0,
         access: AccessRules | None = None,
         released: Callable[[Backend], None] | None = None,
+        max_sessions: int = 0,
+        udp_max_sessions: int = 0,
     ) -> None:
         """
         @param choose: picks the backend for a new session from the client's
@@ -274,6 +284,9 @@ class UdpProxy(DatagramProtocol):
         @param backend_idle_timeout: seconds (0: none).
         @param access: client rules; a refused client's datagrams are dropped.
         @param released: called with the backend when a session ends.
+        @param max_sessions: live sessions at most (0: no limit); see the module docstring.
+        @param udp_max_sessions: C{[defaults] udp_max_sessions}, what
+            L{configure} takes as C{max_sessions} for a server without C{max_connections}.
         """
         self.choose = choose
         self.counters = counters
@@ -286,6 +299,8 @@ class UdpProxy(DatagramProtocol):
         self.backend_idle_timeout = backend_idle_timeout
         self.access = access
         self.released = released
+        self.max_sessions = max_sessions
+        self.udp_max_sessions = udp_max_sessions
         self.sessions: dict[Address, UdpSession] = {}
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()
@@ -301,9 +316,16 @@ class UdpProxy(DatagramProtocol):
         clock: IReactorTime | None = None,
         name: str = "udp",
         released: Callable[[Backend], None] | None = None,
+        udp_max_sessions: int = 0,
     ) -> UdpProxy:
-        """The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied)."""
-        proxy = cls(choose, counters, reactor=reactor, clock=clock, name=name, released=released)
+        """
+        The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied).
+
+        @param udp_max_sessions: C{[defaults] udp_max_sessions}, the limit
+            when C{config} has no C{max_connections}.
+        """
+        proxy = cls(choose, counters, reactor=reactor, clock=clock, name=name, released=released,
+                    udp_max_sessions=udp_max_sessions)
         proxy.configure(config)
         return proxy
 
@@ -318,6 +340,7 @@ class UdpProxy(DatagramProtocol):
         self.client_idle_timeout = config.client_idle_timeout or 0.0
         self.backend_idle_timeout = config.backend_idle_timeout or 0.0
         self.access = AccessRules.from_config(config.access) if config.access is not None else None
+        self.max_sessions = config.max_connections or self.udp_max_sessions
 
     def startProtocol(self) -> None:
         """Read datagrams of any size, not Twisted's default 8 KiB."""
@@ -342,6 +365,9 @@ class UdpProxy(DatagramProtocol):
         if self.access is not None and not self.access.allows(host):
             self.counters.denied += 1
             log.debug("{server}: UDP client {client} denied by access rules", server=self.name, client=host)
+            return None
+        if self.max_sessions and len(self._live) >= self.max_sessions:
+            self.counters.over_limit += 1
             return None
         backend = self.choose(host)
         if backend is None:
