@@ -688,7 +688,7 @@ class Run:
         with self.lock:
             self.counts[shape] += 1
             if failure is not None:
-                self.failures.append(f"{seed} {shape}: {failure}")
+                self.failures.append(f"{shape} #{seed}: {failure}")
 
 
 def sampler(balancer: Balancer, run: Run, stop_event: threading.Event) -> threading.Thread:
@@ -810,7 +810,7 @@ def summary(run: Run, balancer: Balancer) -> None:
     """The closing lines of one path's run."""
     report(f"\n== {run.path}: {sum(run.counts.values()):,} connections, {len(run.failures)} failures")
     for shape, count in sorted(run.counts.items()):
-        failed = sum(1 for f in run.failures if f.split(" ", 2)[1:2] == [shape + ":"])
+        failed = sum(1 for f in run.failures if f.startswith(shape + " #"))
         report(f"   {shape:45} {count:8,}  {failed} failed")
     for failure in run.failures[:50]:
         report(f"   FAIL {failure}")
