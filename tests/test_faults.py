@@ -22,7 +22,6 @@ C{bench/torture.py}.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
