@@ -29,6 +29,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -457,6 +458,34 @@ class SplicePathTests(_Scenarios, TestCase):
     """The scenarios through the fast path, and what only the fast path does."""
 
     splice = True
+
+    @inlineCallbacks
+    def test_noPipeCopiesTheBytesWithOneWarning(self) -> Any:
+        """
+        Out of descriptors for pipes (EMFILE), relays go on through Python's
+        C{recv} and C{send}: every byte arrives, both ways, the ends too, and
+        the want of pipes is logged once, as a warning, not a traceback.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def no_pipe() -> tuple[int, int]:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        self.patch(splice.PIPES, "acquire", no_pipe)
+        refused = splice.PIPES.refused
+        server = self.balancer((yield self.listen(Echo)))
+        clients = [Streamer(chunks=40) for _ in range(3)]
+        yield gatherResults([open_client(server.port, client) for client in clients])
+        yield gatherResults([client.closed for client in clients])
+        for client in clients:
+            self.assertEqual((client.received_count, client.received.hexdigest()), (40 * CHUNK, client.sent.hexdigest()))
+        yield self.ended(server)
+        self.assertGreater(splice.PIPES.refused, refused)
+        warnings = [e for e in events if "no pipe for a relay" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"] for e in warnings], [LogLevel.warn])
+        self.assertFalse([e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)])
 
     def test_availableOnThisPlatform(self) -> None:
         """These tests run on Linux, where the fast path exists: they must not pass by falling back."""

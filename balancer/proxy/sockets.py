@@ -47,6 +47,9 @@ ACCEPTS_PER_EVENT = 64
 #: descriptors or memory (instead of busy-looping on the waiting clients).
 ACCEPT_PAUSE = 0.1
 
+#: Seconds between two warnings that a listener cannot accept.
+ACCEPT_WARNING_INTERVAL = 60.0
+
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # Errors of one client, not of the listener: accept(2) says to go on with the next
 # (ECONNABORTED, network errors the new connection already had, EPERM from netfilter).
@@ -91,6 +94,8 @@ class EngineListener:
         self._factory = factory
         self._listening = True
         self._resume: Any = None
+        self._pauses = 0
+        self._warned_at: float | None = None
         engine.listen(self)
 
     def getHost(self) -> IPv4Address | IPv6Address:
@@ -159,11 +164,17 @@ class EngineListener:
             transport.abortConnection()
 
     def _pause(self, error: OSError) -> None:
-        log.warn(
-            "cannot accept clients ({error}); accepting again in {pause} s",
-            error=error.strerror,
-            pause=ACCEPT_PAUSE,
-        )
+        self._pauses += 1
+        now = self._engine.reactor.seconds()
+        if self._warned_at is None or now - self._warned_at >= ACCEPT_WARNING_INTERVAL:
+            self._warned_at = now
+            log.warn(
+                "cannot accept clients ({error}); accepting again every {pause} s until it can "
+                "({pauses} pauses so far; this is logged at most once a minute)",
+                error=error.strerror,
+                pause=ACCEPT_PAUSE,
+                pauses=self._pauses,
+            )
         self._engine.unlisten(self)
         self._resume = self._engine.callLater(ACCEPT_PAUSE, self._accept_again)
 
