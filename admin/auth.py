@@ -11,7 +11,8 @@ configured (the bcrypt hash of highest cost), and fails whatever its result.
 Failed checks are limited per client address (C{[api] auth_failures_per_second},
 then 429), and a login that succeeded is remembered for a minute
 (L{LoginCache}), so its client does not pay for the hash on every request.
-With no account configured the API is open, as in gobetween.
+With no account configured the API answers reads from anyone, as in gobetween, and
+writes from loopback clients only (L{admin.writes.WritePolicy}).
 """
 
 from __future__ import annotations
