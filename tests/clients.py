@@ -66,6 +66,20 @@ class Echo(Protocol):
         pass
 
 
+@implementer(IHalfCloseableProtocol)
+class Double(Protocol):
+    """A backend that answers every byte with two, and closes once the peer has finished sending."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data * 2)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
 class Named(Protocol):
     """Answers every connection with a fixed name and closes."""
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -81,6 +83,45 @@ class WatchedProcess(ProcessProtocol):
         if self.transport.pid is not None:
             os.kill(self.transport.pid, signal.SIGTERM)
         return self.ended
+
+
+class Balancer(WatchedProcess):
+    """A twistd balancer (its API up once it logs "api: listening on") whose output can be waited on for any pattern."""
+
+    def __init__(self) -> None:
+        super().__init__(b"api: listening on")
+        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
+        self.ended.addBoth(self._give_up)
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        for entry in list(self._waiting):
+            pattern, waiting = entry
+            match = pattern.search(self.output)
+            if match is not None:
+                self._waiting.remove(entry)
+                waiting.callback(match)
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern: bytes, seconds: float = 30) -> Deferred[re.Match[bytes]]:
+        """
+        Fires with the first match of C{pattern} in the output, now or once
+        it appears; fails if the process ends first, or after C{seconds}.
+        """
+        compiled = re.compile(pattern)
+        match = compiled.search(self.output)
+        if match is not None:
+            return succeed(match)
+        waiting: Deferred[re.Match[bytes]] = Deferred()
+        self._waiting.append((compiled, waiting))
+        return waiting.addTimeout(seconds, reactor)
+
+    def _give_up(self, result: Any) -> Any:
+        waiting, self._waiting = self._waiting, []
+        for pattern, d in waiting:
+            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
+        return result
 
 
 def spawn_twistd(marker: bytes, *args: str, cwd: str) -> WatchedProcess:

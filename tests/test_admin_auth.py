@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import bcrypt
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource, Resource

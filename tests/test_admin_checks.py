@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from admin.checks import Busy, CheckQueue

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import signal
 from io import BytesIO
 from datetime import datetime, timedelta, timezone
@@ -21,20 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH
-from zope.interface import implementer
 
-from tests.clients import exchange, listen
-from tests.processes import ROOT, WatchedProcess, run_twistd, source_env, twistd_path
+from tests.clients import Double, exchange, listen
+from tests.processes import ROOT, Balancer, run_twistd, source_env, twistd_path
 
 CONFIG = """
 [api]
@@ -53,59 +50,11 @@ static_list = ["127.0.0.1:{backend}"]
 """
 
 
-@implementer(IHalfCloseableProtocol)
-class Double(Protocol):
-    """A backend that answers every byte with two, and closes once the peer has finished sending."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data * 2)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
 def connect_idle(port: int) -> Deferred[Protocol]:
     """A connection to C{port} that sends nothing; fires with its protocol once connected."""
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), Protocol())
 
 
-class Balancer(WatchedProcess):
-    """A twistd balancer whose output can be waited on for any pattern."""
-
-    def __init__(self) -> None:
-        super().__init__(b"api: listening on")
-        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
-        self.ended.addBoth(self._give_up)
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        for entry in list(self._waiting):
-            pattern, waiting = entry
-            match = pattern.search(self.output)
-            if match is not None:
-                self._waiting.remove(entry)
-                waiting.callback(match)
-
-    errReceived = outReceived
-
-    def wait_for(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
-        """Fires with the first match of C{pattern} in the output, now or once it appears."""
-        compiled = re.compile(pattern)
-        match = compiled.search(self.output)
-        if match is not None:
-            return succeed(match)
-        waiting: Deferred[re.Match[bytes]] = Deferred()
-        self._waiting.append((compiled, waiting))
-        return waiting
-
-    def _give_up(self, result: Any) -> Any:
-        waiting, self._waiting = self._waiting, []
-        for pattern, d in waiting:
-            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
-        return result
 
 
 def make_certificate(directory: str) -> tuple[str, str, bytes]:

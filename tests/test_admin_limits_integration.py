@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
 from twisted.internet import reactor
@@ -23,9 +22,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
-from tests.clients import exchange, listen
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
-from tests.test_admin_integration import Double
+from tests.clients import Double, exchange, listen
+from tests.processes import ROOT, Balancer, source_env, twistd_path
 
 CONFIG = """
 [api]
@@ -42,32 +40,6 @@ static_list = ["127.0.0.1:{backend}"]
 
 PING = b"GET /ping HTTP/1.1\r\nHost: api\r\n\r\n"
 
-
-class Balancer(WatchedProcess):
-    """A twistd balancer (maybe under C{ulimit -n}) whose log can be searched and waited on."""
-
-    def __init__(self) -> None:
-        super().__init__(b"api: listening on")
-        self._waiting: list[tuple[bytes, Deferred[re.Match[bytes]]]] = []
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        for entry in list(self._waiting):
-            match = re.search(entry[0], self.output)
-            if match is not None:
-                self._waiting.remove(entry)
-                entry[1].callback(match)
-
-    errReceived = outReceived
-
-    def wait_for(self, pattern: bytes, seconds: float = 30) -> Deferred[re.Match[bytes]]:
-        """Fires with the first match of C{pattern} in the log, now or within C{seconds}."""
-        match = re.search(pattern, self.output)
-        if match is not None:
-            return succeed(match)
-        waiting: Deferred[re.Match[bytes]] = Deferred()
-        self._waiting.append((pattern, waiting))
-        return waiting.addTimeout(seconds, reactor)
 
 
 class Client(Protocol):

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Callable
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.processes import ROOT, Balancer, source_env, twistd_path
 
 CONFIG = """
 [api]
@@ -36,40 +35,6 @@ static_list = ["127.0.0.1:1"]
 {extra}
 """
 
-
-class Balancer(WatchedProcess):
-    """A twistd balancer whose output can be waited on for a pattern."""
-
-    def __init__(self) -> None:
-        super().__init__(b"api: listening on")
-        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
-        self.ended.addBoth(self._give_up)
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        for entry in list(self._waiting):
-            match = entry[0].search(self.output)
-            if match is not None:
-                self._waiting.remove(entry)
-                entry[1].callback(match)
-
-    errReceived = outReceived
-
-    def wait_for(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
-        """Fires with the first match of C{pattern} in the output, now or once it appears."""
-        compiled = re.compile(pattern)
-        match = compiled.search(self.output)
-        if match is not None:
-            return succeed(match)
-        waiting: Deferred[re.Match[bytes]] = Deferred()
-        self._waiting.append((compiled, waiting))
-        return waiting
-
-    def _give_up(self, result: Any) -> Any:
-        waiting, self._waiting = self._waiting, []
-        for pattern, d in waiting:
-            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
-        return result
 
 
 def exec_server(marker: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
 from tests.processes import source_env, twistd_path

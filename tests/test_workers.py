@@ -37,9 +37,8 @@ from balancer.service import BalancerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
-from tests.clients import exchange, listen
-from tests.processes import ROOT, source_env, twistd_path
-from tests.test_admin_integration import Balancer, Double
+from tests.clients import Double, exchange, listen
+from tests.processes import ROOT, Balancer, source_env, twistd_path
 from tests.test_metrics import samples
 
 SERVERS = """
