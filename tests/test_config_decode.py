@@ -25,6 +25,7 @@ from balancer.config.decode import MAX_DEPTH, DecodeError, json_depth, loads_jso
 from balancer.config.load import parse_config
 from balancer.config.schema import Config
 from tests.processes import run_twistd
+from tests.support.mutations import paths, replaced
 
 VALID = """
 [defaults]
@@ -205,26 +206,6 @@ _VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)
 
 
-def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path to a value inside C{value} (keys and indexes), down to 8 levels."""
-    found = [path]
-    if len(path) >= 8:
-        return found
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, (*path, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _paths(child, (*path, index))
-    return found
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    copy = dict(value) if isinstance(value, dict) else list(value)
-    copy[path[0]] = _replaced(value[path[0]], path[1:], new)
-    return copy
 
 
 def _nested(depth: int) -> Any:
@@ -240,9 +221,9 @@ def mutated_configs(draw: Any) -> Any:
     """L{VALID} with a few values (or keys' values) replaced by anything, or wrapped very deep."""
     config = tomllib.loads(VALID)
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(config)))
+        path = draw(st.sampled_from(paths(config, depth=8)))
         new = draw(st.one_of(_VALUES, st.integers(1, 2000).map(_nested)))
-        config = _replaced(config, path, new)
+        config = replaced(config, path, new)
     return config
 
 

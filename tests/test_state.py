@@ -23,6 +23,7 @@ from balancer.config.load import parse_config
 from balancer.control import load_effective
 from balancer.state import RuntimeChanges, StateCleanup, StateFile
 from tests.test_admin_integration import _IntegrationTestCase
+from tests.support.mutations import paths, replaced
 
 CONFIG = """
 [state]
@@ -120,23 +121,6 @@ _VALUES = st.recursive(_LEAVES, lambda inner: st.one_of(st.lists(inner, max_size
                                                         st.dictionaries(_TEXT, inner, max_size=3)), max_leaves=10)
 
 
-def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [path]
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, (*path, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _paths(child, (*path, index))
-    return found
-
-
-def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    copy = dict(value) if isinstance(value, dict) else list(value)
-    copy[path[0]] = _replaced(value[path[0]], path[1:], new)
-    return copy
 
 
 @st.composite
@@ -144,7 +128,7 @@ def mutated_files(draw: Any) -> bytes:
     """L{SAVED} with values replaced, written as TOML; or raw bytes spliced into it."""
     document: Any = SAVED
     for _ in range(draw(st.integers(1, 3))):
-        document = _replaced(document, draw(st.sampled_from(_paths(document))), draw(_VALUES))
+        document = replaced(document, draw(st.sampled_from(paths(document))), draw(_VALUES))
     if not isinstance(document, dict):
         document = {"servers": document}
     try:
