@@ -52,6 +52,7 @@ from balancer.proxy.tcp import RelayFactory
 from balancer.server import ServerService
 from balancer.stats import RateClock
 from tests.certs import make_certificates
+from tests.support.hellos import client_hello
 
 FUZZ = settings(
     derandomize=True,
@@ -67,8 +68,6 @@ NAMED_BACKEND = "10.0.0.1:443"
 PLAIN_BACKEND = "10.0.0.3:443"
 _RECORD_HEADER = 5
 _MAX_FRAGMENT = 1 << 14
-_SSL_OP_TLSEXT_PADDING = 0x10
-"""OpenSSL's C{SSL_OP_TLSEXT_PADDING} (pyOpenSSL has no name for it): pad a 256 to 511 byte hello to 512."""
 
 
 # The protocol under test, on fakes
@@ -253,38 +252,6 @@ def handshake(body: bytes, kind: int = 1) -> bytes:
     return bytes([kind]) + vector(3, body)
 
 
-def openssl_hello(
-    name: bytes | None,
-    alpn: Sequence[bytes] = (),
-    max_version: int = SSL.TLS1_3_VERSION,
-    *,
-    tickets: bool = True,
-    padding: bool = False,
-    srtp: bool = False,
-    ocsp: bool = False,
-) -> bytes:
-    """The first flight of a pyOpenSSL client: its ClientHello in one record."""
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_max_proto_version(max_version)
-    if alpn:
-        context.set_alpn_protos(list(alpn))
-    if not tickets:
-        context.set_options(SSL.OP_NO_TICKET)
-    if padding:
-        context.set_options(_SSL_OP_TLSEXT_PADDING)
-    if srtp:
-        context.set_tlsext_use_srtp(b"SRTP_AES128_CM_SHA1_80")
-    if ocsp:
-        context.set_ocsp_client_callback(lambda connection, ocsp_data, data: True)
-    connection = SSL.Connection(context, None)
-    if name is not None:
-        connection.set_tlsext_host_name(name)
-    connection.set_connect_state()
-    try:
-        connection.do_handshake()
-    except SSL.WantReadError:
-        pass
-    return connection.bio_read(1 << 16)
 
 
 def stdlib_context(max_version: ssl.TLSVersion, alpn: Sequence[str] = ()) -> ssl.SSLContext:
@@ -478,7 +445,7 @@ alpn_protocols = st.lists(st.binary(min_size=1, max_size=40), max_size=6)
 def openssl_hellos(draw: Callable[..., Any]) -> Hello:
     """A pyOpenSSL client's ClientHello with random name, ALPN, version and extensions, and its name."""
     name = draw(st.none() | openssl_names.filter(lambda n: not n.endswith(".")))
-    hello = openssl_hello(
+    hello = client_hello(
         None if name is None else name.encode("ascii"),
         draw(alpn_protocols),
         draw(st.sampled_from([SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])),
@@ -702,10 +669,10 @@ class RealHelloTests(SynchronousTestCase):
     def test_realHellosSplitAtEveryPoint(self) -> None:
         make_sessions()
         hellos = [
-            (openssl_hello(b"every.split.test", [b"h2", b"http/1.1"], padding=True, ocsp=True), "every.split.test"),
+            (client_hello(b"every.split.test", [b"h2", b"http/1.1"], padding=True, ocsp=True), "every.split.test"),
             (stdlib_hello("resumed.test", session=session_contexts[ssl.TLSVersion.TLSv1_3][1]), "resumed.test"),
             (stdlib_hello("old.test", ["h2"], ssl.TLSVersion.TLSv1_2), "old.test"),
-            (records(unframe(openssl_hello(b"a.test")), [700, 1, 9]), "a.test"),
+            (records(unframe(client_hello(b"a.test")), [700, 1, 9]), "a.test"),
         ]
         for data, name in hellos:
             for cuts in every_split(data):
@@ -713,8 +680,8 @@ class RealHelloTests(SynchronousTestCase):
 
     def test_paddedOpensslHello(self) -> None:
         alpn = [b"x" * 100]
-        unpadded = openssl_hello(b"pad.test", alpn, SSL.TLS1_2_VERSION)
-        hello = openssl_hello(b"pad.test", alpn, SSL.TLS1_2_VERSION, padding=True)
+        unpadded = client_hello(b"pad.test", alpn, SSL.TLS1_2_VERSION)
+        hello = client_hello(b"pad.test", alpn, SSL.TLS1_2_VERSION, padding=True)
         self.assertEqual((len(unpadded) < 512, len(hello)), (True, _RECORD_HEADER + 512), "OpenSSL padded its hello")
         self.check((hello, "pad.test"), [100, 300])
 
@@ -780,7 +747,7 @@ class LimitTests(SynchronousTestCase):
         the connection used to stay open until then, for ever with
         C{read_timeout = 0}.
         """
-        for sent in (b"", openssl_hello(b"a.test")[:50]):
+        for sent in (b"", client_hello(b"a.test")[:50]):
             reactor, server, client, transport = arrive()
             client.dataReceived(sent)
             client.readConnectionLost()
@@ -792,7 +759,7 @@ class LimitTests(SynchronousTestCase):
     def test_halfCloseAfterTheHelloIsRelayed(self) -> None:
         """A client that sends its hello and ends its stream is routed, and the end reaches the backend."""
         reactor, server, client, transport = arrive()
-        hello = openssl_hello(b"a.test")
+        hello = client_hello(b"a.test")
         client.dataReceived(hello)
         client.readConnectionLost()
         side = reactor.tcpClients[0][2].buildProtocol(None)

@@ -37,7 +37,7 @@ from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.proxy_protocol_peer import ProxyProtocolPeer
 from tests.test_relay import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
-from tests.test_sni import client_hello
+from tests.support.hellos import client_hello
 
 SNI_BACKENDS = ("10.0.0.1:443 sni=a.test", "10.0.0.2:443 sni=b.test", "10.0.0.3:443")
 

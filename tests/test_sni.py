@@ -18,22 +18,9 @@ from balancer.proxy.sni import (
     SniRouter,
     parse_client_hello,
 )
+from tests.support.hellos import client_hello
 
 
-def client_hello(hostname: bytes | None = None, max_version: int | None = None) -> bytes:
-    """The first flight of a real OpenSSL client: one record holding its ClientHello."""
-    context = SSL.Context(SSL.TLS_METHOD)
-    if max_version is not None:
-        context.set_max_proto_version(max_version)
-    connection = SSL.Connection(context, None)
-    if hostname is not None:
-        connection.set_tlsext_host_name(hostname)
-    connection.set_connect_state()
-    try:
-        connection.do_handshake()
-    except SSL.WantReadError:
-        pass
-    return connection.bio_read(1 << 16)
 
 
 def records(message: bytes, size: int) -> bytes:
