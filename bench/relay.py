@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from processes import read_lines, stop
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 BLOCK = 1 << 20
@@ -166,11 +168,6 @@ def churn(port: int, seconds: float, limit: int, concurrency: int) -> tuple[int,
 # Starting and stopping what is measured
 
 
-def _lines(stream: object, into: queue.Queue[str]) -> None:
-    for line in iter(stream.readline, ""):  # type: ignore[attr-defined]
-        into.put(line)
-
-
 def start_backends() -> tuple[subprocess.Popen[str], int, int]:
     """The backend process and its sink and echo ports."""
     process = subprocess.Popen(
@@ -191,8 +188,7 @@ def start_balancer(directory: str, sink: int, echo: int) -> tuple[subprocess.Pop
         [twistd, "-n", "--pidfile=", "balancer", "--config", config],
         cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
+    lines = read_lines(process.stdout)
     ports: dict[str, int] = {}
     deadline = time.monotonic() + START_TIMEOUT
     seen = []
@@ -208,15 +204,6 @@ def start_balancer(directory: str, sink: int, echo: int) -> tuple[subprocess.Pop
     return process, ports
 
 
-def stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM the process we started, then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # The run

@@ -78,6 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from processes import read_lines, stop
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -567,11 +569,6 @@ static_list = ["127.0.0.1:{port}"]
 """
 
 
-def _lines(stream: Any, into: queue.Queue[str]) -> None:
-    for line in iter(stream.readline, ""):
-        into.put(line)
-
-
 class Balancer:
     """A C{twistd -n balancer} we started: its process, API port and server ports, its log lines."""
 
@@ -588,8 +585,7 @@ class Balancer:
             cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=_lines, args=(self.process.stdout, self.lines), daemon=True).start()
+        self.lines = read_lines(self.process.stdout)
         self.log: list[str] = []
         self.ports: dict[str, int] = {}
         self.api = 0
@@ -629,15 +625,6 @@ class Balancer:
         return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def stop(process: subprocess.Popen[str]) -> None:
-    """SIGTERM the process we started, then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Backends:
@@ -649,8 +636,7 @@ class Backends:
         )
         words = self.process.stdout.readline().split()  # type: ignore[union-attr]
         self.ports = dict(zip(BACKENDS, (int(w) for w in words[1:])))
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=_lines, args=(self.process.stdout, self.lines), daemon=True).start()
+        self.lines = read_lines(self.process.stdout)
 
     def failures(self) -> list[str]:
         """The failures the backend reported since the last call."""
