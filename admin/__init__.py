@@ -1,6 +1,6 @@
 """
 The admin REST API: one Klein application behind a C{twisted.cred} guard,
-on the balancer's reactor (DESIGN §7).
+on the balancer's reactor (docs/DESIGN.md §7).
 
 It sees and changes the balancer only through L{balancer.control.IControl};
 nothing under C{balancer/} imports this package except the twistd edge

@@ -61,7 +61,7 @@ class PublicApp:
 
 class AdminApp:
     """
-    The API as one account sees it: gobetween's root routes (DESIGN §7.1).
+    The API as one account sees it: gobetween's root routes (docs/DESIGN.md §7.1).
 
     A C{basic} account may only read; writes and C{/dump} raise L{Forbidden}.
     The /v1 API mounts here as a branch route returning its own resource

@@ -1,5 +1,5 @@
 """
-The root API (gobetween's REST API, seed 000): what each route reads from
+The root API (gobetween's REST API documentation): what each route reads from
 L{IControl} and how it is written out.
 
 Routes live in L{admin.app}; here are the documents they answer with, in

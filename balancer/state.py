@@ -1,6 +1,6 @@
 """
 The state file (C{[state] path}): runtime changes made through the API, kept
-across restarts (DESIGN §8).
+across restarts (docs/DESIGN.md §8).
 
 It records, per server, the whole definition of servers created or changed at
 run time and the names of servers deleted; for the /v1 API, the backends

@@ -1,5 +1,5 @@
 """
-Traffic counters and per-second rates (DESIGN §6).
+Traffic counters and per-second rates (docs/DESIGN.md §6).
 
 Bytes are counted once, when they move.  Rates are the bytes moved during the
 last whole second: a L{RateClock} snapshots every registered counter once a

@@ -1,5 +1,5 @@
 """
-/v1 status codes (DESIGN §7.2), each through C{StubTreq} with a request that
+/v1 status codes (docs/DESIGN.md §7.2), each through C{StubTreq} with a request that
 means it, asserting the body's shape and the headers, not only the code.
 """
 

@@ -1,6 +1,7 @@
 """
-The /v1 API (DESIGN §7.2, seed 003): MaxScale's REST API conventions over
-this balancer's objects, as JSON:API documents.
+The /v1 API (docs/DESIGN.md §7.2): MaxScale's REST API conventions (as its
+REST API documentation gives them) over this balancer's objects, as JSON:API
+documents.
 
 L{admin.v1.api.V1App} holds the routes and the request pipeline (method
 override, access, preconditions, locks, rendering); one module per resource

@@ -1,5 +1,5 @@
 """
-Health checks (DESIGN §5): one module per C{kind}, each an L{IHealthCheck},
+Health checks (docs/DESIGN.md §5): one module per C{kind}, each an L{IHealthCheck},
 and the L{HealthMonitor} that runs them on a server's backends.
 """
 

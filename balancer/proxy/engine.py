@@ -1,5 +1,5 @@
 """
-The engine of plain TCP relays (DESIGN §4): an edge-triggered epoll set of
+The engine of plain TCP relays (docs/DESIGN.md §4): an edge-triggered epoll set of
 their sockets, nested in the reactor.
 
 Twisted's epoll reactor watches a socket level-triggered and changes its

@@ -1,5 +1,5 @@
 """
-The relay's zero-copy fast path (DESIGN §4): on Linux, the bytes of a plain
+The relay's zero-copy fast path (docs/DESIGN.md §4): on Linux, the bytes of a plain
 TCP relay move from one socket to the other through a pipe with
 C{os.splice}, without ever becoming Python C{bytes}.
 
