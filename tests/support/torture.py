@@ -407,9 +407,6 @@ def _id(conn_id: int) -> Send:
     return Send(_ID.pack(conn_id))
 
 
-Check = Callable[["Connection", list[str]], None]
-
-
 def _shape_greet_close(c: int, rng: random.Random) -> Connection:
     server = rng.choice(["greet", "greet", "greet_big"])
     return Connection(c, "greet_close", server, [WaitEof()], client_expects=sent(FIXED_BACKENDS[server][0]))
@@ -671,13 +668,13 @@ def check(conn: Connection) -> list[str]:
 
 @attrs.define
 class Report:
-    """The outcome of a run: connections per shape, and the failures (C{conn id, shape, what})."""
+    """The outcome of a run: connections per shape and per server, and the failures (C{conn id, shape, what})."""
 
     seed: int
     shapes: Counter[str] = attrs.field(factory=Counter)
+    servers: Counter[str] = attrs.field(factory=Counter)
     failures: list[str] = attrs.field(factory=list)
     hung: int = 0
-    max_lag: float = 0.0
 
     def summary(self) -> str:
         """One paragraph for a test's output or a failure message."""
@@ -830,6 +827,7 @@ def run(
 
     yield gatherResults([one(conn) for conn in connections])
     report.shapes.update(conn.shape for conn in connections)
+    report.servers.update(conn.server for conn in connections)
     return report
 
 
