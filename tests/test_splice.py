@@ -29,6 +29,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -36,6 +37,7 @@ from zope.interface import implementer
 import tests.test_relay_integration as integration
 from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
 from balancer.proxy import splice
+from balancer.proxy.engine import Engine
 from balancer.proxy.sockets import EngineListener
 from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
@@ -618,6 +620,44 @@ class NormalPathRelayIntegrationTests(integration.RelayIntegrationTests):
 
     def balancer(self, backends: list[Any], **options: Any) -> ServerService:
         return super().balancer(backends, **{**options, "splice": False})
+
+
+class CopyingPathTests(SynchronousTestCase):
+    """A transport that could not get a pipe keeps the order of its bytes once pipes can be had again."""
+
+    def test_bytesCopiedForWantOfAPipeStayAheadOfLaterOnes(self) -> None:
+        engine = Engine(MemoryReactorClock())
+        near, far = socket.socketpair()
+        self.addCleanup(far.close)
+        near.setblocking(False)
+        far.setblocking(False)
+        pool = splice.PipePool()
+        self.addCleanup(pool.close)
+        refusing = [True]
+        make_pipe = pool.acquire
+
+        def acquire() -> tuple[int, int]:
+            if refusing[0]:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return make_pipe()
+
+        self.patch(pool, "acquire", acquire)
+        transport = splice.SplicedTransport(engine, near, pool=pool)
+        transport.protocol = Protocol()
+        first = os.urandom(4 << 20)  # more than the socket takes at once: the rest waits in Python
+        transport.write(first)
+        self.assertEqual((pool.refused, pool.lent), (1, 0))
+        refusing[0] = False
+        transport.write(b"second")
+        received = b""
+        while len(received) < len(first) + 6:
+            try:
+                received += far.recv(1 << 20)
+            except BlockingIOError:
+                transport.doWrite()
+        self.assertEqual(received, first + b"second")
+        self.assertEqual(pool.lent, 0)
+        transport.loseConnection()
 
 
 class PipePoolTests(SynchronousTestCase):

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IReadWriteDescriptor, ISystemHandle
+from twisted.internet.interfaces import IAddress, IReactorTime, IReadWriteDescriptor, ISystemHandle
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -137,11 +137,11 @@ class PipePool:
             self.size = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
         return read, write
 
-    def acquire_or_none(self, now: float) -> tuple[int, int] | None:
+    def acquire_or_none(self, clock: IReactorTime) -> tuple[int, int] | None:
         """
         L{acquire}, or C{None} when the process or the system is out of
         descriptors or memory for a pipe: logged as a warning at most once
-        every L{PIPE_WARNING_INTERVAL} seconds (C{now} is the time).
+        every L{PIPE_WARNING_INTERVAL} seconds by C{clock}.
         """
         try:
             return self.acquire()
@@ -149,6 +149,7 @@ class PipePool:
             if e.errno not in _NO_PIPE:
                 raise
             self.refused += 1
+            now = clock.seconds()
             if self._warned_at is None or now - self._warned_at >= PIPE_WARNING_INTERVAL:
                 self._warned_at = now
                 log.warn(
@@ -281,13 +282,12 @@ class SplicedTransport:
         """
         Send C{data} ahead of the bytes relayed (a PROXY protocol header,
         written before L{splice}): it goes through the pipe as they do.  The
-        pipe is empty then, so it takes these few bytes whole.
+        pipe is empty then, so it takes these few bytes whole.  With no pipe
+        to be had, it waits in Python (L{_more_pipe}).
         """
         if self._closed or self._closing or self._write_closing:
             return
-        pipe = self._pipe
-        if pipe is None:
-            pipe = self._pipe = self._pool.acquire_or_none(self._engine.reactor.seconds())
+        pipe = self._pipe or self._more_pipe()
         if pipe is None:
             self._pending += data
             self._flush()
@@ -355,13 +355,11 @@ class SplicedTransport:
             if peer._closed:
                 self._stop_reading()
                 return
-            pipe = peer._pipe
+            pipe = peer._pipe or peer._more_pipe()
             if pipe is None:
-                pipe = peer._pipe = pool.acquire_or_none(self._engine.reactor.seconds())
-                if pipe is None:
-                    if not self._copy_once(peer):
-                        return
-                    continue
+                if not self._copy_once(peer):
+                    return
+                continue
             try:
                 moved = os.splice(self._fd, pipe[1], pool.size, flags=_FLAGS)
             except BlockingIOError:
@@ -401,7 +399,7 @@ class SplicedTransport:
             self._end_of_input()
             return False
         self._count(len(data))  # type: ignore[misc]
-        peer._pending = data
+        peer._pending += data
         if not peer._flush():
             self._stop_reading()
             return False
@@ -452,6 +450,17 @@ class SplicedTransport:
                 return False
         self._pending = b""
         return True
+
+    def _more_pipe(self) -> tuple[int, int] | None:
+        """
+        A pipe for bytes this transport has no pipe for: a new one, unless
+        bytes already wait outside a pipe (copied when none could be had:
+        they must go first, so the new ones join them), or none can be had.
+        """
+        if self._pending:
+            return None
+        self._pipe = self._pool.acquire_or_none(self._engine.reactor)
+        return self._pipe
 
     def _drained(self) -> None:
         """The pipe is empty: stop waiting to write; close or resume the producer."""
