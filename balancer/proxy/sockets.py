@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from balancer.proxy.splice import SplicedTransport, tcp_address
+from balancer.proxy.throttled import ThrottledWarning
 from balancer.reuseport import bound_socket
 
 log = Logger()
@@ -46,9 +47,6 @@ ACCEPTS_PER_EVENT = 64
 #: Seconds a listener stops accepting when the process is out of file
 #: descriptors or memory (instead of busy-looping on the waiting clients).
 ACCEPT_PAUSE = 0.1
-
-#: Seconds between two warnings that a listener cannot accept.
-ACCEPT_WARNING_INTERVAL = 60.0
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # Errors of one client, not of the listener: accept(2) says to go on with the next
@@ -94,8 +92,10 @@ class EngineListener:
         self._factory = factory
         self._listening = True
         self._resume: Any = None
-        self._pauses = 0
-        self._warned_at: float | None = None
+        self._cannot_accept = ThrottledWarning(
+            log, "cannot accept clients ({error}); accepting again every {pause} s until it can "
+            "({count} pauses so far; this is logged at most once a minute)"
+        )
         engine.listen(self)
 
     def getHost(self) -> IPv4Address | IPv6Address:
@@ -164,17 +164,7 @@ class EngineListener:
             transport.abortConnection()
 
     def _pause(self, error: OSError) -> None:
-        self._pauses += 1
-        now = self._engine.reactor.seconds()
-        if self._warned_at is None or now - self._warned_at >= ACCEPT_WARNING_INTERVAL:
-            self._warned_at = now
-            log.warn(
-                "cannot accept clients ({error}); accepting again every {pause} s until it can "
-                "({pauses} pauses so far; this is logged at most once a minute)",
-                error=error.strerror,
-                pause=ACCEPT_PAUSE,
-                pauses=self._pauses,
-            )
+        self._cannot_accept.due(self._engine.reactor, error=error.strerror, pause=ACCEPT_PAUSE)
         self._engine.unlisten(self)
         self._resume = self._engine.callLater(ACCEPT_PAUSE, self._accept_again)
 

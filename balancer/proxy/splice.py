@@ -48,6 +48,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.throttled import ThrottledWarning
+
 #: Whether this platform has the fast path (Linux, Python 3.10 or later).
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
 
@@ -70,9 +72,6 @@ READS_PER_EVENT = 16
 
 #: How many bytes a read takes when no pipe can be had (the copying path).
 COPY_SIZE = 65536
-
-#: Seconds between two warnings that relays copy bytes for want of pipes.
-PIPE_WARNING_INTERVAL = 60.0
 
 # Errors of a non-blocking write that only mean "not now" (as Twisted's TCP transport treats them).
 _WOULD_BLOCK = (errno.EAGAIN, errno.ENOBUFS)
@@ -99,18 +98,22 @@ class PipePool:
     @ivar created: how many pipes it has opened in all.
     @ivar lent: how many pipes are out (acquired, neither released nor
         discarded yet).
-    @ivar refused: how many times no pipe could be had (out of descriptors
-        or memory), so that a read copied its bytes instead.
     """
 
     def __init__(self, size: int = PIPE_SIZE, keep: int = POOL_KEEP) -> None:
         self.size = size
         self.created = 0
         self.lent = 0
-        self.refused = 0
         self._keep = keep
         self._free: list[tuple[int, int]] = []
-        self._warned_at: float | None = None
+        self._no_pipe = ThrottledWarning(
+            log, "no pipe for a relay ({error}): relays copy their bytes until pipes can be had again ({count} reads so far)"
+        )
+
+    @property
+    def refused(self) -> int:
+        """How many times no pipe could be had (out of descriptors or memory), so that a read copied its bytes instead."""
+        return self._no_pipe.count
 
     @property
     def free(self) -> int:
@@ -140,24 +143,15 @@ class PipePool:
     def acquire_or_none(self, clock: IReactorTime) -> tuple[int, int] | None:
         """
         L{acquire}, or C{None} when the process or the system is out of
-        descriptors or memory for a pipe: logged as a warning at most once
-        every L{PIPE_WARNING_INTERVAL} seconds by C{clock}.
+        descriptors or memory for a pipe: logged as a warning at most once a
+        minute by C{clock}.
         """
         try:
             return self.acquire()
         except OSError as e:
             if e.errno not in _NO_PIPE:
                 raise
-            self.refused += 1
-            now = clock.seconds()
-            if self._warned_at is None or now - self._warned_at >= PIPE_WARNING_INTERVAL:
-                self._warned_at = now
-                log.warn(
-                    "no pipe for a relay ({error}): relays copy their bytes until pipes can be had again "
-                    "({refused} reads so far)",
-                    error=e.strerror,
-                    refused=self.refused,
-                )
+            self._no_pipe.due(clock, error=e.strerror)
             return None
 
     def release(self, pipe: tuple[int, int]) -> None:
