@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.clients import exchange, listen
+from tests.clients import Echo, exchange, listen
 from tests.killable_backend import stream
 from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
 
@@ -280,28 +280,18 @@ def connect(port: int, client: Protocol) -> Deferred[Protocol]:
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), client)
 
 
-@implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """Echoes; closes after the end of input; counts open connections in C{factory.open}."""
+class CountedEcho(Echo):
+    """An L{Echo} that counts its factory's open connections (C{factory.open}) and all of them (C{factory.total})."""
 
     def connectionMade(self) -> None:
         self.factory.open += 1
         self.factory.total += 1
 
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.open -= 1
 
 
-class StallingEcho(Echo):
+class StallingEcho(CountedEcho):
     """
     Echoes the first bytes it receives, then stops reading (until resumed),
     listed in C{factory.stalled}; only while C{factory.stall} is true.
@@ -456,13 +446,13 @@ class FaultTests:
         return listening.addCallback(lambda port: self.addCleanup(port.stopListening) or port)
 
     def echo_backend(self) -> Deferred[int]:
-        """An L{Echo} backend; fires with its port; its factory in C{self.echo}."""
+        """A L{CountedEcho} backend; fires with its port; its factory in C{self.echo}."""
 
         def started(port: Any) -> int:
             self.echo = port.factory
             return int(port.getHost().port)
 
-        return self.listen_echo(Echo).addCallback(started)
+        return self.listen_echo(CountedEcho).addCallback(started)
 
     # Idle clients
 

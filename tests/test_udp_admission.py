@@ -14,8 +14,8 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
-from tests.processes import source_env, twistd_path
-from tests.test_admin_integration import Balancer, _IntegrationTestCase
+from tests.processes import Balancer, source_env, twistd_path
+from tests.test_admin_integration import _IntegrationTestCase
 from tests.helpers import ROOT
 
 CONFIG = """
