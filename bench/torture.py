@@ -122,19 +122,26 @@ class _Handler(socketserver.BaseRequestHandler):
         self.request.settimeout(30)
 
     def reset(self) -> None:
+        """Reset the connection (from the thread that reads it)."""
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.request.close()
+
+    def reset_from_sender(self) -> None:
         """
-        Reset the connection, from whichever thread: C{SHUT_RD} (which sends
-        nothing on Linux) first wakes a thread blocked in C{recv} on the
-        socket, which would otherwise keep the socket alive past C{close}
-        and hold the reset back until its own timeout.
+        Ask for a reset from the sending thread: C{SHUT_RD} (which sends
+        nothing on Linux) wakes the reading thread, which then closes the
+        socket (see L{_Scripted.handle}).  Closing it here instead would
+        race with that thread: a C{recv} in progress keeps the socket alive
+        past C{close}, holding the reset back, and its descriptor number can
+        be reused by another connection's socket, whose bytes it would take.
         """
+        self.reset_asked = True
         sock = self.request
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         try:
             sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass  # the client reset it first
-        sock.close()
 
 
 class _Greet(_Handler):
@@ -163,6 +170,8 @@ class _Zero(_Handler):
 
 class _Scripted(_Handler):
     """Acts as the header the client sends first says (see the flags)."""
+
+    reset_asked = False
 
     def handle(self) -> None:
         sock = self.request
@@ -201,6 +210,8 @@ class _Scripted(_Handler):
             end = f"error {e}"
         waited = time.monotonic() - last
         sender.join()
+        if self.reset_asked:
+            sock.close()  # with SO_LINGER 0: the reset
         self.server.tally[end] += 1
         complete = count == up_len and got.digest() == up_sha
         if end == "eof" and not complete and not flags & (RESET | RESET_AFTER_EOF):
@@ -225,7 +236,7 @@ class _Scripted(_Handler):
         try:
             if flags & RESET:
                 sock.sendall(data[:reset_after])
-                self.reset()
+                self.reset_from_sender()
                 return
             if flags & SLOW_WRITE:
                 for start in range(0, len(data), 1024):
