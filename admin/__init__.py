@@ -2,7 +2,7 @@
 The admin REST API: one Klein application behind a C{twisted.cred} guard,
 on the balancer's reactor (docs/DESIGN.md §7).
 
-It sees and changes the balancer only through L{balancer.control.IControl};
+It sees and changes the balancer only through L{balancer.control.interface.IControl};
 nothing under C{balancer/} imports this package except the twistd edge
 (C{balancer.tap}).
 """

@@ -25,8 +25,9 @@ from admin.errors import BadRequest, Forbidden
 from admin.jsonbody import BodyError
 from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
-from balancer.control import ChangeRefused, DumpFormatError, IControl, ServerExists, UnknownServer
-from balancer.server import BindError
+from balancer.control.errors import DumpFormatError, ListenerError, ServerExists, UnknownServer
+from balancer.control.interface import IControl
+from balancer.policy import ChangeRefused
 
 log = Logger()
 
@@ -128,9 +129,11 @@ class AdminApp:
     @app.handle_errors(ConfigError)
     def invalid(self, request: IRequest, failure: Failure) -> bytes:
         """A definition that does not validate: 409 with every problem, one per line."""
-        return gobetween.json_response(request, "\n".join(failure.value.lines()), 409)
+        error = failure.value
+        assert isinstance(error, ConfigError)
+        return gobetween.json_response(request, "\n".join(error.lines()), 409)
 
-    @app.handle_errors(ServerExists, BindError)
+    @app.handle_errors(ServerExists, ListenerError)
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """A name already taken, or an address that cannot be bound: 409."""
         return gobetween.json_response(request, str(failure.value), 409)
@@ -138,7 +141,9 @@ class AdminApp:
     @app.handle_errors(UnknownServer)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:
         """No server of that name: 404."""
-        return gobetween.json_response(request, f'no server named "{failure.value.args[0]}"', 404)
+        error = failure.value
+        assert isinstance(error, UnknownServer)
+        return gobetween.json_response(request, f'no server named "{error.args[0]}"', 404)
 
     @app.handle_errors(BadRequest, DumpFormatError)
     def bad_request(self, request: IRequest, failure: Failure) -> bytes:
@@ -148,7 +153,9 @@ class AdminApp:
     @app.handle_errors(BodyError)
     def bad_body(self, request: IRequest, failure: Failure) -> bytes:
         """A body that is not JSON within the API's bounds (400), or too long (413)."""
-        return gobetween.json_response(request, str(failure.value), failure.value.code)
+        error = failure.value
+        assert isinstance(error, BodyError)
+        return gobetween.json_response(request, str(error), error.code)
 
     @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:

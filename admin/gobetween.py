@@ -16,7 +16,10 @@ from twisted.web.iweb import IRequest
 
 from admin.errors import BadRequest
 from admin.jsonbody import read_json
-from balancer.control import IControl
+from balancer.control.interface import IControl
+
+#: The fields of gobetween's statistics document of a server, in its order.
+SERVER_FIELDS = ("active_connections", "rx_total", "tx_total", "rx_second", "tx_second", "backends")
 
 #: The fields of one backend in C{GET /servers/<name>/stats}, as gobetween documents them.
 BACKEND_FIELDS = ("host", "port", "priority", "weight", "stats")
@@ -40,12 +43,12 @@ def system_info(control: IControl) -> dict[str, Any]:
     """
     info = control.info()
     return {
-        "configuration": {"kind": "file", "path": info["config_path"]},
-        "pid": info["pid"],
-        "startTime": rfc3339(info["started_at"]),
-        "time": rfc3339(info["time"]),
-        "uptime": go_duration(info["time"] - info["started_at"]),
-        "version": info["version"],
+        "configuration": {"kind": "file", "path": info.config_path},
+        "pid": info.pid,
+        "startTime": rfc3339(info.started_at),
+        "time": rfc3339(info.time),
+        "uptime": go_duration(info.time - info.started_at),
+        "version": info.version,
     }
 
 
@@ -53,7 +56,7 @@ def dump(control: IControl, format: str) -> tuple[bytes, bytes]:
     """
     C{GET /dump?format=}: the effective configuration; returns (content type, body).
 
-    @raise balancer.control.DumpFormatError: for a format other than toml or json.
+    @raise balancer.control.errors.DumpFormatError: for a format other than toml or json.
     """
     text = control.dump(format)
     return _DUMP_TYPES[format], text.encode("utf-8")
@@ -67,13 +70,14 @@ def servers(control: IControl) -> dict[str, Any]:
 def server_stats(control: IControl, name: str) -> dict[str, Any]:
     """
     C{GET /servers/<name>/stats}: gobetween's statistics document, exactly
-    its documented fields (further counters belong to /v1 and /metrics).
+    its documented fields (further counters belong to /v1 and /metrics),
+    summed over the worker processes.
 
-    @raise balancer.control.UnknownServer: if there is no such server.
+    @raise balancer.control.errors.UnknownServer: if there is no such server.
     """
-    stats = control.stats(name)
+    stats = control.service(name).statistics
     backends = [{key: backend[key] for key in BACKEND_FIELDS} for backend in stats["backends"]]
-    return {**stats, "backends": backends}
+    return {**{key: stats[key] for key in SERVER_FIELDS}, "backends": backends}
 
 
 def server_body(content: IO[bytes]) -> dict[str, Any]:

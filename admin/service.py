@@ -31,7 +31,7 @@ from admin.site import ApiSite
 from admin.urlcheck import Utf8Resource
 from admin.writes import WritePolicy
 from balancer.config.schema import ApiConfig, ApiTlsConfig
-from balancer.control import IControl
+from balancer.control.interface import IControl
 from balancer.listening import ListeningService
 from balancer.server import BindError
 

@@ -5,7 +5,7 @@ statistics, in Prometheus text format at C{/metrics}.
 A custom collector reads the statistics through the control interface when
 scraped, in the reactor thread, so nothing is copied on the data path.  With
 C{[defaults] workers} > 1 they are summed over the worker processes
-(L{IControl.statistics}); a backend's C{live} and C{discovered} are worker 0's.
+(L{balancer.control.views.ServiceView.statistics}); a backend's C{live} and C{discovered} are worker 0's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from balancer.config.schema import MetricsConfig
-from balancer.control import IControl
+from balancer.control.interface import IControl
 from balancer.listening import ListeningService
 
 _SERVER_LABELS = ["server"]
@@ -54,14 +54,14 @@ BACKEND_FIGURES = {
 
 
 class BalancerCollector:
-    """Collects every server's statistics (L{IControl.statistics}) at scrape time."""
+    """Collects every server's statistics (its view's, L{IControl.services}) at scrape time."""
 
     def __init__(self, control: IControl) -> None:
         self._control = control
 
     def collect(self) -> Iterator[Metric]:
         """Yield one family per figure, a sample per server or backend."""
-        documents = {name: self._control.statistics(name) for name in self._control.server_names()}
+        documents = {view.name: view.statistics for view in self._control.services()}
         for suffix, (family, text, key) in SERVER_FIGURES.items():
             metric = family(f"balancer_server_{suffix}", text, labels=_SERVER_LABELS)
             for name, document in documents.items():
@@ -92,7 +92,7 @@ class MetricsResource(Resource):
 def metrics_registry(control: IControl) -> CollectorRegistry:
     """A registry holding only the balancer's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(control))  # type: ignore[arg-type]
+    registry.register(BalancerCollector(control))
     return registry
 
 

@@ -161,24 +161,37 @@ class StateFile:
                 removed.append(path)
         return removed
 
-    def save(self, changes: RuntimeChanges) -> None:
-        """
-        Write C{changes}: to a temporary file, fsync, then rename over the old one.
-
-        @raise OSError: if it cannot be written (the old file is left as it was).
-        """
+    def render(self, changes: RuntimeChanges) -> str:
+        """The text of the state file that records C{changes}."""
         document = {
             "deleted": sorted(changes.deleted),
             "servers": changes.servers,
             "backends": changes.backends,
             "backend_states": changes.backend_states,
         }
+        return "# balancer runtime state: written by the API, applied on top of the configuration.\n" + tomli_w.dumps(document)
+
+    def save(self, changes: RuntimeChanges) -> None:
+        """
+        Write C{changes} (L{render}, then L{write}).
+
+        @raise OSError: if it cannot be written (the old file is left as it was).
+        """
+        self.write(self.render(changes))
+
+    def write(self, text: str) -> None:
+        """
+        Make C{text} the state file: write it to a temporary file, fsync,
+        rename it over the old one, fsync the directory.  It blocks on the
+        disk: the control layer calls it in a thread (L{balancer.control.writers}).
+
+        @raise OSError: if it cannot be written (the old file is left as it was).
+        """
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, temporary = tempfile.mkstemp(prefix=self.temporary_prefix(), dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("# balancer runtime state: written by the API, applied on top of the configuration.\n")
-                f.write(tomli_w.dumps(document))
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)

@@ -17,7 +17,8 @@ from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
 from balancer.config.schema import LoggingConfig
-from balancer.control import Controller, load_effective
+from balancer.control.controller import Controller
+from balancer.control.effective import load_effective
 from balancer.demo import demo_service, loopback_backends
 from balancer.logs import log_observer, open_output
 from balancer.metrics import metrics_service

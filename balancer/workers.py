@@ -11,12 +11,12 @@ ports with C{SO_REUSEPORT}: the kernel spreads new connections across them.
    plus runtime changes, with the real port of servers bound to port 0) and
    the admin states of its backends as a JSON line on its stdin when it
    starts, and again after every change made through the API
-   (L{Controller.on_change}).
+   (L{Controller.subscribe}).
  - Statistics: each worker sends its servers' statistics documents every
    second (L{balancer.stats.server_report}); the supervisor keeps each
-   worker's latest, which L{Controller.stats} (gobetween's document) and
-   L{Controller.statistics} (/v1 and /metrics) add to worker 0's own
-   (L{balancer.control.sum_stats}).  A worker that ended still counts with
+   worker's latest, which the controller's views (C{GET /servers/<name>/stats},
+   /v1 and /metrics read them) add to worker 0's own
+   (L{balancer.control.sums}).  A worker that ended still counts with
    its last report until its replacement sends its first.
  - Logs: each worker's log events are logged here, with C{log_system} set to
    C{worker N}.
@@ -35,7 +35,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.application.service import Service
@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 import balancer
 from balancer.backends import ACTIVE
 from balancer.config.dump import to_mapping
-from balancer.control import Controller
+from balancer.control.controller import Controller
 
 log = Logger()
 
@@ -71,14 +71,15 @@ def config_message(control: Controller) -> bytes:
     of every backend that is not active.
     """
     config = control.effective_config()
+    views = {view.name: view for view in control.services()}
     servers = {}
     for name, server in config.servers.items():
         if server.bind.port == 0:
-            server = attrs.evolve(server, bind=attrs.evolve(server.bind, port=control.server(name).port))
+            server = attrs.evolve(server, bind=attrs.evolve(server.bind, port=views[name].port))
         servers[name] = server
     mapping = to_mapping(attrs.evolve(config, servers=servers))
     states = {
-        name: {b.key: b.admin_state for b in control.server(name).pool if b.admin_state != ACTIVE}
+        name: {entry.key: entry.admin_state for entry in views[name].pool if entry.admin_state != ACTIVE}
         for name in servers
     }
     message = {"config": {k: v for k, v in mapping.items() if k in WORKER_SECTIONS}, "admin_states": states}
@@ -116,11 +117,12 @@ class WorkerProcess(ProcessProtocol):
 
     def connectionMade(self) -> None:
         """Give the new worker the configuration it starts with."""
-        self.transport.write(config_message(self.supervisor.control))
+        self.send(config_message(self.supervisor.control))
 
     def send(self, line: bytes) -> None:
         """Write a configuration line to the worker's stdin."""
-        self.transport.write(line)
+        if self.transport is not None:
+            self.transport.write(line)
 
     def outReceived(self, data: bytes) -> None:
         """Messages, one JSON object a line: C{ready}, then C{stats}."""
@@ -191,12 +193,13 @@ class WorkerSupervisor(Service):
         self.reports: dict[int, dict[str, dict[str, Any]]] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
+        self._unsubscribe: Callable[[], None] | None = None
 
     def startService(self) -> None:
         """Start every worker and follow the controller's changes (worker 0's listeners are bound by now)."""
         super().startService()
-        self.control.on_change.append(self.push)
-        self.control.peer_stats.append(self.stats)
+        self._unsubscribe = self.control.subscribe(self.push)
+        self.control.peers.add_source(self.stats)
         for index in range(1, self.count):
             self._spawn(index)
 
@@ -250,8 +253,10 @@ class WorkerSupervisor(Service):
         if not self.running:
             return succeed(None)
         super().stopService()
-        self.control.on_change.remove(self.push)
-        self.control.peer_stats.remove(self.stats)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.control.peers.remove_source(self.stats)
         for restart in self._restarts.values():
             restart.cancel()
         self._restarts.clear()
@@ -260,15 +265,23 @@ class WorkerSupervisor(Service):
             return succeed(None)
         for process in processes:
             self._signal(process, signal.SIGTERM)
-        deadline = self.reactor.callLater(
-            self.grace + KILL_MARGIN, lambda: [self._signal(p, signal.SIGKILL) for p in processes]
-        )
-        done = gatherResults([p.ended for p in processes])
-        done.addCallback(lambda _: deadline.cancel() if deadline.active() else None)
-        return done
+        deadline = self.reactor.callLater(self.grace + KILL_MARGIN, self._kill, processes)
+
+        def ended(_: list[None]) -> None:
+            if deadline.active():
+                deadline.cancel()
+
+        return gatherResults([p.ended for p in processes]).addCallback(ended)
+
+    def _kill(self, processes: list[WorkerProcess]) -> None:
+        """SIGKILL to those of C{processes} still running."""
+        for process in processes:
+            self._signal(process, signal.SIGKILL)
 
     def _signal(self, process: WorkerProcess, signum: int) -> None:
         """Send C{signum} to a worker we started, unless it has ended."""
+        if process.transport is None:
+            return
         try:
             process.transport.signalProcess(signum)
         except ProcessExitedAlready:

@@ -26,7 +26,9 @@ from admin.service import api_resource
 from balancer import __version__
 from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, Config
-from balancer.control import Controller, IControl, load_effective
+from balancer.control.controller import Controller
+from balancer.control.effective import load_effective
+from balancer.control.interface import IControl
 from balancer.service import BalancerService
 
 CONFIG = """

@@ -134,7 +134,7 @@ class MediaTypeTests(SynchronousTestCase):
         response, body = v1.json(self, "PUT", "/v1/servers/127.0.0.1:9001/set?state=drain",
                                  data=b"x", headers={"Content-Type": "text/plain"})
         assert_errors(self, response, body, 415)
-        self.assertEqual(v1.control.backend_state("127.0.0.1:9001"), "active")
+        self.assertEqual(v1.control.backend("127.0.0.1:9001").admin_state, "active")
         self.assertIn("db", v1.control.server_names())
 
     def test_readsAreNotChecked(self) -> None:
@@ -291,7 +291,7 @@ class LoopbackTests(SynchronousTestCase):
             self.assertEqual(code, 403, body)
             self.assertIn("[[api.users]]", json.loads(body)["errors"][0]["detail"])
         self.assertIn("db", v1.control.server_names())
-        self.assertEqual(v1.control.backend_state("127.0.0.1:9001"), "active")
+        self.assertEqual(v1.control.backend("127.0.0.1:9001").admin_state, "active")
 
     def test_remoteReadsWithoutAccountAreAnswered(self) -> None:
         v1 = make_v1(self)
@@ -306,7 +306,7 @@ class LoopbackTests(SynchronousTestCase):
             code, body = raw_call(self, v1, "", client, b"PUT /v1/servers/127.0.0.1:9001/%s?state=drain HTTP/1.1\r\n"
                                                         b"Host: api.test\r\n\r\n" % (b"clear" if i % 2 else b"set"))
             self.assertEqual(code, 204, body)
-            self.assertEqual(v1.control.backend_state("127.0.0.1:9001"), "active" if i % 2 else "drain")
+            self.assertEqual(v1.control.backend("127.0.0.1:9001").admin_state, "active" if i % 2 else "drain")
 
     def test_remoteWriteWithAccountIsTaken(self) -> None:
         v1 = make_v1(self, extra=ACCOUNTS)

@@ -10,10 +10,12 @@ import os
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from admin.gobetween import server_stats
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
-from balancer.control import Controller
-from balancer.service import BalancerService, UnknownServer
+from balancer.control.controller import Controller
+from balancer.control.errors import UnknownServer
+from balancer.service import BalancerService
 from balancer.state import StateFile
 from balancer.stats import SERVER_COUNTERS, server_report
 
@@ -90,18 +92,18 @@ class StatisticsTests(SynchronousTestCase):
         assert backend is not None
         backend.counters.refused_connections = 3
         self.reports: list[dict[str, object]] = []
-        self.control.peer_stats.append(lambda name: self.reports)
+        self.control.peers.add_source(lambda name: self.reports)
 
     def report(self, **counters: int) -> dict[str, object]:
         """A worker's report of server "web": worker 0's with C{counters} as its server counters."""
         return {**server_report(self.balancer.server("web")), **counters}
 
     def test_withoutWorkersWorker0sOwn(self) -> None:
-        self.assertEqual(self.control.statistics("web"), server_report(self.balancer.server("web")))
+        self.assertEqual(self.control.service("web").statistics, server_report(self.balancer.server("web")))
 
     def test_everyServerCounterAndBackendFigureIsSummed(self) -> None:
         self.reports[:] = [self.report(), self.report(over_limit=100, sni_failures=70)]
-        statistics = self.control.statistics("web")
+        statistics = self.control.service("web").statistics
         self.assertEqual({key: statistics[key] for key in ("active_connections", "rx_second", *SERVER_COUNTERS)},
                          {"active_connections": 3, "rx_second": 30, "total_connections": 6, "over_limit": 3 + 3 + 100,
                           "no_backend": 12, "denied": 15, "tls_failures": 18, "sni_failures": 7 + 7 + 70})
@@ -111,8 +113,8 @@ class StatisticsTests(SynchronousTestCase):
         """Workers report more than gobetween's fields; stats still has exactly those, summed."""
         own = self.balancer.server("web").stats()
         self.reports[:] = [self.report()]
-        stats = self.control.stats("web")
+        stats = server_stats(self.control, "web")
         self.assertEqual((set(stats), stats["rx_second"]), (set(own), 20))
 
     def test_unknownServer(self) -> None:
-        self.assertRaises(UnknownServer, self.control.statistics, "nope")
+        self.assertRaises(UnknownServer, self.control.service, "nope")

@@ -11,7 +11,7 @@ from treq.testing import StubTreq
 from twisted.web.resource import Resource
 
 from balancer.config.load import parse_config
-from balancer.control import Controller
+from balancer.control.controller import Controller
 from balancer.metrics import BACKEND_FIGURES, SERVER_FIGURES, MetricsResource, metrics_registry
 from balancer.service import BalancerService
 from balancer.stats import SERVER_COUNTERS, server_report
@@ -114,7 +114,7 @@ class SummedMetricsTests(SynchronousTestCase):
         assert backend is not None
         backend.live = backend.discovered = False
         report = server_report(self.other.server("web"))
-        self.control.peer_stats.append(lambda name: [report, report])
+        self.control.peers.add_source(lambda name: [report, report])
         found = self.scrape()
         expected = expected_samples(server_report(self.own.server("web")), report, copies=2)
         self.assertEqual({k: found[k] for k in expected}, expected)

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config import ConfigError
 from balancer.config.load import parse_config
-from balancer.control import load_effective
+from balancer.control.effective import load_effective
 from balancer.state import RuntimeChanges, StateCleanup, StateFile
 from tests.test_admin_integration import _IntegrationTestCase
 from tests.support.mutations import paths, replaced

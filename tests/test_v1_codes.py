@@ -235,7 +235,7 @@ class ServerErrorTests(SynchronousTestCase):
 
     def test_500LoggedWithoutTraceback(self) -> None:
         v1 = make_v1(self)
-        self.patch(Services, "ids", lambda self: 1 / 0)
+        self.patch(Services, "members", lambda self: 1 / 0)
         response, body = v1.json(self, "GET", "/v1/services")
         assert_errors(self, response, body, 500, "internal error")
         self.assertNotIn("ZeroDivision", json.dumps(body))

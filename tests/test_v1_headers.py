@@ -122,7 +122,7 @@ class RequestHeaderTests(SynchronousTestCase):
         response, body = self.v1.json(self, "PATCH", "/v1/monitors/web", change, headers={"If-Match": header(response, "ETag")})
         self.assertEqual(response.code, 200, body)
         self.assertEqual(body["data"]["attributes"]["parameters"]["kind"], "ping")
-        self.assertEqual(self.v1.control.server("web").config.healthcheck.kind, "ping")
+        self.assertEqual(self.v1.control.service("web").config.healthcheck.kind, "ping")
 
     def test_ifNoneMatchStarOnAnExistingResource(self) -> None:
         response, _ = self.v1.call(self, "GET", "/v1/services/web", headers={"If-None-Match": "*"})

@@ -20,7 +20,7 @@ import admin.channel
 from admin.service import api_resource
 from admin.site import ApiSite
 from balancer.config.load import parse_config
-from balancer.control import Controller
+from balancer.control.controller import Controller
 from balancer.service import BalancerService
 from tests.clients import Named, exchange, listen
 

@@ -21,7 +21,7 @@ from admin.service import api_resource
 from admin.site import ApiSite
 from admin.v1.openapi import document
 from balancer.config.load import parse_config
-from balancer.control import Controller
+from balancer.control.controller import Controller
 from balancer.service import BalancerService
 from tests.test_v1_helpers import make_v1
 

@@ -163,7 +163,7 @@ class WorkerStatisticsTests(SynchronousTestCase):
         """Two workers, each reporting what worker 0 has: every sum is three times worker 0's figure."""
         self.v1 = make_v1(self)
         balancer = self.v1.balancer
-        self.v1.control.peer_stats.append(lambda name: [server_report(balancer.server(name))] * 2)
+        self.v1.control.peers.add_source(lambda name: [server_report(balancer.server(name))] * 2)
 
     def set_counters(self, counters: ServerCounters | BackendCounters, **figures: int) -> None:
         """Set C{figures} on C{counters}, those of traffic on its C{traffic}."""

@@ -28,9 +28,11 @@ from twisted.logger import LogLevel, LogLevelFilterPredicate, eventAsJSON, globa
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from admin.gobetween import server_stats
 from balancer.backends import DRAIN, MAINTENANCE
 from balancer.config.load import parse_config
-from balancer.control import Controller, sum_stats
+from balancer.control.controller import Controller
+from balancer.control.sums import sum_stats
 from balancer.metrics import metrics_registry
 from balancer.server import BindError, ServerService
 from balancer.service import BalancerService
@@ -352,7 +354,7 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(list(self.last_message(index)[0].servers), ["one", "two", "three"])
         self.successResultOf(self.control.remove_server("one"))
         self.assertEqual(list(self.last_message(0)[0].servers), ["two", "three"])
-        self.control.set_backend_state("127.0.0.1:9004", DRAIN)
+        self.successResultOf(self.control.set_backend_state("127.0.0.1:9004", DRAIN))
         self.assertEqual(self.last_message(1)[1]["three"], {"127.0.0.1:9004": DRAIN})
 
     def test_statsAreSummedOverWorkers(self) -> None:
@@ -361,9 +363,9 @@ class SupervisorTests(SynchronousTestCase):
         for protocol, _, _, _ in self.memory.spawned:
             protocol.outReceived(line[:10])
             protocol.outReceived(line[10:])
-        stats = self.control.stats("one")
+        stats = server_stats(self.control, "one")
         self.assertEqual((stats["rx_total"], stats["backends"][0]["stats"]["total_connections"]), (80, 4))
-        self.assertEqual(self.control.stats("two")["rx_total"], 0)
+        self.assertEqual(server_stats(self.control, "two")["rx_total"], 0)
 
     def test_reportsAddUpInStatisticsAndMetrics(self) -> None:
         """Every server counter a worker reports, beyond gobetween's, reaches /v1 and /metrics summed."""
@@ -372,10 +374,10 @@ class SupervisorTests(SynchronousTestCase):
                    for r, d, t in ((2, 10, 3), (5, 20, 4))]
         for (protocol, _, _, _), report in zip(self.memory.spawned, reports):
             protocol.outReceived(json.dumps({"stats": {"one": report}}).encode() + b"\n")
-        statistics = self.control.statistics("one")
+        statistics = self.control.service("one").statistics
         self.assertEqual((statistics["denied"], statistics["tls_failures"]), (31, 7))
         self.assertEqual(statistics["backends"][0]["stats"]["refused_connections"], 7)
-        self.assertNotIn("denied", self.control.stats("one"))
+        self.assertNotIn("denied", server_stats(self.control, "one"))
         scraped = generate_latest(metrics_registry(self.control)).decode().splitlines()
         self.assertIn('balancer_server_denied_total{server="one"} 31.0', scraped)
         self.assertIn('balancer_backend_refused_connections_total{host="127.0.0.1",port="9001",server="one"} 7.0',
@@ -393,7 +395,7 @@ class SupervisorTests(SynchronousTestCase):
                              (RESTART_MAX_DELAY, RESTART_DELAY)):
             self.memory.advance(lived)
             self.memory.end(current, ProcessTerminated(signal=signal.SIGKILL))
-            self.assertEqual(self.control.stats("one")["rx_total"], 7)
+            self.assertEqual(self.control.service("one").statistics["rx_total"], 7)
             count = len(self.memory.spawned)
             self.memory.advance(delay * 0.75)
             self.assertEqual(len(self.memory.spawned), count, delay)
@@ -403,7 +405,7 @@ class SupervisorTests(SynchronousTestCase):
             current = count
         report = {"stats": {"one": document([], rx_total=1)}}
         self.memory.spawned[current][0].outReceived(json.dumps(report).encode() + b"\n")
-        self.assertEqual(self.control.stats("one")["rx_total"], 1)
+        self.assertEqual(self.control.service("one").statistics["rx_total"], 1)
 
     def test_stopTerminatesThenKills(self) -> None:
         stopped = self.supervisor.stopService()
@@ -417,7 +419,24 @@ class SupervisorTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.memory.advance(RESTART_MAX_DELAY)
         self.assertEqual(len(self.memory.spawned), 2)
-        self.assertEqual(self.control.on_change, [])
+        self.assertEqual(self.control.peers.documents("one"), [])
+
+    def test_stoppedSupervisorHearsNoMoreChanges(self) -> None:
+        """Stopping ends its subscription to the controller's changes and its statistics source."""
+        pushes: list[None] = []
+
+        class Counting(WorkerSupervisor):
+            def push(self) -> None:
+                pushes.append(None)
+
+        supervisor = Counting(self.control, 1, self.memory, grace=2.0, executable="/usr/bin/python3")
+        supervisor.startService()
+        supervisor.reports[1] = {"one": document([], rx_total=5)}
+        self.successResultOf(self.control.set_backend_state("127.0.0.1:9001", DRAIN))
+        self.assertEqual((len(pushes), len(self.control.peers.documents("one"))), (1, 1))
+        self.successResultOf(supervisor.stopService())
+        self.successResultOf(self.control.set_backend_state("127.0.0.1:9001", None))
+        self.assertEqual((len(pushes), len(self.control.peers.documents("one"))), (1, 0))
 
     def test_workerLogEventsAreLoggedHere(self) -> None:
         events: list[dict[str, Any]] = []

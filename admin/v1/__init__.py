@@ -6,5 +6,5 @@ documents.
 L{admin.v1.api.V1App} holds the routes and the request pipeline (method
 override, access, preconditions, locks, rendering); one module per resource
 type says what its documents hold and which changes it makes through
-L{balancer.control.IControl}.
+L{balancer.control.interface.IControl}.
 """

@@ -47,8 +47,10 @@ from admin.v1.sessions import Sessions
 from admin.v1.users import Users
 from balancer import __version__
 from balancer.config.errors import ConfigError
-from balancer.control import BackendInUse, ChangeRefused, IControl, LinkError, ServerExists, UnknownBackend, UnknownServer, UnknownSession
-from balancer.server import BindError
+from balancer.control.errors import (
+    BackendInUse, LinkError, ListenerError, ServerExists, UnknownBackend, UnknownServer, UnknownSession)
+from balancer.control.interface import IControl
+from balancer.policy import ChangeRefused
 
 log = Logger()
 
@@ -93,8 +95,8 @@ class V1App:
         self._begin(request, ("GET", "HEAD"))
         document = openapi.document()
         tag = conditional.etag(document)
-        self._validators(request, tag, self.control.info()["started_at"])
-        conditional.evaluate(request, "GET", tag, self.control.info()["started_at"])
+        self._validators(request, tag, self.control.info().started_at)
+        conditional.evaluate(request, "GET", tag, self.control.info().started_at)
         return self._render(request, 200, document)
 
     @app.route("/balancer")
@@ -158,14 +160,14 @@ class V1App:
         return self._no_content(request)
 
     @app.route("/servers/<id>/set")
-    def set_state(self, request: IRequest, id: str) -> bytes:
+    async def set_state(self, request: IRequest, id: str) -> bytes:
         """C{PUT /v1/servers/<id>/set?state=maintenance|drain}."""
-        return self._admin_state(request, id, set_it=True)
+        return await self._admin_state(request, id, set_it=True)
 
     @app.route("/servers/<id>/clear")
-    def clear_state(self, request: IRequest, id: str) -> bytes:
+    async def clear_state(self, request: IRequest, id: str) -> bytes:
         """C{PUT /v1/servers/<id>/clear[?state=maintenance|drain]}."""
-        return self._admin_state(request, id, set_it=False)
+        return await self._admin_state(request, id, set_it=False)
 
     # The pipeline
 
@@ -273,7 +275,7 @@ class V1App:
         conditional.evaluate(request, method, tag, kind.changed_at(id))
         return self._render(request, 200, documents.top(kind.member_path(id), params.sparse(current, query)), query)
 
-    def _admin_state(self, request: IRequest, id: str, set_it: bool) -> bytes:
+    async def _admin_state(self, request: IRequest, id: str, set_it: bool) -> bytes:
         servers = self.kinds["servers"]
         method = self._begin(request, ("PUT",))
         current = servers.get(id)
@@ -283,9 +285,9 @@ class V1App:
         state = parse_state(request.args, required=set_it)
         with locks.hold(self.control, servers.lock_key(id)):
             if set_it:
-                self.control.set_backend_state(id, state)
-            elif state is None or self.control.backend_state(id) == state:
-                self.control.set_backend_state(id, None)
+                await self.control.set_backend_state(id, state)
+            elif state is None or self.control.backend(id).admin_state == state:
+                await self.control.set_backend_state(id, None)
         return self._no_content(request)
 
     def _validators(self, request: IRequest, tag: str, modified: float) -> None:
@@ -307,7 +309,8 @@ class V1App:
     @app.handle_errors(ApiError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:
         """An error the pipeline or a resource raised: its code and error document (304: no body)."""
-        error: ApiError = failure.value
+        error = failure.value
+        assert isinstance(error, ApiError)
         for name, value in error.headers.items():
             request.setHeader(name, value)
         request.setResponseCode(error.code)
@@ -323,9 +326,11 @@ class V1App:
     @app.handle_errors(UnknownServer, UnknownBackend, UnknownSession)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:
         """A resource named in the request does not exist: 404."""
-        return self._errors(request, 404, [{"detail": f'no resource with id "{failure.value.args[0]}"'}])
+        error = failure.value
+        assert isinstance(error, KeyError)
+        return self._errors(request, 404, [{"detail": f'no resource with id "{error.args[0]}"'}])
 
-    @app.handle_errors(ServerExists, BindError, LinkError, BackendInUse)
+    @app.handle_errors(ServerExists, ListenerError, LinkError, BackendInUse)
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """Name taken, address not bindable, link not possible, resource in use: 409."""
         return self._errors(request, 409, [{"detail": str(failure.value)}])
@@ -333,13 +338,16 @@ class V1App:
     @app.handle_errors(ConfigError)
     def invalid(self, request: IRequest, failure: Failure) -> bytes:
         """Bad values the resource did not point at more precisely: 422, one error per problem."""
-        error: ConfigError = failure.value
+        error = failure.value
+        assert isinstance(error, ConfigError)
         return self._errors(request, 422, [{"detail": line, "source": {"pointer": "/data"}} for line in error.lines()])
 
     @app.handle_errors(RequestRedirect)
     def moved(self, request: IRequest, failure: Failure) -> bytes:
         """A path that lives with a trailing slash (C{/v1}): 308 with a relative C{Location}."""
-        target = urlsplit(failure.value.new_url)
+        redirect = failure.value
+        assert isinstance(redirect, RequestRedirect)
+        target = urlsplit(redirect.new_url)
         location = target.path + (f"?{target.query}" if target.query else "")
         request.setHeader(b"Location", location.encode("utf-8"))
         return self._render(request, 308, {"links": {"self": location}, "meta": {"detail": f"moved to {location}"}})
@@ -347,7 +355,9 @@ class V1App:
     @app.handle_errors(HTTPException)
     def no_route(self, request: IRequest, failure: Failure) -> bytes:
         """No such path under /v1: 404."""
-        return self._errors(request, failure.value.code, [{"detail": f"no resource at {request.uri.decode('utf-8', 'replace')}"}])
+        error = failure.value
+        assert isinstance(error, HTTPException) and error.code is not None
+        return self._errors(request, error.code, [{"detail": f"no resource at {request.uri.decode('utf-8', 'replace')}"}])
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:

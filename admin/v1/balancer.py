@@ -18,18 +18,18 @@ class Balancer(Kind):
     def member_path(self, id: str) -> str:
         return documents.path("balancer")
 
-    def ids(self) -> list[str]:
-        return ["balancer"]
+    def members(self) -> list[dict[str, Any]]:
+        return [self.get("balancer")]
 
     def get(self, id: str) -> dict[str, Any]:
         info = self.control.info()
         attributes = {
-            "version": info["version"],
-            "pid": info["pid"],
-            "started_at": rfc3339(info["started_at"]),
-            "uptime": round(info["time"] - info["started_at"], 3),
-            "config_path": info["config_path"],
-            "revision": info["revision"],
+            "version": info.version,
+            "pid": info.pid,
+            "started_at": rfc3339(info.started_at),
+            "uptime": round(info.time - info.started_at, 3),
+            "config_path": info.config_path,
+            "revision": info.revision,
         }
         return documents.resource(self.type, "balancer", attributes, self_link=self.member_path(id))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Mapping
 from urllib.parse import quote
 
 from admin.jsonbody import BodyError, read_json
@@ -28,7 +28,7 @@ def path(*segments: str) -> str:
 
 
 def resource(type_: str, id: str, attributes: dict[str, Any],
-             relationships: dict[str, tuple[str, Iterable[str]]] | None = None, self_link: str | None = None) -> dict[str, Any]:
+             relationships: Mapping[str, tuple[str, Iterable[str]]] | None = None, self_link: str | None = None) -> dict[str, Any]:
     """
     A resource object: C{id}, C{type}, C{attributes}, C{relationships} and C{links.self}.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from admin.v1.parts import ServicePart
+from balancer.control.views import ServiceView
 
 
 class Filters(ServicePart):
@@ -17,8 +18,8 @@ class Filters(ServicePart):
     type = "filters"
     section = "access"
 
-    def attributes(self, id: str, server: Any) -> dict[str, Any]:
-        access = server.config.access
+    def attributes(self, view: ServiceView) -> dict[str, Any]:
+        access = view.config.access
         parameters = {"default": "allow", "rules": []} if access is None else {
             "default": access.default, "rules": list(access.rules)}
         return {"module": "access", "parameters": parameters}

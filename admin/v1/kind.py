@@ -11,7 +11,7 @@ from typing import Any
 
 from admin.v1 import documents
 from admin.v1.errors import not_found
-from balancer.control import IControl
+from balancer.control.interface import IControl
 
 
 class Kind:
@@ -42,10 +42,6 @@ class Kind:
         """A member's path."""
         return documents.path(self.type, id)
 
-    def ids(self) -> list[str]:
-        """The members' ids, in order."""
-        raise NotImplementedError
-
     def get(self, id: str) -> dict[str, Any]:
         """
         The member's resource object.
@@ -55,8 +51,12 @@ class Kind:
         raise NotImplementedError
 
     def members(self) -> list[dict[str, Any]]:
-        """Every member's resource object."""
-        return [self.get(id) for id in self.ids()]
+        """
+        Every member's resource object, in order, from one read of the
+        control interface: the work grows with the number of members, not
+        with its square (never L{get} per member, which reads them all).
+        """
+        raise NotImplementedError
 
     def view(self, resource: dict[str, Any]) -> Any:
         """What the member's C{ETag} is computed from: the resource without its volatile attributes."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from admin.v1.parts import ServicePart
-from balancer.server import LISTENER_KEYS
+from balancer.control.views import ServiceView
+
+#: The definition keys a listener is made of (changing any of them rebinds the service).
+LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
 
 
 class Listeners(ServicePart):
@@ -19,11 +22,11 @@ class Listeners(ServicePart):
     type = "listeners"
     volatile = ("state", "address")
 
-    def attributes(self, id: str, server: Any) -> dict[str, Any]:
-        definition = self.control.server_definition(id)
-        parameters = {"bind": definition["bind"], "protocol": server.config.protocol}
+    def attributes(self, view: ServiceView) -> dict[str, Any]:
+        definition = view.definition
+        parameters = {"bind": definition["bind"], "protocol": view.config.protocol}
         parameters.update({k: definition[k] for k in LISTENER_KEYS if k in definition and k not in parameters})
-        return {"state": "Running" if server.running else "Stopped", "address": server.address, "parameters": parameters}
+        return {"state": "Running" if view.running else "Stopped", "address": view.address, "parameters": parameters}
 
     def definition(self, id: str, parameters: dict[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in self.control.server_definition(id).items() if k not in LISTENER_KEYS}

@@ -11,7 +11,7 @@ import weakref
 from typing import Iterator
 
 from admin.v1.errors import ApiError
-from balancer.control import IControl
+from balancer.control.interface import IControl
 
 _held: "weakref.WeakKeyDictionary[IControl, set[str]]" = weakref.WeakKeyDictionary()
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from admin.v1.parts import ServicePart
+from admin.v1.parts import Backends, ServicePart
 from admin.v1.servers import server_ids
 from balancer.config.dump import to_mapping
+from balancer.control.views import ServiceView
 
 
 class Monitors(ServicePart):
@@ -19,10 +20,10 @@ class Monitors(ServicePart):
     section = "healthcheck"
     volatile = ("state",)
 
-    def attributes(self, id: str, server: Any) -> dict[str, Any]:
-        check = server.config.healthcheck
-        running = server.running and check.kind != "none"
+    def attributes(self, view: ServiceView) -> dict[str, Any]:
+        check = view.config.healthcheck
+        running = view.running and check.kind != "none"
         return {"module": check.kind, "state": "Running" if running else "Stopped", "parameters": to_mapping(check)}
 
-    def relationships(self, id: str) -> dict[str, tuple[str, list[str]]]:
-        return {"servers": ("servers", server_ids(self.control, id)), "services": ("services", [id])}
+    def relationships(self, id: str, backends: Backends) -> dict[str, tuple[str, list[str]]]:
+        return {"servers": ("servers", server_ids(backends(), id)), "services": ("services", [id])}

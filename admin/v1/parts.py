@@ -7,13 +7,18 @@ of a service.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from admin.v1 import documents
 from admin.v1.errors import unprocessable
 from admin.v1.kind import Kind
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
+from balancer.control.views import BackendView, ServiceView
+
+#: The backends by /v1 id (L{balancer.control.interface.IControl.backends}), read at most once.
+Backends = Callable[[], dict[str, BackendView]]
 
 
 class ServicePart(Kind):
@@ -27,21 +32,25 @@ class ServicePart(Kind):
     member_methods = ("GET", "HEAD", "PATCH")
     section = ""
 
-    def ids(self) -> list[str]:
-        return self.control.server_names()
+    def members(self) -> list[dict[str, Any]]:
+        backends = functools.cache(self.control.backends)
+        return [self._resource(view, backends) for view in self.control.services()]
 
     def get(self, id: str) -> dict[str, Any]:
         if id not in self.control.server_names():
             raise self.missing(id)
-        server = self.control.server(id)
-        return documents.resource(self.type, id, self.attributes(id, server), self.relationships(id))
+        return self._resource(self.control.service(id), functools.cache(self.control.backends))
 
-    def attributes(self, id: str, server: Any) -> dict[str, Any]:
-        """The resource's attributes (C{parameters} among them)."""
+    def _resource(self, view: ServiceView, backends: Backends) -> dict[str, Any]:
+        """The resource object of service C{view}'s part."""
+        return documents.resource(self.type, view.name, self.attributes(view), self.relationships(view.name, backends))
+
+    def attributes(self, view: ServiceView) -> dict[str, Any]:
+        """The resource's attributes (C{parameters} among them), from its service's view."""
         raise NotImplementedError
 
-    def relationships(self, id: str) -> dict[str, tuple[str, list[str]]]:
-        """The resource's relationships."""
+    def relationships(self, id: str, backends: Backends) -> dict[str, tuple[str, list[str]]]:
+        """The resource's relationships (C{backends} for those that name servers)."""
         return {"services": ("services", [id])}
 
     def definition(self, id: str, parameters: dict[str, Any]) -> dict[str, Any]:

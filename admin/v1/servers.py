@@ -15,15 +15,15 @@ from typing import Any
 from admin.v1 import documents
 from admin.v1.errors import bad_request, conflict
 from admin.v1.kind import Kind
-from balancer.backends import DRAIN, MAINTENANCE, Backend
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
-from balancer.control import IControl
+from balancer.control.errors import UnknownBackend
+from balancer.control.views import BackendView
 
 #: The admin states C{set} and C{clear} take.
-STATES = (MAINTENANCE, DRAIN)
+STATES = ("maintenance", "drain")
 
-_STATE_NAMES = {MAINTENANCE: "Maintenance", DRAIN: "Draining"}
+_STATE_NAMES = {"maintenance": "Maintenance", "drain": "Draining"}
 
 #: A server's statistics, each from the figure of a backend's C{stats} it adds up.
 FIGURES = {
@@ -37,38 +37,21 @@ FIGURES = {
 }
 
 
-def server_ids(control: IControl, service: str) -> list[str]:
-    """The ids of the servers service C{service} uses, in its pool's order."""
-    return [id for id, entries in control.backend_index().items() if any(s == service for s, _ in entries)]
+def server_ids(backends: dict[str, BackendView], service: str) -> list[str]:
+    """The ids of the servers service C{service} uses (C{backends}: L{IControl.backends}), in its pool's order."""
+    return [id for id, view in backends.items() if service in view.services]
 
 
-def id_of(control: IControl, service: str, backend: Backend) -> str | None:
-    """The /v1 id of C{backend} in the pool of C{service}."""
-    for id, entries in control.backend_index().items():
-        if any(s == service and b is backend for s, b in entries):
-            return id
-    return None
-
-
-def statistics(control: IControl, entries: list[tuple[str, Backend]]) -> dict[str, int]:
+def statistics(view: BackendView) -> dict[str, int]:
     """
     A server's statistics: its figures in the pool of each service that uses
-    it (C{entries}, from L{IControl.backend_index}), added up, each summed
-    over the worker processes (L{IControl.statistics}).
+    it, added up, each summed over the worker processes.
     """
-    by_service = {service: control.statistics(service) for service in dict.fromkeys(s for s, _ in entries)}
     totals = dict.fromkeys(FIGURES, 0)
-    for service, backend in entries:
-        stats = backend_stats(by_service[service], backend)
+    for entry in view.entries:
         for name, key in FIGURES.items():
-            totals[name] += stats[key]
+            totals[name] += entry.statistics[key]
     return totals
-
-
-def backend_stats(document: dict[str, Any], backend: Backend) -> dict[str, Any]:
-    """The C{stats} of C{backend} in its server's statistics document (matched by host and port)."""
-    address = (backend.host, str(backend.port))
-    return next(b["stats"] for b in document["backends"] if (b["host"], b["port"]) == address)
 
 
 def parse_state(args: dict[bytes, list[bytes]], required: bool) -> str | None:
@@ -96,37 +79,33 @@ class Servers(Kind):
     member_methods = ("GET", "HEAD", "PATCH", "DELETE")
     writable = ("services",)
 
-    def ids(self) -> list[str]:
-        return list(self.control.backend_index())
+    def members(self) -> list[dict[str, Any]]:
+        return [self._resource(view) for view in self.control.backends().values()]
 
     def get(self, id: str) -> dict[str, Any]:
-        index = self.control.backend_index()
-        if id not in index:
-            raise self.missing(id)
-        entries = index[id]
-        created = self.control.created_backends().get(id)
-        if created is not None:
-            parameters = {k: v for k, v in created.items() if k != "services"}
-        else:
-            spec = entries[0][1].spec
-            parameters = {"address": spec.host, "port": spec.port, "weight": spec.weight,
-                          "priority": spec.priority, "max_connections": spec.max_connections,
-                          **({"sni": spec.sni} if spec.sni else {})}
-        admin = self.control.backend_state(id)
+        try:
+            view = self.control.backend(id)
+        except UnknownBackend:
+            raise self.missing(id) from None
+        return self._resource(view)
+
+    def _resource(self, view: BackendView) -> dict[str, Any]:
+        """The resource object of backend C{view}."""
+        admin = view.admin_state
         if admin in _STATE_NAMES:
             state = _STATE_NAMES[admin]
         else:
-            state = "Running" if any(b.live and b.discovered for _, b in entries) else "Down"
-        services = list(dict.fromkeys(s for s, _ in entries))
+            state = "Running" if view.serving else "Down"
         attributes = {
             "state": state,
             "admin_state": admin,
-            "origin": "api" if created is not None else "discovery",
-            "parameters": parameters,
-            "statistics": statistics(self.control, entries),
+            "origin": view.origin,
+            "parameters": view.parameters,
+            "statistics": statistics(view),
         }
+        services = view.services
         relationships = {"services": ("services", services), "monitors": ("monitors", services)}
-        return documents.resource(self.type, id, attributes, relationships)
+        return documents.resource(self.type, view.id, attributes, relationships)
 
     def view(self, resource: dict[str, Any]) -> Any:
         """Parameters, admin state and links: health (C{state}) and statistics left out."""
@@ -135,7 +114,8 @@ class Servers(Kind):
 
     def changed_at(self, id: str) -> float:
         """The latest change of the server itself or of a service that uses it."""
-        services = {s for s, _ in self.control.backend_index().get(id, [])}
+        view = self.control.backends().get(id)
+        services = view.services if view is not None else []
         return max([self.control.changed_at("backend", id), *(self.control.changed_at("server", s) for s in services)])
 
     def lock_key(self, id: str) -> str:
@@ -173,7 +153,8 @@ class Servers(Kind):
 
     def _created(self, id: str) -> None:
         """@raise ApiError: 409 for a server from discovery (its service's discovery owns it)."""
-        if id not in self.control.created_backends():
+        view = self.control.backends().get(id)
+        if view is None or view.origin != "api":
             raise conflict(
                 f'server "{id}" comes from the discovery of its services; change it there '
                 "(only servers created through the API are changed or deleted here)"

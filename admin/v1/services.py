@@ -16,6 +16,7 @@ from admin.v1.kind import Kind
 from admin.v1.servers import server_ids
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
+from balancer.control.views import BackendView, ServiceView
 
 
 #: A service's statistics, each from the figure of the server's statistics document it is.
@@ -35,7 +36,7 @@ FIGURES = {
 def statistics(document: dict[str, Any]) -> dict[str, int]:
     """
     A service's statistics from its server's statistics document
-    (L{balancer.control.IControl.statistics}, summed over the worker processes).
+    (L{balancer.control.views.ServiceView.statistics}, summed over the worker processes).
     """
     return {name: document[key] for name, key in FIGURES.items()}
 
@@ -48,23 +49,28 @@ class Services(Kind):
     member_methods = ("GET", "HEAD", "PATCH", "DELETE")
     writable = ("servers",)
 
-    def ids(self) -> list[str]:
-        return self.control.server_names()
+    def members(self) -> list[dict[str, Any]]:
+        backends = self.control.backends()
+        return [self._resource(view, backends) for view in self.control.services()]
 
     def get(self, id: str) -> dict[str, Any]:
         if id not in self.control.server_names():
             raise self.missing(id)
-        server = self.control.server(id)
+        return self._resource(self.control.service(id), self.control.backends())
+
+    def _resource(self, view: ServiceView, backends: dict[str, BackendView]) -> dict[str, Any]:
+        """The resource object of service C{view}; C{backends} are L{IControl.backends}."""
+        id = view.name
         attributes = {
-            "router": server.config.balance,
-            "protocol": server.config.protocol,
-            "state": "Started" if server.running else "Stopped",
-            "listening_on": server.address,
-            "parameters": self.control.server_definition(id),
-            "statistics": {**statistics(self.control.statistics(id)), "sessions": len(server.relays)},
+            "router": view.config.balance,
+            "protocol": view.config.protocol,
+            "state": "Started" if view.running else "Stopped",
+            "listening_on": view.address,
+            "parameters": view.definition,
+            "statistics": {**statistics(view.statistics), "sessions": view.sessions},
         }
         relationships = {
-            "servers": ("servers", server_ids(self.control, id)),
+            "servers": ("servers", server_ids(backends, id)),
             "filters": ("filters", [id]),
             "monitors": ("monitors", [id]),
             "listeners": ("listeners", [id]),
@@ -100,7 +106,7 @@ class Services(Kind):
     async def update(self, id: str, data: dict[str, Any], current: dict[str, Any]) -> None:
         servers = documents.related_ids(data, "servers", "servers")
         if servers is not None:
-            self._only_created(id, servers, server_ids(self.control, id))
+            self._only_created(id, servers, server_ids(self.control.backends(), id))
         given = documents.parameters(data)
         if given is not None:
             definition = documents.merge(current["attributes"]["parameters"], given)
@@ -110,15 +116,20 @@ class Services(Kind):
                 except ConfigError as e:
                     raise documents.config_problems(e, join("servers", id)) from None
         if servers is not None:
-            await self.control.link_backends(id, [s for s in servers if s in self.control.created_backends()])
+            await self.control.link_backends(id, self._created_only(servers))
 
     async def delete(self, id: str) -> None:
         self.get(id)
         await self.control.remove_server(id)
 
     async def relate(self, id: str, name: str, ids: list[str]) -> None:
-        self._only_created(id, ids, server_ids(self.control, id))
-        await self.control.link_backends(id, [s for s in ids if s in self.control.created_backends()])
+        self._only_created(id, ids, server_ids(self.control.backends(), id))
+        await self.control.link_backends(id, self._created_only(ids))
+
+    def _created_only(self, ids: list[str]) -> list[str]:
+        """Those of C{ids} that are servers created through the API."""
+        backends = self.control.backends()
+        return [s for s in ids if s in backends and backends[s].origin == "api"]
 
     def _only_created(self, service: str, wanted: list[str], current: list[str]) -> None:
         """
@@ -127,8 +138,9 @@ class Services(Kind):
 
         @raise ApiError: 404 for an unknown server, 409 for a discovered one added or left out.
         """
-        created = self.control.created_backends()
-        known = set(self.control.backend_index())
+        backends = self.control.backends()
+        created = {id for id, view in backends.items() if view.origin == "api"}
+        known = set(backends)
         for id in wanted:
             if id not in known:
                 raise not_found("servers", id)

@@ -11,7 +11,8 @@ from typing import Any
 from admin.gobetween import rfc3339
 from admin.v1 import documents
 from admin.v1.kind import Kind
-from admin.v1.servers import id_of
+from balancer.control.errors import UnknownSession
+from balancer.control.views import SessionView
 
 
 class Sessions(Kind):
@@ -21,50 +22,57 @@ class Sessions(Kind):
     member_methods = ("GET", "HEAD", "DELETE")
     volatile = ("rx", "tx", "age")
 
-    def _relays(self) -> dict[str, tuple[str, Any]]:
-        """Every live relay by id, with its service's name."""
-        found = {}
-        for name in self.control.server_names():
-            for relay in list(self.control.server(name).relays.values()):
-                found[str(relay.id)] = (name, relay)
-        return found
+    def _find(self, id: str) -> SessionView | None:
+        """The session of id C{id} (its decimal relay id), or None."""
+        try:
+            number = int(id)
+        except ValueError:
+            return None
+        if str(number) != id:
+            return None
+        try:
+            return self.control.session(number)
+        except UnknownSession:
+            return None
 
-    def ids(self) -> list[str]:
-        return list(self._relays())
+    def members(self) -> list[dict[str, Any]]:
+        now = self.control.info().time
+        return [self._resource(session, now) for session in self.control.sessions()]
 
     def get(self, id: str) -> dict[str, Any]:
-        found = self._relays().get(id)
-        if found is None:
+        session = self._find(id)
+        if session is None:
             raise self.missing(id)
-        service, relay = found
-        client = relay.client_address
-        server = id_of(self.control, service, relay.backend) if relay.backend is not None else None
-        now = self.control.info()["time"]
+        return self._resource(session, self.control.info().time)
+
+    def _resource(self, session: SessionView, now: float) -> dict[str, Any]:
+        """The resource object of C{session} at time C{now}."""
         attributes = {
-            "service": service,
-            "client": {"address": getattr(client, "host", str(client)), "port": getattr(client, "port", None)},
-            "backend": relay.backend.key if relay.backend is not None else None,
-            "server": server,
-            "rx": relay.rx,
-            "tx": relay.tx,
-            "started_at": rfc3339(relay.started_at),
-            "age": round(now - relay.started_at, 3),
+            "service": session.service,
+            "client": {"address": session.client_host, "port": session.client_port},
+            "backend": session.backend,
+            "server": session.server,
+            "rx": session.rx,
+            "tx": session.tx,
+            "started_at": rfc3339(session.started_at),
+            "age": round(now - session.started_at, 3),
         }
-        relationships = {"services": ("services", [service]), "servers": ("servers", [server] if server else [])}
-        return documents.resource(self.type, id, attributes, relationships)
+        server = session.server
+        relationships = {"services": ("services", [session.service]), "servers": ("servers", [server] if server else [])}
+        return documents.resource(self.type, str(session.id), attributes, relationships)
 
     def changed_at(self, id: str) -> float:
-        found = self._relays().get(id)
-        return found[1].started_at if found is not None else self.control.info()["started_at"]
+        session = self._find(id)
+        return session.started_at if session is not None else self.control.info().started_at
 
     def collection_changed_at(self) -> float:
-        relays = self._relays().values()
-        return max([self.control.info()["started_at"], *(relay.started_at for _, relay in relays)])
+        return max([self.control.info().started_at, *(session.started_at for session in self.control.sessions())])
 
     def lock_key(self, id: str) -> str:
         return f"sessions/{id}"
 
     async def delete(self, id: str) -> None:
-        if id not in self._relays():
+        session = self._find(id)
+        if session is None:
             raise self.missing(id)
-        self.control.close_session(int(id))
+        await self.control.close_session(session.id)

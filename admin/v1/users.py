@@ -33,8 +33,9 @@ class Users(Kind):
             found[user.login] = {"account": user.account, "origin": "api.users"}
         return found
 
-    def ids(self) -> list[str]:
-        return list(self._accounts())
+    def members(self) -> list[dict[str, Any]]:
+        return [documents.resource(self.type, id, account, self_link=self.member_path(id))
+                for id, account in self._accounts().items()]
 
     def get(self, id: str) -> dict[str, Any]:
         accounts = self._accounts()
@@ -43,7 +44,7 @@ class Users(Kind):
         return documents.resource(self.type, id, accounts[id], self_link=self.member_path(id))
 
     def changed_at(self, id: str) -> float:
-        return self.control.info()["started_at"]
+        return self.control.info().started_at
 
     def collection_changed_at(self) -> float:
-        return self.control.info()["started_at"]
+        return self.control.info().started_at

@@ -1,0 +1,332 @@
+"""
+L{Controller}: L{IControl} over a running L{BalancerService}.
+
+It answers queries with views (L{balancer.control.running},
+L{balancer.control.index}) and runs commands one at a time: validate,
+apply to the running servers, persist through the change log
+(L{balancer.control.changelog}), and undo the change on the servers when it
+cannot be persisted.  docs/architecture.md follows an API change from the
+request to the state file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Coroutine, Mapping, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from zope.interface import implementer
+
+from balancer.backends import DRAIN, MAINTENANCE
+from balancer.config.dump import to_mapping
+from balancer.config.errors import ConfigError, Problem
+from balancer.config.fields import NAME_PATTERN, NAME_RULE, join
+from balancer.config.load import server_from_mapping
+from balancer.config.schema import Config, ServerConfig
+from balancer.config.secrets import keep_secrets
+from balancer.control.catalogue import BackendCatalogue, backend_parameters, relinked, spec_of
+from balancer.control.changelog import ChangeLog, Observer
+from balancer.control.dump import dump_config
+from balancer.control.errors import BackendInUse, ServerExists, UnknownBackend, UnknownSession
+from balancer.control.index import backend_views
+from balancer.control.interface import IControl
+from balancer.control.process import Process
+from balancer.control.running import RunningServers
+from balancer.control.sums import PeerStatistics
+from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
+from balancer.control.writers import IStateWriter, writer_for
+from balancer.policy import ChangePolicy, check_server_change
+from balancer.service import BalancerService
+from balancer.state import RuntimeChanges, StateFile
+
+T = TypeVar("T")
+
+
+@implementer(IControl)
+class Controller:
+    """
+    L{IControl} over a L{BalancerService}.
+
+    Commands run one after the other, each from its checks to its persisted
+    change (a L{DeferredLock}): one never computes its change from a state
+    another is still writing.
+
+    @ivar peers: the other worker processes' statistics, added to worker 0's
+        in every view (the worker supervisor, L{balancer.workers}, adds its
+        reports as a source).
+    """
+
+    def __init__(
+        self,
+        balancer: BalancerService,
+        config: Config,
+        config_path: str,
+        reactor: Any,
+        *,
+        configured: Config | None = None,
+        changes: RuntimeChanges | None = None,
+        writer: IStateWriter | None = None,
+    ) -> None:
+        """
+        @param config: the effective configuration at start (file plus state).
+        @param configured: the configuration file alone (to know which deletions to record).
+        @param changes: the runtime changes loaded from the state file.
+        @param writer: how changes reach C{[state] path}; by default in the
+            reactor's thread pool (L{writer_for}).
+        """
+        self._config = config
+        self._configured = configured if configured is not None else config
+        self.peers = PeerStatistics()
+        self._running = RunningServers(balancer, self.peers)
+        self._process = Process(reactor, config_path)
+        if writer is None and config.state is not None:
+            writer = writer_for(StateFile(config.state.path), reactor)
+        self._log = ChangeLog(changes if changes is not None else RuntimeChanges(), writer, reactor, self._process.started_at)
+        self._lock = DeferredLock()
+        self._apply_backend_states()
+
+    @property
+    def revision(self) -> int:
+        """A number that grows with every configuration change."""
+        return self._log.revision
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """
+        Call C{observer} with no argument after each change of servers or
+        backend states has been applied and persisted (the worker
+        supervisor sends the new configuration to the other worker processes).
+
+        @return: a callable that ends the subscription.
+        """
+        return self._log.subscribe(observer)
+
+    # Queries
+
+    def info(self) -> ProcessInfo:
+        return self._process.info(self._log.revision)
+
+    def shutting_down(self) -> bool:
+        return self._running.stopping()
+
+    def server_names(self) -> list[str]:
+        return self._running.names()
+
+    def server_definition(self, name: str) -> dict[str, Any]:
+        return to_mapping(self._running.config(name))
+
+    def service(self, name: str) -> ServiceView:
+        return self._running.service(name)
+
+    def services(self) -> list[ServiceView]:
+        return self._running.services()
+
+    def backends(self) -> dict[str, BackendView]:
+        return backend_views(self._running.services(), self._catalogue(), self._log.changes.backend_states)
+
+    def backend(self, id: str) -> BackendView:
+        view = self.backends().get(id)
+        if view is None:
+            raise UnknownBackend(id)
+        return view
+
+    def sessions(self) -> list[SessionView]:
+        return self._running.sessions(self._catalogue())
+
+    def session(self, id: int) -> SessionView:
+        view = self._running.session(id, self._catalogue())
+        if view is None:
+            raise UnknownSession(id)
+        return view
+
+    def effective_config(self) -> Config:
+        return attrs.evolve(self._config, servers=self._running.configs())
+
+    def dump(self, format: str) -> str:
+        return dump_config(self.effective_config(), format)
+
+    def changed_at(self, kind: str, name: str) -> float:
+        return self._log.changed_at(kind, name)
+
+    # Commands
+
+    def add_server(self, name: str, definition: object) -> Deferred[dict[str, Any]]:
+        return self._command(lambda: self._add_server(name, definition))
+
+    def update_server(self, name: str, definition: object) -> Deferred[dict[str, Any]]:
+        return self._command(lambda: self._update_server(name, definition))
+
+    def remove_server(self, name: str) -> Deferred[None]:
+        return self._command(lambda: self._remove_server(name))
+
+    def create_backend(self, name: str, parameters: object, services: list[str]) -> Deferred[dict[str, Any]]:
+        return self._command(lambda: self._create_backend(name, parameters, services))
+
+    def update_backend(self, name: str, parameters: object, services: list[str] | None) -> Deferred[dict[str, Any]]:
+        return self._command(lambda: self._update_backend(name, parameters, services))
+
+    def remove_backend(self, name: str) -> Deferred[None]:
+        return self._command(lambda: self._remove_backend(name))
+
+    def link_backends(self, server: str, names: list[str]) -> Deferred[None]:
+        return self._command(lambda: self._link_backends(server, names))
+
+    def set_backend_state(self, id: str, state: str | None) -> Deferred[None]:
+        return self._command(lambda: self._set_backend_state(id, state))
+
+    def close_session(self, id: int) -> Deferred[None]:
+        if self._running.close_session(id):
+            return succeed(None)
+        return fail(UnknownSession(id))
+
+    # How commands run
+
+    def _command(self, work: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+        """Run C{work} once the commands before it have ended; its exceptions fail the Deferred."""
+        return self._lock.run(lambda: Deferred.fromCoroutine(work()))
+
+    async def _add_server(self, name: str, definition: object) -> dict[str, Any]:
+        if name in self._running.names():
+            raise ServerExists(f'a server named "{name}" already exists')
+        definition = keep_secrets(definition, None, name, "request body")
+        effective = self.effective_config()
+        config: ServerConfig = server_from_mapping(name, definition, "request body", effective)
+        check_server_change(name, config, None, ChangePolicy.of(effective.api))
+        self._running.add(name, config)
+        mapping = to_mapping(config)
+        try:
+            await self._record(lambda changes: changes.created(name, mapping))
+        except OSError:
+            await self._running.remove(name)
+            raise
+        self._log.announce()
+        return mapping
+
+    async def _update_server(self, name: str, definition: object) -> dict[str, Any]:
+        old = self._running.config(name)
+        definition = keep_secrets(definition, to_mapping(old), name, "request body")
+        effective = self.effective_config()
+        config: ServerConfig = server_from_mapping(name, definition, "request body", effective)
+        check_server_change(name, config, old, ChangePolicy.of(effective.api))
+        await self._running.update(name, config)
+        mapping = to_mapping(config)
+        try:
+            await self._record(lambda changes: changes.created(name, mapping))
+        except OSError:
+            await self._running.update(name, old)
+            raise
+        self._log.announce()
+        return mapping
+
+    async def _remove_server(self, name: str) -> None:
+        self._running.config(name)
+        configured = name in self._configured.servers
+        await self._record(lambda changes: changes.removed(name, configured=configured))
+        await self._running.remove(name)
+        self._log.announce()
+
+    async def _create_backend(self, name: str, parameters: object, services: list[str]) -> dict[str, Any]:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ConfigError("request body", [Problem(join("backends", name), NAME_RULE)])
+        catalogue = self._catalogue()
+        if name in catalogue:
+            raise ServerExists(f'a server named "{name}" already exists')
+        record = {**backend_parameters(name, parameters), "services": []}
+        wanted = {service: catalogue.linked_names(service) | {name} for service in services}
+        records = await self._relink({**catalogue.records, name: record}, wanted)
+        return dict(records[name])
+
+    async def _update_backend(self, name: str, parameters: object, services: list[str] | None) -> dict[str, Any]:
+        catalogue = self._catalogue()
+        if name not in catalogue:
+            raise UnknownBackend(name)
+        linked = set(catalogue.linked_services(name, set(self._running.names())))
+        targets = linked if services is None else set(services)
+        record = {**backend_parameters(name, parameters), "services": sorted(linked)}
+        wanted = {
+            s: (catalogue.linked_names(s) - {name}) | ({name} if s in targets else set()) for s in linked | targets
+        }
+        records = await self._relink({**catalogue.records, name: record}, wanted)
+        return dict(records[name])
+
+    async def _remove_backend(self, name: str) -> None:
+        catalogue = self._catalogue()
+        if name not in catalogue:
+            raise UnknownBackend(name)
+        users = catalogue.linked_services(name, set(self._running.names()))
+        if users:
+            raise BackendInUse(f'server "{name}" is used by {", ".join(users)}: unlink it first')
+
+        def remove(changes: RuntimeChanges) -> None:
+            del changes.backends[name]
+            changes.backend_states.pop(name, None)
+
+        await self._record(remove)
+
+    async def _link_backends(self, server: str, names: list[str]) -> None:
+        self._running.config(server)
+        catalogue = self._catalogue()
+        for name in names:
+            if name not in catalogue:
+                raise UnknownBackend(name)
+        await self._relink(catalogue.records, {server: set(names)})
+
+    async def _set_backend_state(self, id: str, state: str | None) -> None:
+        if state not in (None, MAINTENANCE, DRAIN):
+            raise ValueError(f"unknown admin state {state!r}")
+        if id not in self.backends():
+            raise UnknownBackend(id)
+
+        def change(changes: RuntimeChanges) -> None:
+            if state is None:
+                changes.backend_states.pop(id, None)
+            else:
+                changes.backend_states[id] = state
+
+        await self._record(change)
+        self._log.announce()
+
+    async def _relink(
+        self, records: Mapping[str, Mapping[str, Any]], wanted: dict[str, set[str]]
+    ) -> dict[str, dict[str, Any]]:
+        """
+        Make C{wanted} (server name to created backend names) the links of
+        those servers, with the backends' parameters of C{records}: each
+        server whose static list changes is updated (and persisted) through
+        L{_update_server}, then the records are persisted.  Checked before
+        anything changes; on a later failure, servers already updated get
+        their old definition back.  Returns the records as persisted.
+        """
+        catalogue = self._catalogue()
+        plans = []
+        for server, names in sorted(wanted.items()):
+            config = self._running.config(server)
+            new_list = catalogue.static_list(server, config, [spec_of(records[n]) for n in sorted(names)])
+            if new_list is not None and new_list != config.discovery.static_list:
+                plans.append((server, config, new_list))
+        new_records = relinked(records, wanted)
+        done: list[tuple[str, ServerConfig]] = []
+        try:
+            for server, config, new_list in plans:
+                discovery = attrs.evolve(config.discovery, static_list=new_list)
+                await self._update_server(server, to_mapping(attrs.evolve(config, discovery=discovery)))
+                done.append((server, config))
+            await self._record(lambda changes: setattr(changes, "backends", new_records))
+        except BaseException:
+            for server, config in reversed(done):
+                await self._update_server(server, to_mapping(config))
+            raise
+        self._log.announce()
+        return new_records
+
+    def _catalogue(self) -> BackendCatalogue:
+        """The created backends as recorded now."""
+        return BackendCatalogue(self._log.changes.backends)
+
+    def _record(self, change: Callable[[RuntimeChanges], None]) -> Deferred[None]:
+        """Persist C{change} through the change log; once it is, give every pool entry its admin state."""
+        return self._log.record(change).addCallback(lambda _: self._apply_backend_states())
+
+    def _apply_backend_states(self) -> None:
+        """Give every pool entry the admin state recorded for its /v1 id (active if none)."""
+        self._running.set_admin_states(self._catalogue(), self._log.changes.backend_states)

@@ -1,0 +1,43 @@
+"""
+The errors of the control interface (L{balancer.control.interface.IControl}):
+what a query or a command can fail with that the caller may have caused.
+The admin API maps each to an HTTP status in its error handlers.
+"""
+
+from __future__ import annotations
+
+
+class UnknownServer(KeyError):
+    """No server (C{[servers.<name>]}, a /v1 service) has that name; C{args[0]} is the name."""
+
+
+class ServerExists(ValueError):
+    """A server of that name already exists (the message says which)."""
+
+
+class ListenerError(Exception):
+    """
+    A server's listener cannot be set up: its address cannot be bound, or its
+    TLS files cannot be loaded.  The message is the data path's, naming the
+    server, the address or file, and the reason.
+    """
+
+
+class DumpFormatError(ValueError):
+    """A dump format other than toml or json was asked for."""
+
+
+class UnknownBackend(KeyError):
+    """No backend (/v1 server) has that id; C{args[0]} is the id."""
+
+
+class UnknownSession(KeyError):
+    """No live client session has that id; C{args[0]} is the id."""
+
+
+class BackendInUse(ValueError):
+    """The backend cannot be removed or changed that way while services use it; the message says why."""
+
+
+class LinkError(ValueError):
+    """A backend cannot be linked to (or unlinked from) a service; the message says why."""

@@ -1,0 +1,136 @@
+"""
+L{IControl}: everything the admin APIs (and the coming CLI, dashboard and
+cluster code) may ask of or do to the running balancer, in one place.
+
+Queries answer with frozen views (L{balancer.control.views}) or plain
+values, never with the running services.  Commands change the balancer:
+each returns a Deferred that fires once the change is applied and persisted
+(C{[state] path}), or fails with one of L{balancer.control.errors} (or a
+L{balancer.config.errors.ConfigError}, L{balancer.policy.ChangeRefused});
+none raises at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from balancer.config.schema import Config
+from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
+
+
+class IControl(Interface):
+    """What the admin API can see and change."""
+
+    # Queries
+
+    def info() -> ProcessInfo:
+        """The process: pid, version, start time and now, configuration path and revision."""
+
+    def shutting_down() -> bool:
+        """Whether the balancer is stopping (or not started): no change is taken then."""
+
+    def server_names() -> list[str]:
+        """Names of the running servers, in configuration order."""
+
+    def server_definition(name: str) -> dict[str, Any]:
+        """A server's definition in configuration key names. @raise UnknownServer"""
+
+    def service(name: str) -> ServiceView:
+        """A view of one running server, statistics summed over the worker processes. @raise UnknownServer"""
+
+    def services() -> list[ServiceView]:
+        """A view of every running server, in configuration order."""
+
+    def backends() -> dict[str, BackendView]:
+        """
+        Every backend by /v1 id (a created backend's name, else
+        C{host:port}): the created ones first, linked or not, then those of
+        the services' pools.
+        """
+
+    def backend(id: str) -> BackendView:
+        """One backend by /v1 id. @raise UnknownBackend"""
+
+    def sessions() -> list[SessionView]:
+        """Every live client session of worker 0."""
+
+    def session(id: int) -> SessionView:
+        """One live client session. @raise UnknownSession"""
+
+    def effective_config() -> Config:
+        """The configuration the balancer runs now, runtime changes included."""
+
+    def dump(format: str) -> str:
+        """The effective configuration as "toml" or "json". @raise DumpFormatError"""
+
+    def changed_at(kind: str, name: str) -> float:
+        """
+        When the configuration of C{name} last changed, in epoch seconds of the
+        balancer's clock (its start time if not since): C{kind} "server" for a
+        C{[servers.<name>]}, "backend" for a /v1 server id, "balancer" (name "") for any change.
+        """
+
+    # Commands
+
+    def add_server(name: str, definition: object) -> Deferred[dict[str, Any]]:
+        """
+        Validate, bind, start and persist a new server; fires with its definition.
+        Atomic: on any failure nothing changed.  C{name} must be a valid
+        C{[servers.<name>]} name.  The change passes
+        L{balancer.policy.check_server_change} under C{[api]}'s policy; a
+        secret given as C{"********"} is refused (there is none to keep, see
+        L{balancer.config.secrets.keep_secrets}).
+        Fails with ConfigError, ServerExists, ListenerError, ChangeRefused.
+        """
+
+    def update_server(name: str, definition: object) -> Deferred[dict[str, Any]]:
+        """
+        Validate a server's new definition, apply it and persist it; fires with it.
+        In place (relays kept) when C{bind}, C{protocol}, C{tls}, C{sni} and C{udp}
+        are unchanged; else a new listener replaces the old one, whose relays get
+        the shutdown grace.  Atomic: on any failure nothing changed.  The change
+        passes L{balancer.policy.check_server_change} under C{[api]}'s policy; a
+        secret given as C{"********"} keeps the server's current one.
+        Fails with UnknownServer, ConfigError, ListenerError, ChangeRefused.
+        """
+
+    def remove_server(name: str) -> Deferred[None]:
+        """
+        Persist a server's removal, then stop it (listener and relays); fires once it stopped.
+        If the removal cannot be persisted, nothing changed.  Fails with UnknownServer.
+        """
+
+    def create_backend(name: str, parameters: object, services: list[str]) -> Deferred[dict[str, Any]]:
+        """
+        Create a backend and link it to C{services} (static discovery only);
+        persisted; fires with its record.  Atomic: on failure nothing changed.
+        Fails with ConfigError, ServerExists, UnknownServer, LinkError.
+        """
+
+    def update_backend(name: str, parameters: object, services: list[str] | None) -> Deferred[dict[str, Any]]:
+        """
+        Give a created backend new parameters and, unless None, a new set of
+        linked services; the services' static lists follow.  Persisted; fires with its record.
+        Fails with UnknownBackend, ConfigError, UnknownServer, LinkError.
+        """
+
+    def remove_backend(name: str) -> Deferred[None]:
+        """Remove a created backend that no service uses.  Fails with UnknownBackend, BackendInUse."""
+
+    def link_backends(server: str, names: list[str]) -> Deferred[None]:
+        """
+        Make C{names} the created backends linked to server C{server} (others
+        are unlinked); its static list follows.  Fails with UnknownServer, UnknownBackend, LinkError.
+        """
+
+    def set_backend_state(id: str, state: str | None) -> Deferred[None]:
+        """
+        Set a backend's admin state ("maintenance" or "drain"; None clears it),
+        in every pool that has it; persisted.  Fails with UnknownBackend.
+        """
+
+    def close_session(id: int) -> Deferred[None]:
+        """Close a live client session (both of its connections) now.  Fails with UnknownSession."""

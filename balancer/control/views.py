@@ -1,0 +1,147 @@
+"""
+Frozen views of the running balancer: what the admin API, the metrics, the
+worker supervisor (and the coming CLI, dashboard and cluster code) read.
+
+A view is a copy taken when it is asked for; it never changes and never
+reaches back into the running services (docs/DESIGN.md §7).  Its mappings
+(definitions, statistics) are fresh copies too: a reader may keep or
+reshape them.  L{balancer.control.running} builds them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from balancer.config.addresses import BackendSpec
+from balancer.config.schema import ServerConfig
+
+
+@attrs.frozen
+class ProcessInfo:
+    """
+    The balancer process.
+
+    @ivar started_at: when it started, in epoch seconds of its clock.
+    @ivar time: now, on the same clock.
+    @ivar config_path: the configuration file's absolute path.
+    @ivar revision: a number that grows with every configuration change.
+    """
+
+    pid: int
+    version: str
+    started_at: float
+    time: float
+    config_path: str
+    revision: int
+
+
+@attrs.frozen
+class PoolEntry:
+    """
+    One backend in one service's pool.
+
+    @ivar key: C{host:port}, its identity within the pool.
+    @ivar spec: address, weight, priority, limits, as configured or discovered.
+    @ivar live: the health check's verdict (True without health checks).
+    @ivar discovered: whether the service's latest discovery still lists it.
+    @ivar admin_state: C{"active"}, C{"maintenance"} or C{"drain"}.
+    @ivar statistics: its C{stats} in the service's statistics document,
+        summed over the worker processes (C{total_connections},
+        C{active_connections}, C{refused_connections}, C{rx}, C{tx}, ...).
+    """
+
+    service: str
+    key: str
+    spec: BackendSpec
+    live: bool
+    discovered: bool
+    admin_state: str
+    statistics: dict[str, Any]
+
+
+@attrs.frozen
+class ServiceView:
+    """
+    One running server (C{[servers.<name>]}, a /v1 service).
+
+    @ivar config: its definition as configuration objects.
+    @ivar definition: the same in configuration key names (secrets included
+        unless the control redacts them).
+    @ivar running: whether it is started.
+    @ivar address: the address listened on (the real port when configured with 0).
+    @ivar port: the port listened on.
+    @ivar sessions: how many client sessions (relays) it has in this process.
+    @ivar statistics: its statistics document summed over the worker
+        processes: gobetween's fields, C{backends}, and the server counters
+        of L{balancer.stats.SERVER_COUNTERS}.
+    @ivar pool: its backends, in the pool's order.
+    """
+
+    name: str
+    config: ServerConfig
+    definition: dict[str, Any]
+    running: bool
+    address: str
+    port: int
+    sessions: int
+    statistics: dict[str, Any]
+    pool: tuple[PoolEntry, ...]
+
+
+@attrs.frozen
+class BackendView:
+    """
+    One backend as the /v1 API knows it: by a created backend's name, or by
+    C{host:port} for one found by discovery.
+
+    @ivar origin: C{"api"} (created through the API) or C{"discovery"}.
+    @ivar parameters: C{address}, C{port}, C{weight}, C{priority},
+        C{max_connections} and C{sni} when set.
+    @ivar admin_state: the admin state set on it: C{"active"},
+        C{"maintenance"} or C{"drain"}.
+    @ivar entries: where it is in use, one entry per service (none for a
+        created backend linked nowhere).
+    """
+
+    id: str
+    origin: str
+    parameters: dict[str, Any]
+    admin_state: str
+    entries: tuple[PoolEntry, ...]
+
+    @property
+    def services(self) -> list[str]:
+        """The services that use it, each once, in order."""
+        return list(dict.fromkeys(entry.service for entry in self.entries))
+
+    @property
+    def serving(self) -> bool:
+        """Whether some service has it live and discovered."""
+        return any(entry.live and entry.discovered for entry in self.entries)
+
+
+@attrs.frozen
+class SessionView:
+    """
+    One live client session (a relay) of worker 0.
+
+    @ivar client_host: the client's address.
+    @ivar client_port: the client's port (None if its address has none).
+    @ivar backend: the C{host:port} of its backend (None before one is chosen).
+    @ivar server: the /v1 id of that backend (None without one).
+    @ivar rx: bytes relayed from the backend to the client.
+    @ivar tx: bytes relayed from the client to the backend.
+    @ivar started_at: when it began, in epoch seconds of the balancer's clock.
+    """
+
+    id: int
+    service: str
+    client_host: str
+    client_port: int | None
+    backend: str | None
+    server: str | None
+    rx: int
+    tx: int
+    started_at: float
