@@ -228,8 +228,9 @@ class V1App:
         body = self._body(request, method) if method == "POST" else None
         members = kind.members()
         tag = conditional.etag([kind.view(m) for m in members])
-        self._validators(request, tag, kind.collection_changed_at())
-        conditional.evaluate(request, method, tag, kind.collection_changed_at())
+        modified = kind.collection_changed_at()
+        self._validators(request, tag, modified)
+        conditional.evaluate(request, method, tag, modified)
         if method in conditional.SAFE:
             return self._render(request, 200, params.collection(kind.collection_path(), members, query), query)
         value, _ = body  # type: ignore[misc]
