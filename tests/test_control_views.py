@@ -25,6 +25,7 @@ from balancer.control.errors import BackendInUse, ListenerError, UnknownBackend,
 from balancer.control.writers import IStateWriter
 from balancer.service import BalancerService
 from balancer.state import RuntimeChanges
+from tests.support.sessions import Address, FakeRelay
 
 CONFIG = b"""
 [state]
@@ -63,28 +64,6 @@ class HeldWriter:
 
     def flush(self) -> Deferred[None]:
         return succeed(None)
-
-
-@attrs.define
-class Address:
-    host: str
-    port: int
-
-
-@attrs.define
-class FakeRelay:
-    """What a session view reads of a relay."""
-
-    id: int
-    client_address: Address
-    backend: Any
-    rx: int = 0
-    tx: int = 0
-    started_at: float = 0.0
-    closed: bool = False
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class Taken(MemoryReactorClock):

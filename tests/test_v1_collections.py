@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.control import controller, running
+from tests.support.sessions import Address, FakeRelay
 from tests.test_v1_helpers import make_v1
 
 #: How many members each collection gets.
@@ -23,24 +23,6 @@ bind = "127.0.0.1:3009"
 kind = "static"
 static_list = [{backends}]
 """
-
-
-@attrs.define
-class Address:
-    host: str
-    port: int
-
-
-@attrs.define
-class FakeRelay:
-    """What a session view reads of a relay."""
-
-    id: int
-    client_address: Address
-    backend: Any = None
-    rx: int = 0
-    tx: int = 0
-    started_at: float = 0.0
 
 
 class CollectionCostTests(SynchronousTestCase):

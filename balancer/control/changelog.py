@@ -89,10 +89,6 @@ class ChangeLog:
         for observer in list(self._observers):
             observer()
 
-    def subscribers(self) -> int:
-        """How many observers are subscribed."""
-        return len(self._observers)
-
     def _stamp(self, old: RuntimeChanges, new: RuntimeChanges) -> None:
         """Note the time of change of every server and backend that differs between C{old} and C{new}."""
         now = self._clock.seconds()
