@@ -1,7 +1,7 @@
 """
 One process per core (C{[defaults] workers}): shared listeners
 (L{balancer.reuseport}), statistics summed over processes
-(L{balancer.control.sum_stats}, for the root API, /v1 and /metrics), the
+(L{balancer.control.sums.sum_stats}, for the root API, /v1 and /metrics), the
 worker process (L{balancer.worker}) and its supervisor in worker 0
 (L{balancer.workers}); then all of it in a real C{twistd -n balancer} with
 two workers.
