@@ -27,7 +27,7 @@ _PARSE = "balancer.parse"
 _ALIASES = "balancer.aliases"
 _DOC = "balancer.doc"
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -94,11 +94,6 @@ def describe(value: object) -> str:
     if len(shown) > 60:
         shown = shown[:57] + '..."'
     return f"{kind} {shown}".strip()
-
-
-def keys_of(cls: type) -> list[str]:
-    """The TOML key names a schema class accepts (aliases excluded)."""
-    return [f.name for f in attrs.fields(cls)]
 
 
 def build(cls: type[T], raw: object, path: str, problems: Problems) -> T | Any:
@@ -281,7 +276,7 @@ def items(each: Parser) -> Parser:
     return parse
 
 
-def section(cls: type) -> Parser:
+def section(cls: type[attrs.AttrsInstance]) -> Parser:
     """A nested table described by the schema class C{cls}."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:
@@ -295,7 +290,7 @@ NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 NAME_RULE = "a name is 1 to 64 letters, digits, '_', '-' or '.'"
 
 
-def named_sections(cls: type, name_pattern: str = NAME_PATTERN) -> Parser:
+def named_sections(cls: type[attrs.AttrsInstance], name_pattern: str = NAME_PATTERN) -> Parser:
     """A table of named tables (like C{[servers.<name>]}), parsed to a dict."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:
