@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +38,8 @@ class _Collector(ProcessProtocol):
     Collects a child's output; fires C{done} with its stdout when it exits
     with 0, or fails it with the exit code or signal and the start of stderr.
     """
+
+    transport: IProcessTransport  # set by spawnProcess, before C{done} can be cancelled
 
     def __init__(self, command: str, done: Deferred[bytes]) -> None:
         self._command = command
