@@ -55,9 +55,26 @@ def setting(
     return attrs.field(default=default, metadata=metadata)
 
 
+@attrs.frozen
+class Reversible:
+    """
+    A parser whose parsed value is not written back to TOML as it is.
+
+    @ivar parse: the L{Parser}.
+    @ivar write_back: turns a parsed value into the raw value that parses to it.
+    """
+
+    parse: Parser
+    write_back: Callable[[Any], Any]
+
+    def __call__(self, value: object, path: str, problems: Problems) -> Any:
+        return self.parse(value, path, problems)
+
+
 def write_back(f: "attrs.Attribute[Any]") -> Callable[[Any], Any] | None:
     """How the value of the schema attribute C{f} is written back to TOML, if not as is."""
-    return getattr(f.metadata.get(_PARSE), "write_back", None)
+    parser = f.metadata.get(_PARSE)
+    return parser.write_back if isinstance(parser, Reversible) else None
 
 
 def join(path: str, key: str) -> str:
@@ -239,8 +256,7 @@ def duration() -> Parser:
             problems.add(path, str(e))
             return INVALID
 
-    parse.write_back = format_duration  # type: ignore[attr-defined]
-    return parse
+    return Reversible(parse, format_duration)
 
 
 def choice(*allowed: str) -> Parser:
