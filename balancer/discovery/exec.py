@@ -13,11 +13,10 @@ SIGKILL.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -102,7 +101,7 @@ class ExecDiscovery:
 
     DEFAULT_TIMEOUT = 3.0
 
-    def __init__(self, config: DiscoveryConfig, reactor: Any) -> None:
+    def __init__(self, config: DiscoveryConfig, reactor: IReactorProcess) -> None:
         self._argv = list(config.exec_command)
         self._reactor = reactor
 

@@ -6,11 +6,10 @@ its last two arguments, and read its verdict from what it prints.
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -70,7 +69,7 @@ class ExecCheck:
         command (unbalanced quotes, nothing but spaces).
     """
 
-    def __init__(self, config: HealthcheckConfig, reactor: Any) -> None:
+    def __init__(self, config: HealthcheckConfig, reactor: IReactorProcess) -> None:
         self._reactor = reactor
         try:
             self._argv = shlex.split(config.exec_command)
