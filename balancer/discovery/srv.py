@@ -24,6 +24,7 @@ from twisted.internet.interfaces import ITCPTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancer.config.addresses import BackendSpec, split_host_port
@@ -65,7 +66,7 @@ class _UDPQuery(DatagramProtocol):
         self.transport.connect(*self._server)
         self.transport.write(self._query.toStr(), None)
 
-    def datagramReceived(self, data: bytes, address: Any) -> None:
+    def datagramReceived(self, data: bytes, address: tuple[str, int]) -> None:
         header_ok = len(data) >= 12 and data[:2] == self._query.id.to_bytes(2, "big") and data[2] & 0x80
         if self._done.called or not header_ok:
             return
@@ -117,7 +118,7 @@ class _TCPQuery(Int16StringReceiver):
             return
         self._done.callback(answer)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if not self._done.called:
             self._done.errback(DiscoveryError("the DNS server closed the connection without answering"))
 

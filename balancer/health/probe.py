@@ -99,7 +99,7 @@ class _DatagramExchange(DatagramProtocol):
         self.transport.connect(self._address, self._port)
         self.transport.write(self._send, None)
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self._close(data[: self._recv_len or None])
 
     def connectionRefused(self) -> None:
