@@ -16,7 +16,6 @@ from balancer.discovery.srv import SrvDiscovery
 from balancer.discovery.static import StaticDiscovery
 
 
-
 class DiscoveryKind(Protocol):
     """A discovery class: built from its configuration and a reactor, with a default fetch timeout."""
 
