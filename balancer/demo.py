@@ -15,7 +15,9 @@ from typing import Any, Iterable
 
 from twisted.application.internet import TCPServer
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import Config
@@ -28,7 +30,9 @@ _HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", 
 class DemoBackend(Protocol):
     """Answers with the backend's name: over HTTP, or as a greeting and an echo."""
 
-    def __init__(self, name: str, clock: Any) -> None:
+    transport: ITransport  # set on connection, which comes right after the factory builds it
+
+    def __init__(self, name: str, clock: IReactorTime) -> None:
         self.name = name
         self._greeting = clock.callLater(GREETING_DELAY, self._greet)
         self._greeted = False
@@ -54,7 +58,7 @@ class DemoBackend(Protocol):
             self._greet()
         self.transport.write(data)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         """Forget the pending greeting."""
         if self._greeting.active():
             self._greeting.cancel()
@@ -65,11 +69,11 @@ class DemoFactory(Factory):
 
     noisy = False
 
-    def __init__(self, name: str, clock: Any) -> None:
+    def __init__(self, name: str, clock: IReactorTime) -> None:
         self.name = name
         self.clock = clock
 
-    def buildProtocol(self, addr: Any) -> DemoBackend:
+    def buildProtocol(self, addr: IAddress | None) -> DemoBackend:
         return DemoBackend(self.name, self.clock)
 
 

@@ -406,8 +406,8 @@ class FakeUdpPort:
     def connect(self, host: str, port: int) -> None:
         self.peer = (host, port)
 
-    def write(self, data: bytes) -> None:
-        self.sent.append((self.peer, data))
+    def write(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
+        self.sent.append((addr or self.peer, data))
 
     def stopListening(self) -> None:
         self.closed = True

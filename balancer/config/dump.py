@@ -45,6 +45,8 @@ def to_json(instance: Any) -> str:
 
 
 def _same(value: Any, default: Any) -> bool:
+    # attrs' stubs declare Factory a function returning the value (so that it
+    # can stand as a field's default), but it is a class:
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         return bool(value == default.factory())
     return bool(value == default)

@@ -27,7 +27,7 @@ _PARSE = "balancer.parse"
 _ALIASES = "balancer.aliases"
 _DOC = "balancer.doc"
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -55,9 +55,26 @@ def setting(
     return attrs.field(default=default, metadata=metadata)
 
 
+@attrs.frozen
+class Reversible:
+    """
+    A parser whose parsed value is not written back to TOML as it is.
+
+    @ivar parse: the L{Parser}.
+    @ivar write_back: turns a parsed value into the raw value that parses to it.
+    """
+
+    parse: Parser
+    write_back: Callable[[Any], Any]
+
+    def __call__(self, value: object, path: str, problems: Problems) -> Any:
+        return self.parse(value, path, problems)
+
+
 def write_back(f: "attrs.Attribute[Any]") -> Callable[[Any], Any] | None:
     """How the value of the schema attribute C{f} is written back to TOML, if not as is."""
-    return getattr(f.metadata.get(_PARSE), "write_back", None)
+    parser = f.metadata.get(_PARSE)
+    return parser.write_back if isinstance(parser, Reversible) else None
 
 
 def join(path: str, key: str) -> str:
@@ -94,11 +111,6 @@ def describe(value: object) -> str:
     if len(shown) > 60:
         shown = shown[:57] + '..."'
     return f"{kind} {shown}".strip()
-
-
-def keys_of(cls: type) -> list[str]:
-    """The TOML key names a schema class accepts (aliases excluded)."""
-    return [f.name for f in attrs.fields(cls)]
 
 
 def build(cls: type[T], raw: object, path: str, problems: Problems) -> T | Any:
@@ -244,8 +256,7 @@ def duration() -> Parser:
             problems.add(path, str(e))
             return INVALID
 
-    parse.write_back = format_duration  # type: ignore[attr-defined]
-    return parse
+    return Reversible(parse, format_duration)
 
 
 def choice(*allowed: str) -> Parser:
@@ -281,7 +292,7 @@ def items(each: Parser) -> Parser:
     return parse
 
 
-def section(cls: type) -> Parser:
+def section(cls: type[attrs.AttrsInstance]) -> Parser:
     """A nested table described by the schema class C{cls}."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:
@@ -295,7 +306,7 @@ NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 NAME_RULE = "a name is 1 to 64 letters, digits, '_', '-' or '.'"
 
 
-def named_sections(cls: type, name_pattern: str = NAME_PATTERN) -> Parser:
+def named_sections(cls: type[attrs.AttrsInstance], name_pattern: str = NAME_PATTERN) -> Parser:
     """A table of named tables (like C{[servers.<name>]}), parsed to a dict."""
 
     def parse(value: object, path: str, problems: Problems) -> Any:

@@ -74,7 +74,7 @@ def keep_secrets(definition: object, stored: dict[str, Any] | None, name: str, s
             continue
         kept = _get(stored, path)
         if isinstance(kept, str) and kept:
-            definition = _replace(definition, path, lambda _, kept=kept: kept)
+            definition = _replace(definition, path, lambda _: kept)
         else:
             key = join("servers", name)
             for segment in path:

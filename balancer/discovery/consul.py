@@ -38,7 +38,9 @@ def consul_backend(entry: Any) -> BackendSpec:
     if not isinstance(entry, dict) or not isinstance(entry.get("Service"), dict):
         raise DiscoveryError(f"expected an entry with a Service object, got {entry!r}")
     service = entry["Service"]
-    node = entry.get("Node") if isinstance(entry.get("Node"), dict) else {}
+    node = entry.get("Node")
+    if not isinstance(node, dict):
+        node = {}
     sni = None
     for tag in service.get("Tags") or []:
         key, equals, value = str(tag).partition("=")

@@ -13,10 +13,10 @@ SIGKILL.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +37,8 @@ class _Collector(ProcessProtocol):
     Collects a child's output; fires C{done} with its stdout when it exits
     with 0, or fails it with the exit code or signal and the start of stderr.
     """
+
+    transport: IProcessTransport  # set by spawnProcess, before C{done} can be cancelled
 
     def __init__(self, command: str, done: Deferred[bytes]) -> None:
         self._command = command
@@ -99,7 +101,7 @@ class ExecDiscovery:
 
     DEFAULT_TIMEOUT = 3.0
 
-    def __init__(self, config: DiscoveryConfig, reactor: Any) -> None:
+    def __init__(self, config: DiscoveryConfig, reactor: IReactorProcess) -> None:
         self._argv = list(config.exec_command)
         self._reactor = reactor
 

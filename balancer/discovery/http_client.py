@@ -7,7 +7,7 @@ one checked GET.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import attrs
 from treq.client import HTTPClient
@@ -27,8 +27,16 @@ _SHOWN_BODY = 200
 class HTTPGetter(Protocol):
     """What discovery needs of an HTTP client: L{HTTPClient}, or L{treq.testing.StubTreq} in tests."""
 
-    def get(self, url: str, **kwargs: Any) -> Deferred[Any]:
-        """GET C{url}; fires with a treq response."""
+    def get(
+        self,
+        url: str,
+        /,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: dict[str | bytes, str | bytes] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> Deferred[Any]:
+        """GET C{url} with treq's C{params}, C{headers} and basic C{auth}; fires with a treq response."""
 
 
 @attrs.frozen

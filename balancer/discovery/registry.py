@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery.base import IDiscovery
@@ -15,7 +15,19 @@ from balancer.discovery.plaintext import PlaintextDiscovery
 from balancer.discovery.srv import SrvDiscovery
 from balancer.discovery.static import StaticDiscovery
 
-KINDS: Mapping[str, Any] = MappingProxyType(
+
+class DiscoveryKind(Protocol):
+    """A discovery class: built from its configuration and a reactor, with a default fetch timeout."""
+
+    @property
+    def DEFAULT_TIMEOUT(self) -> float:
+        """The fetch timeout in seconds when the configuration's C{timeout} is 0 (0: none)."""
+
+    def __call__(self, config: DiscoveryConfig, reactor: Any) -> IDiscovery:
+        """The discovery C{config} describes, asking its source through C{reactor}."""
+
+
+KINDS: Mapping[str, DiscoveryKind] = MappingProxyType(
     {
         "static": StaticDiscovery,
         "exec": ExecDiscovery,
@@ -33,7 +45,7 @@ configuration's C{timeout} is 0 (0: none).
 """
 
 
-def _kind(config: DiscoveryConfig) -> Any:
+def _kind(config: DiscoveryConfig) -> DiscoveryKind:
     try:
         return KINDS[config.kind]
     except KeyError:
@@ -49,8 +61,7 @@ def make_discovery(config: DiscoveryConfig, reactor: Any) -> IDiscovery:
     @raise ValueError: when the kind is not supported (C{lxd}) or its
         settings cannot work (a plaintext pattern without C{host}/C{port} groups).
     """
-    discovery: IDiscovery = _kind(config)(config, reactor)
-    return discovery
+    return _kind(config)(config, reactor)
 
 
 def fetch_timeout(config: DiscoveryConfig) -> float:
@@ -60,4 +71,4 @@ def fetch_timeout(config: DiscoveryConfig) -> float:
 
     @raise ValueError: when the kind is not supported.
     """
-    return config.timeout or float(_kind(config).DEFAULT_TIMEOUT)
+    return config.timeout or _kind(config).DEFAULT_TIMEOUT

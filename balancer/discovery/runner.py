@@ -26,12 +26,13 @@ RETRY_WAIT = 2.0
 
 def describe(failure: Failure) -> str:
     """A one-line reason for a failed fetch."""
-    if failure.check(DiscoveryError):
-        return str(failure.value)
-    if failure.check(ResponseFailed):
-        reasons = "; ".join(reason.getErrorMessage() for reason in failure.value.reasons)
-        return f"{type(failure.value).__name__}: {reasons}"
-    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+    error = failure.value
+    if isinstance(error, DiscoveryError):
+        return str(error)
+    if isinstance(error, ResponseFailed):
+        reasons = "; ".join(reason.getErrorMessage() for reason in error.reasons)
+        return f"{type(error).__name__}: {reasons}"
+    return f"{type(error).__name__}: {failure.getErrorMessage()}"
 
 
 class DiscoveryRunner:

@@ -20,9 +20,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import ITCPTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancer.config.addresses import BackendSpec, split_host_port
@@ -53,6 +55,8 @@ class _UDPQuery(DatagramProtocol):
     the same id (a bare truncated message when its TC bit is set).
     """
 
+    transport: IUDPTransport  # set by listenUDP, before the query is sent
+
     def __init__(self, query: dns.Message, server: tuple[str, int], done: Deferred[dns.Message]) -> None:
         self._query = query
         self._server = server
@@ -60,9 +64,9 @@ class _UDPQuery(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.transport.connect(*self._server)
-        self.transport.write(self._query.toStr())
+        self.transport.write(self._query.toStr(), None)
 
-    def datagramReceived(self, data: bytes, address: Any) -> None:
+    def datagramReceived(self, data: bytes, address: tuple[str, int]) -> None:
         header_ok = len(data) >= 12 and data[:2] == self._query.id.to_bytes(2, "big") and data[2] & 0x80
         if self._done.called or not header_ok:
             return
@@ -91,6 +95,8 @@ class _UDPQuery(DatagramProtocol):
 class _TCPQuery(Int16StringReceiver):
     """Sends one length-prefixed query and fires C{done} with the first answer."""
 
+    transport: ITCPTransport  # set on connection, before the query is sent
+
     def __init__(self, query: dns.Message, done: Deferred[dns.Message]) -> None:
         self._query = query
         self._done = done
@@ -112,7 +118,7 @@ class _TCPQuery(Int16StringReceiver):
             return
         self._done.callback(answer)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if not self._done.called:
             self._done.errback(DiscoveryError("the DNS server closed the connection without answering"))
 
@@ -127,11 +133,11 @@ def srv_backends(answer: dns.Message) -> list[BackendSpec]:
         return []
     if answer.rCode != dns.OK:
         raise DiscoveryError(f"the DNS server answered {_RCODES.get(answer.rCode, answer.rCode)}")
-    backends = []
+    backends: list[BackendSpec] = []
     for record in answer.answers:
-        if record.type != dns.SRV:
-            continue
         srv = record.payload
+        if not isinstance(srv, dns.Record_SRV):
+            continue
         target = srv.target.name.decode("ascii").rstrip(".")
         if not target:
             continue

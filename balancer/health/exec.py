@@ -6,10 +6,10 @@ its last two arguments, and read its verdict from what it prints.
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,6 +28,8 @@ class _Run(ProcessProtocol):
     Cancelling L{ended} kills the process (SIGKILL, this process only).
     """
 
+    transport: IProcessTransport  # set by spawnProcess, before L{ended} is handed out
+
     def __init__(self) -> None:
         self._output: list[bytes] = []
         self.ended: Deferred[tuple[int | None, bytes]] = Deferred(lambda _: self._kill())
@@ -39,8 +41,10 @@ class _Run(ProcessProtocol):
         self._output.append(data)
 
     def processEnded(self, reason: Failure) -> None:
+        status = reason.value
+        code = status.exitCode if isinstance(status, (ProcessDone, ProcessTerminated)) else None
         if not self.ended.called:
-            self.ended.callback((reason.value.exitCode, b"".join(self._output)))
+            self.ended.callback((code, b"".join(self._output)))
 
     def _kill(self) -> None:
         try:
@@ -65,7 +69,7 @@ class ExecCheck:
         command (unbalanced quotes, nothing but spaces).
     """
 
-    def __init__(self, config: HealthcheckConfig, reactor: Any) -> None:
+    def __init__(self, config: HealthcheckConfig, reactor: IReactorProcess) -> None:
         self._reactor = reactor
         try:
             self._argv = shlex.split(config.exec_command)

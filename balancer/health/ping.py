@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -16,6 +17,8 @@ from balancer.health.base import IHealthCheck, failed
 
 class _Hangup(Protocol):
     """Closes the connection as soon as it is made; L{closed} fires with C{True} once it is."""
+
+    transport: ITCPTransport  # set on connection, before L{closed} is handed out
 
     def __init__(self) -> None:
         self.closed: Deferred[bool] = Deferred(lambda _: self.transport.abortConnection())

@@ -12,6 +12,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
@@ -50,6 +51,8 @@ class _StreamExchange(Protocol):
     with them once closed, or with what came before the backend closed.
     """
 
+    transport: ITCPTransport  # set on connection (TCP, or TLS over it), before L{answer} is handed out
+
     def __init__(self, send: bytes, recv_len: int) -> None:
         self._send = send
         self._recv_len = recv_len
@@ -82,6 +85,8 @@ class _DatagramExchange(DatagramProtocol):
     fires once the socket is closed.
     """
 
+    transport: IUDPTransport  # set by listenUDP, before L{answer} is handed out
+
     def __init__(self, address: str, port: int, send: bytes, recv_len: int) -> None:
         self._address = address
         self._port = port
@@ -92,9 +97,9 @@ class _DatagramExchange(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.transport.connect(self._address, self._port)
-        self.transport.write(self._send)
+        self.transport.write(self._send, None)
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self._close(data[: self._recv_len or None])
 
     def connectionRefused(self) -> None:
@@ -150,7 +155,7 @@ class ProbeCheck:
         return False
 
     def _stream(self, host: str, port: int) -> Deferred[bytes]:
-        endpoint: Any = HostnameEndpoint(self._reactor, host, port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, port)
         if self._protocol == "tls":
             endpoint = wrapClientTLS(CertificateOptions(), endpoint)
         exchange = _StreamExchange(self._send, self._recv_len)
