@@ -886,13 +886,15 @@ def _give_up(conn: Connection, connector: Any) -> None:
 
 
 def _give_up_backend(conn: Connection) -> None:
-    if conn.backend is None:
+    backend = conn.backend
+    if backend is None:
+        # Set before the callback: the waiting check reads conn.backend as soon as it fires.
+        backend = conn.backend = ScriptedPeer([])
         conn.identified.callback(None)
-    conn.backend = conn.backend or ScriptedPeer([])
-    if conn.backend.transport is not None:
-        conn.backend.transport.abortConnection()
-    elif not conn.backend.done.called:
-        conn.backend.done.callback(conn.backend.seen)
+    if backend.transport is not None:
+        backend.transport.abortConnection()
+    elif not backend.done.called:
+        backend.done.callback(backend.seen)
 
 
 @inlineCallbacks
