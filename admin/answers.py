@@ -1,14 +1,13 @@
 """
 Error answers written straight onto a connection, before or instead of any
 route: a malformed or too large request, a deadline passed, no room for
-another connection.  The body says why in the API's own error form: a JSON
-string (gobetween's root API), or under C{/v1} a JSON:API C{errors}
-document, chosen by the request target when it is known.
+another connection.  The body (L{admin.errorbody}) says why in the API's own
+error form, chosen by the request target when it is known.
 """
 
 from __future__ import annotations
 
-import json
+from admin.errorbody import error_body
 
 #: RFC 9110's reason phrases for the codes written here (Twisted's table has older ones, and no 431).
 REASONS = {
@@ -21,17 +20,6 @@ REASONS = {
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
-
-
-def under_v1(target: bytes) -> bool:
-    """Whether the request target C{target} is a C{/v1} resource (so errors are JSON:API documents)."""
-    return target == b"/v1" or target.startswith((b"/v1/", b"/v1?"))
-
-
-def error_body(detail: str, target: bytes = b"") -> bytes:
-    """The JSON error body saying C{detail}, in the form of the API that C{target} belongs to."""
-    document: object = {"errors": [{"detail": detail}]} if under_v1(target) else detail
-    return json.dumps(document).encode("utf-8")
 
 
 def error_answer(code: int, detail: str, target: bytes = b"", headers: tuple[bytes, ...] = ()) -> bytes:

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from admin.answers import error_answer, target_of
-from admin.request import MAX_BODY
+from admin.jsonbody import MAX_BODY
 from balancer.config.durations import format_duration
 
 log = Logger()

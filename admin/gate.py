@@ -25,7 +25,6 @@ error document.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 import attrs
@@ -41,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from admin.checks import Busy
+from admin.errorbody import render_error
 from admin.ratelimit import TooManyFailures, client_key
 
 log = Logger()
@@ -66,7 +66,7 @@ class ClientPassword:
 
 
 class Refusal(Resource):
-    """An error answer with a JSON body (a JSON:API error document under C{/v1})."""
+    """An error answer with the API's error body (L{admin.errorbody})."""
 
     isLeaf = True
 
@@ -77,16 +77,11 @@ class Refusal(Resource):
         self.headers = headers or {}
 
     def render(self, request: IRequest) -> bytes:
-        """Set the code and headers; the body is C{detail} as JSON (none for C{HEAD})."""
-        request.setResponseCode(self.code)
+        """Set the code and headers; the body is the error C{detail} (none for C{HEAD})."""
         for name, value in self.headers.items():
             request.setHeader(name, value)
-        request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"HEAD":
-            return b""
-        if request.path == b"/v1" or request.path.startswith(b"/v1/"):
-            return json.dumps({"errors": [{"detail": self.detail}]}, indent=4).encode("utf-8")
-        return json.dumps(self.detail, indent=4).encode("utf-8")
+        body = render_error(request, self.code, self.detail)
+        return b"" if request.method == b"HEAD" else body
 
 
 class Gate(Resource):

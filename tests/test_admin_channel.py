@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from admin.channel import LINGER, MAX_FIELDS, MAX_HEAD, MAX_LINE, MIN_BODY_RATE
-from admin.request import MAX_BODY
+from admin.jsonbody import MAX_BODY
 from admin.site import ApiSite
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
