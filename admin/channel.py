@@ -19,8 +19,14 @@ closed:
    L{MAX_FIELDS} of them: 431;
  - a request that is not HTTP/1.1: 400 naming what is wrong (the request
    line, a header line, C{Content-Length} not a number, given twice, or with
-   C{Transfer-Encoding}; a malformed chunked body); 501 for a transfer coding
-   other than chunked, 505 for an HTTP version other than 1.0 and 1.1.
+   C{Transfer-Encoding}; a malformed chunked body, L{admin.chunked}); 501 for
+   a transfer coding other than chunked, 505 for an HTTP version other than
+   1.0 and 1.1.
+
+Each of these is checked here before Twisted's parser sees the bytes, at
+least as strictly as Twisted checks them, so Twisted's own answer to a
+request it cannot parse (a bare 400, which has no public hook) is never
+the one written.
 
 Every refusal goes through L{ApiChannel.refuse}: the answer is written, what
 the client still sends is dropped, and the connection is closed once the
@@ -41,6 +47,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from admin.answers import error_answer, target_of
+from admin.chunked import ChunkedFraming, MalformedChunks
 from admin.jsonbody import MAX_BODY
 from balancer.config.durations import format_duration
 
@@ -122,8 +129,10 @@ class ApiChannel(HTTPChannel):
     _head_size = 0
     _fields = 0
     _request_line = True
+    _blank_lines = 0
     _target = b""
     _framing: tuple[bytes, ...] = ()
+    _chunks: ChunkedFraming | None = None
 
     # The connection
 
@@ -157,7 +166,13 @@ class ApiChannel(HTTPChannel):
         if self._head_size > MAX_HEAD:
             self.refuse(431, f"the request head is over {MAX_HEAD} bytes")
             return
-        if self._request_line and line:
+        if self._request_line and not line:
+            # Twisted forgives one empty line before a request line (RFC 9112 §2.2); a second is malformed.
+            self._blank_lines += 1
+            if self._blank_lines > 1:
+                self.refuse(400, "the request line is malformed")
+                return
+        elif self._request_line:
             self._request_line = False
             self._target = target_of(line)
             if not self._request_line_ok(line):
@@ -188,6 +203,9 @@ class ApiChannel(HTTPChannel):
             self.refuse(400, f"a header line is not NAME: VALUE: {_quote(line)}")
             return False
         key, value = name.lower(), value.strip(b" \t")
+        if len(value.translate(None, b"\x00\r\n")) != len(value):
+            self.refuse(400, "a header line is malformed")
+            return False
         if key == b"content-length":
             if not value.isdigit():
                 self.refuse(400, f"Content-Length is not a number: {_quote(value)}")
@@ -212,22 +230,36 @@ class ApiChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         """The head is whole: the body now has its own deadline, moved later as it arrives."""
         self._phase = "body"
+        if b"transfer-encoding" in self._framing:
+            self._chunks = ChunkedFraming()
         self._arm(self.header_timeout, self._body_too_slow)
         super().allHeadersReceived()
 
     # The request body
 
     def rawDataReceived(self, data: bytes) -> None:
-        """Each piece of the body moves its deadline later by its size over L{MIN_BODY_RATE}."""
+        """
+        Each piece of the body moves its deadline later by its size over
+        L{MIN_BODY_RATE}; a chunked body's framing is checked first.
+        """
         if self._answered:
             return
-        if self._phase == "body" and self._deadline is not None:
-            self._deadline.delay(len(data) / MIN_BODY_RATE)
+        if self._phase == "body":
+            if self._chunks is not None:
+                try:
+                    self._chunks.feed(data)
+                except MalformedChunks as e:
+                    log.debug("api: malformed chunked body: {reason}", reason=str(e))
+                    self.refuse(400, "the chunked request body is malformed")
+                    return
+            if self._deadline is not None:
+                self._deadline.delay(len(data) / MIN_BODY_RATE)
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         """The request is whole: no deadline while it is answered."""
         self._phase = "answering"
+        self._chunks = None
         self._cancel_deadline()
         super().allContentReceived()
 
@@ -256,28 +288,14 @@ class ApiChannel(HTTPChannel):
         self.setRawMode()
         self._linger = Linger(self.callLater, self.loseConnection, self.transport.abortConnection)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's one exit for a request it cannot parse (a request line or a
-        # header it refuses, a conflicting length, a malformed chunk) writes a
-        # bare 400 with no body and closes at once.  Twisted has no public hook
-        # for it, so this private name is overridden: the cases we name are
-        # refused before Twisted sees them, this catches the rest with the JSON
-        # error.  tests/test_admin_channel.py pins each path, so a Twisted that
-        # renames the method fails there.
-        if self._phase == "body":
-            self.refuse(400, "the chunked request body is malformed")
-        elif self._request_line or not self._fields:
-            self.refuse(400, "the request line is malformed")
-        else:
-            self.refuse(400, "a header line is malformed")
-
     # Deadlines
 
     def _await_head(self) -> None:
         self._phase = "head"
         self._request_line = True
-        self._head_size = self._fields = 0
+        self._head_size = self._fields = self._blank_lines = 0
         self._framing = ()
+        self._chunks = None
         self._arm(self.header_timeout, self._head_too_slow)
 
     def _head_too_slow(self) -> None:

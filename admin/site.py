@@ -91,7 +91,11 @@ class ApiSite(Site):
         @param header_timeout: seconds a request head may take (C{[api] header_timeout}).
         @param max_connections: connections open at once (C{[api] max_connections}).
         """
-        super().__init__(resource, requestFactory=BoundedRequest, reactor=reactor, timeout=None)
+        # The API reads JSON bodies only (L{admin.writes} refuses others), so form bodies are not parsed into
+        # request.args: that keeps the query the only source of arguments, and a malformed multipart body
+        # from reaching Twisted's bare 400.
+        super().__init__(resource, requestFactory=BoundedRequest, reactor=reactor, timeout=None,
+                         parsePOSTFormSubmission=False)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.open_connections = 0

@@ -309,6 +309,24 @@ class MalformedTests(_ChannelTestCase):
         self.refused(b"POST /servers HTTP/1.1\r\nContent-Length: %s\r\n\r\n" % (b"9" * 5000), 413,
                      f"the request body is over the limit of {MAX_BODY} bytes")
 
+    def test_crInAHeaderValue(self) -> None:
+        self.refused(b"GET /servers HTTP/1.1\r\nX-A: a\rb\r\n\r\n", 400, "a header line is malformed")
+
+    def test_malformedChunkFramings(self) -> None:
+        """Each way Twisted's chunk decoder refuses a body: the JSON 400, never Twisted's bare one."""
+        for body in (b"-5\r\n", b"0x5\r\n", b"\r\n", b"5;a\x01b\r\nhello\r\n", b"5\r\nhelloXX",
+                     b"f" * 1025, b"1" * 1024 + b"\r\n", b"0\r\n" + b"X-T: t\r\n" * 8193):
+            with self.subTest(body=body[:20]):
+                self.setUp()
+                self.refused(b"POST /servers HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body, 400,
+                             "the chunked request body is malformed")
+
+    def test_malformedMultipartBodyIsNotParsed(self) -> None:
+        """Form bodies are not parsed (the API reads JSON only): a broken one reaches the resource like any other."""
+        self.send(b"POST /servers HTTP/1.1\r\nHost: api\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  b"Content-Length: 9\r\n\r\nnot--x-->")
+        self.assertServed(b"/servers")
+
     def test_malformedChunk(self) -> None:
         """Refused by Twisted's chunk decoder: the JSON 400 all the same."""
         self.refused(b"POST /v1/servers HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n", 400,
@@ -322,3 +340,12 @@ class MalformedTests(_ChannelTestCase):
         self.send(b"POST /servers HTTP/1.1\r\nHost: api\r\ncontent-length: 2\r\n\r\nab"
                   b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
         self.assertServed(b"/servers", b"/servers")
+
+    def test_chunkedBodyWithExtensionsAndTrailersInPiecesIsServed(self) -> None:
+        data = (b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2;name=value\r\nab\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n"
+                b"GET /next HTTP/1.1\r\nHost: api\r\n\r\n")
+        for byte in range(len(data)):
+            self.send(data[byte:byte + 1])
+        self.assertEqual(self.resource.seen, [(b"/servers", 12), (b"/next", 0)])
+        self.assertServed(b"/servers", b"/next")
