@@ -7,6 +7,10 @@ error form, chosen by the request target when it is known.
 
 from __future__ import annotations
 
+import typing
+
+from twisted.internet.interfaces import IAddress, ITransport
+
 from admin.errorbody import error_body
 
 #: RFC 9110's reason phrases for the codes written here (Twisted's table has older ones, and no 431).
@@ -45,3 +49,34 @@ def target_of(request_line: bytes) -> bytes:
     """The request target of a (maybe partial) request line: its second word, or C{b""}."""
     words = request_line.split(b" ", 2)
     return words[1] if len(words) > 1 else b""
+
+
+class Connection(typing.Protocol):
+    """What writing an answer and closing needs of a transport (TCP's, TLS's, or a test's C{StringTransport})."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None:
+        """Send C{data}."""
+
+    def getPeer(self) -> IAddress:
+        """The client's address."""
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent."""
+
+    def abortConnection(self) -> None:
+        """Close at once."""
+
+
+def connection(transport: ITransport | None) -> Connection:
+    """
+    The transport of a connected protocol, as a L{Connection}.
+
+    @raise RuntimeError: when the protocol is not connected.
+    """
+    if transport is None:
+        raise RuntimeError("the protocol is not connected")
+    # Every stream transport the reactor gives a protocol (TCP, TLS over TCP) can abort;
+    # ITransport does not say so, ITCPTransport does not declare disconnecting.
+    return typing.cast(Connection, transport)

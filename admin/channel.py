@@ -42,11 +42,12 @@ import re
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from admin.answers import error_answer, target_of
+from admin.answers import connection, error_answer, target_of
 from admin.chunked import ChunkedFraming, MalformedChunks
 from admin.jsonbody import MAX_BODY
 from balancer.config.durations import format_duration
@@ -146,7 +147,7 @@ class ApiChannel(HTTPChannel):
         if not self._answered:
             super().dataReceived(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Cancel what was scheduled, and give back the connection's place."""
         self._cancel_deadline()
         if self._linger is not None:
@@ -281,12 +282,13 @@ class ApiChannel(HTTPChannel):
             return
         self._answered = True
         self._cancel_deadline()
-        peer = self.transport.getPeer()
+        transport = connection(self.transport)
+        peer = transport.getPeer()
         log.info("api: answered {code} to {client} and closed: {detail}",
                  code=code, client=getattr(peer, "host", peer), detail=detail)
-        self.transport.write(error_answer(code, detail, self._target))
+        transport.write(error_answer(code, detail, self._target))
         self.setRawMode()
-        self._linger = Linger(self.callLater, self.loseConnection, self.transport.abortConnection)
+        self._linger = Linger(self.callLater, self.loseConnection, transport.abortConnection)
 
     # Deadlines
 
@@ -302,11 +304,12 @@ class ApiChannel(HTTPChannel):
         self._deadline = None
         # What was received of a request line not whole yet (the connection closes either way).
         partial = self.clearLineBuffer()
-        if self.transport.disconnecting:
-            self.transport.abortConnection()
+        transport = connection(self.transport)
+        if transport.disconnecting:
+            transport.abortConnection()
         elif self._served and self._request_line and not partial.strip():
             self._answered = True
-            self._linger = Linger(self.callLater, self.loseConnection, self.transport.abortConnection, delay=0)
+            self._linger = Linger(self.callLater, self.loseConnection, transport.abortConnection, delay=0)
         else:
             self.refuse(408, f"the request head did not arrive within {format_duration(self.header_timeout)}")
 

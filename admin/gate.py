@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from admin.checks import Busy
@@ -101,6 +101,8 @@ class Gate(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         """Answer 401 without usable credentials; otherwise log in and render (see the module)."""
+        # Served by a Site: the answer comes later, through Request.render and notifyFinish.
+        assert isinstance(request, Request), "the gate renders twisted.web.server.Request objects"
         credentials = self._credentials(request)
         if credentials is None:
             return self._unauthorized().render(request)
@@ -148,16 +150,15 @@ class Gate(Resource):
 
     def _refusal(self, failure: Failure, request: IRequest) -> Resource:
         """The answer to a login that did not give an avatar."""
-        if failure.check(Unauthorized, LoginFailed):
+        error = failure.value
+        if isinstance(error, (Unauthorized, LoginFailed)):
             return self._unauthorized()
-        if failure.check(TooManyFailures):
-            retry = failure.value.retry_after
-            detail = f"too many failed logins from this address: retry after {retry}s"
-            return Refusal(429, detail, {b"Retry-After": b"%d" % retry})
-        if failure.check(Busy):
-            retry = failure.value.retry_after
-            detail = f"too many logins are being checked: retry after {retry}s"
-            return Refusal(503, detail, {b"Retry-After": b"%d" % retry})
+        if isinstance(error, TooManyFailures):
+            detail = f"too many failed logins from this address: retry after {error.retry_after}s"
+            return Refusal(429, detail, {b"Retry-After": b"%d" % error.retry_after})
+        if isinstance(error, Busy):
+            detail = f"too many logins are being checked: retry after {error.retry_after}s"
+            return Refusal(503, detail, {b"Retry-After": b"%d" % error.retry_after})
         log.failure("api: login for {path!r} failed", failure, path=request.path)
         return Refusal(500, "internal error")
 

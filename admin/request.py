@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from admin.channel import ApiChannel
 from admin.errorbody import render_error
 from admin.jsonbody import MAX_BODY
 
@@ -72,5 +73,7 @@ class BoundedRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        self.channel.refuse(413, f"the request body is over the limit of {self.max_body} bytes")
+        channel = self.channel
+        assert isinstance(channel, ApiChannel), "a BoundedRequest is served by an ApiChannel (admin.site.ApiSite)"
+        channel.refuse(413, f"the request body is over the limit of {self.max_body} bytes")
 

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from admin.answers import error_answer, target_of
+from admin.answers import connection, error_answer, target_of
 from admin.channel import LINGER, ApiChannel, Linger
 from admin.request import BoundedRequest
 
@@ -64,8 +64,9 @@ class Refusal(Protocol):
     def _answer(self, target: bytes) -> None:
         if self._waiting is not None and self._waiting.active():
             self._waiting.cancel()
-        self.transport.write(error_answer(503, self._detail, target, (b"Retry-After: 1",)))
-        self._linger = Linger(self._call_later, self.transport.loseConnection, self.transport.abortConnection)
+        transport = connection(self.transport)
+        transport.write(error_answer(503, self._detail, target, (b"Retry-After: 1",)))
+        self._linger = Linger(self._call_later, transport.loseConnection, transport.abortConnection)
 
 
 class Dropped(Protocol):
@@ -73,7 +74,7 @@ class Dropped(Protocol):
 
     def connectionMade(self) -> None:
         """Close it."""
-        self.transport.abortConnection()
+        connection(self.transport).abortConnection()
 
 
 class ApiSite(Site):
@@ -101,10 +102,10 @@ class ApiSite(Site):
         self.open_connections = 0
         self.refusing = 0
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """An L{ApiChannel} under the limit; past it, a L{Refusal} or, past L{MAX_REFUSING} of them, L{Dropped}."""
         if self.open_connections >= self.max_connections:
-            return self._refusal(addr)
+            return self._refusal()
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
         channel.on_close = self._channel_closed
@@ -117,7 +118,7 @@ class ApiSite(Site):
     def _channel_closed(self) -> None:
         self.open_connections -= 1
 
-    def _refusal(self, addr: IAddress) -> Protocol:
+    def _refusal(self) -> Protocol:
         if self.refusing >= MAX_REFUSING:
             return Dropped()
         self.refusing += 1
