@@ -84,6 +84,9 @@ class ApiSite(Site):
     timeout is off: the channel's deadlines replace it.
     """
 
+    # Factory's public protocol attribute.  The API speaks HTTP/1.x only: Site's default protocol
+    # (the one that would switch to HTTP/2 when TLS negotiates h2) is private, and wraps a plain
+    # HTTPChannel whose 16 KiB head limit cannot be raised to the API's MAX_HEAD without private names.
     protocol = ApiChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, *, header_timeout: float, max_connections: int,
