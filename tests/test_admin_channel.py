@@ -9,8 +9,11 @@ a clock.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -349,3 +352,42 @@ class MalformedTests(_ChannelTestCase):
             self.send(data[byte:byte + 1])
         self.assertEqual(self.resource.seen, [(b"/servers", 12), (b"/next", 0)])
         self.assertServed(b"/servers", b"/next")
+
+
+_PIECES = st.sampled_from([b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b";", b"\x00", b"\x01", b"\x7f", b"\xff", b"0", b"5",
+                           b"a", b"f", b"g", b"x", b"-", b"+", b"0x", b"X-A: b", b"Host: api", b"Content-Length: 3",
+                           b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity", b"Content-Length: 1, 1"])
+_CHUNKED = b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n")
+
+
+@st.composite
+def hostile(draw: Any) -> list[bytes]:
+    """A request made of hostile pieces (in its head, or in a chunked body), split into random packets."""
+    noise = b"".join(draw(st.lists(_PIECES, max_size=30)))
+    data = draw(st.sampled_from([b"GET /servers HTTP/1.1\r\n" + noise + b"\r\n\r\n", _CHUNKED + noise,
+                                 noise + b"\r\n\r\n", b"\r\n" + noise]))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=4)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+class NeverTwistedsBare400Tests(SynchronousTestCase):
+    """Whatever the client sends, every error answer is the API's, with its JSON body."""
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(hostile())
+    def test_everyErrorAnswerIsJson(self, packets: list[bytes]) -> None:
+        clock = Clock()
+        site = ApiSite(Recorder(), header_timeout=10.0, max_connections=10, reactor=clock)
+        channel = site.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        for packet in packets:
+            channel.dataReceived(packet)
+        clock.advance(10.0)
+        answer = transport.value()
+        for status in _STATUS_LINE.finditer(answer):
+            if status.group(1) != b"200":
+                head = answer[status.end():].split(b"\r\n\r\n", 1)[0]
+                self.assertIn(b"Content-Type: application/json", head, answer)
+        channel.connectionLost(Failure(ConnectionDone()))
