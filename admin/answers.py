@@ -1,14 +1,17 @@
 """
 Error answers written straight onto a connection, before or instead of any
 route: a malformed or too large request, a deadline passed, no room for
-another connection.  The body says why in the API's own error form: a JSON
-string (gobetween's root API), or under C{/v1} a JSON:API C{errors}
-document, chosen by the request target when it is known.
+another connection.  The body (L{admin.errorbody}) says why in the API's own
+error form, chosen by the request target when it is known.
 """
 
 from __future__ import annotations
 
-import json
+import typing
+
+from twisted.internet.interfaces import IAddress, ITransport
+
+from admin.errorbody import error_body
 
 #: RFC 9110's reason phrases for the codes written here (Twisted's table has older ones, and no 431).
 REASONS = {
@@ -21,17 +24,6 @@ REASONS = {
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
-
-
-def under_v1(target: bytes) -> bool:
-    """Whether the request target C{target} is a C{/v1} resource (so errors are JSON:API documents)."""
-    return target == b"/v1" or target.startswith((b"/v1/", b"/v1?"))
-
-
-def error_body(detail: str, target: bytes = b"") -> bytes:
-    """The JSON error body saying C{detail}, in the form of the API that C{target} belongs to."""
-    document: object = {"errors": [{"detail": detail}]} if under_v1(target) else detail
-    return json.dumps(document).encode("utf-8")
 
 
 def error_answer(code: int, detail: str, target: bytes = b"", headers: tuple[bytes, ...] = ()) -> bytes:
@@ -57,3 +49,34 @@ def target_of(request_line: bytes) -> bytes:
     """The request target of a (maybe partial) request line: its second word, or C{b""}."""
     words = request_line.split(b" ", 2)
     return words[1] if len(words) > 1 else b""
+
+
+class Connection(typing.Protocol):
+    """What writing an answer and closing needs of a transport (TCP's, TLS's, or a test's C{StringTransport})."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None:
+        """Send C{data}."""
+
+    def getPeer(self) -> IAddress:
+        """The client's address."""
+
+    def loseConnection(self) -> None:
+        """Close once what was written is sent."""
+
+    def abortConnection(self) -> None:
+        """Close at once."""
+
+
+def connection(transport: ITransport | None) -> Connection:
+    """
+    The transport of a connected protocol, as a L{Connection}.
+
+    @raise RuntimeError: when the protocol is not connected.
+    """
+    if transport is None:
+        raise RuntimeError("the protocol is not connected")
+    # Every stream transport the reactor gives a protocol (TCP, TLS over TCP) can abort;
+    # ITransport does not say so, ITCPTransport does not declare disconnecting.
+    return typing.cast(Connection, transport)

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import gobetween
 from admin.auth import Account, require_admin
+from admin.errorbody import render_error, under_v1
 from admin.errors import BadRequest, Forbidden
 from admin.jsonbody import BodyError
 from admin.v1.api import V1App
@@ -55,9 +56,8 @@ class PublicApp:
     def unroutable(self, request: IRequest, failure: Failure) -> bytes:
         """A path no route takes (one with a control character): 404 as JSON, a JSON:API error under /v1."""
         error: Any = failure.value
-        if request.path == b"/v1" or request.path.startswith(b"/v1/"):
-            return gobetween.json_response(request, {"errors": [{"detail": "no resource at this path"}]}, error.code)
-        return gobetween.json_response(request, str(error.name).lower(), error.code)
+        detail = "no resource at this path" if under_v1(request.path) else str(error.name).lower()
+        return render_error(request, error.code, detail)
 
 
 class AdminApp:
@@ -131,36 +131,36 @@ class AdminApp:
         """A definition that does not validate: 409 with every problem, one per line."""
         error = failure.value
         assert isinstance(error, ConfigError)
-        return gobetween.json_response(request, "\n".join(error.lines()), 409)
+        return render_error(request, 409, "\n".join(error.lines()))
 
     @app.handle_errors(ServerExists, ListenerError)
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """A name already taken, or an address that cannot be bound: 409."""
-        return gobetween.json_response(request, str(failure.value), 409)
+        return render_error(request, 409, str(failure.value))
 
     @app.handle_errors(UnknownServer)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:
         """No server of that name: 404."""
         error = failure.value
         assert isinstance(error, UnknownServer)
-        return gobetween.json_response(request, f'no server named "{error.args[0]}"', 404)
+        return render_error(request, 404, f'no server named "{error.args[0]}"')
 
     @app.handle_errors(BadRequest, DumpFormatError)
     def bad_request(self, request: IRequest, failure: Failure) -> bytes:
         """A body or a query parameter that cannot be used: 400."""
-        return gobetween.json_response(request, str(failure.value), 400)
+        return render_error(request, 400, str(failure.value))
 
     @app.handle_errors(BodyError)
     def bad_body(self, request: IRequest, failure: Failure) -> bytes:
         """A body that is not JSON within the API's bounds (400), or too long (413)."""
         error = failure.value
         assert isinstance(error, BodyError)
-        return gobetween.json_response(request, str(error), error.code)
+        return render_error(request, error.code, str(error))
 
     @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:
         """The account may not do this, or no account may (an exec without C{[api] allow_exec}): 403."""
-        return gobetween.json_response(request, str(failure.value), 403)
+        return render_error(request, 403, str(failure.value))
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -168,10 +168,10 @@ class AdminApp:
         error: Any = failure.value
         if isinstance(error, MethodNotAllowed) and error.valid_methods:
             request.setHeader(b"Allow", ", ".join(error.valid_methods).encode("ascii"))
-        return gobetween.json_response(request, str(error.name).lower(), error.code)
+        return render_error(request, error.code, str(error.name).lower())
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:
         """Anything else is a real failure: logged, and 500 without a traceback."""
         log.failure("api: {method} {path} failed", failure, method=request.method, path=request.path)
-        return gobetween.json_response(request, "internal error", 500)
+        return render_error(request, 500, "internal error")

@@ -157,7 +157,7 @@ class AccountChecker:
         self._cache = cache
         self._limiter = limiter
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
         """Fire with the login, or fail with L{UnauthorizedLogin}, L{TooManyFailures} or L{Busy}."""
         login, password = credentials.username, credentials.password
         account = self._accounts.get(login)
@@ -195,8 +195,12 @@ class AccountRealm:
         self._kinds = {a.login: a.account for a in accounts}
         self._resource_for = resource_for
 
-    def requestAvatar(self, avatarId: bytes, mind: object, *interfaces: Any) -> tuple[Any, IResource, Callable[[], None]]:
-        """The L{IResource} avatar of C{avatarId}."""
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+    ) -> tuple[Any, IResource, Callable[[], None]]:
+        """The L{IResource} avatar of C{avatarId}, a login (never anonymous: L{AccountChecker} gives logins)."""
+        if not isinstance(avatarId, bytes):
+            raise NotImplementedError("the API realm has no anonymous avatar")
         if IResource not in interfaces:
             raise NotImplementedError("the API realm only hands out web resources")
         return IResource, self._resource_for(self._kinds[avatarId]), lambda: None
@@ -221,12 +225,18 @@ def guard(
     accounts = logins(api)
     if not accounts:
         return resource_for(Account.ADMIN)
-    if clock is None:
-        from twisted.internet import reactor as clock
+    timer = clock if clock is not None else _global_reactor()
     checker = AccountChecker(
         accounts,
         CheckQueue(run_blocking, api.auth_concurrency),
-        LoginCache(clock),
-        FailureLimiter(clock, api.auth_failures_per_second),
+        LoginCache(timer),
+        FailureLimiter(timer, api.auth_failures_per_second),
     )
     return Gate(Portal(AccountRealm(accounts, resource_for), [checker]), REALM)
+
+
+def _global_reactor() -> IReactorTime:
+    """The global reactor, for a guard built without a clock."""
+    from twisted.internet import reactor
+
+    return IReactorTime(reactor)

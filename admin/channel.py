@@ -19,8 +19,14 @@ closed:
    L{MAX_FIELDS} of them: 431;
  - a request that is not HTTP/1.1: 400 naming what is wrong (the request
    line, a header line, C{Content-Length} not a number, given twice, or with
-   C{Transfer-Encoding}; a malformed chunked body); 501 for a transfer coding
-   other than chunked, 505 for an HTTP version other than 1.0 and 1.1.
+   C{Transfer-Encoding}; a malformed chunked body, L{admin.chunked}); 501 for
+   a transfer coding other than chunked, 505 for an HTTP version other than
+   1.0 and 1.1.
+
+Each of these is checked here before Twisted's parser sees the bytes, at
+least as strictly as Twisted checks them, so Twisted's own answer to a
+request it cannot parse (a bare 400, which has no public hook) is never
+the one written.
 
 Every refusal goes through L{ApiChannel.refuse}: the answer is written, what
 the client still sends is dropped, and the connection is closed once the
@@ -36,12 +42,14 @@ import re
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from admin.answers import error_answer, target_of
-from admin.request import MAX_BODY
+from admin.answers import connection, error_answer, target_of
+from admin.chunked import ChunkedFraming, MalformedChunks
+from admin.jsonbody import MAX_BODY
 from balancer.config.durations import format_duration
 
 log = Logger()
@@ -122,8 +130,10 @@ class ApiChannel(HTTPChannel):
     _head_size = 0
     _fields = 0
     _request_line = True
+    _blank_lines = 0
     _target = b""
     _framing: tuple[bytes, ...] = ()
+    _chunks: ChunkedFraming | None = None
 
     # The connection
 
@@ -137,7 +147,7 @@ class ApiChannel(HTTPChannel):
         if not self._answered:
             super().dataReceived(data)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Cancel what was scheduled, and give back the connection's place."""
         self._cancel_deadline()
         if self._linger is not None:
@@ -157,7 +167,13 @@ class ApiChannel(HTTPChannel):
         if self._head_size > MAX_HEAD:
             self.refuse(431, f"the request head is over {MAX_HEAD} bytes")
             return
-        if self._request_line and line:
+        if self._request_line and not line:
+            # Twisted forgives one empty line before a request line (RFC 9112 §2.2); a second is malformed.
+            self._blank_lines += 1
+            if self._blank_lines > 1:
+                self.refuse(400, "the request line is malformed")
+                return
+        elif self._request_line:
             self._request_line = False
             self._target = target_of(line)
             if not self._request_line_ok(line):
@@ -188,6 +204,9 @@ class ApiChannel(HTTPChannel):
             self.refuse(400, f"a header line is not NAME: VALUE: {_quote(line)}")
             return False
         key, value = name.lower(), value.strip(b" \t")
+        if len(value.translate(None, b"\x00\r\n")) != len(value):
+            self.refuse(400, "a header line is malformed")
+            return False
         if key == b"content-length":
             if not value.isdigit():
                 self.refuse(400, f"Content-Length is not a number: {_quote(value)}")
@@ -212,22 +231,36 @@ class ApiChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         """The head is whole: the body now has its own deadline, moved later as it arrives."""
         self._phase = "body"
+        if b"transfer-encoding" in self._framing:
+            self._chunks = ChunkedFraming()
         self._arm(self.header_timeout, self._body_too_slow)
         super().allHeadersReceived()
 
     # The request body
 
     def rawDataReceived(self, data: bytes) -> None:
-        """Each piece of the body moves its deadline later by its size over L{MIN_BODY_RATE}."""
+        """
+        Each piece of the body moves its deadline later by its size over
+        L{MIN_BODY_RATE}; a chunked body's framing is checked first.
+        """
         if self._answered:
             return
-        if self._phase == "body" and self._deadline is not None:
-            self._deadline.delay(len(data) / MIN_BODY_RATE)
+        if self._phase == "body":
+            if self._chunks is not None:
+                try:
+                    self._chunks.feed(data)
+                except MalformedChunks as e:
+                    log.debug("api: malformed chunked body: {reason}", reason=str(e))
+                    self.refuse(400, "the chunked request body is malformed")
+                    return
+            if self._deadline is not None:
+                self._deadline.delay(len(data) / MIN_BODY_RATE)
         super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:
         """The request is whole: no deadline while it is answered."""
         self._phase = "answering"
+        self._chunks = None
         self._cancel_deadline()
         super().allContentReceived()
 
@@ -249,46 +282,34 @@ class ApiChannel(HTTPChannel):
             return
         self._answered = True
         self._cancel_deadline()
-        peer = self.transport.getPeer()
+        transport = connection(self.transport)
+        peer = transport.getPeer()
         log.info("api: answered {code} to {client} and closed: {detail}",
                  code=code, client=getattr(peer, "host", peer), detail=detail)
-        self.transport.write(error_answer(code, detail, self._target))
+        transport.write(error_answer(code, detail, self._target))
         self.setRawMode()
-        self._linger = Linger(self.callLater, self.loseConnection, self.transport.abortConnection)
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's one exit for a request it cannot parse (a request line or a
-        # header it refuses, a conflicting length, a malformed chunk) writes a
-        # bare 400 with no body and closes at once.  Twisted has no public hook
-        # for it, so this private name is overridden: the cases we name are
-        # refused before Twisted sees them, this catches the rest with the JSON
-        # error.  tests/test_admin_channel.py pins each path, so a Twisted that
-        # renames the method fails there.
-        if self._phase == "body":
-            self.refuse(400, "the chunked request body is malformed")
-        elif self._request_line or not self._fields:
-            self.refuse(400, "the request line is malformed")
-        else:
-            self.refuse(400, "a header line is malformed")
+        self._linger = Linger(self.callLater, self.loseConnection, transport.abortConnection)
 
     # Deadlines
 
     def _await_head(self) -> None:
         self._phase = "head"
         self._request_line = True
-        self._head_size = self._fields = 0
+        self._head_size = self._fields = self._blank_lines = 0
         self._framing = ()
+        self._chunks = None
         self._arm(self.header_timeout, self._head_too_slow)
 
     def _head_too_slow(self) -> None:
         self._deadline = None
         # What was received of a request line not whole yet (the connection closes either way).
         partial = self.clearLineBuffer()
-        if self.transport.disconnecting:
-            self.transport.abortConnection()
+        transport = connection(self.transport)
+        if transport.disconnecting:
+            transport.abortConnection()
         elif self._served and self._request_line and not partial.strip():
             self._answered = True
-            self._linger = Linger(self.callLater, self.loseConnection, self.transport.abortConnection, delay=0)
+            self._linger = Linger(self.callLater, self.loseConnection, transport.abortConnection, delay=0)
         else:
             self.refuse(408, f"the request head did not arrive within {format_duration(self.header_timeout)}")
 

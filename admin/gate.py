@@ -25,7 +25,6 @@ error document.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 import attrs
@@ -37,10 +36,11 @@ from twisted.python.failure import Failure
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from admin.checks import Busy
+from admin.errorbody import render_error
 from admin.ratelimit import TooManyFailures, client_key
 
 log = Logger()
@@ -66,7 +66,7 @@ class ClientPassword:
 
 
 class Refusal(Resource):
-    """An error answer with a JSON body (a JSON:API error document under C{/v1})."""
+    """An error answer with the API's error body (L{admin.errorbody})."""
 
     isLeaf = True
 
@@ -77,16 +77,11 @@ class Refusal(Resource):
         self.headers = headers or {}
 
     def render(self, request: IRequest) -> bytes:
-        """Set the code and headers; the body is C{detail} as JSON (none for C{HEAD})."""
-        request.setResponseCode(self.code)
+        """Set the code and headers; the body is the error C{detail} (none for C{HEAD})."""
         for name, value in self.headers.items():
             request.setHeader(name, value)
-        request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"HEAD":
-            return b""
-        if request.path == b"/v1" or request.path.startswith(b"/v1/"):
-            return json.dumps({"errors": [{"detail": self.detail}]}, indent=4).encode("utf-8")
-        return json.dumps(self.detail, indent=4).encode("utf-8")
+        body = render_error(request, self.code, self.detail)
+        return b"" if request.method == b"HEAD" else body
 
 
 class Gate(Resource):
@@ -106,6 +101,8 @@ class Gate(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         """Answer 401 without usable credentials; otherwise log in and render (see the module)."""
+        # Served by a Site: the answer comes later, through Request.render and notifyFinish.
+        assert isinstance(request, Request), "the gate renders twisted.web.server.Request objects"
         credentials = self._credentials(request)
         if credentials is None:
             return self._unauthorized().render(request)
@@ -153,16 +150,15 @@ class Gate(Resource):
 
     def _refusal(self, failure: Failure, request: IRequest) -> Resource:
         """The answer to a login that did not give an avatar."""
-        if failure.check(Unauthorized, LoginFailed):
+        error = failure.value
+        if isinstance(error, (Unauthorized, LoginFailed)):
             return self._unauthorized()
-        if failure.check(TooManyFailures):
-            retry = failure.value.retry_after
-            detail = f"too many failed logins from this address: retry after {retry}s"
-            return Refusal(429, detail, {b"Retry-After": b"%d" % retry})
-        if failure.check(Busy):
-            retry = failure.value.retry_after
-            detail = f"too many logins are being checked: retry after {retry}s"
-            return Refusal(503, detail, {b"Retry-After": b"%d" % retry})
+        if isinstance(error, TooManyFailures):
+            detail = f"too many failed logins from this address: retry after {error.retry_after}s"
+            return Refusal(429, detail, {b"Retry-After": b"%d" % error.retry_after})
+        if isinstance(error, Busy):
+            detail = f"too many logins are being checked: retry after {error.retry_after}s"
+            return Refusal(503, detail, {b"Retry-After": b"%d" % error.retry_after})
         log.failure("api: login for {path!r} failed", failure, path=request.path)
         return Refusal(500, "internal error")
 

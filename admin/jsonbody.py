@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from admin.request import MAX_BODY
 from balancer.config.decode import DecodeError, loads_json
+
+#: The largest request body the API takes, in bytes (1 MiB); L{admin.request} refuses longer ones.
+MAX_BODY = 1 << 20
 
 
 class BodyError(ValueError):

@@ -15,13 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from admin.answers import error_body
+from admin.channel import ApiChannel
+from admin.errorbody import render_error
+from admin.jsonbody import MAX_BODY
 
 log = Logger()
-
-#: The largest request body the API takes, in bytes (1 MiB).
-MAX_BODY = 1 << 20
-
 
 class BoundedRequest(Request):
     """
@@ -63,13 +61,11 @@ class BoundedRequest(Request):
         (Twisted's own answer is an HTML page).
         """
         log.failure("api: {method} {uri} failed", reason, method=self.method, uri=self.uri)
-        body = error_body("internal error (logged)", self.path)
         if self.startedWriting:
             # Too late to answer: end what was begun, as Twisted does.
             self.finish()
             return reason
-        self.setResponseCode(500)
-        self.responseHeaders.setRawHeaders(b"Content-Type", [b"application/json"])
+        body = render_error(self, 500, "internal error (logged)")
         self.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
         self.write(body)
         self.finish()
@@ -77,5 +73,7 @@ class BoundedRequest(Request):
 
     def _refuse(self) -> None:
         self._refused = True
-        self.channel.refuse(413, f"the request body is over the limit of {self.max_body} bytes")
+        channel = self.channel
+        assert isinstance(channel, ApiChannel), "a BoundedRequest is served by an ApiChannel (admin.site.ApiSite)"
+        channel.refuse(413, f"the request body is over the limit of {self.max_body} bytes")
 

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from admin.answers import error_answer, target_of
+from admin.answers import connection, error_answer, target_of
 from admin.channel import LINGER, ApiChannel, Linger
 from admin.request import BoundedRequest
 
@@ -64,8 +64,9 @@ class Refusal(Protocol):
     def _answer(self, target: bytes) -> None:
         if self._waiting is not None and self._waiting.active():
             self._waiting.cancel()
-        self.transport.write(error_answer(503, self._detail, target, (b"Retry-After: 1",)))
-        self._linger = Linger(self._call_later, self.transport.loseConnection, self.transport.abortConnection)
+        transport = connection(self.transport)
+        transport.write(error_answer(503, self._detail, target, (b"Retry-After: 1",)))
+        self._linger = Linger(self._call_later, transport.loseConnection, transport.abortConnection)
 
 
 class Dropped(Protocol):
@@ -73,7 +74,7 @@ class Dropped(Protocol):
 
     def connectionMade(self) -> None:
         """Close it."""
-        self.transport.abortConnection()
+        connection(self.transport).abortConnection()
 
 
 class ApiSite(Site):
@@ -83,6 +84,9 @@ class ApiSite(Site):
     timeout is off: the channel's deadlines replace it.
     """
 
+    # Factory's public protocol attribute.  The API speaks HTTP/1.x only: Site's default protocol
+    # (the one that would switch to HTTP/2 when TLS negotiates h2) is private, and wraps a plain
+    # HTTPChannel whose 16 KiB head limit cannot be raised to the API's MAX_HEAD without private names.
     protocol = ApiChannel  # type: ignore[assignment]
 
     def __init__(self, resource: IResource, *, header_timeout: float, max_connections: int,
@@ -91,16 +95,20 @@ class ApiSite(Site):
         @param header_timeout: seconds a request head may take (C{[api] header_timeout}).
         @param max_connections: connections open at once (C{[api] max_connections}).
         """
-        super().__init__(resource, requestFactory=BoundedRequest, reactor=reactor, timeout=None)
+        # The API reads JSON bodies only (L{admin.writes} refuses others), so form bodies are not parsed into
+        # request.args: that keeps the query the only source of arguments, and a malformed multipart body
+        # from reaching Twisted's bare 400.
+        super().__init__(resource, requestFactory=BoundedRequest, reactor=reactor, timeout=None,
+                         parsePOSTFormSubmission=False)
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.open_connections = 0
         self.refusing = 0
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """An L{ApiChannel} under the limit; past it, a L{Refusal} or, past L{MAX_REFUSING} of them, L{Dropped}."""
         if self.open_connections >= self.max_connections:
-            return self._refusal(addr)
+            return self._refusal()
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
         channel.on_close = self._channel_closed
@@ -113,7 +121,7 @@ class ApiSite(Site):
     def _channel_closed(self) -> None:
         self.open_connections -= 1
 
-    def _refusal(self, addr: IAddress) -> Protocol:
+    def _refusal(self) -> Protocol:
         if self.refusing >= MAX_REFUSING:
             return Dropped()
         self.refusing += 1

@@ -7,10 +7,10 @@ traceback and answer a plain-text 400.
 
 from __future__ import annotations
 
-import json
-
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
+
+from admin.errorbody import render_error
 
 
 class Utf8Resource(Resource):
@@ -30,9 +30,5 @@ class Utf8Resource(Resource):
             b"/".join(request.prepath + request.postpath).decode("utf-8")
         except UnicodeDecodeError as e:
             detail = f"the request's method, host or path is not UTF-8 (byte {e.object[e.start:e.start + 1]!r})"
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"application/json")
-            if request.path == b"/v1" or request.path.startswith(b"/v1/"):
-                return json.dumps({"errors": [{"detail": detail}]}, indent=4).encode("utf-8") + b"\n"
-            return json.dumps(detail, indent=4).encode("utf-8")
+            return render_error(request, 400, detail)
         return getChildForRequest(self._wrapped, request).render(request)

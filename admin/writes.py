@@ -28,9 +28,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
-from admin import gobetween
+from admin.errorbody import render_error, under_v1
 from admin.origins import origin_set, own_origin, parse_origin, sent_origins
-from admin.v1 import documents, params
 from balancer.config.schema import ApiConfig
 
 log = Logger()
@@ -69,13 +68,13 @@ class WritePolicy(Resource):
                 log.info("api: refused {method} {path} from {client} ({code}): {detail}",
                          method=request.method.decode("latin-1"), path=request.path.decode("latin-1"),
                          client=_client_host(request), code=code, detail=detail)
-                return _error(request, code, detail)
+                return render_error(request, code, detail)
         return getChildForRequest(self._wrapped, request).render(request)
 
     def refusal(self, request: IRequest) -> tuple[int, str] | None:
         """(code, detail) of the first rule write C{request} breaks, or None."""
         if _has_body(request):
-            allowed = V1_TYPES if _under_v1(request) else JSON_TYPES
+            allowed = V1_TYPES if under_v1(request.path) else JSON_TYPES
             given = (request.getHeader(b"Content-Type") or b"").split(b";")[0].strip().lower()
             if given not in allowed:
                 named = f'"{given.decode("latin-1")}"' if given else "none"
@@ -105,10 +104,6 @@ def _has_body(request: IRequest) -> bool:
     return bool(size)
 
 
-def _under_v1(request: IRequest) -> bool:
-    return bool(request.path == b"/v1" or request.path.startswith(b"/v1/"))
-
-
 def _client_host(request: IRequest) -> str:
     return str(getattr(request.getClientAddress(), "host", "an unknown address"))
 
@@ -122,12 +117,3 @@ def _loopback(request: IRequest) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
-
-
-def _error(request: IRequest, code: int, detail: str) -> bytes:
-    """The API's error answer: a JSON:API error document under /v1, a JSON string elsewhere."""
-    if not _under_v1(request):
-        return gobetween.json_response(request, detail, code)
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", documents.JSON)
-    return documents.dumps({"errors": [{"detail": detail}]}, params.parse_pretty(request.args))

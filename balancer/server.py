@@ -31,12 +31,13 @@ from balancer.proxy.engine import Engine
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
 from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
-from balancer.proxy.tls import BackendTLS, TLSError, server_context
+from balancer.proxy.tls import BackendTLS, server_context
 from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
 from balancer.reuseport import listen_tcp, listen_udp
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
+from balancer.tlsfiles import TLSError
 
 log = Logger()
 

@@ -12,7 +12,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
-from admin.service import api_service
+from admin.listener import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources

@@ -9,8 +9,11 @@ a clock.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -21,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from admin.channel import LINGER, MAX_FIELDS, MAX_HEAD, MAX_LINE, MIN_BODY_RATE
-from admin.request import MAX_BODY
+from admin.jsonbody import MAX_BODY
 from admin.site import ApiSite
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -309,6 +312,24 @@ class MalformedTests(_ChannelTestCase):
         self.refused(b"POST /servers HTTP/1.1\r\nContent-Length: %s\r\n\r\n" % (b"9" * 5000), 413,
                      f"the request body is over the limit of {MAX_BODY} bytes")
 
+    def test_crInAHeaderValue(self) -> None:
+        self.refused(b"GET /servers HTTP/1.1\r\nX-A: a\rb\r\n\r\n", 400, "a header line is malformed")
+
+    def test_malformedChunkFramings(self) -> None:
+        """Each way Twisted's chunk decoder refuses a body: the JSON 400, never Twisted's bare one."""
+        for body in (b"-5\r\n", b"0x5\r\n", b"\r\n", b"5;a\x01b\r\nhello\r\n", b"5\r\nhelloXX",
+                     b"f" * 1025, b"1" * 1024 + b"\r\n", b"0\r\n" + b"X-T: t\r\n" * 8193):
+            with self.subTest(body=body[:20]):
+                self.setUp()
+                self.refused(b"POST /servers HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body, 400,
+                             "the chunked request body is malformed")
+
+    def test_malformedMultipartBodyIsNotParsed(self) -> None:
+        """Form bodies are not parsed (the API reads JSON only): a broken one reaches the resource like any other."""
+        self.send(b"POST /servers HTTP/1.1\r\nHost: api\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                  b"Content-Length: 9\r\n\r\nnot--x-->")
+        self.assertServed(b"/servers")
+
     def test_malformedChunk(self) -> None:
         """Refused by Twisted's chunk decoder: the JSON 400 all the same."""
         self.refused(b"POST /v1/servers HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n", 400,
@@ -322,3 +343,51 @@ class MalformedTests(_ChannelTestCase):
         self.send(b"POST /servers HTTP/1.1\r\nHost: api\r\ncontent-length: 2\r\n\r\nab"
                   b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
         self.assertServed(b"/servers", b"/servers")
+
+    def test_chunkedBodyWithExtensionsAndTrailersInPiecesIsServed(self) -> None:
+        data = (b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2;name=value\r\nab\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n"
+                b"GET /next HTTP/1.1\r\nHost: api\r\n\r\n")
+        for byte in range(len(data)):
+            self.send(data[byte:byte + 1])
+        self.assertEqual(self.resource.seen, [(b"/servers", 12), (b"/next", 0)])
+        self.assertServed(b"/servers", b"/next")
+
+
+_PIECES = st.sampled_from([b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b";", b"\x00", b"\x01", b"\x7f", b"\xff", b"0", b"5",
+                           b"a", b"f", b"g", b"x", b"-", b"+", b"0x", b"X-A: b", b"Host: api", b"Content-Length: 3",
+                           b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity", b"Content-Length: 1, 1"])
+_CHUNKED = b"POST /servers HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n")
+
+
+@st.composite
+def hostile(draw: Any) -> list[bytes]:
+    """A request made of hostile pieces (in its head, or in a chunked body), split into random packets."""
+    noise = b"".join(draw(st.lists(_PIECES, max_size=30)))
+    data = draw(st.sampled_from([b"GET /servers HTTP/1.1\r\n" + noise + b"\r\n\r\n", _CHUNKED + noise,
+                                 noise + b"\r\n\r\n", b"\r\n" + noise]))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=4)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+
+
+class NeverTwistedsBare400Tests(SynchronousTestCase):
+    """Whatever the client sends, every error answer is the API's, with its JSON body."""
+
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(hostile())
+    def test_everyErrorAnswerIsJson(self, packets: list[bytes]) -> None:
+        clock = Clock()
+        site = ApiSite(Recorder(), header_timeout=10.0, max_connections=10, reactor=clock)
+        channel = site.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        for packet in packets:
+            channel.dataReceived(packet)
+        clock.advance(10.0)
+        answer = transport.value()
+        for status in _STATUS_LINE.finditer(answer):
+            if status.group(1) != b"200":
+                head = answer[status.end():].split(b"\r\n\r\n", 1)[0]
+                self.assertIn(b"Content-Type: application/json", head, answer)
+        channel.connectionLost(Failure(ConnectionDone()))

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from admin.jsonbody import MAX_BODY, BodyError, read_json
-from admin.service import api_site
+from admin.listener import api_site
 from admin.v1.patch import MAX_OPERATIONS
 from tests.test_v1_helpers import NEW_SERVER, assert_errors, make_v1
 

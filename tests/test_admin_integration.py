@@ -307,5 +307,5 @@ class TlsAndStartupTests(_IntegrationTestCase):
         config = self.write_config(f'[api.tls]\ncert_path = "{missing}"\nkey_path = "{missing}"')
         out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config", config, cwd=ROOT)
         self.assertEqual(code, 1, out + err)
-        self.assertIn(f"balancer: api: cannot read [api.tls] {missing}: No such file or directory".encode(), err)
+        self.assertIn(f'balancer: api.tls.cert_path: cannot read "{missing}": No such file or directory'.encode(), err)
         self.assertNotIn(b"Traceback", out + err)

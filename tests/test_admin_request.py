@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from admin.channel import LINGER
-from admin.request import MAX_BODY
+from admin.jsonbody import MAX_BODY
 from admin.site import ApiSite
 
 

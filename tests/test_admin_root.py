@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from admin.gobetween import go_duration, rfc3339
-from admin.service import api_resource
+from admin.stack import api_resource
 from balancer import __version__
 from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, Config

@@ -18,7 +18,7 @@ from twisted.web.server import Site
 
 from admin.origins import parse_origin
 from admin.request import BoundedRequest
-from admin.service import api_resource
+from admin.stack import api_resource
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
 from tests.test_v1_helpers import CONFIG, V1, assert_errors, header, make_v1

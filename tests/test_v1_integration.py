@@ -17,8 +17,8 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 import admin.channel
-from admin.service import api_resource
 from admin.site import ApiSite
+from admin.stack import api_resource
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.service import BalancerService

@@ -17,8 +17,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from admin.service import api_resource
 from admin.site import ApiSite
+from admin.stack import api_resource
 from admin.v1.openapi import document
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller

@@ -32,6 +32,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.http import parse_accept_header
 
 from admin.auth import Account, require_admin
+from admin.errorbody import render_errors
 from admin.errors import Forbidden
 from admin.v1 import conditional, documents, locks, openapi, params
 from admin.v1.balancer import Balancer
@@ -317,31 +318,31 @@ class V1App:
         request.setResponseCode(error.code)
         if error.code == 304:
             return b""
-        return self._errors(request, error.code, error.errors)
+        return render_errors(request, error.code, error.errors)
 
     @app.handle_errors(Forbidden, ChangeRefused)
     def forbidden(self, request: IRequest, failure: Failure) -> bytes:
         """A C{basic} account writing, or an exec without C{[api] allow_exec}: 403."""
-        return self._errors(request, 403, [{"detail": str(failure.value)}])
+        return render_errors(request, 403, [{"detail": str(failure.value)}])
 
     @app.handle_errors(UnknownServer, UnknownBackend, UnknownSession)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:
         """A resource named in the request does not exist: 404."""
         error = failure.value
         assert isinstance(error, KeyError)
-        return self._errors(request, 404, [{"detail": f'no resource with id "{error.args[0]}"'}])
+        return render_errors(request, 404, [{"detail": f'no resource with id "{error.args[0]}"'}])
 
     @app.handle_errors(ServerExists, ListenerError, LinkError, BackendInUse)
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """Name taken, address not bindable, link not possible, resource in use: 409."""
-        return self._errors(request, 409, [{"detail": str(failure.value)}])
+        return render_errors(request, 409, [{"detail": str(failure.value)}])
 
     @app.handle_errors(ConfigError)
     def invalid(self, request: IRequest, failure: Failure) -> bytes:
         """Bad values the resource did not point at more precisely: 422, one error per problem."""
         error = failure.value
         assert isinstance(error, ConfigError)
-        return self._errors(request, 422, [{"detail": line, "source": {"pointer": "/data"}} for line in error.lines()])
+        return render_errors(request, 422, [{"detail": line, "source": {"pointer": "/data"}} for line in error.lines()])
 
     @app.handle_errors(RequestRedirect)
     def moved(self, request: IRequest, failure: Failure) -> bytes:
@@ -358,18 +359,13 @@ class V1App:
         """No such path under /v1: 404."""
         error = failure.value
         assert isinstance(error, HTTPException) and error.code is not None
-        return self._errors(request, error.code, [{"detail": f"no resource at {request.uri.decode('utf-8', 'replace')}"}])
+        return render_errors(request, error.code, [{"detail": f"no resource at {request.uri.decode('utf-8', 'replace')}"}])
 
     @app.handle_errors(Exception)
     def failed(self, request: IRequest, failure: Failure) -> bytes:
         """Anything else is a real failure: logged, and 500 without a traceback."""
         log.failure("api: {method} {path} failed", failure, method=request.method, path=request.path)
-        return self._errors(request, 500, [{"detail": "internal error (logged)"}])
-
-    def _errors(self, request: IRequest, code: int, errors: list[dict[str, Any]]) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", documents.JSON)
-        return documents.dumps({"errors": errors}, params.parse_pretty(request.args))
+        return render_errors(request, 500, [{"detail": "internal error (logged)"}])
 
 
 def _patched_data(kind: Kind, operations: Any, current: dict[str, Any]) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS, platformTrust
+from twisted.internet.ssl import Certificate, KeyPair, PrivateCertificate, optionsForClientTLS, platformTrust
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from balancer.discovery.base import DiscoveryError
+from balancer.tlsfiles import TLSError, load_certified_key, load_trust_root
 
 _SHOWN_BODY = 200
 
@@ -54,14 +55,6 @@ class TLSFiles:
     key_path: str = ""
 
 
-def _read(path: str, key: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise DiscoveryError(f'{key} "{path}": {e.strerror}') from None
-
-
 @implementer(IPolicyForHTTPS)
 class _FilesPolicy:
     """Checks the server against a given trust root and presents an optional client certificate."""
@@ -86,19 +79,13 @@ def tls_policy(files: TLSFiles, prefix: str) -> IPolicyForHTTPS:
     if bool(files.cert_path) != bool(files.key_path):
         raise DiscoveryError(f"{prefix}cert_path and {prefix}key_path go together")
     try:
-        trust = (
-            Certificate.loadPEM(_read(files.cacert_path, prefix + "cacert_path"))
-            if files.cacert_path
-            else platformTrust()
-        )
+        trust = load_trust_root(files.cacert_path, prefix + "cacert_path") if files.cacert_path else platformTrust()
         client = None
         if files.cert_path:
-            pem = _read(files.cert_path, prefix + "cert_path") + b"\n" + _read(files.key_path, prefix + "key_path")
-            client = PrivateCertificate.loadPEM(pem)
-    except DiscoveryError:
-        raise
-    except Exception as e:
-        raise DiscoveryError(f"{prefix}*: cannot load the certificates: {e}") from None
+            pair = load_certified_key(files.cert_path, files.key_path, prefix)
+            client = PrivateCertificate.fromCertificateAndKeyPair(Certificate(pair.certificate), KeyPair(pair.key))
+    except TLSError as e:
+        raise DiscoveryError(str(e)) from None
     return _FilesPolicy(trust, client)
 
 

@@ -31,9 +31,7 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import (
@@ -45,6 +43,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from balancer.config.schema import BackendsTlsConfig, ServerConfig, TlsConfig
+from balancer.tlsfiles import TLSError, TLSErrors, load_certified_key, load_trust_root
 
 TLSVersion = ssl.TLSVersion
 
@@ -82,28 +81,6 @@ GO_CIPHERS = {
 
 _GO_TLS13 = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
 _GO_GONE = ("RC4", "3DES")
-
-
-class TLSError(Exception):
-    """
-    A TLS setting that cannot be used.
-
-    @ivar key: the dotted configuration key, e.g. C{"tls.cert_path"}.
-    @ivar message: what is wrong, naming the bad value.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-class _Problems(TLSError):
-    """Several L{TLSError}s at once (a pair whose certificate and key are both bad)."""
-
-    def __init__(self, problems: list[TLSError]) -> None:
-        super().__init__(problems[0].key, problems[0].message)
-        self.problems = problems
 
 
 # Versions
@@ -204,73 +181,6 @@ def _acceptable_ciphers(
     return _Ciphers(names, legacy) if names or legacy else None
 
 
-# Certificates and keys
-
-
-@attrs.frozen
-class _Pair:
-    certificate: crypto.X509
-    key: crypto.PKey
-    chain: tuple[crypto.X509, ...]
-
-
-def _read(path: str, key: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise TLSError(key, f'cannot read "{path}": {e.strerror}') from None
-
-
-def _certificates(path: str, key: str) -> list[x509.Certificate]:
-    """The PEM certificates in C{path}, in order."""
-    try:
-        return x509.load_pem_x509_certificates(_read(path, key))
-    except ValueError:
-        raise TLSError(key, f'"{path}" holds no PEM certificate') from None
-
-
-def _private_key(path: str, key: str) -> crypto.PKey:
-    try:
-        loaded = serialization.load_pem_private_key(_read(path, key), password=None)
-    except TypeError:
-        raise TLSError(key, f'"{path}" holds an encrypted key; give an unencrypted one') from None
-    except (ValueError, crypto.Error):
-        raise TLSError(key, f'"{path}" holds no PEM private key') from None
-    try:
-        return crypto.PKey.from_cryptography_key(loaded)  # type: ignore[arg-type]
-    except TypeError:
-        raise TLSError(key, f'"{path}" holds a key of a type TLS cannot use') from None
-
-
-def _spki(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _load_pair(cert_path: str, key_path: str, section: str) -> _Pair:
-    """A certificate file (leaf first, then its chain) and the leaf's private key."""
-    problems: list[TLSError] = []
-    certificates: list[x509.Certificate] = []
-    key: crypto.PKey | None = None
-    try:
-        certificates = _certificates(cert_path, f"{section}.cert_path")
-    except TLSError as e:
-        problems.append(e)
-    try:
-        key = _private_key(key_path, f"{section}.key_path")
-    except TLSError as e:
-        problems.append(e)
-    if problems:
-        raise _Problems(problems)
-    assert key is not None
-    if _spki(certificates[0].public_key()) != _spki(key.to_cryptography_key().public_key()):
-        raise TLSError(f"{section}.key_path", f'"{key_path}" is not the key of the certificate in "{cert_path}"')
-    leaf, *chain = (crypto.X509.from_cryptography(c) for c in certificates)
-    return _Pair(leaf, key, tuple(chain))
-
-
 # Contexts
 
 
@@ -282,7 +192,7 @@ def server_context(config: TlsConfig) -> IOpenSSLServerConnectionCreator:
     @raise TLSError: on a version, cipher, certificate or key that cannot be used.
     """
     low, high = _versions(config.min_version, config.max_version, "tls")
-    pair = _load_pair(config.cert_path, config.key_path, "tls")
+    pair = load_certified_key(config.cert_path, config.key_path, "tls.")
     return _build(
         lambda **options: ssl.CertificateOptions(
             privateKey=pair.key,
@@ -311,7 +221,7 @@ class BackendTLS:
         self._ciphers = _acceptable_ciphers(config.ciphers, self._low, self._high, "backends_tls")
         extra: dict[str, object] = {"enableSessionTickets": config.session_tickets}
         if config.cert_path is not None and config.key_path is not None:
-            pair = _load_pair(config.cert_path, config.key_path, "backends_tls")
+            pair = load_certified_key(config.cert_path, config.key_path, "backends_tls.")
             extra.update(privateKey=pair.key, certificate=pair.certificate, extraCertChain=list(pair.chain))
         self._extra = extra
         self._unverified: Any = None
@@ -382,8 +292,7 @@ def _build(
 def _trust_root(path: str | None) -> Any:
     if path is None:
         return ssl.platformTrust()
-    certificates = _certificates(path, "backends_tls.root_ca_cert_path")
-    return ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certificates])
+    return load_trust_root(path, "backends_tls.root_ca_cert_path")
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -420,7 +329,7 @@ def check_tls_files(config: ServerConfig) -> list[tuple[str, str]]:
     def attempt(check: Callable[[], object]) -> None:
         try:
             check()
-        except _Problems as e:
+        except TLSErrors as e:
             problems.extend((p.key, p.message) for p in e.problems)
         except TLSError as e:
             problems.append((e.key, e.message))
@@ -430,15 +339,15 @@ def check_tls_files(config: ServerConfig) -> list[tuple[str, str]]:
         attempt(lambda: _versions(tls.min_version, tls.max_version, "tls"))
         attempt(lambda: _cipher_names(tls.ciphers, "tls"))
         if tls.cert_path and tls.key_path:
-            attempt(lambda: _load_pair(tls.cert_path, tls.key_path, "tls"))
+            attempt(lambda: load_certified_key(tls.cert_path, tls.key_path, "tls."))
     backends = config.backends_tls
     if backends is not None:
         attempt(lambda: _versions(backends.min_version, backends.max_version, "backends_tls"))
         attempt(lambda: _cipher_names(backends.ciphers, "backends_tls"))
         if backends.cert_path is not None and backends.key_path is not None:
             cert_path, key_path = backends.cert_path, backends.key_path
-            attempt(lambda: _load_pair(cert_path, key_path, "backends_tls"))
+            attempt(lambda: load_certified_key(cert_path, key_path, "backends_tls."))
         if backends.root_ca_cert_path is not None:
             root = backends.root_ca_cert_path
-            attempt(lambda: _certificates(root, "backends_tls.root_ca_cert_path"))
+            attempt(lambda: load_trust_root(root, "backends_tls.root_ca_cert_path"))
     return problems

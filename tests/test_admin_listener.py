@@ -1,5 +1,5 @@
 """
-L{api_service} and L{tls_options}: where the API listens, what it logs, how
+L{admin.listener}: where the API listens, what it logs, how
 it fails to start, and its place in the twistd service tree.
 """
 
@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from admin.service import ApiService, api_service, tls_options
+from admin.listener import ApiService, api_service, tls_options
 from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.server import BindError
@@ -102,13 +102,13 @@ class TlsOptionsTests(SynchronousTestCase):
         missing = os.path.join(self.directory, "missing.pem")
         with self.assertRaises(BindError) as caught:
             tls_options(ApiTlsConfig(cert_path=self.cert, key_path=missing))
-        self.assertEqual(str(caught.exception), f"api: cannot read [api.tls] {missing}: No such file or directory")
+        self.assertEqual(str(caught.exception), f'api.tls.key_path: cannot read "{missing}": No such file or directory')
 
     def test_noCertificate(self) -> None:
         empty = self.write("empty.pem", b"")
         with self.assertRaises(BindError) as caught:
             tls_options(ApiTlsConfig(cert_path=empty, key_path=self.key))
-        self.assertIn(f"no PEM certificate in {empty}", str(caught.exception))
+        self.assertEqual(str(caught.exception), f'api.tls.cert_path: "{empty}" holds no PEM certificate')
 
     def test_keyOfAnotherCertificate(self) -> None:
         other = os.path.join(self.directory, "other")
@@ -116,7 +116,8 @@ class TlsOptionsTests(SynchronousTestCase):
         _, other_key, _ = make_certificate(other)
         with self.assertRaises(BindError) as caught:
             tls_options(ApiTlsConfig(cert_path=self.cert, key_path=other_key))
-        self.assertTrue(str(caught.exception).startswith("api: cannot use [api.tls] cert_path/key_path: "))
+        self.assertEqual(str(caught.exception),
+                         f'api.tls.key_path: "{other_key}" is not the key of the certificate in "{self.cert}"')
 
 
 class TreeTests(SynchronousTestCase):
