@@ -27,9 +27,8 @@ BACKEND_FIELDS = ("host", "port", "priority", "weight", "stats")
 _DUMP_TYPES = {"toml": b"application/toml; charset=utf-8", "json": b"application/json"}
 
 
-def json_response(request: IRequest, value: Any, code: int = 200) -> bytes:
-    """Set C{code} and C{Content-Type: application/json}; the body is C{value} as indented JSON."""
-    request.setResponseCode(code)
+def json_response(request: IRequest, value: Any) -> bytes:
+    """Set C{Content-Type: application/json}; the body is C{value} as indented JSON (errors: L{admin.errorbody})."""
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(value, indent=4).encode("utf-8")
 
