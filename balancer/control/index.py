@@ -9,18 +9,23 @@ from __future__ import annotations
 from typing import Mapping
 
 from balancer.backends import ACTIVE
+from balancer.config.overrides import OverrideConfig
 from balancer.control.catalogue import BackendCatalogue, parameters_of
 from balancer.control.views import BackendView, PoolEntry, ServiceView
 
 
 def backend_views(
-    services: list[ServiceView], catalogue: BackendCatalogue, states: Mapping[str, str]
+    services: list[ServiceView],
+    catalogue: BackendCatalogue,
+    states: Mapping[str, str],
+    overrides: Mapping[str, OverrideConfig],
 ) -> dict[str, BackendView]:
     """
     Every backend by /v1 id: the created backends first (in the order they
     were created, linked or not), then those of the services' pools in order.
 
     @param states: the admin states set on backends, by /v1 id.
+    @param overrides: the overrides in effect, by C{host:port} (a backend found by discovery's /v1 id).
     """
     entries: dict[str, list[PoolEntry]] = {name: [] for name in catalogue.records}
     for service in services:
@@ -30,6 +35,7 @@ def backend_views(
     views = {}
     for id, used in entries.items():
         record = catalogue.records.get(id)
+        override = overrides.get(id) if record is None else None
         if record is not None:
             parameters = parameters_of(record)
         else:
@@ -43,5 +49,6 @@ def backend_views(
             parameters=parameters,
             admin_state=states.get(id, ACTIVE),
             entries=tuple(used),
+            overrides=override.values() if override is not None else {},
         )
     return views
