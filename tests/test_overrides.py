@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, LogLevelFilterPredicate
@@ -113,6 +114,27 @@ class PoolTests(SynchronousTestCase):
         pool.set_overrides({"127.0.0.1:9001": OverrideConfig(weight=0)})
         picks = {strategy.choose(pool.candidates(), "10.0.0.1").key for _ in range(50)}  # type: ignore[union-attr]
         self.assertEqual(picks, {"127.0.0.1:9002"})
+
+
+class UdpSession:
+    """A stand-in for a UDP session: its backend, and its end recorded in its proxy's C{ended}."""
+
+    def __init__(self, proxy: UdpSessions, client: tuple[str, int], backend: Any) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.backend = backend if backend is not None else spec("127.0.0.1:1")
+
+    def end(self, why: str) -> None:
+        self.proxy.ended.append(self.client)
+        del self.proxy.sessions[self.client]
+
+
+class UdpSessions:
+    """A stand-in for a server's UDP proxy: its current sessions by client, those ended."""
+
+    def __init__(self, backends: dict[tuple[str, int], Any]) -> None:
+        self.ended: list[tuple[str, int]] = []
+        self.sessions = {client: UdpSession(self, client, backend) for client, backend in backends.items()}
 
 
 class ControlTests(SynchronousTestCase):
@@ -225,8 +247,12 @@ class ControlTests(SynchronousTestCase):
             relay = FakeRelay(number, Address("10.0.0.1", 5000), self.balancer.server(server).pool.get(key))
             self.balancer.server(server).relays[number] = relay  # type: ignore[assignment]
             relays[number] = relay
-        self.assertEqual(self.successResultOf(self.control.close_backend_sessions("127.0.0.1:9002")), 2)
+        datagrams = UdpSessions({("10.0.0.2", 53): self.balancer.server("db").pool.get("127.0.0.1:9002"),
+                                 ("10.0.0.3", 53): None})
+        self.balancer.server("db").udp = datagrams  # type: ignore[assignment]
+        self.assertEqual(self.successResultOf(self.control.close_backend_sessions("127.0.0.1:9002")), 3)
         self.assertEqual([relays[n].closed for n in range(3)], [True, False, True])
+        self.assertEqual(datagrams.ended, [("10.0.0.2", 53)])
         self.assertEqual(told, [{"web": ["127.0.0.1:9002"], "db": ["127.0.0.1:9002"]}])
         self.failureResultOf(self.control.close_backend_sessions("127.0.0.1:1"), UnknownBackend)
 

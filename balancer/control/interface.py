@@ -151,7 +151,8 @@ class IControl(Interface):
 
     def close_backend_sessions(id: str) -> Deferred[int]:
         """
-        Close every client session (relay) to a backend now, in every service
+        Close every client session to a backend now (relays, and each UDP
+        client's current session), in every service
         that uses it and in every worker process (HAProxy's C{shutdown
         sessions server}); fires with the number closed in worker 0 (the
         other workers close theirs as they get the message).  Fails with UnknownBackend.

@@ -198,12 +198,13 @@ def session_view(server: ServerService, relay: Any, claims: dict[str, str]) -> S
 
 def close_backend_relays(balancer: BalancerService, targets: Mapping[str, list[str]]) -> int:
     """
-    Close every relay of C{balancer}'s servers whose backend is one of
-    C{targets} (server name to backend C{host:port}s): HAProxy's C{shutdown
-    sessions server}.  Worker 0 calls it through L{RunningServers}, the other
-    worker processes when worker 0 tells them (L{balancer.worker}).
+    Close every session of C{balancer}'s servers whose backend is one of
+    C{targets} (server name to backend C{host:port}s): relays, and the
+    current UDP session of each client (HAProxy's C{shutdown sessions
+    server}).  Worker 0 calls it through L{RunningServers}, the other worker
+    processes when worker 0 tells them (L{balancer.worker}).
 
-    @return: how many relays were closed.
+    @return: how many sessions were closed.
     """
     closed = 0
     for server in balancer.servers():
@@ -213,10 +214,15 @@ def close_backend_relays(balancer: BalancerService, targets: Mapping[str, list[s
         relays = [relay for relay in server.relays.values() if relay.backend is not None and relay.backend.key in keys]
         for relay in relays:
             relay.close()
-        closed += len(relays)
-        if relays:
+        udp = server.udp
+        datagrams = [s for s in udp.sessions.values() if s.backend.key in keys] if udp is not None else []
+        for session in datagrams:
+            session.end("closed by request")
+        count = len(relays) + len(datagrams)
+        closed += count
+        if count:
             log.info("{server}: closed {count} sessions of {backends} by request", server=server.name,
-                     count=len(relays), backends=", ".join(sorted(keys)))
+                     count=count, backends=", ".join(sorted(keys)))
     return closed
 
 
