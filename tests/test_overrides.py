@@ -176,6 +176,18 @@ class ControlTests(SynchronousTestCase):
         self.successResultOf(self.control.update_server("web", {**definition, "bind": "127.0.0.1:3005"}))
         self.assertEqual(self.weights("web")["127.0.0.1:9001"], (2, 4, 0))
 
+    def test_overrideOfABackendNoPoolHasIsShownAndCleared(self) -> None:
+        self.successResultOf(self.control.set_override("127.0.0.1:9001", {"weight": 0}))
+        self.balancer.server("web").set_backends([spec("127.0.0.1:9002")])
+        view = self.control.backend("127.0.0.1:9001")
+        self.assertEqual((view.entries, view.parameters, view.overrides, view.serving),
+                         ((), {"address": "127.0.0.1", "port": 9001, "weight": 0}, {"weight": 0}, False))
+        self.balancer.server("web").set_backends([spec("127.0.0.1:9001", weight=3)])
+        self.assertEqual(self.weights("web")["127.0.0.1:9001"], (0, 1, 0))
+        self.balancer.server("web").set_backends([spec("127.0.0.1:9002")])
+        self.successResultOf(self.control.set_override("127.0.0.1:9001", {"weight": None}))
+        self.assertNotIn("127.0.0.1:9001", self.control.backends())
+
     def test_nullClearsOneParameterAndOthersStay(self) -> None:
         self.successResultOf(self.control.set_override("127.0.0.1:9001", {"weight": 1, "max_connections": 10}))
         self.successResultOf(self.control.set_override("127.0.0.1:9001", {"weight": None}))
