@@ -5,11 +5,12 @@ and the pool a server picks them from.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import attrs
 
 from balancer.config.addresses import BackendSpec
+from balancer.config.overrides import OverrideConfig, overridden
 from balancer.stats import BackendCounters
 
 ACTIVE = "active"
@@ -69,12 +70,16 @@ class Pool:
     Replacing the list (discovery) keeps the L{Backend} objects of backends
     that stay, so their statistics and health survive; backends that leave
     are kept while they still have connections, marked not discovered.
+    A backend's spec is the one discovered with its override, if any
+    (L{set_overrides}), applied again at each discovery round.
     """
 
     def __init__(self, specs: Iterable[BackendSpec] = (), initially_live: bool = True) -> None:
         self._backends: dict[str, Backend] = {}
         self._ordered: list[Backend] = []
         self._initially_live = initially_live
+        self._found: dict[str, BackendSpec] = {}
+        self._overrides: Mapping[str, OverrideConfig] = {}
         self.replace(specs)
 
     def replace(self, specs: Iterable[BackendSpec]) -> None:
@@ -86,7 +91,10 @@ class Pool:
                     backend.discovered = False
                 else:
                     del self._backends[key]
-        for key, spec in wanted.items():
+                    del self._found[key]
+        for key, found in wanted.items():
+            self._found[key] = found
+            spec = overridden(found, self._overrides)
             existing = self._backends.get(key)
             if existing is None:
                 self._backends[key] = Backend(spec, live=self._initially_live)
@@ -100,7 +108,14 @@ class Pool:
         if not backend.discovered and not backend.counters.active_connections:
             if self._backends.get(backend.key) is backend:
                 del self._backends[backend.key]
+                del self._found[backend.key]
                 self._reorder()
+
+    def set_overrides(self, overrides: Mapping[str, OverrideConfig]) -> None:
+        """Give each backend the override of its C{host:port} in C{overrides} (none: its discovered spec)."""
+        self._overrides = dict(overrides)
+        for key, backend in self._backends.items():
+            backend.spec = overridden(self._found[key], self._overrides)
 
     def _reorder(self) -> None:
         """Sort once per change of membership, not once per new client."""

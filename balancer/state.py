@@ -4,9 +4,10 @@ across restarts (docs/DESIGN.md §8).
 
 It records, per server, the whole definition of servers created or changed at
 run time and the names of servers deleted; for the /v1 API, the backends
-created through it (with the services they are linked to) and the admin state
-(maintenance, drain) set on backends.  Files written before those existed
-still load.  At start the configuration file
+created through it (with the services they are linked to), the admin state
+(maintenance, drain) set on backends and the overrides of backends'
+C{weight}, C{priority} and C{max_connections} (docs/overrides.md).  Files
+written before those existed still load.  At start the configuration file
 applies first, then the state on top of it.  Writes are atomic: a temporary
 file in the same directory (C{.state-<name>-XXXXXXXX} beside the state
 file C{<name>}), fsync, rename; temporary files that an interrupted write
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 import tomli_w
@@ -26,8 +27,9 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from balancer.config.decode import DecodeError, loads_toml
-from balancer.config.errors import ConfigError, Problem
+from balancer.config.errors import ConfigError, Problem, Problems
 from balancer.config.load import server_from_mapping
+from balancer.config.overrides import OverrideConfig, backend_tables
 from balancer.config.schema import Config
 
 log = Logger()
@@ -49,12 +51,16 @@ class RuntimeChanges:
         services it is linked to) of backends created through /v1.
     @ivar backend_states: a /v1 server id (a created backend's name, or
         C{host:port}) to its admin state, C{"maintenance"} or C{"drain"}.
+    @ivar overrides: a backend's C{host:port} to the parameters set on it
+        through the API (L{balancer.config.overrides.OVERRIDABLE}); an empty
+        one cancels the override the configuration file gives it.
     """
 
     servers: dict[str, dict[str, Any]] = attrs.Factory(dict)
     deleted: set[str] = attrs.Factory(set)
     backends: dict[str, dict[str, Any]] = attrs.Factory(dict)
     backend_states: dict[str, str] = attrs.Factory(dict)
+    overrides: dict[str, dict[str, int]] = attrs.Factory(dict)
 
     def copy(self) -> RuntimeChanges:
         """An independent copy, to change and persist before it replaces this one."""
@@ -63,6 +69,7 @@ class RuntimeChanges:
             deleted=set(self.deleted),
             backends={name: dict(record) for name, record in self.backends.items()},
             backend_states=dict(self.backend_states),
+            overrides={key: dict(values) for key, values in self.overrides.items()},
         )
 
     def created(self, name: str, definition: dict[str, Any]) -> None:
@@ -76,6 +83,19 @@ class RuntimeChanges:
         if configured:
             self.deleted.add(name)
 
+    def overridden(self, configured: Mapping[str, OverrideConfig]) -> dict[str, OverrideConfig]:
+        """
+        The overrides in effect: C{configured} (the configuration file's),
+        each backend's replaced by the one recorded here (none when that is empty).
+        """
+        merged = dict(configured)
+        for key, values in self.overrides.items():
+            if values:
+                merged[key] = OverrideConfig.of(values)
+            else:
+                merged.pop(key, None)
+        return merged
+
     def apply(self, config: Config, source: str) -> Config:
         """
         C{config} with these changes on top.
@@ -87,7 +107,7 @@ class RuntimeChanges:
         for name, definition in self.servers.items():
             server = server_from_mapping(name, definition, source, base)
             base = attrs.evolve(base, servers={**base.servers, name: server})
-        return base
+        return attrs.evolve(base, overrides=self.overridden(config.overrides))
 
 
 class StateFile:
@@ -120,6 +140,10 @@ class StateFile:
         deleted = raw.get("deleted", [])
         backends = raw.get("backends", {})
         states = raw.get("backend_states", {})
+        problems = Problems()
+        overrides = backend_tables(OverrideConfig)(raw.get("overrides", {}), "overrides", problems)
+        if len(problems):
+            raise ConfigError(self.path, list(problems))
         if not isinstance(servers, dict) or not isinstance(deleted, list) or not all(isinstance(d, str) for d in deleted):
             raise ConfigError(self.path, [Problem("", "expected [servers.<name>] tables and a deleted = [...] list of names")])
         if not isinstance(backends, dict) or not all(_backend_record(b) for b in backends.values()):
@@ -127,7 +151,8 @@ class StateFile:
         if not isinstance(states, dict) or not all(v in ("maintenance", "drain") for v in states.values()):
             raise ConfigError(self.path, [Problem("backend_states", 'expected "<id>" = "maintenance" or "drain"')])
         return RuntimeChanges(
-            servers=dict(servers), deleted=set(deleted), backends=dict(backends), backend_states=dict(states)
+            servers=dict(servers), deleted=set(deleted), backends=dict(backends), backend_states=dict(states),
+            overrides={key: override.values() for key, override in overrides.items()},
         )
 
     def temporary_prefix(self) -> str:
@@ -168,6 +193,7 @@ class StateFile:
             "servers": changes.servers,
             "backends": changes.backends,
             "backend_states": changes.backend_states,
+            "overrides": changes.overrides,
         }
         return "# balancer runtime state: written by the API, applied on top of the configuration.\n" + tomli_w.dumps(document)
 

@@ -9,10 +9,12 @@ nothing else: no admin API, no metrics, no state file.
 
 Its standard streams are its link to worker 0:
 
- - stdin: JSON lines, each a whole configuration (L{read_message}).  The
-   first one starts the servers; each later one, sent when the API changed
-   worker 0, is applied as a difference (L{server_changes}): servers
-   removed, changed (in place, or with a new listener) and added.
+ - stdin: JSON lines (L{read_message}), each a whole configuration or a
+   request to close sessions.  The first configuration starts the servers;
+   each later one, sent when the API changed worker 0, is applied as a
+   difference (L{server_changes}): servers removed, changed (in place, or
+   with a new listener) and added.  A request to close sessions closes at
+   once every relay to the backends it names (C{DELETE /v1/servers/<id>/sessions}).
  - stdout: C{{"ready": true}} once the listeners are bound, then
    C{{"stats": {server: document}}} every second on this process's clock,
    each document the server's L{balancer.stats.server_report}: gobetween's
@@ -49,7 +51,9 @@ from twisted.protocols.basic import LineReceiver
 from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
+from balancer.config.overrides import OverrideConfig
 from balancer.config.schema import Config, ServerConfig
+from balancer.control.running import close_backend_relays, name_of
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.stats import server_report
@@ -81,17 +85,54 @@ def server_changes(old: Mapping[str, ServerConfig], new: Mapping[str, ServerConf
     )
 
 
-def read_message(line: bytes) -> tuple[Config, dict[str, dict[str, str]]]:
+@attrs.frozen
+class Configuration:
     """
-    A configuration line from worker 0: C{{"config": MAPPING, "admin_states":
-    {server: {"host:port": state}}}}, the mapping in the file's own key names
-    (L{balancer.config.dump.to_mapping}) and the admin states of backends
-    that are not active.
+    A configuration from worker 0.
+
+    @ivar admin_states: server name to backend C{host:port} to its admin
+        state, for backends that are not active.
+    @ivar overrides: server name to backend C{host:port} to its overridden parameters.
+    """
+
+    config: Config
+    admin_states: dict[str, dict[str, str]]
+    overrides: dict[str, dict[str, OverrideConfig]]
+
+
+@attrs.frozen
+class CloseSessions:
+    """
+    Worker 0's request to close every relay to some backends.
+
+    @ivar targets: server name to backend C{host:port}s.
+    """
+
+    targets: dict[str, list[str]]
+
+
+def read_message(line: bytes) -> Configuration | CloseSessions:
+    """
+    A line from worker 0: a configuration, C{{"config": MAPPING,
+    "admin_states": {server: {"host:port": state}}, "overrides": {server:
+    {"host:port": {"weight": N, ...}}}}}, the mapping in the file's own key
+    names (L{balancer.config.dump.to_mapping}), the admin states of backends
+    that are not active and the overrides; or C{{"close_sessions": {server:
+    ["host:port", ...]}}}.
 
     @raise balancer.config.ConfigError: if the configuration does not validate.
+    @raise ValueError: if the line is not JSON, or not one of those.
     """
     message = json.loads(line)
-    return config_from_mapping(message["config"], "worker 0"), message["admin_states"]
+    if not isinstance(message, dict):
+        raise ValueError(f"expected a JSON object, got {line[:40]!r}")
+    if "close_sessions" in message:
+        return CloseSessions({str(name): [str(key) for key in keys] for name, keys in message["close_sessions"].items()})
+    overrides = {
+        name: {key: OverrideConfig.of(values) for key, values in backends.items()}
+        for name, backends in message.get("overrides", {}).items()
+    }
+    return Configuration(config_from_mapping(message["config"], "worker 0"), message["admin_states"], overrides)
 
 
 class Worker(LineReceiver):
@@ -128,15 +169,19 @@ class Worker(LineReceiver):
         if self._stopping:
             return
         try:
-            config, states = read_message(line)
-        except (ValueError, KeyError, ConfigError) as e:
+            message = read_message(line)
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
             log.critical("not a configuration from worker 0: {error}", error=str(e))
             self._stop(1)
             return
-        if self.balancer is None:
-            self._start(config, states)
+        if isinstance(message, CloseSessions):
+            if self.balancer is not None:
+                close_backend_relays(self.balancer, message.targets)
             return
-        self._applied.addCallback(lambda _: self._apply(config, states))
+        if self.balancer is None:
+            self._start(message)
+            return
+        self._applied.addCallback(lambda _: self._apply(message))
         self._applied.addErrback(lambda failure: log.failure("applying a configuration failed", failure))
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -144,8 +189,9 @@ class Worker(LineReceiver):
         log.critical("configuration line over {limit} bytes", limit=self.MAX_LENGTH)
         self._stop(1)
 
-    def _start(self, config: Config, states: dict[str, dict[str, str]]) -> None:
+    def _start(self, message: Configuration) -> None:
         """Log as C{[logging] level} says, bind every listener, report that we serve."""
+        config = message.config
         level = config.logging.level
         self._level.defaultLogLevel = LogLevel.levelWithName("warn" if level == "warning" else level)
         balancer = BalancerService(config, self._reactor)
@@ -157,17 +203,18 @@ class Worker(LineReceiver):
             return
         balancer.startService()
         self.balancer = balancer
-        self._apply_states(states)
+        self._apply_states(message)
         self._reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._send({"ready": True})
         self._reports.start(REPORT_INTERVAL, now=True)
 
     @inlineCallbacks
-    def _apply(self, config: Config, states: dict[str, dict[str, str]]):  # type: ignore[no-untyped-def]
-        """Bring the running servers to C{config}: removals, then changes, then additions."""
+    def _apply(self, message: Configuration):  # type: ignore[no-untyped-def]
+        """Bring the running servers to C{message}'s configuration: removals, then changes, then additions."""
         balancer = self.balancer
         if balancer is None:  # stopping
             return
+        config = message.config
         changes = server_changes({s.name: s.config for s in balancer.servers()}, config.servers)
         for name in changes.removed:
             yield balancer.remove_server(name)
@@ -181,13 +228,14 @@ class Worker(LineReceiver):
                 balancer.add_server(name, server)
             except BindError as e:
                 log.error("{error}", error=str(e))
-        self._apply_states(states)
+        self._apply_states(message)
 
-    def _apply_states(self, states: dict[str, dict[str, str]]) -> None:
-        """Give every backend the admin state worker 0 has for it (active if none)."""
+    def _apply_states(self, message: Configuration) -> None:
+        """Give every backend the admin state worker 0 has for it (active if none), every pool its overrides."""
         assert self.balancer is not None
         for server in self.balancer.servers():
-            wanted = states.get(server.name, {})
+            server.pool.set_overrides(message.overrides.get(name_of(server), {}))
+            wanted = message.admin_states.get(name_of(server), {})
             for backend in server.pool:
                 backend.admin_state = wanted.get(backend.key, ACTIVE)
 

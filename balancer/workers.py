@@ -9,9 +9,13 @@ ports with C{SO_REUSEPORT}: the kernel spreads new connections across them.
 
  - Configuration: each worker gets worker 0's effective configuration (file
    plus runtime changes, with the real port of servers bound to port 0) and
-   the admin states of its backends as a JSON line on its stdin when it
-   starts, and again after every change made through the API
+   the admin states and overrides of its backends as a JSON line on its
+   stdin when it starts, and again after every change made through the API
    (L{Controller.subscribe}).
+ - Closing sessions: when the API closes every session of a backend
+   (L{Controller.close_backend_sessions}), each worker gets a
+   C{{"close_sessions": {server: [host:port, ...]}}} line on the same stdin
+   (L{Controller.on_sessions_closed}).
  - Statistics: each worker sends its servers' statistics documents every
    second (L{balancer.stats.server_report}); the supervisor keeps each
    worker's latest, which the controller's views (C{GET /servers/<name>/stats},
@@ -67,8 +71,10 @@ def config_message(control: Controller) -> bytes:
     """
     The line that gives a worker worker 0's configuration now (see
     L{balancer.worker.read_message}): the effective configuration, each
-    server bound to port 0 given the port worker 0 got, and the admin state
-    of every backend that is not active.
+    server bound to port 0 given the port worker 0 got, the admin state
+    of every backend that is not active, and the overrides of each
+    server's backends (C{host:port} to the parameters overridden; not those
+    of a backend created through the API, which has its own).
     """
     config = control.effective_config()
     views = {view.name: view for view in control.services()}
@@ -82,8 +88,22 @@ def config_message(control: Controller) -> bytes:
         name: {entry.key: entry.admin_state for entry in views[name].pool if entry.admin_state != ACTIVE}
         for name in servers
     }
-    message = {"config": {k: v for k, v in mapping.items() if k in WORKER_SECTIONS}, "admin_states": states}
+    overrides: dict[str, dict[str, dict[str, int]]] = {name: {} for name in servers}
+    for backend in control.backends().values():
+        if backend.overrides:
+            for entry in backend.entries:
+                overrides[entry.service][entry.key] = backend.overrides
+    message = {
+        "config": {k: v for k, v in mapping.items() if k in WORKER_SECTIONS},
+        "admin_states": states,
+        "overrides": overrides,
+    }
     return json.dumps(message).encode() + b"\n"
+
+
+def close_message(targets: dict[str, list[str]]) -> bytes:
+    """The line that tells a worker to close every relay to C{targets} (server name to backend C{host:port}s)."""
+    return json.dumps({"close_sessions": targets}).encode() + b"\n"
 
 
 def worker_environment() -> dict[str, str]:
@@ -193,12 +213,12 @@ class WorkerSupervisor(Service):
         self.reports: dict[int, dict[str, dict[str, Any]]] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
 
     def startService(self) -> None:
         """Start every worker and follow the controller's changes (worker 0's listeners are bound by now)."""
         super().startService()
-        self._unsubscribe = self.control.subscribe(self.push)
+        self._unsubscribe = [self.control.subscribe(self.push), self.control.on_sessions_closed(self.close_sessions)]
         self.control.peers.add_source(self.stats)
         for index in range(1, self.count):
             self._spawn(index)
@@ -214,6 +234,12 @@ class WorkerSupervisor(Service):
     def push(self) -> None:
         """Send the configuration as it is now to every running worker."""
         line = config_message(self.control)
+        for process in self.processes.values():
+            process.send(line)
+
+    def close_sessions(self, targets: dict[str, list[str]]) -> None:
+        """Tell every running worker to close its relays to C{targets} (server name to backend C{host:port}s)."""
+        line = close_message(targets)
         for process in self.processes.values():
             process.send(line)
 
@@ -253,9 +279,9 @@ class WorkerSupervisor(Service):
         if not self.running:
             return succeed(None)
         super().stopService()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         self.control.peers.remove_source(self.stats)
         for restart in self._restarts.values():
             restart.cancel()

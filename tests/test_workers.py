@@ -37,7 +37,7 @@ from balancer.metrics import metrics_registry
 from balancer.server import BindError, ServerService
 from balancer.service import BalancerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
-from balancer.worker import Worker, read_message, server_changes
+from balancer.worker import Configuration, Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
 from tests.clients import Double, exchange, listen
 from tests.processes import ROOT, Balancer, source_env, twistd_path
@@ -334,9 +334,11 @@ class SupervisorTests(SynchronousTestCase):
         self.supervisor = WorkerSupervisor(self.control, 3, self.memory, grace=2.0, executable="/usr/bin/python3")
         self.supervisor.startService()
 
-    def last_message(self, index: int) -> tuple[Any, dict[str, dict[str, str]]]:
-        """The configuration and admin states last sent to process C{index}."""
-        return read_message(self.memory.spawned[index][3].written[-1])
+    def last_message(self, index: int) -> Configuration:
+        """The configuration (admin states and overrides included) last sent to process C{index}."""
+        message = read_message(self.memory.spawned[index][3].written[-1])
+        assert isinstance(message, Configuration)
+        return message
 
     def test_startsTheOtherWorkersWithTheConfiguration(self) -> None:
         self.assertEqual([args for _, args, _, _ in self.memory.spawned],
@@ -344,18 +346,19 @@ class SupervisorTests(SynchronousTestCase):
                           ["/usr/bin/python3", "-m", "balancer.worker", "2"]])
         env = self.memory.spawned[0][2]
         self.assertEqual(env["PYTHONPATH"].split(os.pathsep)[0], ROOT)
-        config, states = self.last_message(1)
-        self.assertEqual((config.servers, states), (self.control.effective_config().servers, {"one": {}, "two": {}}))
+        message = self.last_message(1)
+        self.assertEqual((message.config.servers, message.admin_states),
+                         (self.control.effective_config().servers, {"one": {}, "two": {}}))
 
     def test_apiChangesReachEveryWorker(self) -> None:
         definition = {"bind": "127.0.0.1:3002", "discovery": {"kind": "static", "static_list": ["127.0.0.1:9004"]}}
         self.successResultOf(self.control.add_server("three", definition))
         for index in (0, 1):
-            self.assertEqual(list(self.last_message(index)[0].servers), ["one", "two", "three"])
+            self.assertEqual(list(self.last_message(index).config.servers), ["one", "two", "three"])
         self.successResultOf(self.control.remove_server("one"))
-        self.assertEqual(list(self.last_message(0)[0].servers), ["two", "three"])
+        self.assertEqual(list(self.last_message(0).config.servers), ["two", "three"])
         self.successResultOf(self.control.set_backend_state("127.0.0.1:9004", DRAIN))
-        self.assertEqual(self.last_message(1)[1]["three"], {"127.0.0.1:9004": DRAIN})
+        self.assertEqual(self.last_message(1).admin_states["three"], {"127.0.0.1:9004": DRAIN})
 
     def test_statsAreSummedOverWorkers(self) -> None:
         report = {"stats": {"one": document([backend("127.0.0.1", 9001, total_connections=2, rx=40)], rx_total=40)}}

@@ -170,6 +170,19 @@ class V1App:
         """C{PUT /v1/servers/<id>/clear[?state=maintenance|drain]}."""
         return await self._admin_state(request, id, set_it=False)
 
+    @app.route("/servers/<id>/sessions")
+    async def server_sessions(self, request: IRequest, id: str) -> bytes:
+        """C{DELETE /v1/servers/<id>/sessions}: close every session of a server, in every worker process (204)."""
+        servers = self.kinds["servers"]
+        method = self._begin(request, ("DELETE",))
+        current = servers.get(id)
+        tag = conditional.etag(servers.view(current))
+        self._validators(request, tag, servers.changed_at(id))
+        conditional.evaluate(request, method, tag, servers.changed_at(id))
+        with locks.hold(self.control, servers.lock_key(id)):
+            await self.control.close_backend_sessions(id)
+        return self._no_content(request)
+
     # The pipeline
 
     def _kind(self, type_: str) -> Kind:

@@ -304,6 +304,9 @@ def document() -> dict[str, Any]:
     paths.update(_kind_paths(Users, "/v1/users/inet"))
     paths["/v1/servers/{id}/set"] = _state_path(True)
     paths["/v1/servers/{id}/clear"] = _state_path(False)
+    paths["/v1/servers/{id}/sessions"] = {"delete": _write(
+        "close every session of a server, in every worker process", None, {"204": {"description": "closed"}},
+        [_id()] + _PARAMS, {"423": _WRITE_CODES["423"]})}
     paths.update(_root_paths())
     return {
         "openapi": "3.1.0",

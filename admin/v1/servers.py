@@ -5,7 +5,14 @@ for each backend created through the API, which serves once it is linked to
 services with static discovery.  C{PUT .../set?state=} and C{.../clear}
 change the admin state: C{maintenance} takes no new connections, C{drain}
 keeps its live relays and takes no new ones.  The statistics are summed over
-the worker processes; C{state} follows worker 0's health checks and discovery.
+the worker processes (C{connections}: the live ones, to watch a drain);
+C{state} follows worker 0's health checks and discovery.
+
+C{PATCH} on a backend found by discovery overrides its C{weight},
+C{priority} and C{max_connections} (C{null} clears an override; a value
+equal to the one in effect changes nothing); C{attributes.overrides} shows
+those set.  Its C{address}, C{port} and C{sni} are its discovery's (422).
+C{DELETE .../sessions} closes its every session (L{IControl.close_backend_sessions}).
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from admin.v1 import documents
-from admin.v1.errors import bad_request, conflict
+from admin.v1.errors import bad_request, conflict, unprocessable
 from admin.v1.kind import Kind
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
-from balancer.control.errors import UnknownBackend
+from balancer.config.overrides import OVERRIDABLE
+from balancer.control.errors import NotOverridable, UnknownBackend
 from balancer.control.views import BackendView
 
 #: The admin states C{set} and C{clear} take.
@@ -52,6 +60,11 @@ def statistics(view: BackendView) -> dict[str, int]:
         for name, key in FIGURES.items():
             totals[name] += entry.statistics[key]
     return totals
+
+
+def current_services(current: dict[str, Any]) -> list[str]:
+    """The ids of the services a server's resource object C{current} links to."""
+    return [entry["id"] for entry in current["relationships"]["services"]["data"]]
 
 
 def parse_state(args: dict[bytes, list[bytes]], required: bool) -> str | None:
@@ -101,6 +114,7 @@ class Servers(Kind):
             "admin_state": admin,
             "origin": view.origin,
             "parameters": view.parameters,
+            "overrides": view.overrides,
             "statistics": statistics(view),
         }
         services = view.services
@@ -133,6 +147,9 @@ class Servers(Kind):
         return name
 
     async def update(self, id: str, data: dict[str, Any], current: dict[str, Any]) -> None:
+        if current["attributes"]["origin"] != "api":
+            await self._override(id, data, current)
+            return
         self._created(id)
         parameters = documents.merge(current["attributes"]["parameters"], documents.parameters(data) or {})
         services = documents.related_ids(data, "services", "services")
@@ -140,6 +157,36 @@ class Servers(Kind):
             await self.control.update_backend(id, parameters, services)
         except ConfigError as e:
             raise documents.config_problems(e, join("backends", id)) from None
+
+    async def _override(self, id: str, data: dict[str, Any], current: dict[str, Any]) -> None:
+        """
+        PATCH on a backend found by discovery: the parameters given that
+        differ from those in effect become overrides (C{null} clears one);
+        its links are its services' discovery's.
+
+        @raise ApiError: 422 naming a read-only parameter that changes or a bad value; 409 for a link.
+        """
+        if documents.related_ids(data, "services", "services") not in (None, current_services(current)):
+            raise conflict(f'server "{id}" comes from the discovery of its services; its links are theirs')
+        given = documents.parameters(data) or {}
+        effective = current["attributes"]["parameters"]
+        readonly = sorted(k for k in given if k not in OVERRIDABLE and given[k] != effective.get(k))
+        if readonly:
+            raise unprocessable([
+                (f"/data/attributes/parameters/{documents.escape(k)}",
+                 f'parameters.{k} is read-only: server "{id}" comes from the discovery of its services; '
+                 f"only {', '.join(OVERRIDABLE)} can be overridden")
+                for k in readonly
+            ])
+        changes = {k: v for k, v in given.items() if k in OVERRIDABLE and (v is None or v != effective.get(k))}
+        if not changes:
+            return
+        try:
+            await self.control.set_override(id, changes)
+        except ConfigError as e:
+            raise documents.config_problems(e, join("overrides", id)) from None
+        except NotOverridable as e:
+            raise conflict(str(e)) from None
 
     async def delete(self, id: str) -> None:
         self.get(id)

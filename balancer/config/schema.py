@@ -29,6 +29,7 @@ from balancer.config.fields import (
     texts,
     whole,
 )
+from balancer.config.overrides import OverrideConfig, backend_tables
 
 STRATEGIES = ("weight", "roundrobin", "leastconn", "leastbandwidth", "iphash", "iphash1")
 PROTOCOLS = ("tcp", "tls", "udp")
@@ -457,3 +458,4 @@ class Config:
     defaults: DefaultsConfig = setting(DefaultsConfig(), parse=section(DefaultsConfig))
     state: StateConfig | None = setting(None, parse=section(StateConfig))
     servers: dict[str, ServerConfig] = setting(factory=dict, parse=named_sections(ServerConfig))
+    overrides: dict[str, OverrideConfig] = setting(factory=dict, parse=backend_tables(OverrideConfig))

@@ -96,7 +96,8 @@ class ChangeLog:
         for name in set(old.servers) | set(new.servers) | (old.deleted ^ new.deleted):
             if old.servers.get(name) != new.servers.get(name) or (name in old.deleted) != (name in new.deleted):
                 self._changed[("server", name)] = now
-        for table_old, table_new in ((old.backends, new.backends), (old.backend_states, new.backend_states)):
+        tables = ((old.backends, new.backends), (old.backend_states, new.backend_states), (old.overrides, new.overrides))
+        for table_old, table_new in tables:
             for id in set(table_old) | set(table_new):
                 if table_old.get(id) != table_new.get(id):
                     self._changed[("backend", id)] = now

@@ -20,15 +20,16 @@ from zope.interface import implementer
 
 from balancer.backends import DRAIN, MAINTENANCE
 from balancer.config.dump import to_mapping
-from balancer.config.errors import ConfigError, Problem
-from balancer.config.fields import NAME_PATTERN, NAME_RULE, join
+from balancer.config.errors import ConfigError, Problem, Problems
+from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, describe, join, whole
 from balancer.config.load import server_from_mapping
+from balancer.config.overrides import OVERRIDABLE, OverrideConfig
 from balancer.config.schema import Config, ServerConfig
 from balancer.config.secrets import keep_secrets
 from balancer.control.catalogue import BackendCatalogue, backend_parameters, relinked, spec_of
 from balancer.control.changelog import ChangeLog, Observer
 from balancer.control.dump import dump_config
-from balancer.control.errors import BackendInUse, ServerExists, UnknownBackend, UnknownSession
+from balancer.control.errors import BackendInUse, NotOverridable, ServerExists, UnknownBackend, UnknownSession
 from balancer.control.index import backend_views
 from balancer.control.interface import IControl
 from balancer.control.process import Process
@@ -41,6 +42,9 @@ from balancer.service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 
 T = TypeVar("T")
+
+#: Called with the backends whose sessions worker 0 closed: server name to backend C{host:port}s.
+SessionsClosed = Callable[[dict[str, list[str]]], object]
 
 
 @implementer(IControl)
@@ -84,7 +88,8 @@ class Controller:
             writer = writer_for(StateFile(config.state.path), reactor)
         self._log = ChangeLog(changes if changes is not None else RuntimeChanges(), writer, reactor, self._process.started_at)
         self._lock = DeferredLock()
-        self._apply_backend_states()
+        self._closers: list[SessionsClosed] = []
+        self._apply_to_pools()
 
     @property
     def revision(self) -> int:
@@ -100,6 +105,17 @@ class Controller:
         @return: a callable that ends the subscription.
         """
         return self._log.subscribe(observer)
+
+    def on_sessions_closed(self, observer: SessionsClosed) -> Callable[[], None]:
+        """
+        Call C{observer} with the backends of each L{close_backend_sessions}
+        (server name to C{host:port}s) once worker 0's are closed (the worker
+        supervisor tells the other worker processes to close theirs).
+
+        @return: a callable that ends the subscription.
+        """
+        self._closers.append(observer)
+        return lambda: self._closers.remove(observer)
 
     # Queries
 
@@ -122,7 +138,9 @@ class Controller:
         return self._running.services()
 
     def backends(self) -> dict[str, BackendView]:
-        return backend_views(self._running.services(), self._catalogue(), self._log.changes.backend_states)
+        return backend_views(
+            self._running.services(), self._catalogue(), self._log.changes.backend_states, self._overrides()
+        )
 
     def backend(self, id: str) -> BackendView:
         view = self.backends().get(id)
@@ -140,7 +158,7 @@ class Controller:
         return view
 
     def effective_config(self) -> Config:
-        return attrs.evolve(self._config, servers=self._running.configs())
+        return attrs.evolve(self._config, servers=self._running.configs(), overrides=self._overrides())
 
     def dump(self, format: str) -> str:
         return dump_config(self.effective_config(), format)
@@ -174,10 +192,25 @@ class Controller:
     def set_backend_state(self, id: str, state: str | None) -> Deferred[None]:
         return self._command(lambda: self._set_backend_state(id, state))
 
+    def set_override(self, id: str, values: object) -> Deferred[dict[str, int]]:
+        return self._command(lambda: self._set_override(id, values))
+
     def close_session(self, id: int) -> Deferred[None]:
         if self._running.close_session(id):
             return succeed(None)
         return fail(UnknownSession(id))
+
+    def close_backend_sessions(self, id: str) -> Deferred[int]:
+        view = self.backends().get(id)
+        if view is None:
+            return fail(UnknownBackend(id))
+        targets: dict[str, list[str]] = {}
+        for entry in view.entries:
+            targets.setdefault(entry.service, []).append(entry.key)
+        closed = self._running.close_backend_sessions(targets)
+        for observer in list(self._closers):
+            observer(targets)
+        return succeed(closed)
 
     # How commands run
 
@@ -319,14 +352,72 @@ class Controller:
         self._log.announce()
         return new_records
 
+    async def _set_override(self, id: str, values: object) -> dict[str, int]:
+        view = self.backends().get(id)
+        if view is None:
+            raise UnknownBackend(id)
+        if view.origin != "discovery":
+            raise NotOverridable(
+                f'server "{id}" was created through the API: its parameters are changed, not overridden'
+            )
+        given = override_values(id, values)
+        kept = {k: v for k, v in view.overrides.items() if k not in given}
+        wanted = {**kept, **{k: v for k, v in given.items() if v is not None}}
+        configured = self._configured.overrides.get(id)
+        in_file = configured.values() if configured is not None else {}
+
+        def change(changes: RuntimeChanges) -> None:
+            if wanted == in_file:
+                changes.overrides.pop(id, None)
+            else:
+                changes.overrides[id] = wanted
+
+        await self._record(change)
+        self._log.announce()
+        return wanted
+
+    def _overrides(self) -> dict[str, OverrideConfig]:
+        """The overrides in effect: the configuration file's, then those set through the API."""
+        return self._log.changes.overridden(self._configured.overrides)
+
     def _catalogue(self) -> BackendCatalogue:
         """The created backends as recorded now."""
         return BackendCatalogue(self._log.changes.backends)
 
     def _record(self, change: Callable[[RuntimeChanges], None]) -> Deferred[None]:
-        """Persist C{change} through the change log; once it is, give every pool entry its admin state."""
-        return self._log.record(change).addCallback(lambda _: self._apply_backend_states())
+        """Persist C{change} through the change log; once it is, give every pool entry its admin state and overrides."""
+        return self._log.record(change).addCallback(lambda _: self._apply_to_pools())
 
-    def _apply_backend_states(self) -> None:
-        """Give every pool entry the admin state recorded for its /v1 id (active if none)."""
-        self._running.set_admin_states(self._catalogue(), self._log.changes.backend_states)
+    def _apply_to_pools(self) -> None:
+        """Give every pool entry the admin state recorded for its /v1 id (active if none), every pool the overrides."""
+        catalogue = self._catalogue()
+        self._running.set_admin_states(catalogue, self._log.changes.backend_states)
+        self._running.set_overrides(catalogue, self._overrides())
+
+
+def override_values(id: str, values: object) -> dict[str, int | None]:
+    """
+    The override parameters C{values} of backend C{id} sets (an integer) or
+    clears (None): some of L{OVERRIDABLE}, each in its range.
+
+    @raise ConfigError: listing every problem, with paths C{overrides."<id>".<key>}.
+    """
+    where = join("overrides", id)
+    names = ", ".join(OVERRIDABLE)
+    if not isinstance(values, Mapping):
+        raise ConfigError("request body", [Problem(where, f"expected a table of {names}, got {describe(values)}")])
+    problems = Problems()
+    result: dict[str, int | None] = {}
+    for key, value in values.items():
+        path = join(where, str(key))
+        if key not in OVERRIDABLE:
+            problems.add(path, f"unknown key; only {names} can be overridden")
+        elif value is None:
+            result[key] = None
+        else:
+            parsed = whole(*OVERRIDABLE[key])(value, path, problems)
+            if parsed is not INVALID:
+                result[key] = parsed
+    if len(problems):
+        raise ConfigError("request body", list(problems))
+    return result

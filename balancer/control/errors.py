@@ -39,5 +39,12 @@ class BackendInUse(ValueError):
     """The backend cannot be removed or changed that way while services use it; the message says why."""
 
 
+class NotOverridable(ValueError):
+    """
+    The backend's parameters are not overridden but changed: it was created
+    through the API (the message says so).
+    """
+
+
 class LinkError(ValueError):
     """A backend cannot be linked to (or unlinked from) a service; the message says why."""

@@ -132,5 +132,28 @@ class IControl(Interface):
         in every pool that has it; persisted.  Fails with UnknownBackend.
         """
 
+    def set_override(id: str, values: object) -> Deferred[dict[str, int]]:
+        """
+        Override parameters of a backend found by discovery (static lists
+        included): C{values} maps some of C{weight}, C{priority} and
+        C{max_connections} to an integer in its range (set) or None (clear;
+        the backend's own value applies again); parameters not named keep
+        their override.  It applies at once in every pool that has the
+        backend, in every worker process, and at each discovery round;
+        persisted (C{[state]}) and in C{/dump} (C{[overrides."host:port"]}).
+        Fires with the parameters overridden now.  Fails with UnknownBackend,
+        ConfigError (naming each bad key and its range), NotOverridable (a
+        backend created through the API: L{update_backend} changes it).
+        """
+
     def close_session(id: int) -> Deferred[None]:
         """Close a live client session (both of its connections) now.  Fails with UnknownSession."""
+
+    def close_backend_sessions(id: str) -> Deferred[int]:
+        """
+        Close every client session to a backend now (relays, and each UDP
+        client's current session), in every service
+        that uses it and in every worker process (HAProxy's C{shutdown
+        sessions server}); fires with the number closed in worker 0 (the
+        other workers close theirs as they get the message).  Fails with UnknownBackend.
+        """

@@ -12,7 +12,7 @@ below (docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from balancer.backends import ACTIVE
 from balancer.config.dump import to_mapping
+from balancer.config.overrides import OverrideConfig
 from balancer.config.schema import ServerConfig
 from balancer.control.catalogue import BackendCatalogue
 from balancer.control.errors import ListenerError, UnknownServer
@@ -121,6 +122,23 @@ class RunningServers:
             for backend in server.pool:
                 backend.admin_state = states.get(claims.get(backend.key, backend.key), ACTIVE)
 
+    def set_overrides(self, catalogue: BackendCatalogue, overrides: Mapping[str, OverrideConfig]) -> None:
+        """
+        Give every pool the overrides of C{overrides} (by C{host:port}),
+        except for the addresses a created backend linked to its server
+        takes (C{catalogue}): those keep their own parameters.
+        """
+        for server in self._balancer.servers():
+            claims = catalogue.claims(name_of(server))
+            server.pool.set_overrides({key: o for key, o in overrides.items() if key not in claims})
+
+    def close_backend_sessions(self, targets: Mapping[str, list[str]]) -> int:
+        """
+        Close now every relay to a backend of C{targets} (server name to the
+        C{host:port} of backends in its pool); returns how many.
+        """
+        return close_backend_relays(self._balancer, targets)
+
     def _server(self, name: str) -> ServerService:
         try:
             return self._balancer.server(name)
@@ -176,6 +194,36 @@ def session_view(server: ServerService, relay: Any, claims: dict[str, str]) -> S
         tx=relay.tx,
         started_at=relay.started_at,
     )
+
+
+def close_backend_relays(balancer: BalancerService, targets: Mapping[str, list[str]]) -> int:
+    """
+    Close every session of C{balancer}'s servers whose backend is one of
+    C{targets} (server name to backend C{host:port}s): relays, and the
+    current UDP session of each client (HAProxy's C{shutdown sessions
+    server}).  Worker 0 calls it through L{RunningServers}, the other worker
+    processes when worker 0 tells them (L{balancer.worker}).
+
+    @return: how many sessions were closed.
+    """
+    closed = 0
+    for server in balancer.servers():
+        keys = set(targets.get(name_of(server), ()))
+        if not keys:
+            continue
+        relays = [relay for relay in server.relays.values() if relay.backend is not None and relay.backend.key in keys]
+        for relay in relays:
+            relay.close()
+        udp = server.udp
+        datagrams = [s for s in udp.sessions.values() if s.backend.key in keys] if udp is not None else []
+        for session in datagrams:
+            session.end("closed by request")
+        count = len(relays) + len(datagrams)
+        closed += count
+        if count:
+            log.info("{server}: closed {count} sessions of {backends} by request", server=server.name,
+                     count=count, backends=", ".join(sorted(keys)))
+    return closed
 
 
 def name_of(server: ServerService) -> str:

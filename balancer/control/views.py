@@ -101,6 +101,9 @@ class BackendView:
         C{max_connections} and C{sni} when set.
     @ivar admin_state: the admin state set on it: C{"active"},
         C{"maintenance"} or C{"drain"}.
+    @ivar overrides: the parameters an override sets on a backend found by
+        discovery (C{[overrides."host:port"]}, the API), already in its
+        C{parameters}; empty when none (always for a created backend).
     @ivar entries: where it is in use, one entry per service (none for a
         created backend linked nowhere).
     """
@@ -110,6 +113,7 @@ class BackendView:
     parameters: dict[str, Any]
     admin_state: str
     entries: tuple[PoolEntry, ...]
+    overrides: dict[str, int] = attrs.Factory(dict)
 
     @property
     def services(self) -> list[str]:
