@@ -25,9 +25,9 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
-from balancer.proxy import sockets
 from balancer.proxy.access import AccessRules
-from balancer.proxy.engine import Engine
+from balancer.proxy.engine import sockets
+from balancer.proxy.engine.engine import Engine
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
 from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
-from balancer.proxy.engine import engine_for
+from balancer.proxy.engine.engine import make_engine
 from balancer.server import BindError, ServerService
 from balancer.stats import RateClock
 
@@ -36,6 +36,10 @@ class BalancerService(MultiService):
     failure unbinds the others and raises L{BindError}.  With C{[defaults]
     workers} over 1, listeners share their port with the other worker
     processes (C{SO_REUSEPORT}).
+
+    @ivar engine: the relay engine of its servers' plain TCP relays, made
+        for its reactor with C{[defaults] splice} where there can be one,
+        else C{None}; closed once the service has stopped.
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -44,6 +48,7 @@ class BalancerService(MultiService):
         self.reactor = reactor
         self.rates = RateClock(reactor)
         self._rng = rng
+        self.engine = make_engine(reactor) if config.defaults.splice else None
         for name, server in config.servers.items():
             self._make_server(name, server).setServiceParent(self)
 
@@ -52,7 +57,7 @@ class BalancerService(MultiService):
         service = ServerService(
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
-            engine=engine_for(self.reactor) if defaults.splice else None,
+            engine=self.engine,
             udp_max_sessions=defaults.udp_max_sessions,
         )
         service.setName(name)
@@ -77,9 +82,13 @@ class BalancerService(MultiService):
         self.rates.start()
 
     def stopService(self) -> Deferred[None]:
-        """Stop every server (listeners first, then relays get their grace)."""
+        """Stop every server (listeners first, then relays get their grace), then close the engine."""
         self.rates.stop()
-        return super().stopService()
+        stopped = super().stopService()
+        engine = self.engine
+        if engine is not None:
+            stopped.addCallback(lambda _: engine.close())
+        return stopped
 
     # The control operations the admin API builds on
 

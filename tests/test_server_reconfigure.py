@@ -12,7 +12,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
-from balancer.proxy.engine import engine_for
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
@@ -125,7 +124,8 @@ class SpliceSwitchTests(SynchronousTestCase):
     def test_defaultOn(self) -> None:
         balancer = BalancerService(Config(servers={"web": server_config()}), global_reactor)
         server = balancer.server("web")
-        self.assertIs(server.engine, engine_for(global_reactor))
+        self.assertIsNotNone(balancer.engine)
+        self.assertIs(server.engine, balancer.engine)
         self.assertTrue(server.on_engine)
 
     def test_switchedOff(self) -> None:

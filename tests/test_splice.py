@@ -1,6 +1,6 @@
 """
 The relay's fast path (the relay engine, L{balancer.proxy.engine}, with its
-sockets spliced, L{balancer.proxy.splice}) against its normal path (Twisted's
+sockets spliced, L{balancer.proxy.engine.splice}) against its normal path (Twisted's
 transports, bytes through Python).
 
 The same scenarios run on real sockets (127.0.0.1, port 0) through a server
@@ -36,9 +36,9 @@ from zope.interface import implementer
 
 import tests.test_relay_integration as integration
 from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
-from balancer.proxy import splice
-from balancer.proxy.engine import Engine
-from balancer.proxy.sockets import EngineListener
+from balancer.proxy.engine import pipes, splice
+from balancer.proxy.engine.engine import Engine
+from balancer.proxy.engine.sockets import EngineListener
 from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
@@ -475,16 +475,16 @@ class SplicePathTests(_Scenarios, TestCase):
         def no_pipe() -> tuple[int, int]:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-        self.patch(splice.PIPES, "acquire", no_pipe)
-        refused = splice.PIPES.refused
         server = self.balancer((yield self.listen(Echo)))
+        self.patch(server.engine.pipes, "acquire", no_pipe)
+        refused = server.engine.pipes.refused
         clients = [Streamer(chunks=40) for _ in range(3)]
         yield gatherResults([open_client(server.port, client) for client in clients])
         yield gatherResults([client.closed for client in clients])
         for client in clients:
             self.assertEqual((client.received_count, client.received.hexdigest()), (40 * CHUNK, client.sent.hexdigest()))
         yield self.ended(server)
-        self.assertGreater(splice.PIPES.refused, refused)
+        self.assertGreater(server.engine.pipes.refused, refused)
         warnings = [e for e in events if "no pipe for a relay" in e.get("log_format", "")]
         self.assertEqual([e["log_level"] for e in warnings], [LogLevel.warn])
         self.assertFalse([e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)])
@@ -501,17 +501,17 @@ class SplicePathTests(_Scenarios, TestCase):
         wait for it to drain), the open, idle relay holds no pipe and waits
         only to read.
         """
-        lent, created = splice.PIPES.lent, splice.PIPES.created
         server = self.balancer((yield self.listen(Echo)))
+        lent, created = server.engine.pipes.lent, server.engine.pipes.created
         client = Watcher()
         yield open_client(server.port, client)
         relay = yield self.established(server)
-        self.assertEqual((splice.PIPES.lent, splice.PIPES.created), (lent, created))
+        self.assertEqual((server.engine.pipes.lent, server.engine.pipes.created), (lent, created))
         relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         data = b"".join(pattern(i) for i in range(64))
         client.transport.write(data)
         self.assertEqual((yield client.expect(len(data))), data)
-        self.assertEqual(splice.PIPES.lent, lent)
+        self.assertEqual(server.engine.pipes.lent, lent)
         ends = {relay.client.transport, relay.backend_side.transport}
         self.assertEqual(ends & set(server.engine.getWriters()), set())
         self.assertEqual(ends & set(server.engine.getReaders()), ends)
@@ -538,7 +538,7 @@ class EngineChurnTests(TestCase):
         self.addCleanup(backend.stopListening)
         live, dead = backend.getHost().port, free_port()
         server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
-        lent = splice.PIPES.lent
+        lent = server.engine.pipes.lent
         payloads = [b"".join(pattern(i) for i in range(1 + i % 3))[: 1000 + i] for i in range(200)]
         answers = yield gatherResults([exchange(server.port, payload) for payload in payloads])
         self.assertEqual(answers, payloads)
@@ -552,7 +552,7 @@ class EngineChurnTests(TestCase):
         self.assertEqual([b["active_connections"] for b in backends.values()], [0, 0])
         size = sum(map(len, payloads))
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]), (size, size, 0))
-        self.assertEqual(splice.PIPES.lent, lent)
+        self.assertEqual(server.engine.pipes.lent, lent)
         (listener,) = server.engine.getReaders()
         self.assertIsInstance(listener, EngineListener)
         self.assertEqual((server.engine.getWriters(), server.engine.watched), ([], 1))
@@ -626,13 +626,13 @@ class CopyingPathTests(SynchronousTestCase):
     """A transport that could not get a pipe keeps the order of its bytes once pipes can be had again."""
 
     def test_bytesCopiedForWantOfAPipeStayAheadOfLaterOnes(self) -> None:
-        engine = Engine(MemoryReactorClock())
+        pool = pipes.PipePool()
+        engine = Engine(MemoryReactorClock(), pool)
+        self.addCleanup(engine.close)
         near, far = socket.socketpair()
         self.addCleanup(far.close)
         near.setblocking(False)
         far.setblocking(False)
-        pool = splice.PipePool()
-        self.addCleanup(pool.close)
         refusing = [True]
         make_pipe = pool.acquire
 
@@ -642,7 +642,7 @@ class CopyingPathTests(SynchronousTestCase):
             return make_pipe()
 
         self.patch(pool, "acquire", acquire)
-        transport = splice.SplicedTransport(engine, near, pool=pool)
+        transport = splice.SplicedTransport(engine, near)
         transport.protocol = Protocol()
         first = os.urandom(4 << 20)  # more than the socket takes at once: the rest waits in Python
         transport.write(first)
@@ -663,8 +663,8 @@ class CopyingPathTests(SynchronousTestCase):
 class PipePoolTests(SynchronousTestCase):
     """The pipes of the fast path."""
 
-    def pool(self, **options: Any) -> splice.PipePool:
-        pool = splice.PipePool(**options)
+    def pool(self, **options: Any) -> pipes.PipePool:
+        pool = pipes.PipePool(**options)
         self.addCleanup(pool.close)
         return pool
 

@@ -11,7 +11,7 @@ relayed both ways.
 A relay between two plain TCP connections runs on the relay engine instead
 (L{balancer.proxy.engine}, on Linux): its sockets are accepted and connected
 there, and the bytes move from socket to socket in the kernel
-(L{balancer.proxy.splice}), while the same protocols, counting and endings
+(L{balancer.proxy.engine.splice}), while the same protocols, counting and endings
 stay in charge.
 
 The features a server may add (TLS at either end, reading the SNI before
@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancer.proxy import splice
+from balancer.proxy.engine import splice
 
 if TYPE_CHECKING:
     from balancer.backends import Backend

@@ -1,5 +1,5 @@
 """
-Listening and connecting on the relay L{engine<balancer.proxy.engine>}:
+Listening and connecting on the relay L{engine<balancer.proxy.engine.engine>}:
 plain TCP clients are accepted, and connections to backends are made,
 without Twisted's ports, connectors and transports; each connected socket
 is a L{SplicedTransport} from the start.
@@ -34,8 +34,8 @@ from twisted.internet.error import TimeoutError, UserError, getConnectError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancer.proxy.splice import SplicedTransport, tcp_address
-from balancer.proxy.throttled import ThrottledWarning
+from balancer.proxy.engine.splice import SplicedTransport, tcp_address
+from balancer.proxy.engine.throttled import ThrottledWarning
 from balancer.reuseport import bound_socket
 
 log = Logger()
