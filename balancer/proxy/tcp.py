@@ -166,10 +166,22 @@ class BackendSide(_Side):
     factory: Attempt
 
     def connectionMade(self) -> None:
-        """The backend accepted: send the PROXY header if any, then start relaying."""
+        """
+        The backend accepted: the PROXY header, if any, goes first, on the
+        TCP connection itself (the only place it is written); then the
+        connection is L{ready}.
+        """
         header = self.factory.header
         if header:
-            self.transport.write(header)
+            self.tcp_transport().write(header)
+        self.ready()
+
+    def tcp_transport(self) -> Any:
+        """The transport of the TCP connection (this side's own)."""
+        return self.transport
+
+    def ready(self) -> None:
+        """The connection is up: start relaying."""
         self.relay.backend_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
