@@ -26,15 +26,15 @@ from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
 from balancer.proxy.access import AccessRules
-from balancer.proxy.engine import sockets
-from balancer.proxy.engine.engine import Engine
+from balancer.proxy.datapath import IDataPath
+from balancer.proxy.paths import DataPaths
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
 from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
 from balancer.proxy.tls import BackendTLS, TLSError, server_context
 from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.reuseport import listen_tcp, listen_udp
+from balancer.reuseport import listen_udp
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
 
@@ -56,17 +56,8 @@ class BindError(Exception):
 LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
 
 
-def runs_on_engine(config: ServerConfig) -> bool:
-    """
-    Whether a server's relays can run on the relay engine
-    (L{balancer.proxy.engine}): plain TCP at both ends, nothing to read or
-    encrypt besides the bytes relayed (no TLS, no SNI routing).
-    """
-    return config.protocol == "tcp" and config.tls is None and config.sni is None and config.backends_tls is None
-
-
-def needs_new_listener(old: ServerConfig, new: ServerConfig) -> bool:
-    """Whether going from C{old} to C{new} changes how the server listens."""
+def listener_keys_changed(old: ServerConfig, new: ServerConfig) -> bool:
+    """Whether going from C{old} to C{new} changes one of the L{LISTENER_KEYS}."""
     return any(getattr(old, key) != getattr(new, key) for key in LISTENER_KEYS)
 
 
@@ -98,12 +89,11 @@ class ServerService(Service):
         listens (its sessions are not relays).
     @ivar reuse_port: whether its listener shares its port with other
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
-    @ivar engine: the relay engine its plain TCP relays run on
-        (L{runs_on_engine}), or C{None} for Twisted's transports.
     @ivar udp_max_sessions: C{[defaults] udp_max_sessions}, the limit of UDP
         sessions of a C{protocol = "udp"} server without C{max_connections}.
-    @ivar on_engine: whether its relays run on the engine (it has one, and
-        its configuration L{runs_on_engine}).
+    @ivar path: the data path its TCP relays run on, chosen from the
+        C{paths} it was given for its configuration when it was made
+        (L{DataPaths.choose}).
     """
 
     def __init__(
@@ -116,7 +106,7 @@ class ServerService(Service):
         grace: float = 10.0,
         rng: random.Random | None = None,
         reuse_port: bool = False,
-        engine: Engine | None = None,
+        paths: DataPaths | None = None,
         udp_max_sessions: int = 0,
     ) -> None:
         self.name = name
@@ -133,7 +123,8 @@ class ServerService(Service):
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
         self.udp: UdpProxy | None = None
-        self.engine = engine
+        self._paths = paths if paths is not None else DataPaths(reactor)
+        self.path: IDataPath = self._paths.choose(config)
         self._rng = rng
         self._rates = rates
         self._port: Any = None
@@ -143,7 +134,6 @@ class ServerService(Service):
 
     def _apply(self, config: ServerConfig) -> None:
         """Compile what admission and routing use from C{config}."""
-        self.on_engine = self.engine is not None and runs_on_engine(config)
         self._access = AccessRules.from_config(config.access) if config.access is not None else None
         self._sni = SniRouter.from_config(config.sni) if config.sni is not None else None
         self._proxy_version = config.proxy_protocol.version if config.proxy_protocol is not None else None
@@ -189,11 +179,6 @@ class ServerService(Service):
             if self.reuse_port:
                 return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)
             return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
-        if self.on_engine:
-            assert self.engine is not None
-            return sockets.listen(
-                self.engine, bind.port, RelayFactory(self), bind.listen_host, reuse_port=self.reuse_port
-            )
         factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
         if config.protocol == "tls":
             assert config.tls is not None
@@ -202,9 +187,7 @@ class ServerService(Service):
             except TLSError as e:
                 raise BindError(f'server "{self.name}": {e}') from e
             factory = TLSMemoryBIOFactory(creator, False, RelayFactory(self, TlsClientSide), self.clock)
-        if self.reuse_port:
-            return listen_tcp(self.reactor, bind.port, factory, bind.listen_host)
-        return self.reactor.listenTCP(bind.port, factory, backlog=1024, interface=bind.listen_host)
+        return self.path.listen(bind.port, factory, bind.listen_host, self.reuse_port)
 
     def _load_backend_tls(self, config: ServerConfig) -> BackendTLS | None:
         """
@@ -269,7 +252,7 @@ class ServerService(Service):
         rules, PROXY protocol, backend TLS, discovery and health checks
         change for new clients; live relays are kept.  The listener is not
         touched, so C{bind}, C{protocol}, C{tls}, C{sni} and C{udp} must be
-        unchanged, and so must be whether it runs on the engine (L{needs_new_listener}).
+        unchanged, and so must be its data path (L{needs_new_listener}).
 
         @raise BindError: if a changed C{[backends_tls]} cannot be loaded
             (nothing changes then).
@@ -297,12 +280,10 @@ class ServerService(Service):
     def needs_new_listener(self, config: ServerConfig) -> bool:
         """
         Whether going to C{config} needs a new listener: a listener key
-        changes, or, on a server with an engine, whether its relays run
-        there (C{[backends_tls]} added or removed).
+        changes (L{listener_keys_changed}), or its relays would run on
+        another data path (on the engine, C{[backends_tls]} added or removed).
         """
-        return needs_new_listener(self.config, config) or (
-            self.engine is not None and self.on_engine != runs_on_engine(config)
-        )
+        return listener_keys_changed(self.config, config) or self._paths.choose(config) is not self.path
 
     def unbind(self) -> Deferred[None]:
         """Stop listening (if listening); fires once the port is closed."""
@@ -427,16 +408,13 @@ class ServerService(Service):
 
     def connect(self, backend: Backend, attempt: Any) -> Any:
         """
-        Open a connection to C{backend} (on the engine, or over TLS with
+        Open a connection to C{backend} on the data path (over TLS with
         C{[backends_tls]}); returns the connector.
         """
-        timeout = self.connect_timeout
-        if self.on_engine:
-            return sockets.connect(self.engine, backend.host, backend.port, attempt, timeout)
         factory = attempt
         if self._backend_tls is not None:
             factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)
-        return self.reactor.connectTCP(backend.host, backend.port, factory, timeout=timeout)
+        return self.path.connect(backend.host, backend.port, factory, self.connect_timeout)
 
     def backend_released(self, backend: Backend) -> None:
         """A connection to C{backend} closed."""

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
+from balancer.proxy.paths import DataPaths
 from balancer.server import BindError, ServerService
 from balancer.stats import RateClock
 
@@ -49,6 +50,7 @@ class BalancerService(MultiService):
         self.rates = RateClock(reactor)
         self._rng = rng
         self.engine = make_engine(reactor) if config.defaults.splice else None
+        self._paths = DataPaths(reactor, self.engine)
         for name, server in config.servers.items():
             self._make_server(name, server).setServiceParent(self)
 
@@ -57,7 +59,7 @@ class BalancerService(MultiService):
         service = ServerService(
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
-            engine=self.engine,
+            paths=self._paths,
             udp_max_sessions=defaults.udp_max_sessions,
         )
         service.setName(name)

@@ -32,7 +32,7 @@ from balancer.proxy.sni import SniClientSide
 from balancer.proxy.tcp import ClientSide, Relay, RelayFactory
 from balancer.proxy.tls_relay import DEFAULT_HANDSHAKE_TIMEOUT, BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.server import BindError, ServerService, needs_new_listener
+from balancer.server import BindError, ServerService, listener_keys_changed
 from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.proxy_protocol_peer import ProxyProtocolPeer
@@ -448,12 +448,12 @@ class ListenerTests(SynchronousTestCase):
 
     def test_listenerKeys(self) -> None:
         udp = server_config(protocol="udp")
-        self.assertTrue(needs_new_listener(udp, attrs.evolve(udp, udp=UdpConfig(max_requests=1))))
-        self.assertTrue(needs_new_listener(udp, attrs.evolve(udp, protocol="tcp")))
-        self.assertTrue(needs_new_listener(server_config(), attrs.evolve(server_config(), sni=SniConfig())))
-        self.assertFalse(needs_new_listener(udp, attrs.evolve(udp, access=AccessConfig(default="deny"))))
+        self.assertTrue(listener_keys_changed(udp, attrs.evolve(udp, udp=UdpConfig(max_requests=1))))
+        self.assertTrue(listener_keys_changed(udp, attrs.evolve(udp, protocol="tcp")))
+        self.assertTrue(listener_keys_changed(server_config(), attrs.evolve(server_config(), sni=SniConfig())))
+        self.assertFalse(listener_keys_changed(udp, attrs.evolve(udp, access=AccessConfig(default="deny"))))
         self.assertFalse(
-            needs_new_listener(server_config(), attrs.evolve(server_config(), proxy_protocol=ProxyProtocolConfig()))
+            listener_keys_changed(server_config(), attrs.evolve(server_config(), proxy_protocol=ProxyProtocolConfig()))
         )
 
 

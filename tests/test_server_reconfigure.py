@@ -12,6 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
+from balancer.proxy.engine.path import EnginePath
+from balancer.proxy.twisted_path import TwistedPath
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
@@ -125,15 +127,16 @@ class SpliceSwitchTests(SynchronousTestCase):
         balancer = BalancerService(Config(servers={"web": server_config()}), global_reactor)
         server = balancer.server("web")
         self.assertIsNotNone(balancer.engine)
-        self.assertIs(server.engine, balancer.engine)
-        self.assertTrue(server.on_engine)
+        self.assertIsInstance(server.path, EnginePath)
+        assert isinstance(server.path, EnginePath)
+        self.assertIs(server.path.engine, balancer.engine)
 
     def test_switchedOff(self) -> None:
         config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})
         server = BalancerService(config, global_reactor).server("web")
-        self.assertIsNone(server.engine)
-        self.assertFalse(server.on_engine)
+        self.assertIsInstance(server.path, TwistedPath)
 
     def test_noEngineOnAReactorThatDoesNotPoll(self) -> None:
         balancer = BalancerService(Config(servers={"web": server_config()}), MemoryReactorClock())
-        self.assertIsNone(balancer.server("web").engine)
+        self.assertIsNone(balancer.engine)
+        self.assertIsInstance(balancer.server("web").path, TwistedPath)

@@ -28,6 +28,7 @@ from twisted.trial.unittest import TestCase
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, ServerConfig
 from balancer.proxy.engine import splice
+from balancer.proxy.engine.path import EnginePath
 from balancer.service import BalancerService
 from tests.support import torture
 
@@ -84,7 +85,7 @@ class _TortureTests:
         self.addCleanup(stop)
         servers = {name: service.server(name) for name in torture.SERVERS}
         for server in servers.values():
-            self.assertEqual(server.on_engine, self.splice and splice.AVAILABLE)
+            self.assertEqual(isinstance(server.path, EnginePath), self.splice and splice.AVAILABLE)
         yield _turn()  # the reactor opens a descriptor of its own in its first turn
         engine = service.engine
         pipes_free = engine.pipes.free if engine is not None else 0

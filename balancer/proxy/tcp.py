@@ -3,16 +3,13 @@ The TCP relay: one L{Relay} per accepted client, joining a L{ClientSide}
 protocol (the accepted connection) to a L{BackendSide} protocol (the
 connection to the chosen backend).
 
-Flow control is Twisted's producer/consumer: each transport is registered as
-the producer of the other, so a slow reader pauses the fast writer and no
-buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
-relayed both ways.
-
-A relay between two plain TCP connections runs on the relay engine instead
-(L{balancer.proxy.engine}, on Linux): its sockets are accepted and connected
-there, and the bytes move from socket to socket in the kernel
-(L{balancer.proxy.engine.splice}), while the same protocols, counting and endings
-stay in charge.
+The relay admits its client, chooses a backend (retrying the next one when
+a connect fails), counts the bytes, relays half-closes both ways, and keeps
+the idle timeouts; how the bytes move is its server's data path
+(L{balancer.proxy.datapath}, docs/architecture.md), chosen once per
+listener: Twisted's transports, each the producer of the other, or the
+relay engine splicing socket to socket in the kernel.  The same protocols,
+counting and endings are in charge on both.
 
 The features a server may add (TLS at either end, reading the SNI before
 routing, a PROXY protocol header, access rules) are chosen once per
@@ -34,8 +31,6 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-from balancer.proxy.engine import splice
 
 if TYPE_CHECKING:
     from balancer.backends import Backend
@@ -364,9 +359,8 @@ class Relay:
 
     def backend_connected(self, side: BackendSide) -> None:
         """
-        Join the two transports and let bytes flow: spliced on the relay
-        engine when both run there, else with each transport the producer of
-        the other.
+        Join the two sides on the server's data path and let bytes flow;
+        each direction that can still be idle gets its idle timer.
         """
         self._attempt = None
         self.backend_side = side
@@ -374,34 +368,25 @@ class Relay:
         assert backend is not None
         backend.counters.total_connections += 1
         self._backend_traffic = backend.counters.traffic
-        client, to_backend = self.client.transport, side.transport
         config = self.server.config
         clock = self.server.clock
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
-        if splice.can_splice(client) and splice.can_splice(to_backend):
-            # The engine's sockets have TCP_NODELAY from the start.
-            if config.client_idle_timeout:
-                self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
-            splice.splice(self.client, side, self.count_tx, self.count_rx)
-            return
-        for transport in (client, to_backend):
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                set_no_delay(True)
-        client.registerProducer(to_backend, True)
-        to_backend.registerProducer(client, True)
-        self._to_client = client.write
-        self._to_backend = to_backend.write
+        self.server.path.join(self, self.client, side)
+        if config.client_idle_timeout and not self.client.read_closed:
+            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
+
+    def write_with(self, to_client: Callable[[bytes], None], to_backend: Callable[[bytes], None]) -> None:
+        """
+        From now on bytes are written with C{to_client} and C{to_backend}
+        (a data path that relays them through Python says so when it joins
+        the sides); the early data goes first.
+        """
+        self._to_client = to_client
+        self._to_backend = to_backend
         early, self.early_data = self.early_data, []
         for data in early:
             self.from_client(data)
-        if self.client.read_closed:
-            side.finish(half=True)
-            return
-        if config.client_idle_timeout:
-            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
-        client.resumeProducing()
 
     # Bytes (the hot path: keep the work per chunk minimal)
 

@@ -447,11 +447,6 @@ class SplicedTransport:
             self._close_later(_LOST)
 
 
-def can_splice(transport: Any) -> bool:
-    """Whether L{splice} can join C{transport}: a socket of the relay engine."""
-    return isinstance(transport, SplicedTransport)
-
-
 def splice(
     client: Any,
     backend: Any,
