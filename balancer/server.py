@@ -19,20 +19,22 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
-from balancer.proxy.access import AccessRules
+from balancer.proxy.admission import Admission
 from balancer.proxy.datapath import IDataPath
+from balancer.proxy.listener import IListener
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.proxy_protocol import header
 from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
-from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
+from balancer.proxy.tcp import Attempt, ClientSide, Relay, RelayFactory
 from balancer.proxy.tls import BackendTLS, TLSError, server_context
-from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
+from balancer.proxy.tls_relay import BackendTLSFactory, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
 from balancer.reuseport import listen_udp
 from balancer.stats import RateClock, ServerCounters, Traffic
@@ -66,9 +68,10 @@ def _initially_live(config: ServerConfig) -> bool:
     return config.healthcheck.kind == "none" or config.healthcheck.initial_status == "healthy"
 
 
+@implementer(IListener)
 class ServerService(Service):
     """
-    One configured server.
+    One configured server: the L{IListener} of its relays.
 
     Binding happens in L{bind} (called by C{privilegedStartService}), so a
     bad address fails before the process or the API call goes further.
@@ -130,11 +133,12 @@ class ServerService(Service):
         self._port: Any = None
         self._drained: list[Deferred[None]] = []
         self._backend_tls: BackendTLS | None = None
+        self._admission = Admission(self.counters, name)
         self._apply(config)
 
     def _apply(self, config: ServerConfig) -> None:
         """Compile what admission and routing use from C{config}."""
-        self._access = AccessRules.from_config(config.access) if config.access is not None else None
+        self._admission.configure(config)
         self._sni = SniRouter.from_config(config.sni) if config.sni is not None else None
         self._proxy_version = config.proxy_protocol.version if config.proxy_protocol is not None else None
 
@@ -341,25 +345,15 @@ class ServerService(Service):
         Take a new client unless the access rules refuse it (counted in
         C{denied}) or the server is at C{max_connections} (C{over_limit}).
         """
-        access = self._access
-        if access is not None:
-            host = relay.client_address.host
-            if not access.allows(host):
-                self.counters.denied += 1
-                log.debug("{server}: client {client} denied by access rules", server=self.name, client=host)
-                return False
-        limit = self.config.max_connections
-        if limit and self.counters.active_connections >= limit:
-            self.counters.over_limit += 1
+        if not self._admission.allows(relay.client_address.host):
             return False
-        self.counters.active_connections += 1
-        self.counters.total_connections += 1
+        self._admission.opened()
         self.relays[relay.id] = relay
         return True
 
     def relay_ended(self, relay: Relay) -> None:
         """A client's session is over: both of its connections are closed."""
-        self.counters.active_connections -= 1
+        self._admission.ended()
         del self.relays[relay.id]
         if not self.relays:
             drained, self._drained = self._drained, []
@@ -397,21 +391,17 @@ class ServerService(Service):
         return header(self._proxy_version, client.getPeer(), client.getHost())
 
     @property
-    def backend_side(self) -> type[BackendSide]:
-        """The class of relays' connections to backends: over TLS with C{[backends_tls]}."""
-        return BackendSide if self._backend_tls is None else TlsBackendSide
-
-    @property
     def connect_timeout(self) -> float:
         """Seconds a backend has to accept a connection (and, with C{[backends_tls]}, again to finish its handshake)."""
         return self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
 
-    def connect(self, backend: Backend, attempt: Any) -> Any:
+    def connect(self, attempt: Attempt) -> Any:
         """
-        Open a connection to C{backend} on the data path (over TLS with
-        C{[backends_tls]}); returns the connector.
+        Open a connection to the attempt's backend on the data path (over
+        TLS with C{[backends_tls]}); returns the connector.
         """
-        factory = attempt
+        backend = attempt.backend
+        factory: Any = attempt
         if self._backend_tls is not None:
             factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)
         return self.path.connect(backend.host, backend.port, factory, self.connect_timeout)

@@ -422,7 +422,7 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual((port, interface, size), (0, "127.0.0.1", MAX_DATAGRAM))
         self.assertIs(proxy, server.udp)
         self.assertIsInstance(proxy, UdpProxy)
-        self.assertEqual((proxy.max_responses, proxy.client_idle_timeout, proxy.access), (1, 3.0, None))
+        self.assertEqual((proxy.max_responses, proxy.client_idle_timeout, proxy.admission.access), (1, 3.0, None))
         self.assertEqual(reactor.tcpServers, [])
         self.assertEqual(server.address, "127.0.0.1:0")
 
@@ -443,8 +443,8 @@ class ListenerTests(SynchronousTestCase):
         server.startService()
         server.reconfigure(attrs.evolve(config, access=AccessConfig(default="deny"), backend_idle_timeout=4.0))
         proxy = server.udp
-        assert proxy is not None and proxy.access is not None
-        self.assertEqual((proxy.access.default, proxy.backend_idle_timeout), (False, 4.0))
+        assert proxy is not None and proxy.admission.access is not None
+        self.assertEqual((proxy.admission.access.default, proxy.backend_idle_timeout), (False, 4.0))
 
     def test_listenerKeys(self) -> None:
         udp = server_config(protocol="udp")

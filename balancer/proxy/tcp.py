@@ -32,9 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.listener import IListener
+
 if TYPE_CHECKING:
     from balancer.backends import Backend
-    from balancer.server import ServerService
     from balancer.stats import Traffic
 
 log = Logger()
@@ -198,18 +199,25 @@ class Attempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, relay: Relay, backend: Backend, side: type[BackendSide], header: bytes) -> None:
+    def __init__(self, relay: Relay, backend: Backend, header: bytes) -> None:
         self.relay: Relay | None = relay
         self.backend = backend
         self.header = header
         self.connector: Any = None
         self.side: BackendSide | None = None
-        self._side_class = side
 
-    def buildProtocol(self, addr: Any) -> BackendSide | None:
+    def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
+        """The backend side of the connection made (none if the relay gave up on it)."""
+        return self.build(BackendSide)
+
+    def build(self, side_class: type[BackendSide]) -> BackendSide | None:
+        """
+        A C{side_class} for the connection made (a wrapping factory, such
+        as TLS, asks for its own class); none if the relay gave up on it.
+        """
         if self.relay is None:
             return None
-        side = self.side = self._side_class(self.relay)
+        side = self.side = side_class(self.relay)
         side.factory = self
         return side
 
@@ -244,7 +252,7 @@ class Relay:
         server routes by SNI.
     """
 
-    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
+    def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.id = next(_relay_ids)
         self.server = server
         self.client = side(self)
@@ -322,8 +330,8 @@ class Relay:
         self._tried.add(backend.key)
         self.backend = backend
         backend.counters.active_connections += 1
-        attempt = self._attempt = Attempt(self, backend, self.server.backend_side, self._header)
-        attempt.connector = self.server.connect(backend, attempt)
+        attempt = self._attempt = Attempt(self, backend, self._header)
+        attempt.connector = self.server.connect(attempt)
 
     def connect_failed(self, attempt: Attempt, reason: Failure) -> None:
         """The backend refused, timed out or failed its TLS handshake: count it and try the next one."""
@@ -501,7 +509,7 @@ class RelayFactory(Factory):
 
     noisy = False
 
-    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
+    def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.server = server
         self.side = side
 

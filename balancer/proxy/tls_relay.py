@@ -174,9 +174,12 @@ class BackendTLSFactory(TLSMemoryBIOFactory):
     is closed at once, as for plain TCP.
     """
 
+    wrappedFactory: Attempt
+
     def __init__(self, creator: IOpenSSLClientConnectionCreator, attempt: Attempt, clock: Any) -> None:
         super().__init__(creator, True, attempt, clock)
 
     def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
-        side = self.wrappedFactory.buildProtocol(addr)
+        """TLS around the attempt's L{TlsBackendSide} (none if the relay gave up on it)."""
+        side = self.wrappedFactory.build(TlsBackendSide)
         return None if side is None else self.protocol(self, side)
