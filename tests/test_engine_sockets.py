@@ -134,11 +134,11 @@ class Exhausted:
     def close(self) -> None:
         self.real.close()
 
-    def _accept(self) -> Any:
+    def accept(self) -> tuple[socket.socket, Any]:
         self.accepts.append(reactor.seconds())
         if len(self.accepts) == 1:
             raise OSError(self.error, os.strerror(self.error))
-        return self.real._accept()  # type: ignore[attr-defined]
+        return self.real.accept()
 
 
 class Resolving:
