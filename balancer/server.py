@@ -99,6 +99,8 @@ class ServerService(Service):
         (L{DataPaths.choose}).
     """
 
+    name: str
+
     def __init__(
         self,
         name: str,

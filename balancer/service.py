@@ -6,7 +6,7 @@ per configured server, plus the clock that keeps per-second rates.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Generator
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -96,7 +96,7 @@ class BalancerService(MultiService):
 
     def servers(self) -> list[ServerService]:
         """The running servers, in configuration order."""
-        return list(self)  # type: ignore[arg-type]
+        return list(self)
 
     def server(self, name: str) -> ServerService:
         """
@@ -105,7 +105,7 @@ class BalancerService(MultiService):
         @raise UnknownServer: if there is none.
         """
         try:
-            return self.getServiceNamed(name)  # type: ignore[return-value]
+            return self.getServiceNamed(name)
         except KeyError:
             raise UnknownServer(name) from None
 
@@ -125,7 +125,7 @@ class BalancerService(MultiService):
         return service
 
     @inlineCallbacks
-    def update_server(self, name: str, config: ServerConfig):  # type: ignore[no-untyped-def]
+    def update_server(self, name: str, config: ServerConfig) -> Generator[Deferred[Any], Any, None]:
         """
         Give server C{name} a new definition.
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Any, Mapping
+from typing import Any, Generator, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -163,7 +163,7 @@ class Worker(LineReceiver):
         self._reports.start(REPORT_INTERVAL, now=True)
 
     @inlineCallbacks
-    def _apply(self, config: Config, states: dict[str, dict[str, str]]):  # type: ignore[no-untyped-def]
+    def _apply(self, config: Config, states: dict[str, dict[str, str]]) -> Generator[Deferred[Any], Any, None]:
         """Bring the running servers to C{config}: removals, then changes, then additions."""
         balancer = self.balancer
         if balancer is None:  # stopping
@@ -197,7 +197,9 @@ class Worker(LineReceiver):
         self._send({"stats": {server.name: server_report(server) for server in self.balancer.servers()}})
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.transport.write(json.dumps(message).encode() + b"\n")
+        transport = self.transport
+        assert transport is not None, "a worker sends only once connected to its standard I/O"
+        transport.write(json.dumps(message).encode() + b"\n")
 
     def _shutdown(self) -> Deferred[None] | None:
         """Before the reactor stops: stop reporting, close listeners, give relays their grace."""
@@ -234,7 +236,7 @@ def main() -> int:
     )
     worker = Worker(reactor, level)
     StandardIO(worker, reactor=reactor)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return worker.exit_code
 
 

@@ -114,7 +114,16 @@ class IdleTimer:
 
 @implementer(IHalfCloseableProtocol)
 class _Side(Protocol):
-    """One end of a relay; tracks its half-closed directions."""
+    """
+    One end of a relay; tracks its half-closed directions.
+
+    @ivar transport: its connection: a TCP transport (an C{ITCPTransport}
+        that is also a push producer and a consumer), a TLS transport around
+        one, or the relay engine's C{SplicedTransport}.  No one Twisted
+        interface names all that a relay uses of it, hence C{Any}.
+    """
+
+    transport: Any
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay

@@ -57,15 +57,14 @@ class TwistedPath:
         client again.
         """
         to_client, to_backend = client.transport, backend.transport
-        assert to_client is not None and to_backend is not None
         for transport in (to_client, to_backend):
             set_no_delay = getattr(transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
-        to_client.registerProducer(to_backend, True)  # type: ignore[attr-defined]
-        to_backend.registerProducer(to_client, True)  # type: ignore[attr-defined]
+        to_client.registerProducer(to_backend, True)
+        to_backend.registerProducer(to_client, True)
         relay.write_with(to_client.write, to_backend.write)
         if client.read_closed:
             backend.finish(half=True)
             return
-        to_client.resumeProducing()  # type: ignore[attr-defined]
+        to_client.resumeProducing()

@@ -252,7 +252,11 @@ class UdpProxy(DatagramProtocol):
     @ivar sessions: each client's current session, by C{(host, port)}.
     @ivar counters: the server's statistics, updated as datagrams move.
     @ivar admission: its access rules and limit of live sessions.
+    @ivar transport: the listening UDP port (an C{IUDPTransport}, and its
+        C{maxPacketSize}, which no interface names: hence C{Any}).
     """
+
+    transport: Any
 
     noisy = False
 

@@ -313,7 +313,7 @@ class Engine:
             descriptor, event = soon.popleft()
             fd = descriptor.fileno()
             wanted = self._readers if event == _IN else self._writers
-            if wanted.get(fd) is descriptor and unseen.get(fd, 0) & event:
+            if fd in wanted and wanted[fd] is descriptor and unseen.get(fd, 0) & event:
                 unseen[fd] &= ~event
                 try:
                     if event == _IN:
