@@ -26,7 +26,7 @@ from admin.jsonbody import BodyError
 from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
 from balancer.control import ChangeRefused, DumpFormatError, IControl, ServerExists, UnknownServer
-from balancer.server import BindError
+from balancer.server_service import BindError
 
 log = Logger()
 

@@ -33,7 +33,7 @@ from admin.writes import WritePolicy
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control import IControl
 from balancer.listening import ListeningService
-from balancer.server import BindError
+from balancer.server_service import BindError
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 

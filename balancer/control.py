@@ -26,8 +26,8 @@ from balancer.config.load import server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.config.secrets import keep_secrets
 from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
-from balancer.server import ServerService
-from balancer.service import BalancerService, ServerExists, UnknownServer
+from balancer.root_service import BalancerService, ServerExists, UnknownServer
+from balancer.server_service import ServerService
 from balancer.state import RuntimeChanges, StateFile
 from balancer.stats import SERVER_COUNTERS, server_report
 

@@ -50,8 +50,8 @@ from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
 from balancer.config.schema import Config, ServerConfig
-from balancer.server import BindError
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import BindError
 from balancer.stats import server_report
 
 log = Logger()

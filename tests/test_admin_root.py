@@ -27,7 +27,7 @@ from balancer import __version__
 from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, Config
 from balancer.control import Controller, IControl, load_effective
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 
 CONFIG = """
 [api]

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
 from balancer.control import Controller
-from balancer.service import BalancerService, UnknownServer
+from balancer.root_service import BalancerService, UnknownServer
 from balancer.state import StateFile
 from balancer.stats import SERVER_COUNTERS, server_report
 

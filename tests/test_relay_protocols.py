@@ -32,7 +32,7 @@ from balancer.proxy.sni import SniClientSide
 from balancer.proxy.tcp import ClientSide, Relay, RelayFactory
 from balancer.proxy.tls_relay import DEFAULT_HANDSHAKE_TIMEOUT, BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.server import BindError, ServerService, listener_keys_changed
+from balancer.server_service import BindError, ServerService, listener_keys_changed
 from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.proxy_protocol_peer import ProxyProtocolPeer

@@ -14,8 +14,8 @@ from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
 from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.twisted_path import TwistedPath
-from balancer.server import BindError
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import BindError
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
 from tests.test_relay import accept, make_server, server_config
 from tests.test_server_service import ListeningReactor

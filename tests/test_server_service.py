@@ -20,8 +20,8 @@ from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig
 from balancer.proxy.listener import IListener
 from balancer.proxy.tcp import RelayFactory
-from balancer.server import BindError, ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import BindError, ServerService
 from balancer.stats import RateClock
 from tests.test_relay import accept, attempted, connect, lose, make_server, server_config
 

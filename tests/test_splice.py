@@ -42,8 +42,8 @@ from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.engine.sockets import EngineListener
 from balancer.proxy.tcp import Relay
 from balancer.proxy.twisted_path import TwistedPath
-from balancer.server import ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import ServerService
 from tests.clients import exchange, listen
 from tests.processes import free_port
 from tests.test_relay import server_config

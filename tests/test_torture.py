@@ -29,7 +29,7 @@ from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, ServerConfig
 from balancer.proxy.engine import splice
 from balancer.proxy.engine.path import EnginePath
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from tests.support import torture
 
 #: Connections per path in the suite, and how many at once.

@@ -21,7 +21,7 @@ from admin.service import api_resource
 from admin.site import ApiSite
 from balancer.config.load import parse_config
 from balancer.control import Controller
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from tests.clients import Named, exchange, listen
 
 CONFIG = """

@@ -32,8 +32,8 @@ from balancer.backends import DRAIN, MAINTENANCE
 from balancer.config.load import parse_config
 from balancer.control import Controller, sum_stats
 from balancer.metrics import metrics_registry
-from balancer.server import BindError, ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import BindError, ServerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message

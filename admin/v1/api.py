@@ -48,7 +48,7 @@ from admin.v1.users import Users
 from balancer import __version__
 from balancer.config.errors import ConfigError
 from balancer.control import BackendInUse, ChangeRefused, IControl, LinkError, ServerExists, UnknownBackend, UnknownServer, UnknownSession
-from balancer.server import BindError
+from balancer.server_service import BindError
 
 log = Logger()
 

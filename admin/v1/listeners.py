@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from admin.v1.parts import ServicePart
-from balancer.server import LISTENER_KEYS
+from balancer.server_service import LISTENER_KEYS
 
 
 class Listeners(ServicePart):

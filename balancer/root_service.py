@@ -1,6 +1,7 @@
 """
 L{BalancerService}: the root of the service tree, one L{ServerService} child
-per configured server, plus the clock that keeps per-second rates.
+per configured server, plus the clock that keeps per-second rates and the
+relay engine its servers share (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from twisted.logger import Logger
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
 from balancer.proxy.paths import DataPaths
-from balancer.server import BindError, ServerService
+from balancer.server_service import BindError, ServerService
 from balancer.stats import RateClock
 
 log = Logger()

@@ -3,8 +3,9 @@ L{ServerService}: one C{[servers.<name>]} at run time: its listener, backend
 pool, strategy, live relays and counters.
 
 What a server's protocol features need is settled here, once per listener
-or per configuration: the listener's factory (plain TCP, TCP reading the SNI
-first, TLS termination, or UDP), the access rules and SNI router applied at
+or per configuration: its listener kind (L{balancer.listeners}: plain TCP,
+TCP reading the SNI first, TLS termination, or UDP) and data path
+(L{balancer.proxy.paths}), the admission and SNI router applied at
 admission and routing, the PROXY protocol version and the TLS settings of
 connections to backends.  The relay itself stays the same for all of them.
 """
@@ -18,7 +19,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from balancer.backends import Backend, Pool
@@ -26,17 +26,17 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
+from balancer.listeners import listen
 from balancer.proxy.admission import Admission
 from balancer.proxy.datapath import IDataPath
 from balancer.proxy.listener import IListener
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.proxy_protocol import header
-from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
-from balancer.proxy.tcp import Attempt, ClientSide, Relay, RelayFactory
-from balancer.proxy.tls import BackendTLS, TLSError, server_context
-from balancer.proxy.tls_relay import BackendTLSFactory, TlsClientSide
-from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.reuseport import listen_udp
+from balancer.proxy.sni import REJECT, SniRouter
+from balancer.proxy.tcp import Attempt, Relay
+from balancer.proxy.tls import BackendTLS, TLSError
+from balancer.proxy.tls_relay import BackendTLSFactory
+from balancer.proxy.udp import UdpProxy
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
 
@@ -88,8 +88,8 @@ class ServerService(Service):
     @ivar relays: live client sessions by id.
     @ivar discovery: the running discovery (None while stopped).
     @ivar health: the running health monitor (None while stopped).
-    @ivar udp: the datagram proxy of a C{protocol = "udp"} server while it
-        listens (its sessions are not relays).
+    @ivar udp: the datagram proxy of a C{protocol = "udp"} server, else
+        C{None} (its sessions are not relays).
     @ivar reuse_port: whether its listener shares its port with other
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
     @ivar udp_max_sessions: C{[defaults] udp_max_sessions}, the limit of UDP
@@ -127,7 +127,6 @@ class ServerService(Service):
         self.relays: dict[int, Relay] = {}
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
-        self.udp: UdpProxy | None = None
         self._paths = paths if paths is not None else DataPaths(reactor)
         self.path: IDataPath = self._paths.choose(config)
         self._rng = rng
@@ -136,6 +135,20 @@ class ServerService(Service):
         self._drained: list[Deferred[None]] = []
         self._backend_tls: BackendTLS | None = None
         self._admission = Admission(self.counters, name)
+        self.udp = (
+            UdpProxy.from_config(
+                config,
+                lambda host: self.choose_backend(host, set()),
+                self.counters,
+                reactor=reactor,
+                clock=self.clock,
+                name=name,
+                released=self.backend_released,
+                udp_max_sessions=udp_max_sessions,
+            )
+            if config.protocol == "udp"
+            else None
+        )
         self._apply(config)
 
     def _apply(self, config: ServerConfig) -> None:
@@ -158,42 +171,17 @@ class ServerService(Service):
         self._backend_tls = self._load_backend_tls(config)
         bind = config.bind
         try:
-            self._port = self._listen(config)
+            self._port = listen(self)
         except CannotListenError as e:
             raise BindError(f'server "{self.name}": cannot listen on {bind}: {e.socketError}') from e
+        except TLSError as e:
+            raise BindError(f'server "{self.name}": {e}') from e
         log.info(
             "{server}: listening on {address} ({protocol})",
             server=self.name,
             address=self.address,
             protocol=config.protocol,
         )
-
-    def _listen(self, config: ServerConfig) -> Any:
-        """Listen as C{protocol}, C{[tls]} and C{[sni]} say; returns the port."""
-        bind = config.bind
-        if config.protocol == "udp":
-            self.udp = UdpProxy.from_config(
-                config,
-                lambda host: self.choose_backend(host, set()),
-                self.counters,
-                reactor=self.reactor,
-                clock=self.clock,
-                name=self.name,
-                released=self.backend_released,
-                udp_max_sessions=self.udp_max_sessions,
-            )
-            if self.reuse_port:
-                return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)
-            return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
-        factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
-        if config.protocol == "tls":
-            assert config.tls is not None
-            try:
-                creator = server_context(config.tls)
-            except TLSError as e:
-                raise BindError(f'server "{self.name}": {e}') from e
-            factory = TLSMemoryBIOFactory(creator, False, RelayFactory(self, TlsClientSide), self.clock)
-        return self.path.listen(bind.port, factory, bind.listen_host, self.reuse_port)
 
     def _load_backend_tls(self, config: ServerConfig) -> BackendTLS | None:
         """
@@ -314,7 +302,7 @@ class ServerService(Service):
         listener.addCallback(
             lambda _: log.info("{server}: stopped listening on {address}", server=self.name, address=address)
         )
-        udp, self.udp = self.udp, None
+        udp = self.udp
         if udp is not None:
             # Answers to a closed listening socket cannot reach clients: sessions end now.
             return gatherResults([listener, udp.close_all()], consumeErrors=True).addCallback(lambda _: None)
