@@ -39,16 +39,6 @@ class Admission:
         self.access = access
         self.limit = limit
 
-    @classmethod
-    def from_config(cls, config: ServerConfig, counters: ServerCounters, name: str, default_limit: int = 0) -> Admission:
-        """
-        The admission of a server of C{config}: its C{[access]} rules, and
-        C{max_connections}, else C{default_limit}, as its limit.
-        """
-        admission = cls(counters, name)
-        admission.configure(config, default_limit)
-        return admission
-
     def configure(self, config: ServerConfig, default_limit: int = 0) -> None:
         """Take the rules and limit of C{config} (a server reconfigured in place)."""
         self.access = AccessRules.from_config(config.access) if config.access is not None else None
