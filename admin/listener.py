@@ -23,7 +23,7 @@ from admin.stack import api_resource
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.control.interface import IControl
 from balancer.listening import ListeningService
-from balancer.server import BindError
+from balancer.listening import BindError
 from balancer.tlsfiles import TLSError, load_certified_key
 
 

@@ -16,6 +16,14 @@ from balancer.config.addresses import join_host_port
 log = Logger()
 
 
+class BindError(Exception):
+    """
+    Something could not listen on its address (the message names both), or
+    its TLS files could not be loaded (the message names the key and file):
+    a server, the API or the metrics endpoint.
+    """
+
+
 class ListeningService(Service):
     """
     Binds in C{privilegedStartService} (so a bad address ends the start, and

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 if TYPE_CHECKING:
-    from balancer.server import ServerService
+    from balancer.server_service import ServerService
 
 #: The server counters past gobetween's statistics document that /v1 and /metrics show.
 SERVER_COUNTERS = ("total_connections", "over_limit", "no_backend", "denied", "tls_failures", "sni_failures")

@@ -22,8 +22,8 @@ from balancer.control.effective import load_effective
 from balancer.demo import demo_service, loopback_backends
 from balancer.logs import log_observer, open_output
 from balancer.metrics import metrics_service
-from balancer.server import BindError
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.listening import BindError
 from balancer.state import RuntimeChanges, StateCleanup
 from balancer.workers import WorkerSupervisor
 

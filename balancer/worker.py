@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Any, Mapping
+from typing import Any, Generator, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -54,8 +54,8 @@ from balancer.config.load import config_from_mapping
 from balancer.config.overrides import OverrideConfig
 from balancer.config.schema import Config, ServerConfig
 from balancer.control.running import close_backend_relays, name_of
-from balancer.server import BindError
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.listening import BindError
 from balancer.stats import server_report
 
 log = Logger()
@@ -209,7 +209,7 @@ class Worker(LineReceiver):
         self._reports.start(REPORT_INTERVAL, now=True)
 
     @inlineCallbacks
-    def _apply(self, message: Configuration):  # type: ignore[no-untyped-def]
+    def _apply(self, message: Configuration) -> Generator[Deferred[Any], Any, None]:
         """Bring the running servers to C{message}'s configuration: removals, then changes, then additions."""
         balancer = self.balancer
         if balancer is None:  # stopping
@@ -245,7 +245,9 @@ class Worker(LineReceiver):
         self._send({"stats": {server.name: server_report(server) for server in self.balancer.servers()}})
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.transport.write(json.dumps(message).encode() + b"\n")
+        transport = self.transport
+        assert transport is not None, "a worker sends only once connected to its standard I/O"
+        transport.write(json.dumps(message).encode() + b"\n")
 
     def _shutdown(self) -> Deferred[None] | None:
         """Before the reactor stops: stop reporting, close listeners, give relays their grace."""
@@ -282,7 +284,7 @@ def main() -> int:
     )
     worker = Worker(reactor, level)
     StandardIO(worker, reactor=reactor)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return worker.exit_code
 
 

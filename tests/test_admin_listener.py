@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from admin.listener import ApiService, api_service, tls_options
 from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
-from balancer.server import BindError
+from balancer.listening import BindError
 from balancer.tap import build_service
 from tests.test_admin_integration import make_certificate
 from tests.test_admin_root import Reactor

@@ -29,7 +29,7 @@ from balancer.config.schema import ApiConfig, Config
 from balancer.control.controller import Controller
 from balancer.control.effective import load_effective
 from balancer.control.interface import IControl
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 
 CONFIG = """
 [api]

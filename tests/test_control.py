@@ -15,7 +15,7 @@ from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.control.errors import UnknownServer
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from balancer.state import StateFile
 from balancer.stats import SERVER_COUNTERS, server_report
 

@@ -23,7 +23,7 @@ from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.control.errors import BackendInUse, ListenerError, UnknownBackend, UnknownServer, UnknownSession
 from balancer.control.writers import IStateWriter
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges
 from tests.support.sessions import Address, FakeRelay
 

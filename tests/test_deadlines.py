@@ -1,5 +1,5 @@
 """
-Coarse deadlines (L{balancer.proxy.deadlines}) on a L{Clock}: never early,
+Coarse deadlines (L{balancer.proxy.engine.deadlines}) on a L{Clock}: never early,
 late by at most one slot, one reactor call for the earliest slot.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
-from balancer.proxy.deadlines import RESOLUTION, Deadlines
+from balancer.proxy.engine.deadlines import RESOLUTION, Deadlines
 
 #: Most reactor calls one L{BoundedClock.advance} runs before the test fails instead of hanging.
 MAX_CALLS = 1000

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancer.proxy.engine import Engine, engine_for
+from balancer.proxy.engine.engine import Engine, make_engine
 
 
 class Descriptor:
@@ -110,7 +110,7 @@ class EngineTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.engine = Engine(self.reactor)
-        self.addCleanup(self.engine._epoll.close)
+        self.addCleanup(self.engine.close)
 
     def pair(self) -> tuple[socket.socket, socket.socket]:
         """A connected, non-blocking pair of stream sockets, closed after the test."""
@@ -521,15 +521,33 @@ class EngineTests(SynchronousTestCase):
         self.assertTrue(self.nested())
 
 
-class EngineForTests(SynchronousTestCase):
-    """Which reactors have an engine."""
+class MakeEngineTests(SynchronousTestCase):
+    """Which reactors can have an engine; each call makes a new one, owned by its caller."""
 
     def test_noneForAMemoryReactor(self) -> None:
-        self.assertIsNone(engine_for(MemoryReactorClock()))
+        self.assertIsNone(make_engine(MemoryReactorClock()))
 
-    def test_oneEngineForThePollingReactor(self) -> None:
-        engine = engine_for(global_reactor)
+    def test_aNewEngineForThePollingReactor(self) -> None:
+        engine = make_engine(global_reactor)
         self.assertIsInstance(engine, Engine)
-        self.assertIs(engine_for(global_reactor), engine)
         assert engine is not None
+        self.addCleanup(engine.close)
+        other = make_engine(global_reactor)
+        assert other is not None
+        self.addCleanup(other.close)
+        self.assertIsNot(other, engine)
+        self.assertIsNot(other.pipes, engine.pipes)
         self.assertIs(engine.reactor, global_reactor)
+
+    def test_closeLeavesTheReactorAndClosesThePipesKept(self) -> None:
+        engine = make_engine(global_reactor)
+        assert engine is not None
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        engine.addReader(Descriptor(a))
+        engine.pipes.release(engine.pipes.acquire())
+        self.assertIn(engine, global_reactor.getReaders())
+        engine.close()
+        self.assertNotIn(engine, global_reactor.getReaders())
+        self.assertEqual((engine.pipes.free, engine.watched), (0, 0))

@@ -1,5 +1,5 @@
 """
-Listening and connecting on the relay engine (L{balancer.proxy.sockets})
+Listening and connecting on the relay engine (L{balancer.proxy.engine.sockets})
 with real sockets on the loopback (127.0.0.1 and ::1, port 0) and the
 global reactor.  Each test has an engine of its own, nested in the reactor,
 and leaves it watching nothing.
@@ -31,9 +31,9 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from balancer.proxy import sockets
-from balancer.proxy.engine import Engine
-from balancer.proxy.splice import SplicedTransport
+from balancer.proxy.engine import sockets
+from balancer.proxy.engine.engine import Engine
+from balancer.proxy.engine.splice import SplicedTransport
 from tests.test_relay_integration import open_client, until
 
 
@@ -134,11 +134,11 @@ class Exhausted:
     def close(self) -> None:
         self.real.close()
 
-    def _accept(self) -> Any:
+    def accept(self) -> tuple[socket.socket, Any]:
         self.accepts.append(reactor.seconds())
         if len(self.accepts) == 1:
             raise OSError(self.error, os.strerror(self.error))
-        return self.real._accept()  # type: ignore[attr-defined]
+        return self.real.accept()
 
 
 class Resolving:
@@ -171,9 +171,7 @@ class _EngineTestCase(TestCase):
             # Removing deadlines leaves their reactor call until the engine is idle.
             engine.deadlines.stop_if_idle()
             watched, nested = engine.watched, engine in reactor.getReaders()
-            if nested:
-                reactor.removeReader(engine)
-            engine._epoll.close()
+            engine.close()
             self.assertEqual((watched, nested), (0, False), "the engine still watches sockets")
 
         self.addCleanup(check)

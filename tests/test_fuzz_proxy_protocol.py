@@ -31,7 +31,7 @@ from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import DiscoveryConfig, ProxyProtocolConfig, ServerConfig
 from balancer.proxy.proxy_protocol import header, header_v1, header_v2
 from balancer.proxy.tcp import RelayFactory
-from balancer.server import ServerService
+from balancer.server_service import ServerService
 from balancer.stats import RateClock
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, max_examples=300)

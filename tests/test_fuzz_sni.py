@@ -49,7 +49,7 @@ from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import DiscoveryConfig, ServerConfig, SniConfig
 from balancer.proxy.sni import MAX_HELLO_BYTES, SniClientSide
 from balancer.proxy.tcp import RelayFactory
-from balancer.server import ServerService
+from balancer.server_service import ServerService
 from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.support.hellos import client_hello

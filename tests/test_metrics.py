@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.metrics import BACKEND_FIGURES, SERVER_FIGURES, MetricsResource, metrics_registry
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from balancer.stats import SERVER_COUNTERS, server_report
 
 CONFIG = b"""

@@ -27,7 +27,7 @@ from balancer.config.overrides import OverrideConfig, backend_key
 from balancer.control.controller import Controller
 from balancer.control.effective import load_effective
 from balancer.control.errors import NotOverridable, UnknownBackend
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 from balancer.strategies import WeightStrategy
 from balancer.worker import CloseSessions, Configuration, Worker, read_message

@@ -32,8 +32,8 @@ from balancer.config.schema import (
     UdpConfig,
 )
 from balancer.proxy.udp import MAX_DATAGRAM
-from balancer.server import ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import ServerService
 from balancer.strategies import STRATEGIES
 from tests.certs import Authority, Pair
 from tests.clients import Echo, Named, exchange

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import DiscoveryConfig, ServerConfig
 from balancer.proxy.tcp import BackendSide, IdleTimer, Relay, RelayFactory, finish_writing
-from balancer.server import DEFAULT_CONNECT_TIMEOUT, ServerService
+from balancer.server_service import DEFAULT_CONNECT_TIMEOUT, ServerService
 from balancer.stats import RateClock
 
 BACKENDS = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")

@@ -24,8 +24,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from balancer.config.schema import Config, DefaultsConfig
-from balancer.server import ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import ServerService
 from tests.clients import Named, exchange, listen
 from tests.helpers import ROOT
 from tests.processes import free_port, spawn_twistd

@@ -32,7 +32,8 @@ from balancer.proxy.sni import SniClientSide
 from balancer.proxy.tcp import ClientSide, Relay, RelayFactory
 from balancer.proxy.tls_relay import DEFAULT_HANDSHAKE_TIMEOUT, BackendTLSFactory, TlsBackendSide, TlsClientSide
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.server import BindError, ServerService, needs_new_listener
+from balancer.listening import BindError
+from balancer.server_service import ServerService, listener_keys_changed
 from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.proxy_protocol_peer import ProxyProtocolPeer
@@ -422,7 +423,7 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual((port, interface, size), (0, "127.0.0.1", MAX_DATAGRAM))
         self.assertIs(proxy, server.udp)
         self.assertIsInstance(proxy, UdpProxy)
-        self.assertEqual((proxy.max_responses, proxy.client_idle_timeout, proxy.access), (1, 3.0, None))
+        self.assertEqual((proxy.max_responses, proxy.client_idle_timeout, proxy.admission.access), (1, 3.0, None))
         self.assertEqual(reactor.tcpServers, [])
         self.assertEqual(server.address, "127.0.0.1:0")
 
@@ -443,17 +444,17 @@ class ListenerTests(SynchronousTestCase):
         server.startService()
         server.reconfigure(attrs.evolve(config, access=AccessConfig(default="deny"), backend_idle_timeout=4.0))
         proxy = server.udp
-        assert proxy is not None and proxy.access is not None
-        self.assertEqual((proxy.access.default, proxy.backend_idle_timeout), (False, 4.0))
+        assert proxy is not None and proxy.admission.access is not None
+        self.assertEqual((proxy.admission.access.default, proxy.backend_idle_timeout), (False, 4.0))
 
     def test_listenerKeys(self) -> None:
         udp = server_config(protocol="udp")
-        self.assertTrue(needs_new_listener(udp, attrs.evolve(udp, udp=UdpConfig(max_requests=1))))
-        self.assertTrue(needs_new_listener(udp, attrs.evolve(udp, protocol="tcp")))
-        self.assertTrue(needs_new_listener(server_config(), attrs.evolve(server_config(), sni=SniConfig())))
-        self.assertFalse(needs_new_listener(udp, attrs.evolve(udp, access=AccessConfig(default="deny"))))
+        self.assertTrue(listener_keys_changed(udp, attrs.evolve(udp, udp=UdpConfig(max_requests=1))))
+        self.assertTrue(listener_keys_changed(udp, attrs.evolve(udp, protocol="tcp")))
+        self.assertTrue(listener_keys_changed(server_config(), attrs.evolve(server_config(), sni=SniConfig())))
+        self.assertFalse(listener_keys_changed(udp, attrs.evolve(udp, access=AccessConfig(default="deny"))))
         self.assertFalse(
-            needs_new_listener(server_config(), attrs.evolve(server_config(), proxy_protocol=ProxyProtocolConfig()))
+            listener_keys_changed(server_config(), attrs.evolve(server_config(), proxy_protocol=ProxyProtocolConfig()))
         )
 
 

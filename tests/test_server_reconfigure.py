@@ -12,9 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, HealthcheckConfig
-from balancer.proxy.engine import engine_for
-from balancer.server import BindError
-from balancer.service import BalancerService
+from balancer.proxy.engine.path import EnginePath
+from balancer.proxy.twisted_path import TwistedPath
+from balancer.root_service import BalancerService
+from balancer.listening import BindError
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
 from tests.test_relay import accept, make_server, server_config
 from tests.test_server_service import ListeningReactor
@@ -125,15 +126,17 @@ class SpliceSwitchTests(SynchronousTestCase):
     def test_defaultOn(self) -> None:
         balancer = BalancerService(Config(servers={"web": server_config()}), global_reactor)
         server = balancer.server("web")
-        self.assertIs(server.engine, engine_for(global_reactor))
-        self.assertTrue(server.on_engine)
+        self.assertIsNotNone(balancer.engine)
+        self.assertIsInstance(server.path, EnginePath)
+        assert isinstance(server.path, EnginePath)
+        self.assertIs(server.path.engine, balancer.engine)
 
     def test_switchedOff(self) -> None:
         config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})
         server = BalancerService(config, global_reactor).server("web")
-        self.assertIsNone(server.engine)
-        self.assertFalse(server.on_engine)
+        self.assertIsInstance(server.path, TwistedPath)
 
     def test_noEngineOnAReactorThatDoesNotPoll(self) -> None:
         balancer = BalancerService(Config(servers={"web": server_config()}), MemoryReactorClock())
-        self.assertIsNone(balancer.server("web").engine)
+        self.assertIsNone(balancer.engine)
+        self.assertIsInstance(balancer.server("web").path, TwistedPath)

@@ -13,13 +13,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from balancer.backends import DRAIN, MAINTENANCE, Pool
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig
+from balancer.proxy.listener import IListener
 from balancer.proxy.tcp import RelayFactory
-from balancer.server import BindError, ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.listening import BindError
+from balancer.server_service import ServerService
 from balancer.stats import RateClock
 from tests.test_relay import accept, attempted, connect, lose, make_server, server_config
 
@@ -77,6 +80,10 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual((port, interface), (3000, "127.0.0.1"))
         self.assertIsInstance(factory, RelayFactory)
         self.assertEqual(server.address, "127.0.0.1:3000")
+
+    def test_providesWhatItsRelaysNeed(self) -> None:
+        """The server is its relays' L{IListener}: they need nothing else of it."""
+        self.assertTrue(verifyObject(IListener, make_server()))
 
     def test_bindFailureNamesServerAndAddress(self) -> None:
         reactor = ListeningReactor(taken=(3000,))

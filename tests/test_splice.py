@@ -1,6 +1,6 @@
 """
 The relay's fast path (the relay engine, L{balancer.proxy.engine}, with its
-sockets spliced, L{balancer.proxy.splice}) against its normal path (Twisted's
+sockets spliced, L{balancer.proxy.engine.splice}) against its normal path (Twisted's
 transports, bytes through Python).
 
 The same scenarios run on real sockets (127.0.0.1, port 0) through a server
@@ -36,15 +36,17 @@ from zope.interface import implementer
 
 import tests.test_relay_integration as integration
 from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
-from balancer.proxy import splice
-from balancer.proxy.engine import Engine
-from balancer.proxy.sockets import EngineListener
+from balancer.proxy.engine import pipes, splice
+from balancer.proxy.engine.engine import Engine
+from balancer.proxy.engine.path import EnginePath
+from balancer.proxy.engine.sockets import EngineListener
 from balancer.proxy.tcp import Relay
-from balancer.server import ServerService
-from balancer.service import BalancerService
+from balancer.proxy.twisted_path import TwistedPath
+from balancer.root_service import BalancerService
+from balancer.server_service import ServerService
 from tests.clients import exchange, listen
 from tests.processes import free_port
-from tests.test_relay import FakeTransport, server_config
+from tests.test_relay import server_config
 from tests.test_relay_integration import (
     CHUNK,
     Answer,
@@ -475,16 +477,16 @@ class SplicePathTests(_Scenarios, TestCase):
         def no_pipe() -> tuple[int, int]:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-        self.patch(splice.PIPES, "acquire", no_pipe)
-        refused = splice.PIPES.refused
         server = self.balancer((yield self.listen(Echo)))
+        self.patch(server.path.engine.pipes, "acquire", no_pipe)
+        refused = server.path.engine.pipes.refused
         clients = [Streamer(chunks=40) for _ in range(3)]
         yield gatherResults([open_client(server.port, client) for client in clients])
         yield gatherResults([client.closed for client in clients])
         for client in clients:
             self.assertEqual((client.received_count, client.received.hexdigest()), (40 * CHUNK, client.sent.hexdigest()))
         yield self.ended(server)
-        self.assertGreater(splice.PIPES.refused, refused)
+        self.assertGreater(server.path.engine.pipes.refused, refused)
         warnings = [e for e in events if "no pipe for a relay" in e.get("log_format", "")]
         self.assertEqual([e["log_level"] for e in warnings], [LogLevel.warn])
         self.assertFalse([e for e in events if e.get("log_level") in (LogLevel.error, LogLevel.critical)])
@@ -501,20 +503,20 @@ class SplicePathTests(_Scenarios, TestCase):
         wait for it to drain), the open, idle relay holds no pipe and waits
         only to read.
         """
-        lent, created = splice.PIPES.lent, splice.PIPES.created
         server = self.balancer((yield self.listen(Echo)))
+        lent, created = server.path.engine.pipes.lent, server.path.engine.pipes.created
         client = Watcher()
         yield open_client(server.port, client)
         relay = yield self.established(server)
-        self.assertEqual((splice.PIPES.lent, splice.PIPES.created), (lent, created))
+        self.assertEqual((server.path.engine.pipes.lent, server.path.engine.pipes.created), (lent, created))
         relay.backend_side.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         data = b"".join(pattern(i) for i in range(64))
         client.transport.write(data)
         self.assertEqual((yield client.expect(len(data))), data)
-        self.assertEqual(splice.PIPES.lent, lent)
+        self.assertEqual(server.path.engine.pipes.lent, lent)
         ends = {relay.client.transport, relay.backend_side.transport}
-        self.assertEqual(ends & set(server.engine.getWriters()), set())
-        self.assertEqual(ends & set(server.engine.getReaders()), ends)
+        self.assertEqual(ends & set(server.path.engine.getWriters()), set())
+        self.assertEqual(ends & set(server.path.engine.getReaders()), ends)
         self.assertEqual(len(server.relays), 1)
 
 
@@ -538,7 +540,7 @@ class EngineChurnTests(TestCase):
         self.addCleanup(backend.stopListening)
         live, dead = backend.getHost().port, free_port()
         server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
-        lent = splice.PIPES.lent
+        lent = server.path.engine.pipes.lent
         payloads = [b"".join(pattern(i) for i in range(1 + i % 3))[: 1000 + i] for i in range(200)]
         answers = yield gatherResults([exchange(server.port, payload) for payload in payloads])
         self.assertEqual(answers, payloads)
@@ -552,10 +554,10 @@ class EngineChurnTests(TestCase):
         self.assertEqual([b["active_connections"] for b in backends.values()], [0, 0])
         size = sum(map(len, payloads))
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]), (size, size, 0))
-        self.assertEqual(splice.PIPES.lent, lent)
-        (listener,) = server.engine.getReaders()
+        self.assertEqual(server.path.engine.pipes.lent, lent)
+        (listener,) = server.path.engine.getReaders()
         self.assertIsInstance(listener, EngineListener)
-        self.assertEqual((server.engine.getWriters(), server.engine.watched), ([], 1))
+        self.assertEqual((server.path.engine.getWriters(), server.path.engine.watched), ([], 1))
 
 
 class ChoiceTests(TestCase):
@@ -569,10 +571,8 @@ class ChoiceTests(TestCase):
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
+        self.service = service
         return service.server("web")
-
-    def test_onlyPlainTcpTransportsCanBeSpliced(self) -> None:
-        self.assertFalse(splice.can_splice(FakeTransport()))
 
     @inlineCallbacks
     def test_relaysSendingAProxyHeaderAreSplicedHeaderFirst(self) -> Any:
@@ -587,7 +587,7 @@ class ChoiceTests(TestCase):
             }
         )
         server = self.started(config)
-        self.assertTrue(server.on_engine)
+        self.assertIsInstance(server.path, EnginePath)
         client = Watcher()
         yield open_client(server.port, client)
         yield until(lambda: bool(server.relays and next(iter(server.relays.values())).backend_side))
@@ -601,8 +601,8 @@ class ChoiceTests(TestCase):
     def test_tlsToBackendsTakesTheNormalPath(self) -> None:
         """A server with [backends_tls] has its relays on Twisted's transports, not on the engine."""
         server = self.started(Config(servers={"web": server_config(("127.0.0.1:1",), backends_tls=BackendsTlsConfig())}))
-        self.assertIsNotNone(server.engine)
-        self.assertFalse(server.on_engine)
+        self.assertIsNotNone(self.service.engine)
+        self.assertIsInstance(server.path, TwistedPath)
         self.assertNotIsInstance(server._port, EngineListener)
 
     def test_addingTlsToBackendsNeedsANewListenerAProxyHeaderDoesNot(self) -> None:
@@ -626,13 +626,13 @@ class CopyingPathTests(SynchronousTestCase):
     """A transport that could not get a pipe keeps the order of its bytes once pipes can be had again."""
 
     def test_bytesCopiedForWantOfAPipeStayAheadOfLaterOnes(self) -> None:
-        engine = Engine(MemoryReactorClock())
+        pool = pipes.PipePool()
+        engine = Engine(MemoryReactorClock(), pool)
+        self.addCleanup(engine.close)
         near, far = socket.socketpair()
         self.addCleanup(far.close)
         near.setblocking(False)
         far.setblocking(False)
-        pool = splice.PipePool()
-        self.addCleanup(pool.close)
         refusing = [True]
         make_pipe = pool.acquire
 
@@ -642,7 +642,7 @@ class CopyingPathTests(SynchronousTestCase):
             return make_pipe()
 
         self.patch(pool, "acquire", acquire)
-        transport = splice.SplicedTransport(engine, near, pool=pool)
+        transport = splice.SplicedTransport(engine, near)
         transport.protocol = Protocol()
         first = os.urandom(4 << 20)  # more than the socket takes at once: the rest waits in Python
         transport.write(first)
@@ -663,8 +663,8 @@ class CopyingPathTests(SynchronousTestCase):
 class PipePoolTests(SynchronousTestCase):
     """The pipes of the fast path."""
 
-    def pool(self, **options: Any) -> splice.PipePool:
-        pool = splice.PipePool(**options)
+    def pool(self, **options: Any) -> pipes.PipePool:
+        pool = pipes.PipePool(**options)
         self.addCleanup(pool.close)
         return pool
 

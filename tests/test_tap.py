@@ -15,8 +15,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.config.load import parse_config
-from balancer.server import ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.server_service import ServerService
 from balancer.tap import Options, build_service
 from tests.clients import exchange
 from tests.helpers import ROOT, fixture

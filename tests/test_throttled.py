@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancer.proxy.throttled import ThrottledWarning
+from balancer.proxy.engine.throttled import ThrottledWarning
 
 
 class ThrottledWarningTests(SynchronousTestCase):

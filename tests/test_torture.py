@@ -27,9 +27,9 @@ from twisted.trial.unittest import TestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DefaultsConfig, DiscoveryConfig, ServerConfig
-from balancer.proxy import splice
-from balancer.proxy.engine import engine_for
-from balancer.service import BalancerService
+from balancer.proxy.engine import splice
+from balancer.proxy.engine.path import EnginePath
+from balancer.root_service import BalancerService
 from tests.support import torture
 
 #: Connections per path in the suite, and how many at once.
@@ -85,9 +85,10 @@ class _TortureTests:
         self.addCleanup(stop)
         servers = {name: service.server(name) for name in torture.SERVERS}
         for server in servers.values():
-            self.assertEqual(server.on_engine, self.splice and splice.AVAILABLE)
+            self.assertEqual(isinstance(server.path, EnginePath), self.splice and splice.AVAILABLE)
         yield _turn()  # the reactor opens a descriptor of its own in its first turn
-        pipes_free = splice.PIPES.free
+        engine = service.engine
+        pipes_free = engine.pipes.free if engine is not None else 0
         descriptors = torture.open_descriptors()
         started = reactor.seconds()
         report = yield torture.run(
@@ -109,14 +110,13 @@ class _TortureTests:
                 problems.append(
                     f"server {name}: total_connections {server.counters.total_connections}, for {report.servers[name]} clients"
                 )
-        if splice.PIPES.lent:
-            problems.append(f"{splice.PIPES.lent} pipes not given back to the pool")
+        if engine is not None and engine.pipes.lent:
+            problems.append(f"{engine.pipes.lent} pipes not given back to the pool")
         now_open = torture.open_descriptors()
-        expected_descriptors = len(descriptors) + 2 * (splice.PIPES.free - pipes_free)
+        expected_descriptors = len(descriptors) + 2 * ((engine.pipes.free if engine is not None else 0) - pipes_free)
         if len(now_open) != expected_descriptors:
             new = {fd: what for fd, what in now_open.items() if descriptors.get(fd) != what}
             problems.append(f"{len(now_open)} descriptors open, {expected_descriptors} expected; new: {new}")
-        engine = engine_for(reactor)
         if self.splice and engine is not None and engine.watched != len(servers):
             problems.append(f"the engine watches {engine.watched} sockets, not only the {len(servers)} listeners")
         if problems:

@@ -364,8 +364,9 @@ class AdmissionTests(SynchronousTestCase):
             (proxy.max_requests, proxy.max_responses, proxy.client_idle_timeout, proxy.backend_idle_timeout, proxy.name),
             (3, 1, 2.0, 0.0, "dns"),
         )
-        assert proxy.access is not None
-        self.assertEqual((proxy.access.allows("127.0.0.1"), proxy.access.allows("127.0.0.2")), (True, False))
+        access = proxy.admission.access
+        assert access is not None
+        self.assertEqual((access.allows("127.0.0.1"), access.allows("127.0.0.2")), (True, False))
 
     def test_from_config_without_udp_section(self) -> None:
         config = ServerConfig(
@@ -374,7 +375,7 @@ class AdmissionTests(SynchronousTestCase):
             protocol="udp",
         )
         proxy = UdpProxy.from_config(config, lambda host: None, ServerCounters(), reactor=reactor)
-        self.assertEqual((proxy.max_requests, proxy.max_responses, proxy.access), (0, 0, None))
+        self.assertEqual((proxy.max_requests, proxy.max_responses, proxy.admission.access), (0, 0, None))
 
 
 class _FakeSocket:
@@ -447,8 +448,8 @@ class SessionLimitTests(SynchronousTestCase):
             max_connections=0,
         )
         proxy = UdpProxy.from_config(config, lambda host: None, ServerCounters(), reactor=reactor, udp_max_sessions=7)
-        self.assertEqual(proxy.max_sessions, 7)
+        self.assertEqual(proxy.admission.limit, 7)
         proxy.configure(attrs.evolve(config, max_connections=100))
-        self.assertEqual(proxy.max_sessions, 100)
+        self.assertEqual(proxy.admission.limit, 100)
         proxy.configure(config)
-        self.assertEqual(proxy.max_sessions, 7)
+        self.assertEqual(proxy.admission.limit, 7)

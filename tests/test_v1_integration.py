@@ -21,7 +21,7 @@ from admin.site import ApiSite
 from admin.stack import api_resource
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from tests.clients import Named, exchange, listen
 
 CONFIG = """

@@ -22,7 +22,7 @@ from admin.stack import api_resource
 from admin.v1.openapi import document
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from tests.test_v1_helpers import make_v1
 
 CONFIG = """

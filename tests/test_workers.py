@@ -34,8 +34,9 @@ from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.control.sums import sum_stats
 from balancer.metrics import metrics_registry
-from balancer.server import BindError, ServerService
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
+from balancer.listening import BindError
+from balancer.server_service import ServerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Configuration, Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message

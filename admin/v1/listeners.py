@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from admin.v1.parts import ServicePart
+from balancer.config.schema import LISTENER_KEYS
 from balancer.control.views import ServiceView
-
-#: The definition keys a listener is made of (changing any of them rebinds the service).
-LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
 
 
 class Listeners(ServicePart):

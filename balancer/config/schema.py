@@ -400,6 +400,10 @@ class ProxyProtocolConfig:
     version: str = setting("1", parse=choice("1", "2"))
 
 
+#: The keys of a server that make its listener (changing any of them needs a new one).
+LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
+
+
 @attrs.frozen
 class ServerConfig:
     """

@@ -38,7 +38,7 @@ from balancer.control.sums import PeerStatistics
 from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
 from balancer.control.writers import IStateWriter, writer_for
 from balancer.policy import ChangePolicy, check_server_change
-from balancer.service import BalancerService
+from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 
 T = TypeVar("T")

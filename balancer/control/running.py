@@ -26,8 +26,9 @@ from balancer.control.catalogue import BackendCatalogue
 from balancer.control.errors import ListenerError, UnknownServer
 from balancer.control.sums import PeerStatistics
 from balancer.control.views import PoolEntry, ServiceView, SessionView
-from balancer.server import BindError, ServerService
-from balancer.service import BalancerService
+from balancer.listening import BindError
+from balancer.server_service import ServerService
+from balancer.root_service import BalancerService
 from balancer.stats import server_report
 
 log = Logger()

@@ -3,16 +3,13 @@ The TCP relay: one L{Relay} per accepted client, joining a L{ClientSide}
 protocol (the accepted connection) to a L{BackendSide} protocol (the
 connection to the chosen backend).
 
-Flow control is Twisted's producer/consumer: each transport is registered as
-the producer of the other, so a slow reader pauses the fast writer and no
-buffer grows past a transport's C{bufferSize} plus one read.  Half-close is
-relayed both ways.
-
-A relay between two plain TCP connections runs on the relay engine instead
-(L{balancer.proxy.engine}, on Linux): its sockets are accepted and connected
-there, and the bytes move from socket to socket in the kernel
-(L{balancer.proxy.splice}), while the same protocols, counting and endings
-stay in charge.
+The relay admits its client, chooses a backend (retrying the next one when
+a connect fails), counts the bytes, relays half-closes both ways, and keeps
+the idle timeouts; how the bytes move is its server's data path
+(L{balancer.proxy.datapath}, docs/architecture.md), chosen once per
+listener: Twisted's transports, each the producer of the other, or the
+relay engine splicing socket to socket in the kernel.  The same protocols,
+counting and endings are in charge on both.
 
 The features a server may add (TLS at either end, reading the SNI before
 routing, a PROXY protocol header, access rules) are chosen once per
@@ -35,11 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancer.proxy import splice
+from balancer.proxy.listener import IListener
 
 if TYPE_CHECKING:
     from balancer.backends import Backend
-    from balancer.server import ServerService
     from balancer.stats import Traffic
 
 log = Logger()
@@ -118,7 +114,16 @@ class IdleTimer:
 
 @implementer(IHalfCloseableProtocol)
 class _Side(Protocol):
-    """One end of a relay; tracks its half-closed directions."""
+    """
+    One end of a relay; tracks its half-closed directions.
+
+    @ivar transport: its connection: a TCP transport (an C{ITCPTransport}
+        that is also a push producer and a consumer), a TLS transport around
+        one, or the relay engine's C{SplicedTransport}.  No one Twisted
+        interface names all that a relay uses of it, hence C{Any}.
+    """
+
+    transport: Any
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
@@ -166,10 +171,22 @@ class BackendSide(_Side):
     factory: Attempt
 
     def connectionMade(self) -> None:
-        """The backend accepted: send the PROXY header if any, then start relaying."""
+        """
+        The backend accepted: the PROXY header, if any, goes first, on the
+        TCP connection itself (the only place it is written); then the
+        connection is L{ready}.
+        """
         header = self.factory.header
         if header:
-            self.transport.write(header)
+            self.tcp_transport().write(header)
+        self.ready()
+
+    def tcp_transport(self) -> Any:
+        """The transport of the TCP connection (this side's own)."""
+        return self.transport
+
+    def ready(self) -> None:
+        """The connection is up: start relaying."""
         self.relay.backend_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -191,18 +208,25 @@ class Attempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, relay: Relay, backend: Backend, side: type[BackendSide], header: bytes) -> None:
+    def __init__(self, relay: Relay, backend: Backend, header: bytes) -> None:
         self.relay: Relay | None = relay
         self.backend = backend
         self.header = header
         self.connector: Any = None
         self.side: BackendSide | None = None
-        self._side_class = side
 
-    def buildProtocol(self, addr: Any) -> BackendSide | None:
+    def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
+        """The backend side of the connection made (none if the relay gave up on it)."""
+        return self.build(BackendSide)
+
+    def build(self, side_class: type[BackendSide]) -> BackendSide | None:
+        """
+        A C{side_class} for the connection made (a wrapping factory, such
+        as TLS, asks for its own class); none if the relay gave up on it.
+        """
         if self.relay is None:
             return None
-        side = self.side = self._side_class(self.relay)
+        side = self.side = side_class(self.relay)
         side.factory = self
         return side
 
@@ -237,7 +261,7 @@ class Relay:
         server routes by SNI.
     """
 
-    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
+    def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.id = next(_relay_ids)
         self.server = server
         self.client = side(self)
@@ -315,8 +339,8 @@ class Relay:
         self._tried.add(backend.key)
         self.backend = backend
         backend.counters.active_connections += 1
-        attempt = self._attempt = Attempt(self, backend, self.server.backend_side, self._header)
-        attempt.connector = self.server.connect(backend, attempt)
+        attempt = self._attempt = Attempt(self, backend, self._header)
+        attempt.connector = self.server.connect(attempt)
 
     def connect_failed(self, attempt: Attempt, reason: Failure) -> None:
         """The backend refused, timed out or failed its TLS handshake: count it and try the next one."""
@@ -352,9 +376,8 @@ class Relay:
 
     def backend_connected(self, side: BackendSide) -> None:
         """
-        Join the two transports and let bytes flow: spliced on the relay
-        engine when both run there, else with each transport the producer of
-        the other.
+        Join the two sides on the server's data path and let bytes flow;
+        each direction that can still be idle gets its idle timer.
         """
         self._attempt = None
         self.backend_side = side
@@ -362,34 +385,25 @@ class Relay:
         assert backend is not None
         backend.counters.total_connections += 1
         self._backend_traffic = backend.counters.traffic
-        client, to_backend = self.client.transport, side.transport
         config = self.server.config
         clock = self.server.clock
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
-        if splice.can_splice(client) and splice.can_splice(to_backend):
-            # The engine's sockets have TCP_NODELAY from the start.
-            if config.client_idle_timeout:
-                self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
-            splice.splice(self.client, side, self.count_tx, self.count_rx)
-            return
-        for transport in (client, to_backend):
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                set_no_delay(True)
-        client.registerProducer(to_backend, True)
-        to_backend.registerProducer(client, True)
-        self._to_client = client.write
-        self._to_backend = to_backend.write
+        self.server.path.join(self, self.client, side)
+        if config.client_idle_timeout and not self.client.read_closed:
+            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
+
+    def write_with(self, to_client: Callable[[bytes], None], to_backend: Callable[[bytes], None]) -> None:
+        """
+        From now on bytes are written with C{to_client} and C{to_backend}
+        (a data path that relays them through Python says so when it joins
+        the sides); the early data goes first.
+        """
+        self._to_client = to_client
+        self._to_backend = to_backend
         early, self.early_data = self.early_data, []
         for data in early:
             self.from_client(data)
-        if self.client.read_closed:
-            side.finish(half=True)
-            return
-        if config.client_idle_timeout:
-            self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
-        client.resumeProducing()
 
     # Bytes (the hot path: keep the work per chunk minimal)
 
@@ -504,7 +518,7 @@ class RelayFactory(Factory):
 
     noisy = False
 
-    def __init__(self, server: ServerService, side: type[ClientSide] = ClientSide) -> None:
+    def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.server = server
         self.side = side
 

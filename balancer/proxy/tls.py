@@ -162,7 +162,8 @@ class _Ciphers:
         self._names = names
         self._legacy = legacy
 
-    def selectCiphers(self, availableCiphers: Sequence[ICipher]) -> list[ICipher]:
+    # Twisted annotates both as tuple[ICipher] where it means a tuple of any length.
+    def selectCiphers(self, availableCiphers: tuple[ICipher, ...]) -> tuple[ICipher, ...]:  # type: ignore[override]
         """The configured suites in order; OpenSSL's DEFAULT list without any."""
         if self._names:
             chosen: list[ICipher] = [_Cipher(name) for name in self._names]
@@ -170,7 +171,7 @@ class _Ciphers:
             chosen = list(ssl.AcceptableCiphers.fromOpenSSLCipherString("DEFAULT").selectCiphers(availableCiphers))
         if self._legacy:
             chosen.append(_Cipher("@SECLEVEL=0"))
-        return chosen
+        return tuple(chosen)
 
 
 def _acceptable_ciphers(
@@ -219,7 +220,8 @@ class BackendTLS:
     def __init__(self, config: BackendsTlsConfig) -> None:
         self._low, self._high = _versions(config.min_version, config.max_version, "backends_tls")
         self._ciphers = _acceptable_ciphers(config.ciphers, self._low, self._high, "backends_tls")
-        extra: dict[str, object] = {"enableSessionTickets": config.session_tickets}
+        # CertificateOptions' keyword arguments, each of its own type.
+        extra: dict[str, Any] = {"enableSessionTickets": config.session_tickets}
         if config.cert_path is not None and config.key_path is not None:
             pair = load_certified_key(config.cert_path, config.key_path, "backends_tls.")
             extra.update(privateKey=pair.key, certificate=pair.certificate, extraCertChain=list(pair.chain))
@@ -249,7 +251,7 @@ class BackendTLS:
         def make(**more: object) -> IOpenSSLClientConnectionCreator:
             return ssl.optionsForClientTLS(hostname, trust, extraCertificateOptions={**extra, **more})
 
-        return self._make(make)  # type: ignore[no-any-return]
+        return self._make(make)
 
 
 def backend_context(config: BackendsTlsConfig, hostname: str) -> IOpenSSLClientConnectionCreator:

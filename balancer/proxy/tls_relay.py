@@ -23,7 +23,7 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -131,8 +131,16 @@ class TlsBackendSide(_TlsEnd, BackendSide):
         super().__init__(relay)
         self._joined = False
 
-    def connectionMade(self) -> None:
-        """TCP is up (a PROXY header, if any, is already sent); the handshake goes on."""
+    def tcp_transport(self) -> Any:
+        """
+        The TCP transport under TLS: a PROXY header written there goes in
+        clear, before the ClientHello (the TLS transport tells its protocol
+        of the connection before it starts its handshake).
+        """
+        return self.transport.transport
+
+    def ready(self) -> None:
+        """TCP is up (a PROXY header, if any, is already sent); the handshake has the connect timeout to finish."""
         server = self.relay.server
         self._start_deadline(server.clock, server.connect_timeout)
 
@@ -158,16 +166,6 @@ class TlsBackendSide(_TlsEnd, BackendSide):
             attempt.relay.connect_failed(attempt, reason)
 
 
-class _HeaderFirst(BufferingTLSTransport):
-    """A client TLS transport that sends the attempt's PROXY header in clear before its ClientHello."""
-
-    def makeConnection(self, transport: Any) -> None:
-        header = self.factory.wrappedFactory.header
-        if header:
-            transport.write(header)
-        super().makeConnection(transport)
-
-
 class BackendTLSFactory(TLSMemoryBIOFactory):
     """
     TLS around one connect attempt (an L{Attempt} building a L{TlsBackendSide}).
@@ -176,11 +174,12 @@ class BackendTLSFactory(TLSMemoryBIOFactory):
     is closed at once, as for plain TCP.
     """
 
-    protocol = _HeaderFirst
+    wrappedFactory: Attempt
 
     def __init__(self, creator: IOpenSSLClientConnectionCreator, attempt: Attempt, clock: Any) -> None:
         super().__init__(creator, True, attempt, clock)
 
-    def buildProtocol(self, addr: Any) -> _HeaderFirst | None:  # type: ignore[override]
-        side = self.wrappedFactory.buildProtocol(addr)
+    def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        """TLS around the attempt's L{TlsBackendSide} (none if the relay gave up on it)."""
+        side = self.wrappedFactory.build(TlsBackendSide)
         return None if side is None else self.protocol(self, side)

@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from balancer.backends import Backend
 from balancer.config.schema import ServerConfig, UdpConfig
 from balancer.proxy.access import AccessRules
+from balancer.proxy.admission import Admission
 from balancer.proxy.tcp import IdleTimer
 from balancer.stats import ServerCounters
 
@@ -250,7 +251,12 @@ class UdpProxy(DatagramProtocol):
 
     @ivar sessions: each client's current session, by C{(host, port)}.
     @ivar counters: the server's statistics, updated as datagrams move.
+    @ivar admission: its access rules and limit of live sessions.
+    @ivar transport: the listening UDP port (an C{IUDPTransport}, and its
+        C{maxPacketSize}, which no interface names: hence C{Any}).
     """
+
+    transport: Any
 
     noisy = False
 
@@ -286,7 +292,7 @@ class UdpProxy(DatagramProtocol):
         @param released: called with the backend when a session ends.
         @param max_sessions: live sessions at most (0: no limit); see the module docstring.
         @param udp_max_sessions: C{[defaults] udp_max_sessions}, what
-            L{configure} takes as C{max_sessions} for a server without C{max_connections}.
+            L{configure} takes as the limit for a server without C{max_connections}.
         """
         self.choose = choose
         self.counters = counters
@@ -297,9 +303,8 @@ class UdpProxy(DatagramProtocol):
         self.max_responses = max_responses
         self.client_idle_timeout = client_idle_timeout
         self.backend_idle_timeout = backend_idle_timeout
-        self.access = access
+        self.admission = Admission(counters, name, access=access, limit=max_sessions)
         self.released = released
-        self.max_sessions = max_sessions
         self.udp_max_sessions = udp_max_sessions
         self.sessions: dict[Address, UdpSession] = {}
         self._live: set[UdpSession] = set()
@@ -339,8 +344,7 @@ class UdpProxy(DatagramProtocol):
         self.max_responses = udp.max_responses
         self.client_idle_timeout = config.client_idle_timeout or 0.0
         self.backend_idle_timeout = config.backend_idle_timeout or 0.0
-        self.access = AccessRules.from_config(config.access) if config.access is not None else None
-        self.max_sessions = config.max_connections or self.udp_max_sessions
+        self.admission.configure(config, self.udp_max_sessions)
 
     def startProtocol(self) -> None:
         """Read datagrams of any size, not Twisted's default 8 KiB."""
@@ -362,12 +366,7 @@ class UdpProxy(DatagramProtocol):
 
     def _open(self, client: Address) -> UdpSession | None:
         host = client[0]
-        if self.access is not None and not self.access.allows(host):
-            self.counters.denied += 1
-            log.debug("{server}: UDP client {client} denied by access rules", server=self.name, client=host)
-            return None
-        if self.max_sessions and len(self._live) >= self.max_sessions:
-            self.counters.over_limit += 1
+        if not self.admission.allows(host):
             return None
         backend = self.choose(host)
         if backend is None:
@@ -379,8 +378,7 @@ class UdpProxy(DatagramProtocol):
         self._live.add(session)
         backend.counters.active_connections += 1
         backend.counters.total_connections += 1
-        self.counters.active_connections += 1
-        self.counters.total_connections += 1
+        self.admission.opened()
         session.start()
         return session
 
@@ -398,7 +396,7 @@ class UdpProxy(DatagramProtocol):
             self._closing.add(closed)
             closed.addBoth(self._socket_closed, closed)
         session.backend.counters.active_connections -= 1
-        self.counters.active_connections -= 1
+        self.admission.ended()
         if self.released is not None:
             self.released(session.backend)
 

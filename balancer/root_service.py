@@ -1,20 +1,23 @@
 """
 L{BalancerService}: the root of the service tree, one L{ServerService} child
-per configured server, plus the clock that keeps per-second rates.
+per configured server, plus the clock that keeps per-second rates and the
+relay engine its servers share (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Generator
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
-from balancer.proxy.engine import engine_for
-from balancer.server import BindError, ServerService
+from balancer.proxy.engine.engine import make_engine
+from balancer.proxy.paths import DataPaths
+from balancer.listening import BindError
+from balancer.server_service import ServerService
 from balancer.stats import RateClock
 
 log = Logger()
@@ -36,6 +39,10 @@ class BalancerService(MultiService):
     failure unbinds the others and raises L{BindError}.  With C{[defaults]
     workers} over 1, listeners share their port with the other worker
     processes (C{SO_REUSEPORT}).
+
+    @ivar engine: the relay engine of its servers' plain TCP relays, made
+        for its reactor with C{[defaults] splice} where there can be one,
+        else C{None}; closed once the service has stopped.
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -44,6 +51,8 @@ class BalancerService(MultiService):
         self.reactor = reactor
         self.rates = RateClock(reactor)
         self._rng = rng
+        self.engine = make_engine(reactor) if config.defaults.splice else None
+        self._paths = DataPaths(reactor, self.engine)
         for name, server in config.servers.items():
             self._make_server(name, server).setServiceParent(self)
 
@@ -52,7 +61,7 @@ class BalancerService(MultiService):
         service = ServerService(
             name, server, self.reactor, self.rates, grace=defaults.shutdown_grace, rng=self._rng,
             reuse_port=defaults.workers > 1,
-            engine=engine_for(self.reactor) if defaults.splice else None,
+            paths=self._paths,
             udp_max_sessions=defaults.udp_max_sessions,
         )
         service.setName(name)
@@ -77,15 +86,19 @@ class BalancerService(MultiService):
         self.rates.start()
 
     def stopService(self) -> Deferred[None]:
-        """Stop every server (listeners first, then relays get their grace)."""
+        """Stop every server (listeners first, then relays get their grace), then close the engine."""
         self.rates.stop()
-        return super().stopService()
+        stopped = super().stopService()
+        engine = self.engine
+        if engine is not None:
+            stopped.addCallback(lambda _: engine.close())
+        return stopped
 
     # The control operations the admin API builds on
 
     def servers(self) -> list[ServerService]:
         """The running servers, in configuration order."""
-        return list(self)  # type: ignore[arg-type]
+        return list(self)
 
     def server(self, name: str) -> ServerService:
         """
@@ -94,7 +107,7 @@ class BalancerService(MultiService):
         @raise UnknownServer: if there is none.
         """
         try:
-            return self.getServiceNamed(name)  # type: ignore[return-value]
+            return self.getServiceNamed(name)
         except KeyError:
             raise UnknownServer(name) from None
 
@@ -114,7 +127,7 @@ class BalancerService(MultiService):
         return service
 
     @inlineCallbacks
-    def update_server(self, name: str, config: ServerConfig):  # type: ignore[no-untyped-def]
+    def update_server(self, name: str, config: ServerConfig) -> Generator[Deferred[Any], Any, None]:
         """
         Give server C{name} a new definition.
 

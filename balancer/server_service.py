@@ -3,8 +3,9 @@ L{ServerService}: one C{[servers.<name>]} at run time: its listener, backend
 pool, strategy, live relays and counters.
 
 What a server's protocol features need is settled here, once per listener
-or per configuration: the listener's factory (plain TCP, TCP reading the SNI
-first, TLS termination, or UDP), the access rules and SNI router applied at
+or per configuration: its listener kind (L{balancer.listeners}: plain TCP,
+TCP reading the SNI first, TLS termination, or UDP) and data path
+(L{balancer.proxy.paths}), the admission and SNI router applied at
 admission and routing, the PROXY protocol version and the TLS settings of
 connections to backends.  The relay itself stays the same for all of them.
 """
@@ -18,23 +19,25 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
-from balancer.config.schema import ServerConfig
+from balancer.config.schema import LISTENER_KEYS, ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
-from balancer.proxy import sockets
-from balancer.proxy.access import AccessRules
-from balancer.proxy.engine import Engine
+from balancer.listeners import listen
+from balancer.listening import BindError
+from balancer.proxy.admission import Admission
+from balancer.proxy.datapath import IDataPath
+from balancer.proxy.listener import IListener
+from balancer.proxy.paths import DataPaths
 from balancer.proxy.proxy_protocol import header
-from balancer.proxy.sni import REJECT, SniClientSide, SniRouter
-from balancer.proxy.tcp import BackendSide, ClientSide, Relay, RelayFactory
-from balancer.proxy.tls import BackendTLS, server_context
-from balancer.proxy.tls_relay import BackendTLSFactory, TlsBackendSide, TlsClientSide
-from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
-from balancer.reuseport import listen_tcp, listen_udp
+from balancer.proxy.sni import REJECT, SniRouter
+from balancer.proxy.tcp import Attempt, Relay
+from balancer.proxy.tls import BackendTLS
+from balancer.proxy.tls_relay import BackendTLSFactory
+from balancer.proxy.udp import UdpProxy
 from balancer.stats import RateClock, ServerCounters, Traffic
 from balancer.strategies import make_strategy
 from balancer.tlsfiles import TLSError
@@ -46,28 +49,8 @@ log = Logger()
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
-class BindError(Exception):
-    """
-    A server could not listen on its address (the message names both), or
-    its TLS files could not be loaded (the message names the key and file).
-    """
-
-
-#: Keys whose change needs a new listener rather than an in-place update.
-LISTENER_KEYS = ("bind", "protocol", "tls", "sni", "udp")
-
-
-def runs_on_engine(config: ServerConfig) -> bool:
-    """
-    Whether a server's relays can run on the relay engine
-    (L{balancer.proxy.engine}): plain TCP at both ends, nothing to read or
-    encrypt besides the bytes relayed (no TLS, no SNI routing).
-    """
-    return config.protocol == "tcp" and config.tls is None and config.sni is None and config.backends_tls is None
-
-
-def needs_new_listener(old: ServerConfig, new: ServerConfig) -> bool:
-    """Whether going from C{old} to C{new} changes how the server listens."""
+def listener_keys_changed(old: ServerConfig, new: ServerConfig) -> bool:
+    """Whether going from C{old} to C{new} changes one of the L{LISTENER_KEYS}."""
     return any(getattr(old, key) != getattr(new, key) for key in LISTENER_KEYS)
 
 
@@ -76,9 +59,10 @@ def _initially_live(config: ServerConfig) -> bool:
     return config.healthcheck.kind == "none" or config.healthcheck.initial_status == "healthy"
 
 
+@implementer(IListener)
 class ServerService(Service):
     """
-    One configured server.
+    One configured server: the L{IListener} of its relays.
 
     Binding happens in L{bind} (called by C{privilegedStartService}), so a
     bad address fails before the process or the API call goes further.
@@ -95,17 +79,18 @@ class ServerService(Service):
     @ivar relays: live client sessions by id.
     @ivar discovery: the running discovery (None while stopped).
     @ivar health: the running health monitor (None while stopped).
-    @ivar udp: the datagram proxy of a C{protocol = "udp"} server while it
-        listens (its sessions are not relays).
+    @ivar udp: the datagram proxy of a C{protocol = "udp"} server, else
+        C{None} (its sessions are not relays).
     @ivar reuse_port: whether its listener shares its port with other
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
-    @ivar engine: the relay engine its plain TCP relays run on
-        (L{runs_on_engine}), or C{None} for Twisted's transports.
     @ivar udp_max_sessions: C{[defaults] udp_max_sessions}, the limit of UDP
         sessions of a C{protocol = "udp"} server without C{max_connections}.
-    @ivar on_engine: whether its relays run on the engine (it has one, and
-        its configuration L{runs_on_engine}).
+    @ivar path: the data path its TCP relays run on, chosen from the
+        C{paths} it was given for its configuration when it was made
+        (L{DataPaths.choose}).
     """
+
+    name: str
 
     def __init__(
         self,
@@ -117,7 +102,7 @@ class ServerService(Service):
         grace: float = 10.0,
         rng: random.Random | None = None,
         reuse_port: bool = False,
-        engine: Engine | None = None,
+        paths: DataPaths | None = None,
         udp_max_sessions: int = 0,
     ) -> None:
         self.name = name
@@ -133,19 +118,33 @@ class ServerService(Service):
         self.relays: dict[int, Relay] = {}
         self.discovery: DiscoveryRunner | None = None
         self.health: HealthMonitor | None = None
-        self.udp: UdpProxy | None = None
-        self.engine = engine
+        self._paths = paths if paths is not None else DataPaths(reactor)
+        self.path: IDataPath = self._paths.choose(config)
         self._rng = rng
         self._rates = rates
         self._port: Any = None
         self._drained: list[Deferred[None]] = []
         self._backend_tls: BackendTLS | None = None
+        self._admission = Admission(self.counters, name)
+        self.udp = (
+            UdpProxy.from_config(
+                config,
+                lambda host: self.choose_backend(host, set()),
+                self.counters,
+                reactor=reactor,
+                clock=self.clock,
+                name=name,
+                released=self.backend_released,
+                udp_max_sessions=udp_max_sessions,
+            )
+            if config.protocol == "udp"
+            else None
+        )
         self._apply(config)
 
     def _apply(self, config: ServerConfig) -> None:
         """Compile what admission and routing use from C{config}."""
-        self.on_engine = self.engine is not None and runs_on_engine(config)
-        self._access = AccessRules.from_config(config.access) if config.access is not None else None
+        self._admission.configure(config)
         self._sni = SniRouter.from_config(config.sni) if config.sni is not None else None
         self._proxy_version = config.proxy_protocol.version if config.proxy_protocol is not None else None
 
@@ -163,49 +162,17 @@ class ServerService(Service):
         self._backend_tls = self._load_backend_tls(config)
         bind = config.bind
         try:
-            self._port = self._listen(config)
+            self._port = listen(self)
         except CannotListenError as e:
             raise BindError(f'server "{self.name}": cannot listen on {bind}: {e.socketError}') from e
+        except TLSError as e:
+            raise BindError(f'server "{self.name}": {e}') from e
         log.info(
             "{server}: listening on {address} ({protocol})",
             server=self.name,
             address=self.address,
             protocol=config.protocol,
         )
-
-    def _listen(self, config: ServerConfig) -> Any:
-        """Listen as C{protocol}, C{[tls]} and C{[sni]} say; returns the port."""
-        bind = config.bind
-        if config.protocol == "udp":
-            self.udp = UdpProxy.from_config(
-                config,
-                lambda host: self.choose_backend(host, set()),
-                self.counters,
-                reactor=self.reactor,
-                clock=self.clock,
-                name=self.name,
-                released=self.backend_released,
-                udp_max_sessions=self.udp_max_sessions,
-            )
-            if self.reuse_port:
-                return listen_udp(self.reactor, bind.port, self.udp, bind.listen_host, MAX_DATAGRAM)
-            return self.reactor.listenUDP(bind.port, self.udp, interface=bind.listen_host, maxPacketSize=MAX_DATAGRAM)
-        if self.on_engine:
-            assert self.engine is not None
-            return sockets.listen(
-                self.engine, bind.port, RelayFactory(self), bind.listen_host, reuse_port=self.reuse_port
-            )
-        factory: Any = RelayFactory(self, SniClientSide if config.sni is not None else ClientSide)
-        if config.protocol == "tls":
-            assert config.tls is not None
-            try:
-                creator = server_context(config.tls)
-            except TLSError as e:
-                raise BindError(f'server "{self.name}": {e}') from e
-            factory = TLSMemoryBIOFactory(creator, False, RelayFactory(self, TlsClientSide), self.clock)
-        if self.reuse_port:
-            return listen_tcp(self.reactor, bind.port, factory, bind.listen_host)
-        return self.reactor.listenTCP(bind.port, factory, backlog=1024, interface=bind.listen_host)
 
     def _load_backend_tls(self, config: ServerConfig) -> BackendTLS | None:
         """
@@ -270,7 +237,7 @@ class ServerService(Service):
         rules, PROXY protocol, backend TLS, discovery and health checks
         change for new clients; live relays are kept.  The listener is not
         touched, so C{bind}, C{protocol}, C{tls}, C{sni} and C{udp} must be
-        unchanged, and so must be whether it runs on the engine (L{needs_new_listener}).
+        unchanged, and so must be its data path (L{needs_new_listener}).
 
         @raise BindError: if a changed C{[backends_tls]} cannot be loaded
             (nothing changes then).
@@ -298,12 +265,10 @@ class ServerService(Service):
     def needs_new_listener(self, config: ServerConfig) -> bool:
         """
         Whether going to C{config} needs a new listener: a listener key
-        changes, or, on a server with an engine, whether its relays run
-        there (C{[backends_tls]} added or removed).
+        changes (L{listener_keys_changed}), or its relays would run on
+        another data path (on the engine, C{[backends_tls]} added or removed).
         """
-        return needs_new_listener(self.config, config) or (
-            self.engine is not None and self.on_engine != runs_on_engine(config)
-        )
+        return listener_keys_changed(self.config, config) or self._paths.choose(config) is not self.path
 
     def unbind(self) -> Deferred[None]:
         """Stop listening (if listening); fires once the port is closed."""
@@ -328,7 +293,7 @@ class ServerService(Service):
         listener.addCallback(
             lambda _: log.info("{server}: stopped listening on {address}", server=self.name, address=address)
         )
-        udp, self.udp = self.udp, None
+        udp = self.udp
         if udp is not None:
             # Answers to a closed listening socket cannot reach clients: sessions end now.
             return gatherResults([listener, udp.close_all()], consumeErrors=True).addCallback(lambda _: None)
@@ -361,25 +326,15 @@ class ServerService(Service):
         Take a new client unless the access rules refuse it (counted in
         C{denied}) or the server is at C{max_connections} (C{over_limit}).
         """
-        access = self._access
-        if access is not None:
-            host = relay.client_address.host
-            if not access.allows(host):
-                self.counters.denied += 1
-                log.debug("{server}: client {client} denied by access rules", server=self.name, client=host)
-                return False
-        limit = self.config.max_connections
-        if limit and self.counters.active_connections >= limit:
-            self.counters.over_limit += 1
+        if not self._admission.allows(relay.client_address.host):
             return False
-        self.counters.active_connections += 1
-        self.counters.total_connections += 1
+        self._admission.opened()
         self.relays[relay.id] = relay
         return True
 
     def relay_ended(self, relay: Relay) -> None:
         """A client's session is over: both of its connections are closed."""
-        self.counters.active_connections -= 1
+        self._admission.ended()
         del self.relays[relay.id]
         if not self.relays:
             drained, self._drained = self._drained, []
@@ -417,27 +372,20 @@ class ServerService(Service):
         return header(self._proxy_version, client.getPeer(), client.getHost())
 
     @property
-    def backend_side(self) -> type[BackendSide]:
-        """The class of relays' connections to backends: over TLS with C{[backends_tls]}."""
-        return BackendSide if self._backend_tls is None else TlsBackendSide
-
-    @property
     def connect_timeout(self) -> float:
         """Seconds a backend has to accept a connection (and, with C{[backends_tls]}, again to finish its handshake)."""
         return self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT
 
-    def connect(self, backend: Backend, attempt: Any) -> Any:
+    def connect(self, attempt: Attempt) -> Any:
         """
-        Open a connection to C{backend} (on the engine, or over TLS with
-        C{[backends_tls]}); returns the connector.
+        Open a connection to the attempt's backend on the data path (over
+        TLS with C{[backends_tls]}); returns the connector.
         """
-        timeout = self.connect_timeout
-        if self.on_engine:
-            return sockets.connect(self.engine, backend.host, backend.port, attempt, timeout)
-        factory = attempt
+        backend = attempt.backend
+        factory: Any = attempt
         if self._backend_tls is not None:
             factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)
-        return self.reactor.connectTCP(backend.host, backend.port, factory, timeout=timeout)
+        return self.path.connect(backend.host, backend.port, factory, self.connect_timeout)
 
     def backend_released(self, backend: Backend) -> None:
         """A connection to C{backend} closed."""

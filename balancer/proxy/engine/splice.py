@@ -4,8 +4,8 @@ TCP relay move from one socket to the other through a pipe with
 C{os.splice}, without ever becoming Python C{bytes}.
 
 Each socket of such a relay is a L{SplicedTransport} on the relay
-L{engine<balancer.proxy.engine>}, from the moment it is accepted or
-connected (L{balancer.proxy.sockets}) to its close: the transport its
+L{engine<balancer.proxy.engine.engine>}, from the moment it is accepted or
+connected (L{balancer.proxy.engine.sockets}) to its close: the transport its
 protocol sees, and the engine's reader and writer of the socket.  Until
 L{splice} joins it to its peer it reads nothing; from then on the bytes move
 in the kernel.  The protocol handles the endings as with any TCP transport:
@@ -18,7 +18,8 @@ are its statistics, half-closes and timeouts.
 The pipe of a direction is its write buffer.  Flow control is the same as on
 the normal path with a buffer of one read: a socket is read only into an
 empty pipe, and a read that the other socket cannot take at once stops the
-reading until the pipe is drained.  Pipes come from a L{PipePool} when bytes
+reading until the pipe is drained.  Pipes come from the engine's
+L{PipePool<balancer.proxy.engine.pipes.PipePool>} when bytes
 arrive and go back to it as soon as they are empty, so an idle relay holds
 none.  When the process is out of descriptors for a pipe, a read copies the
 bytes through Python instead (C{recv} and C{send}, the buffer then being
@@ -29,7 +30,7 @@ short a read is: with edge-triggered events a short read is no proof that
 nothing is left, and the end of the input may have come in the same edge as
 the last bytes, or while the reading was stopped by flow control.  After
 L{READS_PER_EVENT} full reads the socket waits its turn behind the others
-(L{Engine.read_again<balancer.proxy.engine.Engine.read_again>}).
+(L{Engine.read_again<balancer.proxy.engine.engine.Engine.read_again>}).
 """
 
 from __future__ import annotations
@@ -39,33 +40,24 @@ import os
 import socket
 import struct
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IReactorTime, IReadWriteDescriptor, ISystemHandle
-from twisted.logger import Logger
+from twisted.internet.interfaces import IAddress, IReadWriteDescriptor, ISystemHandle
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancer.proxy.throttled import ThrottledWarning
+from balancer.proxy.engine.pipes import PipePool
+
+if TYPE_CHECKING:
+    from balancer.proxy.engine.engine import Engine
 
 #: Whether this platform has the fast path (Linux, Python 3.10 or later).
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
 
 if AVAILABLE:
-    import fcntl
-
     _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-
-#: The capacity asked of each pipe: the most one splice moves in one call.
-#: Bulk transfers cost less CPU with 1 MiB than with the kernel's default of
-#: 64 KiB; its larger ring (about 10 KiB of kernel memory) is only held by
-#: pipes in use or kept in the pool, never by an idle relay.
-PIPE_SIZE = 1 << 20
-
-#: How many empty pipes a pool keeps for reuse; more are closed.
-POOL_KEEP = 32
 
 #: How many reads a socket gets per call before it lets the others have their turn.
 READS_PER_EVENT = 16
@@ -82,102 +74,6 @@ _LOST = Failure(ConnectionLost())
 _ABORTED = Failure(ConnectionAborted())
 # SO_LINGER on, for 0 s: close() resets the connection.
 _RESET = struct.pack("ii", 1, 0)
-# Errors of pipe2(2) that mean the process or the system is short of descriptors or memory.
-_NO_PIPE = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
-
-log = Logger()
-
-
-class PipePool:
-    """
-    Non-blocking pipes for splicing, created when first needed and kept,
-    empty, for the next relay that has bytes to move.
-
-    @ivar size: the capacity of its pipes, in bytes: C{PIPE_SIZE} when the
-        kernel allows it, else the kernel's default.
-    @ivar created: how many pipes it has opened in all.
-    @ivar lent: how many pipes are out (acquired, neither released nor
-        discarded yet).
-    """
-
-    def __init__(self, size: int = PIPE_SIZE, keep: int = POOL_KEEP) -> None:
-        self.size = size
-        self.created = 0
-        self.lent = 0
-        self._keep = keep
-        self._free: list[tuple[int, int]] = []
-        self._no_pipe = ThrottledWarning(
-            log, "no pipe for a relay ({error}): relays copy their bytes until pipes can be had again ({count} reads so far)"
-        )
-
-    @property
-    def refused(self) -> int:
-        """How many times no pipe could be had (out of descriptors or memory), so that a read copied its bytes instead."""
-        return self._no_pipe.count
-
-    @property
-    def free(self) -> int:
-        """How many empty pipes wait in the pool."""
-        return len(self._free)
-
-    def acquire(self) -> tuple[int, int]:
-        """
-        An empty pipe, C{(read end, write end)}: a kept one, or a new one.
-
-        @raise OSError: if no pipe can be made (out of descriptors or memory).
-        """
-        if self._free:
-            self.lent += 1
-            return self._free.pop()
-        read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.lent += 1
-        self.created += 1
-        try:
-            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, self.size)
-        except OSError:
-            # Over /proc/sys/fs/pipe-max-size or the user's pipe quota: use
-            # what the kernel gives.
-            self.size = fcntl.fcntl(write, fcntl.F_GETPIPE_SZ)
-        return read, write
-
-    def acquire_or_none(self, clock: IReactorTime) -> tuple[int, int] | None:
-        """
-        L{acquire}, or C{None} when the process or the system is out of
-        descriptors or memory for a pipe: logged as a warning at most once a
-        minute by C{clock}.
-        """
-        try:
-            return self.acquire()
-        except OSError as e:
-            if e.errno not in _NO_PIPE:
-                raise
-            self._no_pipe.due(clock, error=e.strerror)
-            return None
-
-    def release(self, pipe: tuple[int, int]) -> None:
-        """Take back an empty pipe (closed if the pool is full)."""
-        if len(self._free) < self._keep:
-            self.lent -= 1
-            self._free.append(pipe)
-        else:
-            self.discard(pipe)
-
-    def discard(self, pipe: tuple[int, int]) -> None:
-        """Take back a pipe that may still hold bytes, and close it."""
-        self.lent -= 1
-        os.close(pipe[0])
-        os.close(pipe[1])
-
-    def close(self) -> None:
-        """Close the pipes kept."""
-        free, self._free = self._free, []
-        for read, write in free:
-            os.close(read)
-            os.close(write)
-
-
-#: The pool of the process's relays.
-PIPES = PipePool()
 
 
 def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -224,20 +120,19 @@ class SplicedTransport:
         "_closed",
     )
 
-    def __init__(self, engine: Any, sock: Any, address: IAddress | None = None, pool: PipePool = PIPES) -> None:
+    def __init__(self, engine: Engine, sock: Any, address: IAddress | None = None) -> None:
         """
-        @param engine: the engine the socket runs on (L{balancer.proxy.engine.Engine}).
+        @param engine: the engine the socket runs on (L{balancer.proxy.engine.engine.Engine}).
         @param sock: a connected, non-blocking TCP socket.
         @param address: its peer's address (by default read from the socket when asked for).
-        @param pool: where pipes come from and go back to.
         """
         self.protocol: Any = None
-        self._engine: Any = engine
+        self._engine = engine
         self._socket = sock
         self._fd: int = sock.fileno()
         self._address: IAddress | None = address
         self._host: IAddress | None = None
-        self._pool = pool
+        self._pool: PipePool = engine.pipes
         self._count: Callable[[int], None] | None = None
         self._peer: SplicedTransport = self  # until splice() pairs them
         self._producer: SplicedTransport | None = None
@@ -550,11 +445,6 @@ class SplicedTransport:
         """
         if not self._closed:
             self._close_later(_LOST)
-
-
-def can_splice(transport: Any) -> bool:
-    """Whether L{splice} can join C{transport}: a socket of the relay engine."""
-    return isinstance(transport, SplicedTransport)
 
 
 def splice(

@@ -35,7 +35,6 @@ number of clients per event and the rest come with the next one.
 from __future__ import annotations
 
 import select
-import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -45,8 +44,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancer.proxy import splice
-from balancer.proxy.deadlines import Deadlines
+from balancer.proxy.engine import splice
+from balancer.proxy.engine.deadlines import Deadlines
+from balancer.proxy.engine.pipes import PipePool
 
 log = Logger()
 
@@ -71,17 +71,21 @@ class Engine:
     descriptors of those sockets and its C{callLater}.
 
     The engine is a reader of the reactor only while it watches a socket.
+    Whoever makes it closes it (L{close}) when done with it.
 
     @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
+    @ivar pipes: the pipes its sockets splice through.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, pipes: PipePool | None = None) -> None:
         """
         @param reactor: the reactor to nest in (an C{IReactorFDSet} and
             C{IReactorTime} polling file descriptors).
+        @param pipes: the pool of its pipes (by default, a new one).
         """
         self.reactor = reactor
         self.deadlines = Deadlines(reactor)
+        self.pipes = pipes if pipes is not None else PipePool()
         self._epoll = select.epoll()
         self._readers: dict[int, Any] = {}
         self._writers: dict[int, Any] = {}
@@ -235,6 +239,23 @@ class Engine:
         """The reactor stopped watching the engine (it is shutting down)."""
         self._nested = False
 
+    def close(self) -> None:
+        """
+        Leave the reactor, and close the epoll set and the pipes kept: the
+        engine is done (its sockets are closed; it watches only what was
+        left to it).
+        """
+        if self._soon_call is not None and self._soon_call.active():
+            self._soon_call.cancel()
+        self._soon_call = None
+        self._soon.clear()
+        self._readers.clear()
+        self._writers.clear()
+        self._unseen.clear()
+        self._unnest()
+        self._epoll.close()
+        self.pipes.close()
+
     # Inside
 
     def _failed(self, descriptor: Any) -> None:
@@ -292,7 +313,7 @@ class Engine:
             descriptor, event = soon.popleft()
             fd = descriptor.fileno()
             wanted = self._readers if event == _IN else self._writers
-            if wanted.get(fd) is descriptor and unseen.get(fd, 0) & event:
+            if fd in wanted and wanted[fd] is descriptor and unseen.get(fd, 0) & event:
                 unseen[fd] &= ~event
                 try:
                     if event == _IN:
@@ -305,18 +326,12 @@ class Engine:
             self._soon_call = self.reactor.callLater(0, self._run_soon_now)
 
 
-_engines: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
-
-
-def engine_for(reactor: Any) -> Engine | None:
+def make_engine(reactor: Any) -> Engine | None:
     """
-    The engine nested in C{reactor}, made on first use; C{None} where there
-    can be none: without C{os.splice} and epoll (not Linux), or for a
-    reactor that does not poll file descriptors (a test's memory reactor).
+    A new engine nested in C{reactor}; C{None} where there can be none:
+    without C{os.splice} and epoll (not Linux), or for a reactor that does
+    not poll file descriptors (a test's memory reactor).
     """
     if not (splice.AVAILABLE and isinstance(reactor, PosixReactorBase)):
         return None
-    engine = _engines.get(reactor)
-    if engine is None:
-        engine = _engines[reactor] = Engine(reactor)
-    return engine
+    return Engine(reactor)

@@ -1,12 +1,11 @@
 """
-Listening and connecting on the relay L{engine<balancer.proxy.engine>}:
+Listening and connecting on the relay L{engine<balancer.proxy.engine.engine>}:
 plain TCP clients are accepted, and connections to backends are made,
 without Twisted's ports, connectors and transports; each connected socket
 is a L{SplicedTransport} from the start.
 
 Only what a relay needs is done per connection: one C{accept4} and one
-C{ioctl} to make the socket non-blocking for a client (and the
-C{getsockname} with which Python checks a descriptor it wraps; Linux gives
+C{ioctl} to make the socket non-blocking for a client (Linux gives
 accepted sockets the listener's C{TCP_NODELAY}); one C{socket} (created non-blocking), one
 C{setsockopt} and one C{connect} for a backend, whose result is read with
 one C{getsockopt} when the engine says the socket is writable.
@@ -20,7 +19,6 @@ C{connectTCP}.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import os
 import socket
@@ -34,8 +32,8 @@ from twisted.internet.error import TimeoutError, UserError, getConnectError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancer.proxy.splice import SplicedTransport, tcp_address
-from balancer.proxy.throttled import ThrottledWarning
+from balancer.proxy.engine.splice import SplicedTransport, tcp_address
+from balancer.proxy.engine.throttled import ThrottledWarning
 from balancer.reuseport import bound_socket
 
 log = Logger()
@@ -63,7 +61,6 @@ _CLIENT_ERRORS = (
     errno.ENONET,
     errno.EOPNOTSUPP,
 )
-_STREAM = socket.SOCK_STREAM
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
@@ -122,10 +119,10 @@ class EngineListener:
 
     def doRead(self) -> None:
         """Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them."""
-        accept = self._socket._accept  # type: ignore[attr-defined]
+        accept = self._socket.accept
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                fd, addr = accept()
+                sock, addr = accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -135,15 +132,14 @@ class EngineListener:
                     self._pause(e)
                     return
                 raise
-            self._accepted(fd, addr)
+            self._accepted(sock, addr)
 
     def connectionLost(self, reason: Failure) -> None:
         """Accepting failed in a way not foreseen (logged by the engine): stop listening."""
         self.stopListening()
 
-    def _accepted(self, fd: int, addr: tuple[Any, ...]) -> None:
+    def _accepted(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
         """Make the client's transport and protocol; a client whose setup fails is closed and logged."""
-        sock = _socket.socket(self._family, _STREAM, 0, fd)
         try:
             sock.setblocking(False)
             address = tcp_address(self._family, addr)
@@ -254,7 +250,7 @@ class EngineConnector:
         if self._deadline is None:
             return  # failed or stopped while resolving
         try:
-            sock = self._socket = _socket.socket(
+            sock = self._socket = socket.socket(
                 socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
             )
             self._fd = sock.fileno()

@@ -1,0 +1,42 @@
+"""
+L{DataPaths}: the data paths of one reactor, and which one a listener's
+relays run on (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balancer.config.schema import ServerConfig
+from balancer.proxy.datapath import IDataPath
+from balancer.proxy.engine.engine import Engine
+from balancer.proxy.engine.path import EnginePath
+from balancer.proxy.twisted_path import TwistedPath
+
+
+def runs_on_engine(config: ServerConfig) -> bool:
+    """
+    Whether a server's relays can run on the relay engine: plain TCP at both
+    ends, nothing to read or encrypt besides the bytes relayed (no TLS, no
+    SNI routing).
+    """
+    return config.protocol == "tcp" and config.tls is None and config.sni is None and config.backends_tls is None
+
+
+class DataPaths:
+    """
+    Twisted's transports on C{reactor}, and the relay engine where there is one.
+
+    @ivar twisted: the path on Twisted's transports.
+    @ivar engine: the path on the relay engine, or C{None}.
+    """
+
+    def __init__(self, reactor: Any, engine: Engine | None = None) -> None:
+        self.twisted = TwistedPath(reactor)
+        self.engine = EnginePath(engine) if engine is not None else None
+
+    def choose(self, config: ServerConfig) -> IDataPath:
+        """The path for a listener of C{config}: the engine if there is one and the configuration L{runs_on_engine}."""
+        if self.engine is not None and runs_on_engine(config):
+            return self.engine
+        return self.twisted
