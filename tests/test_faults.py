@@ -29,7 +29,7 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import treq
 from twisted.internet import error, reactor
@@ -45,28 +45,11 @@ from zope.interface import implementer
 from tests.clients import Echo, exchange, listen
 from tests.killable_backend import stream
 from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.support.waiting import until
 
 #: Clock ticks per second of /proc/<pid>/stat's CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
 BLOCK = 64 * 1024
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> Deferred[None]:
-    """Fires once C{condition()} holds, checked every C{step} s; fails naming C{what} after C{timeout} s."""
-    done: Deferred[None] = Deferred()
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if condition():
-            loop.stop()
-            done.callback(None)
-        elif reactor.seconds() > deadline:
-            loop.stop()
-            done.errback(AssertionError(f"not within {timeout} s: {what}"))
-
-    loop = LoopingCall(check)
-    loop.start(step).addErrback(done.errback)
-    return done
 
 
 def pause(seconds: float) -> Deferred[None]:
@@ -191,7 +174,7 @@ def start_balancer(test: TestCase, servers: dict[str, tuple[str, ...]], splice: 
     test.addCleanup(stop_process, process)
     yield process.seen
     yield until(lambda: all(f"{name}: listening on".encode() in process.output for name in servers), 10,
-                "every server listening")
+                "every server listening", step=0.02)
     text = process.output.decode()
     process.api = int(re.search(r"api: listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
     for name in servers:
@@ -406,7 +389,7 @@ class FaultTests:
         yield connect(balancer.ports["doomed"], unread)
         unread.transport.write(b"u" * 1000)
         yield until(lambda: backend.status() == "connections=2 sent=2 unread=1000", 10,
-                    "the backend sending 1 MiB to both clients and holding 1000 unread bytes")
+                    "the backend sending 1 MiB to both clients and holding 1000 unread bytes", step=0.02)
         os.kill(backend.transport.pid, signal.SIGKILL)
         yield backend.ended
         killed = reactor.seconds()
@@ -474,7 +457,7 @@ class FaultTests:
         idle = [Client() for _ in range(count)]
         for start in range(0, count, 200):
             yield gatherResults([connect(port, client) for client in idle[start: start + 200]])
-        yield until(lambda: self.echo.open == count, timeout, "every idle client relayed to the backend")
+        yield until(lambda: self.echo.open == count, timeout, "every idle client relayed to the backend", step=0.02)
         held = proc_status(balancer.pid, "VmRSS")
         served = yield gatherResults([exchange(port, b"served %d" % i) for i in range(20)])
         self.assertEqual(served, [b"served %d" % i for i in range(20)])
@@ -516,11 +499,11 @@ class FaultTests:
             yield connect(port, client)
             client.transport.write(b"ping %02d" % i)
             self.assertEqual((yield client.expect(7)), b"ping %02d" % i)
-        yield until(lambda: len(factory.stalled) == len(running), 5, "every backend stalled")
+        yield until(lambda: len(factory.stalled) == len(running), 5, "every backend stalled", step=0.02)
         holders = [Client() for _ in range(400)]
         for holder in holders:
             connect(port, holder).addErrback(lambda f: None)
-        yield until(lambda: descriptors(balancer.pid) >= 250, 15, "the balancer at its descriptor limit")
+        yield until(lambda: descriptors(balancer.pid) >= 250, 15, "the balancer at its descriptor limit", step=0.02)
         yield pause(0.5)
         before = cpu_seconds(balancer.pid)
         window = pause(3.0)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import signal
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import error, reactor
 from twisted.internet.error import ConnectionLost
@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -29,6 +29,7 @@ from balancer.service import BalancerService
 from tests.clients import Named, exchange, listen
 from tests.helpers import ROOT
 from tests.processes import free_port, spawn_twistd
+from tests.support.waiting import until
 from tests.test_relay import server_config
 
 CHUNK = 64 * 1024
@@ -42,25 +43,6 @@ def pattern(index: int) -> bytes:
 def buffered(transport: Any) -> int:
     """Bytes a Twisted TCP transport holds, written but not yet sent."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-def until(condition: Callable[[], bool], each: Callable[[], None] | None = None) -> Deferred[None]:
-    """
-    Fires once C{condition()} holds, checking (and first calling C{each}) every
-    reactor turn; fails with what C{each} or C{condition} raises.
-    """
-    done: Deferred[None] = Deferred()
-
-    def check() -> None:
-        if each is not None:
-            each()
-        if condition():
-            loop.stop()
-            done.callback(None)
-
-    loop = LoopingCall(check)
-    loop.start(0).addErrback(done.errback)
-    return done
 
 
 @implementer(IHalfCloseableProtocol)
@@ -363,7 +345,7 @@ class RelayIntegrationTests(TestCase):
                 and client.index < client.chunks
             )
 
-        yield until(stalled, sample)
+        yield until(stalled, each=sample)
         for _ in range(20):
             yield deferLater(reactor, 0, sample)
             self.assertTrue(stalled())

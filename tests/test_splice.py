@@ -57,8 +57,8 @@ from tests.test_relay_integration import (
     open_client,
     pattern,
     start_balancer,
-    until,
 )
+from tests.support.waiting import until
 
 
 class Watcher(Peer):
