@@ -29,8 +29,8 @@ from balancer.service import BalancerService
 from tests.clients import Named, exchange, listen
 from tests.helpers import ROOT
 from tests.processes import free_port, spawn_twistd
+from tests.support.relays import server_config
 from tests.support.waiting import until
-from tests.test_relay import server_config
 
 CHUNK = 64 * 1024
 

@@ -36,8 +36,8 @@ from balancer.server import BindError, ServerService, needs_new_listener
 from balancer.stats import RateClock
 from tests.certs import make_certificates
 from tests.proxy_protocol_peer import ProxyProtocolPeer
-from tests.test_relay import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
 from tests.support.hellos import client_hello
+from tests.support.relays import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
 
 SNI_BACKENDS = ("10.0.0.1:443 sni=a.test", "10.0.0.2:443 sni=b.test", "10.0.0.3:443")
 

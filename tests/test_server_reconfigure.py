@@ -16,7 +16,7 @@ from balancer.proxy.engine import engine_for
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
-from tests.test_relay import accept, make_server, server_config
+from tests.support.relays import accept, make_server, server_config
 from tests.test_server_service import ListeningReactor
 
 

@@ -21,7 +21,7 @@ from balancer.proxy.tcp import RelayFactory
 from balancer.server import BindError, ServerService
 from balancer.service import BalancerService
 from balancer.stats import RateClock
-from tests.test_relay import accept, attempted, connect, lose, make_server, server_config
+from tests.support.relays import accept, attempted, connect, lose, make_server, server_config
 
 
 class RecordingPort:

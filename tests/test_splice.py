@@ -44,7 +44,7 @@ from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.clients import exchange, listen
 from tests.processes import free_port
-from tests.test_relay import FakeTransport, server_config
+from tests.support.relays import FakeTransport, server_config
 from tests.test_relay_integration import (
     CHUNK,
     Answer,

@@ -17,9 +17,9 @@ from balancer.config.load import parse_config
 from balancer.proxy.tcp import Relay
 from balancer.state import StateFile
 from balancer.stats import BackendCounters, ServerCounters, server_report
+from tests.support.relays import FakeTransport
 from tests.test_admin_root import Reactor
 from tests.test_v1_helpers import CONFIG, NEW_SERVER, V1, assert_errors, make_v1
-from tests.test_relay import FakeTransport
 
 LINK_MINE = {"data": [{"id": "mine", "type": "servers"}, {"id": "127.0.0.1:9001", "type": "servers"},
                       {"id": "127.0.0.1:9002", "type": "servers"}]}
