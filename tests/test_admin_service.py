@@ -16,8 +16,8 @@ from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.server import BindError
 from balancer.tap import build_service
+from tests.support.reactors import ListeningReactor
 from tests.test_admin_integration import make_certificate
-from tests.test_admin_root import Reactor
 
 SERVER = b"""
 [servers.web]
@@ -64,14 +64,14 @@ class ApiServiceTests(SynchronousTestCase):
         self.assertIsNotNone(options.getContext())
 
     def test_bindFailureIsBindError(self) -> None:
-        service = api_service(None, api_config('bind = "127.0.0.1:8080"'), Reactor(taken=(8080,)))  # type: ignore[arg-type]
+        service = api_service(None, api_config('bind = "127.0.0.1:8080"'), ListeningReactor(taken=(8080,)))  # type: ignore[arg-type]
         with self.assertRaises(BindError) as caught:
             service.privilegedStartService()
         self.assertEqual(str(caught.exception),
                          "api: cannot listen on 127.0.0.1:8080: [Errno 98] Address already in use")
 
     def test_stopClosesTheListener(self) -> None:
-        memory = Reactor()
+        memory = ListeningReactor()
         service = api_service(None, api_config('bind = "127.0.0.1:8080"'), memory)  # type: ignore[arg-type]
         service.startService()
         self.assertEqual(memory.listening(), [8080])

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config.load import parse_config, server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
-from tests.test_admin_root import Reactor
-from tests.test_v1_helpers import CONFIG, V1, assert_errors
+from tests.support.reactors import ListeningReactor
+from tests.support.v1_api import CONFIG, V1, assert_errors
 
 BASE = parse_config(CONFIG.format(api="", extra="").encode(), "test.toml")
 
@@ -96,7 +96,7 @@ class _Process:
         pass
 
 
-class Spawning(Reactor):
+class Spawning(ListeningReactor):
     """A memory reactor that records the argv of every process it is asked to start (and starts none)."""
 
     def __init__(self) -> None:

@@ -16,8 +16,8 @@ from balancer.proxy.engine import engine_for
 from balancer.server import BindError
 from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
+from tests.support.reactors import ListeningReactor
 from tests.support.relays import accept, make_server, server_config
-from tests.test_server_service import ListeningReactor
 
 
 def with_backends(config, *lines: str):  # type: ignore[no-untyped-def]

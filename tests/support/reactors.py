@@ -1,0 +1,84 @@
+"""
+Memory reactors for unit tests: listeners that record being closed, ports
+that are taken, closings that wait for the test, and UDP listeners.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+
+
+class RecordingPort:
+    """A TCP listening port of L{ListeningReactor} that records whether it was closed."""
+
+    def __init__(self, reactor: ListeningReactor, port: int, interface: str) -> None:
+        self._reactor = reactor
+        self.port = port
+        self.interface = interface
+        self.stopped = False
+
+    def getHost(self) -> IPv4Address:
+        """Its address; port 0 stands for the port the kernel would pick, 40000."""
+        return IPv4Address("TCP", self.interface or "0.0.0.0", self.port or 40000)
+
+    def stopListening(self) -> Deferred[None]:
+        self.stopped = True
+        self._reactor.closed.append(self.port)
+        return self._reactor.closing(self.port)
+
+
+class ListeningReactor(MemoryReactorClock):
+    """
+    A memory reactor whose TCP ports record closing (L{ports}, L{closed},
+    L{listening}), and which refuses to listen on C{taken} ports as the
+    kernel would (C{EADDRINUSE}).
+    """
+
+    def __init__(self, taken: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.taken = set(taken)
+        self.ports: list[RecordingPort] = []
+        self.closed: list[int] = []
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingPort:
+        if port in self.taken:
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        self.ports.append(RecordingPort(self, port, interface))
+        return self.ports[-1]
+
+    def closing(self, port: int) -> Deferred[None]:
+        """How long closing the listener on C{port} takes: here, no time at all."""
+        return succeed(None)
+
+    def listening(self) -> list[int]:
+        """Ports listened on and not closed since, in the order they were opened."""
+        ports = [port for port, _, _, _ in self.tcpServers]
+        for port in self.closed:
+            ports.remove(port)
+        return ports
+
+
+class HeldPorts(ListeningReactor):
+    """A L{ListeningReactor} whose listeners take until L{release} to close (a rebind in progress)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[None]] = []
+
+    def closing(self, port: int) -> Deferred[None]:
+        closing: Deferred[None] = Deferred()
+        self.held.append(closing)
+        return closing
+
+    def release(self) -> None:
+        """Every listener being closed is now closed."""
+        held, self.held = self.held, []
+        for closing in held:
+            closing.callback(None)
