@@ -34,8 +34,8 @@ from twisted.trial.unittest import TestCase
 from balancer.proxy import sockets
 from balancer.proxy.engine import Engine
 from balancer.proxy.splice import SplicedTransport
+from tests.support.peers import open_client
 from tests.support.waiting import until
-from tests.test_relay_integration import open_client
 
 
 class Recorder(Protocol):

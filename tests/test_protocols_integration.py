@@ -39,10 +39,9 @@ from tests.certs import Authority, Pair
 from tests.clients import Echo, Named, exchange
 from tests.processes import free_port
 from tests.proxy_protocol_peer import ProxyProtocolPeerFactory
+from tests.support.peers import DatagramPeer, Peer, open_client
 from tests.support.relays import server_config
 from tests.support.waiting import until
-from tests.test_relay_integration import Peer, open_client
-from tests.test_udp import Peer as DatagramPeer
 
 
 def has_ipv6_loopback() -> bool:

@@ -16,12 +16,9 @@ from typing import Any
 from twisted.internet import error, reactor
 from twisted.internet.error import ConnectionLost
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from balancer.config.schema import Config, DefaultsConfig
 from balancer.server import ServerService
@@ -29,211 +26,11 @@ from balancer.service import BalancerService
 from tests.clients import Named, exchange, listen
 from tests.helpers import ROOT
 from tests.processes import free_port, spawn_twistd
+from tests.support.balancers import start_balancer
+from tests.support.peers import Peer, open_client
 from tests.support.relays import server_config
+from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
-
-CHUNK = 64 * 1024
-
-
-def pattern(index: int) -> bytes:
-    """Chunk C{index} of a stream: distinct per index, so loss, duplication and reordering all show."""
-    return hashlib.sha256(index.to_bytes(8, "big")).digest() * (CHUNK // 32)
-
-
-def buffered(transport: Any) -> int:
-    """Bytes a Twisted TCP transport holds, written but not yet sent."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-@implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """Echoes, pausing its own reading while its answer is not sent; closes after the end of input."""
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-@implementer(IHalfCloseableProtocol)
-class Answer(Protocol):
-    """Reads until the end of input, then answers with the digest of it and C{factory.body}, and closes."""
-
-    def connectionMade(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.digest.update(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.write(self.digest.hexdigest().encode() + self.factory.body)
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-@implementer(IHalfCloseableProtocol)
-class Greeter(Protocol):
-    """Sends C{factory.banner}, shuts down its write side first, then collects the client's input."""
-
-    def connectionMade(self) -> None:
-        self.received: list[bytes] = []
-        self.transport.write(self.factory.banner)
-        self.transport.loseWriteConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def readConnectionLost(self) -> None:
-        self.factory.got.callback(b"".join(self.received))
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-class StalledSink(Protocol):
-    """Does not read until told to; then hashes everything and reports it at the end."""
-
-    def connectionMade(self) -> None:
-        self.transport.pauseProducing()
-        self.digest = hashlib.sha256()
-        self.count = 0
-        self.factory.sinks.append(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.digest.update(data)
-        self.count += len(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.reason = reason
-        self.factory.done.callback((self.count, self.digest.hexdigest()))
-
-
-@implementer(IHalfCloseableProtocol, IPullProducer)
-class Streamer(Protocol):
-    """
-    Sends C{chunks} chunks of L{pattern} as fast as its transport takes them,
-    then shuts down its write side; hashes what it sends and what it receives.
-    """
-
-    def __init__(self, chunks: int) -> None:
-        self.chunks = chunks
-        self.index = 0
-        self.sent = hashlib.sha256()
-        self.received = hashlib.sha256()
-        self.received_count = 0
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if self.index >= self.chunks:
-            self.transport.unregisterProducer()
-            self.transport.loseWriteConnection()
-            return
-        chunk = pattern(self.index)
-        self.index += 1
-        self.sent.update(chunk)
-        self.transport.write(chunk)
-
-    def stopProducing(self) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.update(data)
-        self.received_count += len(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-
-@implementer(IHalfCloseableProtocol)
-class Peer(Protocol):
-    """A client that sends when told, and waits for a number of bytes or for the end of input."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.write_closed = False
-        self._waiting: tuple[int, Deferred[bytes]] | None = None
-        self.ended: Deferred[bytes] = Deferred()
-        self.closed: Deferred[None] = Deferred()
-
-    def expect(self, size: int) -> Deferred[bytes]:
-        """Fires with the first C{size} bytes received."""
-        d: Deferred[bytes] = Deferred()
-        self._waiting = (size, d)
-        self._check()
-        return d
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        self._check()
-
-    def _check(self) -> None:
-        if self._waiting is not None and len(self.data) >= self._waiting[0]:
-            size, d = self._waiting
-            self._waiting = None
-            d.callback(self.data[:size])
-
-    def readConnectionLost(self) -> None:
-        self.ended.callback(self.data)
-        if self.write_closed:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        self.write_closed = True
-        if self.ended.called:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.ended.called:
-            self.ended.callback(self.data)
-        self.closed.callback(None)
-
-
-def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> Deferred[Protocol]:
-    """Connect C{protocol} to 127.0.0.1:C{port}."""
-    bind = (bind_host, 0) if bind_host else None
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
-
-
-def start_balancer(test: TestCase, lines: tuple[str, ...], splice: bool = True, **options: Any) -> ServerService:
-    """
-    A started balancer with one server "web" on 127.0.0.1 port 0 in front of
-    the C{static_list} C{lines}, with C{[defaults] splice} as given; stopped
-    (relays closed at once) after C{test}.
-    """
-    config = Config(
-        defaults=DefaultsConfig(shutdown_grace=5.0, splice=splice), servers={"web": server_config(lines, **options)}
-    )
-    service = BalancerService(config, reactor)
-    service.privilegedStartService()
-    service.startService()
-    server = service.server("web")
-
-    def stop() -> Deferred[Any]:
-        server.grace = 0.0
-        return service.stopService()
-
-    test.addCleanup(stop)
-    return server
 
 
 class RelayIntegrationTests(TestCase):
@@ -488,6 +285,13 @@ class RelayIntegrationTests(TestCase):
         backend = stats["backends"][0]["stats"]
         self.assertEqual((backend["rx"], backend["tx"], backend["total_connections"]), (64 + 54321, 12345, 1))
         self.assertEqual((stats["active_connections"], backend["active_connections"]), (0, 0))
+
+
+class NormalPathRelayIntegrationTests(RelayIntegrationTests):
+    """L{RelayIntegrationTests}, all on the normal path (the default there is the fast path)."""
+
+    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
+        return super().balancer(backends, **{**options, "splice": False})
 
 
 class StopIntegrationTests(TestCase):

@@ -34,7 +34,6 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-import tests.test_relay_integration as integration
 from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
 from balancer.proxy import splice
 from balancer.proxy.engine import Engine
@@ -44,20 +43,10 @@ from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.clients import exchange, listen
 from tests.processes import free_port
+from tests.support.balancers import start_balancer
+from tests.support.peers import Peer, open_client
 from tests.support.relays import FakeTransport, server_config
-from tests.test_relay_integration import (
-    CHUNK,
-    Answer,
-    Echo,
-    Greeter,
-    Peer,
-    StalledSink,
-    Streamer,
-    buffered,
-    open_client,
-    pattern,
-    start_balancer,
-)
+from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
 
 
@@ -613,13 +602,6 @@ class ChoiceTests(TestCase):
         self.assertFalse(server.needs_new_listener(attrs.evolve(plain, proxy_protocol=ProxyProtocolConfig())))
         off = BalancerService(Config(defaults=DefaultsConfig(splice=False), servers={"web": plain}), reactor)
         self.assertFalse(off.server("web").needs_new_listener(attrs.evolve(plain, backends_tls=BackendsTlsConfig())))
-
-
-class NormalPathRelayIntegrationTests(integration.RelayIntegrationTests):
-    """C{tests.test_relay_integration}'s relays, all on the normal path (the default there is the fast path)."""
-
-    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
-        return super().balancer(backends, **{**options, "splice": False})
 
 
 class CopyingPathTests(SynchronousTestCase):

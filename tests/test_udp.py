@@ -21,51 +21,7 @@ from balancer.proxy.access import AccessRules
 from balancer.proxy.udp import DEFAULT_IDLE_TIMEOUT, MAX_DATAGRAM, UdpProxy
 from balancer.stats import ServerCounters
 from balancer.strategies import STRATEGIES, make_strategy
-
-Address = tuple[str, int]
-
-
-class Peer(DatagramProtocol):
-    """
-    A UDP endpoint for tests: records what it receives and answers each
-    datagram with C{replies} datagrams C{b"<i>:" + datagram}.
-    """
-
-    noisy = False
-
-    def __init__(self, replies: int = 0) -> None:
-        self.replies = replies
-        self.received: list[tuple[bytes, Address]] = []
-        self._waiting: list[tuple[int, Deferred[None]]] = []
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received.append((datagram, (addr[0], addr[1])))
-        for i in range(self.replies):
-            self.transport.write(b"%d:" % i + datagram, addr)
-        still = []
-        for count, waiting in self._waiting:
-            if len(self.received) >= count:
-                waiting.callback(None)
-            else:
-                still.append((count, waiting))
-        self._waiting = still
-
-    def wait_for(self, count: int) -> Deferred[None]:
-        """Fires once C{count} datagrams in all have arrived."""
-        waiting: Deferred[None] = Deferred()
-        if len(self.received) >= count:
-            waiting.callback(None)
-        else:
-            self._waiting.append((count, waiting))
-        return waiting
-
-    def data(self) -> list[bytes]:
-        """The datagrams received, in order."""
-        return [datagram for datagram, _ in self.received]
-
-    def sources(self) -> list[Address]:
-        """Where each datagram came from, in order."""
-        return [source for _, source in self.received]
+from tests.support.peers import Address, DatagramPeer
 
 
 class UdpTestCase(TestCase):
@@ -84,9 +40,9 @@ class UdpTestCase(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
-    def backend(self, replies: int = 1, host: str = "127.0.0.1") -> tuple[Peer, Backend]:
+    def backend(self, replies: int = 1, host: str = "127.0.0.1") -> tuple[DatagramPeer, Backend]:
         """A listening test backend and the L{Backend} pointing at it."""
-        peer = Peer(replies)
+        peer = DatagramPeer(replies)
         return peer, Backend(BackendSpec(host, self.listen(peer)))
 
     def proxy(self, choose: Callable[[str], Backend | None], **options: Any) -> tuple[UdpProxy, Address]:
@@ -102,14 +58,14 @@ class UdpTestCase(TestCase):
         self.addCleanup(stop)
         return proxy, ("127.0.0.1", port.getHost().port)
 
-    def client(self) -> Peer:
+    def client(self) -> DatagramPeer:
         """A listening test client."""
-        peer = Peer()
+        peer = DatagramPeer()
         self.listen(peer)
         return peer
 
     @inlineCallbacks
-    def ask(self, client: Peer, address: Address, datagram: bytes, answers: int = 1):  # type: ignore[no-untyped-def]
+    def ask(self, client: DatagramPeer, address: Address, datagram: bytes, answers: int = 1):  # type: ignore[no-untyped-def]
         """Send C{datagram} from C{client} to C{address}; wait for C{answers} more datagrams."""
         expected = len(client.received) + answers
         client.transport.write(datagram, address)
@@ -297,7 +253,7 @@ class EndingTests(UdpTestCase):
 
     @inlineCallbacks
     def test_refused_by_backend(self):  # type: ignore[no-untyped-def]
-        closed = Peer()
+        closed = DatagramPeer()
         port = reactor.listenUDP(0, closed, interface="127.0.0.1")
         backend = Backend(BackendSpec("127.0.0.1", port.getHost().port))
         yield port.stopListening()
