@@ -16,8 +16,8 @@ from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.server import BindError
 from balancer.tap import build_service
+from tests.certs import self_signed
 from tests.support.reactors import ListeningReactor
-from tests.test_admin_integration import make_certificate
 
 SERVER = b"""
 [servers.web]
@@ -54,7 +54,7 @@ class ApiServiceTests(SynchronousTestCase):
     def test_tlsListensWithTheCertificate(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        cert, key, _ = make_certificate(directory)
+        cert, key, _ = self_signed(directory)
         memory = MemoryReactorClock()
         config = api_config(f'bind = "127.0.0.1:8443"\n[api.tls]\ncert_path = "{cert}"\nkey_path = "{key}"')
         api_service(None, config, memory).startService()  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ class TlsOptionsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.cert, self.key, self.pem = make_certificate(self.directory)
+        self.cert, self.key, self.pem = self_signed(self.directory)
 
     def write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.directory, name)
@@ -113,7 +113,7 @@ class TlsOptionsTests(SynchronousTestCase):
     def test_keyOfAnotherCertificate(self) -> None:
         other = os.path.join(self.directory, "other")
         os.makedirs(other)
-        _, other_key, _ = make_certificate(other)
+        _, other_key, _ = self_signed(other)
         with self.assertRaises(BindError) as caught:
             tls_options(ApiTlsConfig(cert_path=self.cert, key_path=other_key))
         self.assertTrue(str(caught.exception).startswith("api: cannot use [api.tls] cert_path/key_path: "))

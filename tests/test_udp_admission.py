@@ -15,8 +15,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
 from tests.processes import Balancer, source_env, twistd_path
-from tests.test_admin_integration import _IntegrationTestCase
 from tests.helpers import ROOT
+from tests.support.api_process import ApiProcessTestCase
 
 CONFIG = """
 [api]
@@ -66,7 +66,7 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-class UdpAdmissionTests(_IntegrationTestCase):
+class UdpAdmissionTests(ApiProcessTestCase):
     """Source ports over the limit, against a real process."""
 
     @inlineCallbacks

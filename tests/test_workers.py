@@ -39,7 +39,7 @@ from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
 from tests.clients import Double, exchange, listen
 from tests.processes import ROOT, Balancer, source_env, twistd_path
-from tests.test_metrics import samples
+from tests.support.scrapes import samples
 
 SERVERS = """
 [servers.one]
