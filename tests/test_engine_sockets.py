@@ -35,7 +35,10 @@ from balancer.proxy import sockets
 from balancer.proxy.engine import Engine
 from balancer.proxy.splice import SplicedTransport
 from tests.support.peers import open_client
+from tests.support.skips import NO_ENGINE
 from tests.support.waiting import until
+
+skip = NO_ENGINE
 
 
 class Recorder(Protocol):

@@ -18,6 +18,7 @@ from balancer.service import BalancerService
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
 from tests.support.reactors import ListeningReactor
 from tests.support.relays import accept, make_server, server_config
+from tests.support.skips import NO_ENGINE
 
 
 def with_backends(config, *lines: str):  # type: ignore[no-untyped-def]
@@ -127,6 +128,8 @@ class SpliceSwitchTests(SynchronousTestCase):
         server = balancer.server("web")
         self.assertIs(server.engine, engine_for(global_reactor))
         self.assertTrue(server.on_engine)
+
+    test_defaultOn.skip = NO_ENGINE  # type: ignore[attr-defined]
 
     def test_switchedOff(self) -> None:
         config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})

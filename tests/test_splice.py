@@ -46,6 +46,7 @@ from tests.processes import free_port
 from tests.support.balancers import start_balancer
 from tests.support.peers import Peer, open_client
 from tests.support.relays import FakeTransport, server_config
+from tests.support.skips import NO_ENGINE
 from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
 
@@ -448,6 +449,8 @@ class NormalPathTests(_Scenarios, TestCase):
 class SplicePathTests(_Scenarios, TestCase):
     """The scenarios through the fast path, and what only the fast path does."""
 
+    skip = NO_ENGINE
+
     splice = True
 
     @inlineCallbacks
@@ -510,6 +513,8 @@ class SplicePathTests(_Scenarios, TestCase):
 class EngineChurnTests(TestCase):
     """Many short relays at once on the engine, as a load balancer sees them."""
 
+    skip = NO_ENGINE
+
     timeout = 60
 
     @inlineCallbacks
@@ -549,6 +554,8 @@ class EngineChurnTests(TestCase):
 
 class ChoiceTests(TestCase):
     """Which relays take the fast path."""
+
+    skip = NO_ENGINE
 
     timeout = 30
 
@@ -607,6 +614,8 @@ class ChoiceTests(TestCase):
 class CopyingPathTests(SynchronousTestCase):
     """A transport that could not get a pipe keeps the order of its bytes once pipes can be had again."""
 
+    skip = NO_ENGINE
+
     def test_bytesCopiedForWantOfAPipeStayAheadOfLaterOnes(self) -> None:
         engine = Engine(MemoryReactorClock())
         near, far = socket.socketpair()
@@ -644,6 +653,8 @@ class CopyingPathTests(SynchronousTestCase):
 
 class PipePoolTests(SynchronousTestCase):
     """The pipes of the fast path."""
+
+    skip = NO_ENGINE
 
     def pool(self, **options: Any) -> splice.PipePool:
         pool = splice.PipePool(**options)
