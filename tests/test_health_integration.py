@@ -24,7 +24,8 @@ from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import HealthcheckConfig
 from balancer.health import HealthCheckError, HealthMonitor, IHealthCheck, make_check
-from tests.processes import free_port
+from tests.support.ports import refusing_port
+
 
 HOST = "127.0.0.1"
 
@@ -164,7 +165,7 @@ class PingTests(PeersTestCase):
     @inlineCallbacks
     def test_closed_port_fails(self) -> Generator[Any, Any, None]:
         """A port nothing listens on fails."""
-        result = yield self.check(kind="ping").check(HOST, free_port())
+        result = yield self.check(kind="ping").check(HOST, refusing_port(self))
         self.assertIs(result, False)
 
 
@@ -224,7 +225,7 @@ class ProbeTests(PeersTestCase):
     @inlineCallbacks
     def test_closed_port_fails(self) -> Generator[Any, Any, None]:
         """A TCP port nothing listens on fails."""
-        result = yield self.probe(free_port(), probe_recv="SSH")
+        result = yield self.probe(refusing_port(self), probe_recv="SSH")
         self.assertIs(result, False)
 
     @inlineCallbacks

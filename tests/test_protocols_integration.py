@@ -37,9 +37,9 @@ from balancer.service import BalancerService
 from balancer.strategies import STRATEGIES
 from tests.certs import Authority, Pair
 from tests.clients import Echo, Named, exchange
-from tests.processes import free_port
 from tests.proxy_protocol_peer import ProxyProtocolPeerFactory
 from tests.support.peers import DatagramPeer, Peer, open_client
+from tests.support.ports import refusing_port
 from tests.support.relays import server_config
 from tests.support.waiting import until
 
@@ -224,7 +224,7 @@ class TlsTerminationTests(ProtocolsTestCase):
 
     @inlineCallbacks
     def test_noBackendClosesTheClientAfterItsHandshake(self) -> None:
-        server = self.tls_server([free_port()])
+        server = self.tls_server([refusing_port(self)])
         self.assertTrue((yield self.fails(self.ask_tls(server.port, "localhost", b"ping", 4))))
         yield self.ended(server)
         self.assertEqual((server.counters.no_backend, server.counters.tls_failures), (1, 0))

@@ -25,9 +25,10 @@ from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.clients import Named, exchange, listen
 from tests.helpers import ROOT
-from tests.processes import free_port, spawn_twistd
+from tests.processes import spawn_twistd
 from tests.support.balancers import start_balancer
 from tests.support.peers import Peer, open_client
+from tests.support.ports import refusing_port
 from tests.support.relays import server_config
 from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
@@ -181,7 +182,7 @@ class RelayIntegrationTests(TestCase):
     def test_deadBackendAmongLiveOnesEveryClientServed(self) -> None:
         """The dead backend is preferred (priority 1), so every client is refused by it once, then served."""
         live = yield self.named(b"a", b"b")
-        dead = free_port()
+        dead = refusing_port(self)
         server = self.balancer(
             [f"127.0.0.1:{dead} priority=1", *(f"127.0.0.1:{p} priority=2" for p in live)], balance="weight"
         )
@@ -201,7 +202,7 @@ class RelayIntegrationTests(TestCase):
     @inlineCallbacks
     def test_deadBackendInRoundrobinEveryClientServed(self) -> None:
         live = yield self.named(b"a", b"b")
-        server = self.balancer([live[0], free_port(), live[1]], balance="roundrobin")
+        server = self.balancer([live[0], refusing_port(self), live[1]], balance="roundrobin")
         answers = yield gatherResults([exchange(server.port, half_close=False) for _ in range(30)])
         self.assertEqual(sorted(set(answers)), [b"a", b"b"])
         self.assertEqual(len(answers), 30)
@@ -211,7 +212,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_allBackendsDeadClientClosed(self) -> None:
-        dead = [free_port(), free_port()]
+        dead = [refusing_port(self), refusing_port(self)]
         server = self.balancer(dead)
         answer = yield exchange(server.port, b"hello", half_close=False)
         self.assertEqual(answer, b"")
@@ -347,7 +348,7 @@ SIGTERM_CONFIG = """
 [defaults]
 shutdown_grace = "{grace}"
 [servers.web]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 [servers.web.discovery]
 kind = "static"
 static_list = ["127.0.0.1:{backend}"]
@@ -363,13 +364,12 @@ class SigtermTests(TestCase):
     def run_balancer(self, grace: str) -> Any:
         backend = yield listen(Echo)
         self.addCleanup(backend.stopListening)
-        port = free_port()
         path = os.path.abspath(self.mktemp() + ".toml")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(SIGTERM_CONFIG.format(grace=grace, port=port, backend=backend.getHost().port))
+            f.write(SIGTERM_CONFIG.format(grace=grace, backend=backend.getHost().port))
         process = spawn_twistd(b"web: listening on", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
         self.addCleanup(lambda: process.stop() if process.transport.pid else None)
-        yield process.seen
+        port = yield process.listening_port("web")
         peer = Peer()
         yield open_client(port, peer)
         peer.transport.write(b"ping")

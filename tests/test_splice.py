@@ -42,9 +42,9 @@ from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.clients import exchange, listen
-from tests.processes import free_port
 from tests.support.balancers import start_balancer
 from tests.support.peers import Peer, open_client
+from tests.support.ports import refusing_port
 from tests.support.relays import FakeTransport, server_config
 from tests.support.skips import NO_ENGINE
 from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
@@ -530,7 +530,7 @@ class EngineChurnTests(TestCase):
         factory = Factory.forProtocol(Echo)
         backend = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
-        live, dead = backend.getHost().port, free_port()
+        live, dead = backend.getHost().port, refusing_port(self)
         server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
         lent = splice.PIPES.lent
         payloads = [b"".join(pattern(i) for i in range(1 + i % 3))[: 1000 + i] for i in range(200)]

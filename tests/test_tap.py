@@ -20,7 +20,8 @@ from balancer.service import BalancerService
 from balancer.tap import Options, build_service
 from tests.clients import exchange
 from tests.helpers import ROOT, fixture
-from tests.processes import free_port, run_twistd, spawn_twistd
+from tests.processes import run_twistd, spawn_twistd
+from tests.support.ports import free_port
 
 TWO_SERVERS = b"""
 [servers.one]
@@ -161,10 +162,10 @@ static_list = ["127.0.0.1:1"]
     @inlineCallbacks
     def test_demoServesThroughTheBalancer(self) -> None:
         """twistd -n balancer --demo: three named backends answer in turn through one port."""
-        front, *backs = (free_port() for _ in range(4))
+        backs = [free_port() for _ in range(3)]
         path = write_config(self, f"""
 [servers.demo]
-bind = "127.0.0.1:{front}"
+bind = "127.0.0.1:0"
 balance = "roundrobin"
 [servers.demo.discovery]
 kind = "static"
@@ -173,7 +174,7 @@ static_list = ["127.0.0.1:{backs[0]}", "127.0.0.1:{backs[1]}", "127.0.0.1:{backs
         process = spawn_twistd(b"demo: listening on", "-n", "--pidfile=", "balancer", "--config", path,
                                "--demo", cwd=ROOT)
         self.addCleanup(process.stop)
-        yield process.seen
+        front = yield process.listening_port("demo")
         answers = []
         for _ in range(3):
             answer = yield exchange(front, b"GET / HTTP/1.0\r\n\r\n", half_close=False)

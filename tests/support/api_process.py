@@ -13,7 +13,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.ssl import Certificate
 from twisted.trial.unittest import TestCase
@@ -79,11 +79,9 @@ class ApiProcessTestCase(TestCase):
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         return process, int(match.group(1))
 
-    @inlineCallbacks
-    def listening_port(self, process: Balancer, server: str) -> Any:
+    def listening_port(self, process: Balancer, server: str) -> Deferred[int]:
         """Fires with the port server C{server} listens on, from the log."""
-        match = yield process.wait_for(rb"\b" + server.encode() + rb": listening on 127\.0\.0\.1:(\d+)")
-        return int(match.group(1))
+        return process.listening_port(server)
 
     def client(self, trust: bytes | None = None) -> HTTPClient:
         """A treq client; with C{trust}, HTTPS trusting only that certificate."""
