@@ -12,11 +12,9 @@ from io import BytesIO
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -24,11 +22,8 @@ from tests.certs import self_signed
 from tests.clients import exchange
 from tests.processes import ROOT, run_twistd
 from tests.support.api_process import ApiProcessTestCase
-
-
-def connect_idle(port: int) -> Deferred[Protocol]:
-    """A connection to C{port} that sends nothing; fires with its protocol once connected."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), Protocol())
+from tests.support.peers import open_client
+from tests.support.waiting import polled
 
 
 class RootApiTests(ApiProcessTestCase):
@@ -103,10 +98,11 @@ class RootApiTests(ApiProcessTestCase):
         self.assertEqual((stats["tx_total"], stats["rx_total"]), (100_000, 200_000))
         self.assertEqual((backend["port"], backend["stats"]["tx"], backend["stats"]["rx"]),
                          (str(self.backend), 100_000, 200_000))
-        idle = yield connect_idle(web)
+        idle = yield open_client(web, Protocol())
         self.addCleanup(idle.transport.loseConnection)
-        yield deferLater(reactor, 2.2, lambda: None)
-        response, later = yield self.call(port, "GET", "/servers/web/stats")
+        response, later = yield polled(lambda: self.call(port, "GET", "/servers/web/stats"),
+                                       lambda answer: answer[1]["tx_second"] == answer[1]["rx_second"] == 0,
+                                       2.2, "the rates back to 0 while only an idle client is connected")
         self.assertEqual((later["active_connections"], later["tx_total"], later["rx_total"],
                           later["tx_second"], later["rx_second"]), (1, 100_000, 200_000, 0, 0))
         self.assertEqual((later["backends"][0]["stats"]["tx"], later["backends"][0]["stats"]["rx"]),

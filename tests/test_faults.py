@@ -45,7 +45,7 @@ from zope.interface import implementer
 from tests.clients import Echo, exchange, listen
 from tests.killable_backend import stream
 from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
-from tests.support.waiting import until
+from tests.support.waiting import polled, until
 
 #: Clock ticks per second of /proc/<pid>/stat's CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -120,23 +120,19 @@ class Balancer(WatchedProcess):
         d = treq.get(f"http://127.0.0.1:{self.api}/servers/{server}/stats", persistent=False)
         return d.addCallback(treq.content).addCallback(json.loads)
 
-    @inlineCallbacks
-    def settled(self, server: str, total: int | None = None, timeout: float = 10.0) -> Any:
+    def settled(self, server: str, total: int | None = None, timeout: float = 10.0) -> Deferred[dict[str, Any]]:
         """
         Waits (up to C{timeout} s) for C{server} and all its backends to have no
         active connection, and for C{total_connections} to be C{total} if given;
         fires with the last statistics.
         """
-        deadline = reactor.seconds() + timeout
-        while True:
-            stats = yield self.stats(server)
+
+        def quiet(stats: dict[str, Any]) -> bool:
             actives = [stats["active_connections"], *(b["stats"]["active_connections"] for b in stats["backends"])]
             totals = sum(b["stats"]["total_connections"] for b in stats["backends"])
-            if not any(actives) and (total is None or totals == total):
-                return stats
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"{server} not settled within {timeout} s: {stats}")
-            yield pause(0.05)
+            return not any(actives) and (total is None or totals == total)
+
+        return polled(lambda: self.stats(server), quiet, timeout, f"{server} settled")
 
 
 def config_text(servers: dict[str, tuple[str, ...]], splice: bool, server_options: str = "") -> str:

@@ -10,7 +10,6 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -22,6 +21,7 @@ from tests.clients import exchange
 from tests.helpers import ROOT, fixture
 from tests.processes import run_twistd, spawn_twistd
 from tests.support.ports import free_port
+from tests.support.waiting import until
 
 TWO_SERVERS = b"""
 [servers.one]
@@ -209,12 +209,15 @@ exec_command = ["/bin/false"]
         process = spawn_twistd(b"never printed", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
         process.seen.addErrback(lambda _: None)
         self.addCleanup(process.stop)
-        records: list[dict] = []
-        while not any(r.get("log_level", {}).get("name") == "warn" for r in records):
-            yield deferLater(reactor, 0.1, lambda: None)
-            if os.path.exists(log_path):
-                with open(log_path, encoding="utf-8") as f:
-                    records = [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
-        levels = {r["log_level"]["name"] for r in records}
+
+        def records() -> list[dict]:
+            if not os.path.exists(log_path):
+                return []
+            with open(log_path, encoding="utf-8") as f:
+                return [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
+
+        yield until(lambda: any(r.get("log_level", {}).get("name") == "warn" for r in records()), 30,
+                    "a warning in the JSON log", step=0.1)
+        levels = {r["log_level"]["name"] for r in records()}
         self.assertNotIn("info", levels)
         self.assertNotIn(b"starting up", process.output)

@@ -17,6 +17,7 @@ from twisted.internet.protocol import DatagramProtocol
 from tests.processes import Balancer, source_env, twistd_path
 from tests.helpers import ROOT
 from tests.support.api_process import ApiProcessTestCase
+from tests.support.waiting import polled
 
 CONFIG = """
 [api]
@@ -98,13 +99,15 @@ class UdpAdmissionTests(ApiProcessTestCase):
             c.transport.write(b"hello", ("127.0.0.1", port))
             if i % 25 == 24:
                 yield task.deferLater(reactor, 0.01, lambda: None)
-        for _ in range(200):
-            response, body = yield self.call(api, "GET", f"/v1/services/{server}")
-            statistics = body["data"]["attributes"]["statistics"]
-            if statistics["total_connections"] + statistics["over_limit"] >= sources and sum(c.answers for c in clients) >= statistics["total_connections"]:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        return statistics, sum(1 for c in clients if c.answers)
+
+        def counted(answer: Any) -> bool:
+            statistics = answer[1]["data"]["attributes"]["statistics"]
+            return bool(statistics["total_connections"] + statistics["over_limit"] >= sources
+                        and sum(c.answers for c in clients) >= statistics["total_connections"])
+
+        _, body = yield polled(lambda: self.call(api, "GET", f"/v1/services/{server}"), counted, 20,
+                               f"every source port's datagram to {server} counted")
+        return body["data"]["attributes"]["statistics"], sum(1 for c in clients if c.answers)
 
     @inlineCallbacks
     def test_maxConnectionsAndUdpMaxSessionsBoundSessions(self) -> Any:

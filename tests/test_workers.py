@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import socket
-from typing import Any, Callable
+from typing import Any
 
 import treq
 from prometheus_client import generate_latest
@@ -22,7 +22,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, LogLevelFilterPredicate, eventAsJSON, globalLogPublisher
 from twisted.python.failure import Failure
@@ -40,6 +39,7 @@ from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, Work
 from tests.clients import Double, exchange, listen
 from tests.processes import ROOT, Balancer, source_env, twistd_path
 from tests.support.scrapes import samples
+from tests.support.waiting import polled
 
 SERVERS = """
 [servers.one]
@@ -504,19 +504,6 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         return samples(text)
 
     @inlineCallbacks
-    def settled(self, fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-        """
-        Fires with what C{fetch()} fires with once C{done} holds for it, or
-        after 10 s (workers report once a second).
-        """
-        deadline = reactor.seconds() + 10
-        while True:
-            value = yield fetch()
-            if done(value) or reactor.seconds() > deadline:
-                return value
-            yield deferLater(reactor, 0.1, lambda: None)
-
-    @inlineCallbacks
     def served_by_both(self, port: int) -> Any:
         """
         Connect to C{port} until both processes have relayed a connection
@@ -538,9 +525,10 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         worker = yield process.wait_for(rb"\[worker 1\] web: listening on 127\.0\.0\.1:(\d+)")
         self.assertEqual(int(worker.group(1)), web)
         count = yield self.served_by_both(web)
-        code, stats = yield self.settled(
+        code, stats = yield polled(
             lambda: self.call(api, "GET", "/servers/web/stats"),
             lambda answer: (answer[1]["tx_total"], answer[1]["rx_total"]) == (100 * count, 200 * count),
+            10, "the API's sums of both workers' figures", step=0.1,
         )
         self.assertEqual(code, 200)
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]),
@@ -548,7 +536,7 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         [entry] = stats["backends"]
         self.assertEqual((entry["stats"]["total_connections"], entry["stats"]["tx"]), (count, 100 * count))
         server = 'balancer_server_connections_total{server="web"}'
-        found = yield self.settled(self.scrape, lambda found: found.get(server) == count)
+        found = yield polled(self.scrape, lambda found: found.get(server) == count, 10, "the scrape's sums", step=0.1)
         labels = f'{{host="127.0.0.1",port="{self.backend.getHost().port}",server="web"}}'
         figures = (server, 'balancer_server_tx_bytes_total{server="web"}',
                    f"balancer_backend_connections_total{labels}", f"balancer_backend_rx_bytes_total{labels}")

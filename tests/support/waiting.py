@@ -1,14 +1,16 @@
-"""Waiting, with a bound, for a condition that the reactor brings about."""
+"""Waiting, with a bound, for a condition that the reactor brings about, or for a value fetched again and again."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
+
+T = TypeVar("T")
 
 #: How long L{until} waits unless told otherwise, in seconds of its clock.
 DEFAULT_TIMEOUT = 30.0
@@ -63,3 +65,36 @@ def until(
     deadline = time.callLater(timeout, expire)
     loop.start(step).addErrback(broken)
     return done
+
+
+def polled(
+    fetch: Callable[[], Deferred[T]],
+    done: Callable[[T], bool],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "the condition",
+    *,
+    step: float = 0.05,
+    clock: IReactorTime | None = None,
+) -> Deferred[T]:
+    """
+    Fires with the first value C{fetch()} fires with for which C{done} holds,
+    fetching again C{step} seconds after each value that does not do.
+
+    @param timeout: after this many seconds of C{clock}, fail with an
+        L{AssertionError} naming C{what} and the last value fetched.
+    @return: a Deferred that fires with that value, or fails with what
+        C{fetch} fails with, or on the timeout.
+    """
+    time: IReactorTime = clock if clock is not None else reactor
+
+    async def poll() -> T:
+        deadline = time.seconds() + timeout
+        while True:
+            value = await fetch()
+            if done(value):
+                return value
+            if time.seconds() >= deadline:
+                raise AssertionError(f"not within {timeout} s: {what} (last: {value!r})")
+            await deferLater(time, step)
+
+    return Deferred.fromCoroutine(poll())
