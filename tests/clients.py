@@ -11,10 +11,14 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from tests.support.transports import ITCPStream
+
 
 @implementer(IHalfCloseableProtocol)
 class Collector(Protocol):
     """Sends a payload, optionally shuts down its write side, and collects the answer until close."""
+
+    transport: ITCPStream
 
     def __init__(self, payload: bytes, half_close: bool) -> None:
         self.payload = payload
@@ -56,6 +60,8 @@ def exchange(port: int, payload: bytes = b"", *, half_close: bool = True, host: 
 class Echo(Protocol):
     """Echoes everything; closes once the peer has finished sending."""
 
+    transport: ITCPStream
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
 
@@ -70,6 +76,8 @@ class Echo(Protocol):
 class Double(Protocol):
     """A backend that answers every byte with two, and closes once the peer has finished sending."""
 
+    transport: ITCPStream
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data * 2)
 
@@ -82,6 +90,8 @@ class Double(Protocol):
 
 class Named(Protocol):
     """Answers every connection with a fixed name and closes."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.transport.write(self.factory.name)

@@ -11,9 +11,11 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from zope.interface import implementer
+
+from tests.support.transports import ITCPStream
 
 Address = tuple[str, int]
 
@@ -21,6 +23,8 @@ Address = tuple[str, int]
 @implementer(IHalfCloseableProtocol)
 class Peer(Protocol):
     """A client that sends when told, and waits for a number of bytes or for the end of input."""
+
+    transport: ITCPStream
 
     def __init__(self) -> None:
         self.data = b""
@@ -67,6 +71,8 @@ class DatagramPeer(DatagramProtocol):
     A UDP endpoint for tests: records what it receives and answers each
     datagram with C{replies} datagrams C{b"<i>:" + datagram}.
     """
+
+    transport: IUDPTransport
 
     noisy = False
 

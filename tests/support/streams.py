@@ -13,6 +13,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from tests.support.transports import ITCPStream
+
 CHUNK = 64 * 1024
 
 
@@ -29,6 +31,8 @@ def buffered(transport: Any) -> int:
 @implementer(IHalfCloseableProtocol)
 class Echo(Protocol):
     """Echoes, pausing its own reading while its answer is not sent; closes after the end of input."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self.transport, True)
@@ -48,6 +52,8 @@ class Echo(Protocol):
 class Answer(Protocol):
     """Reads until the end of input, then answers with the digest of it and C{factory.body}, and closes."""
 
+    transport: ITCPStream
+
     def connectionMade(self) -> None:
         self.digest = hashlib.sha256()
 
@@ -65,6 +71,8 @@ class Answer(Protocol):
 @implementer(IHalfCloseableProtocol)
 class Greeter(Protocol):
     """Sends C{factory.banner}, shuts down its write side first, then collects the client's input."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.received: list[bytes] = []
@@ -84,6 +92,8 @@ class Greeter(Protocol):
 
 class StalledSink(Protocol):
     """Does not read until told to; then hashes everything and reports it at the end."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
@@ -106,6 +116,8 @@ class Streamer(Protocol):
     Sends C{chunks} chunks of L{pattern} as fast as its transport takes them,
     then shuts down its write side; hashes what it sends and what it receives.
     """
+
+    transport: ITCPStream
 
     def __init__(self, chunks: int) -> None:
         self.chunks = chunks
