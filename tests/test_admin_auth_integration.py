@@ -23,8 +23,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from tests.clients import Echo, exchange, listen
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.support.clients import Echo, exchange, listen
+from tests.support.paths import ROOT
+from tests.support.processes import WatchedProcess, source_env, twistd_path
 
 #: C{bcrypt.hashpw(b"admin-secret", bcrypt.gensalt(12))}: about 0.3 s a check on one core.
 ADMIN_HASH = "$2b$12$wJWOaLu5b/.Rj4FyOpAIy.VGrNkd0uExCA1tZuWfUnjlbSyJxVS1e"

@@ -18,11 +18,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from tests.certs import self_signed
-from tests.clients import exchange
-from tests.processes import ROOT, run_twistd
 from tests.support.api_process import ApiProcessTestCase
+from tests.support.certs import self_signed
+from tests.support.clients import exchange
+from tests.support.paths import ROOT
 from tests.support.peers import open_client
+from tests.support.processes import run_twistd
 from tests.support.waiting import polled
 
 

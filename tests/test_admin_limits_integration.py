@@ -22,8 +22,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
-from tests.clients import Double, exchange, listen
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.clients import Double, exchange, listen
+from tests.support.paths import ROOT
+from tests.support.processes import Balancer, source_env, twistd_path
 
 CONFIG = """
 [api]

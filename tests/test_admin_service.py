@@ -16,7 +16,7 @@ from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.server import BindError
 from balancer.tap import build_service
-from tests.certs import self_signed
+from tests.support.certs import self_signed
 from tests.support.reactors import ListeningReactor
 
 SERVER = b"""

@@ -18,7 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.paths import ROOT
+from tests.support.processes import Balancer, source_env, twistd_path
 from tests.support.waiting import until
 
 CONFIG = """

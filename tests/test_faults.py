@@ -42,9 +42,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.clients import Echo, exchange, listen
-from tests.killable_backend import stream
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.support.clients import Echo, exchange, listen
+from tests.support.killable_backend import stream
+from tests.support.paths import ROOT
+from tests.support.processes import WatchedProcess, source_env, twistd_path
 from tests.support.waiting import polled, until
 
 #: Clock ticks per second of /proc/<pid>/stat's CPU times.
@@ -317,7 +318,7 @@ class Flood(Protocol):
 
 
 class Backend(ProcessProtocol):
-    """The killable backend process (L{tests.killable_backend}); knows its port and last status line."""
+    """The killable backend process (L{tests.support.killable_backend}); knows its port and last status line."""
 
     def __init__(self) -> None:
         self.output = b""
@@ -367,7 +368,7 @@ class FaultTests:
         """
         size = 1 << 20
         backend = Backend()
-        command = [sys.executable, "-m", "tests.killable_backend", str(size)]
+        command = [sys.executable, "-m", "tests.support.killable_backend", str(size)]
         reactor.spawnProcess(backend, sys.executable, command, env=source_env(), path=ROOT)
         self.addCleanup(lambda: backend.ended if backend.ended.called else self._kill(backend))
         backend_port = yield backend.port

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DiscoveryConfig, HealthcheckConfig, ServerConfig
 from balancer.service import BalancerService
-from tests.clients import Named, exchange
+from tests.support.clients import Named, exchange
 from tests.support.waiting import until
 
 INTERVAL = 0.2

@@ -2,7 +2,7 @@
 The protocol features of the data plane end to end, on real sockets
 (127.0.0.1 and ::1, port 0): TLS termination, TLS to backends, SNI routing
 without termination, PROXY protocol headers, UDP and access rules.  The
-certificates are made for each test with L{tests.certs}.
+certificates are made for each test with L{tests.support.certs}.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from balancer.proxy.udp import MAX_DATAGRAM
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from balancer.strategies import STRATEGIES
-from tests.certs import Authority, Pair
-from tests.clients import Echo, Named, exchange
-from tests.proxy_protocol_peer import ProxyProtocolPeerFactory
+from tests.support.certs import Authority, Pair
+from tests.support.clients import Echo, Named, exchange
 from tests.support.peers import DatagramPeer, Peer, open_client
 from tests.support.ports import refusing_port
+from tests.support.proxy_protocol_peer import ProxyProtocolPeerFactory
 from tests.support.relays import server_config
 from tests.support.waiting import until
 

@@ -23,12 +23,12 @@ from twisted.trial.unittest import TestCase
 from balancer.config.schema import Config, DefaultsConfig
 from balancer.server import ServerService
 from balancer.service import BalancerService
-from tests.clients import Named, exchange, listen
-from tests.helpers import ROOT
-from tests.processes import spawn_twistd
 from tests.support.balancers import start_balancer
+from tests.support.clients import Named, exchange, listen
+from tests.support.paths import ROOT
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
+from tests.support.processes import spawn_twistd
 from tests.support.relays import server_config
 from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until

@@ -34,9 +34,9 @@ from balancer.proxy.tls_relay import DEFAULT_HANDSHAKE_TIMEOUT, BackendTLSFactor
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
 from balancer.server import BindError, ServerService, needs_new_listener
 from balancer.stats import RateClock
-from tests.certs import make_certificates
-from tests.proxy_protocol_peer import ProxyProtocolPeer
+from tests.support.certs import make_certificates
 from tests.support.hellos import client_hello
+from tests.support.proxy_protocol_peer import ProxyProtocolPeer
 from tests.support.relays import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
 
 SNI_BACKENDS = ("10.0.0.1:443 sni=a.test", "10.0.0.2:443 sni=b.test", "10.0.0.3:443")

@@ -17,7 +17,7 @@ from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
 from balancer.config.schema import Config
 from balancer.config.secrets import CONFIG_SECRETS, REDACTED, SERVER_SECRETS, keep_secrets, redact
-from tests.certs import make_certificates
+from tests.support.certs import make_certificates
 from tests.support.reactors import ListeningReactor
 from tests.support.v1_api import CONFIG, V1, assert_errors
 

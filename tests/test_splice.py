@@ -41,8 +41,8 @@ from balancer.proxy.sockets import EngineListener
 from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
-from tests.clients import exchange, listen
 from tests.support.balancers import start_balancer
+from tests.support.clients import exchange, listen
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.relays import FakeTransport, server_config

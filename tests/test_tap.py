@@ -17,10 +17,10 @@ from balancer.config.load import parse_config
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from balancer.tap import Options, build_service
-from tests.clients import exchange
-from tests.helpers import ROOT, fixture
-from tests.processes import run_twistd, spawn_twistd
+from tests.support.clients import exchange
+from tests.support.paths import ROOT, fixture
 from tests.support.ports import free_port
+from tests.support.processes import run_twistd, spawn_twistd
 from tests.support.waiting import until
 
 TWO_SERVERS = b"""

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from balancer.config.addresses import BackendSpec, HostPort
 from balancer.config.schema import BackendsTlsConfig, DiscoveryConfig, ServerConfig, TlsConfig
 from balancer.proxy.tls import GO_CIPHERS, BackendTLS, TLSError, backend_context, check_tls_files, server_context
-from tests.certs import Authority, CertificateSet, make_certificates
+from tests.support.certs import Authority, CertificateSet, make_certificates
 
 
 class Echo(Protocol):

@@ -14,9 +14,9 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
-from tests.processes import Balancer, source_env, twistd_path
-from tests.helpers import ROOT
 from tests.support.api_process import ApiProcessTestCase
+from tests.support.paths import ROOT
+from tests.support.processes import Balancer, source_env, twistd_path
 from tests.support.waiting import polled
 
 CONFIG = """

@@ -22,7 +22,7 @@ from admin.site import ApiSite
 from balancer.config.load import parse_config
 from balancer.control import Controller
 from balancer.service import BalancerService
-from tests.clients import Named, exchange, listen
+from tests.support.clients import Named, exchange, listen
 
 CONFIG = """
 [servers.web]

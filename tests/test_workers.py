@@ -36,8 +36,9 @@ from balancer.service import BalancerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
-from tests.clients import Double, exchange, listen
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.clients import Double, exchange, listen
+from tests.support.paths import ROOT
+from tests.support.processes import Balancer, source_env, twistd_path
 from tests.support.scrapes import samples
 from tests.support.waiting import polled
 

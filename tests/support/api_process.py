@@ -19,8 +19,9 @@ from twisted.internet.ssl import Certificate
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from tests.clients import Double
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.clients import Double
+from tests.support.paths import ROOT
+from tests.support.processes import Balancer, source_env, twistd_path
 
 #: The API on C{{api_port}} (0: any) with C{{api}} lines more, the state file
 #: C{{state}}, and server "web" on port 0 in front of 127.0.0.1:C{{backend}}.

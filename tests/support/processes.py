@@ -12,13 +12,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
+from tests.support.paths import ROOT
+
 
 def twistd_path() -> str:
     """The C{twistd} script installed beside the running Python."""
     return os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_env() -> dict[str, str]:
