@@ -20,11 +20,10 @@ import treq
 from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, LogLevelFilterPredicate, eventAsJSON, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.backends import DRAIN, MAINTENANCE
@@ -39,6 +38,7 @@ from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, Work
 from tests.support.clients import Double, exchange, listen
 from tests.support.paths import ROOT
 from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.reactors import SpawningReactor
 from tests.support.scrapes import samples
 from tests.support.waiting import polled
 
@@ -282,49 +282,12 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual((self.sent(), self.worker.balancer), ([], None))
 
 
-class FakeProcess:
-    """The transport of a spawned process: what was written to its stdin, the signals it got."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid: int | None = pid
-        self.written: list[bytes] = []
-        self.signals: list[int] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def signalProcess(self, signum: int) -> None:
-        if self.pid is None:
-            raise ProcessExitedAlready()
-        self.signals.append(signum)
-
-
-class ProcessReactor(MemoryReactorClock):
-    """A memory reactor that records spawned processes instead of starting them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[str, str], FakeProcess]] = []
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: dict[str, str], **kwargs: Any) -> Any:
-        transport = FakeProcess(1000 + len(self.spawned))
-        self.spawned.append((protocol, args, env, transport))
-        protocol.makeConnection(transport)
-        return transport
-
-    def end(self, index: int, reason: Exception) -> None:
-        """Process number C{index} (in spawn order) ends."""
-        protocol, _, _, transport = self.spawned[index]
-        transport.pid = None
-        protocol.processEnded(Failure(reason))
-
-
 class SupervisorTests(SynchronousTestCase):
     """WorkerSupervisor: spawning, configuration pushes, statistics, restarts, stopping."""
 
     def setUp(self) -> None:
         """Worker 0 on a memory reactor (so its own config says 1 worker: nothing binds for real), 3 in all."""
-        self.memory = ProcessReactor()
+        self.memory = SpawningReactor()
         config = parse_config(config_text(1), "x")
         self.balancer = BalancerService(config, self.memory)
         self.balancer.privilegedStartService()

@@ -1,17 +1,19 @@
 """
 Memory reactors for unit tests: listeners that record being closed, ports
-that are taken, closings that wait for the test, and UDP listeners.
+that are taken, closings that wait for the test, and processes that are
+recorded instead of started.
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 
 class RecordingPort:
@@ -82,3 +84,52 @@ class HeldPorts(ListeningReactor):
         held, self.held = self.held, []
         for closing in held:
             closing.callback(None)
+
+
+class FakeProcess:
+    """The transport of a process that never runs: what was written to its stdin, the signals it got."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid: int | None = pid
+        self.written: list[bytes] = []
+        self.signals: list[int | str] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def signalProcess(self, signum: int | str) -> None:
+        if self.pid is None:
+            raise ProcessExitedAlready()
+        self.signals.append(signum)
+
+    def closeStdin(self) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+
+class SpawningReactor(ListeningReactor):
+    """A L{ListeningReactor} that records every process it is asked to start, and starts none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[Any, list[str], dict[str, str] | None, FakeProcess]] = []
+
+    def spawnProcess(self, processProtocol: Any, executable: str, args: Sequence[str] = (),
+                     env: dict[str, str] | None = None, path: str | None = None, uid: int | None = None,
+                     gid: int | None = None, usePTY: bool = False, childFDs: Any = None) -> FakeProcess:
+        transport = FakeProcess(1000 + len(self.spawned))
+        self.spawned.append((processProtocol, list(args), env, transport))
+        processProtocol.makeConnection(transport)
+        return transport
+
+    def argvs(self) -> list[list[str]]:
+        """The argv of every process started, in order."""
+        return [args for _, args, _, _ in self.spawned]
+
+    def end(self, index: int, reason: Exception) -> None:
+        """Process number C{index} (in spawn order) ends."""
+        protocol, _, _, transport = self.spawned[index]
+        transport.pid = None
+        protocol.processEnded(Failure(reason))
