@@ -30,7 +30,7 @@ from tests.support.ports import refusing_port
 HOST = "127.0.0.1"
 
 
-class Peer(Protocol):
+class ServedConnection(Protocol):
     """A test server's connection; its factory's C{closings} fire as its connections close."""
 
     def connectionMade(self) -> None:
@@ -41,7 +41,7 @@ class Peer(Protocol):
         self.closed.callback(None)
 
 
-class Hangup(Peer):
+class Hangup(ServedConnection):
     """Closes each connection at once."""
 
     def connectionMade(self) -> None:
@@ -49,7 +49,7 @@ class Hangup(Peer):
         self.transport.loseConnection()
 
 
-class Banner(Peer):
+class Banner(ServedConnection):
     """Writes the factory's C{banner} and closes."""
 
     def connectionMade(self) -> None:
@@ -58,7 +58,7 @@ class Banner(Peer):
         self.transport.loseConnection()
 
 
-class Reply(Peer):
+class Reply(ServedConnection):
     """Answers what it receives with C{got } and those bytes, and closes."""
 
     def dataReceived(self, data: bytes) -> None:
@@ -110,7 +110,7 @@ class PeersTestCase(TestCase):
     timeout = 10
 
     @inlineCallbacks
-    def serve(self, protocol: type[Peer], *, tls: bool = False, **attributes: Any) -> Generator[Any, Any, int]:
+    def serve(self, protocol: type[ServedConnection], *, tls: bool = False, **attributes: Any) -> Generator[Any, Any, int]:
         """Serve C{protocol} on 127.0.0.1 (over TLS with a fresh self-signed certificate); the port."""
         factory = Factory.forProtocol(protocol)
         factory.closings = []  # type: ignore[attr-defined]
