@@ -24,7 +24,7 @@ from balancer.config.schema import Config, DefaultsConfig
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.support.balancers import start_balancer
-from tests.support.clients import Named, exchange, listen
+from tests.support.clients import Named, exchange, listen, port_number, serve
 from tests.support.paths import ROOT
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
@@ -43,11 +43,10 @@ class RelayIntegrationTests(TestCase):
         """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
 
         def started(port: Any) -> int:
-            self.addCleanup(port.stopListening)
-            self.ports[port.getHost().port] = port
-            return int(port.getHost().port)
+            self.ports[port_number(port)] = port
+            return port_number(port)
 
-        return listen(protocol, **attributes).addCallback(started)
+        return serve(self, protocol, **attributes).addCallback(started)
 
     def named(self, *names: bytes) -> Deferred[list[int]]:
         """Backends answering with their names; fires with their ports, in order."""

@@ -42,7 +42,7 @@ from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.support.balancers import start_balancer
-from tests.support.clients import exchange, listen
+from tests.support.clients import exchange, listen, port_number, serve
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.relays import FakeTransport, server_config
@@ -109,12 +109,7 @@ class _Scenarios:
 
     def listen(self, protocol: type[Protocol], **attributes: Any) -> Deferred[int]:
         """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
-
-        def started(port: Any) -> int:
-            self.addCleanup(port.stopListening)
-            return int(port.getHost().port)
-
-        return listen(protocol, **attributes).addCallback(started)
+        return serve(self, protocol, **attributes).addCallback(port_number)
 
     def balancer(self, backend: int, **options: Any) -> ServerService:
         """A started server on this test's path, with one backend on 127.0.0.1."""

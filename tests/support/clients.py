@@ -7,8 +7,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from tests.support.transports import ITCPStream
@@ -104,3 +106,20 @@ def listen(protocol: type[Protocol], **attributes: Any) -> Deferred[Any]:
     for key, value in attributes.items():
         setattr(factory, key, value)
     return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+
+def serve(test: SynchronousTestCase, protocol: type[Protocol], **attributes: Any) -> Deferred[IListeningPort]:
+    """L{listen}, and stop listening when C{test} ends; fires with the listening port."""
+
+    def started(port: IListeningPort) -> IListeningPort:
+        test.addCleanup(port.stopListening)
+        return port
+
+    return listen(protocol, **attributes).addCallback(started)
+
+
+def port_number(port: IListeningPort) -> int:
+    """The TCP port number that C{port} listens on."""
+    address = port.getHost()
+    assert isinstance(address, IPv4Address), address
+    return address.port
