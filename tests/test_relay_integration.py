@@ -30,7 +30,7 @@ from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.processes import spawn_twistd
 from tests.support.relays import server_config
-from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
+from tests.support.streams import CHUNK, Answer, Greeter, PacedEcho, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
 
 
@@ -65,7 +65,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_50MBThroughEchoComeBackIdentical(self) -> None:
-        server = self.balancer([(yield self.listen(Echo))])
+        server = self.balancer([(yield self.listen(PacedEcho))])
         client = Streamer(chunks=800)
         yield open_client(server.port, client)
         yield client.closed
@@ -243,7 +243,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_serverLimitClosesTheNextClientAtOnce(self) -> None:
-        server = self.balancer([(yield self.listen(Echo))], max_connections=2)
+        server = self.balancer([(yield self.listen(PacedEcho))], max_connections=2)
         peers = [Peer(), Peer()]
         for peer in peers:
             yield open_client(server.port, peer)
@@ -259,7 +259,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_backendLimitSkipsTheFullBackend(self) -> None:
-        first, second = yield gatherResults([self.listen(Echo), self.listen(Named, name=b"second")])
+        first, second = yield gatherResults([self.listen(PacedEcho), self.listen(Named, name=b"second")])
         server = self.balancer(
             [f"127.0.0.1:{first} priority=1 max_connections=1", f"127.0.0.1:{second} priority=2"], balance="weight"
         )
@@ -301,7 +301,7 @@ class StopIntegrationTests(TestCase):
 
     @inlineCallbacks
     def start(self) -> Any:
-        backend = yield listen(Echo)
+        backend = yield listen(PacedEcho)
         self.addCleanup(backend.stopListening)
         config = Config(
             defaults=DefaultsConfig(shutdown_grace=20.0),
@@ -361,7 +361,7 @@ class SigtermTests(TestCase):
 
     @inlineCallbacks
     def run_balancer(self, grace: str) -> Any:
-        backend = yield listen(Echo)
+        backend = yield listen(PacedEcho)
         self.addCleanup(backend.stopListening)
         path = os.path.abspath(self.mktemp() + ".toml")
         with open(path, "w", encoding="utf-8") as f:

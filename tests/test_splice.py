@@ -47,7 +47,7 @@ from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.relays import FakeTransport, server_config
 from tests.support.skips import NO_ENGINE
-from tests.support.streams import CHUNK, Answer, Echo, Greeter, StalledSink, Streamer, buffered, pattern
+from tests.support.streams import CHUNK, Answer, Greeter, PacedEcho, StalledSink, Streamer, buffered, pattern
 from tests.support.waiting import until
 
 
@@ -166,7 +166,7 @@ class _Scenarios:
 
     @inlineCallbacks
     def test_50MBThroughEchoComeBackIdentical(self) -> Any:
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         client = Streamer(chunks=800)
         yield open_client(server.port, client)
         relay = yield self.established(server)
@@ -261,7 +261,7 @@ class _Scenarios:
 
     @inlineCallbacks
     def test_clientIdleClosesBothAtTheDeadlineAndActivityPushesIt(self) -> Any:
-        server = self.balancer((yield self.listen(Echo)), client_idle_timeout=10.0)
+        server = self.balancer((yield self.listen(PacedEcho)), client_idle_timeout=10.0)
         clock = self.idle_clock(server)
         client = Watcher()
         yield open_client(server.port, client)
@@ -464,7 +464,7 @@ class SplicePathTests(_Scenarios, TestCase):
 
         self.patch(splice.PIPES, "acquire", no_pipe)
         refused = splice.PIPES.refused
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         clients = [Streamer(chunks=40) for _ in range(3)]
         yield gatherResults([open_client(server.port, client) for client in clients])
         yield gatherResults([client.closed for client in clients])
@@ -489,7 +489,7 @@ class SplicePathTests(_Scenarios, TestCase):
         only to read.
         """
         lent, created = splice.PIPES.lent, splice.PIPES.created
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         client = Watcher()
         yield open_client(server.port, client)
         relay = yield self.established(server)
@@ -522,7 +522,7 @@ class EngineChurnTests(TestCase):
         """
         # A backlog for all 200 at once: with Twisted's default of 50, a burst overflows the
         # backend's queue under load and the kernel resets some of the connections it queued.
-        factory = Factory.forProtocol(Echo)
+        factory = Factory.forProtocol(PacedEcho)
         backend = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
         live, dead = backend.getHost().port, refusing_port(self)
@@ -568,7 +568,7 @@ class ChoiceTests(TestCase):
     @inlineCallbacks
     def test_relaysSendingAProxyHeaderAreSplicedHeaderFirst(self) -> Any:
         """The PROXY header goes through the pipe ahead of the client's bytes."""
-        backend = yield listen(Echo)
+        backend = yield listen(PacedEcho)
         self.addCleanup(backend.stopListening)
         config = Config(
             servers={

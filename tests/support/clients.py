@@ -74,20 +74,11 @@ class Echo(Protocol):
         pass
 
 
-@implementer(IHalfCloseableProtocol)
-class Double(Protocol):
+class Double(Echo):
     """A backend that answers every byte with two, and closes once the peer has finished sending."""
-
-    transport: ITCPStream
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data * 2)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
 
 class Named(Protocol):

@@ -29,8 +29,11 @@ def buffered(transport: Any) -> int:
 
 
 @implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """Echoes, pausing its own reading while its answer is not sent; closes after the end of input."""
+class PacedEcho(Protocol):
+    """
+    Echoes, pausing its own reading while its answer is not sent (unlike
+    L{tests.support.clients.Echo}); closes after the end of input.
+    """
 
     transport: ITCPStream
 
