@@ -23,8 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
 from tests.support.clients import Double, exchange, listen
-from tests.support.paths import ROOT
-from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.processes import spawn_balancer
 
 CONFIG = """
 [api]
@@ -151,12 +150,7 @@ class LimitsTests(TestCase):
         path = os.path.join(self.directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(api=api, backend=self.backend))
-        command = [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path]
-        if descriptors is not None:
-            command = ["/bin/sh", "-c", f'ulimit -n {descriptors} && exec "$0" "$@"', *command]
-        process = Balancer()
-        reactor.spawnProcess(process, command[0], command, env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path, descriptors=descriptors)
         api_port = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         web_port = yield process.wait_for(rb"web: listening on 127\.0\.0\.1:(\d+)")
         return process, int(api_port.group(1)), int(web_port.group(1))

@@ -18,8 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.support.paths import ROOT
-from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.processes import spawn_balancer
 from tests.support.waiting import until
 
 CONFIG = """
@@ -77,10 +76,7 @@ class AttackTests(TestCase):
         path = os.path.join(self.directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(api=api, extra=extra))
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path)
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)\s")
         return process, int(match.group(1))
 

@@ -15,8 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
 from tests.support.api_process import ApiProcessTestCase
-from tests.support.paths import ROOT
-from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.processes import spawn_balancer
 from tests.support.waiting import polled
 
 CONFIG = """
@@ -77,10 +76,7 @@ class UdpAdmissionTests(ApiProcessTestCase):
         path = os.path.join(self.directory, "udp.toml")
         with open(path, "w") as f:
             f.write(CONFIG.replace("{backend}", str(backend.getHost().port)))
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path)
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         ports = {}
         for name in ("limited", "default"):

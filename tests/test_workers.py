@@ -37,7 +37,7 @@ from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
 from tests.support.clients import Double, exchange, listen
 from tests.support.paths import ROOT
-from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.processes import spawn_balancer
 from tests.support.reactors import SpawningReactor
 from tests.support.scrapes import samples
 from tests.support.waiting import polled
@@ -440,11 +440,7 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         Start twistd; fires with (process, API port, web port) once worker 1
         serves, the metrics port in C{self.metrics}.
         """
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(),
-                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", self.config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, self.config)
         api = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         metrics = yield process.wait_for(rb"metrics: listening on 127\.0\.0\.1:(\d+)")
         self.metrics = int(metrics.group(1))

@@ -20,8 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from tests.support.clients import Double
-from tests.support.paths import ROOT
-from tests.support.processes import Balancer, source_env, twistd_path
+from tests.support.processes import WatchedProcess, spawn_balancer
 
 #: The API on C{{api_port}} (0: any) with C{{api}} lines more, the state file
 #: C{{state}}, and server "web" on port 0 in front of 127.0.0.1:C{{backend}}.
@@ -72,15 +71,11 @@ class ApiProcessTestCase(TestCase):
     @inlineCallbacks
     def start(self, config: str) -> Any:
         """Start C{twistd -n balancer --config=CONFIG}; fires with (process, API port) once the API listens."""
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(),
-                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, config)
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         return process, int(match.group(1))
 
-    def listening_port(self, process: Balancer, server: str) -> Deferred[int]:
+    def listening_port(self, process: WatchedProcess, server: str) -> Deferred[int]:
         """Fires with the port server C{server} listens on, from the log."""
         return process.listening_port(server)
 

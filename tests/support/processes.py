@@ -11,6 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.paths import ROOT
 
@@ -107,11 +108,22 @@ class WatchedProcess(ProcessProtocol):
         return self.ended
 
 
-class Balancer(WatchedProcess):
-    """A twistd balancer, seen once its API is up (it logs "api: listening on")."""
+def spawn_balancer(test: SynchronousTestCase, config_path: str, *, marker: bytes = b"api: listening on",
+                   descriptors: int | None = None) -> WatchedProcess:
+    """
+    Start C{twistd -n --pidfile= balancer --config CONFIG_PATH} on this
+    checkout's code; the returned protocol watches for C{marker} (by default,
+    the API listening).  Stopped (SIGTERM) when C{test} ends.
 
-    def __init__(self) -> None:
-        super().__init__(b"api: listening on")
+    @param descriptors: run it under C{ulimit -n} of this many.
+    """
+    argv = [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config_path]
+    if descriptors is not None:
+        argv = ["/bin/sh", "-c", f'ulimit -n {descriptors} && exec "$0" "$@"', *argv]
+    process = WatchedProcess(marker)
+    reactor.spawnProcess(process, argv[0], argv, env=source_env(), path=ROOT)
+    test.addCleanup(process.stop)
+    return process
 
 
 def spawn_twistd(marker: bytes, *args: str, cwd: str) -> WatchedProcess:
