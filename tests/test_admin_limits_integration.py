@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, succeed
 from twisted.internet.error import ConnectError
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -23,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
 from tests.support.clients import Double, exchange, listen
+from tests.support.peers import open_client
 from tests.support.processes import spawn_balancer
 
 CONFIG = """
@@ -107,11 +107,6 @@ class Trickler(Client):
         super().connectionLost(reason)
 
 
-def connect(port: int, client: Client) -> Deferred[Client]:
-    """Connect C{client} to 127.0.0.1:C{port}."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), client)
-
-
 def parse(answer: bytes) -> tuple[int, bytes, Any]:
     """(code, head, decoded JSON body) of one answer."""
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -158,7 +153,7 @@ class LimitsTests(TestCase):
     @inlineCallbacks
     def open(self, port: int, client: Client) -> Any:
         self.clients.append(client)
-        yield connect(port, client)
+        yield open_client(port, client)
         return client
 
     @inlineCallbacks

@@ -34,7 +34,7 @@ from typing import Any
 import treq
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -45,6 +45,7 @@ from zope.interface import implementer
 from tests.support.clients import Echo, exchange, listen
 from tests.support.killable_backend import stream
 from tests.support.paths import ROOT
+from tests.support.peers import open_client
 from tests.support.processes import WatchedProcess, source_env, twistd_path
 from tests.support.waiting import polled, until
 
@@ -255,11 +256,6 @@ class Client(Protocol):
         self.transport.abortConnection()
 
 
-def connect(port: int, client: Protocol) -> Deferred[Protocol]:
-    """Connect C{client} to 127.0.0.1:C{port}."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), client)
-
-
 class CountedEcho(Echo):
     """An L{Echo} that counts its factory's open connections (C{factory.open}) and all of them (C{factory.total})."""
 
@@ -378,12 +374,12 @@ class FaultTests:
         )
         talkers = [Client() for _ in range(4)]
         for talker in talkers:
-            yield connect(balancer.ports["steady"], talker)
+            yield open_client(balancer.ports["steady"], talker)
             talker.transport.write(b"before")
             self.assertEqual((yield talker.expect(6)), b"before")
         finished, unread = Client(paused=True), Client(paused=True)
-        yield connect(balancer.ports["doomed"], finished)
-        yield connect(balancer.ports["doomed"], unread)
+        yield open_client(balancer.ports["doomed"], finished)
+        yield open_client(balancer.ports["doomed"], unread)
         unread.transport.write(b"u" * 1000)
         yield until(lambda: backend.status() == "connections=2 sent=2 unread=1000", 10,
                     "the backend sending 1 MiB to both clients and holding 1000 unread bytes", step=0.02)
@@ -453,7 +449,7 @@ class FaultTests:
         before = proc_status(balancer.pid, "VmRSS")
         idle = [Client() for _ in range(count)]
         for start in range(0, count, 200):
-            yield gatherResults([connect(port, client) for client in idle[start: start + 200]])
+            yield gatherResults([open_client(port, client) for client in idle[start: start + 200]])
         yield until(lambda: self.echo.open == count, timeout, "every idle client relayed to the backend", step=0.02)
         held = proc_status(balancer.pid, "VmRSS")
         served = yield gatherResults([exchange(port, b"served %d" % i) for i in range(20)])
@@ -493,13 +489,13 @@ class FaultTests:
         whole = stream(1 << 20)
         payloads = [whole[i:] + whole[:i] for i in range(len(running))]
         for i, client in enumerate(running):
-            yield connect(port, client)
+            yield open_client(port, client)
             client.transport.write(b"ping %02d" % i)
             self.assertEqual((yield client.expect(7)), b"ping %02d" % i)
         yield until(lambda: len(factory.stalled) == len(running), 5, "every backend stalled", step=0.02)
         holders = [Client() for _ in range(400)]
         for holder in holders:
-            connect(port, holder).addErrback(lambda f: None)
+            open_client(port, holder).addErrback(lambda f: None)
         yield until(lambda: descriptors(balancer.pid) >= 250, 15, "the balancer at its descriptor limit", step=0.02)
         yield pause(0.5)
         before = cpu_seconds(balancer.pid)
@@ -571,7 +567,7 @@ class FaultTests:
     def reset_client(self, port: int, phase: int) -> Any:
         """A client that resets at once (C{phase} 0), after sending (1), or after its echo (2)."""
         client = Client()
-        yield connect(port, client)
+        yield open_client(port, client)
         if phase:
             client.transport.write(b"r" * 1024)
         if phase == 2:
@@ -595,13 +591,13 @@ class FaultTests:
         balancer = yield start_balancer(self, {"web": (f"127.0.0.1:{listening.getHost().port}",)}, self.splice)
         port, factory = balancer.ports["web"], listening.factory
         warm = Client()
-        yield connect(port, warm)
+        yield open_client(port, warm)
         yield warm.closed
         self.assertEqual((warm.how, bytes(warm.data)), ("end", b"".join(blocks) * 8))
         before = proc_status(balancer.pid, "VmRSS")
         factory.size = 256 << 20
         client = Client(paused=True)
-        yield connect(port, client)
+        yield open_client(port, client)
         samples: list[int] = []
         history: list[int] = []
 

@@ -6,7 +6,7 @@ records and answers datagrams.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -18,6 +18,7 @@ from zope.interface import implementer
 from tests.support.transports import ITCPStream
 
 Address = tuple[str, int]
+ProtocolT = TypeVar("ProtocolT", bound=Protocol)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -111,7 +112,7 @@ class DatagramPeer(DatagramProtocol):
         return [source for _, source in self.received]
 
 
-def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> Deferred[Protocol]:
-    """Connect C{protocol} to 127.0.0.1:C{port}."""
+def open_client(port: int, protocol: ProtocolT, bind_host: str | None = None) -> Deferred[ProtocolT]:
+    """Connect C{protocol} to 127.0.0.1:C{port} (from C{bind_host}, if given); fires with C{protocol}."""
     bind = (bind_host, 0) if bind_host else None
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
