@@ -23,7 +23,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from tests.support.clients import Echo, exchange, listen
+from tests.support.clients import Echo, exchange, serve
 from tests.support.processes import spawn_balancer
 
 #: C{bcrypt.hashpw(b"admin-secret", bcrypt.gensalt(12))}: about 0.3 s a check on one core.
@@ -96,8 +96,7 @@ class FloodTests(TestCase):
 
     @inlineCallbacks
     def test_wrongPasswordFloodLeavesTheApiAnswerableAndTheRelayServing(self) -> Any:
-        backend = yield listen(Echo)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, Echo)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         config = os.path.join(directory, "balancer.toml")

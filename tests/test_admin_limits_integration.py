@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
-from tests.support.clients import Double, exchange, listen
+from tests.support.clients import Double, exchange, serve
 from tests.support.peers import open_client
 from tests.support.processes import spawn_balancer
 
@@ -128,8 +128,7 @@ class LimitsTests(TestCase):
     def setUp(self) -> Any:
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        backend = yield listen(Double)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, Double)
         self.backend = backend.getHost().port
         self.clients: list[Client] = []
 

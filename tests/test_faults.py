@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.support.clients import Echo, exchange, listen
+from tests.support.clients import Echo, exchange, serve
 from tests.support.killable_backend import stream
 from tests.support.paths import ROOT
 from tests.support.peers import open_client
@@ -586,8 +586,7 @@ class FaultTests:
         client then reads 32 MiB more, every byte in order.
         """
         blocks = [stream(BLOCK * 16)[i * BLOCK: (i + 1) * BLOCK] for i in range(16)]
-        listening = yield listen(Flood, blocks=blocks, size=8 << 20, sent=0)
-        self.addCleanup(listening.stopListening)
+        listening = yield serve(self, Flood, blocks=blocks, size=8 << 20, sent=0)
         balancer = yield start_balancer(self, {"web": (f"127.0.0.1:{listening.getHost().port}",)}, self.splice)
         port, factory = balancer.ports["web"], listening.factory
         warm = Client()

@@ -24,7 +24,7 @@ from balancer.config.schema import Config, DefaultsConfig
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.support.balancers import start_balancer
-from tests.support.clients import Named, exchange, listen, port_number, serve
+from tests.support.clients import Named, exchange, port_number, serve
 from tests.support.paths import ROOT
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
@@ -301,8 +301,7 @@ class StopIntegrationTests(TestCase):
 
     @inlineCallbacks
     def start(self) -> Any:
-        backend = yield listen(PacedEcho)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, PacedEcho)
         config = Config(
             defaults=DefaultsConfig(shutdown_grace=20.0),
             servers={"web": server_config((f"127.0.0.1:{backend.getHost().port}",))},
@@ -361,8 +360,7 @@ class SigtermTests(TestCase):
 
     @inlineCallbacks
     def run_balancer(self, grace: str) -> Any:
-        backend = yield listen(PacedEcho)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, PacedEcho)
         path = os.path.abspath(self.mktemp() + ".toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(SIGTERM_CONFIG.format(grace=grace, backend=backend.getHost().port))

@@ -42,7 +42,7 @@ from balancer.proxy.tcp import Relay
 from balancer.server import ServerService
 from balancer.service import BalancerService
 from tests.support.balancers import start_balancer
-from tests.support.clients import exchange, listen, port_number, serve
+from tests.support.clients import exchange, port_number, serve
 from tests.support.peers import Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.relays import FakeTransport, server_config
@@ -373,8 +373,7 @@ class _Scenarios:
         """
         done: Deferred[tuple[int, str]] = Deferred()
         sinks: list[StalledSink] = []
-        backend = yield listen(StalledSink, sinks=sinks, done=done)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, StalledSink, sinks=sinks, done=done)
         backend.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         server = self.balancer(backend.getHost().port)
         client = Streamer(chunks=1 << 20)
@@ -568,8 +567,7 @@ class ChoiceTests(TestCase):
     @inlineCallbacks
     def test_relaysSendingAProxyHeaderAreSplicedHeaderFirst(self) -> Any:
         """The PROXY header goes through the pipe ahead of the client's bytes."""
-        backend = yield listen(PacedEcho)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, PacedEcho)
         config = Config(
             servers={
                 "web": server_config(

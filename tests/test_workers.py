@@ -35,7 +35,7 @@ from balancer.service import BalancerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
-from tests.support.clients import Double, exchange, listen
+from tests.support.clients import Double, exchange, serve
 from tests.support.paths import ROOT
 from tests.support.processes import spawn_balancer
 from tests.support.reactors import SpawningReactor
@@ -410,8 +410,7 @@ class TwoWorkersTests(TestCase):
         self.config = os.path.join(directory, "balancer.toml")
         self.owners: list[int] = []
         self._pids: list[int] = []
-        self.backend = yield listen(OwnerRecorder, owners=self.owners, pids=self.pids)
-        self.addCleanup(self.backend.stopListening)
+        self.backend = yield serve(self, OwnerRecorder, owners=self.owners, pids=self.pids)
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(f"""
 [defaults]
