@@ -22,6 +22,7 @@ from balancer.proxy.udp import DEFAULT_IDLE_TIMEOUT, MAX_DATAGRAM, UdpProxy
 from balancer.stats import ServerCounters
 from balancer.strategies import STRATEGIES, make_strategy
 from tests.support.peers import Address, DatagramPeer
+from tests.support.reactors import UdpReactor
 
 
 class UdpTestCase(TestCase):
@@ -333,33 +334,6 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((proxy.max_requests, proxy.max_responses, proxy.access), (0, 0, None))
 
 
-class _FakeSocket:
-    """A connected backend socket of L{_SocketCountingReactor}."""
-
-    def __init__(self, reactor: _SocketCountingReactor) -> None:
-        self._reactor = reactor
-
-    def connect(self, host: str, port: int) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def stopListening(self) -> None:
-        self._reactor.open -= 1
-
-
-class _SocketCountingReactor:
-    """Opens fake backend sockets and counts those open."""
-
-    def __init__(self) -> None:
-        self.open = 0
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> _FakeSocket:
-        self.open += 1
-        return _FakeSocket(self)
-
-
 class SessionLimitTests(SynchronousTestCase):
     """
     Admission by C{max_connections}, else C{[defaults] udp_max_sessions}:
@@ -367,7 +341,7 @@ class SessionLimitTests(SynchronousTestCase):
     holds a socket, so spoofed source ports could fill the descriptor table.
     """
 
-    def proxy(self, counters: ServerCounters, reactor: _SocketCountingReactor, **options: Any) -> UdpProxy:
+    def proxy(self, counters: ServerCounters, reactor: UdpReactor, **options: Any) -> UdpProxy:
         backend = Backend(BackendSpec("127.0.0.1", 9))
         return UdpProxy(lambda host: backend, counters, reactor=reactor, clock=task.Clock(), **options)
 
@@ -376,7 +350,7 @@ class SessionLimitTests(SynchronousTestCase):
             proxy.datagramReceived(b"q", ("192.0.2.7", port))
 
     def test_maxConnectionsCountsSessions(self) -> None:
-        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        counters, reactor = ServerCounters(), UdpReactor()
         proxy = self.proxy(counters, reactor, max_sessions=100)
         self.flood(proxy, 500)
         self.assertEqual((len(proxy.live_sessions()), reactor.open, counters.active_connections), (100, 100, 100))
@@ -389,7 +363,7 @@ class SessionLimitTests(SynchronousTestCase):
 
     def test_retiredSessionsStillCount(self) -> None:
         """A session past C{max_requests} still holds its socket while it relays answers."""
-        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        counters, reactor = ServerCounters(), UdpReactor()
         proxy = self.proxy(counters, reactor, max_sessions=3, max_requests=1)
         for _ in range(5):
             proxy.datagramReceived(b"q", ("192.0.2.7", 1000))

@@ -133,3 +133,55 @@ class SpawningReactor(ListeningReactor):
         protocol, _, _, transport = self.spawned[index]
         transport.pid = None
         protocol.processEnded(Failure(reason))
+
+
+class FakeUdpPort:
+    """A UDP port of L{UdpReactor}: records where it sends, and whether it was closed."""
+
+    def __init__(self, port: int, interface: str) -> None:
+        self.port = port
+        self.interface = interface
+        self.sent: list[tuple[tuple[str, int] | None, bytes]] = []
+        self.peer: tuple[str, int] | None = None
+        self.closed = False
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def connect(self, host: str, port: int) -> None:
+        self.peer = (host, port)
+
+    def write(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
+        self.sent.append((addr or self.peer, data))
+
+    def stopListening(self) -> None:
+        self.closed = True
+
+
+class UdpReactor(MemoryReactorClock):
+    """
+    A memory reactor with UDP: each C{listenUDP} is recorded in L{udpServers},
+    gets a L{FakeUdpPort} (in L{udpPorts}) and connects its protocol to it, as
+    a real reactor does; names resolve through C{names}.
+    """
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.names = dict(names or {})
+        self.udpServers: list[tuple[int, Any, str, int]] = []
+        self.udpPorts: list[FakeUdpPort] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> FakeUdpPort:
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        transport = FakeUdpPort(port, interface)
+        self.udpPorts.append(transport)
+        protocol.makeConnection(transport)
+        return transport
+
+    def resolve(self, name: str, timeout: Sequence[int] = (1, 3, 11, 45)) -> Deferred[str]:
+        return succeed(self.names[name])
+
+    @property
+    def open(self) -> int:
+        """How many UDP ports are open."""
+        return sum(not port.closed for port in self.udpPorts)
