@@ -24,8 +24,9 @@ from admin.logincache import LoginCache
 from admin.ratelimit import FailureLimiter, TooManyFailures
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
+from tests.support.reactors import ListeningReactor
+from tests.support.root_api import CONFIG, NEW_SERVER, Api
 from tests.support.runners import BlockingRunner, Runner
-from tests.test_admin_root import CONFIG, NEW_SERVER, Api, Reactor
 
 #: A cheap bcrypt cost keeps the tests fast; the check is the same at any cost.
 VIEWER_HASH = bcrypt.hashpw(b"viewer-secret", bcrypt.gensalt(rounds=4)).decode()
@@ -56,7 +57,7 @@ CHALLENGE = [b'Basic realm="balancer"']
 
 def guarded_api(accounts: str = ACCOUNTS) -> Api:
     """An L{Api} whose C{[api]} section holds C{accounts}."""
-    return Api(parse_config(CONFIG.format(api="", extra=accounts).encode(), "test.toml"), Reactor())
+    return Api(parse_config(CONFIG.format(api="", extra=accounts).encode(), "test.toml"), ListeningReactor())
 
 
 class GuardTests(SynchronousTestCase):
@@ -107,7 +108,7 @@ class GuardTests(SynchronousTestCase):
 
     def test_corsPreflightNeedsNoCredentials(self) -> None:
         config = parse_config(CONFIG.format(api="cors = true", extra=ACCOUNTS).encode(), "test.toml")
-        api = Api(config, Reactor())
+        api = Api(config, ListeningReactor())
         response, _ = api.call(self, "OPTIONS", "/servers/new", headers={"Access-Control-Request-Method": "POST"})
         self.assertEqual(response.code, 204)
         response, _ = api.call(self, "GET", "/servers")

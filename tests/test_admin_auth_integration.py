@@ -23,8 +23,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from tests.clients import Echo, exchange, listen
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.support.clients import Echo, exchange, serve
+from tests.support.processes import spawn_balancer
 
 #: C{bcrypt.hashpw(b"admin-secret", bcrypt.gensalt(12))}: about 0.3 s a check on one core.
 ADMIN_HASH = "$2b$12$wJWOaLu5b/.Rj4FyOpAIy.VGrNkd0uExCA1tZuWfUnjlbSyJxVS1e"
@@ -96,17 +96,13 @@ class FloodTests(TestCase):
 
     @inlineCallbacks
     def test_wrongPasswordFloodLeavesTheApiAnswerableAndTheRelayServing(self) -> Any:
-        backend = yield listen(Echo)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, Echo)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         config = os.path.join(directory, "balancer.toml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(backend=backend.getHost().port))
-        process = WatchedProcess(b"api: listening on")
-        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, config)
         yield process.seen
         api = int(re.search(rb"api: listening on 127\.0\.0\.1:(\d+)", process.output).group(1))
         web = int(re.search(rb"web: listening on 127\.0\.0\.1:(\d+)", process.output).group(1))

@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from admin.jsonbody import MAX_BODY, BodyError, read_json
 from admin.listener import api_site
 from admin.v1.patch import MAX_OPERATIONS
-from tests.test_v1_helpers import NEW_SERVER, assert_errors, make_v1
+from tests.support.v1_api import NEW_SERVER, assert_errors, make_v1
 
 DEEP_ARRAY = "[" * 1000 + "]" * 1000
 DEEP_OBJECT = '{"a":' * 1000 + "1" + "}" * 1000

@@ -6,146 +6,28 @@ TCP and over TLS.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import signal
 from io import BytesIO
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from tests.clients import Double, exchange, listen
-from tests.processes import ROOT, Balancer, run_twistd, source_env, twistd_path
-
-CONFIG = """
-[api]
-enabled = true
-bind = "127.0.0.1:{api_port}"
-{api}
-
-[state]
-path = "{state}"
-
-[servers.web]
-bind = "127.0.0.1:0"
-[servers.web.discovery]
-kind = "static"
-static_list = ["127.0.0.1:{backend}"]
-"""
+from tests.support.api_process import ApiProcessTestCase
+from tests.support.certs import self_signed
+from tests.support.clients import exchange
+from tests.support.paths import ROOT
+from tests.support.peers import open_client
+from tests.support.processes import run_twistd
+from tests.support.waiting import polled
 
 
-def connect_idle(port: int) -> Deferred[Protocol]:
-    """A connection to C{port} that sends nothing; fires with its protocol once connected."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), Protocol())
-
-
-
-
-def make_certificate(directory: str) -> tuple[str, str, bytes]:
-    """A self-signed certificate for 127.0.0.1 and localhost; returns (cert path, key path, cert PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "balancer test")])
-    now = datetime.now(timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = certificate.public_bytes(serialization.Encoding.PEM)
-    cert_path, key_path = os.path.join(directory, "api.crt"), os.path.join(directory, "api.key")
-    with open(cert_path, "wb") as f:
-        f.write(pem)
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return cert_path, key_path, pem
-
-
-class _IntegrationTestCase(TestCase):
-    """Starting balancers, and talking to their API."""
-
-    timeout = 60
-
-    @inlineCallbacks
-    def setUp(self) -> Any:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
-        self.state = os.path.join(self.directory, "state.toml")
-        backend = yield listen(Double)
-        self.addCleanup(backend.stopListening)
-        self.backend = backend.getHost().port
-        pool = HTTPConnectionPool(reactor)
-        self.addCleanup(pool.closeCachedConnections)
-        self.pool = pool
-
-    def write_config(self, api: str = "", api_port: int = 0, name: str = "balancer.toml") -> str:
-        """A configuration in the test's directory: the API, the state file, and server "web"."""
-        path = os.path.join(self.directory, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(CONFIG.format(api=api, api_port=api_port, state=self.state, backend=self.backend))
-        return path
-
-    @inlineCallbacks
-    def start(self, config: str) -> Any:
-        """Start C{twistd -n balancer --config=CONFIG}; fires with (process, API port) once the API listens."""
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(),
-                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
-        match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
-        return process, int(match.group(1))
-
-    @inlineCallbacks
-    def listening_port(self, process: Balancer, server: str) -> Any:
-        """Fires with the port server C{server} listens on, from the log."""
-        match = yield process.wait_for(rb"\b" + server.encode() + rb": listening on 127\.0\.0\.1:(\d+)")
-        return int(match.group(1))
-
-    def client(self, trust: bytes | None = None) -> HTTPClient:
-        """A treq client; with C{trust}, HTTPS trusting only that certificate."""
-        policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(trust)) if trust else None
-        agent = Agent(reactor, contextFactory=policy, pool=self.pool) if policy else Agent(reactor, pool=self.pool)
-        return HTTPClient(agent)
-
-    @inlineCallbacks
-    def call(self, port: int, method: str, path: str, scheme: str = "http", client: HTTPClient | None = None,
-             **kwargs: Any) -> Any:
-        """Fires with (response, decoded JSON body) of one API request."""
-        client = client or self.client()
-        response = yield client.request(method, f"{scheme}://127.0.0.1:{port}{path}", **kwargs)
-        body = yield response.content()
-        content_type = response.headers.getRawHeaders(b"Content-Type", [b""])[0]
-        return response, json.loads(body) if content_type == b"application/json" else body
-
-
-class RootApiTests(_IntegrationTestCase):
+class RootApiTests(ApiProcessTestCase):
     """The routes over TCP, in a real process."""
 
     @inlineCallbacks
@@ -217,17 +99,19 @@ class RootApiTests(_IntegrationTestCase):
         self.assertEqual((stats["tx_total"], stats["rx_total"]), (100_000, 200_000))
         self.assertEqual((backend["port"], backend["stats"]["tx"], backend["stats"]["rx"]),
                          (str(self.backend), 100_000, 200_000))
-        idle = yield connect_idle(web)
+        idle = yield open_client(web, Protocol())
         self.addCleanup(idle.transport.loseConnection)
-        yield deferLater(reactor, 2.2, lambda: None)
-        response, later = yield self.call(port, "GET", "/servers/web/stats")
+        response, later = yield polled(lambda: self.call(port, "GET", "/servers/web/stats"),
+                                       lambda answer: (answer[1]["active_connections"], answer[1]["tx_second"],
+                                                       answer[1]["rx_second"]) == (1, 0, 0),
+                                       10, "the idle client counted and the rates back to 0")
         self.assertEqual((later["active_connections"], later["tx_total"], later["rx_total"],
                           later["tx_second"], later["rx_second"]), (1, 100_000, 200_000, 0, 0))
         self.assertEqual((later["backends"][0]["stats"]["tx"], later["backends"][0]["stats"]["rx"]),
                          (100_000, 200_000))
 
 
-class StateAndDumpTests(_IntegrationTestCase):
+class StateAndDumpTests(ApiProcessTestCase):
     """C{[state] path} across a restart, and C{/dump} fed back as C{--config}."""
 
     @inlineCallbacks
@@ -272,12 +156,12 @@ class StateAndDumpTests(_IntegrationTestCase):
         self.assertEqual(list(reproduced), ["web", "added"])
 
 
-class TlsAndStartupTests(_IntegrationTestCase):
+class TlsAndStartupTests(ApiProcessTestCase):
     """C{[api.tls]}, accounts over HTTPS, and failures at start."""
 
     @inlineCallbacks
     def test_httpsWithBasicAuth(self) -> Any:
-        cert, key, pem = make_certificate(self.directory)
+        cert, key, pem = self_signed(self.directory)
         process, port = yield self.start(self.write_config(
             f'[api.basic_auth]\nlogin = "admin"\npassword = "1111"\n[api.tls]\ncert_path = "{cert}"\nkey_path = "{key}"'
         ))

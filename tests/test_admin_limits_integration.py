@@ -15,15 +15,15 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, succeed
 from twisted.internet.error import ConnectError
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
-from tests.clients import Double, exchange, listen
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.clients import Double, exchange, serve
+from tests.support.peers import open_client
+from tests.support.processes import spawn_balancer
 
 CONFIG = """
 [api]
@@ -107,11 +107,6 @@ class Trickler(Client):
         super().connectionLost(reason)
 
 
-def connect(port: int, client: Client) -> Deferred[Client]:
-    """Connect C{client} to 127.0.0.1:C{port}."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), client)
-
-
 def parse(answer: bytes) -> tuple[int, bytes, Any]:
     """(code, head, decoded JSON body) of one answer."""
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -133,8 +128,7 @@ class LimitsTests(TestCase):
     def setUp(self) -> Any:
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        backend = yield listen(Double)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, Double)
         self.backend = backend.getHost().port
         self.clients: list[Client] = []
 
@@ -150,12 +144,7 @@ class LimitsTests(TestCase):
         path = os.path.join(self.directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(api=api, backend=self.backend))
-        command = [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path]
-        if descriptors is not None:
-            command = ["/bin/sh", "-c", f'ulimit -n {descriptors} && exec "$0" "$@"', *command]
-        process = Balancer()
-        reactor.spawnProcess(process, command[0], command, env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path, descriptors=descriptors)
         api_port = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         web_port = yield process.wait_for(rb"web: listening on 127\.0\.0\.1:(\d+)")
         return process, int(api_port.group(1)), int(web_port.group(1))
@@ -163,7 +152,7 @@ class LimitsTests(TestCase):
     @inlineCallbacks
     def open(self, port: int, client: Client) -> Any:
         self.clients.append(client)
-        yield connect(port, client)
+        yield open_client(port, client)
         return client
 
     @inlineCallbacks

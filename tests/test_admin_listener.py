@@ -16,8 +16,8 @@ from balancer.config.load import parse_config
 from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.listening import BindError
 from balancer.tap import build_service
-from tests.test_admin_integration import make_certificate
-from tests.test_admin_root import Reactor
+from tests.support.certs import self_signed
+from tests.support.reactors import ListeningReactor
 
 SERVER = b"""
 [servers.web]
@@ -54,7 +54,7 @@ class ApiServiceTests(SynchronousTestCase):
     def test_tlsListensWithTheCertificate(self) -> None:
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        cert, key, _ = make_certificate(directory)
+        cert, key, _ = self_signed(directory)
         memory = MemoryReactorClock()
         config = api_config(f'bind = "127.0.0.1:8443"\n[api.tls]\ncert_path = "{cert}"\nkey_path = "{key}"')
         api_service(None, config, memory).startService()  # type: ignore[arg-type]
@@ -64,14 +64,14 @@ class ApiServiceTests(SynchronousTestCase):
         self.assertIsNotNone(options.getContext())
 
     def test_bindFailureIsBindError(self) -> None:
-        service = api_service(None, api_config('bind = "127.0.0.1:8080"'), Reactor(taken=(8080,)))  # type: ignore[arg-type]
+        service = api_service(None, api_config('bind = "127.0.0.1:8080"'), ListeningReactor(taken=(8080,)))  # type: ignore[arg-type]
         with self.assertRaises(BindError) as caught:
             service.privilegedStartService()
         self.assertEqual(str(caught.exception),
                          "api: cannot listen on 127.0.0.1:8080: [Errno 98] Address already in use")
 
     def test_stopClosesTheListener(self) -> None:
-        memory = Reactor()
+        memory = ListeningReactor()
         service = api_service(None, api_config('bind = "127.0.0.1:8080"'), memory)  # type: ignore[arg-type]
         service.startService()
         self.assertEqual(memory.listening(), [8080])
@@ -85,7 +85,7 @@ class TlsOptionsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.cert, self.key, self.pem = make_certificate(self.directory)
+        self.cert, self.key, self.pem = self_signed(self.directory)
 
     def write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.directory, name)
@@ -113,7 +113,7 @@ class TlsOptionsTests(SynchronousTestCase):
     def test_keyOfAnotherCertificate(self) -> None:
         other = os.path.join(self.directory, "other")
         os.makedirs(other)
-        _, other_key, _ = make_certificate(other)
+        _, other_key, _ = self_signed(other)
         with self.assertRaises(BindError) as caught:
             tls_options(ApiTlsConfig(cert_path=self.cert, key_path=other_key))
         self.assertEqual(str(caught.exception),

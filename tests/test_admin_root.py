@@ -6,7 +6,6 @@ memory reactor: every route, and every code it answers with.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tomllib
@@ -15,8 +14,8 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import CannotListenError, ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -25,35 +24,10 @@ from admin.gobetween import go_duration, rfc3339
 from admin.stack import api_resource
 from balancer import __version__
 from balancer.config.load import parse_config
-from balancer.config.schema import ApiConfig, Config
-from balancer.control.controller import Controller
-from balancer.control.effective import load_effective
+from balancer.config.schema import ApiConfig
 from balancer.control.interface import IControl
-from balancer.root_service import BalancerService
-
-CONFIG = """
-[api]
-enabled = true
-bind = "127.0.0.1:0"
-{api}
-
-[servers.web]
-bind = "127.0.0.1:3000"
-balance = "roundrobin"
-[servers.web.discovery]
-kind = "static"
-static_list = ["127.0.0.1:9001 weight=2", "127.0.0.1:9002"]
-
-[servers.db]
-bind = "127.0.0.1:3001"
-[servers.db.discovery]
-kind = "static"
-static_list = ["127.0.0.1:5432 sni=db.example"]
-{extra}
-"""
-
-NEW_SERVER = {"bind": "127.0.0.1:4000", "balance": "leastconn",
-              "discovery": {"kind": "static", "static_list": ["127.0.0.1:9100"]}}
+from tests.support.reactors import ListeningReactor
+from tests.support.root_api import CONFIG, NEW_SERVER, Api, make_api
 
 SERVER_FIELDS = {"active_connections", "rx_total", "tx_total", "rx_second", "tx_second", "backends"}
 BACKEND_FIELDS = {"host", "port", "priority", "weight", "stats"}
@@ -61,68 +35,6 @@ BACKEND_STATS_FIELDS = {
     "live": bool, "discovered": bool, "total_connections": int, "active_connections": int,
     "refused_connections": int, "rx": int, "tx": int, "rx_second": int, "tx_second": int,
 }
-
-
-class _Port:
-    """A listening port of L{Reactor} that records when it is closed."""
-
-    def __init__(self, reactor: Reactor, port: int, listening: Any) -> None:
-        self._reactor = reactor
-        self._port = port
-        self._listening = listening
-
-    def getHost(self) -> Any:
-        return self._listening.getHost()
-
-    def stopListening(self) -> None:
-        self._reactor.closed.append(self._port)
-
-
-class Reactor(MemoryReactorClock):
-    """A memory reactor where some ports are taken, and that records which listeners closed."""
-
-    def __init__(self, taken: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.taken = set(taken)
-        self.closed: list[int] = []
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        if port in self.taken:
-            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
-        return _Port(self, port, super().listenTCP(port, factory, backlog, interface))
-
-    def listening(self) -> list[int]:
-        """Ports listened on and not closed since."""
-        ports = [port for port, _, _, _ in self.tcpServers]
-        for port in self.closed:
-            ports.remove(port)
-        return ports
-
-
-class Api:
-    """A running balancer on a memory reactor, and a C{StubTreq} on its API."""
-
-    def __init__(self, config: Config, reactor: Reactor, config_path: str = "/etc/balancer/balancer.toml") -> None:
-        self.reactor = reactor
-        effective, changes = load_effective(config, config_path)
-        self.balancer = BalancerService(effective, reactor)
-        self.balancer.privilegedStartService()
-        self.balancer.startService()
-        self.control = Controller(self.balancer, effective, config_path, reactor, configured=config, changes=changes)
-        self.stub = StubTreq(api_resource(self.control, config.api))
-
-    def call(self, test: SynchronousTestCase, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
-        """Make a request and fire it through; returns (response, body)."""
-        requested = self.stub.request(method, "http://api.test" + path, **kwargs)
-        self.stub.flush()
-        response = test.successResultOf(requested)
-        body = test.successResultOf(self.stub.content(response))
-        return response, body
-
-
-def make_api(test: SynchronousTestCase, *, api: str = "", extra: str = "", taken: tuple[int, ...] = ()) -> Api:
-    """An L{Api} on L{CONFIG} with C{api} lines added to C{[api]} and C{extra} sections."""
-    return Api(parse_config(CONFIG.format(api=api, extra=extra).encode(), "test.toml"), Reactor(taken))
 
 
 class _ApiTestCase(SynchronousTestCase):
@@ -156,7 +68,7 @@ class InfoTests(_ApiTestCase):
 
     def test_configurationPathIsAbsolute(self) -> None:
         config = parse_config(CONFIG.format(api="", extra="").encode(), "x")
-        api = Api(config, Reactor(), config_path="etc/balancer.toml")
+        api = Api(config, ListeningReactor(), config_path="etc/balancer.toml")
         response, body = api.call(self, "GET", "/")
         path = self.assertJson(response, body, 200)["configuration"]["path"]
         self.assertEqual(path, os.path.abspath("etc/balancer.toml"))
@@ -410,7 +322,7 @@ class DumpTests(_ApiTestCase):
         dumped = parse_config(body, "dump.toml")
         self.assertEqual(dumped, api.control.effective_config())
         _, servers = api.call(self, "GET", "/servers")
-        _, again = Api(dumped, Reactor()).call(self, "GET", "/servers")
+        _, again = Api(dumped, ListeningReactor()).call(self, "GET", "/servers")
         self.assertEqual(json.loads(again), json.loads(servers))
         self.assertEqual(list(json.loads(again)), ["web", "new"])
 
@@ -438,7 +350,7 @@ class StateTests(_ApiTestCase):
     def test_changesPersistBeforeAnswerAndReapplyAtStart(self) -> None:
         path = os.path.abspath(self.mktemp())
         config = parse_config(CONFIG.format(api="", extra=f'[state]\npath = "{path}"').encode(), "test.toml")
-        api = Api(config, Reactor())
+        api = Api(config, ListeningReactor())
         response, _ = api.call(self, "POST", "/servers/new", json=NEW_SERVER)
         self.assertEqual(response.code, 200)
         with open(path, "rb") as f:
@@ -447,7 +359,7 @@ class StateTests(_ApiTestCase):
         with open(path, "rb") as f:
             self.assertEqual(tomllib.load(f)["deleted"], ["web"])
         _, before = api.call(self, "GET", "/servers")
-        restarted = Api(config, Reactor())
+        restarted = Api(config, ListeningReactor())
         _, after = restarted.call(self, "GET", "/servers")
         self.assertEqual(json.loads(after), json.loads(before))
         self.assertEqual(list(json.loads(after)), ["db", "new"])
@@ -455,7 +367,7 @@ class StateTests(_ApiTestCase):
     def test_unwritableStateIs500AndChangesNothing(self) -> None:
         path = os.path.join(os.path.abspath(self.mktemp()), "missing-directory", "state.toml")
         config = parse_config(CONFIG.format(api="", extra=f'[state]\npath = "{path}"').encode(), "test.toml")
-        api = Api(config, Reactor())
+        api = Api(config, ListeningReactor())
         response, body = api.call(self, "POST", "/servers/new", json=NEW_SERVER)
         self.assertJson(response, body, 500, "internal error")
         response, body = api.call(self, "DELETE", "/servers/web")

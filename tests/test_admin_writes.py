@@ -21,7 +21,7 @@ from admin.request import BoundedRequest
 from admin.stack import api_resource
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
-from tests.test_v1_helpers import CONFIG, V1, assert_errors, header, make_v1
+from tests.support.v1_api import CONFIG, V1, assert_errors, header, make_v1
 
 #: A definition that is valid JSON, as a cross-site text/plain form can send it.
 EXEC_SERVER = {"bind": "127.0.0.1:4000",

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.processes import spawn_balancer
+from tests.support.waiting import until
 
 CONFIG = """
 [api]
@@ -76,10 +76,7 @@ class AttackTests(TestCase):
         path = os.path.join(self.directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(api=api, extra=extra))
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path)
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)\s")
         return process, int(match.group(1))
 
@@ -89,15 +86,6 @@ class AttackTests(TestCase):
         response = yield self.client.request(method, f"http://127.0.0.1:{port}{path}", **kwargs)
         body = yield response.content()
         return response.code, json.loads(body)
-
-    @inlineCallbacks
-    def wait_until(self, condition: Callable[[], bool], what: str) -> Any:
-        """Poll C{condition} every 50 ms, for 20 s at most."""
-        deadline = reactor.seconds() + 20
-        while not condition():
-            if reactor.seconds() > deadline:
-                self.fail(f"still not true after 20 s: {what}")
-            yield deferLater(reactor, 0.05, lambda: None)
 
     @inlineCallbacks
     def test_crossSiteFormPostIs415AndRunsNothing(self) -> Any:
@@ -117,7 +105,7 @@ class AttackTests(TestCase):
         proof = os.path.join(self.directory, "proof")
         code, answer = yield self.call(port, "POST", "/servers/allowed", json=exec_server(proof))
         self.assertEqual(code, 200, answer)
-        yield self.wait_until(lambda: lines(proof) >= 1, "the allowed exec discovery ran")
+        yield until(lambda: lines(proof) >= 1, 20, "the allowed exec discovery ran", step=0.05)
         self.assertFalse(os.path.exists(attack))
         code, _ = yield self.call(port, "GET", "/servers/pwned")
         self.assertEqual(code, 404)
@@ -148,7 +136,7 @@ exec_command = {json.dumps(definition)}
             "kind": "exec", "interval": "100ms", "exec_command": f"/bin/sh -c 'echo ran >> {attempt}'"}}}})
         self.assertEqual(code, 403, answer)
         seen = lines(from_file)
-        yield self.wait_until(lambda: lines(from_file) >= seen + 2, "the file's exec discovery ran twice more")
+        yield until(lambda: lines(from_file) >= seen + 2, 20, "the file's exec discovery ran twice more", step=0.05)
         self.assertFalse(os.path.exists(attempt))
         code, _ = yield self.call(port, "GET", "/servers/pwned")
         self.assertEqual(code, 404)

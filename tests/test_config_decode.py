@@ -24,8 +24,8 @@ from balancer.config import ConfigError
 from balancer.config.decode import MAX_DEPTH, DecodeError, json_depth, loads_json, loads_toml
 from balancer.config.load import parse_config
 from balancer.config.schema import Config
-from tests.processes import run_twistd
 from tests.support.mutations import paths, replaced
+from tests.support.processes import run_twistd
 
 VALID = """
 [defaults]

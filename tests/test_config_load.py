@@ -10,8 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config import ConfigError, read_config_file
 from balancer.config.addresses import BackendSpec, HostPort
 from balancer.config.load import check_resources, parse_config, server_from_mapping
-from tests.certs import make_certificates
-from tests.helpers import ROOT, fixture
+from tests.support.certs import make_certificates
+from tests.support.paths import ROOT, fixture
 
 
 class BadConfigTests(SynchronousTestCase):

@@ -41,7 +41,7 @@ from balancer.discovery.exec import parse_lines
 from balancer.discovery.json_kind import JsonDiscovery, lookup
 from balancer.discovery.plaintext import DEFAULT_PATTERN, PlaintextDiscovery, compile_pattern
 from balancer.discovery.srv import srv_backends
-from tests.helpers import ROOT
+from tests.support.paths import ROOT
 
 A = BackendSpec("10.0.0.1", 80)
 B = BackendSpec("10.0.0.2", 81, weight=3)

@@ -30,7 +30,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.names import common, dns, server
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
@@ -42,6 +41,7 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.load import config_from_mapping
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery import DiscoveryError, DiscoveryRunner, make_discovery
+from tests.support.waiting import until
 
 
 def discovery_config(**keys: Any) -> DiscoveryConfig:
@@ -764,9 +764,6 @@ class ExecTests(TestCase):
         self.assertEqual((recorder.lists, runner.last_error), ([[]], "no answer within 0.3s (timeout)"))
         with open(pid_file) as f:
             pid = int(f.read())
-        for _ in range(500):
-            if not running(pid):
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await until(lambda: not running(pid), 5, f"pid {pid} gone", step=0.01)
         self.assertFalse(running(pid), f"pid {pid} still runs")
 

@@ -19,6 +19,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.proxy.engine.engine import Engine, make_engine
+from tests.support.skips import NO_ENGINE
+
+skip = NO_ENGINE
 
 
 class Descriptor:

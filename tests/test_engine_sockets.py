@@ -34,7 +34,11 @@ from twisted.trial.unittest import TestCase
 from balancer.proxy.engine import sockets
 from balancer.proxy.engine.engine import Engine
 from balancer.proxy.engine.splice import SplicedTransport
-from tests.test_relay_integration import open_client, until
+from tests.support.peers import open_client
+from tests.support.skips import NO_ENGINE
+from tests.support.waiting import until
+
+skip = NO_ENGINE
 
 
 class Recorder(Protocol):

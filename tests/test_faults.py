@@ -29,12 +29,12 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import treq
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -42,31 +42,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.clients import Echo, exchange, listen
-from tests.killable_backend import stream
-from tests.processes import ROOT, WatchedProcess, source_env, twistd_path
+from tests.support.clients import Echo, exchange, serve
+from tests.support.killable_backend import stream
+from tests.support.paths import ROOT
+from tests.support.peers import open_client
+from tests.support.processes import WatchedProcess, source_env, twistd_path
+from tests.support.waiting import polled, until
 
 #: Clock ticks per second of /proc/<pid>/stat's CPU times.
 TICKS = os.sysconf("SC_CLK_TCK")
 BLOCK = 64 * 1024
-
-
-def until(condition: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> Deferred[None]:
-    """Fires once C{condition()} holds, checked every C{step} s; fails naming C{what} after C{timeout} s."""
-    done: Deferred[None] = Deferred()
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if condition():
-            loop.stop()
-            done.callback(None)
-        elif reactor.seconds() > deadline:
-            loop.stop()
-            done.errback(AssertionError(f"not within {timeout} s: {what}"))
-
-    loop = LoopingCall(check)
-    loop.start(step).addErrback(done.errback)
-    return done
 
 
 def pause(seconds: float) -> Deferred[None]:
@@ -137,23 +122,19 @@ class Balancer(WatchedProcess):
         d = treq.get(f"http://127.0.0.1:{self.api}/servers/{server}/stats", persistent=False)
         return d.addCallback(treq.content).addCallback(json.loads)
 
-    @inlineCallbacks
-    def settled(self, server: str, total: int | None = None, timeout: float = 10.0) -> Any:
+    def settled(self, server: str, total: int | None = None, timeout: float = 10.0) -> Deferred[dict[str, Any]]:
         """
         Waits (up to C{timeout} s) for C{server} and all its backends to have no
         active connection, and for C{total_connections} to be C{total} if given;
         fires with the last statistics.
         """
-        deadline = reactor.seconds() + timeout
-        while True:
-            stats = yield self.stats(server)
+
+        def quiet(stats: dict[str, Any]) -> bool:
             actives = [stats["active_connections"], *(b["stats"]["active_connections"] for b in stats["backends"])]
             totals = sum(b["stats"]["total_connections"] for b in stats["backends"])
-            if not any(actives) and (total is None or totals == total):
-                return stats
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"{server} not settled within {timeout} s: {stats}")
-            yield pause(0.05)
+            return not any(actives) and (total is None or totals == total)
+
+        return polled(lambda: self.stats(server), quiet, timeout, f"{server} settled")
 
 
 def config_text(servers: dict[str, tuple[str, ...]], splice: bool, server_options: str = "") -> str:
@@ -191,7 +172,7 @@ def start_balancer(test: TestCase, servers: dict[str, tuple[str, ...]], splice: 
     test.addCleanup(stop_process, process)
     yield process.seen
     yield until(lambda: all(f"{name}: listening on".encode() in process.output for name in servers), 10,
-                "every server listening")
+                "every server listening", step=0.02)
     text = process.output.decode()
     process.api = int(re.search(r"api: listening on 127\.0\.0\.1:(\d+)", text).group(1))  # type: ignore[union-attr]
     for name in servers:
@@ -275,11 +256,6 @@ class Client(Protocol):
         self.transport.abortConnection()
 
 
-def connect(port: int, client: Protocol) -> Deferred[Protocol]:
-    """Connect C{client} to 127.0.0.1:C{port}."""
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10), client)
-
-
 class CountedEcho(Echo):
     """An L{Echo} that counts its factory's open connections (C{factory.open}) and all of them (C{factory.total})."""
 
@@ -338,7 +314,7 @@ class Flood(Protocol):
 
 
 class Backend(ProcessProtocol):
-    """The killable backend process (L{tests.killable_backend}); knows its port and last status line."""
+    """The killable backend process (L{tests.support.killable_backend}); knows its port and last status line."""
 
     def __init__(self) -> None:
         self.output = b""
@@ -388,7 +364,7 @@ class FaultTests:
         """
         size = 1 << 20
         backend = Backend()
-        command = [sys.executable, "-m", "tests.killable_backend", str(size)]
+        command = [sys.executable, "-m", "tests.support.killable_backend", str(size)]
         reactor.spawnProcess(backend, sys.executable, command, env=source_env(), path=ROOT)
         self.addCleanup(lambda: backend.ended if backend.ended.called else self._kill(backend))
         backend_port = yield backend.port
@@ -398,15 +374,15 @@ class FaultTests:
         )
         talkers = [Client() for _ in range(4)]
         for talker in talkers:
-            yield connect(balancer.ports["steady"], talker)
+            yield open_client(balancer.ports["steady"], talker)
             talker.transport.write(b"before")
             self.assertEqual((yield talker.expect(6)), b"before")
         finished, unread = Client(paused=True), Client(paused=True)
-        yield connect(balancer.ports["doomed"], finished)
-        yield connect(balancer.ports["doomed"], unread)
+        yield open_client(balancer.ports["doomed"], finished)
+        yield open_client(balancer.ports["doomed"], unread)
         unread.transport.write(b"u" * 1000)
         yield until(lambda: backend.status() == "connections=2 sent=2 unread=1000", 10,
-                    "the backend sending 1 MiB to both clients and holding 1000 unread bytes")
+                    "the backend sending 1 MiB to both clients and holding 1000 unread bytes", step=0.02)
         os.kill(backend.transport.pid, signal.SIGKILL)
         yield backend.ended
         killed = reactor.seconds()
@@ -473,8 +449,8 @@ class FaultTests:
         before = proc_status(balancer.pid, "VmRSS")
         idle = [Client() for _ in range(count)]
         for start in range(0, count, 200):
-            yield gatherResults([connect(port, client) for client in idle[start: start + 200]])
-        yield until(lambda: self.echo.open == count, timeout, "every idle client relayed to the backend")
+            yield gatherResults([open_client(port, client) for client in idle[start: start + 200]])
+        yield until(lambda: self.echo.open == count, timeout, "every idle client relayed to the backend", step=0.02)
         held = proc_status(balancer.pid, "VmRSS")
         served = yield gatherResults([exchange(port, b"served %d" % i) for i in range(20)])
         self.assertEqual(served, [b"served %d" % i for i in range(20)])
@@ -513,14 +489,14 @@ class FaultTests:
         whole = stream(1 << 20)
         payloads = [whole[i:] + whole[:i] for i in range(len(running))]
         for i, client in enumerate(running):
-            yield connect(port, client)
+            yield open_client(port, client)
             client.transport.write(b"ping %02d" % i)
             self.assertEqual((yield client.expect(7)), b"ping %02d" % i)
-        yield until(lambda: len(factory.stalled) == len(running), 5, "every backend stalled")
+        yield until(lambda: len(factory.stalled) == len(running), 5, "every backend stalled", step=0.02)
         holders = [Client() for _ in range(400)]
         for holder in holders:
-            connect(port, holder).addErrback(lambda f: None)
-        yield until(lambda: descriptors(balancer.pid) >= 250, 15, "the balancer at its descriptor limit")
+            open_client(port, holder).addErrback(lambda f: None)
+        yield until(lambda: descriptors(balancer.pid) >= 250, 15, "the balancer at its descriptor limit", step=0.02)
         yield pause(0.5)
         before = cpu_seconds(balancer.pid)
         window = pause(3.0)
@@ -591,7 +567,7 @@ class FaultTests:
     def reset_client(self, port: int, phase: int) -> Any:
         """A client that resets at once (C{phase} 0), after sending (1), or after its echo (2)."""
         client = Client()
-        yield connect(port, client)
+        yield open_client(port, client)
         if phase:
             client.transport.write(b"r" * 1024)
         if phase == 2:
@@ -610,18 +586,17 @@ class FaultTests:
         client then reads 32 MiB more, every byte in order.
         """
         blocks = [stream(BLOCK * 16)[i * BLOCK: (i + 1) * BLOCK] for i in range(16)]
-        listening = yield listen(Flood, blocks=blocks, size=8 << 20, sent=0)
-        self.addCleanup(listening.stopListening)
+        listening = yield serve(self, Flood, blocks=blocks, size=8 << 20, sent=0)
         balancer = yield start_balancer(self, {"web": (f"127.0.0.1:{listening.getHost().port}",)}, self.splice)
         port, factory = balancer.ports["web"], listening.factory
         warm = Client()
-        yield connect(port, warm)
+        yield open_client(port, warm)
         yield warm.closed
         self.assertEqual((warm.how, bytes(warm.data)), ("end", b"".join(blocks) * 8))
         before = proc_status(balancer.pid, "VmRSS")
         factory.size = 256 << 20
         client = Client(paused=True)
-        yield connect(port, client)
+        yield open_client(port, client)
         samples: list[int] = []
         history: list[int] = []
 

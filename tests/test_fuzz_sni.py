@@ -51,7 +51,7 @@ from balancer.proxy.sni import MAX_HELLO_BYTES, SniClientSide
 from balancer.proxy.tcp import RelayFactory
 from balancer.server_service import ServerService
 from balancer.stats import RateClock
-from tests.certs import make_certificates
+from tests.support.certs import make_certificates
 from tests.support.hellos import client_hello
 
 FUZZ = settings(

@@ -23,6 +23,7 @@ from balancer.config.schema import HEALTHCHECK_KINDS, HealthcheckConfig
 from balancer.health import CHECKS, HealthCheckError, HealthMonitor, IHealthCheck, make_check
 from balancer.health.escapes import decode_escapes
 from balancer.health.probe import matcher
+from tests.support.reactors import FakeUdpPort, UdpReactor
 
 HANG = "hang"
 """A scripted result: the check never answers by itself."""
@@ -395,52 +396,18 @@ class MatcherTests(SynchronousTestCase):
         )
 
 
-class FakeUdpPort:
-    """The transport of a UDP port: records where it sends, and whether it was closed."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[tuple[str, int] | None, bytes]] = []
-        self.peer: tuple[str, int] | None = None
-        self.closed = False
-
-    def connect(self, host: str, port: int) -> None:
-        self.peer = (host, port)
-
-    def write(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
-        self.sent.append((addr or self.peer, data))
-
-    def stopListening(self) -> None:
-        self.closed = True
-
-
-class UdpReactor:
-    """Just enough reactor for a UDP probe: name resolution and one UDP port per C{listenUDP}."""
-
-    def __init__(self) -> None:
-        self.ports: list[tuple[Any, FakeUdpPort, str]] = []
-
-    def resolve(self, name: str) -> Deferred[str]:
-        return succeed({"backend.test": "192.0.2.7"}[name])
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakeUdpPort:
-        transport = FakeUdpPort()
-        self.ports.append((protocol, transport, interface))
-        protocol.makeConnection(transport)
-        return transport
-
-
 class UdpProbeTests(SynchronousTestCase):
     """The UDP probe's exchange, on a fake UDP port."""
 
     def probe(self, host: str, **config: Any) -> tuple[list[bool], Any, FakeUdpPort]:
         """Start one UDP probe of C{host:53}; its results so far, its protocol and its port."""
-        reactor = UdpReactor()
+        reactor = UdpReactor(names={"backend.test": "192.0.2.7"})
         settings = {"kind": "probe", "interval": 1.0, "probe_protocol": "udp", "probe_recv": "got", **config}
         check = make_check(HealthcheckConfig(**settings), reactor)  # type: ignore[arg-type]
         assert check is not None
         results: list[bool] = []
         check.check(host, 53).addCallback(results.append)
-        protocol, port, _ = reactor.ports[0]
+        protocol, port = reactor.udpServers[0][1], reactor.udpPorts[0]
         return results, protocol, port
 
     def test_one_datagram_to_the_resolved_backend(self) -> None:
@@ -467,4 +434,4 @@ class UdpProbeTests(SynchronousTestCase):
         check = make_check(HealthcheckConfig(kind="probe", interval=1.0, probe_protocol="udp", probe_recv="x"), reactor)
         assert check is not None
         check.check("::1", 53)
-        self.assertEqual(reactor.ports[0][2], "::")
+        self.assertEqual(reactor.udpServers[0][2], "::")

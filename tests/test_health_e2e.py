@@ -11,13 +11,13 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import Config, DiscoveryConfig, HealthcheckConfig, ServerConfig
 from balancer.root_service import BalancerService
-from tests.clients import Named, exchange
+from tests.support.clients import Named, exchange
+from tests.support.waiting import until
 
 INTERVAL = 0.2
 FAILS = 2
@@ -75,8 +75,9 @@ class KillAndReviveTests(TestCase):
         self.assertNotIn(b"", during)
         self.assertNotIn(b"c", during)
         # Detection takes at most interval * fails + timeout; half an interval more for scheduling.
-        yield deferLater(reactor, INTERVAL * FAILS + TIMEOUT + INTERVAL / 2, lambda: None)
         backend_c = server.pool.get(f"127.0.0.1:{ports[2]}")
+        yield until(lambda: not backend_c.live, INTERVAL * FAILS + TIMEOUT + INTERVAL / 2, "backend c marked down",
+                    step=0.01)
         self.assertFalse(backend_c.live)
         refused_before = backend_c.counters.refused_connections
         after = yield self.clients(front, 9)
@@ -85,7 +86,7 @@ class KillAndReviveTests(TestCase):
 
         revived = self.listen_named(b"c", ports[2])
         self.addCleanup(revived.stopListening)
-        yield deferLater(reactor, INTERVAL * PASSES + INTERVAL / 2, lambda: None)
+        yield until(lambda: backend_c.live, INTERVAL * PASSES + INTERVAL / 2, "backend c marked up again", step=0.01)
         self.assertTrue(backend_c.live)
         back = yield self.clients(front, 6)
         self.assertEqual(sorted(back), [b"a", b"a", b"b", b"b", b"c", b"c"])

@@ -24,12 +24,13 @@ from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import HealthcheckConfig
 from balancer.health import HealthCheckError, HealthMonitor, IHealthCheck, make_check
-from tests.processes import free_port
+from tests.support.ports import refusing_port
+
 
 HOST = "127.0.0.1"
 
 
-class Peer(Protocol):
+class ServedConnection(Protocol):
     """A test server's connection; its factory's C{closings} fire as its connections close."""
 
     def connectionMade(self) -> None:
@@ -40,7 +41,7 @@ class Peer(Protocol):
         self.closed.callback(None)
 
 
-class Hangup(Peer):
+class Hangup(ServedConnection):
     """Closes each connection at once."""
 
     def connectionMade(self) -> None:
@@ -48,7 +49,7 @@ class Hangup(Peer):
         self.transport.loseConnection()
 
 
-class Banner(Peer):
+class Banner(ServedConnection):
     """Writes the factory's C{banner} and closes."""
 
     def connectionMade(self) -> None:
@@ -57,7 +58,7 @@ class Banner(Peer):
         self.transport.loseConnection()
 
 
-class Reply(Peer):
+class Reply(ServedConnection):
     """Answers what it receives with C{got } and those bytes, and closes."""
 
     def dataReceived(self, data: bytes) -> None:
@@ -109,7 +110,7 @@ class PeersTestCase(TestCase):
     timeout = 10
 
     @inlineCallbacks
-    def serve(self, protocol: type[Peer], *, tls: bool = False, **attributes: Any) -> Generator[Any, Any, int]:
+    def serve(self, protocol: type[ServedConnection], *, tls: bool = False, **attributes: Any) -> Generator[Any, Any, int]:
         """Serve C{protocol} on 127.0.0.1 (over TLS with a fresh self-signed certificate); the port."""
         factory = Factory.forProtocol(protocol)
         factory.closings = []  # type: ignore[attr-defined]
@@ -164,7 +165,7 @@ class PingTests(PeersTestCase):
     @inlineCallbacks
     def test_closed_port_fails(self) -> Generator[Any, Any, None]:
         """A port nothing listens on fails."""
-        result = yield self.check(kind="ping").check(HOST, free_port())
+        result = yield self.check(kind="ping").check(HOST, refusing_port(self))
         self.assertIs(result, False)
 
 
@@ -224,7 +225,7 @@ class ProbeTests(PeersTestCase):
     @inlineCallbacks
     def test_closed_port_fails(self) -> Generator[Any, Any, None]:
         """A TCP port nothing listens on fails."""
-        result = yield self.probe(free_port(), probe_recv="SSH")
+        result = yield self.probe(refusing_port(self), probe_recv="SSH")
         self.assertIs(result, False)
 
     @inlineCallbacks

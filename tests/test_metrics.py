@@ -15,6 +15,7 @@ from balancer.control.controller import Controller
 from balancer.metrics import BACKEND_FIGURES, SERVER_FIGURES, MetricsResource, metrics_registry
 from balancer.root_service import BalancerService
 from balancer.stats import SERVER_COUNTERS, server_report
+from tests.support.scrapes import samples
 
 CONFIG = b"""
 [servers.web]
@@ -40,16 +41,6 @@ def balancer_with_counters(base: int) -> BalancerService:
         for name in names:
             setattr(counters, name, next(figures))
     return balancer
-
-
-def samples(body: str) -> dict[str, float]:
-    """The samples of a scrape, by name with labels."""
-    found = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            found[name] = float(value)
-    return found
 
 
 class MetricsTests(SynchronousTestCase):

@@ -17,19 +17,19 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.clients import Echo, Named, exchange, listen
-from tests.processes import ROOT, Balancer, source_env, twistd_path
+from tests.support.clients import Echo, Named, exchange, listen
+from tests.support.processes import spawn_balancer
+from tests.support.waiting import polled
 
 #: How many connections in a row must reach the expected backend once the
 #: override is in effect, and how many attempts it may take the other
 #: worker to get it (worker 0 answers the API before the other process has read its line).
 IN_A_ROW = 12
 ATTEMPTS = 200
-#: How many times, a tenth of a second apart, the live count is read until the other worker's report shows its part.
-REPORTS = 100
+#: Seconds the live count may take to show the other worker's part (it reports once a second).
+REPORTS_TIMEOUT = 10.0
 
 
 class Held(Protocol):
@@ -84,16 +84,12 @@ static_list = ["{self.echo}"]
     @inlineCallbacks
     def start(self) -> Any:
         """Start twistd; fires with (process, API port, web port, echo port) once worker 1 serves."""
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(),
-                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", self.config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(lambda: process.stop() if process.transport.pid is not None else None)
-        api = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
-        web = yield process.wait_for(rb"\] web: listening on 127\.0\.0\.1:(\d+)")
-        echo = yield process.wait_for(rb"\] echo: listening on 127\.0\.0\.1:(\d+)")
+        process = spawn_balancer(self, self.config)
+        api = yield process.listening_port("api")
+        web = yield process.listening_port("web")
+        echo = yield process.listening_port("echo")
         yield process.wait_for(rb"worker 1 \(pid \d+\) serving")
-        return process, int(api.group(1)), int(web.group(1)), int(echo.group(1))
+        return process, api, web, echo
 
     @inlineCallbacks
     def call(self, api: int, method: str, path: str, body: Any = None) -> Any:
@@ -154,12 +150,9 @@ static_list = ["{self.echo}"]
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", echo), client)
             clients.append(client)
         path = f"/v1/servers/{self.echo}"
-        for _ in range(REPORTS):
-            code, body = yield self.call(api, "GET", path)
-            if body["data"]["attributes"]["statistics"]["connections"] == len(clients):
-                break
-            yield deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(body["data"]["attributes"]["statistics"]["connections"], len(clients))
+        yield polled(lambda: self.call(api, "GET", path),
+                     lambda answer: answer[1]["data"]["attributes"]["statistics"]["connections"] == len(clients),
+                     timeout=REPORTS_TIMEOUT, what="the live count of both workers' sessions")
         code, _ = yield self.call(api, "DELETE", path + "/sessions")
         self.assertEqual(code, 204)
         yield gatherResults([client.closed for client in clients])

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancer.config.load import parse_config, server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
-from tests.test_admin_root import Reactor
-from tests.test_v1_helpers import CONFIG, V1, assert_errors
+from tests.support.reactors import SpawningReactor
+from tests.support.v1_api import CONFIG, V1, assert_errors
 
 BASE = parse_config(CONFIG.format(api="", extra="").encode(), "test.toml")
 
@@ -81,43 +81,13 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(ChangePolicy.of(BASE.api), ChangePolicy(allow_exec=False))
 
 
-class _Process:
-    """A process transport for a process that never runs (and is never heard from)."""
-
-    pid = 99999
-
-    def signalProcess(self, signal: object) -> None:
-        pass
-
-    def closeStdin(self) -> None:
-        pass
-
-    def loseConnection(self) -> None:
-        pass
-
-
-class Spawning(Reactor):
-    """A memory reactor that records the argv of every process it is asked to start (and starts none)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[list[str]] = []
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any = None, path: Any = None,
-                     uid: Any = None, gid: Any = None, usePTY: Any = False, childFDs: Any = None) -> object:
-        self.spawned.append(list(args))
-        process = _Process()
-        protocol.makeConnection(process)
-        return process
-
-
 def make(test: SynchronousTestCase, api: str = "", extra: str = "", state: bool = True) -> V1:
-    """A /v1-capable API over L{Spawning}, with a state file in the test's directory."""
+    """A /v1-capable API over L{SpawningReactor}, with a state file in the test's directory."""
     if state:
         path = os.path.abspath(test.mktemp())
         extra += f'\n[state]\npath = "{path}"\n'
     config: Config = parse_config(CONFIG.format(api=api, extra=extra).encode(), "test.toml")
-    return V1(config, Spawning())
+    return V1(config, SpawningReactor())
 
 
 class ApiTests(SynchronousTestCase):
@@ -125,7 +95,7 @@ class ApiTests(SynchronousTestCase):
 
     def assertUnchanged(self, v1: V1, before: dict[str, Any]) -> None:
         self.assertEqual({name: v1.control.server_definition(name) for name in v1.control.server_names()}, before)
-        self.assertEqual(v1.reactor.spawned, [])
+        self.assertEqual(v1.reactor.argvs(), [])
         self.assertEqual(v1.reactor.listening(), [3000, 3001, 3002])
 
     def definitions(self, v1: V1) -> dict[str, Any]:
@@ -181,6 +151,6 @@ class ApiTests(SynchronousTestCase):
         v1 = make(self, api="allow_exec = true")
         response, body = v1.json(self, "POST", "/servers/new", {"bind": "127.0.0.1:4000", "discovery": EXEC_DISCOVERY})
         self.assertEqual(response.code, 200, body)
-        self.assertIn(["/bin/echo", "127.0.0.1:9100"], v1.reactor.spawned)
+        self.assertIn(["/bin/echo", "127.0.0.1:9100"], v1.reactor.argvs())
         response, body = v1.json(self, "PATCH", "/v1/monitors/web", {"data": {"attributes": {"parameters": EXEC_CHECK}}})
         self.assertEqual(response.code, 200, body)

@@ -2,7 +2,7 @@
 The protocol features of the data plane end to end, on real sockets
 (127.0.0.1 and ::1, port 0): TLS termination, TLS to backends, SNI routing
 without termination, PROXY protocol headers, UDP and access rules.  The
-certificates are made for each test with L{tests.certs}.
+certificates are made for each test with L{tests.support.certs}.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from balancer.proxy.udp import MAX_DATAGRAM
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
 from balancer.strategies import STRATEGIES
-from tests.certs import Authority, Pair
-from tests.clients import Echo, Named, exchange
-from tests.processes import free_port
-from tests.proxy_protocol_peer import ProxyProtocolPeerFactory
-from tests.test_relay import server_config
-from tests.test_relay_integration import Peer, open_client, until
-from tests.test_udp import Peer as DatagramPeer
+from tests.support.certs import Authority, Pair
+from tests.support.clients import Echo, Named, exchange
+from tests.support.peers import DatagramPeer, Peer, open_client
+from tests.support.ports import refusing_port
+from tests.support.proxy_protocol_peer import ProxyProtocolPeerFactory
+from tests.support.relays import server_config
+from tests.support.waiting import until
 
 
 def has_ipv6_loopback() -> bool:
@@ -224,7 +224,7 @@ class TlsTerminationTests(ProtocolsTestCase):
 
     @inlineCallbacks
     def test_noBackendClosesTheClientAfterItsHandshake(self) -> None:
-        server = self.tls_server([free_port()])
+        server = self.tls_server([refusing_port(self)])
         self.assertTrue((yield self.fails(self.ask_tls(server.port, "localhost", b"ping", 4))))
         yield self.ended(server)
         self.assertEqual((server.counters.no_backend, server.counters.tls_failures), (1, 0))

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.proxy.proxy_protocol import V2_SIGNATURE, header, header_v1, header_v2
-from tests.proxy_protocol_peer import ProxyProtocolPeer, ProxyProtocolPeerFactory
+from tests.support.proxy_protocol_peer import ProxyProtocolPeer, ProxyProtocolPeerFactory
 
 SIGNATURE_FROM_SPEC = b"\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
 CLIENT4 = IPv4Address("TCP", "192.168.0.1", 56324)

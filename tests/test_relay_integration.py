@@ -11,247 +11,27 @@ import hashlib
 import os
 import signal
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import error, reactor
 from twisted.internet.error import ConnectionLost
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from balancer.config.schema import Config, DefaultsConfig
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
-from tests.clients import Named, exchange, listen
-from tests.helpers import ROOT
-from tests.processes import free_port, spawn_twistd
-from tests.test_relay import server_config
-
-CHUNK = 64 * 1024
-
-
-def pattern(index: int) -> bytes:
-    """Chunk C{index} of a stream: distinct per index, so loss, duplication and reordering all show."""
-    return hashlib.sha256(index.to_bytes(8, "big")).digest() * (CHUNK // 32)
-
-
-def buffered(transport: Any) -> int:
-    """Bytes a Twisted TCP transport holds, written but not yet sent."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-def until(condition: Callable[[], bool], each: Callable[[], None] | None = None) -> Deferred[None]:
-    """
-    Fires once C{condition()} holds, checking (and first calling C{each}) every
-    reactor turn; fails with what C{each} or C{condition} raises.
-    """
-    done: Deferred[None] = Deferred()
-
-    def check() -> None:
-        if each is not None:
-            each()
-        if condition():
-            loop.stop()
-            done.callback(None)
-
-    loop = LoopingCall(check)
-    loop.start(0).addErrback(done.errback)
-    return done
-
-
-@implementer(IHalfCloseableProtocol)
-class Echo(Protocol):
-    """Echoes, pausing its own reading while its answer is not sent; closes after the end of input."""
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-@implementer(IHalfCloseableProtocol)
-class Answer(Protocol):
-    """Reads until the end of input, then answers with the digest of it and C{factory.body}, and closes."""
-
-    def connectionMade(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.digest.update(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.write(self.digest.hexdigest().encode() + self.factory.body)
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-@implementer(IHalfCloseableProtocol)
-class Greeter(Protocol):
-    """Sends C{factory.banner}, shuts down its write side first, then collects the client's input."""
-
-    def connectionMade(self) -> None:
-        self.received: list[bytes] = []
-        self.transport.write(self.factory.banner)
-        self.transport.loseWriteConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def readConnectionLost(self) -> None:
-        self.factory.got.callback(b"".join(self.received))
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-class StalledSink(Protocol):
-    """Does not read until told to; then hashes everything and reports it at the end."""
-
-    def connectionMade(self) -> None:
-        self.transport.pauseProducing()
-        self.digest = hashlib.sha256()
-        self.count = 0
-        self.factory.sinks.append(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.digest.update(data)
-        self.count += len(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.reason = reason
-        self.factory.done.callback((self.count, self.digest.hexdigest()))
-
-
-@implementer(IHalfCloseableProtocol, IPullProducer)
-class Streamer(Protocol):
-    """
-    Sends C{chunks} chunks of L{pattern} as fast as its transport takes them,
-    then shuts down its write side; hashes what it sends and what it receives.
-    """
-
-    def __init__(self, chunks: int) -> None:
-        self.chunks = chunks
-        self.index = 0
-        self.sent = hashlib.sha256()
-        self.received = hashlib.sha256()
-        self.received_count = 0
-        self.closed: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if self.index >= self.chunks:
-            self.transport.unregisterProducer()
-            self.transport.loseWriteConnection()
-            return
-        chunk = pattern(self.index)
-        self.index += 1
-        self.sent.update(chunk)
-        self.transport.write(chunk)
-
-    def stopProducing(self) -> None:
-        pass
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.update(data)
-        self.received_count += len(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-
-@implementer(IHalfCloseableProtocol)
-class Peer(Protocol):
-    """A client that sends when told, and waits for a number of bytes or for the end of input."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.write_closed = False
-        self._waiting: tuple[int, Deferred[bytes]] | None = None
-        self.ended: Deferred[bytes] = Deferred()
-        self.closed: Deferred[None] = Deferred()
-
-    def expect(self, size: int) -> Deferred[bytes]:
-        """Fires with the first C{size} bytes received."""
-        d: Deferred[bytes] = Deferred()
-        self._waiting = (size, d)
-        self._check()
-        return d
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        self._check()
-
-    def _check(self) -> None:
-        if self._waiting is not None and len(self.data) >= self._waiting[0]:
-            size, d = self._waiting
-            self._waiting = None
-            d.callback(self.data[:size])
-
-    def readConnectionLost(self) -> None:
-        self.ended.callback(self.data)
-        if self.write_closed:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        self.write_closed = True
-        if self.ended.called:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.ended.called:
-            self.ended.callback(self.data)
-        self.closed.callback(None)
-
-
-def open_client(port: int, protocol: Protocol, bind_host: str | None = None) -> Deferred[Protocol]:
-    """Connect C{protocol} to 127.0.0.1:C{port}."""
-    bind = (bind_host, 0) if bind_host else None
-    return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
-
-
-def start_balancer(test: TestCase, lines: tuple[str, ...], splice: bool = True, **options: Any) -> ServerService:
-    """
-    A started balancer with one server "web" on 127.0.0.1 port 0 in front of
-    the C{static_list} C{lines}, with C{[defaults] splice} as given; stopped
-    (relays closed at once) after C{test}.
-    """
-    config = Config(
-        defaults=DefaultsConfig(shutdown_grace=5.0, splice=splice), servers={"web": server_config(lines, **options)}
-    )
-    service = BalancerService(config, reactor)
-    service.privilegedStartService()
-    service.startService()
-    server = service.server("web")
-
-    def stop() -> Deferred[Any]:
-        server.grace = 0.0
-        return service.stopService()
-
-    test.addCleanup(stop)
-    return server
+from tests.support.balancers import start_balancer
+from tests.support.clients import Named, exchange, port_number, serve
+from tests.support.paths import ROOT
+from tests.support.peers import Peer, open_client
+from tests.support.ports import refusing_port
+from tests.support.processes import spawn_twistd
+from tests.support.relays import server_config
+from tests.support.streams import CHUNK, Answer, Greeter, PacedEcho, StalledSink, Streamer, buffered, pattern
+from tests.support.waiting import until
 
 
 class RelayIntegrationTests(TestCase):
@@ -263,11 +43,10 @@ class RelayIntegrationTests(TestCase):
         """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
 
         def started(port: Any) -> int:
-            self.addCleanup(port.stopListening)
-            self.ports[port.getHost().port] = port
-            return int(port.getHost().port)
+            self.ports[port_number(port)] = port
+            return port_number(port)
 
-        return listen(protocol, **attributes).addCallback(started)
+        return serve(self, protocol, **attributes).addCallback(started)
 
     def named(self, *names: bytes) -> Deferred[list[int]]:
         """Backends answering with their names; fires with their ports, in order."""
@@ -286,7 +65,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_50MBThroughEchoComeBackIdentical(self) -> None:
-        server = self.balancer([(yield self.listen(Echo))])
+        server = self.balancer([(yield self.listen(PacedEcho))])
         client = Streamer(chunks=800)
         yield open_client(server.port, client)
         yield client.closed
@@ -363,7 +142,7 @@ class RelayIntegrationTests(TestCase):
                 and client.index < client.chunks
             )
 
-        yield until(stalled, sample)
+        yield until(stalled, each=sample)
         for _ in range(20):
             yield deferLater(reactor, 0, sample)
             self.assertTrue(stalled())
@@ -402,7 +181,7 @@ class RelayIntegrationTests(TestCase):
     def test_deadBackendAmongLiveOnesEveryClientServed(self) -> None:
         """The dead backend is preferred (priority 1), so every client is refused by it once, then served."""
         live = yield self.named(b"a", b"b")
-        dead = free_port()
+        dead = refusing_port(self)
         server = self.balancer(
             [f"127.0.0.1:{dead} priority=1", *(f"127.0.0.1:{p} priority=2" for p in live)], balance="weight"
         )
@@ -422,7 +201,7 @@ class RelayIntegrationTests(TestCase):
     @inlineCallbacks
     def test_deadBackendInRoundrobinEveryClientServed(self) -> None:
         live = yield self.named(b"a", b"b")
-        server = self.balancer([live[0], free_port(), live[1]], balance="roundrobin")
+        server = self.balancer([live[0], refusing_port(self), live[1]], balance="roundrobin")
         answers = yield gatherResults([exchange(server.port, half_close=False) for _ in range(30)])
         self.assertEqual(sorted(set(answers)), [b"a", b"b"])
         self.assertEqual(len(answers), 30)
@@ -432,7 +211,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_allBackendsDeadClientClosed(self) -> None:
-        dead = [free_port(), free_port()]
+        dead = [refusing_port(self), refusing_port(self)]
         server = self.balancer(dead)
         answer = yield exchange(server.port, b"hello", half_close=False)
         self.assertEqual(answer, b"")
@@ -464,7 +243,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_serverLimitClosesTheNextClientAtOnce(self) -> None:
-        server = self.balancer([(yield self.listen(Echo))], max_connections=2)
+        server = self.balancer([(yield self.listen(PacedEcho))], max_connections=2)
         peers = [Peer(), Peer()]
         for peer in peers:
             yield open_client(server.port, peer)
@@ -480,7 +259,7 @@ class RelayIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_backendLimitSkipsTheFullBackend(self) -> None:
-        first, second = yield gatherResults([self.listen(Echo), self.listen(Named, name=b"second")])
+        first, second = yield gatherResults([self.listen(PacedEcho), self.listen(Named, name=b"second")])
         server = self.balancer(
             [f"127.0.0.1:{first} priority=1 max_connections=1", f"127.0.0.1:{second} priority=2"], balance="weight"
         )
@@ -508,6 +287,13 @@ class RelayIntegrationTests(TestCase):
         self.assertEqual((stats["active_connections"], backend["active_connections"]), (0, 0))
 
 
+class NormalPathRelayIntegrationTests(RelayIntegrationTests):
+    """L{RelayIntegrationTests}, all on the normal path (the default there is the fast path)."""
+
+    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
+        return super().balancer(backends, **{**options, "splice": False})
+
+
 class StopIntegrationTests(TestCase):
     """Stopping and removing servers with live relays, on real sockets."""
 
@@ -515,8 +301,7 @@ class StopIntegrationTests(TestCase):
 
     @inlineCallbacks
     def start(self) -> Any:
-        backend = yield listen(Echo)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, PacedEcho)
         config = Config(
             defaults=DefaultsConfig(shutdown_grace=20.0),
             servers={"web": server_config((f"127.0.0.1:{backend.getHost().port}",))},
@@ -561,7 +346,7 @@ SIGTERM_CONFIG = """
 [defaults]
 shutdown_grace = "{grace}"
 [servers.web]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 [servers.web.discovery]
 kind = "static"
 static_list = ["127.0.0.1:{backend}"]
@@ -575,15 +360,13 @@ class SigtermTests(TestCase):
 
     @inlineCallbacks
     def run_balancer(self, grace: str) -> Any:
-        backend = yield listen(Echo)
-        self.addCleanup(backend.stopListening)
-        port = free_port()
+        backend = yield serve(self, PacedEcho)
         path = os.path.abspath(self.mktemp() + ".toml")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(SIGTERM_CONFIG.format(grace=grace, port=port, backend=backend.getHost().port))
+            f.write(SIGTERM_CONFIG.format(grace=grace, backend=backend.getHost().port))
         process = spawn_twistd(b"web: listening on", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
         self.addCleanup(lambda: process.stop() if process.transport.pid else None)
-        yield process.seen
+        port = yield process.listening_port("web")
         peer = Peer()
         yield open_client(port, peer)
         peer.transport.write(b"ping")

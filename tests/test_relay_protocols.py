@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -35,10 +34,11 @@ from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy
 from balancer.listening import BindError
 from balancer.server_service import ServerService, listener_keys_changed
 from balancer.stats import RateClock
-from tests.certs import make_certificates
-from tests.proxy_protocol_peer import ProxyProtocolPeer
-from tests.test_relay import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
+from tests.support.certs import make_certificates
 from tests.support.hellos import client_hello
+from tests.support.proxy_protocol_peer import ProxyProtocolPeer
+from tests.support.reactors import UdpReactor
+from tests.support.relays import FakeTransport, accept, attempted, connect, fail, lose, make_server, server_config
 
 SNI_BACKENDS = ("10.0.0.1:443 sni=a.test", "10.0.0.2:443 sni=b.test", "10.0.0.3:443")
 
@@ -357,29 +357,6 @@ class BackendTlsTests(SynchronousTestCase):
         header, _, rest = transport.value().partition(b"\r\n")
         self.assertEqual(header, b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 12345")
         self.assertTrue(rest.startswith(b"\x16\x03"))
-
-
-class UdpReactor(MemoryReactorClock):
-    """A memory reactor that also records UDP listeners."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.udpServers: list[tuple[int, Any, str, int]] = []
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> Any:
-        self.udpServers.append((port, protocol, interface, maxPacketSize))
-        return _UdpPort(port)
-
-
-@attrs.define
-class _UdpPort:
-    port: int
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", "127.0.0.1", self.port)
-
-    def stopListening(self) -> None:
-        return None
 
 
 class ListenerTests(SynchronousTestCase):

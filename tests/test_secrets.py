@@ -17,9 +17,9 @@ from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
 from balancer.config.schema import Config
 from balancer.config.secrets import CONFIG_SECRETS, REDACTED, SERVER_SECRETS, keep_secrets, redact
-from tests.certs import make_certificates
-from tests.test_admin_root import Reactor
-from tests.test_v1_helpers import CONFIG, V1, assert_errors
+from tests.support.certs import make_certificates
+from tests.support.reactors import ListeningReactor
+from tests.support.v1_api import CONFIG, V1, assert_errors
 
 ADMIN = ("admin", "admin-pw-5t9q")
 VIEWER = ("viewer", "viewer-pw-8k2m")
@@ -85,7 +85,7 @@ class Balancer:
         self.config: Config = parse_config(CONFIG.format(api="", extra=extra).encode(), "test.toml")
         self.secrets = ["consul-pw-3x7v", "acl-token-6h4w", certificates.server.key_path,
                         certificates.client.key_path, "admin-pw-5t9q", "viewer-pw-8k2m"]
-        self.api = V1(self.config, Reactor())
+        self.api = V1(self.config, ListeningReactor())
 
     def get(self, test: SynchronousTestCase, path: str, account: tuple[str, str]) -> tuple[Any, bytes]:
         response, body = self.api.call(test, "GET", path, auth=account)

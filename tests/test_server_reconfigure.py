@@ -17,8 +17,9 @@ from balancer.proxy.twisted_path import TwistedPath
 from balancer.root_service import BalancerService
 from balancer.listening import BindError
 from balancer.strategies import IPHashStrategy, RoundRobinStrategy
-from tests.test_relay import accept, make_server, server_config
-from tests.test_server_service import ListeningReactor
+from tests.support.reactors import ListeningReactor
+from tests.support.relays import accept, make_server, server_config
+from tests.support.skips import NO_ENGINE
 
 
 def with_backends(config, *lines: str):  # type: ignore[no-untyped-def]
@@ -130,6 +131,8 @@ class SpliceSwitchTests(SynchronousTestCase):
         self.assertIsInstance(server.path, EnginePath)
         assert isinstance(server.path, EnginePath)
         self.assertIs(server.path.engine, balancer.engine)
+
+    test_defaultOn.skip = NO_ENGINE  # type: ignore[attr-defined]
 
     def test_switchedOff(self) -> None:
         config = Config(defaults=DefaultsConfig(splice=False), servers={"web": server_config()})

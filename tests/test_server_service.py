@@ -8,10 +8,6 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -24,38 +20,8 @@ from balancer.root_service import BalancerService
 from balancer.listening import BindError
 from balancer.server_service import ServerService
 from balancer.stats import RateClock
-from tests.test_relay import accept, attempted, connect, lose, make_server, server_config
-
-
-class RecordingPort:
-    """A listening port that records whether it was closed."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.stopped = False
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", self.port or 40000)
-
-    def stopListening(self) -> Deferred[None]:
-        self.stopped = True
-        return succeed(None)
-
-
-class ListeningReactor(MemoryReactorClock):
-    """A memory reactor whose ports record closing, and which refuses to listen on C{taken} ports."""
-
-    def __init__(self, taken: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.taken = taken
-        self.ports: list[RecordingPort] = []
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingPort:
-        if port in self.taken:
-            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
-        self.tcpServers.append((port, factory, backlog, interface))
-        self.ports.append(RecordingPort(port))
-        return self.ports[-1]
+from tests.support.reactors import ListeningReactor
+from tests.support.relays import accept, attempted, connect, lose, make_server, server_config
 
 
 def two_servers(grace: float = 10.0) -> Config:

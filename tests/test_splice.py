@@ -34,7 +34,6 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-import tests.test_relay_integration as integration
 from balancer.config.schema import BackendsTlsConfig, Config, DefaultsConfig, ProxyProtocolConfig
 from balancer.proxy.engine import pipes, splice
 from balancer.proxy.engine.engine import Engine
@@ -44,23 +43,14 @@ from balancer.proxy.tcp import Relay
 from balancer.proxy.twisted_path import TwistedPath
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
-from tests.clients import exchange, listen
-from tests.processes import free_port
-from tests.test_relay import server_config
-from tests.test_relay_integration import (
-    CHUNK,
-    Answer,
-    Echo,
-    Greeter,
-    Peer,
-    StalledSink,
-    Streamer,
-    buffered,
-    open_client,
-    pattern,
-    start_balancer,
-    until,
-)
+from tests.support.balancers import start_balancer
+from tests.support.clients import exchange, port_number, serve
+from tests.support.peers import Peer, open_client
+from tests.support.ports import refusing_port
+from tests.support.relays import server_config
+from tests.support.skips import NO_ENGINE
+from tests.support.streams import CHUNK, Answer, Greeter, PacedEcho, StalledSink, Streamer, buffered, pattern
+from tests.support.waiting import until
 
 
 class Watcher(Peer):
@@ -121,12 +111,7 @@ class _Scenarios:
 
     def listen(self, protocol: type[Protocol], **attributes: Any) -> Deferred[int]:
         """A backend on 127.0.0.1 port 0; fires with its port (closed after the test)."""
-
-        def started(port: Any) -> int:
-            self.addCleanup(port.stopListening)
-            return int(port.getHost().port)
-
-        return listen(protocol, **attributes).addCallback(started)
+        return serve(self, protocol, **attributes).addCallback(port_number)
 
     def balancer(self, backend: int, **options: Any) -> ServerService:
         """A started server on this test's path, with one backend on 127.0.0.1."""
@@ -183,7 +168,7 @@ class _Scenarios:
 
     @inlineCallbacks
     def test_50MBThroughEchoComeBackIdentical(self) -> Any:
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         client = Streamer(chunks=800)
         yield open_client(server.port, client)
         relay = yield self.established(server)
@@ -278,7 +263,7 @@ class _Scenarios:
 
     @inlineCallbacks
     def test_clientIdleClosesBothAtTheDeadlineAndActivityPushesIt(self) -> Any:
-        server = self.balancer((yield self.listen(Echo)), client_idle_timeout=10.0)
+        server = self.balancer((yield self.listen(PacedEcho)), client_idle_timeout=10.0)
         clock = self.idle_clock(server)
         client = Watcher()
         yield open_client(server.port, client)
@@ -390,8 +375,7 @@ class _Scenarios:
         """
         done: Deferred[tuple[int, str]] = Deferred()
         sinks: list[StalledSink] = []
-        backend = yield listen(StalledSink, sinks=sinks, done=done)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, StalledSink, sinks=sinks, done=done)
         backend.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         server = self.balancer(backend.getHost().port)
         client = Streamer(chunks=1 << 20)
@@ -461,6 +445,8 @@ class NormalPathTests(_Scenarios, TestCase):
 class SplicePathTests(_Scenarios, TestCase):
     """The scenarios through the fast path, and what only the fast path does."""
 
+    skip = NO_ENGINE
+
     splice = True
 
     @inlineCallbacks
@@ -477,7 +463,7 @@ class SplicePathTests(_Scenarios, TestCase):
         def no_pipe() -> tuple[int, int]:
             raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         self.patch(server.path.engine.pipes, "acquire", no_pipe)
         refused = server.path.engine.pipes.refused
         clients = [Streamer(chunks=40) for _ in range(3)]
@@ -503,7 +489,7 @@ class SplicePathTests(_Scenarios, TestCase):
         wait for it to drain), the open, idle relay holds no pipe and waits
         only to read.
         """
-        server = self.balancer((yield self.listen(Echo)))
+        server = self.balancer((yield self.listen(PacedEcho)))
         lent, created = server.path.engine.pipes.lent, server.path.engine.pipes.created
         client = Watcher()
         yield open_client(server.port, client)
@@ -523,6 +509,8 @@ class SplicePathTests(_Scenarios, TestCase):
 class EngineChurnTests(TestCase):
     """Many short relays at once on the engine, as a load balancer sees them."""
 
+    skip = NO_ENGINE
+
     timeout = 60
 
     @inlineCallbacks
@@ -535,10 +523,10 @@ class EngineChurnTests(TestCase):
         """
         # A backlog for all 200 at once: with Twisted's default of 50, a burst overflows the
         # backend's queue under load and the kernel resets some of the connections it queued.
-        factory = Factory.forProtocol(Echo)
+        factory = Factory.forProtocol(PacedEcho)
         backend = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
-        live, dead = backend.getHost().port, free_port()
+        live, dead = backend.getHost().port, refusing_port(self)
         server = start_balancer(self, (f"127.0.0.1:{live}", f"127.0.0.1:{dead}"))
         lent = server.path.engine.pipes.lent
         payloads = [b"".join(pattern(i) for i in range(1 + i % 3))[: 1000 + i] for i in range(200)]
@@ -563,6 +551,8 @@ class EngineChurnTests(TestCase):
 class ChoiceTests(TestCase):
     """Which relays take the fast path."""
 
+    skip = NO_ENGINE
+
     timeout = 30
 
     def started(self, config: Config) -> ServerService:
@@ -577,8 +567,7 @@ class ChoiceTests(TestCase):
     @inlineCallbacks
     def test_relaysSendingAProxyHeaderAreSplicedHeaderFirst(self) -> Any:
         """The PROXY header goes through the pipe ahead of the client's bytes."""
-        backend = yield listen(Echo)
-        self.addCleanup(backend.stopListening)
+        backend = yield serve(self, PacedEcho)
         config = Config(
             servers={
                 "web": server_config(
@@ -615,15 +604,10 @@ class ChoiceTests(TestCase):
         self.assertFalse(off.server("web").needs_new_listener(attrs.evolve(plain, backends_tls=BackendsTlsConfig())))
 
 
-class NormalPathRelayIntegrationTests(integration.RelayIntegrationTests):
-    """C{tests.test_relay_integration}'s relays, all on the normal path (the default there is the fast path)."""
-
-    def balancer(self, backends: list[Any], **options: Any) -> ServerService:
-        return super().balancer(backends, **{**options, "splice": False})
-
-
 class CopyingPathTests(SynchronousTestCase):
     """A transport that could not get a pipe keeps the order of its bytes once pipes can be had again."""
+
+    skip = NO_ENGINE
 
     def test_bytesCopiedForWantOfAPipeStayAheadOfLaterOnes(self) -> None:
         pool = pipes.PipePool()
@@ -662,6 +646,8 @@ class CopyingPathTests(SynchronousTestCase):
 
 class PipePoolTests(SynchronousTestCase):
     """The pipes of the fast path."""
+
+    skip = NO_ENGINE
 
     def pool(self, **options: Any) -> pipes.PipePool:
         pool = pipes.PipePool(**options)

@@ -22,7 +22,7 @@ from balancer.config import ConfigError
 from balancer.config.load import parse_config
 from balancer.control.effective import load_effective
 from balancer.state import RuntimeChanges, StateCleanup, StateFile
-from tests.test_admin_integration import _IntegrationTestCase
+from tests.support.api_process import ApiProcessTestCase
 from tests.support.mutations import paths, replaced
 
 CONFIG = """
@@ -94,7 +94,7 @@ class RoundTripTests(SynchronousTestCase):
                          ({"old"}, SAVED["backends"], SAVED["backend_states"]))
 
 
-class IntegrationTests(_IntegrationTestCase):
+class IntegrationTests(ApiProcessTestCase):
     """A real twistd removes the leftovers beside its state file when it starts."""
 
     @inlineCallbacks

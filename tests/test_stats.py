@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.stats import RateClock, Traffic
-from tests.test_relay import accept, connect, fail, make_server, relayed
+from tests.support.relays import accept, connect, fail, make_server, relayed
 
 
 class TrafficTests(SynchronousTestCase):

@@ -10,7 +10,6 @@ import tempfile
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,9 +17,11 @@ from balancer.config.load import parse_config
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
 from balancer.tap import Options, build_service
-from tests.clients import exchange
-from tests.helpers import ROOT, fixture
-from tests.processes import free_port, run_twistd, spawn_twistd
+from tests.support.clients import exchange
+from tests.support.paths import ROOT, fixture
+from tests.support.ports import free_port
+from tests.support.processes import run_twistd, spawn_twistd
+from tests.support.waiting import until
 
 TWO_SERVERS = b"""
 [servers.one]
@@ -161,10 +162,10 @@ static_list = ["127.0.0.1:1"]
     @inlineCallbacks
     def test_demoServesThroughTheBalancer(self) -> None:
         """twistd -n balancer --demo: three named backends answer in turn through one port."""
-        front, *backs = (free_port() for _ in range(4))
+        backs = [free_port() for _ in range(3)]
         path = write_config(self, f"""
 [servers.demo]
-bind = "127.0.0.1:{front}"
+bind = "127.0.0.1:0"
 balance = "roundrobin"
 [servers.demo.discovery]
 kind = "static"
@@ -173,7 +174,7 @@ static_list = ["127.0.0.1:{backs[0]}", "127.0.0.1:{backs[1]}", "127.0.0.1:{backs
         process = spawn_twistd(b"demo: listening on", "-n", "--pidfile=", "balancer", "--config", path,
                                "--demo", cwd=ROOT)
         self.addCleanup(process.stop)
-        yield process.seen
+        front = yield process.listening_port("demo")
         answers = []
         for _ in range(3):
             answer = yield exchange(front, b"GET / HTTP/1.0\r\n\r\n", half_close=False)
@@ -208,12 +209,15 @@ exec_command = ["/bin/false"]
         process = spawn_twistd(b"never printed", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
         process.seen.addErrback(lambda _: None)
         self.addCleanup(process.stop)
-        records: list[dict] = []
-        while not any(r.get("log_level", {}).get("name") == "warn" for r in records):
-            yield deferLater(reactor, 0.1, lambda: None)
-            if os.path.exists(log_path):
-                with open(log_path, encoding="utf-8") as f:
-                    records = [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
-        levels = {r["log_level"]["name"] for r in records}
+
+        def records() -> list[dict]:
+            if not os.path.exists(log_path):
+                return []
+            with open(log_path, encoding="utf-8") as f:
+                return [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
+
+        yield until(lambda: any(r.get("log_level", {}).get("name") == "warn" for r in records()), 30,
+                    "a warning in the JSON log", step=0.1)
+        levels = {r["log_level"]["name"] for r in records()}
         self.assertNotIn("info", levels)
         self.assertNotIn(b"starting up", process.output)

@@ -19,7 +19,7 @@ from balancer.config.addresses import BackendSpec, HostPort
 from balancer.config.schema import BackendsTlsConfig, DiscoveryConfig, ServerConfig, TlsConfig
 from balancer.proxy.tls import GO_CIPHERS, BackendTLS, backend_context, check_tls_files, server_context
 from balancer.tlsfiles import TLSError
-from tests.certs import Authority, CertificateSet, make_certificates
+from tests.support.certs import Authority, CertificateSet, make_certificates
 
 
 class Echo(Protocol):

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.tlsfiles import TLSError, TLSErrors, load_certificates, load_certified_key, load_trust_root, read_file
-from tests.certs import Authority, make_certificates
+from tests.support.certs import Authority, make_certificates
 
 
 class TlsFilesTests(SynchronousTestCase):

@@ -21,51 +21,8 @@ from balancer.proxy.access import AccessRules
 from balancer.proxy.udp import DEFAULT_IDLE_TIMEOUT, MAX_DATAGRAM, UdpProxy
 from balancer.stats import ServerCounters
 from balancer.strategies import STRATEGIES, make_strategy
-
-Address = tuple[str, int]
-
-
-class Peer(DatagramProtocol):
-    """
-    A UDP endpoint for tests: records what it receives and answers each
-    datagram with C{replies} datagrams C{b"<i>:" + datagram}.
-    """
-
-    noisy = False
-
-    def __init__(self, replies: int = 0) -> None:
-        self.replies = replies
-        self.received: list[tuple[bytes, Address]] = []
-        self._waiting: list[tuple[int, Deferred[None]]] = []
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received.append((datagram, (addr[0], addr[1])))
-        for i in range(self.replies):
-            self.transport.write(b"%d:" % i + datagram, addr)
-        still = []
-        for count, waiting in self._waiting:
-            if len(self.received) >= count:
-                waiting.callback(None)
-            else:
-                still.append((count, waiting))
-        self._waiting = still
-
-    def wait_for(self, count: int) -> Deferred[None]:
-        """Fires once C{count} datagrams in all have arrived."""
-        waiting: Deferred[None] = Deferred()
-        if len(self.received) >= count:
-            waiting.callback(None)
-        else:
-            self._waiting.append((count, waiting))
-        return waiting
-
-    def data(self) -> list[bytes]:
-        """The datagrams received, in order."""
-        return [datagram for datagram, _ in self.received]
-
-    def sources(self) -> list[Address]:
-        """Where each datagram came from, in order."""
-        return [source for _, source in self.received]
+from tests.support.peers import Address, DatagramPeer
+from tests.support.reactors import UdpReactor
 
 
 class UdpTestCase(TestCase):
@@ -84,9 +41,9 @@ class UdpTestCase(TestCase):
         self.addCleanup(port.stopListening)
         return port.getHost().port
 
-    def backend(self, replies: int = 1, host: str = "127.0.0.1") -> tuple[Peer, Backend]:
+    def backend(self, replies: int = 1, host: str = "127.0.0.1") -> tuple[DatagramPeer, Backend]:
         """A listening test backend and the L{Backend} pointing at it."""
-        peer = Peer(replies)
+        peer = DatagramPeer(replies)
         return peer, Backend(BackendSpec(host, self.listen(peer)))
 
     def proxy(self, choose: Callable[[str], Backend | None], **options: Any) -> tuple[UdpProxy, Address]:
@@ -102,14 +59,14 @@ class UdpTestCase(TestCase):
         self.addCleanup(stop)
         return proxy, ("127.0.0.1", port.getHost().port)
 
-    def client(self) -> Peer:
+    def client(self) -> DatagramPeer:
         """A listening test client."""
-        peer = Peer()
+        peer = DatagramPeer()
         self.listen(peer)
         return peer
 
     @inlineCallbacks
-    def ask(self, client: Peer, address: Address, datagram: bytes, answers: int = 1):  # type: ignore[no-untyped-def]
+    def ask(self, client: DatagramPeer, address: Address, datagram: bytes, answers: int = 1):  # type: ignore[no-untyped-def]
         """Send C{datagram} from C{client} to C{address}; wait for C{answers} more datagrams."""
         expected = len(client.received) + answers
         client.transport.write(datagram, address)
@@ -297,7 +254,7 @@ class EndingTests(UdpTestCase):
 
     @inlineCallbacks
     def test_refused_by_backend(self):  # type: ignore[no-untyped-def]
-        closed = Peer()
+        closed = DatagramPeer()
         port = reactor.listenUDP(0, closed, interface="127.0.0.1")
         backend = Backend(BackendSpec("127.0.0.1", port.getHost().port))
         yield port.stopListening()
@@ -378,33 +335,6 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((proxy.max_requests, proxy.max_responses, proxy.admission.access), (0, 0, None))
 
 
-class _FakeSocket:
-    """A connected backend socket of L{_SocketCountingReactor}."""
-
-    def __init__(self, reactor: _SocketCountingReactor) -> None:
-        self._reactor = reactor
-
-    def connect(self, host: str, port: int) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def stopListening(self) -> None:
-        self._reactor.open -= 1
-
-
-class _SocketCountingReactor:
-    """Opens fake backend sockets and counts those open."""
-
-    def __init__(self) -> None:
-        self.open = 0
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> _FakeSocket:
-        self.open += 1
-        return _FakeSocket(self)
-
-
 class SessionLimitTests(SynchronousTestCase):
     """
     Admission by C{max_connections}, else C{[defaults] udp_max_sessions}:
@@ -412,7 +342,7 @@ class SessionLimitTests(SynchronousTestCase):
     holds a socket, so spoofed source ports could fill the descriptor table.
     """
 
-    def proxy(self, counters: ServerCounters, reactor: _SocketCountingReactor, **options: Any) -> UdpProxy:
+    def proxy(self, counters: ServerCounters, reactor: UdpReactor, **options: Any) -> UdpProxy:
         backend = Backend(BackendSpec("127.0.0.1", 9))
         return UdpProxy(lambda host: backend, counters, reactor=reactor, clock=task.Clock(), **options)
 
@@ -421,7 +351,7 @@ class SessionLimitTests(SynchronousTestCase):
             proxy.datagramReceived(b"q", ("192.0.2.7", port))
 
     def test_maxConnectionsCountsSessions(self) -> None:
-        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        counters, reactor = ServerCounters(), UdpReactor()
         proxy = self.proxy(counters, reactor, max_sessions=100)
         self.flood(proxy, 500)
         self.assertEqual((len(proxy.live_sessions()), reactor.open, counters.active_connections), (100, 100, 100))
@@ -434,7 +364,7 @@ class SessionLimitTests(SynchronousTestCase):
 
     def test_retiredSessionsStillCount(self) -> None:
         """A session past C{max_requests} still holds its socket while it relays answers."""
-        counters, reactor = ServerCounters(), _SocketCountingReactor()
+        counters, reactor = ServerCounters(), UdpReactor()
         proxy = self.proxy(counters, reactor, max_sessions=3, max_requests=1)
         for _ in range(5):
             proxy.datagramReceived(b"q", ("192.0.2.7", 1000))

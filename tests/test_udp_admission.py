@@ -14,9 +14,9 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
-from tests.processes import Balancer, source_env, twistd_path
-from tests.test_admin_integration import _IntegrationTestCase
-from tests.helpers import ROOT
+from tests.support.api_process import ApiProcessTestCase
+from tests.support.processes import spawn_balancer
+from tests.support.waiting import polled
 
 CONFIG = """
 [api]
@@ -66,7 +66,7 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-class UdpAdmissionTests(_IntegrationTestCase):
+class UdpAdmissionTests(ApiProcessTestCase):
     """Source ports over the limit, against a real process."""
 
     @inlineCallbacks
@@ -76,10 +76,7 @@ class UdpAdmissionTests(_IntegrationTestCase):
         path = os.path.join(self.directory, "udp.toml")
         with open(path, "w") as f:
             f.write(CONFIG.replace("{backend}", str(backend.getHost().port)))
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, path)
         match = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         ports = {}
         for name in ("limited", "default"):
@@ -98,13 +95,15 @@ class UdpAdmissionTests(_IntegrationTestCase):
             c.transport.write(b"hello", ("127.0.0.1", port))
             if i % 25 == 24:
                 yield task.deferLater(reactor, 0.01, lambda: None)
-        for _ in range(200):
-            response, body = yield self.call(api, "GET", f"/v1/services/{server}")
-            statistics = body["data"]["attributes"]["statistics"]
-            if statistics["total_connections"] + statistics["over_limit"] >= sources and sum(c.answers for c in clients) >= statistics["total_connections"]:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        return statistics, sum(1 for c in clients if c.answers)
+
+        def counted(answer: Any) -> bool:
+            statistics = answer[1]["data"]["attributes"]["statistics"]
+            return bool(statistics["total_connections"] + statistics["over_limit"] >= sources
+                        and sum(c.answers for c in clients) >= statistics["total_connections"])
+
+        _, body = yield polled(lambda: self.call(api, "GET", f"/v1/services/{server}"), counted, 20,
+                               f"every source port's datagram to {server} counted")
+        return body["data"]["attributes"]["statistics"], sum(1 for c in clients if c.answers)
 
     @inlineCallbacks
     def test_maxConnectionsAndUdpMaxSessionsBoundSessions(self) -> Any:

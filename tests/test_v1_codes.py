@@ -6,24 +6,12 @@ means it, asserting the body's shape and the headers, not only the code.
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from admin.v1.services import Services
-from tests.test_admin_root import Reactor, _Port
-from tests.test_v1_helpers import NEW_SERVER, V1, assert_errors, header, make_v1
-
-ACCOUNTS = """
-[[api.users]]
-login = "admin"
-password = "admin-secret"
-[[api.users]]
-login = "viewer"
-password = "viewer-secret"
-account = "basic"
-"""
+from tests.support.reactors import HeldPorts
+from tests.support.v1_api import ACCOUNTS, NEW_SERVER, V1, assert_errors, header, make_v1
 
 
 class SuccessTests(SynchronousTestCase):
@@ -247,34 +235,6 @@ class ServerErrorTests(SynchronousTestCase):
         response, body = v1.json(self, "GET", "/v1/services")
         assert_errors(self, response, body, 503, "shutting down")
         self.assertEqual(header(response, "Retry-After"), "10")
-
-
-class _HeldPort(_Port):
-    """A port whose closing waits until the test releases it."""
-
-    def stopListening(self) -> Deferred[None]:  # type: ignore[override]
-        super().stopListening()
-        closing: Deferred[None] = Deferred()
-        self._reactor.held.append(closing)  # type: ignore[attr-defined]
-        return closing
-
-
-class HeldPorts(Reactor):
-    """A L{Reactor} whose listeners take until L{release} to close (a rebind in progress)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: list[Deferred[None]] = []
-
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        listening = super().listenTCP(port, factory, backlog, interface)
-        return _HeldPort(self, port, listening._listening)
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for closing in held:
-            closing.callback(None)
-
 
 
 class UnroutableTests(SynchronousTestCase):

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.control import controller, running
 from tests.support.sessions import Address, FakeRelay
-from tests.test_v1_helpers import make_v1
+from tests.support.v1_api import make_v1
 
 #: How many members each collection gets.
 MEMBERS = 200

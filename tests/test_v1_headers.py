@@ -10,8 +10,7 @@ from email.utils import parsedate_to_datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_v1_codes import ACCOUNTS
-from tests.test_v1_helpers import NEW_SERVER, assert_errors, header, make_v1
+from tests.support.v1_api import ACCOUNTS, NEW_SERVER, assert_errors, header, make_v1
 
 
 class ResponseHeaderTests(SynchronousTestCase):

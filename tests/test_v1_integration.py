@@ -22,7 +22,7 @@ from admin.stack import api_resource
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.root_service import BalancerService
-from tests.clients import Named, exchange, listen
+from tests.support.clients import Named, exchange, listen
 
 CONFIG = """
 [servers.web]

@@ -23,7 +23,7 @@ from admin.v1.openapi import document
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.root_service import BalancerService
-from tests.test_v1_helpers import make_v1
+from tests.support.v1_api import make_v1
 
 CONFIG = """
 [api]

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.stats import server_report
 from tests.support.sessions import Address, FakeRelay
-from tests.test_v1_helpers import NEW_SERVER, assert_errors, header, make_v1
+from tests.support.v1_api import NEW_SERVER, assert_errors, header, make_v1
 
 DISCOVERED = "/v1/servers/127.0.0.1:9001"
 

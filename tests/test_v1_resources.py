@@ -17,9 +17,9 @@ from balancer.config.load import parse_config
 from balancer.proxy.tcp import Relay
 from balancer.state import StateFile
 from balancer.stats import BackendCounters, ServerCounters, server_report
-from tests.test_admin_root import Reactor
-from tests.test_v1_helpers import CONFIG, NEW_SERVER, V1, assert_errors, make_v1
-from tests.test_relay import FakeTransport
+from tests.support.reactors import ListeningReactor
+from tests.support.relays import FakeTransport
+from tests.support.v1_api import CONFIG, NEW_SERVER, V1, assert_errors, make_v1
 
 LINK_MINE = {"data": [{"id": "mine", "type": "servers"}, {"id": "127.0.0.1:9001", "type": "servers"},
                       {"id": "127.0.0.1:9002", "type": "servers"}]}
@@ -207,7 +207,7 @@ class OneControlTests(SynchronousTestCase):
         os.makedirs(directory)
         self.state = os.path.join(directory, "state.toml")
         self.config = parse_config(CONFIG.format(api="", extra=f'[state]\npath = "{self.state}"').encode(), "t.toml")
-        self.v1 = V1(self.config, Reactor())
+        self.v1 = V1(self.config, ListeningReactor())
 
     def test_changesThroughEitherApiAreTheSame(self) -> None:
         self.v1.json(self, "PATCH", "/v1/services/web", {"data": {"attributes": {"parameters": {"balance": "leastconn"}}}})
@@ -227,7 +227,7 @@ class OneControlTests(SynchronousTestCase):
         saved = StateFile(self.state).load()
         self.assertEqual(saved.backends["mine"]["services"], ["web"])
         self.assertEqual(saved.backend_states, {"mine": "maintenance", "127.0.0.1:5432": "drain"})
-        restarted = V1(self.config, Reactor())
+        restarted = V1(self.config, ListeningReactor())
         _, body = restarted.json(self, "GET", "/v1/servers/mine")
         self.assertEqual((body["data"]["attributes"]["state"], ids(body, "services")), ("Maintenance", ["web"]))
         self.assertEqual(restarted.balancer.server("web").pool.get("127.0.0.1:9100").admin_state, "maintenance")

@@ -14,18 +14,16 @@ import os
 import re
 import signal
 import socket
-from typing import Any, Callable
+from typing import Any
 
 import treq
 from prometheus_client import generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, LogLevelFilterPredicate, eventAsJSON, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from admin.gobetween import server_stats
@@ -40,9 +38,12 @@ from balancer.server_service import ServerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
 from balancer.worker import Configuration, Worker, read_message, server_changes
 from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
-from tests.clients import Double, exchange, listen
-from tests.processes import ROOT, Balancer, source_env, twistd_path
-from tests.test_metrics import samples
+from tests.support.clients import Double, exchange, serve
+from tests.support.paths import ROOT
+from tests.support.processes import spawn_balancer
+from tests.support.reactors import SpawningReactor
+from tests.support.scrapes import samples
+from tests.support.waiting import polled
 
 SERVERS = """
 [servers.one]
@@ -284,49 +285,12 @@ class WorkerTests(SynchronousTestCase):
         self.assertEqual((self.sent(), self.worker.balancer), ([], None))
 
 
-class FakeProcess:
-    """The transport of a spawned process: what was written to its stdin, the signals it got."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid: int | None = pid
-        self.written: list[bytes] = []
-        self.signals: list[int] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def signalProcess(self, signum: int) -> None:
-        if self.pid is None:
-            raise ProcessExitedAlready()
-        self.signals.append(signum)
-
-
-class ProcessReactor(MemoryReactorClock):
-    """A memory reactor that records spawned processes instead of starting them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[str, str], FakeProcess]] = []
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: dict[str, str], **kwargs: Any) -> Any:
-        transport = FakeProcess(1000 + len(self.spawned))
-        self.spawned.append((protocol, args, env, transport))
-        protocol.makeConnection(transport)
-        return transport
-
-    def end(self, index: int, reason: Exception) -> None:
-        """Process number C{index} (in spawn order) ends."""
-        protocol, _, _, transport = self.spawned[index]
-        transport.pid = None
-        protocol.processEnded(Failure(reason))
-
-
 class SupervisorTests(SynchronousTestCase):
     """WorkerSupervisor: spawning, configuration pushes, statistics, restarts, stopping."""
 
     def setUp(self) -> None:
         """Worker 0 on a memory reactor (so its own config says 1 worker: nothing binds for real), 3 in all."""
-        self.memory = ProcessReactor()
+        self.memory = SpawningReactor()
         config = parse_config(config_text(1), "x")
         self.balancer = BalancerService(config, self.memory)
         self.balancer.privilegedStartService()
@@ -469,8 +433,7 @@ class TwoWorkersTests(TestCase):
         self.config = os.path.join(directory, "balancer.toml")
         self.owners: list[int] = []
         self._pids: list[int] = []
-        self.backend = yield listen(OwnerRecorder, owners=self.owners, pids=self.pids)
-        self.addCleanup(self.backend.stopListening)
+        self.backend = yield serve(self, OwnerRecorder, owners=self.owners, pids=self.pids)
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(f"""
 [defaults]
@@ -499,11 +462,7 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         Start twistd; fires with (process, API port, web port) once worker 1
         serves, the metrics port in C{self.metrics}.
         """
-        process = Balancer()
-        reactor.spawnProcess(process, twistd_path(),
-                             [twistd_path(), "-n", "--pidfile=", "balancer", "--config", self.config],
-                             env=source_env(), path=ROOT)
-        self.addCleanup(process.stop)
+        process = spawn_balancer(self, self.config)
         api = yield process.wait_for(rb"api: listening on 127\.0\.0\.1:(\d+)")
         metrics = yield process.wait_for(rb"metrics: listening on 127\.0\.0\.1:(\d+)")
         self.metrics = int(metrics.group(1))
@@ -527,19 +486,6 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         return samples(text)
 
     @inlineCallbacks
-    def settled(self, fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-        """
-        Fires with what C{fetch()} fires with once C{done} holds for it, or
-        after 10 s (workers report once a second).
-        """
-        deadline = reactor.seconds() + 10
-        while True:
-            value = yield fetch()
-            if done(value) or reactor.seconds() > deadline:
-                return value
-            yield deferLater(reactor, 0.1, lambda: None)
-
-    @inlineCallbacks
     def served_by_both(self, port: int) -> Any:
         """
         Connect to C{port} until both processes have relayed a connection
@@ -561,9 +507,10 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         worker = yield process.wait_for(rb"\[worker 1\] web: listening on 127\.0\.0\.1:(\d+)")
         self.assertEqual(int(worker.group(1)), web)
         count = yield self.served_by_both(web)
-        code, stats = yield self.settled(
+        code, stats = yield polled(
             lambda: self.call(api, "GET", "/servers/web/stats"),
             lambda answer: (answer[1]["tx_total"], answer[1]["rx_total"]) == (100 * count, 200 * count),
+            10, "the API's sums of both workers' figures", step=0.1,
         )
         self.assertEqual(code, 200)
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]),
@@ -571,7 +518,7 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         [entry] = stats["backends"]
         self.assertEqual((entry["stats"]["total_connections"], entry["stats"]["tx"]), (count, 100 * count))
         server = 'balancer_server_connections_total{server="web"}'
-        found = yield self.settled(self.scrape, lambda found: found.get(server) == count)
+        found = yield polled(self.scrape, lambda found: found.get(server) == count, 10, "the scrape's sums", step=0.1)
         labels = f'{{host="127.0.0.1",port="{self.backend.getHost().port}",server="web"}}'
         figures = (server, 'balancer_server_tx_bytes_total{server="web"}',
                    f"balancer_backend_connections_total{labels}", f"balancer_backend_rx_bytes_total{labels}")

@@ -1,1 +1,4 @@
-"""Helpers shared by several test modules (peers, scenario runners)."""
+"""
+The test kit: everything test modules share (fakes, peers, configurations,
+processes, waits); no test module imports another.
+"""

@@ -1,6 +1,6 @@
 """
 A backend run as its own process so that a test can kill it with SIGKILL
-(C{python -m tests.killable_backend SIZE}): it listens on 127.0.0.1 port 0
+(C{python -m tests.support.killable_backend SIZE}): it listens on 127.0.0.1 port 0
 and prints C{port N}; to every connection it sends C{SIZE} bytes of
 L{stream} and then holds the connection open, never reading and never
 closing, so that what its kernel does on the kill (a FIN after every byte

@@ -5,22 +5,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
-from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.paths import ROOT
 
 
 def twistd_path() -> str:
     """The C{twistd} script installed beside the running Python."""
     return os.path.join(os.path.dirname(sys.executable), "twistd")
-
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_env() -> dict[str, str]:
@@ -41,22 +39,17 @@ def run_twistd(*args: str, cwd: str, installed_only: bool = False) -> Deferred[t
     return getProcessOutputAndValue(twistd_path(), args, env=env, path=cwd, reactor=reactor)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick for port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class WatchedProcess(ProcessProtocol):
     """
     A child process whose output is collected; L{seen} fires when a line
-    containing a given text appears, and L{ended} when the process exits.
+    containing a given text appears, L{wait_for} when a pattern does, and
+    L{ended} when the process exits.
     """
 
     def __init__(self, marker: bytes) -> None:
         self.output = b""
         self._marker = marker
+        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
         self.seen: Deferred[None] = Deferred()
         self.ended: Deferred[tuple[int | None, int | None]] = Deferred()
 
@@ -64,37 +57,6 @@ class WatchedProcess(ProcessProtocol):
         self.output += data
         if not self.seen.called and self._marker in self.output:
             self.seen.callback(None)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: object) -> None:
-        value = getattr(reason, "value", None)
-        if not self.seen.called:
-            self.seen.errback(RuntimeError(f"process ended before {self._marker!r}:\n{self.output.decode()}"))
-        self.ended.callback((getattr(value, "exitCode", None), getattr(value, "signal", None)))
-
-    def stop(self) -> Deferred[tuple[int | None, int | None]]:
-        """
-        Send SIGTERM to the process (we started it) and wait for it to exit.
-
-        Fires with (exit code, signal): twistd ends a graceful SIGTERM shutdown
-        by re-raising the signal, so a clean stop is (None, SIGTERM).
-        """
-        if self.transport.pid is not None:
-            os.kill(self.transport.pid, signal.SIGTERM)
-        return self.ended
-
-
-class Balancer(WatchedProcess):
-    """A twistd balancer (its API up once it logs "api: listening on") whose output can be waited on for any pattern."""
-
-    def __init__(self) -> None:
-        super().__init__(b"api: listening on")
-        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
-        self.ended.addBoth(self._give_up)
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
         for entry in list(self._waiting):
             pattern, waiting = entry
             match = pattern.search(self.output)
@@ -103,6 +65,15 @@ class Balancer(WatchedProcess):
                 waiting.callback(match)
 
     errReceived = outReceived
+
+    def processEnded(self, reason: object) -> None:
+        value = getattr(reason, "value", None)
+        if not self.seen.called:
+            self.seen.errback(RuntimeError(f"process ended before {self._marker!r}:\n{self.output.decode()}"))
+        waiting, self._waiting = self._waiting, []
+        for pattern, d in waiting:
+            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
+        self.ended.callback((getattr(value, "exitCode", None), getattr(value, "signal", None)))
 
     def wait_for(self, pattern: bytes, seconds: float = 30) -> Deferred[re.Match[bytes]]:
         """
@@ -113,15 +84,46 @@ class Balancer(WatchedProcess):
         match = compiled.search(self.output)
         if match is not None:
             return succeed(match)
+        if self.ended.called:
+            return fail(RuntimeError(f"process ended before {pattern!r}:\n{self.output.decode()}"))
         waiting: Deferred[re.Match[bytes]] = Deferred()
         self._waiting.append((compiled, waiting))
         return waiting.addTimeout(seconds, reactor)
 
-    def _give_up(self, result: Any) -> Any:
-        waiting, self._waiting = self._waiting, []
-        for pattern, d in waiting:
-            d.errback(RuntimeError(f"process ended before {pattern.pattern!r}:\n{self.output.decode()}"))
-        return result
+    def listening_port(self, name: str) -> Deferred[int]:
+        """Fires with the port that C{name} (a server, C{api}) logs it listens on, on 127.0.0.1."""
+        found = self.wait_for(rb"\b" + re.escape(name.encode()) + rb": listening on 127\.0\.0\.1:(\d+)")
+        return found.addCallback(lambda match: int(match.group(1)))
+
+    def stop(self) -> Deferred[tuple[int | None, int | None]]:
+        """
+        Send SIGTERM to the process (we started it) and wait for it to exit.
+
+        Fires with (exit code, signal): twistd ends a graceful SIGTERM shutdown
+        by re-raising the signal, so a clean stop is (None, SIGTERM).
+        """
+        pid = self.transport.pid if self.transport is not None else None
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        return self.ended
+
+
+def spawn_balancer(test: SynchronousTestCase, config_path: str, *, marker: bytes = b"api: listening on",
+                   descriptors: int | None = None) -> WatchedProcess:
+    """
+    Start C{twistd -n --pidfile= balancer --config CONFIG_PATH} on this
+    checkout's code; the returned protocol watches for C{marker} (by default,
+    the API listening).  Stopped (SIGTERM) when C{test} ends.
+
+    @param descriptors: run it under C{ulimit -n} of this many.
+    """
+    argv = [twistd_path(), "-n", "--pidfile=", "balancer", "--config", config_path]
+    if descriptors is not None:
+        argv = ["/bin/sh", "-c", f'ulimit -n {descriptors} && exec "$0" "$@"', *argv]
+    process = WatchedProcess(marker)
+    reactor.spawnProcess(process, argv[0], argv, env=source_env(), path=ROOT)
+    test.addCleanup(process.stop)
+    return process
 
 
 def spawn_twistd(marker: bytes, *args: str, cwd: str) -> WatchedProcess:

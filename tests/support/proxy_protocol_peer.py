@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from tests.support.transports import ITCPStream
+
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107
 _V2_FAMILIES = {
@@ -38,6 +40,8 @@ class ProxyProtocolPeer(Protocol):
     @ivar received: bytes received after the header (and echoed).
     @ivar lost: fires when the connection has closed.
     """
+
+    transport: ITCPStream
 
     def __init__(self) -> None:
         self.version: int | None = None

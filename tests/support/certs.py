@@ -64,7 +64,7 @@ class Authority:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         signer = issuer if issuer is not None else self
-        self.certificate = (
+        self.certificate: x509.Certificate = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
             .issuer_name(_name(common_name) if issuer is None else issuer.certificate.subject)
@@ -165,3 +165,32 @@ def make_certificates(directory: str) -> CertificateSet:
         client=authority.issue(directory, "client", hostnames=("client.test",), ips=(), client=True),
         other_ca_path=Authority("another test CA").write(directory, "other-ca"),
     )
+
+
+
+def self_signed(directory: str, name: str = "api") -> tuple[str, str, bytes]:
+    """
+    A self-signed server certificate for C{localhost} and 127.0.0.1 (its own
+    trust root), written to C{directory/name.crt} and C{name.key}; returns
+    (certificate path, key path, certificate PEM).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name("balancer test"))
+        .issuer_name(_name("balancer test"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _DAY)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = write_certificates(os.path.join(directory, f"{name}.crt"), certificate)
+    key_path = write_key(os.path.join(directory, f"{name}.key"), key)
+    return cert_path, key_path, certificate.public_bytes(serialization.Encoding.PEM)

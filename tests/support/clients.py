@@ -7,14 +7,20 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+
+from tests.support.transports import ITCPStream
 
 
 @implementer(IHalfCloseableProtocol)
 class Collector(Protocol):
     """Sends a payload, optionally shuts down its write side, and collects the answer until close."""
+
+    transport: ITCPStream
 
     def __init__(self, payload: bytes, half_close: bool) -> None:
         self.payload = payload
@@ -56,6 +62,8 @@ def exchange(port: int, payload: bytes = b"", *, half_close: bool = True, host: 
 class Echo(Protocol):
     """Echoes everything; closes once the peer has finished sending."""
 
+    transport: ITCPStream
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
 
@@ -66,22 +74,17 @@ class Echo(Protocol):
         pass
 
 
-@implementer(IHalfCloseableProtocol)
-class Double(Protocol):
+class Double(Echo):
     """A backend that answers every byte with two, and closes once the peer has finished sending."""
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data * 2)
 
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
 
 class Named(Protocol):
     """Answers every connection with a fixed name and closes."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.transport.write(self.factory.name)
@@ -94,3 +97,20 @@ def listen(protocol: type[Protocol], **attributes: Any) -> Deferred[Any]:
     for key, value in attributes.items():
         setattr(factory, key, value)
     return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+
+
+def serve(test: SynchronousTestCase, protocol: type[Protocol], **attributes: Any) -> Deferred[IListeningPort]:
+    """L{listen}, and stop listening when C{test} ends; fires with the listening port."""
+
+    def started(port: IListeningPort) -> IListeningPort:
+        test.addCleanup(port.stopListening)
+        return port
+
+    return listen(protocol, **attributes).addCallback(started)
+
+
+def port_number(port: IListeningPort) -> int:
+    """The TCP port number that C{port} listens on."""
+    address = port.getHost()
+    assert isinstance(address, IPv4Address), address
+    return address.port

@@ -1,0 +1,15 @@
+"""Paths for tests: the checkout's root and the fixture files."""
+
+from __future__ import annotations
+
+import os
+
+#: The root of this checkout.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The fixture files, C{tests/fixtures}.
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def fixture(*parts: str) -> str:
+    """The path of a file under C{tests/fixtures}."""
+    return os.path.join(FIXTURES, *parts)
