@@ -20,6 +20,7 @@ from balancer.config.schema import LoggingConfig
 from balancer.control.controller import Controller
 from balancer.control.effective import load_effective
 from balancer.demo import demo_service, loopback_backends
+from balancer.launch import LaunchTerminal
 from balancer.logs import log_observer, open_output
 from balancer.metrics import metrics_service
 from balancer.server import BindError
@@ -73,16 +74,19 @@ class BalancerRoot(MultiService):
     """
     The root service.
 
-    A listener that cannot bind at start ends the process with status 1.
+    A listener that cannot bind at start ends the process with status 1,
+    as C{terminal} says (in the foreground or, through twistd's parent, as a
+    daemon).
     A C{[logging]} section other than the defaults becomes the application's
     log observer: twistd asks the application for one after C{makeService}
     and before logging starts, so the file's settings take the place of
     twistd's own log destination.
     """
 
-    def __init__(self, logging: LoggingConfig) -> None:
+    def __init__(self, logging: LoggingConfig, terminal: LaunchTerminal | None = None) -> None:
         super().__init__()
         self._logging = logging
+        self._terminal = terminal if terminal is not None else LaunchTerminal(daemon=False)
 
     def setServiceParent(self, parent: Any) -> Any:
         """Join the application, handing it our log observer when C{[logging]} asks for one."""
@@ -91,11 +95,19 @@ class BalancerRoot(MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        """Bind every listener; a L{BindError} ends the start (see L{LaunchTerminal.fail})."""
         try:
             super().privilegedStartService()
         except BindError as e:
-            print(f"balancer: {e}", file=sys.__stderr__)
-            raise SystemExit(1)
+            self._terminal.fail(str(e))
+
+    def startService(self) -> None:
+        """Start every service, then let go of the starter's terminal: the start has succeeded."""
+        try:
+            super().startService()
+        except BindError as e:
+            self._terminal.fail(str(e))
+        self._terminal.close()
 
 
 def build_service(
@@ -106,6 +118,7 @@ def build_service(
     config_path: str = "",
     configured: Config | None = None,
     changes: RuntimeChanges | None = None,
+    terminal: LaunchTerminal | None = None,
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
@@ -118,8 +131,9 @@ def build_service(
 
     @param config: the effective configuration (file plus runtime state).
     @param configured: the file alone, when it differs from C{config}.
+    @param terminal: where a start failure is told (the foreground's stderr when not given).
     """
-    root = BalancerRoot(config.logging)
+    root = BalancerRoot(config.logging, terminal)
     if config.state is not None:
         StateCleanup(config.state.path).setServiceParent(root)
     if demo:
@@ -143,8 +157,15 @@ def build_service(
 
 
 def makeService(options: Options) -> IService:
-    """twistd's hook: build the service tree from parsed options."""
+    """
+    twistd's hook: build the service tree from parsed options.
+
+    twistd calls it before it daemonises, so this is where the stderr of
+    the starting command is kept for a daemon's start failure.
+    """
     from twisted.internet import reactor
+
+    daemon = not getattr(options, "parent", {}).get("nodaemon", True)
 
     return build_service(
         options["loaded"],
@@ -153,4 +174,5 @@ def makeService(options: Options) -> IService:
         config_path=options["config"],
         configured=options["configured"],
         changes=options["changes"],
+        terminal=LaunchTerminal(daemon),
     )
