@@ -5,6 +5,7 @@ configuration; C{makeService} builds the service tree without doing any I/O.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -16,12 +17,11 @@ from admin.service import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
-from balancer.config.schema import LoggingConfig
 from balancer.control.controller import Controller
 from balancer.control.effective import load_effective
 from balancer.demo import demo_service, loopback_backends
 from balancer.launch import LaunchTerminal
-from balancer.logs import log_observer, open_output
+from balancer.logs import ApplicationLog, OnSignal, TwistdLogging, application_log
 from balancer.metrics import metrics_service
 from balancer.server import BindError
 from balancer.service import BalancerService
@@ -77,21 +77,21 @@ class BalancerRoot(MultiService):
     A listener that cannot bind at start ends the process with status 1,
     as C{terminal} says (in the foreground or, through twistd's parent, as a
     daemon).
-    A C{[logging]} section other than the defaults becomes the application's
-    log observer: twistd asks the application for one after C{makeService}
-    and before logging starts, so the file's settings take the place of
-    twistd's own log destination.
+
+    The observer of C{log} becomes the application's log observer: twistd
+    asks the application for one after C{makeService} and before logging
+    starts, and then builds none of its own (see L{balancer.logs}).
     """
 
-    def __init__(self, logging: LoggingConfig, terminal: LaunchTerminal | None = None) -> None:
+    def __init__(self, log: ApplicationLog, terminal: LaunchTerminal | None = None) -> None:
         super().__init__()
-        self._logging = logging
+        self._log = log
         self._terminal = terminal if terminal is not None else LaunchTerminal(daemon=False)
 
     def setServiceParent(self, parent: Any) -> Any:
-        """Join the application, handing it our log observer when C{[logging]} asks for one."""
-        if self._logging != LoggingConfig() and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, log_observer(self._logging, open_output(self._logging.output)))
+        """Join the application, handing it our log observer."""
+        if self._log.observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log.observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
@@ -119,6 +119,7 @@ def build_service(
     configured: Config | None = None,
     changes: RuntimeChanges | None = None,
     terminal: LaunchTerminal | None = None,
+    twistd: TwistdLogging | None = None,
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
@@ -132,8 +133,12 @@ def build_service(
     @param config: the effective configuration (file plus runtime state).
     @param configured: the file alone, when it differs from C{config}.
     @param terminal: where a start failure is told (the foreground's stderr when not given).
+    @param twistd: twistd's logging options (C{twistd -n} without C{--logfile} when not given).
     """
-    root = BalancerRoot(config.logging, terminal)
+    log = application_log(config.logging, twistd if twistd is not None else TwistdLogging())
+    root = BalancerRoot(log, terminal)
+    if log.on_usr1 is not None:
+        OnSignal(signal.SIGUSR1, log.on_usr1, reactor).setServiceParent(root)
     if config.state is not None:
         StateCleanup(config.state.path).setServiceParent(root)
     if demo:
@@ -165,7 +170,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    daemon = not getattr(options, "parent", {}).get("nodaemon", True)
+    twistd = TwistdLogging.from_options(getattr(options, "parent", {}))
 
     return build_service(
         options["loaded"],
@@ -174,5 +179,6 @@ def makeService(options: Options) -> IService:
         config_path=options["config"],
         configured=options["configured"],
         changes=options["changes"],
-        terminal=LaunchTerminal(daemon),
+        terminal=LaunchTerminal(twistd.daemon),
+        twistd=twistd,
     )

@@ -152,7 +152,11 @@ static_list = ["127.0.0.1:1"]
 
     @inlineCallbacks
     def test_goodStartLeavesARunningDaemonInThePidfile(self) -> None:
-        """The parent exits 0 with nothing to say; the daemon it left serves, and stops on SIGTERM to the pid in the pidfile."""
+        """
+    The parent exits 0 with nothing to say; the daemon it left serves,
+    logs to twistd's --logfile (rotated on SIGUSR1, as twistd does), and
+    stops on SIGTERM to the pid in the pidfile.
+    """
         directory = self.directory()
         front = free_port()
         backend = free_port()
@@ -171,6 +175,15 @@ static_list = ["127.0.0.1:{backend}"]
         self.assertEqual((out, err, code), (b"", b"", 0))
         answer = yield exchange(front, b"GET / HTTP/1.0\r\n\r\n", half_close=False)
         self.assertIn(f"hello from demo-1 (127.0.0.1:{backend})".encode(), answer)
+        log_path = os.path.join(directory, "twistd.log")
+        with open(log_path, encoding="utf-8") as f:
+            self.assertIn(f"demo: listening on 127.0.0.1:{front}", f.read())
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(300):
+            if os.path.exists(log_path + ".1"):
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(os.path.exists(log_path + ".1"), "SIGUSR1 did not rotate twistd's --logfile")
         yield stop_daemon(pid)
         self.assertFalse(os.path.exists(pidfile))
 

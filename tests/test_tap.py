@@ -6,10 +6,11 @@ import json
 import os
 import signal
 import tempfile
+from collections.abc import Generator
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -20,7 +21,7 @@ from balancer.service import BalancerService
 from balancer.tap import Options, build_service
 from tests.clients import exchange
 from tests.helpers import ROOT, fixture
-from tests.processes import free_port, run_twistd, spawn_twistd
+from tests.processes import Balancer, free_port, run_twistd, source_env, spawn_twistd, twistd_path
 
 TWO_SERVERS = b"""
 [servers.one]
@@ -192,7 +193,7 @@ class LoggingSectionTests(TestCase):
 
     @inlineCallbacks
     def test_jsonFileAtWarn(self) -> None:
-        """With output = a file, format = json, level = warn: info lines stay out, warnings go in."""
+        """With output = a file, format = json, level = warn: info lines stay out, warnings go in, one JSON object a line."""
         log_path = os.path.abspath(self.mktemp() + ".log")
         path = write_config(self, f"""
 [logging]
@@ -209,11 +210,83 @@ exec_command = ["/bin/false"]
         process.seen.addErrback(lambda _: None)
         self.addCleanup(process.stop)
         records: list[dict] = []
-        while not any(r.get("log_level", {}).get("name") == "warn" for r in records):
+        while not any(r.get("level") == "warn" for r in records):
             yield deferLater(reactor, 0.1, lambda: None)
             if os.path.exists(log_path):
                 with open(log_path, encoding="utf-8") as f:
-                    records = [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
-        levels = {r["log_level"]["name"] for r in records}
-        self.assertNotIn("info", levels)
+                    records = [json.loads(line) for line in f.read().splitlines()]
+        levels = {r["level"] for r in records}
+        self.assertEqual(levels - {"warn", "error", "critical"}, set())
         self.assertNotIn(b"starting up", process.output)
+
+    @inlineCallbacks
+    def test_infoHidesDebugAndTwistedChatter(self) -> None:
+        """
+        At level = "info" (the example's), ping health checks log neither
+        their failed checks (debug) nor Twisted's factory start and stop.
+        """
+        live = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(live.stopListening)
+        up, down = live.getHost().port, free_port()
+        path = write_config(self, f"""
+[logging]
+level = "info"
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{up}", "127.0.0.1:{down}"]
+[servers.web.healthcheck]
+kind = "ping"
+interval = "200ms"
+timeout = "200ms"
+fails = 3
+passes = 2
+""")
+        process = Balancer()
+        process.seen.addErrback(lambda _: None)
+        reactor.spawnProcess(process, twistd_path(), [twistd_path(), "-n", "--pidfile=", "balancer", "--config", path],
+                             env=source_env(), path=ROOT)
+        self.addCleanup(process.stop)
+        yield process.wait_for(f"backend 127.0.0.1:{down} down after 3 failed checks".encode())
+        self.assertNotIn(b"#debug]", process.output)
+        self.assertNotIn(b"Starting factory", process.output)
+        self.assertNotIn(b"Stopping factory", process.output)
+
+    @inlineCallbacks
+    def test_outputFileIsReopenedOnSigusr1(self) -> None:
+        """logrotate's way: rename the file, send SIGUSR1, the next line is in a new file at the old path."""
+        log_path = os.path.abspath(self.mktemp() + ".log")
+        path = write_config(self, f"""
+[logging]
+output = "{log_path}"
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:1"]
+""")
+        process = spawn_twistd(b"never printed", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
+        process.seen.addErrback(lambda _: None)
+        self.addCleanup(process.stop)
+        yield wait_for_file(log_path, b"web: listening on")
+        os.rename(log_path, log_path + ".1")
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        text = yield wait_for_file(log_path, b"reopened")
+        self.assertIn(f"log file {log_path} reopened".encode(), text)
+        with open(log_path + ".1", "rb") as f:
+            self.assertIn(b"web: listening on", f.read())
+        self.assertNotIn(b"web: listening on", text)
+
+
+@inlineCallbacks
+def wait_for_file(path: str, text: bytes, seconds: float = 30) -> Generator[Deferred[None], None, bytes]:
+    """Wait until the file at C{path} holds C{text}; returns its content (fails after C{seconds})."""
+    for _ in range(int(seconds * 10)):
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                content = f.read()
+            if text in content:
+                return content
+        yield deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"{text!r} not in {path} after {seconds} s")
