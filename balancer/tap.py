@@ -24,6 +24,7 @@ from balancer.launch import LaunchTerminal
 from balancer.logs import ApplicationLog, OnSignal, TwistdLogging, application_log
 from balancer.metrics import metrics_service
 from balancer.server import BindError
+from balancer.starting import EXAMPLES, no_config_given
 from balancer.service import BalancerService
 from balancer.state import RuntimeChanges, StateCleanup
 from balancer.workers import WorkerSupervisor
@@ -32,9 +33,9 @@ from balancer.workers import WorkerSupervisor
 class Options(usage.Options):
     """C{twistd balancer} options."""
 
-    synopsis = "[--config=FILE] [--check] [--demo]"
+    synopsis = "--config=FILE [--check] [--demo]"
     optParameters = [
-        ["config", "c", "etc/balancer.toml", "The configuration file (TOML, or JSON if it ends in .json)."],
+        ["config", "c", None, f"The configuration file (TOML, or JSON if it ends in .json). Examples: {EXAMPLES}"],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print the result and exit (0: valid, 1: invalid)."],
@@ -52,9 +53,13 @@ class Options(usage.Options):
         certificates and keys).
 
         Every problem is printed to stderr, one per line, and the process exits
-        with status 1 before anything binds.  With C{--check}, a valid file
-        exits 0 at once.
+        with status 1 before anything binds; so does a missing C{--config},
+        with the place of the example configurations.  With C{--check}, a
+        valid file exits 0 at once.
         """
+        if self["config"] is None:
+            print(no_config_given(), file=sys.stderr)
+            raise SystemExit(1)
         try:
             configured = read_config_file(self["config"])
             self["configured"] = configured
