@@ -290,3 +290,55 @@ def wait_for_file(path: str, text: bytes, seconds: float = 30) -> Generator[Defe
                 return content
         yield deferLater(reactor, 0.1, lambda: None)
     raise AssertionError(f"{text!r} not in {path} after {seconds} s")
+
+
+class StateFileStartTests(TestCase):
+    """A state file that cannot be loaded stops the start (and --check) with one line naming the file and the place."""
+
+    timeout = 60
+
+    def config_with_state(self, state_text: bytes) -> tuple[str, str]:
+        """A configuration whose [state] path holds C{state_text}; returns (configuration path, state path)."""
+        state = os.path.abspath(self.mktemp() + ".state.toml")
+        with open(state, "wb") as f:
+            f.write(state_text)
+        config = write_config(self, f"""
+[state]
+path = "{state}"
+[servers.web]
+bind = "127.0.0.1:{free_port()}"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:1"]
+""")
+        return config, state
+
+    @inlineCallbacks
+    def test_checkReportsInvalidTomlWithLineAndColumn(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["a"]\n[servers.x]\nbind = "unterminated\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err.decode().strip().splitlines(),
+                         [f"{state}: invalid TOML in the state file: Illegal character '\\n' (at line 3, column 21)"])
+
+    @inlineCallbacks
+    def test_foregroundStartExits1WithOneLine(self) -> None:
+        config, state = self.config_with_state(b"deleted = 3\n")
+        out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().strip().splitlines(),
+                         [f"{state}: expected [servers.<name>] tables and a deleted = [...] list of names"])
+
+    @inlineCallbacks
+    def test_checkReportsTextThatIsNotUtf8(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["\xff"]\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().strip().splitlines(), [f"{state}: the state file is not UTF-8 text (byte 12)"])
+
+    @inlineCallbacks
+    def test_checkAcceptsAGoodStateFile(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["web"]\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"configuration is valid (0 servers)", out)
