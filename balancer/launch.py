@@ -40,7 +40,12 @@ class LaunchTerminal:
 
     def __init__(self, daemon: bool) -> None:
         self._daemon = daemon
-        self._fd: int | None = os.dup(sys.__stderr__.fileno()) if daemon and sys.__stderr__ is not None else None
+        self._fd: int | None = None
+        if daemon and sys.__stderr__ is not None:
+            try:
+                self._fd = os.dup(sys.__stderr__.fileno())
+            except (OSError, ValueError):
+                pass  # started with stderr closed: twistd's own report to its parent is all there is
 
     def fail(self, message: str) -> NoReturn:
         """
@@ -54,7 +59,7 @@ class LaunchTerminal:
                 sys.__stderr__.write(line)
                 sys.__stderr__.flush()
             raise SystemExit(1)
-        log.critical("start failed: {message}", message=message)
+        log.critical("start failed: {reason}", reason=message)
         if self._fd is not None:
             os.write(self._fd, line.encode("utf-8", "backslashreplace"))
         self.close()
