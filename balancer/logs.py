@@ -192,26 +192,29 @@ class OnSignal(Service):
     Runs C{action} in the reactor thread whenever the process gets
     C{signum}, while the service runs; the handler found at start is put
     back at stop.
-
-    @param only_if_unset: install nothing if the signal already has a
-        handler (twistd's own rule for its SIGUSR1 log rotation).
     """
 
-    def __init__(self, signum: int, action: Callable[[], None], reactor: Any, only_if_unset: bool = False) -> None:
+    def __init__(self, signum: int, action: Callable[[], None], reactor: Any) -> None:
         self._signum = signum
         self._action = action
         self._reactor = reactor
-        self._only_if_unset = only_if_unset
         self._previous: Any = None
         self._installed = False
 
+    def privilegedStartService(self) -> None:
+        """Install the handler as early as twistd lets a service act (SIGUSR1's default action ends the process)."""
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
-        """Install the handler."""
+        """Install the handler, if L{privilegedStartService} did not."""
         super().startService()
-        previous = signal.getsignal(self._signum)
-        if self._only_if_unset and previous not in (None, signal.SIG_DFL):
+        self._install()
+
+    def _install(self) -> None:
+        if self._installed:
             return
-        self._previous = previous
+        self._previous = signal.getsignal(self._signum)
         signal.signal(self._signum, self._received)
         self._installed = True
 

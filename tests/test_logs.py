@@ -166,15 +166,19 @@ class ReopenTests(SynchronousTestCase):
         self.assertEqual(called, ["queued", "ran"])
         self.assertEqual(signal.getsignal(signal.SIGUSR1), before)
 
-    def test_onlyIfUnsetLeavesAnExistingHandler(self) -> None:
+    def test_installedAtPrivilegedStartOnce(self) -> None:
+        """Installed as early as twistd lets a service act; the handler found then is the one put back."""
         def mine(signum: int, frame: object) -> None:
             pass
 
         before = signal.signal(signal.SIGUSR1, mine)
         self.addCleanup(signal.signal, signal.SIGUSR1, before)
-        service = OnSignal(signal.SIGUSR1, lambda: None, MemoryReactorClock(), only_if_unset=True)
+        service = OnSignal(signal.SIGUSR1, lambda: None, MemoryReactorClock())
+        service.privilegedStartService()
+        installed = signal.getsignal(signal.SIGUSR1)
+        self.assertIsNot(installed, mine)
         service.startService()
-        self.assertIs(signal.getsignal(signal.SIGUSR1), mine)
+        self.assertEqual(signal.getsignal(signal.SIGUSR1), installed)
         service.stopService()
         self.assertIs(signal.getsignal(signal.SIGUSR1), mine)
 
