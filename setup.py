@@ -1,4 +1,10 @@
-"""Packaging for balancer: the library packages and the twistd plugin."""
+"""
+Packaging for balancer: the library packages, the twistd plugin, and the
+example configurations of C{etc/} (with the systemd unit) as
+C{balancer/examples/} (a link to C{etc/} in the source tree).
+
+The dependency floors are the versions the test suite was run with.
+"""
 
 from setuptools import find_packages, setup
 
@@ -10,22 +16,36 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["balancer", "balancer.*", "admin", "admin.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["balancer_plugin.py"]},
+    package_data={
+        "twisted.plugins": ["balancer_plugin.py"],
+        "balancer": ["examples/*.toml", "examples/*.service"],
+    },
     install_requires=[
-        "twisted[tls]>=23.10",
-        "klein>=23.5",
-        "treq>=23.11",
-        "tomli-w>=1.0",
-        "service-identity>=23.1",
-        "pyopenssl>=23.2",
-        "attrs>=23.1",
-        "bcrypt>=4.0",
-        "werkzeug>=2.0",
-        "prometheus-client>=0.17",
-        "jsonpatch>=1.33",
-        "jsonpointer>=2.4",
+        "twisted[tls]>=26.10",
+        "klein>=24.8",
+        "treq>=26.7",
+        "tomli-w>=1.2",
+        "service-identity>=26.1",
+        "pyopenssl>=26.4",
+        "cryptography>=50.0",
+        "attrs>=26.1",
+        "bcrypt>=5.0",
+        "werkzeug>=3.1",
+        "prometheus-client>=0.26",
+        "jsonpatch>=1.48",
+        "jsonpointer>=3.12",
+        "zope.interface>=8.7",
     ],
     extras_require={
-        "test": ["cryptography>=41", "openapi-spec-validator>=0.7", "schemathesis>=4.0", "hypothesis>=6.100"],
+        # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test
+        # builds a wheel without fetching a build backend.
+        "test": [
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.32",
+            "hypothesis>=6.170",
+            "mypy>=2.4",
+            "mypy-zope>=1.0.17",
+            "wheel>=0.45",
+        ],
     },
 )

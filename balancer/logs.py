@@ -1,23 +1,48 @@
 """
 Logging as C{[logging]} says: C{level}, C{output} (stdout, stderr or a file)
-and C{format} (text or json), as a C{twisted.logger} observer.
+and C{format} (text or json), as the application's C{twisted.logger}
+observer, which twistd uses instead of its own.
+
+ - C{level} filters every event, Twisted's own included; Twisted's chatter
+   about factories, protocols and ports starting and stopping (a ping
+   health check's connection logs two such lines) is debug.
+ - C{format = "json"} writes one JSON object per line (L{json_line}).
+ - A file named by C{output} is reopened on SIGUSR1, after logrotate moved it.
+ - When C{output} is stdout or stderr and twistd writes to a file (its
+   C{--logfile}, or C{twistd.log} as a daemon, whose stdout is
+   C{/dev/null}), the log goes to twistd's file, rotated on SIGUSR1 the
+   way twistd rotates it.  With C{--syslog} or C{--logger}, twistd's own
+   observer stands.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import signal
 import sys
-from typing import IO
+from datetime import datetime, timezone
+from types import FrameType
+from typing import IO, Any, Callable, Mapping, Protocol
 
+import attrs
+from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
-    jsonFileLogObserver,
-    textFileLogObserver,
+    Logger,
+    formatEvent,
+    formatEventAsClassicLogText,
 )
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 from balancer.config.schema import LoggingConfig
+
+log = Logger()
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -27,18 +52,251 @@ _LEVELS = {
     "error": LogLevel.error,
 }
 
+#: What Twisted's factories log when they start and stop (at info); debug here.
+_CHATTER_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
 
-def open_output(output: str) -> IO[str]:
-    """The stream C{output} names: C{stdout}, C{stderr}, or a file opened for appending."""
-    if output == "stdout":
-        return sys.stdout
-    if output == "stderr":
-        return sys.stderr
-    return open(output, "a", encoding="utf-8", buffering=1)
+#: What Twisted's ports and datagram protocols log through the legacy log
+#: (at info) when they start and stop; debug here.
+_CHATTER_TEXT = re.compile(r"\(\w+ Port \S+ Closed\)|\(Port \S+ Closed\)|.+ starting on \S+|(Starting|Stopping) protocol .+")
+
+#: Keys of an event that L{json_line} does not copy: its own fields, and
+#: the duplicates the legacy log adds.
+_NOT_FIELDS = frozenset({"message", "time", "system", "format", "isError", "failure", "why", "printed", "logLevel"})
 
 
-def log_observer(config: LoggingConfig, stream: IO[str]) -> ILogObserver:
-    """An observer writing events at C{config.level} or above to C{stream} in C{config.format}."""
-    writer = jsonFileLogObserver(stream) if config.format == "json" else textFileLogObserver(stream)
+def is_chatter(event: LogEvent) -> bool:
+    """Whether C{event} is Twisted's routine start/stop chatter, which is logged at debug."""
+    if event.get("log_format") in _CHATTER_FORMATS:
+        return True
+    text = event.get("log_text")
+    return event.get("log_namespace") == "log_legacy" and isinstance(text, str) and bool(_CHATTER_TEXT.fullmatch(text))
+
+
+@implementer(ILogObserver)
+class ChatterAtDebug:
+    """
+    Passes events on to C{observer}, Twisted's chatter (L{is_chatter}) as
+    debug events.
+
+    @param observer: the observer that filters and writes.
+    """
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self._observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        if is_chatter(event) and event.get("log_level") != LogLevel.debug:
+            event = {**event, "log_level": LogLevel.debug}
+        self._observer(event)
+
+
+def json_line(event: LogEvent) -> str:
+    """
+    One line of JSON for C{event} (what C{jq}, Loki or Elasticsearch read,
+    unlike the record-separated form of Twisted's C{jsonFileLogObserver}): C{time} (ISO 8601, UTC), C{level},
+    C{namespace}, C{system} when there is one, C{message} (the rendered
+    text), C{traceback} for a logged failure, then every field of the event
+    that JSON can hold (a field that it cannot hold is left out).
+    """
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(),
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "namespace": event.get("log_namespace", "-"),
+    }
+    if "log_system" in event:
+        record["system"] = str(event["log_system"])
+    record["message"] = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if key.startswith("log_") or key in _NOT_FIELDS or key in record:
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        record[key] = value
+    return json.dumps(record) + "\n"
+
+
+class LogStream(Protocol):
+    """Where lines are written: a text stream, twistd's C{LogFile} or a L{ReopeningFile}."""
+
+    def write(self, text: str) -> Any:
+        """Write C{text}."""
+
+    def flush(self) -> None:
+        """Flush what was written."""
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """
+    Writes each event as C{render} makes it to C{stream}, flushed at once
+    (an event C{render} makes nothing of is skipped), as Twisted's
+    C{FileLogObserver} does, for any L{LogStream}.
+
+    @param render: L{json_line}, or C{formatEventAsClassicLogText} for text.
+    """
+
+    def __init__(self, stream: LogStream, render: Callable[[LogEvent], str | None]) -> None:
+        self._stream = stream
+        self._render = render
+
+    def __call__(self, event: LogEvent) -> None:
+        text = self._render(event)
+        if text:
+            self._stream.write(text)
+            self._stream.flush()
+
+
+class ReopeningFile:
+    """
+    A log file opened for appending when first written to, and again after
+    L{reopen}: logrotate renames the file and sends SIGUSR1, and the next
+    line goes to a new file at the same path.
+
+    @param path: the file's path.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def write(self, text: str) -> None:
+        """Append C{text}, opening the file first if it is not open."""
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file.write(text)
+
+    def flush(self) -> None:
+        """Flush what was written."""
+        if self._file is not None:
+            self._file.flush()
+
+    def reopen(self) -> None:
+        """Close the file; the next write opens the file at C{path} anew."""
+        self.close()
+        log.info("log file {path} reopened", path=self.path)
+
+    def close(self) -> None:
+        """Close the file, if it is open."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+
+class OnSignal(Service):
+    """
+    Runs C{action} in the reactor thread whenever the process gets
+    C{signum}, while the service runs; the handler found at start is put
+    back at stop.
+    """
+
+    def __init__(self, signum: int, action: Callable[[], None], reactor: Any) -> None:
+        self._signum = signum
+        self._action = action
+        self._reactor = reactor
+        self._previous: Any = None
+        self._installed = False
+
+    def privilegedStartService(self) -> None:
+        """Install the handler as early as twistd lets a service act (SIGUSR1's default action ends the process)."""
+        super().privilegedStartService()
+        self._install()
+
+    def startService(self) -> None:
+        """Install the handler, if L{privilegedStartService} did not."""
+        super().startService()
+        self._install()
+
+    def _install(self) -> None:
+        if self._installed:
+            return
+        self._previous = signal.getsignal(self._signum)
+        signal.signal(self._signum, self._received)
+        self._installed = True
+
+    def stopService(self) -> None:
+        """Put the previous handler back."""
+        super().stopService()
+        if self._installed:
+            signal.signal(self._signum, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        self._reactor.callFromThread(self._action)
+
+
+@attrs.frozen
+class TwistdLogging:
+    """
+    What twistd's own options say about logging.
+
+    @ivar logfile: C{--logfile} (C{None} when not given, C{"-"} for stdout).
+    @ivar daemon: twistd runs without C{-n} (its default log is C{twistd.log}).
+    @ivar own_observer: C{--syslog} or C{--logger} chose twistd's observer.
+    """
+
+    logfile: str | None = None
+    daemon: bool = False
+    own_observer: bool = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TwistdLogging:
+        """From twistd's parsed options (C{ServerOptions})."""
+        return cls(
+            logfile=options.get("logfile") or None,
+            daemon=not options.get("nodaemon", True),
+            own_observer=bool(options.get("syslog") or options.get("logger")),
+        )
+
+    def file(self) -> str | None:
+        """The file twistd would log to: C{--logfile}, or C{twistd.log} for a daemon; C{None} for stdout."""
+        if self.logfile == "-":
+            return None
+        if self.logfile:
+            return self.logfile
+        return "twistd.log" if self.daemon else None
+
+
+@attrs.frozen
+class ApplicationLog:
+    """
+    The application's log: the observer twistd uses, and what SIGUSR1 does.
+
+    @ivar observer: C{None} to leave twistd's own observer.
+    @ivar on_usr1: what to run on SIGUSR1, or C{None}.
+    """
+
+    observer: ILogObserver | None
+    on_usr1: Callable[[], None] | None = None
+
+
+def log_observer(config: LoggingConfig, stream: LogStream) -> ILogObserver:
+    """An observer writing events at C{config.level} or above (Twisted's chatter at debug) to C{stream} in C{config.format}."""
+    writer = LineObserver(stream, json_line if config.format == "json" else formatEventAsClassicLogText)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.level])
-    return FilteringLogObserver(writer, [predicate])
+    return ChatterAtDebug(FilteringLogObserver(writer, [predicate]))
+
+
+def application_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
+    """
+    The observer and SIGUSR1 action for C{[logging]} under twistd's options
+    (see the module's docstring for which wins).  Opens twistd's log file
+    when it is the destination (as twistd itself would, before it daemonises).
+    """
+    if config.output not in ("stdout", "stderr"):
+        file = ReopeningFile(config.output)
+        return ApplicationLog(log_observer(config, file), file.reopen)
+    if twistd.own_observer:
+        return ApplicationLog(None)
+    twistd_file = twistd.file()
+    if twistd_file is not None:
+        # twistd builds its own observer (and its SIGUSR1 rotation) only when
+        # the application gives none, and offers no public way to wrap it in
+        # a level filter: so the same LogFile and rotation, filtered.
+        logfile = LogFile.fromFullPath(twistd_file)
+        return ApplicationLog(log_observer(config, logfile), logfile.rotate)
+    return ApplicationLog(log_observer(config, sys.stdout if config.output == "stdout" else sys.stderr))

@@ -5,6 +5,7 @@ configuration; C{makeService} builds the service tree without doing any I/O.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -16,14 +17,15 @@ from admin.listener import api_service
 from balancer import __version__
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
-from balancer.config.schema import LoggingConfig
 from balancer.control.controller import Controller
 from balancer.control.effective import load_effective
 from balancer.demo import demo_service, loopback_backends
-from balancer.logs import log_observer, open_output
+from balancer.launch import LaunchTerminal
+from balancer.logs import ApplicationLog, OnSignal, TwistdLogging, application_log
 from balancer.metrics import metrics_service
-from balancer.root_service import BalancerService
 from balancer.listening import BindError
+from balancer.root_service import BalancerService
+from balancer.starting import EXAMPLES, no_config_given
 from balancer.state import RuntimeChanges, StateCleanup
 from balancer.workers import WorkerSupervisor
 
@@ -31,9 +33,9 @@ from balancer.workers import WorkerSupervisor
 class Options(usage.Options):
     """C{twistd balancer} options."""
 
-    synopsis = "[--config=FILE] [--check] [--demo]"
+    synopsis = "--config=FILE [--check] [--demo]"
     optParameters = [
-        ["config", "c", "etc/balancer.toml", "The configuration file (TOML, or JSON if it ends in .json)."],
+        ["config", "c", None, f"The configuration file (TOML, or JSON if it ends in .json). Examples: {EXAMPLES}"],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print the result and exit (0: valid, 1: invalid)."],
@@ -51,9 +53,13 @@ class Options(usage.Options):
         certificates and keys).
 
         Every problem is printed to stderr, one per line, and the process exits
-        with status 1 before anything binds.  With C{--check}, a valid file
-        exits 0 at once.
+        with status 1 before anything binds; so does a missing C{--config},
+        with the place of the example configurations.  With C{--check}, a
+        valid file exits 0 at once.
         """
+        if self["config"] is None:
+            print(no_config_given(), file=sys.stderr)
+            raise SystemExit(1)
         try:
             configured = read_config_file(self["config"])
             self["configured"] = configured
@@ -73,29 +79,40 @@ class BalancerRoot(MultiService):
     """
     The root service.
 
-    A listener that cannot bind at start ends the process with status 1.
-    A C{[logging]} section other than the defaults becomes the application's
-    log observer: twistd asks the application for one after C{makeService}
-    and before logging starts, so the file's settings take the place of
-    twistd's own log destination.
+    A listener that cannot bind at start ends the process with status 1,
+    as C{terminal} says (in the foreground or, through twistd's parent, as a
+    daemon).
+
+    The observer of C{log} becomes the application's log observer: twistd
+    asks the application for one after C{makeService} and before logging
+    starts, and then builds none of its own (see L{balancer.logs}).
     """
 
-    def __init__(self, logging: LoggingConfig) -> None:
+    def __init__(self, log: ApplicationLog, terminal: LaunchTerminal | None = None) -> None:
         super().__init__()
-        self._logging = logging
+        self._log = log
+        self._terminal = terminal if terminal is not None else LaunchTerminal(daemon=False)
 
     def setServiceParent(self, parent: Any) -> Any:
-        """Join the application, handing it our log observer when C{[logging]} asks for one."""
-        if self._logging != LoggingConfig() and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, log_observer(self._logging, open_output(self._logging.output)))
+        """Join the application, handing it our log observer."""
+        if self._log.observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self._log.observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
+        """Bind every listener; a L{BindError} ends the start (see L{LaunchTerminal.fail})."""
         try:
             super().privilegedStartService()
         except BindError as e:
-            print(f"balancer: {e}", file=sys.__stderr__)
-            raise SystemExit(1)
+            self._terminal.fail(str(e))
+
+    def startService(self) -> None:
+        """Start every service, then let go of the starter's terminal: the start has succeeded."""
+        try:
+            super().startService()
+        except BindError as e:
+            self._terminal.fail(str(e))
+        self._terminal.close()
 
 
 def build_service(
@@ -106,6 +123,8 @@ def build_service(
     config_path: str = "",
     configured: Config | None = None,
     changes: RuntimeChanges | None = None,
+    terminal: LaunchTerminal | None = None,
+    twistd: TwistdLogging | None = None,
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
@@ -118,8 +137,13 @@ def build_service(
 
     @param config: the effective configuration (file plus runtime state).
     @param configured: the file alone, when it differs from C{config}.
+    @param terminal: where a start failure is told (the foreground's stderr when not given).
+    @param twistd: twistd's logging options (C{twistd -n} without C{--logfile} when not given).
     """
-    root = BalancerRoot(config.logging)
+    log = application_log(config.logging, twistd if twistd is not None else TwistdLogging())
+    root = BalancerRoot(log, terminal)
+    if log.on_usr1 is not None:
+        OnSignal(signal.SIGUSR1, log.on_usr1, reactor).setServiceParent(root)
     if config.state is not None:
         StateCleanup(config.state.path).setServiceParent(root)
     if demo:
@@ -143,8 +167,15 @@ def build_service(
 
 
 def makeService(options: Options) -> IService:
-    """twistd's hook: build the service tree from parsed options."""
+    """
+    twistd's hook: build the service tree from parsed options.
+
+    twistd calls it before it daemonises, so this is where the stderr of
+    the starting command is kept for a daemon's start failure.
+    """
     from twisted.internet import reactor
+
+    twistd = TwistdLogging.from_options(getattr(options, "parent", {}))
 
     return build_service(
         options["loaded"],
@@ -153,4 +184,6 @@ def makeService(options: Options) -> IService:
         config_path=options["config"],
         configured=options["configured"],
         changes=options["changes"],
+        terminal=LaunchTerminal(twistd.daemon),
+        twistd=twistd,
     )

@@ -8,8 +8,8 @@ import signal
 import tempfile
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -20,7 +20,7 @@ from balancer.tap import Options, build_service
 from tests.support.clients import exchange
 from tests.support.paths import ROOT, fixture
 from tests.support.ports import free_port
-from tests.support.processes import run_twistd, spawn_twistd
+from tests.support.processes import run_twistd, spawn_balancer, spawn_twistd
 from tests.support.waiting import until
 
 TWO_SERVERS = b"""
@@ -193,7 +193,7 @@ class LoggingSectionTests(TestCase):
 
     @inlineCallbacks
     def test_jsonFileAtWarn(self) -> None:
-        """With output = a file, format = json, level = warn: info lines stay out, warnings go in."""
+        """With output = a file, format = json, level = warn: info lines stay out, warnings go in, one JSON object a line."""
         log_path = os.path.abspath(self.mktemp() + ".log")
         path = write_config(self, f"""
 [logging]
@@ -214,10 +214,129 @@ exec_command = ["/bin/false"]
             if not os.path.exists(log_path):
                 return []
             with open(log_path, encoding="utf-8") as f:
-                return [json.loads(chunk) for chunk in f.read().split("\x1e") if chunk.strip()]
+                return [json.loads(line) for line in f.read().splitlines()]
 
-        yield until(lambda: any(r.get("log_level", {}).get("name") == "warn" for r in records()), 30,
-                    "a warning in the JSON log", step=0.1)
-        levels = {r["log_level"]["name"] for r in records()}
-        self.assertNotIn("info", levels)
+        yield until(lambda: any(r.get("level") == "warn" for r in records()), 30, "a warning in the JSON log", step=0.1)
+        levels = {r["level"] for r in records()}
+        self.assertEqual(levels - {"warn", "error", "critical"}, set())
         self.assertNotIn(b"starting up", process.output)
+
+    @inlineCallbacks
+    def test_infoHidesDebugAndTwistedChatter(self) -> None:
+        """
+        At level = "info" (the example's), ping health checks log neither
+        their failed checks (debug) nor Twisted's factory start and stop.
+        """
+        live = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(live.stopListening)
+        up, down = live.getHost().port, free_port()
+        path = write_config(self, f"""
+[logging]
+level = "info"
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{up}", "127.0.0.1:{down}"]
+[servers.web.healthcheck]
+kind = "ping"
+interval = "200ms"
+timeout = "200ms"
+fails = 3
+passes = 2
+""")
+        process = spawn_balancer(self, path, marker=b"never printed")
+        process.seen.addErrback(lambda _: None)
+        yield process.wait_for(f"backend 127.0.0.1:{down} down after 3 failed checks".encode())
+        self.assertNotIn(b"#debug]", process.output)
+        self.assertNotIn(b"Starting factory", process.output)
+        self.assertNotIn(b"Stopping factory", process.output)
+
+    @inlineCallbacks
+    def test_outputFileIsReopenedOnSigusr1(self) -> None:
+        """logrotate's way: rename the file, send SIGUSR1, the next line is in a new file at the old path."""
+        log_path = os.path.abspath(self.mktemp() + ".log")
+        path = write_config(self, f"""
+[logging]
+output = "{log_path}"
+[servers.web]
+bind = "127.0.0.1:0"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:1"]
+""")
+        process = spawn_twistd(b"never printed", "-n", "--pidfile=", "balancer", "--config", path, cwd=ROOT)
+        process.seen.addErrback(lambda _: None)
+        self.addCleanup(process.stop)
+        yield wait_for_file(log_path, b"web: listening on")
+        os.rename(log_path, log_path + ".1")
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        text = yield wait_for_file(log_path, b"reopened")
+        self.assertIn(f"log file {log_path} reopened".encode(), text)
+        with open(log_path + ".1", "rb") as f:
+            self.assertIn(b"web: listening on", f.read())
+        self.assertNotIn(b"web: listening on", text)
+
+
+def wait_for_file(path: str, text: bytes, seconds: float = 30) -> Deferred[bytes]:
+    """Fires with the content of the file at C{path} once it holds C{text} (fails after C{seconds})."""
+
+    def content() -> bytes:
+        if not os.path.exists(path):
+            return b""
+        with open(path, "rb") as f:
+            return f.read()
+
+    return until(lambda: text in content(), seconds, f"{text!r} in {path}", step=0.1).addCallback(lambda _: content())
+
+
+class StateFileStartTests(TestCase):
+    """A state file that cannot be loaded stops the start (and --check) with one line naming the file and the place."""
+
+    timeout = 60
+
+    def config_with_state(self, state_text: bytes) -> tuple[str, str]:
+        """A configuration whose [state] path holds C{state_text}; returns (configuration path, state path)."""
+        state = os.path.abspath(self.mktemp() + ".state.toml")
+        with open(state, "wb") as f:
+            f.write(state_text)
+        config = write_config(self, f"""
+[state]
+path = "{state}"
+[servers.web]
+bind = "127.0.0.1:{free_port()}"
+[servers.web.discovery]
+kind = "static"
+static_list = ["127.0.0.1:1"]
+""")
+        return config, state
+
+    @inlineCallbacks
+    def test_checkReportsInvalidTomlWithLineAndColumn(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["a"]\n[servers.x]\nbind = "unterminated\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err.decode().strip().splitlines(),
+                         [f"{state}: invalid TOML in the state file: Illegal character '\\n' (at line 3, column 21)"])
+
+    @inlineCallbacks
+    def test_foregroundStartExits1WithOneLine(self) -> None:
+        config, state = self.config_with_state(b"deleted = 3\n")
+        out, err, code = yield run_twistd("-n", "--pidfile=", "balancer", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().strip().splitlines(),
+                         [f"{state}: expected [servers.<name>] tables and a deleted = [...] list of names"])
+
+    @inlineCallbacks
+    def test_checkReportsTextThatIsNotUtf8(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["\xff"]\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().strip().splitlines(), [f"{state}: the state file is not UTF-8 text (byte 12)"])
+
+    @inlineCallbacks
+    def test_checkAcceptsAGoodStateFile(self) -> None:
+        config, state = self.config_with_state(b'deleted = ["web"]\n')
+        out, err, code = yield run_twistd("balancer", "--check", "--config", config, cwd=ROOT)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"configuration is valid (0 servers)", out)
