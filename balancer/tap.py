@@ -27,7 +27,7 @@ from balancer.listening import BindError
 from balancer.root_service import BalancerService
 from balancer.starting import EXAMPLES, no_config_given
 from balancer.state import RuntimeChanges, StateCleanup
-from balancer.workers import WorkerSupervisor
+from balancer.workers.supervisor import WorkerSupervisor
 
 
 class Options(usage.Options):

@@ -121,26 +121,26 @@ class RegistryTests(SynchronousTestCase):
         """Every kind the configuration accepts is registered, except lxd."""
         self.assertEqual(sorted(KINDS), sorted(k for k in DISCOVERY_KINDS if k != "lxd"))
 
-    def test_each_kind_provides_idiscovery(self) -> None:
+    def test_eachKindProvidesIdiscovery(self) -> None:
         """make_discovery builds the registered class of each kind, providing IDiscovery."""
         for kind in EXAMPLES:
             discovery = make_discovery(example(kind), Clock())
             self.assertIsInstance(discovery, KINDS[kind])
             self.assertTrue(verifyObject(IDiscovery, discovery))
 
-    def test_lxd_refused(self) -> None:
+    def test_lxdRefused(self) -> None:
         """lxd is a gobetween kind this balancer does not implement: a configuration error at load."""
         error = self.assertRaises(ConfigError, discovery_config, kind="lxd", lxd_container_port=80)
         self.assertEqual(
             error.lines(), ['test: servers.s.discovery.kind: discovery kind "lxd" is not supported by this balancer']
         )
 
-    def test_default_timeouts(self) -> None:
+    def test_defaultTimeouts(self) -> None:
         """timeout = 0 means the kind's default: exec 3s, consul 2s, HTTP and DNS kinds 5s, static none."""
         expected = {"static": 0, "exec": 3, "plaintext": 5, "json": 5, "srv": 5, "docker": 5, "consul": 2}
         self.assertEqual({kind: fetch_timeout(example(kind)) for kind in EXAMPLES}, expected)
 
-    def test_configured_timeout_wins(self) -> None:
+    def test_configuredTimeoutWins(self) -> None:
         """A configured timeout replaces the kind's default."""
         self.assertEqual(fetch_timeout(example("exec", timeout="250ms")), 0.25)
 
@@ -165,11 +165,11 @@ class MakeBackendTests(SynchronousTestCase):
         self.assertEqual(make_backend("h", "80", "", None), BackendSpec("h", 80))
         self.assertEqual(make_backend("h", 80, "3", 2.0, "s"), BackendSpec("h", 80, weight=3, priority=2, sni="s"))
 
-    def test_bracketed_ipv6(self) -> None:
+    def test_bracketedIpv6(self) -> None:
         """An IPv6 host in brackets loses them."""
         self.assertEqual(make_backend("[::1]", 80).host, "::1")
 
-    def test_bad_values(self) -> None:
+    def test_badValues(self) -> None:
         """A missing or out-of-range port, a non-numeric weight, an empty host: each named."""
         for args, needle in [
             (("h", None), "port: missing"),
@@ -188,7 +188,7 @@ class MakeBackendTests(SynchronousTestCase):
 class StaticTests(SynchronousTestCase):
     """C{kind = "static"}."""
 
-    def test_static_list(self) -> None:
+    def test_staticList(self) -> None:
         """The fetch gives the configured list."""
         config = discovery_config(kind="static", static_list=["10.0.0.1:80", "10.0.0.2:81 weight=3"])
         self.assertEqual(fetched(self, make_discovery(config, Clock()).fetch()), [A, B])
@@ -202,7 +202,7 @@ class ExecOutputTests(SynchronousTestCase):
         output = b"10.0.0.1:80\n\n  \n10.0.0.2:81 weight=3\n"
         self.assertEqual(parse_lines(output), [A, B])
 
-    def test_bad_line_fails(self) -> None:
+    def test_badLineFails(self) -> None:
         """A line that does not parse fails the whole output, naming the line."""
         error = self.assertRaises(DiscoveryError, parse_lines, b"10.0.0.1:80\nnot a backend\n")
         self.assertIn("line 2", str(error))
@@ -215,7 +215,7 @@ class PlaintextTests(SynchronousTestCase):
         stub = StubTreq(page)
         return PlaintextDiscovery(example("plaintext", **keys), Clock(), http=stub), stub
 
-    def test_default_pattern(self) -> None:
+    def test_defaultPattern(self) -> None:
         """Without a pattern, lines are gobetween's backend lines; CRLF and blank lines are fine."""
         page = Page(b"10.0.0.1:80\r\n\r\n10.0.0.2:81 weight=3\r\n10.0.0.3:82 weight=2 priority=4 sni=a.example\n")
         discovery, stub = self.discovery(page)
@@ -225,7 +225,7 @@ class PlaintextTests(SynchronousTestCase):
         )
         self.assertEqual(page.requests[0].path, b"/list")
 
-    def test_default_pattern_is_gobetweens(self) -> None:
+    def test_defaultPatternIsGobetweens(self) -> None:
         """The default pattern is gobetween's: options in order, single spaces, no max_connections."""
         pattern = compile_pattern("")
         self.assertEqual(pattern.pattern, DEFAULT_PATTERN)
@@ -233,7 +233,7 @@ class PlaintextTests(SynchronousTestCase):
         for line in ("h:1 priority=1 weight=2", "h:1  weight=2", "h:1 max_connections=3"):
             self.assertIsNone(pattern.search(line), line)
 
-    def test_custom_pattern(self) -> None:
+    def test_customPattern(self) -> None:
         """A custom pattern's named groups give host, port, weight, priority and sni."""
         page = Page(b"server a.example port 8080 w 5\nserver b.example port 8081\n")
         pattern = r"^server (?P<host>\S+) port (?P<port>\d+)( w (?P<weight>\d+))?$"
@@ -243,17 +243,17 @@ class PlaintextTests(SynchronousTestCase):
             [BackendSpec("a.example", 8080, weight=5), BackendSpec("b.example", 8081)],
         )
 
-    def test_pattern_needs_host_and_port(self) -> None:
+    def test_patternNeedsHostAndPort(self) -> None:
         """A pattern without a host or port group is a configuration error at load."""
         error = self.assertRaises(ConfigError, example, "plaintext", plaintext_regex_pattern=r"(?P<host>\S+)")
         self.assertIn("needs the named groups (?P<host>...) and (?P<port>...); missing port", error.render())
 
-    def test_unmatched_line_fails(self) -> None:
+    def test_unmatchedLineFails(self) -> None:
         """One line that does not match fails the fetch, naming it."""
         discovery, stub = self.discovery(Page(b"10.0.0.1:80\nhello\n"))
         self.assertIn('line 2 does not match plaintext_regex_pattern: "hello"', failed(self, discovery.fetch(), stub))
 
-    def test_http_error_fails(self) -> None:
+    def test_httpErrorFails(self) -> None:
         """A status other than 2xx fails the fetch, with the status and the body's start."""
         discovery, stub = self.discovery(Page(b"overloaded", code=503))
         self.assertEqual(failed(self, discovery.fetch(), stub), "GET http://127.0.0.1:1/list: HTTP 503: overloaded")
@@ -267,7 +267,7 @@ class JsonTests(SynchronousTestCase):
         stub = StubTreq(Page(body))
         return JsonDiscovery(example("json", **keys), Clock(), http=stub), stub
 
-    def test_default_paths(self) -> None:
+    def test_defaultPaths(self) -> None:
         """host, port, weight, priority, sni; the port may be a string; weight and priority default to 1."""
         discovery, stub = self.discovery(
             [
@@ -280,7 +280,7 @@ class JsonTests(SynchronousTestCase):
             fetched(self, discovery.fetch(), stub), [A, B, BackendSpec("10.0.0.3", 82, priority=2, sni="c.example")]
         )
 
-    def test_dotted_paths(self) -> None:
+    def test_dottedPaths(self) -> None:
         """The json_*_pattern keys are dotted paths; numbers index lists."""
         discovery, stub = self.discovery(
             [{"addr": {"ip": "10.0.0.2", "ports": [81]}, "meta": {"w": 3}}],
@@ -290,24 +290,24 @@ class JsonTests(SynchronousTestCase):
         )
         self.assertEqual(fetched(self, discovery.fetch(), stub), [B])
 
-    def test_lookup_absent(self) -> None:
+    def test_lookupAbsent(self) -> None:
         """A path that leads nowhere is None."""
         document = {"a": [1, {"b": 2}]}
         self.assertEqual(lookup(document, "a.1.b"), 2)
         for path in ("a.2.b", "a.x", "c", "a.1.b.c"):
             self.assertIsNone(lookup(document, path), path)
 
-    def test_missing_port_fails(self) -> None:
+    def test_missingPortFails(self) -> None:
         """An element without a port fails the fetch, naming the element."""
         discovery, stub = self.discovery([{"host": "10.0.0.1", "port": 80}, {"host": "10.0.0.2"}])
         self.assertIn("element 1: port: missing", failed(self, discovery.fetch(), stub))
 
-    def test_not_an_array_fails(self) -> None:
+    def test_notAnArrayFails(self) -> None:
         """A document that is not an array fails the fetch."""
         discovery, stub = self.discovery({"host": "10.0.0.1", "port": 80})
         self.assertIn("expected a JSON array", failed(self, discovery.fetch(), stub))
 
-    def test_not_json_fails(self) -> None:
+    def test_notJsonFails(self) -> None:
         """A document that is not JSON fails the fetch."""
         discovery, stub = self.discovery(b"<html>")
         self.assertIn("is not JSON", failed(self, discovery.fetch(), stub))
@@ -325,7 +325,7 @@ class DockerTests(SynchronousTestCase):
         stub = StubTreq(page)
         return DockerDiscovery(example("docker", **keys), Clock(), http=stub), stub
 
-    def test_published_ports(self) -> None:
+    def test_publishedPorts(self) -> None:
         """
         Bindings of the private port that are published become backends; a
         binding on every interface takes the endpoint's host; IPv4 and IPv6
@@ -355,7 +355,7 @@ class DockerTests(SynchronousTestCase):
             [BackendSpec("192.0.2.9", 32768, sni="a.example"), BackendSpec("10.1.1.1", 32769)],
         )
 
-    def test_label_filter(self) -> None:
+    def test_labelFilter(self) -> None:
         """docker_container_label becomes Docker's label filter."""
         page = Page(b"[]")
         discovery, stub = self.discovery(page, docker_container_label="lb=web")
@@ -364,13 +364,13 @@ class DockerTests(SynchronousTestCase):
         self.assertEqual(request.path, b"/containers/json")
         self.assertEqual(json.loads(request.args[b"filters"][0]), {"label": ["lb=web"]})
 
-    def test_unix_socket_every_interface_is_localhost(self) -> None:
+    def test_unixSocketEveryInterfaceIsLocalhost(self) -> None:
         """Over the unix socket, a binding on every interface is 127.0.0.1."""
         body = json.dumps([container("a1", [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 32768}])]).encode()
         discovery, stub = self.discovery(Page(body))
         self.assertEqual(fetched(self, discovery.fetch(), stub), [BackendSpec("127.0.0.1", 32768)])
 
-    def test_host_env_var(self) -> None:
+    def test_hostEnvVar(self) -> None:
         """docker_container_host_env_var: the container's variable, read by inspecting it, is the host."""
         listing = [
             container("a1", [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 32768}]),
@@ -389,7 +389,7 @@ class DockerTests(SynchronousTestCase):
             [BackendSpec("10.9.9.9", 32768), BackendSpec("192.0.2.9", 32769)],
         )
 
-    def test_api_error_fails(self) -> None:
+    def test_apiErrorFails(self) -> None:
         """A Docker API error fails the fetch, with its message."""
         discovery, stub = self.discovery(Page(b'{"message":"client version too old"}', code=400))
         self.assertIn("HTTP 400", failed(self, discovery.fetch(), stub))
@@ -442,12 +442,12 @@ class ConsulTests(SynchronousTestCase):
         self.assertEqual(request.getHeader(b"x-consul-token"), b"secret-token")
         self.assertEqual((request.getUser(), request.getPassword()), (b"lb", b"pw"))
 
-    def test_error_fails(self) -> None:
+    def test_errorFails(self) -> None:
         """Consul's refusal fails the fetch with its words."""
         discovery, stub = self.discovery(Page(b"ACL not found", code=403))
         self.assertIn("HTTP 403: ACL not found", failed(self, discovery.fetch(), stub))
 
-    def test_entry_without_port_fails(self) -> None:
+    def test_entryWithoutPortFails(self) -> None:
         """An entry without a port fails the fetch."""
         body = json.dumps([{"Node": {"Address": "10.0.0.1"}, "Service": {"Address": ""}}]).encode()
         discovery, stub = self.discovery(Page(body))
@@ -479,20 +479,20 @@ class SrvAnswerTests(SynchronousTestCase):
             ],
         )
 
-    def test_no_service_target(self) -> None:
+    def test_noServiceTarget(self) -> None:
         """A target of "." (no service) is left out."""
         self.assertEqual(srv_backends(srv_answer((0, 0, 0, ""))), [])
 
-    def test_nxdomain_is_empty(self) -> None:
+    def test_nxdomainIsEmpty(self) -> None:
         """A name that does not exist has no backends."""
         self.assertEqual(srv_backends(srv_answer(rcode=dns.ENAME)), [])
 
-    def test_server_failure_fails(self) -> None:
+    def test_serverFailureFails(self) -> None:
         """SERVFAIL fails the fetch."""
         error = self.assertRaises(DiscoveryError, srv_backends, srv_answer(rcode=dns.ESERVER))
         self.assertIn("SERVFAIL", str(error))
 
-    def test_port_zero_fails(self) -> None:
+    def test_portZeroFails(self) -> None:
         """A record that is not a backend (port 0 with a real target) fails the fetch."""
         self.assertRaises(DiscoveryError, srv_backends, srv_answer((0, 0, 0, "a.example.")))
 
@@ -552,7 +552,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(delivered, [[A], [A, B]])
         self.assertEqual((runner.fetches, runner.failures, runner.last_error), (2, 0, None))
 
-    def test_no_overlap(self) -> None:
+    def test_noOverlap(self) -> None:
         """While a fetch is running, no other starts, however long it takes within the timeout."""
         source = Scripted()
         runner, clock, delivered = self.runner(source, interval="1s", timeout="1m")
@@ -560,7 +560,7 @@ class RunnerTests(SynchronousTestCase):
         clock.pump([1] * 30)
         self.assertEqual(source.fetches, 1)
 
-    def test_interval_zero_fetches_once(self) -> None:
+    def test_intervalZeroFetchesOnce(self) -> None:
         """interval 0: one good fetch and no more."""
         source = Scripted()
         runner, clock, delivered = self.runner(source)
@@ -570,7 +570,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual((source.fetches, delivered), (1, [[A]]))
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_static_fetches_once(self) -> None:
+    def test_staticFetchesOnce(self) -> None:
         """static is fetched once, whatever the interval."""
         clock = Clock()
         delivered: list[list[BackendSpec]] = []
@@ -603,7 +603,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(delivered, [[A], []])
         self.assertEqual(runner.last_error, "ConnectionRefusedError: refused")
 
-    def test_retry_after_failure(self) -> None:
+    def test_retryAfterFailure(self) -> None:
         """
         After a failure the next try is 2s later, or interval later if
         shorter; at interval 0 a success ends the retries.
@@ -631,7 +631,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual((source.cancelled, delivered), (1, [[]]))
         self.assertEqual((runner.failures, runner.last_error), (1, "no answer within 3s (timeout)"))
 
-    def test_default_timeout(self) -> None:
+    def test_defaultTimeout(self) -> None:
         """With timeout 0 the kind's default bounds the fetch (plaintext: 5s)."""
         source = Scripted()
         runner, clock, delivered = self.runner(source)
@@ -641,7 +641,7 @@ class RunnerTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertEqual((source.cancelled, runner.failures), (1, 1))
 
-    def test_timeout_cancels_http(self) -> None:
+    def test_timeoutCancelsHttp(self) -> None:
         """The timeout also ends a real plaintext fetch whose server never answers."""
         clock = Clock()
         stub = StubTreq(Hanging())
@@ -653,7 +653,7 @@ class RunnerTests(SynchronousTestCase):
         clock.advance(1)
         self.assertEqual((delivered, runner.last_error), ([[]], "no answer within 1s (timeout)"))
 
-    def test_synchronous_exception_is_a_failure(self) -> None:
+    def test_synchronousExceptionIsAFailure(self) -> None:
         """A discovery that raises instead of failing its Deferred counts as a failed fetch."""
 
         @implementer(IDiscovery)
@@ -679,7 +679,7 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual((source.fetches, delivered), (2, [[A]]))
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_on_backends_error_is_logged(self) -> None:
+    def test_onBackendsErrorIsLogged(self) -> None:
         """An exception in on_backends is logged and the fetching goes on."""
         clock = Clock()
         source = Scripted()
@@ -694,7 +694,7 @@ class RunnerTests(SynchronousTestCase):
         clock.advance(1)
         self.assertEqual(source.fetches, 2)
 
-    def test_default_discovery(self) -> None:
+    def test_defaultDiscovery(self) -> None:
         """Without a discovery the runner makes the configured kind's."""
         delivered: list[list[BackendSpec]] = []
         config = discovery_config(kind="static", static_list=["10.0.0.1:80"])

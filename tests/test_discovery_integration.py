@@ -156,14 +156,14 @@ class PlaintextTests(TestCase):
         port = serve(self, Site(Answers((200, GOOD))))
         self.assertEqual(await fetch(kind="plaintext", plaintext_endpoint=f"http://127.0.0.1:{port}/b"), GOOD_SPECS)
 
-    async def test_http_error(self) -> None:
+    async def test_httpError(self) -> None:
         """A 404 fails the fetch."""
         port = serve(self, Site(Answers((404, b"no such list"))))
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(kind="plaintext", plaintext_endpoint=f"http://127.0.0.1:{port}/b")
         self.assertIn("HTTP 404: no such list", str(caught.exception))
 
-    async def test_connection_refused(self) -> None:
+    async def test_connectionRefused(self) -> None:
         """A source that is not listening fails the fetch."""
         listening = reactor.listenTCP(0, Site(Answers((200, GOOD))), interface="127.0.0.1")
         port = listening.getHost().port
@@ -225,7 +225,7 @@ class JsonTests(TestCase):
         )
         self.assertEqual(backends, GOOD_SPECS)
 
-    async def test_not_json(self) -> None:
+    async def test_notJson(self) -> None:
         """A body that is not JSON fails the fetch."""
         port = serve(self, Site(Answers((200, b"127.0.0.1:9001"))))
         with self.assertRaises(DiscoveryError):
@@ -388,7 +388,7 @@ class DockerTests(TestCase):
         )
         self.assertEqual(len(api.paths), 1)
 
-    async def test_host_env_var(self) -> None:
+    async def test_hostEnvVar(self) -> None:
         """docker_container_host_env_var: the container's variable (read by inspecting it) is the host."""
         api = DockerAPI(DOCKER_CONTAINERS)
         port = serve(self, Site(api))
@@ -409,7 +409,7 @@ class DockerTests(TestCase):
         )
         self.assertIn(b"/containers/ccc333/json", api.paths)
 
-    async def test_unix_socket(self) -> None:
+    async def test_unixSocket(self) -> None:
         """Over unix://, the API on a unix socket; every interface is 127.0.0.1."""
         directory = self.mktemp()
         os.makedirs(directory)
@@ -444,7 +444,7 @@ class DockerTests(TestCase):
             await fetch(**keys)
         self.assertTrue(caught.exception.reasons[0].check(SSL.Error), caught.exception.reasons)
 
-    async def test_tls_missing_file(self) -> None:
+    async def test_tlsMissingFile(self) -> None:
         """A TLS file that cannot be read fails the fetch, naming the key."""
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(
@@ -531,7 +531,7 @@ class ConsulTests(TestCase):
             **more,
         }
 
-    async def test_passing_tag_datacenter(self) -> None:
+    async def test_passingTagDatacenter(self) -> None:
         """passing only, a tag and the datacenter select the instances; a node address stands in for an empty one."""
         port = serve(self, Site(ConsulAPI(CONSUL_ENTRIES)))
         backends = await fetch(
@@ -539,7 +539,7 @@ class ConsulTests(TestCase):
         )
         self.assertEqual(backends, [BackendSpec("127.0.0.1", 9001), BackendSpec("127.0.0.1", 9002, sni="web.example")])
 
-    async def test_all_instances(self) -> None:
+    async def test_allInstances(self) -> None:
         """Without passing_only or a tag, every instance (the sample's consul_service_datacenter key works too)."""
         port = serve(self, Site(ConsulAPI(CONSUL_ENTRIES)))
         backends = await fetch(**self.keys(port, consul_service_datacenter="dc1"))
@@ -650,7 +650,7 @@ class SrvTests(TestCase):
         port = self.dns_server(udp="zone")
         self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
 
-    async def test_server_by_name(self) -> None:
+    async def test_serverByName(self) -> None:
         """srv_lookup_server may name its host; it is resolved before a UDP query."""
         port = self.dns_server(udp="zone")
         keys = {**self.keys(port, "udp"), "srv_lookup_server": f"localhost:{port}"}
@@ -661,7 +661,7 @@ class SrvTests(TestCase):
         port = self.dns_server(tcp=True)
         self.assertEqual(await fetch(**self.keys(port, "tcp")), ZONE_SPECS)
 
-    async def test_protocol_is_honoured(self) -> None:
+    async def test_protocolIsHonoured(self) -> None:
         """udp to a TCP-only server and tcp to a UDP-only server are both refused."""
         tcp_only = self.dns_server(tcp=True)
         with self.assertRaises(DiscoveryError) as caught:
@@ -676,12 +676,12 @@ class SrvTests(TestCase):
         port = self.dns_server(udp="zone")
         self.assertEqual(await fetch(**self.keys(port, "udp", "_db._tcp.example.")), [])
 
-    async def test_truncated_udp_retries_over_tcp(self) -> None:
+    async def test_truncatedUdpRetriesOverTcp(self) -> None:
         """A truncated UDP answer is asked again over TCP at the same address."""
         port = self.dns_server(udp=Truncating(), tcp=True, same_port=True)
         self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
 
-    async def test_timeout_closes_the_query(self) -> None:
+    async def test_timeoutClosesTheQuery(self) -> None:
         """A server that never answers: the runner's timeout fails the fetch, and the query's port is closed."""
         port = self.dns_server(udp=Silent())
         config = discovery_config(**self.keys(port, "udp"), timeout="200ms", failpolicy="setempty")
@@ -724,32 +724,32 @@ class ExecTests(TestCase):
         backends = await fetch(kind="exec", exec_command=[path, "127.0.0.1:9002 weight=2"])
         self.assertEqual(backends, GOOD_SPECS)
 
-    async def test_program_on_path(self) -> None:
+    async def test_programOnPath(self) -> None:
         """A program name without a slash is found on PATH."""
         backends = await fetch(kind="exec", exec_command=["printf", "127.0.0.1:9003\\n"])
         self.assertEqual(backends, LATER_SPECS)
 
-    async def test_missing_program(self) -> None:
+    async def test_missingProgram(self) -> None:
         """A program that is not on PATH fails the fetch."""
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(kind="exec", exec_command=["no-such-discovery-program"])
         self.assertIn("not an executable on PATH", str(caught.exception))
 
-    async def test_exit_code(self) -> None:
+    async def test_exitCode(self) -> None:
         """A non-zero exit fails the fetch, with the code and the start of stderr."""
         path = script(self, "echo 127.0.0.1:9001\necho 'registry unreachable' >&2\nexit 3\n")
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(kind="exec", exec_command=[path])
         self.assertEqual(str(caught.exception), f"{path} exited with code 3: registry unreachable")
 
-    async def test_bad_line(self) -> None:
+    async def test_badLine(self) -> None:
         """A line that is not a backend fails the fetch."""
         path = script(self, "echo 127.0.0.1:9001\necho 'Warning: cache stale'\n")
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(kind="exec", exec_command=[path])
         self.assertIn("line 2", str(caught.exception))
 
-    async def test_timeout_kills(self) -> None:
+    async def test_timeoutKills(self) -> None:
         """A command that outlives the timeout fails the fetch and is killed."""
         directory = self.mktemp()
         os.makedirs(directory)

@@ -116,30 +116,30 @@ class MonitorTests(SynchronousTestCase):
             seen.append(backend.live)
         return seen
 
-    def test_down_only_after_fails_consecutive_failures(self) -> None:
+    def test_downOnlyAfterFailsConsecutiveFailures(self) -> None:
         """With C{fails = 3} the third failure in a row takes the backend down, and C{on_change} hears it once."""
         _, pool, _ = self.monitor({key(0): [False, False, False, False]}, fails=3)
         self.assertEqual(self.live_after_each_check(pool, 4), [True, True, False, False])
         self.assertEqual(self.changes, [(key(0), False)])
 
-    def test_pass_between_failures_resets_the_count(self) -> None:
+    def test_passBetweenFailuresResetsTheCount(self) -> None:
         """A pass after two failures starts the count again: three more failures are needed."""
         _, pool, _ = self.monitor({key(0): [False, False, True, False, False, False]}, fails=3)
         self.assertEqual(self.live_after_each_check(pool, 6), [True] * 5 + [False])
 
-    def test_up_only_after_passes_consecutive_passes(self) -> None:
+    def test_upOnlyAfterPassesConsecutivePasses(self) -> None:
         """A down backend comes back on the C{passes}-th pass in a row; a failure between resets the count."""
         _, pool, _ = self.monitor({key(0): [True, False, True, True]}, passes=2, live=False)
         self.assertEqual(self.live_after_each_check(pool, 4), [False, False, False, True])
         self.assertEqual(self.changes, [(key(0), True)])
 
-    def test_goes_down_and_up_again(self) -> None:
+    def test_goesDownAndUpAgain(self) -> None:
         """Both thresholds apply in turn, each counted from the transition."""
         _, pool, _ = self.monitor({key(0): [False, False, True, True, True]}, fails=2, passes=3)
         self.assertEqual(self.live_after_each_check(pool, 5), [True, False, False, False, True])
         self.assertEqual(self.changes, [(key(0), False), (key(0), True)])
 
-    def test_transitions_are_logged(self) -> None:
+    def test_transitionsAreLogged(self) -> None:
         """Each transition is logged with the backend and the count that caused it."""
         with capturedLogs() as events:
             _, pool, _ = self.monitor({key(0): [False, False, True]}, fails=2, passes=1)
@@ -150,20 +150,20 @@ class MonitorTests(SynchronousTestCase):
             ["backend 127.0.0.1:9000 down after 2 failed checks", "backend 127.0.0.1:9000 up after 1 passed checks"],
         )
 
-    def test_start_keeps_initial_status(self) -> None:
+    def test_startKeepsInitialStatus(self) -> None:
         """Starting sets no status: an unhealthy backend stays down and a healthy one live until checks decide."""
         for live in (True, False):
             _, pool, _ = self.monitor({}, live=live, fails=1, passes=1)
             self.assertEqual([b.live for b in pool], [live])
             self.assertEqual(self.changes, [])
 
-    def test_checked_every_interval(self) -> None:
+    def test_checkedEveryInterval(self) -> None:
         """One backend is checked at once, then every C{interval}, also when checks answer at once."""
         _, _, check = self.monitor({key(0): [True] * 5}, interval=7.0, timeout=1.0)
         self.run_for(30)
         self.assertEqual(check.starts(key(0)), [0, 7, 14, 21, 28])
 
-    def test_checks_spread_over_the_interval(self) -> None:
+    def test_checksSpreadOverTheInterval(self) -> None:
         """Backend i of n is first checked at C{interval * i / n}, then every interval."""
         _, _, check = self.monitor({key(i): [True, True] for i in range(4)}, backends=4, interval=8.0)
         self.run_for(15)
@@ -172,7 +172,7 @@ class MonitorTests(SynchronousTestCase):
             [(0, key(0)), (2, key(1)), (4, key(2)), (6, key(3)), (8, key(0)), (10, key(1)), (12, key(2)), (14, key(3))],
         )
 
-    def test_timeout_is_a_failure_and_cancels_the_check(self) -> None:
+    def test_timeoutIsAFailureAndCancelsTheCheck(self) -> None:
         """A check that has not answered after C{timeout} is cancelled and counts as a failure."""
         _, pool, check = self.monitor({key(0): [HANG]}, timeout=2.0, fails=1)
         self.clock.advance(1.9)
@@ -180,7 +180,7 @@ class MonitorTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(([b.live for b in pool], check.cancelled), ([False], [key(0)]))
 
-    def test_timeout_defaults_to_the_interval(self) -> None:
+    def test_timeoutDefaultsToTheInterval(self) -> None:
         """
         Without C{timeout}, a check may take the whole interval; the one still
         running when the next is due is cancelled, counts as a failure, and the
@@ -192,13 +192,13 @@ class MonitorTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual([b.live for b in pool], [False])
 
-    def test_check_running_when_the_next_is_due_is_cancelled(self) -> None:
+    def test_checkRunningWhenTheNextIsDueIsCancelled(self) -> None:
         """Checks never overlap: one still running at the next interval (timeout set longer) is cancelled as failed."""
         _, pool, check = self.monitor({key(0): [HANG, HANG]}, timeout=15.0, fails=1)
         self.clock.advance(10)
         self.assertEqual((check.cancelled, check.starts(key(0)), [b.live for b in pool]), ([key(0)], [0, 10], [False]))
 
-    def test_error_keeps_status_and_count(self) -> None:
+    def test_errorKeepsStatusAndCount(self) -> None:
         """A L{HealthCheckError} neither counts nor resets: two failures around it still make C{fails = 2}."""
         with capturedLogs() as events:
             _, pool, _ = self.monitor({key(0): [False, HealthCheckError("printed 7"), False]}, fails=2)
@@ -206,24 +206,24 @@ class MonitorTests(SynchronousTestCase):
         warnings = [formatEvent(e) for e in events if "status kept" in formatEvent(e)]
         self.assertEqual(warnings, ["backend 127.0.0.1:9000 health check error, status kept: printed 7"])
 
-    def test_error_keeps_down_status(self) -> None:
+    def test_errorKeepsDownStatus(self) -> None:
         """Errors alone never change the status, whichever it is."""
         _, pool, _ = self.monitor({key(0): [HealthCheckError("x")] * 3}, live=False, passes=1)
         self.assertEqual(self.live_after_each_check(pool, 3), [False, False, False])
 
-    def test_broken_check_is_logged_and_keeps_status(self) -> None:
+    def test_brokenCheckIsLoggedAndKeepsStatus(self) -> None:
         """An unexpected exception from the check is logged as a failure of the code and changes nothing."""
         _, pool, _ = self.monitor({key(0): [ZeroDivisionError()]}, fails=1)
         self.assertEqual([b.live for b in pool], [True])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
-    def test_runs_counted_per_backend(self) -> None:
+    def test_runsCountedPerBackend(self) -> None:
         """C{runs} counts the checks started for each backend, hanging or not."""
         monitor, _, _ = self.monitor({key(0): [True, HANG], key(1): [HANG]}, backends=2, timeout=1.0)
         self.run_for(10)
         self.assertEqual(dict(monitor.runs), {key(0): 2, key(1): 1})
 
-    def test_backends_changed_follows_the_pool(self) -> None:
+    def test_backendsChangedFollowsThePool(self) -> None:
         """New backends are checked (spread among themselves), removed ones no longer, and their counts dropped."""
         monitor, pool, check = self.monitor({}, backends=2, timeout=1.0)
         self.clock.advance(5)
@@ -237,7 +237,7 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(check.starts(key(3)), [10, 20])
         self.assertNotIn(key(0), monitor.runs)
 
-    def test_removed_backend_in_flight_is_ignored(self) -> None:
+    def test_removedBackendInFlightIsIgnored(self) -> None:
         """A backend removed while its check runs has that check cancelled, and its result is not counted."""
         monitor, pool, check = self.monitor({key(0): [HANG]}, fails=1)
         removed = pool.get(key(0))
@@ -246,7 +246,7 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual((check.cancelled, self.changes), ([key(0)], []))
         self.assertTrue(removed is not None and removed.live)
 
-    def test_undiscovered_backend_is_not_checked(self) -> None:
+    def test_undiscoveredBackendIsNotChecked(self) -> None:
         """A backend kept only for its open connections (no longer discovered) is not checked."""
         monitor, pool, check = self.monitor({}, backends=2, timeout=1.0)
         self.run_for(5)
@@ -258,7 +258,7 @@ class MonitorTests(SynchronousTestCase):
         self.run_for(20)
         self.assertEqual((check.starts(key(0)), check.starts(key(1))), ([0, 10, 20], [5]))
 
-    def test_stop_cancels_quietly(self) -> None:
+    def test_stopCancelsQuietly(self) -> None:
         """Stopping cancels checks in flight without counting them, and no check runs afterwards."""
         monitor, pool, check = self.monitor({key(0): [HANG]}, fails=1)
         monitor.stop()
@@ -266,27 +266,27 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual((check.started, check.cancelled, self.changes), ([(0, key(0))], [key(0)], []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_stop_before_first_check(self) -> None:
+    def test_stopBeforeFirstCheck(self) -> None:
         """Backends whose first check has not come yet are never checked after L{HealthMonitor.stop}."""
         monitor, _, check = self.monitor({}, backends=2)
         monitor.stop()
         self.run_for(100)
         self.assertEqual(check.started, [(0, key(0))])
 
-    def test_kind_none_does_nothing(self) -> None:
+    def test_kindNoneDoesNothing(self) -> None:
         """With C{kind = "none"} and no check given, starting schedules nothing."""
         clock = Clock()
         monitor = HealthMonitor(Pool([spec(0)]), HealthcheckConfig(kind="none"), clock)
         monitor.start()
         self.assertEqual((clock.getDelayedCalls(), dict(monitor.runs)), ([], {}))
 
-    def test_check_needs_an_interval(self) -> None:
+    def test_checkNeedsAnInterval(self) -> None:
         """A check with C{interval} 0 is refused, naming the interval."""
         clock = Clock()
         error = self.assertRaises(ValueError, HealthMonitor, Pool(), HealthcheckConfig(), clock, ScriptedCheck(clock))
         self.assertIn("interval", str(error))
 
-    def test_default_check_is_the_configured_kind(self) -> None:
+    def test_defaultCheckIsTheConfiguredKind(self) -> None:
         """Without a check given, the monitor runs the one C{kind} names: ping connects to each backend."""
         reactor = MemoryReactorClock()
         monitor = HealthMonitor(Pool([spec(0)]), HealthcheckConfig(kind="ping", interval=10.0), reactor)
@@ -298,11 +298,11 @@ class MonitorTests(SynchronousTestCase):
 class RegistryTests(SynchronousTestCase):
     """L{make_check} and L{CHECKS}."""
 
-    def test_every_configurable_kind(self) -> None:
+    def test_everyConfigurableKind(self) -> None:
         """Every kind the configuration accepts has a check, except "none"."""
         self.assertEqual(sorted([*CHECKS, "none"]), sorted(HEALTHCHECK_KINDS))
 
-    def test_make_check_builds_each_kind(self) -> None:
+    def test_makeCheckBuildsEachKind(self) -> None:
         """Each kind builds a provider of L{IHealthCheck} of its class."""
         reactor = MemoryReactorClock()
         configs = {
@@ -315,16 +315,16 @@ class RegistryTests(SynchronousTestCase):
             self.assertIsInstance(check, CHECKS[kind])  # type: ignore[arg-type]
             self.assertTrue(verifyObject(IHealthCheck, check))
 
-    def test_none_has_no_check(self) -> None:
+    def test_noneHasNoCheck(self) -> None:
         """C{kind = "none"} gives no check."""
         self.assertIsNone(make_check(HealthcheckConfig(kind="none"), MemoryReactorClock()))
 
-    def test_unknown_kind(self) -> None:
+    def test_unknownKind(self) -> None:
         """An unknown kind is a L{ValueError} naming it and the known ones."""
         error = self.assertRaises(ValueError, make_check, HealthcheckConfig(kind="smoke"), MemoryReactorClock())
         self.assertEqual(str(error), 'unknown health check kind "smoke" (known: ping, probe, exec, none)')
 
-    def test_exec_command_that_does_not_split(self) -> None:
+    def test_execCommandThatDoesNotSplit(self) -> None:
         """An exec_command with unbalanced quotes, or only spaces, is a L{ValueError} naming the key."""
         for command in ('check "unclosed', "   "):
             config = HealthcheckConfig(kind="exec", interval=1.0, exec_command=command)
@@ -335,7 +335,7 @@ class RegistryTests(SynchronousTestCase):
 class PingTests(SynchronousTestCase):
     """The ping check on a L{MemoryReactorClock}: what it does with the connection."""
 
-    def test_closes_at_once_and_passes_when_closed(self) -> None:
+    def test_closesAtOnceAndPassesWhenClosed(self) -> None:
         """Once connected, ping closes the connection, and passes when it is closed."""
         reactor = MemoryReactorClock()
         check = make_check(HealthcheckConfig(kind="ping", interval=1.0), reactor)
@@ -351,7 +351,7 @@ class PingTests(SynchronousTestCase):
         protocol.connectionLost(None)
         self.assertEqual(results, [True])
 
-    def test_cancel_stops_connecting(self) -> None:
+    def test_cancelStopsConnecting(self) -> None:
         """Cancelling the check stops the connection attempt; the check fails."""
         reactor = MemoryReactorClock()
         check = make_check(HealthcheckConfig(kind="ping", interval=1.0), reactor)
@@ -371,11 +371,11 @@ class EscapesTests(SynchronousTestCase):
         """C{\\n}, C{\\r}, C{\\t}, C{\\\\} and C{\\xNN} become the bytes they name."""
         self.assertEqual(decode_escapes(r"PING\r\n\tA\x00\xff\\n"), b"PING\r\n\tA\x00\xff\\n")
 
-    def test_other_backslashes_kept(self) -> None:
+    def test_otherBackslashesKept(self) -> None:
         """An unknown escape, or C{\\x} without two hex digits, is kept as written."""
         self.assertEqual(decode_escapes(r"\q \x4 \xzz"), rb"\q \x4 \xzz")
 
-    def test_text_is_utf8(self) -> None:
+    def test_textIsUtf8(self) -> None:
         """Characters beyond ASCII are sent as UTF-8."""
         self.assertEqual(decode_escapes("é"), "é".encode())
 
@@ -383,12 +383,12 @@ class EscapesTests(SynchronousTestCase):
 class MatcherTests(SynchronousTestCase):
     """L{matcher}: how a probe's answer is judged."""
 
-    def test_starts_with_decodes_escapes(self) -> None:
+    def test_startsWithDecodesEscapes(self) -> None:
         """C{starts_with} compares bytes, with the expected text's escapes decoded."""
         matches = matcher("starts_with", r"+OK\r\n")
         self.assertEqual([matches(b"+OK\r\nmore"), matches(b"+OK"), matches(b" +OK\r\n")], [True, False, False])
 
-    def test_regexp_searches(self) -> None:
+    def test_regexpSearches(self) -> None:
         """C{regexp} searches anywhere in the answer, as text; undecodable bytes do not stop it."""
         matches = matcher("regexp", r"version \d+\.\d+")
         self.assertEqual(
@@ -410,25 +410,25 @@ class UdpProbeTests(SynchronousTestCase):
         protocol, port = reactor.udpServers[0][1], reactor.udpPorts[0]
         return results, protocol, port
 
-    def test_one_datagram_to_the_resolved_backend(self) -> None:
+    def test_oneDatagramToTheResolvedBackend(self) -> None:
         """A host name is resolved first; the probe goes out as one datagram, escapes decoded."""
         _, _, port = self.probe("backend.test", probe_send=r"q\x00")
         self.assertEqual(port.sent, [(("192.0.2.7", 53), b"q\x00")])
 
-    def test_first_answer_closes_and_is_matched(self) -> None:
+    def test_firstAnswerClosesAndIsMatched(self) -> None:
         """The first datagram back closes the socket and is matched; its first C{probe_recv_len} bytes only."""
         results, protocol, port = self.probe("192.0.2.7", probe_recv="^ok$", probe_strategy="regexp", probe_recv_len=2)
         protocol.datagramReceived(b"ok, and more", ("192.0.2.7", 53))
         protocol.datagramReceived(b"late", ("192.0.2.7", 53))
         self.assertEqual((results, port.closed), ([True], True))
 
-    def test_refused_fails(self) -> None:
+    def test_refusedFails(self) -> None:
         """A refused datagram, as the select and poll reactors report it, fails and closes the socket."""
         results, protocol, port = self.probe("192.0.2.7")
         protocol.connectionRefused()
         self.assertEqual((results, port.closed), ([False], True))
 
-    def test_ipv6_backend(self) -> None:
+    def test_ipv6Backend(self) -> None:
         """An IPv6 backend is probed from an IPv6 socket."""
         reactor = UdpReactor()
         check = make_check(HealthcheckConfig(kind="probe", interval=1.0, probe_protocol="udp", probe_recv="x"), reactor)

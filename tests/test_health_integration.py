@@ -156,14 +156,14 @@ class PingTests(PeersTestCase):
     """C{kind = "ping"} on real ports."""
 
     @inlineCallbacks
-    def test_listening_port_passes(self) -> Generator[Any, Any, None]:
+    def test_listeningPortPasses(self) -> Generator[Any, Any, None]:
         """A port that accepts connections passes."""
         port = yield self.serve(Hangup)
         result = yield self.check(kind="ping").check(HOST, port)
         self.assertIs(result, True)
 
     @inlineCallbacks
-    def test_closed_port_fails(self) -> Generator[Any, Any, None]:
+    def test_closedPortFails(self) -> Generator[Any, Any, None]:
         """A port nothing listens on fails."""
         result = yield self.check(kind="ping").check(HOST, refusing_port(self))
         self.assertIs(result, False)
@@ -181,7 +181,7 @@ class ProbeTests(PeersTestCase):
         return result
 
     @inlineCallbacks
-    def test_banner_starts_with(self) -> Generator[Any, Any, None]:
+    def test_bannerStartsWith(self) -> Generator[Any, Any, None]:
         """A banner that starts with C{probe_recv} passes; another fails."""
         port = yield self.serve(Banner, banner=self.BANNER)
         results = []
@@ -190,7 +190,7 @@ class ProbeTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_banner_regexp(self) -> Generator[Any, Any, None]:
+    def test_bannerRegexp(self) -> Generator[Any, Any, None]:
         """With C{probe_strategy = "regexp"}, the pattern is searched in the banner."""
         port = yield self.serve(Banner, banner=self.BANNER)
         results = []
@@ -199,7 +199,7 @@ class ProbeTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_recv_len_limits_what_is_matched(self) -> Generator[Any, Any, None]:
+    def test_recvLenLimitsWhatIsMatched(self) -> Generator[Any, Any, None]:
         """With C{probe_recv_len} the first that many bytes are matched, without it the whole answer."""
         port = yield self.serve(Banner, banner=b"OK 42 ready\n")
         results = []
@@ -209,27 +209,27 @@ class ProbeTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_send_and_recv_escapes(self) -> Generator[Any, Any, None]:
+    def test_sendAndRecvEscapes(self) -> Generator[Any, Any, None]:
         """C{probe_send} goes out with its escapes decoded, and C{probe_recv}'s are decoded to match the answer."""
         port = yield self.serve(Reply)
         result = yield self.probe(port, probe_send=r"PING\x21\r\n", probe_recv=r"got PING!\r\n")
         self.assertIs(result, True)
 
     @inlineCallbacks
-    def test_close_without_answer_fails(self) -> Generator[Any, Any, None]:
+    def test_closeWithoutAnswerFails(self) -> Generator[Any, Any, None]:
         """A backend that closes without answering fails."""
         port = yield self.serve(Hangup)
         result = yield self.probe(port, probe_send="PING", probe_recv="PONG")
         self.assertIs(result, False)
 
     @inlineCallbacks
-    def test_closed_port_fails(self) -> Generator[Any, Any, None]:
+    def test_closedPortFails(self) -> Generator[Any, Any, None]:
         """A TCP port nothing listens on fails."""
         result = yield self.probe(refusing_port(self), probe_recv="SSH")
         self.assertIs(result, False)
 
     @inlineCallbacks
-    def test_tls_without_verification(self) -> Generator[Any, Any, None]:
+    def test_tlsWithoutVerification(self) -> Generator[Any, Any, None]:
         """Over TLS, a self-signed certificate is accepted and the banner matched."""
         port = yield self.serve(Banner, tls=True, banner=self.BANNER)
         results = []
@@ -238,7 +238,7 @@ class ProbeTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_udp_answer(self) -> Generator[Any, Any, None]:
+    def test_udpAnswer(self) -> Generator[Any, Any, None]:
         """Over UDP, one datagram goes out and the first one back is matched."""
         port = self.serve_udp()
         results = []
@@ -247,7 +247,7 @@ class ProbeTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_udp_refused(self) -> Generator[Any, Any, None]:
+    def test_udpRefused(self) -> Generator[Any, Any, None]:
         """Over UDP, a port nothing listens on (refused by the host) fails."""
         result = yield self.probe(closed_udp_port(), probe_protocol="udp", probe_send="ping", probe_recv="got")
         self.assertIs(result, False)
@@ -275,7 +275,7 @@ class ExecTests(PeersTestCase):
         self.assertEqual(results, [True, False, True])
 
     @inlineCallbacks
-    def test_configured_outputs(self) -> Generator[Any, Any, None]:
+    def test_configuredOutputs(self) -> Generator[Any, Any, None]:
         """C{exec_expected_positive_output} and C{exec_expected_negative_output} replace 1 and 0."""
         results = []
         for body in ("echo up", "echo down"):
@@ -285,26 +285,26 @@ class ExecTests(PeersTestCase):
         self.assertEqual(results, [True, False])
 
     @inlineCallbacks
-    def test_host_and_port_appended(self) -> Generator[Any, Any, None]:
+    def test_hostAndPortAppended(self) -> Generator[Any, Any, None]:
         """The command is split like a shell line, and the host and port come after its own arguments."""
         command = self.script('echo "$1|$2|$3"') + " 'first arg'"
         result = yield self.run_check(command, exec_expected_positive_output="first arg|127.0.0.1|8080")
         self.assertIs(result, True)
 
-    def test_other_output_is_an_error(self) -> Deferred[HealthCheckError]:
+    def test_otherOutputIsAnError(self) -> Deferred[HealthCheckError]:
         """Output that is neither expected one is a L{HealthCheckError} that quotes it."""
         checking = self.assertFailure(self.run_check(self.script("echo maybe")), HealthCheckError)
         checking.addCallback(lambda error: self.assertIn('printed "maybe"', str(error)))
         return checking
 
     @inlineCallbacks
-    def test_non_zero_exit_fails(self) -> Generator[Any, Any, None]:
+    def test_nonZeroExitFails(self) -> Generator[Any, Any, None]:
         """A non-zero exit fails, whatever the command printed."""
         result = yield self.run_check(self.script("echo 1; exit 3"))
         self.assertIs(result, False)
 
     @inlineCallbacks
-    def test_missing_command_fails(self) -> Generator[Any, Any, None]:
+    def test_missingCommandFails(self) -> Generator[Any, Any, None]:
         """A command that cannot be started fails (also when a shell would have found nothing to run)."""
         results = []
         for command in (shlex.quote(os.path.abspath(self.mktemp())), self.script("exec ./no-such-command")):
@@ -312,7 +312,7 @@ class ExecTests(PeersTestCase):
         self.assertEqual(results, [False, False])
 
     @inlineCallbacks
-    def test_timeout_kills_the_process(self) -> Generator[Any, Any, None]:
+    def test_timeoutKillsTheProcess(self) -> Generator[Any, Any, None]:
         """A check cancelled by its timeout kills the process it started with SIGKILL."""
         checking = self.run_check(self.script("exec sleep 30")).addTimeout(0.5, reactor)
         yield self.assertFailure(checking, TimeoutError)
@@ -343,14 +343,14 @@ class MonitorTests(PeersTestCase):
         return change
 
     @inlineCallbacks
-    def test_unhealthy_backend_comes_up(self) -> Generator[Any, Any, None]:
+    def test_unhealthyBackendComesUp(self) -> Generator[Any, Any, None]:
         """A backend that starts unhealthy comes up after C{passes} successful pings."""
         port = yield self.serve(Hangup)
         backend, live = yield self.watch(BackendSpec(HOST, port), False, kind="ping", interval=0.1, passes=2)
         self.assertEqual((backend.key, live, backend.live), (f"{HOST}:{port}", True, True))
 
     @inlineCallbacks
-    def test_exec_timeout_takes_backend_down(self) -> Generator[Any, Any, None]:
+    def test_execTimeoutTakesBackendDown(self) -> Generator[Any, Any, None]:
         """An exec check that outlives C{timeout} is killed and counted as a failure."""
         command = self.script("exec sleep 30")
         backend, live = yield self.watch(

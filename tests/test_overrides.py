@@ -4,8 +4,8 @@ section (L{balancer.config.overrides}), pools that keep them through
 discovery rounds (L{balancer.backends.Pool.set_overrides}), the control
 commands that set them and close a backend's sessions
 (L{balancer.control.controller.Controller}), the state file and dump that
-keep them, and the worker processes that follow them (L{balancer.worker},
-L{balancer.workers}).
+keep them, and the worker processes that follow them (L{balancer.workers.child},
+L{balancer.workers.supervisor}).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from balancer.control.errors import NotOverridable, UnknownBackend
 from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 from balancer.strategies import WeightStrategy
-from balancer.worker import CloseSessions, Configuration, Worker, read_message
-from balancer.workers import close_message, config_message
+from balancer.workers.child import CloseSessions, Configuration, Worker, read_message
+from balancer.workers.supervisor import close_message, config_message
 from tests.support.sessions import Address, FakeRelay
 
 CONFIG = """

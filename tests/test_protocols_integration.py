@@ -506,7 +506,7 @@ class AccessTests(ProtocolsTestCase):
         return server, answers
 
     @inlineCallbacks
-    def test_127_0_0_2RefusedWhile127_0_0_1Served(self) -> None:
+    def test_127002RefusedWhile127001Served(self) -> None:
         server, answers = yield self.served_and_refused(("allow 127.0.0.1", "deny 127.0.0.0/8"), "allow")
         self.assertEqual(answers, {"127.0.0.1": b"hi", "127.0.0.2": b"", "127.0.0.3": b""})
         self.assertEqual(server.counters.denied, 2)

@@ -24,33 +24,33 @@ SERVER6 = IPv6Address("TCP", "2001:db8::11", 443)
 class V1Tests(SynchronousTestCase):
     """The text header."""
 
-    def test_tcp4_example_from_spec(self) -> None:
+    def test_tcp4ExampleFromSpec(self) -> None:
         self.assertEqual(header_v1(CLIENT4, SERVER4), b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n")
 
     def test_tcp6(self) -> None:
         self.assertEqual(header_v1(CLIENT6, SERVER6), b"PROXY TCP6 2001:db8::1 2001:db8::11 56324 443\r\n")
 
-    def test_longest_header_from_spec(self) -> None:
+    def test_longestHeaderFromSpec(self) -> None:
         full = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
         built = header_v1(IPv6Address("TCP", full, 65535), IPv6Address("TCP", full, 65535))
         self.assertEqual(built, f"PROXY TCP6 {full} {full} 65535 65535\r\n".encode())
         self.assertEqual(len(built), 104)
 
-    def test_ipv4_mapped_is_tcp4(self) -> None:
+    def test_ipv4MappedIsTcp4(self) -> None:
         built = header_v1(IPv6Address("TCP", "::ffff:10.0.0.1", 5000), IPv6Address("TCP", "::ffff:10.0.0.2", 80))
         self.assertEqual(built, b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 80\r\n")
 
-    def test_scope_is_dropped(self) -> None:
+    def test_scopeIsDropped(self) -> None:
         built = header_v1(IPv6Address("TCP", "fe80::1%eth0", 5000), IPv6Address("TCP", "fe80::2%eth0", 80))
         self.assertEqual(built, b"PROXY TCP6 fe80::1 fe80::2 5000 80\r\n")
 
-    def test_mixed_families_are_unknown(self) -> None:
+    def test_mixedFamiliesAreUnknown(self) -> None:
         self.assertEqual(header_v1(CLIENT4, SERVER6), b"PROXY UNKNOWN\r\n")
 
-    def test_unix_socket_is_unknown(self) -> None:
+    def test_unixSocketIsUnknown(self) -> None:
         self.assertEqual(header_v1(UNIXAddress(b"/tmp/sock"), UNIXAddress(b"/tmp/sock")), b"PROXY UNKNOWN\r\n")
 
-    def test_udp_is_refused(self) -> None:
+    def test_udpIsRefused(self) -> None:
         udp = IPv4Address("UDP", "10.0.0.1", 53)
         self.assertRaises(ValueError, header_v1, udp, udp)
 
@@ -90,11 +90,11 @@ class V2Tests(SynchronousTestCase):
         self.assertEqual(built[12:16], b"\x21\x22\x00\x24")
         self.assertEqual(built[16:], b"\x00" * 15 + b"\x01" + b"\x00" * 15 + b"\x02" + b"\x14\xe9\x00\x35")
 
-    def test_ipv4_mapped_is_inet(self) -> None:
+    def test_ipv4MappedIsInet(self) -> None:
         built = header_v2(IPv6Address("TCP", "::ffff:10.0.0.1", 1), IPv6Address("TCP", "::ffff:10.0.0.2", 2))
         self.assertEqual(built[12:], b"\x21\x11\x00\x0c\x0a\x00\x00\x01\x0a\x00\x00\x02\x00\x01\x00\x02")
 
-    def test_mixed_families_are_unspec(self) -> None:
+    def test_mixedFamiliesAreUnspec(self) -> None:
         self.assertEqual(header_v2(CLIENT6, SERVER4), SIGNATURE_FROM_SPEC + b"\x21\x00\x00\x00")
 
 
@@ -120,7 +120,7 @@ def feed(data: bytes, chunk: int) -> tuple[ProxyProtocolPeer, StringTransport]:
 class PeerTests(SynchronousTestCase):
     """The independent test parser reads what the builder writes, in any split."""
 
-    def test_v1_any_split(self) -> None:
+    def test_v1AnySplit(self) -> None:
         for chunk in (1, 5, 1000):
             peer, transport = feed(header_v1(CLIENT4, SERVER4) + b"payload", chunk)
             self.assertEqual((peer.version, peer.protocol), (1, "TCP4"))
@@ -128,7 +128,7 @@ class PeerTests(SynchronousTestCase):
             self.assertEqual(peer.destination, ("192.168.0.11", 443))
             self.assertEqual(transport.value(), b"payload")
 
-    def test_v2_any_split(self) -> None:
+    def test_v2AnySplit(self) -> None:
         for chunk in (1, 7, 1000):
             peer, transport = feed(header_v2(CLIENT6, SERVER6) + b"payload", chunk)
             self.assertEqual((peer.version, peer.command, peer.protocol), (2, "PROXY", "TCP6"))
@@ -136,7 +136,7 @@ class PeerTests(SynchronousTestCase):
             self.assertEqual(peer.destination, ("2001:db8::11", 443))
             self.assertEqual(transport.value(), b"payload")
 
-    def test_v2_udp(self) -> None:
+    def test_v2Udp(self) -> None:
         peer, _ = feed(header_v2(IPv4Address("UDP", "10.0.0.1", 5353), IPv4Address("UDP", "10.0.0.2", 53)), 100)
         self.assertEqual((peer.protocol, peer.source), ("UDP4", ("10.0.0.1", 5353)))
 
@@ -147,7 +147,7 @@ class PeerTests(SynchronousTestCase):
         peer, _ = feed(header_v2(CLIENT4, SERVER6), 100)
         self.assertEqual((peer.version, peer.protocol, peer.source), (2, "UNKNOWN", None))
 
-    def test_peer_refuses_no_header(self) -> None:
+    def test_peerRefusesNoHeader(self) -> None:
         peer, transport = feed(b"GET / HTTP/1.1\r\n\r\n", 100)
         self.assertIn("not a PROXY header", peer.error)
         self.assertTrue(transport.disconnecting)

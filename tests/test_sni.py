@@ -70,34 +70,34 @@ class RealHelloTests(SynchronousTestCase):
     def test_hostname(self) -> None:
         self.assertEqual(parse_client_hello(client_hello(b"example.com")), SniResult(COMPLETE, "example.com"))
 
-    def test_no_sni(self) -> None:
+    def test_noSni(self) -> None:
         self.assertEqual(parse_client_hello(client_hello()), SniResult(COMPLETE, None))
 
-    def test_tls12_only_client(self) -> None:
+    def test_tls12OnlyClient(self) -> None:
         hello = client_hello(b"old.example", max_version=SSL.TLS1_2_VERSION)
         self.assertEqual(parse_client_hello(hello).hostname, "old.example")
 
-    def test_case_is_kept(self) -> None:
+    def test_caseIsKept(self) -> None:
         self.assertEqual(parse_client_hello(client_hello(b"WWW.Example.com")).hostname, "WWW.Example.com")
 
-    def test_bytes_after_the_hello_are_ignored(self) -> None:
+    def test_bytesAfterTheHelloAreIgnored(self) -> None:
         hello = client_hello(b"example.com") + b"\x17\x03\x03\x00\x05hello"
         self.assertEqual(parse_client_hello(hello).hostname, "example.com")
 
-    def test_every_prefix_needs_more(self) -> None:
+    def test_everyPrefixNeedsMore(self) -> None:
         hello = client_hello(b"split.example")
         for end in range(len(hello)):
             result = parse_client_hello(hello[:end])
             self.assertEqual(result, SniResult(NEED_MORE), f"prefix of {end} bytes")
         self.assertEqual(parse_client_hello(hello), SniResult(COMPLETE, "split.example"))
 
-    def test_hello_across_records(self) -> None:
+    def test_helloAcrossRecords(self) -> None:
         message = client_hello(b"many.example")[5:]
         for size in (1, 3, 100, 512):
             framed = records(message, size)
             self.assertEqual(parse_client_hello(framed), SniResult(COMPLETE, "many.example"), f"records of {size}")
 
-    def test_every_prefix_across_records_needs_more(self) -> None:
+    def test_everyPrefixAcrossRecordsNeedsMore(self) -> None:
         framed = records(client_hello(b"many.example")[5:], 400)
         for end in range(len(framed)):
             self.assertEqual(parse_client_hello(framed[:end]).state, NEED_MORE, f"prefix of {end} bytes")
@@ -112,47 +112,47 @@ class NotTlsTests(SynchronousTestCase):
         self.assertEqual(result.state, MALFORMED, result)
         self.assertIn(reason, result.reason)
 
-    def test_empty_needs_more(self) -> None:
+    def test_emptyNeedsMore(self) -> None:
         self.assertEqual(parse_client_hello(b"").state, NEED_MORE)
 
-    def test_http_on_first_byte(self) -> None:
+    def test_httpOnFirstByte(self) -> None:
         self.assertMalformed(b"G", "first byte 0x47")
         self.assertMalformed(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "not a TLS handshake record")
 
-    def test_sslv2_hello(self) -> None:
+    def test_sslv2Hello(self) -> None:
         self.assertMalformed(b"\x80\x2e\x01\x00\x02", "first byte 0x80")
 
-    def test_bad_record_version(self) -> None:
+    def test_badRecordVersion(self) -> None:
         self.assertMalformed(b"\x16\x04", "record version")
 
-    def test_other_record_type(self) -> None:
+    def test_otherRecordType(self) -> None:
         self.assertMalformed(b"\x15\x03\x03\x00\x02\x02\x28", "first byte 0x15")
 
-    def test_empty_record(self) -> None:
+    def test_emptyRecord(self) -> None:
         self.assertMalformed(b"\x16\x03\x01\x00\x00", "empty")
 
-    def test_oversized_record(self) -> None:
+    def test_oversizedRecord(self) -> None:
         self.assertMalformed(b"\x16\x03\x01\x40\x01", "larger than")
 
-    def test_not_a_client_hello(self) -> None:
+    def test_notAClientHello(self) -> None:
         self.assertMalformed(b"\x16\x03\x03\x00\x01\x02", "not a ClientHello")
         self.assertMalformed(records(handshake_message(b"\x00" * 40, kind=2), 100), "not a ClientHello")
 
-    def test_later_record_not_handshake(self) -> None:
+    def test_laterRecordNotHandshake(self) -> None:
         framed = records(client_hello(b"example.com")[5:], 100)
         broken = framed[:105] + b"\x17" + framed[106:]
         self.assertMalformed(broken, "first byte 0x17")
 
-    def test_oversized_hello(self) -> None:
+    def test_oversizedHello(self) -> None:
         self.assertMalformed(b"\x16\x03\x01\x00\x04\x01\x00\x40\x00", "larger than")
 
-    def test_cap_on_bytes_read(self) -> None:
+    def test_capOnBytesRead(self) -> None:
         message = handshake_message(b"\x00" * 16000)
         framed = records(message, 1)
         self.assertEqual(parse_client_hello(framed[: MAX_HELLO_BYTES - 1]).state, NEED_MORE)
         self.assertMalformed(framed[:MAX_HELLO_BYTES], f"within {MAX_HELLO_BYTES} bytes")
 
-    def test_random_garbage(self) -> None:
+    def test_randomGarbage(self) -> None:
         garbage = bytes((i * 97 + 13) % 256 for i in range(2000))
         self.assertEqual(parse_client_hello(garbage).state, MALFORMED)
 
@@ -160,17 +160,17 @@ class NotTlsTests(SynchronousTestCase):
 class HandMadeHelloTests(SynchronousTestCase):
     """Edge cases of the ClientHello body and its C{server_name} extension."""
 
-    def test_no_extensions_at_all(self) -> None:
+    def test_noExtensionsAtAll(self) -> None:
         self.assertEqual(parse_client_hello(hand_made(None)), SniResult(COMPLETE, None))
 
-    def test_other_extensions_only(self) -> None:
+    def test_otherExtensionsOnly(self) -> None:
         self.assertEqual(parse_client_hello(hand_made(extension(43, b"\x02\x03\x04"))), SniResult(COMPLETE, None))
 
-    def test_host_name_among_other_extensions(self) -> None:
+    def test_hostNameAmongOtherExtensions(self) -> None:
         extensions = extension(43, b"\x02\x03\x04") + server_name((0, b"a.example")) + extension(10, b"\x00\x02\x00\x1d")
         self.assertEqual(parse_client_hello(hand_made(extensions)).hostname, "a.example")
 
-    def test_other_name_types_are_skipped(self) -> None:
+    def test_otherNameTypesAreSkipped(self) -> None:
         self.assertEqual(parse_client_hello(hand_made(server_name((7, b"x"), (0, b"b.example")))).hostname, "b.example")
         self.assertEqual(parse_client_hello(hand_made(server_name((7, b"x")))).hostname, None)
 
@@ -179,33 +179,33 @@ class HandMadeHelloTests(SynchronousTestCase):
         self.assertEqual(result.state, MALFORMED, result)
         self.assertIn(reason, result.reason)
 
-    def test_two_host_names(self) -> None:
+    def test_twoHostNames(self) -> None:
         self.assertMalformed(hand_made(server_name((0, b"a.example"), (0, b"b.example"))), "more than one")
 
-    def test_empty_host_name(self) -> None:
+    def test_emptyHostName(self) -> None:
         self.assertMalformed(hand_made(server_name((0, b""))), "empty server name")
 
-    def test_non_ascii_host_name(self) -> None:
+    def test_nonAsciiHostName(self) -> None:
         self.assertMalformed(hand_made(server_name((0, "bücher.example".encode()))), "not ASCII")
 
-    def test_trailing_dot(self) -> None:
+    def test_trailingDot(self) -> None:
         self.assertMalformed(hand_made(server_name((0, b"example.com."))), "ends with a dot")
 
-    def test_duplicate_extension(self) -> None:
+    def test_duplicateExtension(self) -> None:
         self.assertMalformed(hand_made(server_name((0, b"a.example")) * 2), "appears twice")
 
-    def test_empty_server_name_list(self) -> None:
+    def test_emptyServerNameList(self) -> None:
         self.assertMalformed(hand_made(extension(0, vector(2, b""))), "non-empty list")
 
-    def test_truncated_body(self) -> None:
+    def test_truncatedBody(self) -> None:
         body = hello_body(server_name((0, b"a.example")))
         self.assertMalformed(records(handshake_message(body[:-3]), 1 << 14), "truncated")
 
-    def test_bytes_after_extensions(self) -> None:
+    def test_bytesAfterExtensions(self) -> None:
         body = hello_body(server_name((0, b"a.example"))) + b"\x00"
         self.assertMalformed(records(handshake_message(body), 1 << 14), "after the extensions")
 
-    def test_extension_longer_than_its_block(self) -> None:
+    def test_extensionLongerThanItsBlock(self) -> None:
         lying = (0).to_bytes(2, "big") + (500).to_bytes(2, "big") + b"\x00\x05"
         self.assertMalformed(hand_made(lying), "truncated")
 
@@ -227,40 +227,40 @@ NAMED = [A, A2, B]
 class ExactRouterTests(SynchronousTestCase):
     """C{hostname_matching_strategy = "exact"}."""
 
-    def test_matches_ignoring_case(self) -> None:
+    def test_matchesIgnoringCase(self) -> None:
         self.assertEqual(SniRouter("exact").choose("a.EXAMPLE", ALL), [A, A2])
 
-    def test_unexpected_default_goes_to_backends_without_sni(self) -> None:
+    def test_unexpectedDefaultGoesToBackendsWithoutSni(self) -> None:
         self.assertEqual(SniRouter("exact", "default").choose("c.example", ALL), [PLAIN, PLAIN2])
 
-    def test_unexpected_default_without_plain_backends(self) -> None:
+    def test_unexpectedDefaultWithoutPlainBackends(self) -> None:
         self.assertEqual(SniRouter("exact", "default").choose("c.example", NAMED), [])
 
-    def test_unexpected_reject(self) -> None:
+    def test_unexpectedReject(self) -> None:
         self.assertIs(SniRouter("exact", "reject").choose("c.example", ALL), REJECT)
 
-    def test_unexpected_any(self) -> None:
+    def test_unexpectedAny(self) -> None:
         self.assertEqual(SniRouter("exact", "any").choose("c.example", ALL), ALL)
 
-    def test_no_sni_matches_backends_without_sni(self) -> None:
+    def test_noSniMatchesBackendsWithoutSni(self) -> None:
         for unexpected in ("default", "reject", "any"):
             self.assertEqual(SniRouter("exact", unexpected).choose(None, ALL), [PLAIN, PLAIN2], unexpected)
 
-    def test_no_sni_and_only_named_backends(self) -> None:
+    def test_noSniAndOnlyNamedBackends(self) -> None:
         self.assertEqual(SniRouter("exact", "default").choose(None, NAMED), [])
         self.assertIs(SniRouter("exact", "reject").choose(None, NAMED), REJECT)
         self.assertEqual(SniRouter("exact", "any").choose(None, NAMED), NAMED)
 
-    def test_empty_sni_is_no_sni(self) -> None:
+    def test_emptySniIsNoSni(self) -> None:
         empty = backend(9, "")
         self.assertEqual(SniRouter("exact").choose(None, [A, empty]), [empty])
         self.assertEqual(SniRouter("exact").choose("c.example", [A, empty]), [empty])
 
-    def test_from_config(self) -> None:
+    def test_fromConfig(self) -> None:
         router = SniRouter.from_config(SniConfig(unexpected_hostname_strategy="any", hostname_matching_strategy="regexp"))
         self.assertEqual((router.matching, router.unexpected), ("regexp", "any"))
 
-    def test_unknown_strategies(self) -> None:
+    def test_unknownStrategies(self) -> None:
         self.assertRaises(ValueError, SniRouter, "glob")
         self.assertRaises(ValueError, SniRouter, "exact", "drop")
 
@@ -274,22 +274,22 @@ class RegexpRouterTests(SynchronousTestCase):
         self.assertEqual(router.choose("www.example.com", [wildcard, PLAIN]), [wildcard])
         self.assertIs(router.choose("example.com", [wildcard, PLAIN]), REJECT)
 
-    def test_unanchored_like_go(self) -> None:
+    def test_unanchoredLikeGo(self) -> None:
         loose = backend(6, "example")
         self.assertEqual(SniRouter("regexp", "reject").choose("www.example.org", [loose]), [loose])
 
-    def test_case_sensitive_like_go(self) -> None:
+    def test_caseSensitiveLikeGo(self) -> None:
         self.assertIs(SniRouter("regexp", "reject").choose("A.EXAMPLE", [A, B]), REJECT)
 
-    def test_backend_without_sni_matches_only_no_sni(self) -> None:
+    def test_backendWithoutSniMatchesOnlyNoSni(self) -> None:
         router = SniRouter("regexp", "reject")
         self.assertIs(router.choose("x.example", [PLAIN]), REJECT)
         self.assertEqual(router.choose(None, [A, PLAIN]), [PLAIN])
 
-    def test_unexpected_default(self) -> None:
+    def test_unexpectedDefault(self) -> None:
         self.assertEqual(SniRouter("regexp", "default").choose("c.example", ALL), [PLAIN, PLAIN2])
 
-    def test_invalid_pattern_matches_nothing(self) -> None:
+    def test_invalidPatternMatchesNothing(self) -> None:
         broken = backend(7, "([")
         self.assertEqual(SniRouter("regexp", "any").choose("a.example", [broken, A]), [A])
         self.assertIs(SniRouter("regexp", "reject").choose("([", [broken]), REJECT)

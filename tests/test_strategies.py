@@ -80,7 +80,7 @@ class RegistryTests(SynchronousTestCase):
             self.assertIsInstance(strategy, cls)
             self.assertTrue(verifyObject(IStrategy, strategy))
 
-    def test_fresh_instances(self) -> None:
+    def test_freshInstances(self) -> None:
         """Each call makes a new strategy, so round-robin state is not shared."""
         first = make_strategy("roundrobin")
         second = make_strategy("roundrobin")
@@ -95,12 +95,12 @@ class RegistryTests(SynchronousTestCase):
             make_strategy("random-ish")
         self.assertIn("random-ish", str(raised.exception))
 
-    def test_read_only(self) -> None:
+    def test_readOnly(self) -> None:
         """The registry cannot be changed by accident."""
         with self.assertRaises(TypeError):
             STRATEGIES["other"] = WeightStrategy  # type: ignore[index]
 
-    def test_empty_candidates(self) -> None:
+    def test_emptyCandidates(self) -> None:
         """Every strategy chooses nothing from no candidates."""
         for name in STRATEGIES:
             self.assertIsNone(make_strategy(name).choose([], CLIENT), name)
@@ -121,7 +121,7 @@ class FNVTests(SynchronousTestCase):
         value = fnv1a_32(bytes(range(256)) * 8)
         self.assertTrue(0 <= value < 2**32)
 
-    def test_client_bytes(self) -> None:
+    def test_clientBytes(self) -> None:
         """Packed IPv4 (4 bytes), IPv6 (16 bytes); text otherwise."""
         self.assertEqual(client_bytes("10.1.2.3"), bytes([10, 1, 2, 3]))
         self.assertEqual(client_bytes("2001:db8::1"), bytes.fromhex("20010db8" + "0" * 23 + "1"))
@@ -162,7 +162,7 @@ class WeightTests(SynchronousTestCase):
         counts = picks(strategy, fallback, 500)
         self.assertEqual(set(counts), {b.key for b in fallback})
 
-    def test_weight_zero(self) -> None:
+    def test_weightZero(self) -> None:
         """A backend of weight 0 is never picked."""
         zero = backend(1, weight=0)
         candidates = [backend(0), zero, backend(2)]
@@ -170,13 +170,13 @@ class WeightTests(SynchronousTestCase):
         self.assertNotIn(zero.key, counts)
         self.assertEqual(len(counts), 2)
 
-    def test_zero_priority_group(self) -> None:
+    def test_zeroPriorityGroup(self) -> None:
         """A priority whose candidates all weigh 0 gives way to the next."""
         candidates = [backend(0, weight=0, priority=1), backend(1, weight=2, priority=2)]
         counts = picks(make_strategy("weight", random.Random(3)), candidates, 100)
         self.assertEqual(counts, {candidates[1].key: 100})
 
-    def test_all_zero(self) -> None:
+    def test_allZero(self) -> None:
         """Nothing is picked when no candidate has a positive weight."""
         candidates = [backend(0, weight=0), backend(1, weight=0, priority=2)]
         self.assertIsNone(make_strategy("weight").choose(candidates, CLIENT))
@@ -194,7 +194,7 @@ class RoundRobinTests(SynchronousTestCase):
         counts = picks(strategy, candidates, 300)
         self.assertEqual(counts, {b.key: 100 for b in candidates})
 
-    def test_next_removed(self) -> None:
+    def test_nextRemoved(self) -> None:
         """When the next backend leaves, the one after it follows."""
         a, b, c, d = backends(4)
         strategy = make_strategy("roundrobin")
@@ -203,7 +203,7 @@ class RoundRobinTests(SynchronousTestCase):
         self.assertIs(strategy.choose([a, b, d], CLIENT), d)
         self.assertIs(strategy.choose([a, b, d], CLIENT), a)
 
-    def test_last_removed(self) -> None:
+    def test_lastRemoved(self) -> None:
         """When the backend picked last leaves, the cycle goes on after it."""
         a, b, c, d = backends(4)
         strategy = make_strategy("roundrobin")
@@ -270,7 +270,7 @@ class LeastBandwidthTests(SynchronousTestCase):
             b.counters.traffic.tx_second = tx
         self.assertIs(make_strategy("leastbandwidth").choose(candidates, CLIENT), candidates[1])
 
-    def test_rate_not_total(self) -> None:
+    def test_rateNotTotal(self) -> None:
         """The per-second rate counts, not bytes moved overall."""
         candidates = backends(2)
         candidates[0].counters.traffic.rx = 10**9
@@ -317,7 +317,7 @@ class IPHashTests(SynchronousTestCase):
             candidates[fnv1a_32(bytes.fromhex("20010db8" + "0" * 23 + "1")) % 4],
         )
 
-    def test_mapped_ipv4(self) -> None:
+    def test_mappedIpv4(self) -> None:
         """An IPv4-mapped IPv6 client is hashed like its IPv4 address."""
         candidates = backends(7)
         strategy = make_strategy("iphash")
@@ -346,7 +346,7 @@ class IPHash1Tests(SynchronousTestCase):
             chosen = make_strategy("iphash1").choose(candidates, client)
             self.assertIs(chosen, candidates[scores.index(max(scores))])
 
-    def test_removal_moves_only_its_clients(self) -> None:
+    def test_removalMovesOnlyItsClients(self) -> None:
         """
         Removing one of 5 backends moves exactly its clients, and no others;
         adding it back returns them.
@@ -364,7 +364,7 @@ class IPHash1Tests(SynchronousTestCase):
             self.assertEqual(moved, owned, removed.key)
             self.assertEqual(self.assignment(everything, clients), before)
 
-    def test_tie_first(self) -> None:
+    def test_tieFirst(self) -> None:
         """Equal scores (the same key twice) go to the first in order."""
         twins = [backend(0), backend(0)]
         self.assertIs(make_strategy("iphash1").choose(twins, CLIENT), twins[0])

@@ -124,25 +124,25 @@ class ServerContextTests(HandshakeTestCase):
     """L{server_context} terminates TLS as C{[tls]} says."""
 
     @inlineCallbacks
-    def test_handshake_and_verified_hostname(self):  # type: ignore[no-untyped-def]
+    def test_handshakeAndVerifiedHostname(self):  # type: ignore[no-untyped-def]
         version, _ = yield self.handshake(
             server_context(self.server_config()), backend_context(self.backend_config(), "localhost")
         )
         self.assertEqual(version, "TLSv1.3")
 
     @inlineCallbacks
-    def test_verified_ip_address(self):  # type: ignore[no-untyped-def]
+    def test_verifiedIpAddress(self):  # type: ignore[no-untyped-def]
         yield self.handshake(server_context(self.server_config()), backend_context(self.backend_config(), "127.0.0.1"))
 
     @inlineCallbacks
-    def test_max_version(self):  # type: ignore[no-untyped-def]
+    def test_maxVersion(self):  # type: ignore[no-untyped-def]
         version, _ = yield self.handshake(
             server_context(self.server_config(max_version="tls1.2")), backend_context(self.backend_config(), "localhost")
         )
         self.assertEqual(version, "TLSv1.2")
 
     @inlineCallbacks
-    def test_min_version_refuses_older_client(self):  # type: ignore[no-untyped-def]
+    def test_minVersionRefusesOlderClient(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config(min_version="tls1.3")),
             backend_context(self.backend_config(max_version="tls1.2"), "localhost"),
@@ -150,7 +150,7 @@ class ServerContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_legacy_tls1_when_asked_for(self):  # type: ignore[no-untyped-def]
+    def test_legacyTls1WhenAskedFor(self):  # type: ignore[no-untyped-def]
         version, _ = yield self.handshake(
             server_context(self.server_config(min_version="tls1", max_version="tls1")),
             backend_context(self.backend_config(min_version="tls1.0", max_version="tls1"), "localhost"),
@@ -166,7 +166,7 @@ class ServerContextTests(HandshakeTestCase):
         self.assertEqual(version, "TLSv1.1")
 
     @inlineCallbacks
-    def test_default_minimum_is_tls12(self):  # type: ignore[no-untyped-def]
+    def test_defaultMinimumIsTls12(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config()),
             backend_context(self.backend_config(min_version="tls1", max_version="tls1.1"), "localhost"),
@@ -174,7 +174,7 @@ class ServerContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_go_cipher_name(self):  # type: ignore[no-untyped-def]
+    def test_goCipherName(self):  # type: ignore[no-untyped-def]
         _, cipher = yield self.handshake(
             server_context(self.server_config(max_version="tls1.2", ciphers=("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",))),
             backend_context(self.backend_config(), "localhost"),
@@ -182,7 +182,7 @@ class ServerContextTests(HandshakeTestCase):
         self.assertEqual(cipher, "ECDHE-ECDSA-AES128-GCM-SHA256")
 
     @inlineCallbacks
-    def test_openssl_cipher_name(self):  # type: ignore[no-untyped-def]
+    def test_opensslCipherName(self):  # type: ignore[no-untyped-def]
         _, cipher = yield self.handshake(
             server_context(self.server_config(max_version="tls1.2", ciphers=("ECDHE-ECDSA-CHACHA20-POLY1305",))),
             backend_context(self.backend_config(), "localhost"),
@@ -190,7 +190,7 @@ class ServerContextTests(HandshakeTestCase):
         self.assertEqual(cipher, "ECDHE-ECDSA-CHACHA20-POLY1305")
 
     @inlineCallbacks
-    def test_no_common_cipher(self):  # type: ignore[no-untyped-def]
+    def test_noCommonCipher(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config(max_version="tls1.2", ciphers=("ECDHE-ECDSA-AES128-GCM-SHA256",))),
             backend_context(
@@ -200,7 +200,7 @@ class ServerContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_server_order_wins(self):  # type: ignore[no-untyped-def]
+    def test_serverOrderWins(self):  # type: ignore[no-untyped-def]
         """As in Go since 1.17, whatever prefer_server_ciphers says."""
         server_order = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")
         for prefer in (True, False):
@@ -211,14 +211,14 @@ class ServerContextTests(HandshakeTestCase):
             )
             self.assertEqual(cipher, server_order[0], f"prefer_server_ciphers = {prefer}")
 
-    def test_session_tickets(self) -> None:
+    def test_sessionTickets(self) -> None:
         with_tickets: Any = server_context(self.server_config())
         without_tickets: Any = server_context(self.server_config(session_tickets=False))
         self.assertTrue(with_tickets.enableSessionTickets)
         self.assertFalse(without_tickets.enableSessionTickets)
 
     @inlineCallbacks
-    def test_chain_file(self):  # type: ignore[no-untyped-def]
+    def test_chainFile(self):  # type: ignore[no-untyped-def]
         """A certificate file holding the leaf and then the intermediate CA that issued it."""
         root = Authority("root CA")
         pair = Authority("intermediate CA", issuer=root).issue(self.certs.directory, "leaf")
@@ -233,7 +233,7 @@ class BackendContextTests(HandshakeTestCase):
     """L{backend_context} verifies backends unless told not to, and can present a client certificate."""
 
     @inlineCallbacks
-    def test_wrong_ca_fails(self):  # type: ignore[no-untyped-def]
+    def test_wrongCaFails(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config()),
             backend_context(self.backend_config(root_ca_cert_path=self.certs.other_ca_path), "localhost"),
@@ -241,7 +241,7 @@ class BackendContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_wrong_hostname_fails(self):  # type: ignore[no-untyped-def]
+    def test_wrongHostnameFails(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config()),
             backend_context(self.backend_config(), "db.example.com"),
@@ -250,7 +250,7 @@ class BackendContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_system_trust_store_does_not_know_test_ca(self):  # type: ignore[no-untyped-def]
+    def test_systemTrustStoreDoesNotKnowTestCa(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             server_context(self.server_config()),
             backend_context(BackendsTlsConfig(), "localhost"),
@@ -258,7 +258,7 @@ class BackendContextTests(HandshakeTestCase):
         )
 
     @inlineCallbacks
-    def test_ignore_verify_passes(self):  # type: ignore[no-untyped-def]
+    def test_ignoreVerifyPasses(self):  # type: ignore[no-untyped-def]
         yield self.handshake(
             server_context(self.server_config()),
             backend_context(
@@ -274,18 +274,18 @@ class BackendContextTests(HandshakeTestCase):
         )
         return server.options(ca)
 
-    def test_creator_kept_per_host(self) -> None:
+    def test_creatorKeptPerHost(self) -> None:
         loaded = BackendTLS(self.backend_config())
         self.assertIs(loaded.creator("127.0.0.1"), loaded.creator("127.0.0.1"))
         self.assertIsNot(loaded.creator("127.0.0.1"), loaded.creator("localhost"))
 
     @inlineCallbacks
-    def test_client_certificate(self):  # type: ignore[no-untyped-def]
+    def test_clientCertificate(self):  # type: ignore[no-untyped-def]
         client = self.backend_config(cert_path=self.certs.client.cert_path, key_path=self.certs.client.key_path)
         yield self.handshake(self.require_client_certificate(), backend_context(client, "localhost"))
 
     @inlineCallbacks
-    def test_no_client_certificate_fails(self):  # type: ignore[no-untyped-def]
+    def test_noClientCertificateFails(self):  # type: ignore[no-untyped-def]
         yield self.assertHandshakeFails(
             self.require_client_certificate(), backend_context(self.backend_config(), "localhost"), SSL.Error
         )
@@ -314,26 +314,26 @@ class RefusedSettingsTests(SynchronousTestCase):
         self.assertRefused("tls.min_version", "SSL 3.0", self.config(min_version="ssl3"))
         self.assertRefused("backends_tls.max_version", "SSL 3.0", BackendsTlsConfig(max_version="ssl3"))
 
-    def test_min_above_max(self) -> None:
+    def test_minAboveMax(self) -> None:
         self.assertRefused("tls.min_version", "above max_version", self.config(min_version="tls1.3", max_version="tls1.2"))
 
-    def test_unknown_cipher(self) -> None:
+    def test_unknownCipher(self) -> None:
         self.assertRefused("tls.ciphers[1]", "unknown cipher suite", self.config(ciphers=("AES128-SHA", "FAST-CIPHER")))
 
-    def test_tls13_suite(self) -> None:
+    def test_tls13Suite(self) -> None:
         self.assertRefused("backends_tls.ciphers[0]", "TLS 1.3", BackendsTlsConfig(ciphers=("TLS_AES_128_GCM_SHA256",)))
 
-    def test_removed_suite(self) -> None:
+    def test_removedSuite(self) -> None:
         self.assertRefused("tls.ciphers[0]", "no longer", self.config(ciphers=("TLS_RSA_WITH_RC4_128_SHA",)))
 
-    def test_every_go_name_is_known_to_openssl(self) -> None:
+    def test_everyGoNameIsKnownToOpenssl(self) -> None:
         for go_name in GO_CIPHERS:
             server_context(self.config(ciphers=(go_name,)))
 
-    def test_missing_certificate(self) -> None:
+    def test_missingCertificate(self) -> None:
         self.assertRefused("tls.cert_path", "cannot read", self.config(cert_path="/nonexistent/cert.pem"))
 
-    def test_missing_root_ca(self) -> None:
+    def test_missingRootCa(self) -> None:
         missing = BackendsTlsConfig(root_ca_cert_path="/nonexistent/ca.pem")
         self.assertRefused("backends_tls.root_ca_cert_path", "cannot read", missing)
 
@@ -370,37 +370,37 @@ class CheckTlsFilesTests(SynchronousTestCase):
     def keys(self, problems: list[tuple[str, str]]) -> list[str]:
         return [key for key, _ in problems]
 
-    def test_good_files(self) -> None:
+    def test_goodFiles(self) -> None:
         self.assertEqual(self.check(), [])
         backends = BackendsTlsConfig(
             root_ca_cert_path=self.certs.ca_path, cert_path=self.certs.client.cert_path, key_path=self.certs.client.key_path
         )
         self.assertEqual(check_tls_files(server_with(backends_tls=backends)), [])
 
-    def test_no_tls_sections(self) -> None:
+    def test_noTlsSections(self) -> None:
         self.assertEqual(check_tls_files(server_with()), [])
 
-    def test_missing_files(self) -> None:
+    def test_missingFiles(self) -> None:
         problems = self.check(cert_path="/nonexistent/cert.pem", key_path="/nonexistent/key.pem")
         self.assertEqual(self.keys(problems), ["tls.cert_path", "tls.key_path"])
         self.assertIn('cannot read "/nonexistent/cert.pem"', problems[0][1])
 
-    def test_not_a_certificate(self) -> None:
+    def test_notACertificate(self) -> None:
         problems = self.check(cert_path=self.write("junk.pem", b"not a certificate\n"))
         self.assertEqual(self.keys(problems), ["tls.cert_path"])
         self.assertIn("no PEM certificate", problems[0][1])
 
-    def test_not_a_key(self) -> None:
+    def test_notAKey(self) -> None:
         problems = self.check(key_path=self.certs.server.cert_path)
         self.assertEqual(self.keys(problems), ["tls.key_path"])
         self.assertIn("no PEM private key", problems[0][1])
 
-    def test_key_of_another_certificate(self) -> None:
+    def test_keyOfAnotherCertificate(self) -> None:
         problems = self.check(key_path=self.certs.client.key_path)
         self.assertEqual(self.keys(problems), ["tls.key_path"])
         self.assertIn("is not the key of the certificate", problems[0][1])
 
-    def test_encrypted_key(self) -> None:
+    def test_encryptedKey(self) -> None:
         key = serialization.load_pem_private_key(open(self.certs.server.key_path, "rb").read(), None)
         encrypted = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
@@ -409,11 +409,11 @@ class CheckTlsFilesTests(SynchronousTestCase):
         self.assertEqual(self.keys(problems), ["tls.key_path"])
         self.assertIn("encrypted", problems[0][1])
 
-    def test_several_problems_at_once(self) -> None:
+    def test_severalProblemsAtOnce(self) -> None:
         problems = self.check(min_version="ssl3", ciphers=("NOPE",), key_path=self.certs.client.key_path)
         self.assertEqual(self.keys(problems), ["tls.min_version", "tls.ciphers[0]", "tls.key_path"])
 
-    def test_backends_tls(self) -> None:
+    def test_backendsTls(self) -> None:
         backends = BackendsTlsConfig(
             root_ca_cert_path=self.write("bad-ca.pem", b"junk"),
             cert_path=self.certs.client.cert_path,
@@ -426,5 +426,5 @@ class CheckTlsFilesTests(SynchronousTestCase):
             ["backends_tls.max_version", "backends_tls.key_path", "backends_tls.root_ca_cert_path"],
         )
 
-    def test_acme_without_files(self) -> None:
+    def test_acmeWithoutFiles(self) -> None:
         self.assertEqual(check_tls_files(server_with(tls=TlsConfig(acme_hosts=("example.com",)))), [])

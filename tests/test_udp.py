@@ -77,7 +77,7 @@ class RelayTests(UdpTestCase):
     """Datagrams go both ways and are counted."""
 
     @inlineCallbacks
-    def test_request_response_with_max_responses_1(self):  # type: ignore[no-untyped-def]
+    def test_requestResponseWithMaxResponses1(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         proxy, address = self.proxy(lambda host: backend, max_responses=1)
         client = self.client()
@@ -92,7 +92,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(self.released, [backend])
 
     @inlineCallbacks
-    def test_each_request_gets_a_session_with_max_responses_1(self):  # type: ignore[no-untyped-def]
+    def test_eachRequestGetsASessionWithMaxResponses1(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         _, address = self.proxy(lambda host: backend, max_responses=1)
         client = self.client()
@@ -103,7 +103,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(backend.counters.total_connections, 2)
 
     @inlineCallbacks
-    def test_stream_of_responses(self):  # type: ignore[no-untyped-def]
+    def test_streamOfResponses(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=5)
         proxy, address = self.proxy(lambda host: backend, client_idle_timeout=10.0)
         client = self.client()
@@ -115,7 +115,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual((session.requests, session.responses, session.tx, session.rx), (1, 5, 1, 15))
 
     @inlineCallbacks
-    def test_max_responses_ends_a_stream(self):  # type: ignore[no-untyped-def]
+    def test_maxResponsesEndsAStream(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=5)
         proxy, address = self.proxy(lambda host: backend, max_responses=2)
         client = self.client()
@@ -125,7 +125,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(backend.counters.active_connections, 0)
 
     @inlineCallbacks
-    def test_max_requests_starts_a_new_session(self):  # type: ignore[no-untyped-def]
+    def test_maxRequestsStartsANewSession(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         proxy, address = self.proxy(lambda host: backend, max_requests=2, client_idle_timeout=10.0)
         client = self.client()
@@ -141,7 +141,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual((backend.counters.active_connections, self.counters.active_connections), (0, 0))
 
     @inlineCallbacks
-    def test_retired_session_still_relays_answers(self):  # type: ignore[no-untyped-def]
+    def test_retiredSessionStillRelaysAnswers(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=3)
         proxy, address = self.proxy(lambda host: backend, max_requests=1, max_responses=3)
         client = self.client()
@@ -150,7 +150,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(proxy.live_sessions(), [])
 
     @inlineCallbacks
-    def test_two_clients_get_separate_sessions(self):  # type: ignore[no-untyped-def]
+    def test_twoClientsGetSeparateSessions(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         proxy, address = self.proxy(lambda host: backend, client_idle_timeout=10.0)
         one, two = self.client(), self.client()
@@ -166,7 +166,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(self.counters.active_connections, 2)
 
     @inlineCallbacks
-    def test_large_datagrams(self):  # type: ignore[no-untyped-def]
+    def test_largeDatagrams(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         _, address = self.proxy(lambda host: backend, max_responses=1)
         client = self.client()
@@ -176,7 +176,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(client.data(), [b"0:" + big])
 
     @inlineCallbacks
-    def test_backend_by_host_name(self):  # type: ignore[no-untyped-def]
+    def test_backendByHostName(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1, host="localhost")
         _, address = self.proxy(lambda host: backend, max_responses=1)
         client = self.client()
@@ -184,7 +184,7 @@ class RelayTests(UdpTestCase):
         self.assertEqual(client.data(), [b"0:resolved"])
 
     @inlineCallbacks
-    def test_all_strategies(self):  # type: ignore[no-untyped-def]
+    def test_allStrategies(self):  # type: ignore[no-untyped-def]
         peers = [self.backend(replies=1) for _ in range(2)]
         pool = Pool(backend.spec for _, backend in peers)
         for name in STRATEGIES:
@@ -200,7 +200,7 @@ class EndingTests(UdpTestCase):
     """Sessions end on idle timeouts, on refusal and on close."""
 
     @inlineCallbacks
-    def test_client_idle_timeout(self):  # type: ignore[no-untyped-def]
+    def test_clientIdleTimeout(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=1)
         proxy, address = self.proxy(lambda host: backend, client_idle_timeout=5.0)
         client = self.client()
@@ -215,7 +215,7 @@ class EndingTests(UdpTestCase):
         self.assertNotEqual(server.sources()[0], server.sources()[1])
 
     @inlineCallbacks
-    def test_client_traffic_keeps_client_idle_away(self):  # type: ignore[no-untyped-def]
+    def test_clientTrafficKeepsClientIdleAway(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=1)
         _, address = self.proxy(lambda host: backend, client_idle_timeout=5.0)
         client = self.client()
@@ -228,7 +228,7 @@ class EndingTests(UdpTestCase):
         self.assertEqual(self.counters.active_connections, 0)
 
     @inlineCallbacks
-    def test_backend_idle_timeout_ignores_client_traffic(self):  # type: ignore[no-untyped-def]
+    def test_backendIdleTimeoutIgnoresClientTraffic(self):  # type: ignore[no-untyped-def]
         server, backend = self.backend(replies=0)
         _, address = self.proxy(lambda host: backend, backend_idle_timeout=3.0)
         client = self.client()
@@ -242,7 +242,7 @@ class EndingTests(UdpTestCase):
         self.assertEqual(self.counters.active_connections, 0)
 
     @inlineCallbacks
-    def test_default_idle_timeout(self):  # type: ignore[no-untyped-def]
+    def test_defaultIdleTimeout(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=1)
         _, address = self.proxy(lambda host: backend)
         client = self.client()
@@ -253,7 +253,7 @@ class EndingTests(UdpTestCase):
         self.assertEqual(self.counters.active_connections, 0)
 
     @inlineCallbacks
-    def test_refused_by_backend(self):  # type: ignore[no-untyped-def]
+    def test_refusedByBackend(self):  # type: ignore[no-untyped-def]
         closed = DatagramPeer()
         port = reactor.listenUDP(0, closed, interface="127.0.0.1")
         backend = Backend(BackendSpec("127.0.0.1", port.getHost().port))
@@ -267,7 +267,7 @@ class EndingTests(UdpTestCase):
         self.assertEqual(backend.counters.active_connections, 0)
 
     @inlineCallbacks
-    def test_close_all(self):  # type: ignore[no-untyped-def]
+    def test_closeAll(self):  # type: ignore[no-untyped-def]
         _, backend = self.backend(replies=1)
         proxy, address = self.proxy(lambda host: backend, client_idle_timeout=10.0)
         yield self.ask(self.client(), address, b"a")
@@ -287,7 +287,7 @@ def fake_proxy(choose: Callable[[str], Backend | None], counters: ServerCounters
 class AdmissionTests(SynchronousTestCase):
     """Datagrams that open no session."""
 
-    def test_denied_by_access_rules(self) -> None:
+    def test_deniedByAccessRules(self) -> None:
         counters = ServerCounters()
         chosen: list[str] = []
         proxy = fake_proxy(
@@ -299,7 +299,7 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((counters.denied, counters.total_connections, chosen), (1, 0, []))
         self.assertEqual(proxy.sessions, {})
 
-    def test_no_backend(self) -> None:
+    def test_noBackend(self) -> None:
         counters = ServerCounters()
         chosen: list[str] = []
         proxy = fake_proxy(lambda host: chosen.append(host) and None, counters)  # type: ignore[func-returns-value]
@@ -307,7 +307,7 @@ class AdmissionTests(SynchronousTestCase):
         self.assertEqual((counters.no_backend, counters.total_connections, chosen), (1, 0, ["192.0.2.1"]))
         self.assertEqual(proxy.sessions, {})
 
-    def test_from_config(self) -> None:
+    def test_fromConfig(self) -> None:
         config = ServerConfig(
             bind=HostPort("127.0.0.1", 0),
             discovery=DiscoveryConfig(kind="static", static_list=(BackendSpec("127.0.0.1", 53),)),
@@ -325,7 +325,7 @@ class AdmissionTests(SynchronousTestCase):
         assert access is not None
         self.assertEqual((access.allows("127.0.0.1"), access.allows("127.0.0.2")), (True, False))
 
-    def test_from_config_without_udp_section(self) -> None:
+    def test_fromConfigWithoutUdpSection(self) -> None:
         config = ServerConfig(
             bind=HostPort("127.0.0.1", 0),
             discovery=DiscoveryConfig(kind="static", static_list=(BackendSpec("127.0.0.1", 53),)),

@@ -2,8 +2,8 @@
 One process per core (C{[defaults] workers}): shared listeners
 (L{balancer.reuseport}), statistics summed over processes
 (L{balancer.control.sums.sum_stats}, for the root API, /v1 and /metrics), the
-worker process (L{balancer.worker}) and its supervisor in worker 0
-(L{balancer.workers}); then all of it in a real C{twistd -n balancer} with
+worker process (L{balancer.workers.child}) and its supervisor in worker 0
+(L{balancer.workers.supervisor}); then all of it in a real C{twistd -n balancer} with
 two workers.
 """
 
@@ -36,8 +36,8 @@ from balancer.root_service import BalancerService
 from balancer.listening import BindError
 from balancer.server_service import ServerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
-from balancer.worker import Configuration, Worker, read_message, server_changes
-from balancer.workers import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
+from balancer.workers.child import Configuration, Worker, read_message, server_changes
+from balancer.workers.supervisor import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
 from tests.support.clients import Double, exchange, serve
 from tests.support.paths import ROOT
 from tests.support.processes import spawn_balancer
@@ -307,8 +307,8 @@ class SupervisorTests(SynchronousTestCase):
 
     def test_startsTheOtherWorkersWithTheConfiguration(self) -> None:
         self.assertEqual([args for _, args, _, _ in self.memory.spawned],
-                         [["/usr/bin/python3", "-m", "balancer.worker", "1"],
-                          ["/usr/bin/python3", "-m", "balancer.worker", "2"]])
+                         [["/usr/bin/python3", "-m", "balancer.workers.child", "1"],
+                          ["/usr/bin/python3", "-m", "balancer.workers.child", "2"]])
         env = self.memory.spawned[0][2]
         self.assertEqual(env["PYTHONPATH"].split(os.pathsep)[0], ROOT)
         message = self.last_message(1)

@@ -57,7 +57,7 @@ class Controller:
     another is still writing.
 
     @ivar peers: the other worker processes' statistics, added to worker 0's
-        in every view (the worker supervisor, L{balancer.workers}, adds its
+        in every view (the worker supervisor, L{balancer.workers.supervisor}, adds its
         reports as a source).
     """
 

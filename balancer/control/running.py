@@ -203,7 +203,7 @@ def close_backend_relays(balancer: BalancerService, targets: Mapping[str, list[s
     C{targets} (server name to backend C{host:port}s): relays, and the
     current UDP session of each client (HAProxy's C{shutdown sessions
     server}).  Worker 0 calls it through L{RunningServers}, the other worker
-    processes when worker 0 tells them (L{balancer.worker}).
+    processes when worker 0 tells them (L{balancer.workers.child}).
 
     @return: how many sessions were closed.
     """

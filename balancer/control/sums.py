@@ -1,6 +1,6 @@
 """
 Statistics over every worker process (C{[defaults] workers}): worker 0's own
-documents plus the latest the other workers reported (L{balancer.workers}),
+documents plus the latest the other workers reported (L{balancer.workers.supervisor}),
 added up.
 """
 

@@ -1,5 +1,5 @@
 """
-A worker process of C{[defaults] workers} > 1: C{python -m balancer.worker INDEX}.
+A worker process of C{[defaults] workers} > 1: C{python -m balancer.workers.child INDEX}.
 
 The twistd process is worker 0; its L{balancer.workers.WorkerSupervisor}
 starts the others with this module.  A worker serves every server of the

@@ -3,7 +3,7 @@ One process per core (C{[defaults] workers = N}): the supervisor in worker 0.
 
 The twistd process is worker 0, the only one with the admin API, the
 metrics and the state file.  With N > 1 its L{WorkerSupervisor} starts
-workers 1 to N-1 (C{python -m balancer.worker INDEX}, L{balancer.worker})
+workers 1 to N-1 (C{python -m balancer.workers.child INDEX}, L{balancer.workers.child})
 once worker 0's listeners are bound, and every process listens on the same
 ports with C{SO_REUSEPORT}: the kernel spreads new connections across them.
 
@@ -70,7 +70,7 @@ WORKER_SECTIONS = ("logging", "defaults", "servers")
 def config_message(control: Controller) -> bytes:
     """
     The line that gives a worker worker 0's configuration now (see
-    L{balancer.worker.read_message}): the effective configuration, each
+    L{balancer.workers.child.read_message}): the effective configuration, each
     server bound to port 0 given the port worker 0 got, the admin state
     of every backend that is not active, and the overrides of each
     server's backends (C{host:port} to the parameters overridden; not those
@@ -226,7 +226,7 @@ class WorkerSupervisor(Service):
     def _spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
         process = WorkerProcess(self, index)
-        argv = [self.executable, "-m", "balancer.worker", str(index)]
+        argv = [self.executable, "-m", "balancer.workers.child", str(index)]
         self.reactor.spawnProcess(process, self.executable, argv, env=worker_environment())
         self.processes[index] = process
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
