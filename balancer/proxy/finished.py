@@ -1,0 +1,78 @@
+"""
+What is known of a connection once it is over, and who is told of it.
+
+Every finished client connection (a TCP relay, a TLS or SNI relay, a UDP
+session) becomes one L{FinishedConnection}, published through the
+balancer's L{FinishedConnections}: the access log writes it as a line, the
+metrics count it in their histograms.  The data path publishes; nothing in
+it knows who listens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+
+#: Why a connection ended: the reasons an access log line can give.
+CLIENT_CLOSED = "client closed"
+BACKEND_CLOSED = "backend closed"
+CLIENT_RESET = "client reset"
+BACKEND_RESET = "backend reset"
+CLIENT_IDLE = "client idle timeout"
+BACKEND_IDLE = "backend idle timeout"
+CONNECT_FAILED = "backend refused or unreachable"
+CONNECT_TIMEOUT = "connect timeout"
+NO_BACKEND = "no backend"
+DENIED = "denied"
+OVER_LIMIT = "over max_connections"
+TLS_FAILED = "TLS failure"
+SNI_REJECTED = "SNI rejected"
+CLOSED_BY_BALANCER = "closed by the balancer"
+SHUTDOWN = "shutdown"
+
+
+@attrs.frozen
+class FinishedConnection:
+    """
+    One client connection, from accept to its last close.
+
+    @ivar server: the name of the server (C{[servers.NAME]}) it came to.
+    @ivar protocol: C{"tcp"}, C{"tls"} or C{"udp"}.
+    @ivar client: the client's C{host:port}.
+    @ivar backend: the backend's C{host:port}, or None when none was reached.
+    @ivar started: when it was accepted (seconds since the epoch, the reactor's clock).
+    @ivar connect_seconds: how long connecting to the backend took, or None when no backend connected.
+    @ivar duration_seconds: from accept to the last close.
+    @ivar rx: bytes received from the client.
+    @ivar tx: bytes sent to the client.
+    @ivar reason: why it ended: one of this module's constants.
+    """
+
+    server: str
+    protocol: str
+    client: str
+    backend: str | None
+    started: float
+    connect_seconds: float | None
+    duration_seconds: float
+    rx: int
+    tx: int
+    reason: str
+
+
+class FinishedConnections:
+    """Publishes every L{FinishedConnection} to whoever subscribed."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[FinishedConnection], None]] = []
+
+    def subscribe(self, subscriber: Callable[[FinishedConnection], None]) -> Callable[[], None]:
+        """Call C{subscriber} with each connection finished from now on; returns what unsubscribes it."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, connection: FinishedConnection) -> None:
+        """Tell every subscriber of C{connection}."""
+        for subscriber in list(self._subscribers):
+            subscriber(connection)
