@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
+from balancer.proxy.finished import FinishedConnections
 from balancer.proxy.paths import DataPaths
 from balancer.listening import BindError
 from balancer.server_service import ServerService
@@ -43,6 +44,7 @@ class BalancerService(MultiService):
     @ivar engine: the relay engine of its servers' plain TCP relays, made
         for its reactor with C{[defaults] splice} where there can be one,
         else C{None}; closed once the service has stopped.
+    @ivar finished: publishes every finished client connection of its servers.
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -50,6 +52,7 @@ class BalancerService(MultiService):
         self.config = config
         self.reactor = reactor
         self.rates = RateClock(reactor)
+        self.finished = FinishedConnections()
         self._rng = rng
         self.engine = make_engine(reactor) if config.defaults.splice else None
         self._paths = DataPaths(reactor, self.engine)

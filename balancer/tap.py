@@ -157,7 +157,8 @@ def build_service(
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
-        metrics_service(config.metrics, root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
+        metrics_service(config.metrics, root.control, reactor,  # type: ignore[attr-defined]
+                        balancer.finished).setServiceParent(root)
     if config.defaults.workers > 1:
         supervisor = WorkerSupervisor(root.control, config.defaults.workers, reactor,  # type: ignore[attr-defined]
                                       grace=config.defaults.shutdown_grace)

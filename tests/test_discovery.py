@@ -552,6 +552,22 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(delivered, [[A], [A, B]])
         self.assertEqual((runner.fetches, runner.failures, runner.last_error), (2, 0, None))
 
+    def test_lastSuccessIsWhenTheLatestGoodFetchEnded(self) -> None:
+        """last_success: None before a good fetch, then its end on the clock; a failure keeps it."""
+        source = Scripted()
+        runner, clock, _ = self.runner(source, interval="10s", failpolicy="keeplast")
+        runner.start()
+        clock.advance(3)
+        self.assertIsNone(runner.last_success)
+        source.answer([A])
+        self.assertEqual(runner.last_success, 3.0)
+        clock.advance(12)
+        source.answer([A])
+        self.assertEqual(runner.last_success, 15.0)
+        clock.advance(10)
+        source.answer(DiscoveryError("GET x: HTTP 500"))
+        self.assertEqual((runner.last_success, runner.failures), (15.0, 1))
+
     def test_noOverlap(self) -> None:
         """While a fetch is running, no other starts, however long it takes within the timeout."""
         source = Scripted()

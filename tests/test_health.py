@@ -23,6 +23,7 @@ from balancer.config.schema import HEALTHCHECK_KINDS, HealthcheckConfig
 from balancer.health import CHECKS, HealthCheckError, HealthMonitor, IHealthCheck, make_check
 from balancer.health.escapes import decode_escapes
 from balancer.health.probe import matcher
+from balancer.health.results import CheckResult
 from tests.support.reactors import FakeUdpPort, UdpReactor
 
 HANG = "hang"
@@ -222,6 +223,40 @@ class MonitorTests(SynchronousTestCase):
         monitor, _, _ = self.monitor({key(0): [True, HANG], key(1): [HANG]}, backends=2, timeout=1.0)
         self.run_for(10)
         self.assertEqual(dict(monitor.runs), {key(0): 2, key(1): 1})
+
+    def test_resultKeepsTheLatestCheckAndTheCounts(self) -> None:
+        """
+        C{result} gives the latest check's outcome, end and duration (a
+        timeout lasts C{timeout}), and counts checks and those that did not pass.
+        """
+        monitor, _, _ = self.monitor(
+            {key(0): [True, False, HealthCheckError("printed 7"), HANG]}, timeout=2.0, fails=5
+        )
+        seen = [monitor.result(key(0))]
+        for _ in range(3):
+            self.clock.advance(10)
+            seen.append(monitor.result(key(0)))
+        self.clock.advance(2)
+        seen.append(monitor.result(key(0)))
+        self.assertEqual(seen, [
+            CheckResult("passed", 0.0, 0.0, 1, 0),
+            CheckResult("failed", 10.0, 0.0, 2, 1),
+            CheckResult("error", 20.0, 0.0, 3, 2),
+            CheckResult("error", 20.0, 0.0, 3, 2),
+            CheckResult("timeout", 32.0, 2.0, 4, 3),
+        ])
+        self.assertEqual([r.passed for r in seen if r is not None], [True, False, False, False, False])
+
+    def test_noResultBeforeTheFirstCheckNorAfterRemoval(self) -> None:
+        """A backend has no result until its first check ends, nor once it is no longer checked."""
+        monitor, pool, _ = self.monitor({key(0): [HANG], key(1): [True]}, backends=2, timeout=1.0)
+        self.assertIsNone(monitor.result(key(0)))
+        self.clock.advance(5)
+        result = monitor.result(key(1))
+        self.assertEqual((result.outcome, result.finished_at) if result else None, ("passed", 5.0))
+        pool.replace([spec(0)])
+        monitor.backends_changed()
+        self.assertIsNone(monitor.result(key(1)))
 
     def test_backendsChangedFollowsThePool(self) -> None:
         """New backends are checked (spread among themselves), removed ones no longer, and their counts dropped."""

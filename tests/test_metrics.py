@@ -109,7 +109,9 @@ class SummedMetricsTests(SynchronousTestCase):
         found = self.scrape()
         expected = expected_samples(server_report(self.own.server("web")), report, copies=2)
         self.assertEqual({k: found[k] for k in expected}, expected)
-        self.assertEqual(len([k for k in found if k.startswith("balancer_")]), len(expected))
+        summed = {f"balancer_server_{suffix}" for suffix in SERVER_FIGURES}
+        summed |= {f"balancer_backend_{suffix}" for suffix in BACKEND_FIGURES}
+        self.assertEqual(len([k for k in found if k.split("{")[0] in summed]), len(expected))
         own = self.own.server("web").counters
         self.assertEqual(found['balancer_server_connections_total{server="web"}'],
                          own.total_connections + 2 * report["total_connections"])

@@ -25,7 +25,7 @@ from balancer.config.schema import ServerConfig
 from balancer.control.catalogue import BackendCatalogue
 from balancer.control.errors import ListenerError, UnknownServer
 from balancer.control.sums import PeerStatistics
-from balancer.control.views import PoolEntry, ServiceView, SessionView
+from balancer.control.views import DiscoveryStatus, PoolEntry, ServiceView, SessionView
 from balancer.listening import BindError
 from balancer.server_service import ServerService
 from balancer.root_service import BalancerService
@@ -150,6 +150,7 @@ class RunningServers:
         name = name_of(server)
         statistics = self._peers.total(name, server_report(server))
         by_address = {(b["host"], b["port"]): b["stats"] for b in statistics["backends"]}
+        health = server.health
         pool = tuple(
             PoolEntry(
                 service=name,
@@ -159,6 +160,7 @@ class RunningServers:
                 discovered=backend.discovered,
                 admin_state=backend.admin_state,
                 statistics=dict(by_address[(backend.host, str(backend.port))]),
+                check=health.result(backend.key) if health is not None else None,
             )
             for backend in server.pool
         )
@@ -172,7 +174,22 @@ class RunningServers:
             sessions=len(server.relays),
             statistics=statistics,
             pool=pool,
+            discovery=discovery_status(server),
         )
+
+
+def discovery_status(server: ServerService) -> DiscoveryStatus | None:
+    """The fetches of C{server}'s running discovery; None while it is stopped."""
+    runner = server.discovery
+    if runner is None:
+        return None
+    return DiscoveryStatus(
+        kind=server.config.discovery.kind,
+        fetches=runner.fetches,
+        failures=runner.failures,
+        last_success=runner.last_success,
+        last_error=runner.last_error,
+    )
 
 
 def session_view(server: ServerService, relay: Any, claims: dict[str, str]) -> SessionView:

@@ -16,6 +16,7 @@ import attrs
 
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import ServerConfig
+from balancer.health.results import CheckResult
 
 
 @attrs.frozen
@@ -50,6 +51,9 @@ class PoolEntry:
     @ivar statistics: its C{stats} in the service's statistics document,
         summed over the worker processes (C{total_connections},
         C{active_connections}, C{refused_connections}, C{rx}, C{tx}, ...).
+    @ivar check: what worker 0's health checks of it found: the latest
+        check's outcome, time and duration, and the counts; None before its
+        first check has ended, or without health checks.
     """
 
     service: str
@@ -59,6 +63,28 @@ class PoolEntry:
     discovered: bool
     admin_state: str
     statistics: dict[str, Any]
+    check: CheckResult | None = None
+
+
+@attrs.frozen
+class DiscoveryStatus:
+    """
+    The fetches of one service's running discovery (worker 0's; they start
+    again from 0 when its discovery or health check is reconfigured).
+
+    @ivar kind: the discovery's C{kind}.
+    @ivar fetches: fetches started.
+    @ivar failures: fetches that failed (error, timeout, bad answer).
+    @ivar last_success: when the latest good fetch ended, in epoch seconds
+        of the balancer's clock; None before any.
+    @ivar last_error: the reason of the latest failed fetch; None before any.
+    """
+
+    kind: str
+    fetches: int
+    failures: int
+    last_success: float | None
+    last_error: str | None
 
 
 @attrs.frozen
@@ -77,6 +103,7 @@ class ServiceView:
         processes: gobetween's fields, C{backends}, and the server counters
         of L{balancer.stats.SERVER_COUNTERS}.
     @ivar pool: its backends, in the pool's order.
+    @ivar discovery: its discovery's fetches; None while it is stopped.
     """
 
     name: str
@@ -88,6 +115,7 @@ class ServiceView:
     sessions: int
     statistics: dict[str, Any]
     pool: tuple[PoolEntry, ...]
+    discovery: DiscoveryStatus | None = None
 
 
 @attrs.frozen

@@ -56,6 +56,8 @@ class DiscoveryRunner:
     @ivar failures: fetches that failed.
     @ivar last_error: the reason of the latest failed fetch (C{None} before
         any); it is kept after later good fetches.
+    @ivar last_success: when the latest good fetch ended, in epoch seconds
+        of the reactor's clock (C{None} before any).
     @ivar timeout: seconds one fetch may take; 0 is no limit.
     """
 
@@ -85,6 +87,7 @@ class DiscoveryRunner:
         self.fetches = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.last_success: float | None = None
         self._running = False
         self._fetching: Deferred[Any] | None = None
         self._next: IDelayedCall | None = None
@@ -127,6 +130,7 @@ class DiscoveryRunner:
     def _succeeded(self, backends: list[BackendSpec], fetching: Deferred[Any], timer: IDelayedCall | None) -> None:
         if not self._ended(fetching, timer):
             return
+        self.last_success = self._reactor.seconds()
         if self._config.interval and self._config.kind != "static":
             self._schedule(self._config.interval)
         log.debug("discovery {server}: {count} backends", server=self._name, count=len(backends))

@@ -18,6 +18,7 @@ from balancer.backends import Backend, Pool
 from balancer.config.schema import HealthcheckConfig
 from balancer.health.base import HealthCheckError, IHealthCheck
 from balancer.health.registry import make_check
+from balancer.health.results import ERROR, FAILED, NOT_CHECKED, PASSED, TIMEOUT, CheckResult
 
 log = Logger()
 
@@ -63,7 +64,8 @@ class HealthMonitor:
     current status resets the count, and a L{HealthCheckError} (or any other
     error of the check itself) is logged and changes nothing.  The monitor
     never sets a backend's status before its checks say so: backends start
-    as the L{Pool} made them (C{initial_status}).
+    as the L{Pool} made them (C{initial_status}).  What the checks of each
+    backend found (L{result}) is kept while it is checked.
 
     @ivar runs: checks started, by backend key (C{host:port}), for the
         backends being checked.
@@ -97,6 +99,7 @@ class HealthMonitor:
         self._watches: dict[str, _Watch] = {}
         self._started = False
         self.runs: Counter[str] = Counter()
+        self._results: dict[str, CheckResult] = {}
         if self._check is not None and config.interval <= 0:
             raise ValueError(f"a health check needs an interval above 0, got {config.interval}")
 
@@ -110,6 +113,14 @@ class HealthMonitor:
         self._started = False
         for key in list(self._watches):
             self._unwatch(key)
+
+    def result(self, key: str) -> CheckResult | None:
+        """
+        What the checks of backend C{key} (C{host:port}) found so far: the
+        latest one's outcome, time and duration, and the counts; None before
+        its first check has ended, or when it is not checked.
+        """
+        return self._results.get(key)
 
     def backends_changed(self) -> None:
         """
@@ -136,6 +147,7 @@ class HealthMonitor:
     def _unwatch(self, key: str) -> None:
         self._watches.pop(key).stop()
         del self.runs[key]
+        self._results.pop(key, None)
 
     def _run(self, check: IHealthCheck, key: str) -> None:
         watch = self._watches[key]
@@ -145,21 +157,28 @@ class HealthMonitor:
         running = maybeDeferred(check.check, watch.backend.host, watch.backend.port)
         running.addTimeout(self._config.check_timeout, self._reactor)
         watch.running = running
-        running.addBoth(self._settle, watch, running)
+        running.addBoth(self._settle, watch, running, self._reactor.seconds())
 
-    def _settle(self, result: bool | Failure, watch: _Watch, running: Deferred[bool]) -> None:
+    def _settle(self, result: bool | Failure, watch: _Watch, running: Deferred[bool], started: float) -> None:
         if watch.running is running:
             watch.running = None
         if self._watches.get(watch.backend.key) is not watch:
             return
         backend = watch.backend
         if not isinstance(result, Failure):
+            self._record(backend.key, PASSED if result else FAILED, started)
             self._count(watch, bool(result))
         elif result.check(TimeoutError, CancelledError):
             log.debug("check of {host}:{port} timed out", host=backend.host, port=backend.port)
+            self._record(backend.key, TIMEOUT, started)
             self._count(watch, False)
         else:
+            self._record(backend.key, ERROR, started)
             self._log_error(result, backend)
+
+    def _record(self, key: str, outcome: str, started: float) -> None:
+        now = self._reactor.seconds()
+        self._results[key] = self._results.get(key, NOT_CHECKED).then(outcome, now, now - started)
 
     def _log_error(self, reason: Failure, backend: Backend) -> None:
         if reason.check(HealthCheckError):
