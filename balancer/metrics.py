@@ -30,7 +30,7 @@ from balancer.backends import ACTIVE, DRAIN, MAINTENANCE
 from balancer.config.schema import MetricsConfig
 from balancer.control.interface import IControl
 from balancer.control.views import ServiceView
-from balancer.histograms import ConnectionHistograms, Histogram
+from balancer.histograms import CONNECT_BUCKETS, DURATION_BUCKETS, ConnectionHistograms, Histogram
 from balancer.listening import ListeningService
 from balancer.proxy.finished import FinishedConnections
 
@@ -87,14 +87,15 @@ class BalancerCollector:
         yield from backend_states(views)
         yield from health_checks(views)
         yield from discoveries(views)
-        self._histograms.keep_only(view.name for view in views)
+        names = [view.name for view in views]
+        self._histograms.keep_only(names)
         yield histogram_family(
             "balancer_server_connect_seconds", "Time to connect to the backend, per finished connection that reached one",
-            self._histograms.connect,
+            names, self._histograms.connect, CONNECT_BUCKETS,
         )
         yield histogram_family(
             "balancer_server_connection_duration_seconds", "Finished client connections, from accept to the last close",
-            self._histograms.duration,
+            names, self._histograms.duration, DURATION_BUCKETS,
         )
 
 
@@ -193,10 +194,17 @@ def discoveries(views: list[ServiceView]) -> Iterator[Metric]:
     yield from (fetches, failures, success)
 
 
-def histogram_family(name: str, text: str, histograms: dict[str, Histogram]) -> Metric:
-    """A histogram family with a histogram per server of C{histograms}."""
+def histogram_family(
+    name: str, text: str, servers: list[str], histograms: dict[str, Histogram], bounds: tuple[float, ...]
+) -> Metric:
+    """
+    A histogram family with a histogram per server of C{servers}: its own in
+    C{histograms}, or an empty one with C{bounds} (so that its series are
+    there, at 0, before its first connection ends).
+    """
     metric = HistogramMetricFamily(name, text, labels=_SERVER_LABELS)
-    for server, histogram in histograms.items():
+    for server in servers:
+        histogram = histograms.get(server) or Histogram(bounds)
         metric.add_metric([server], list(histogram.cumulative()), histogram.sum)
     return metric
 

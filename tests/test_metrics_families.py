@@ -190,6 +190,15 @@ class FamiliesTests(SynchronousTestCase):
         buckets = [k for k in found if k.startswith("balancer_server_connect_seconds_bucket")]
         self.assertEqual(len(buckets), len(CONNECT_BUCKETS) + 1)
 
+    def test_histogramsAreThereAtZeroBeforeTheFirstConnection(self) -> None:
+        """Every running server has its histograms' series from the start, each bucket at 0."""
+        found = self.scrape()
+        for family, bounds in (("connect_seconds", CONNECT_BUCKETS), ("connection_duration_seconds", DURATION_BUCKETS)):
+            series = {k: v for k, v in found.items() if k.startswith(f"balancer_server_{family}_")}
+            self.assertEqual(len(series), len(bounds) + 3, family)
+            self.assertEqual(set(series.values()), {0.0})
+            self.assertIn(f'balancer_server_{family}_bucket{{le="+Inf",server="web"}}', series)
+
     def test_histogramsOfARemovedServerAreDropped(self) -> None:
         """A server no longer running has no histograms left (a server of that name starts again from 0)."""
         self.histograms.count(finished("gone", 0.001, 1.0))

@@ -131,6 +131,10 @@ passes = 1
         self.assertEqual(found[f"balancer_backend_check_failures_total{{{self.down}}}"],
                          found[f"balancer_backend_checks_total{{{self.down}}}"])
 
+        for family in ("connect_seconds", "connection_duration_seconds"):
+            self.assertIn(f'balancer_server_{family}_count{{server="web"}}', found)
+            self.assertIn(f'balancer_server_{family}_bucket{{le="+Inf",server="web"}}', found)
+
         discovery = '{kind="static",server="web"}'
         self.assertEqual((found[f"balancer_discovery_fetches_total{discovery}"],
                           found[f"balancer_discovery_failures_total{discovery}"]), (1, 0))
