@@ -4,5 +4,6 @@ on the balancer's reactor (docs/DESIGN.md §7).
 
 It sees and changes the balancer only through L{balancer.control.interface.IControl};
 nothing under C{balancer/} imports this package except the twistd edge
-(C{balancer.tap}).
+(C{balancer.tap}).  The path of a request from socket to route is in
+docs/architecture.md.
 """

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
-from tests.support.clients import Echo, Named, exchange, listen
+from tests.support.clients import Echo, Named, answers, exchange, listen
 from tests.support.processes import spawn_balancer
 from tests.support.waiting import polled
 
@@ -99,15 +99,6 @@ static_list = ["{self.echo}"]
         return response.code, json.loads(content) if content else None
 
     @inlineCallbacks
-    def names(self, port: int, count: int) -> Any:
-        """Fires with the backend names of C{count} connections, in order."""
-        seen = []
-        for _ in range(count):
-            answer = yield exchange(port)
-            seen.append(answer)
-        return seen
-
-    @inlineCallbacks
     def settles_on(self, port: int, name: bytes) -> Any:
         """Fires with True once C{IN_A_ROW} connections in a row reach C{name} (within C{ATTEMPTS})."""
         row = 0
@@ -121,7 +112,7 @@ static_list = ["{self.echo}"]
     @inlineCallbacks
     def test_weightOverrideMovesTrafficAndSurvivesRestart(self) -> Any:
         process, api, web, _ = yield self.start()
-        before = yield self.names(web, 24)
+        before = yield answers(web, 24)
         self.assertEqual(set(before), {b"first", b"second"})
         code, body = yield self.call(api, "PATCH", f"/v1/servers/{self.first}",
                                      {"data": {"attributes": {"parameters": {"weight": 0}}}})
@@ -131,14 +122,14 @@ static_list = ["{self.echo}"]
         self.assertTrue(moved)
         yield process.stop()
         process, api, web, _ = yield self.start()
-        after = yield self.names(web, IN_A_ROW)
+        after = yield answers(web, IN_A_ROW)
         self.assertEqual(set(after), {b"second"})
         code, stats = yield self.call(api, "GET", "/servers/web/stats")
         self.assertEqual([b["weight"] for b in stats["backends"] if f'{b["host"]}:{b["port"]}' == self.first], [0])
         code, body = yield self.call(api, "PATCH", f"/v1/servers/{self.first}",
                                      {"data": {"attributes": {"parameters": {"weight": None}}}})
         self.assertEqual((code, body["data"]["attributes"]["overrides"]), (200, {}))
-        back = yield self.names(web, 24)
+        back = yield answers(web, 24)
         self.assertIn(b"first", back)
 
     @inlineCallbacks

@@ -22,7 +22,7 @@ from admin.stack import api_resource
 from balancer.config.load import parse_config
 from balancer.control.controller import Controller
 from balancer.root_service import BalancerService
-from tests.support.clients import Named, exchange, listen
+from tests.support.clients import Named, answers, listen
 
 CONFIG = """
 [servers.web]
@@ -92,15 +92,9 @@ class ServerLifeTests(TestCase):
         raw = yield response.content()
         return response.code, json.loads(raw) if raw else None
 
-    @inlineCallbacks
-    def names(self, count: int = 4) -> Any:
+    def names(self, count: int = 4) -> Deferred[list[bytes]]:
         """Fires with the backend names of C{count} connections to service web, in order."""
-        port = self.balancer.server("web").port
-        seen = []
-        for _ in range(count):
-            answer = yield exchange(port)
-            seen.append(answer)
-        return seen
+        return answers(self.balancer.server("web").port, count)
 
     @inlineCallbacks
     def test_createLinkMaintenanceClear(self) -> Any:

@@ -173,12 +173,7 @@ class V1App:
     @app.route("/servers/<id>/sessions")
     async def server_sessions(self, request: IRequest, id: str) -> bytes:
         """C{DELETE /v1/servers/<id>/sessions}: close every session of a server, in every worker process (204)."""
-        servers = self.kinds["servers"]
-        method = self._begin(request, ("DELETE",))
-        current = servers.get(id)
-        tag = conditional.etag(servers.view(current))
-        self._validators(request, tag, servers.changed_at(id))
-        conditional.evaluate(request, method, tag, servers.changed_at(id))
+        servers = self._action_on(request, "servers", id, "DELETE")
         with locks.hold(self.control, servers.lock_key(id)):
             await self.control.close_backend_sessions(id)
         return self._no_content(request)
@@ -291,12 +286,7 @@ class V1App:
         return self._render(request, 200, documents.top(kind.member_path(id), params.sparse(current, query)), query)
 
     async def _admin_state(self, request: IRequest, id: str, set_it: bool) -> bytes:
-        servers = self.kinds["servers"]
-        method = self._begin(request, ("PUT",))
-        current = servers.get(id)
-        tag = conditional.etag(servers.view(current))
-        self._validators(request, tag, servers.changed_at(id))
-        conditional.evaluate(request, method, tag, servers.changed_at(id))
+        servers = self._action_on(request, "servers", id, "PUT")
         state = parse_state(request.args, required=set_it)
         with locks.hold(self.control, servers.lock_key(id)):
             if set_it:
@@ -304,6 +294,19 @@ class V1App:
             elif state is None or self.control.backend(id).admin_state == state:
                 await self.control.set_backend_state(id, None)
         return self._no_content(request)
+
+    def _action_on(self, request: IRequest, type_: str, id: str, method: str) -> Kind:
+        """
+        The pipeline of an action on one resource (set/clear a state, close
+        its sessions): the checks of L{_begin}, the resource's validators,
+        its preconditions; returns its kind.
+        """
+        kind = self.kinds[type_]
+        self._begin(request, (method,))
+        tag = conditional.etag(kind.view(kind.get(id)))
+        self._validators(request, tag, kind.changed_at(id))
+        conditional.evaluate(request, method, tag, kind.changed_at(id))
+        return kind
 
     def _validators(self, request: IRequest, tag: str, modified: float) -> None:
         request.setHeader(b"ETag", tag.encode("ascii"))

@@ -37,6 +37,6 @@ def listen(server: ServerService) -> Any:
     Listen for C{server}'s clients as its kind does; returns the port.
 
     @raise twisted.internet.error.CannotListenError: if the address cannot be bound.
-    @raise balancer.proxy.tls.TLSError: if a TLS listener's files cannot be used.
+    @raise balancer.tlsfiles.TLSError: if a TLS listener's files cannot be used.
     """
     return KINDS[kind_of(server.config)](server)

@@ -22,7 +22,7 @@ def listen(server: ServerService) -> Any:
     """
     Listen on the server's data path with TLS around a relay per client.
 
-    @raise balancer.proxy.tls.TLSError: if C{[tls]}'s files or settings cannot be used.
+    @raise balancer.tlsfiles.TLSError: if C{[tls]}'s files or settings cannot be used.
     """
     config = server.config
     assert config.tls is not None

@@ -1,7 +1,7 @@
 """
 A worker process of C{[defaults] workers} > 1: C{python -m balancer.workers.child INDEX}.
 
-The twistd process is worker 0; its L{balancer.workers.WorkerSupervisor}
+The twistd process is worker 0; its L{balancer.workers.supervisor.WorkerSupervisor}
 starts the others with this module.  A worker serves every server of the
 configuration on the same ports as worker 0 (C{SO_REUSEPORT}, see
 L{balancer.reuseport}), with its own health checks and discovery, and

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
@@ -56,6 +57,15 @@ def exchange(port: int, payload: bytes = b"", *, half_close: bool = True, host: 
     connected = connectProtocol(endpoint, collector)
     connected.addCallback(lambda _: collector.done)
     return connected
+
+
+@inlineCallbacks
+def answers(port: int, count: int) -> Generator[Deferred[bytes], bytes, list[bytes]]:
+    """Fires with what each of C{count} connections to C{port}, one after the other, received (a backend's name)."""
+    seen = []
+    for _ in range(count):
+        seen.append((yield exchange(port)))
+    return seen
 
 
 @implementer(IHalfCloseableProtocol)

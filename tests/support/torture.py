@@ -29,14 +29,16 @@ import socket
 import struct
 import sys
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 
 import attrs
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
-from twisted.internet.protocol import ClientFactory, Factory, ProcessProtocol, Protocol
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPullProducer, IPushProducer, ITCPTransport
+from twisted.internet.protocol import ClientFactory, ProcessProtocol, Protocol, ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -200,6 +202,10 @@ class _Sender:
         self._offset = len(self._step.data)
 
 
+class IPeerTransport(ITCPTransport, IConsumer, IPushProducer):
+    """A peer's TCP transport, which also takes a producer and can be paused."""
+
+
 @implementer(IHalfCloseableProtocol)
 class ScriptedPeer(Protocol):
     """
@@ -207,6 +213,8 @@ class ScriptedPeer(Protocol):
     (slowly if C{slow_read}), and notes what it saw in C{seen}.  C{done}
     fires once the connection is lost.
     """
+
+    transport: IPeerTransport
 
     #: Bytes per second this peer reads at most (0: as fast as they come).
     slow_read = 0.0
@@ -344,7 +352,7 @@ class IdentifiedBackend(ScriptedPeer):
             self.factory.anonymous.append(self.seen)
 
 
-class BackendFactory(Factory):
+class BackendFactory(ServerFactory[IdentifiedBackend]):
     """The L{IdentifiedBackend}s of one listening port, and what those that got no id saw (C{anonymous})."""
 
     noisy = False
@@ -746,7 +754,7 @@ class Backends:
         self._process: Any = None
 
     @inlineCallbacks
-    def start(self) -> Iterator[Deferred[Any]]:
+    def start(self) -> Generator[Deferred[Any], Any, None]:
         """
         Listen: the backends that speak first in a process of their own, a
         backend per other server here, a closed port for C{refused}, a full
@@ -760,9 +768,11 @@ class Backends:
         self.ports.update((yield ports))
         for name in ("scripted", "silent"):
             factory = self.factories[name] = BackendFactory(self.connections)
-            port = reactor.listenTCP(0, factory, backlog=256, interface="127.0.0.1")
+            port = yield TCP4ServerEndpoint(reactor, 0, backlog=256, interface="127.0.0.1").listen(factory)
             self._listening.append(port)
-            self.ports[name] = port.getHost().port
+            address = port.getHost()
+            assert isinstance(address, IPv4Address)
+            self.ports[name] = address.port
         self.ports["refused"] = _closed_port()
         self.ports["blackhole"] = self._blackhole()
 
@@ -822,7 +832,7 @@ def run(
     backends: Backends,
     address_of: Callable[[str], tuple[str, int]],
     shapes: dict[str, tuple[Callable[[int, random.Random], Connection], int]] = SHAPES,
-) -> Iterator[Deferred[Any]]:
+) -> Generator[Deferred[Any], Any, Report]:
     """
     Run C{count} planned connections, C{concurrency} at a time, each to the
     balancer's address for its server (C{address_of}); fires with a
@@ -843,7 +853,7 @@ def run(
 
 
 @inlineCallbacks
-def _connect_and_check(conn: Connection, address: tuple[str, int], report: Report) -> Iterator[Deferred[Any]]:
+def _connect_and_check(conn: Connection, address: tuple[str, int], report: Report) -> Generator[Deferred[Any], Any, None]:
     client = conn.client = ScriptedPeer(conn.client_script, conn.client_expects if conn.client_expects is not None else sent(conn.backend_script), conn.client_slow_read)
     factory = _ClientFactory(client)
     connector = reactor.connectTCP(address[0], address[1], factory, timeout=5)
@@ -898,7 +908,7 @@ def _give_up_backend(conn: Connection) -> None:
 
 
 @inlineCallbacks
-def check_backends(backends: Backends, report: Report) -> Iterator[Deferred[Any]]:
+def check_backends(backends: Backends, report: Report) -> Generator[Deferred[Any], Any, list[str]]:
     """
     Fires with what went wrong at the backends no connection could be
     matched with: those of the shapes where the backend speaks first, and
