@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -385,6 +387,22 @@ class PingTests(SynchronousTestCase):
         self.assertEqual((transport.disconnecting, results), (True, []))
         protocol.connectionLost(None)
         self.assertEqual(results, [True])
+
+    def test_refusedFailsAtOnce(self) -> None:
+        """
+        A refused connection to an address fails the check as soon as it is
+        refused (not at the next attempt of L{HostnameEndpoint}, 0.3 s later).
+        """
+        for host in ("127.0.0.1", "::1"):
+            reactor = MemoryReactorClock()
+            check = make_check(HealthcheckConfig(kind="ping", interval=1.0), reactor)
+            assert check is not None
+            results: list[bool] = []
+            check.check(host, 9000).addCallback(results.append)
+            [(connecting_to, _, factory, _, _)] = reactor.tcpClients
+            self.assertEqual(connecting_to, host)
+            factory.clientConnectionFailed(reactor.connectors[0], Failure(ConnectionRefusedError()))
+            self.assertEqual(results, [False], host)
 
     def test_cancelStopsConnecting(self) -> None:
         """Cancelling the check stops the connection attempt; the check fails."""

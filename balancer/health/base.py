@@ -1,11 +1,17 @@
 """
 The seam every health check kind implements: L{IHealthCheck}, and
-L{HealthCheckError} for a result that is neither a pass nor a failure.
+L{HealthCheckError} for a result that is neither a pass nor a failure;
+what the kinds share: L{stream_endpoint} and L{failed}.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
@@ -46,3 +52,21 @@ def failed(reason: Failure, host: str, port: int) -> bool:
     """
     log.debug("check of {host}:{port} failed: {reason}", host=host, port=port, reason=reason.getErrorMessage())
     return False
+
+
+def stream_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """
+    Where a check connects to the backend C{host:port} over TCP: an address
+    is connected to directly, a name through L{HostnameEndpoint} (its IPv4
+    and IPv6 addresses, in turn).
+
+    L{HostnameEndpoint} tells a refused connection only when its next
+    attempt is due (0.3 s later, even with one address): for an address,
+    a refused check would last that long, or time out under a shorter
+    C{timeout}, instead of failing at once.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port)
+    return HostnameEndpoint(reactor, host, port)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancer.config.schema import HealthcheckConfig
-from balancer.health.base import IHealthCheck, failed
+from balancer.health.base import IHealthCheck, failed, stream_endpoint
 
 
 class _Hangup(Protocol):
@@ -44,7 +44,7 @@ class PingCheck:
 
     def check(self, host: str, port: int) -> Deferred[bool]:
         """See L{IHealthCheck.check}."""
-        endpoint = HostnameEndpoint(self._reactor, host, port)
+        endpoint = stream_endpoint(self._reactor, host, port)
         hangup = _Hangup()
         connecting = connectProtocol(endpoint, hangup).addCallback(lambda _: hangup.closed)
         return connecting.addErrback(failed, host, port)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint, ITCPTransport, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol
@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancer.config.schema import HealthcheckConfig
-from balancer.health.base import IHealthCheck, failed
+from balancer.health.base import IHealthCheck, failed, stream_endpoint
 from balancer.health.escapes import decode_escapes
 
 log = Logger()
@@ -155,7 +155,7 @@ class ProbeCheck:
         return False
 
     def _stream(self, host: str, port: int) -> Deferred[bytes]:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, port)
+        endpoint: IStreamClientEndpoint = stream_endpoint(self._reactor, host, port)
         if self._protocol == "tls":
             endpoint = wrapClientTLS(CertificateOptions(), endpoint)
         exchange = _StreamExchange(self._send, self._recv_len)
