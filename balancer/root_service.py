@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
 from balancer.proxy.paths import DataPaths
+from balancer.listeners.closing import LINGER
 from balancer.listeners.handover import same_socket
 from balancer.listening import BindError
 from balancer.server_service import ServerService
@@ -141,7 +142,9 @@ class BalancerService(MultiService):
            one's listening socket (L{ServerService.take_listener}): clients
            queued on it are served, none is reset;
          - on another address, the new one binds first, then the old one
-           closes; the Deferred fires once it has closed.
+           closes without resetting a client (L{balancer.listeners.closing}:
+           new clients are refused, those connected already are served);
+           the Deferred fires once it has closed.
 
         @raise UnknownServer: if there is none.
         @raise BindError: if the new listener cannot be set up (the old one
@@ -157,7 +160,7 @@ class BalancerService(MultiService):
             closed: Deferred[None] = succeed(None)
         else:
             new.bind()
-            closed = old.unbind()
+            closed = old.unbind(linger=LINGER)
         old.disownServiceParent()
         new.setServiceParent(self)
         log.info("server {server} replaced with a new listener", server=name)

@@ -27,6 +27,7 @@ from balancer.config.schema import LISTENER_KEYS, ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
 from balancer.listeners import listen
+from balancer.listeners.closing import close_gently
 from balancer.listeners.handover import hand_over
 from balancer.listening import BindError
 from balancer.proxy.admission import Admission
@@ -312,11 +313,19 @@ class ServerService(Service):
         self._backend_tls = backend_tls
         log.info("{server}: certificate and key files read again", server=self.name)
 
-    def unbind(self) -> Deferred[None]:
-        """Stop listening (if listening); fires once the port is closed."""
+    def unbind(self, linger: float = 0.0) -> Deferred[None]:
+        """
+        Stop listening (if listening); fires once the port is closed.
+
+        @param linger: if over 0, close without resetting a client: new
+            clients are refused at once, those already connected are
+            accepted for C{linger} seconds (L{balancer.listeners.closing}).
+        """
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
+        if linger > 0:
+            return close_gently(port, self.clock, linger)
         return maybeDeferred(port.stopListening)
 
     def stopService(self) -> Deferred[None]:
