@@ -49,6 +49,8 @@ class Conversation(Protocol):
     reason the connection ended.
     """
 
+    transport: Any
+
     def __init__(self, limit: int = 0) -> None:
         """@param limit: if over 0, close after that many rounds."""
         self.limit = limit
@@ -77,7 +79,7 @@ class Conversation(Protocol):
         if self.rounds == self.limit:
             self.transport.loseConnection()
         elif self._finishing:
-            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+            self.transport.loseWriteConnection()
         else:
             reactor.callLater(0.005, self._send)
 
@@ -155,6 +157,7 @@ class ReloadTests(TestCase):
     def sighup(self, process: WatchedProcess) -> int:
         """Send SIGHUP to the twistd we started; returns how much output there was before."""
         before = len(process.output)
+        assert process.transport is not None
         os.kill(process.transport.pid, signal.SIGHUP)
         return before
 
@@ -330,3 +333,18 @@ class ReloadTests(TestCase):
         self.assertEqual(process.output.count(b"steady: listening on"), 1)
         self.assertEqual(process.output.count(b"secure: listening on"), 1)
         self.assertIn(b"secure: certificate and key files read again", process.output)
+
+    @inlineCallbacks
+    def test_theOtherWorkerGetsTheChange(self) -> Any:
+        head = HEAD.format(defaults="workers = 2")
+        write(self.config, head + server("tuned", self.echo) + server("gone", self.echo))
+        process = spawn_balancer(self, self.config)
+        yield process.wait_for(rb"worker 1 \(pid \d+\) serving")
+        write(self.config, head + server("tuned", self.echo, extra='balance = "leastconn"') + server("added", self.echo))
+        line = yield reload_line(process, self.sighup(process))
+        self.assertEqual(line, "reload: servers added added; removed gone; changed tuned")
+        match = yield process.wait_for(rb"\[worker 1\] added: listening on 127\.0\.0\.1:(\d+)")
+        yield process.wait_for(rb"\[worker 1\] tuned: reconfigured")
+        yield process.wait_for(rb"\[worker 1\] gone: stopped listening")
+        self.assertEqual(int(match.group(1)), (yield process.listening_port("added")))
+        self.assertNotIn(b"worker 1 ended", process.output)

@@ -92,7 +92,9 @@ class IControl(Interface):
         Validate a server's new definition, apply it and persist it; fires with it.
         In place (relays kept) when C{bind}, C{protocol}, C{tls}, C{sni} and C{udp}
         are unchanged; else a new listener replaces the old one, whose relays get
-        the shutdown grace.  Atomic: on any failure nothing changed.  The change
+        the shutdown grace: on the same address it keeps the listening socket
+        (clients queued on it are served), on another address it binds before
+        the old one closes (without resetting a client).  Atomic: on any failure nothing changed.  The change
         passes L{balancer.policy.check_server_change} under C{[api]}'s policy; a
         secret given as C{"********"} keeps the server's current one.
         Fails with UnknownServer, ConfigError, ListenerError, ChangeRefused.

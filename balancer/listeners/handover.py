@@ -8,10 +8,12 @@ backlog are accepted by the new server instead of being reset:
  - on Twisted's transports, the port is kept and only the factory it serves
    changes (Twisted's TCP port builds each client's protocol with its
    C{factory} attribute, read at each accept);
- - on the relay engine, and for UDP, a new port adopts a duplicate of the
-   socket's descriptor and the old port closes its own: neither shuts the
-   socket down, so the duplicate goes on listening.  A socket leaving the
-   engine is first taken out of the engine's epoll set.
+ - from the relay engine (which serves plain TCP only, so a new definition
+   on the same address needs Twisted's transports), and for UDP, a port of
+   the reactor adopts a duplicate of the socket's descriptor and the old
+   port closes its own: neither shuts the socket down, so the duplicate
+   goes on listening.  A socket leaving the engine is first taken out of
+   the engine's epoll set.
 
 A port of Twisted's own C{listenTCP} shuts its socket down when it closes,
 which would reset the backlog whatever else holds the socket: so a server
@@ -32,7 +34,6 @@ from balancer.config.schema import ServerConfig
 from balancer.listeners import FACTORIES, kind_of
 from balancer.proxy.datapath import IDataPath
 from balancer.proxy.engine.path import EnginePath
-from balancer.proxy.engine.sockets import EngineListener
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.udp import MAX_DATAGRAM
 
@@ -77,16 +78,12 @@ def hand_over(port: Any, from_path: IDataPath, server: ServerService, paths: Dat
     if not isinstance(from_path, EnginePath):
         serve_with(port, factory)
         return paths.twisted, port
+    # On the engine only plain TCP runs, which needs no new listener on the same
+    # address: the new definition needs Twisted's transports.
     from_path.engine.unlisten(port)
-    target = paths.choose(config)
-    if isinstance(target, EnginePath):
-        duplicate = socket.fromfd(port.fileno(), family_of(port), socket.SOCK_STREAM)
-        duplicate.setblocking(False)
-        adopted = EngineListener(target.engine, duplicate, factory)
-    else:
-        adopted = server.reactor.adoptStreamPort(port.fileno(), family_of(port), factory)
+    adopted = server.reactor.adoptStreamPort(port.fileno(), family_of(port), factory)
     port.stopListening()
-    return target, adopted
+    return paths.twisted, adopted
 
 
 def serve_with(port: Any, factory: Any) -> None:
