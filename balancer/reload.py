@@ -35,5 +35,7 @@ def _failed(failure: Failure) -> None:
 
 
 def on_hangup(control: IControl, reactor: Any) -> IService:
-    """The service that reloads the configuration file on each C{SIGHUP} while it runs."""
-    return OnSignal(signal.SIGHUP, lambda: reload_config(control), reactor)
+    """The service, named C{reload}, that reloads the configuration file on each C{SIGHUP} while it runs."""
+    service = OnSignal(signal.SIGHUP, lambda: reload_config(control), reactor)
+    service.setName("reload")
+    return service
