@@ -14,10 +14,12 @@ from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.config.addresses import HostPort
 from balancer.config.schema import (
@@ -33,8 +35,12 @@ from balancer.proxy.twisted_path import TwistedPath
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
 from balancer.stats import RateClock
+from tests.support.clients import Echo, serve
+from tests.support.hellos import client_hello
+from tests.support.ports import free_port
 from tests.support.reactors import ListeningReactor, UdpReactor
 from tests.support.relays import server_config
+from tests.support.skips import NO_ENGINE
 
 
 class OrderedReactor(ListeningReactor):
@@ -263,3 +269,75 @@ class GentleCloseTests(SynchronousTestCase):
         self.successResultOf(close_gently(port, Clock()))
         self.assertEqual(closed, [True])
 
+
+
+class QueuedClientTests(TestCase):
+    """
+    On 127.0.0.1, in this process: a client the kernel has queued in a
+    server's backlog while its definition changes (the reactor has not run
+    in between, so none was accepted) is served, not reset.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self, splice: bool, **options: Any) -> Any:
+        """A started balancer of "web" relaying to an echo backend; fires with (balancer, its config)."""
+        echo = yield serve(self, Echo)
+        config = server_config((f"127.0.0.1:{echo.getHost().port}",), **options)
+        balancer = BalancerService(Config(servers={"web": config}, defaults=DefaultsConfig(splice=splice)), reactor)
+        balancer.privilegedStartService()
+        balancer.startService()
+        self.addCleanup(balancer.stopService)
+        return balancer, config
+
+    def queue(self, port: int, payload: bytes) -> socket.socket:
+        """A client connected to C{port} (in its backlog: the reactor has not run), that sent C{payload} and its end of stream."""
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(client.close)
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        return client
+
+    def answer(self, client: socket.socket) -> Deferred[bytes]:
+        """Everything C{client} receives until the end of stream (read in a thread); a reset fails it."""
+
+        def read() -> bytes:
+            chunks = []
+            while True:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+        return deferToThread(read)
+
+    @inlineCallbacks
+    def sameSocket(self, splice: bool) -> Any:
+        balancer, config = yield self.start(splice)
+        hello = client_hello(b"web.test")
+        client = self.queue(balancer.server("web").port, hello)
+        sni = attrs.evolve(config, sni=SniConfig(unexpected_hostname_strategy="any"))
+        yield balancer.update_server("web", sni)
+        self.assertEqual(balancer.server("web").config, sni)
+        received = yield self.answer(client)
+        self.assertEqual(received, hello)
+
+    def test_sameSocketOnTwisted(self) -> Any:
+        return self.sameSocket(splice=False)
+
+    def test_sameSocketFromTheEngineToTwisted(self) -> Any:
+        return self.sameSocket(splice=True)
+
+    test_sameSocketFromTheEngineToTwisted.skip = NO_ENGINE  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_newAddressServesThoseQueuedOnTheOld(self) -> Any:
+        balancer, config = yield self.start(True)
+        old = balancer.server("web").port
+        client = self.queue(old, b"queued on the old address")
+        yield balancer.update_server("web", attrs.evolve(config, bind=HostPort("127.0.0.1", free_port())))
+        received = yield self.answer(client)
+        self.assertEqual(received, b"queued on the old address")
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old), timeout=10).close()
