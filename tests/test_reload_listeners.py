@@ -303,7 +303,7 @@ class QueuedClientTests(TestCase):
         """Everything C{client} receives until the end of stream (read in a thread); a reset fails it."""
 
         def read() -> bytes:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 chunk = client.recv(65536)
                 if not chunk:
