@@ -14,6 +14,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from admin.v1.openapi import document
 from balancer.config.addresses import HostPort
 from balancer.config.load import parse_config
 from balancer.control.errors import ReloadRefused
@@ -161,6 +162,11 @@ class ControllerReloadTests(SynchronousTestCase):
         self.assertEqual(list(self.servers()), ["web", "db"])
         self.assertEqual(self.announced, [])
 
+    def test_refusedWhileStopping(self) -> None:
+        self.successResultOf(self.api.balancer.stopService())
+        failure = self.failureResultOf(self.control.reload(), ReloadRefused)
+        self.assertEqual(failure.value.lines, ["the balancer is stopping: nothing changed"])
+
     def test_missingFileIsRefused(self) -> None:
         os.unlink(self.path)
         failure = self.failureResultOf(self.control.reload(), ReloadRefused)
@@ -222,6 +228,11 @@ class ApiReloadTests(SynchronousTestCase):
         response, body = self.api.json(self, "POST", "/v1/balancer/reload")
         errors = assert_errors(self, response, body, 422, "servers.bad.bind")
         self.assertEqual(len(errors), 2)
+
+    def test_describedInTheOpenApiDocument(self) -> None:
+        operation = document()["paths"]["/v1/balancer/reload"]["post"]
+        self.assertEqual(sorted(code for code in operation["responses"] if code.startswith("2")), ["200"])
+        self.assertIn("422", operation["responses"])
 
     def test_onlyPost(self) -> None:
         response, body = self.api.json(self, "GET", "/v1/balancer/reload")

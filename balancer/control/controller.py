@@ -323,6 +323,9 @@ class Controller:
             change made through the API no longer validates against it.
         """
         path = self._config_file
+        if self._running.stopping():
+            log.error("reload: the balancer is stopping: nothing changed")
+            raise ReloadRefused(["the balancer is stopping: nothing changed"])
         try:
             if not path:
                 raise ConfigError("reload", [Problem("", "the balancer was started without a configuration file")])
