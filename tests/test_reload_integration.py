@@ -47,8 +47,9 @@ AFTER_RELOAD = 20
 class Conversation(Protocol):
     """
     A long transfer: sends L{ROUND} bytes, waits for their echo, again and
-    again until L{finish}; C{ended} fires with the rounds done and the
-    reason the connection ended.
+    again until L{finish} (or C{limit} rounds); C{ended} fires with the
+    rounds done and the reason the connection ended.  Over TLS,
+    C{certificate} is the server's (DER), as the first answer found it.
     """
 
     transport: Any
@@ -57,6 +58,7 @@ class Conversation(Protocol):
         """@param limit: if over 0, close after that many rounds."""
         self.limit = limit
         self.rounds = 0
+        self.certificate = b""
         self._pending = b""
         self._finishing = False
         self.ended: Deferred[tuple[int, Failure]] = Deferred()
