@@ -17,6 +17,8 @@ from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
 from balancer.proxy.finished import FinishedConnections
 from balancer.proxy.paths import DataPaths
+from balancer.listeners.closing import LINGER
+from balancer.listeners.handover import same_socket
 from balancer.listening import BindError
 from balancer.server_service import ServerService
 from balancer.stats import RateClock
@@ -134,30 +136,38 @@ class BalancerService(MultiService):
         """
         Give server C{name} a new definition.
 
-        In place when the listener is unaffected (L{ServerService.needs_new_listener});
-        otherwise a new server binds first (on the same address, after the
-        old listener has closed) and the old one stops with its grace.
+        In place when the listener is unaffected (L{ServerService.needs_new_listener}):
+        live relays go on.  Otherwise a new server replaces it and the old
+        one stops with its grace; the new server's listener is set up before
+        the old one lets go of its address:
+
+         - on the same address and transport, the new server takes the old
+           one's listening socket (L{ServerService.take_listener}): clients
+           queued on it are served, none is reset;
+         - on another address, the new one binds first, then the old one
+           closes without resetting a client (L{balancer.listeners.closing}:
+           new clients are refused, those connected already are served);
+           the Deferred fires once it has closed.
 
         @raise UnknownServer: if there is none.
-        @raise BindError: if the new listener cannot bind (the old one is kept).
+        @raise BindError: if the new listener cannot be set up (the old one
+            is kept, serving as before).
         """
         old = self.server(name)
         if not old.needs_new_listener(config):
             old.reconfigure(config)
             return
         new = self._make_server(name, config)
-        if (old.config.bind, old.config.protocol == "udp") == (config.bind, config.protocol == "udp"):
-            yield old.unbind()
-            try:
-                new.bind()
-            except BindError:
-                old.bind()
-                raise
+        if same_socket(old.config, config):
+            new.take_listener(old)
+            closed: Deferred[None] = succeed(None)
         else:
             new.bind()
+            closed = old.unbind(linger=LINGER)
         old.disownServiceParent()
         new.setServiceParent(self)
         log.info("server {server} replaced with a new listener", server=name)
+        yield closed
 
     def remove_server(self, name: str) -> Deferred[None]:
         """

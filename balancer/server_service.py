@@ -27,6 +27,8 @@ from balancer.config.schema import LISTENER_KEYS, ServerConfig
 from balancer.discovery import DiscoveryRunner
 from balancer.health import HealthMonitor
 from balancer.listeners import listen
+from balancer.listeners.closing import close_gently
+from balancer.listeners.handover import hand_over
 from balancer.listening import BindError
 from balancer.proxy.admission import Admission
 from balancer.proxy.datapath import IDataPath
@@ -270,11 +272,60 @@ class ServerService(Service):
         """
         return listener_keys_changed(self.config, config) or self._paths.choose(config) is not self.path
 
-    def unbind(self) -> Deferred[None]:
-        """Stop listening (if listening); fires once the port is closed."""
+    def take_listener(self, old: ServerService) -> None:
+        """
+        Listen from now on with the socket of C{old}, a server of the same
+        address and transport (L{balancer.listeners.handover.same_socket})
+        that this one replaces: the socket stays open, so clients queued in
+        its backlog are served by this server; C{old} keeps its relays and
+        no longer listens.
+
+        @raise BindError: if this server's listener cannot be set up (its
+            C{[tls]} or C{[backends_tls]} files); C{old} goes on listening.
+        """
+        if old._port is None:
+            self.bind()
+            return
+        backend_tls = self._load_backend_tls(self.config)
+        try:
+            self.path, self._port = hand_over(old._port, old.path, self, self._paths)
+        except TLSError as e:
+            raise BindError(f'server "{self.name}": {e}') from e
+        old._port = None
+        self._backend_tls = backend_tls
+        log.info("{server}: {address} now served as newly defined (same socket)", server=self.name, address=self.address)
+
+    def reload_files(self) -> None:
+        """
+        Read the files this server names again (C{[tls]} and
+        C{[backends_tls]} certificates, keys and CA files): what serves its
+        listening socket is built again, for new clients; the socket and
+        live relays stay.
+
+        @raise BindError: if the files cannot be used (nothing changes then).
+        """
+        backend_tls = self._load_backend_tls(self.config)
+        if self._port is not None and self.config.protocol == "tls":
+            try:
+                self.path, self._port = hand_over(self._port, self.path, self, self._paths)
+            except TLSError as e:
+                raise BindError(f'server "{self.name}": {e}') from e
+        self._backend_tls = backend_tls
+        log.info("{server}: certificate and key files read again", server=self.name)
+
+    def unbind(self, linger: float = 0.0) -> Deferred[None]:
+        """
+        Stop listening (if listening); fires once the port is closed.
+
+        @param linger: if over 0, close without resetting a client: new
+            clients are refused at once, those already connected are
+            accepted for C{linger} seconds (L{balancer.listeners.closing}).
+        """
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
+        if linger > 0:
+            return close_gently(port, self.clock, linger)
         return maybeDeferred(port.stopListening)
 
     def stopService(self) -> Deferred[None]:

@@ -23,6 +23,7 @@ from balancer.demo import demo_service, loopback_backends
 from balancer.launch import LaunchTerminal
 from balancer.logs import ApplicationLog, OnSignal, TwistdLogging, application_log
 from balancer.metrics import metrics_service
+from balancer.reload import on_hangup
 from balancer.listening import BindError
 from balancer.root_service import BalancerService
 from balancer.starting import EXAMPLES, no_config_given
@@ -128,8 +129,8 @@ def build_service(
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
-    interface, the removal of what interrupted writes of C{[state] path}
-    left, the admin API when C{[api] enabled}, the other worker
+    interface, the reload of the configuration file on C{SIGHUP}, the
+    removal of what interrupted writes of C{[state] path} left, the admin API when C{[api] enabled}, the other worker
     processes when C{[defaults] workers} is over 1 and, with C{demo}, its
     demo backends.
 
@@ -154,6 +155,7 @@ def build_service(
     root.control = Controller(  # type: ignore[attr-defined]
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )
+    on_hangup(root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:

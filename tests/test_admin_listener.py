@@ -128,10 +128,10 @@ class TreeTests(SynchronousTestCase):
         memory = MemoryReactorClock()
         root = build_service(config, memory)
         self.assertIsInstance(root.getServiceNamed("api"), ApiService)
-        self.assertEqual([s.name for s in root], ["balancer", "api"])
+        self.assertEqual([s.name for s in root], ["balancer", "reload", "api"])
         root.privilegedStartService()
         self.assertEqual([port for port, _, _, _ in memory.tcpServers], [3000, 8888])
 
     def test_noApiWhenDisabled(self) -> None:
         root = build_service(parse_config(SERVER, "test.toml"), MemoryReactorClock())
-        self.assertEqual([s.name for s in root], ["balancer"])
+        self.assertEqual([s.name for s in root], ["balancer", "reload"])

@@ -49,7 +49,8 @@ from admin.v1.users import Users
 from balancer import __version__
 from balancer.config.errors import ConfigError
 from balancer.control.errors import (
-    BackendInUse, LinkError, ListenerError, ServerExists, UnknownBackend, UnknownServer, UnknownSession)
+    BackendInUse, LinkError, ListenerError, ReloadRefused, ServerExists, UnknownBackend, UnknownServer,
+    UnknownSession)
 from balancer.control.interface import IControl
 from balancer.policy import ChangeRefused
 
@@ -105,6 +106,12 @@ class V1App:
         """C{/v1/balancer}: the process."""
         method = self._begin(request, self.balancer.member_methods)
         return self._read_member(request, method, self.balancer, "balancer")
+
+    @app.route("/balancer/reload")
+    async def reload(self, request: IRequest) -> bytes:
+        """C{POST /v1/balancer/reload}: load the configuration file again; 200 with what changed in C{meta}."""
+        self._begin(request, ("POST",))
+        return self._render(request, 200, await self.balancer.reload())
 
     @app.route("/users")
     @app.route("/users/inet")
@@ -352,6 +359,13 @@ class V1App:
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """Name taken, address not bindable, link not possible, resource in use: 409."""
         return render_errors(request, 409, [{"detail": str(failure.value)}])
+
+    @app.handle_errors(ReloadRefused)
+    def reload_refused(self, request: IRequest, failure: Failure) -> bytes:
+        """The configuration file does not validate: 422, one error per problem (nothing changed)."""
+        error = failure.value
+        assert isinstance(error, ReloadRefused)
+        return render_errors(request, 422, [{"detail": line} for line in error.lines])
 
     @app.handle_errors(ConfigError)
     def invalid(self, request: IRequest, failure: Failure) -> bytes:

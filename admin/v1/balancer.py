@@ -1,4 +1,8 @@
-"""C{/v1/balancer}: the process: version, pid, start time, uptime, configuration path and revision."""
+"""
+C{/v1/balancer}: the process: version, pid, start time, uptime,
+configuration path and revision; C{POST /v1/balancer/reload} loads the
+configuration file again.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +39,12 @@ class Balancer(Kind):
 
     def changed_at(self, id: str) -> float:
         return self.control.changed_at("balancer", "")
+
+    async def reload(self) -> dict[str, Any]:
+        """
+        Load the configuration file again (as C{SIGHUP} does): the answer's
+        document, what changed in its C{meta} (L{ReloadReport.document<balancer.control.reloading.ReloadReport.document>}).
+        Fails with L{ReloadRefused<balancer.control.errors.ReloadRefused>} when the file does not validate.
+        """
+        report = await self.control.reload()
+        return {"links": {"self": documents.path("balancer", "reload")}, "meta": report.document()}

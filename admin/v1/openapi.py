@@ -247,6 +247,9 @@ def _schemas() -> dict[str, Any]:
                 "detail": {"type": "string"},
                 "source": {"type": "object", "properties": {"pointer": {"type": "string"}}}}}}}},
         "Root": {"type": "object", "required": ["links"], "properties": {"links": links, "meta": {"type": "object"}}},
+        "Reload": {"type": "object", "required": ["links", "meta"], "properties": {"links": links, "meta": {
+            "type": "object", "required": ["summary", "added", "removed", "changed", "refused", "restart_needed"],
+            "properties": {"summary": {"type": "string"}}}}},
     }
 
 
@@ -307,6 +310,11 @@ def document() -> dict[str, Any]:
     paths["/v1/servers/{id}/sessions"] = {"delete": _write(
         "close every session of a server, in every worker process", None, {"204": {"description": "closed"}},
         [_id()] + _PARAMS, {"423": _WRITE_CODES["423"]})}
+    paths["/v1/balancer/reload"] = {"post": _write(
+        "load the configuration file again (as SIGHUP): servers added, removed and changed, runtime changes kept",
+        None, {"200": {"description": "applied; meta says what changed (summary, added, removed, changed, "
+                                      "refused, restart_needed)", **_json(_ref("Reload"))}},
+        _PARAMS, {"422": "the configuration file does not validate: one error per problem, nothing changed"})}
     paths.update(_root_paths())
     return {
         "openapi": "3.1.0",

@@ -66,6 +66,20 @@ class ChangeLog:
 
         return written.addCallback(persisted)
 
+    def reloaded(self, servers: list[str], backends: list[str]) -> None:
+        """
+        The configuration file was loaded again and changed C{servers} (and
+        C{backends}, by /v1 id): the revision grows and their time of change
+        is now.  The runtime changes stay as they are, on top of the file.
+        """
+        now = self._clock.seconds()
+        self._changed[("balancer", "")] = now
+        for name in servers:
+            self._changed[("server", name)] = now
+        for id in backends:
+            self._changed[("backend", id)] = now
+        self.revision += 1
+
     def changed_at(self, kind: str, name: str) -> float:
         """
         When the configuration of C{name} last changed, in epoch seconds of

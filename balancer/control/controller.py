@@ -11,28 +11,34 @@ request to the state file.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Callable, Coroutine, Mapping, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from balancer.backends import DRAIN, MAINTENANCE
 from balancer.config.dump import to_mapping
 from balancer.config.errors import ConfigError, Problem, Problems
 from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, describe, join, whole
-from balancer.config.load import server_from_mapping
+from balancer.config.load import check_resources, read_config_file, server_from_mapping
 from balancer.config.overrides import OVERRIDABLE, OverrideConfig
 from balancer.config.schema import Config, ServerConfig
+from balancer.listeners.handover import same_socket
 from balancer.config.secrets import keep_secrets
 from balancer.control.catalogue import BackendCatalogue, backend_parameters, relinked, spec_of
 from balancer.control.changelog import ChangeLog, Observer
 from balancer.control.dump import dump_config
-from balancer.control.errors import BackendInUse, NotOverridable, ServerExists, UnknownBackend, UnknownSession
+from balancer.control.errors import (
+    BackendInUse, ListenerError, NotOverridable, ReloadRefused, ServerExists, UnknownBackend, UnknownSession)
 from balancer.control.index import backend_views
 from balancer.control.interface import IControl
 from balancer.control.process import Process
+from balancer.control.reloading import (
+    ReloadReport, file_versions, listener_changes, sections_needing_restart, server_changes)
 from balancer.control.running import RunningServers
 from balancer.control.sums import PeerStatistics
 from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
@@ -42,6 +48,8 @@ from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 
 T = TypeVar("T")
+
+log = Logger()
 
 #: Called with the backends whose sessions worker 0 closed: server name to backend C{host:port}s.
 SessionsClosed = Callable[[dict[str, list[str]]], object]
@@ -89,6 +97,8 @@ class Controller:
         self._log = ChangeLog(changes if changes is not None else RuntimeChanges(), writer, reactor, self._process.started_at)
         self._lock = DeferredLock()
         self._closers: list[SessionsClosed] = []
+        self._config_file = os.path.abspath(config_path) if config_path else ""
+        self._files = {name: file_versions(server) for name, server in config.servers.items()}
         self._apply_to_pools()
 
     @property
@@ -195,6 +205,9 @@ class Controller:
     def set_override(self, id: str, values: object) -> Deferred[dict[str, int]]:
         return self._command(lambda: self._set_override(id, values))
 
+    def reload(self) -> Deferred[ReloadReport]:
+        return self._command(self._reload)
+
     def close_session(self, id: int) -> Deferred[None]:
         if self._running.close_session(id):
             return succeed(None)
@@ -257,6 +270,75 @@ class Controller:
         await self._record(lambda changes: changes.removed(name, configured=configured))
         await self._running.remove(name)
         self._log.announce()
+
+    async def _reload(self) -> ReloadReport:
+        configured, effective = self._read_config_file()
+        report = ReloadReport(restart=sections_needing_restart(self._config, configured))
+        running = self._running.configs()
+        plan = server_changes(running, effective.servers)
+        for name in plan.removed:
+            await self._running.remove(name)
+            report.removed.append(name)
+        for name, config in plan.updated.items():
+            try:
+                await self._running.update(name, config)
+            except ListenerError as e:
+                report.refused[name] = str(e)
+                continue
+            report.changed[name] = listener_note(running[name], config)
+        for name, config in plan.added.items():
+            try:
+                self._running.add(name, config)
+            except ListenerError as e:
+                report.refused[name] = str(e)
+                continue
+            report.added.append(name)
+        for name, config in self._running.configs().items():
+            versions = file_versions(config)
+            if name in running and name not in plan.updated and versions != self._files.get(name, versions):
+                try:
+                    self._running.reload_files(name)
+                except ListenerError as e:
+                    report.refused[name] = str(e)
+                    continue
+                report.changed[name] = "files read again"
+            self._files[name] = versions
+        overrides = [key for key in set(configured.overrides) | set(self._configured.overrides)
+                     if configured.overrides.get(key) != self._configured.overrides.get(key)]
+        self._configured = configured
+        self._apply_to_pools()
+        self._log.reloaded([*report.removed, *report.changed, *report.added], overrides)
+        for name, reason in report.refused.items():
+            log.error("reload: server {server} not changed: {reason}", server=name, reason=reason)
+        log.info("{line}", line=report.line())
+        self._log.announce()
+        return report
+
+    def _read_config_file(self) -> tuple[Config, Config]:
+        """
+        The configuration file as it is now, and with the runtime changes on top.
+
+        @raise ReloadRefused: listing every problem (each also logged): the
+            file does not validate, names files that cannot be used, or a
+            change made through the API no longer validates against it.
+        """
+        path = self._config_file
+        if self._running.stopping():
+            log.error("reload: the balancer is stopping: nothing changed")
+            raise ReloadRefused(["the balancer is stopping: nothing changed"])
+        try:
+            if not path:
+                raise ConfigError("reload", [Problem("", "the balancer was started without a configuration file")])
+            configured = read_config_file(path)
+            effective = self._log.changes.apply(configured, f"{path} (with the changes made through the API)")
+            check_resources(effective, path)
+        except ConfigError as e:
+            lines = e.lines()
+            for line in lines:
+                log.error("reload: {problem}", problem=line)
+            log.error("reload: {path} not applied ({count} problems): nothing changed", path=path, count=len(lines))
+            raise ReloadRefused(lines) from e
+        return configured, effective
 
     async def _create_backend(self, name: str, parameters: object, services: list[str]) -> dict[str, Any]:
         if not re.fullmatch(NAME_PATTERN, name):
@@ -393,6 +475,19 @@ class Controller:
         catalogue = self._catalogue()
         self._running.set_admin_states(catalogue, self._log.changes.backend_states)
         self._running.set_overrides(catalogue, self._overrides())
+
+
+def listener_note(old: ServerConfig, new: ServerConfig) -> str | None:
+    """
+    What a server's change from C{old} to C{new} does to its listener, for
+    a reload's report: None when it changes in place.
+    """
+    keys = listener_changes(old, new)
+    if not keys:
+        return None
+    if same_socket(old, new):
+        return f"new listener on the same socket: {', '.join(keys)}"
+    return f"listener rebound to {new.bind}"
 
 
 def override_values(id: str, values: object) -> dict[str, int | None]:

@@ -48,3 +48,16 @@ class NotOverridable(ValueError):
 
 class LinkError(ValueError):
     """A backend cannot be linked to (or unlinked from) a service; the message says why."""
+
+
+class ReloadRefused(Exception):
+    """
+    The configuration file cannot be loaded again: nothing changed.
+
+    @ivar lines: one per problem, each naming the file, the key path and
+        what is wrong (as C{--check} prints them).
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines

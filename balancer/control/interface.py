@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from balancer.config.schema import Config
+from balancer.control.reloading import ReloadReport
 from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
 
 
@@ -91,7 +92,9 @@ class IControl(Interface):
         Validate a server's new definition, apply it and persist it; fires with it.
         In place (relays kept) when C{bind}, C{protocol}, C{tls}, C{sni} and C{udp}
         are unchanged; else a new listener replaces the old one, whose relays get
-        the shutdown grace.  Atomic: on any failure nothing changed.  The change
+        the shutdown grace: on the same address it keeps the listening socket
+        (clients queued on it are served), on another address it binds before
+        the old one closes (without resetting a client).  Atomic: on any failure nothing changed.  The change
         passes L{balancer.policy.check_server_change} under C{[api]}'s policy; a
         secret given as C{"********"} keeps the server's current one.
         Fails with UnknownServer, ConfigError, ListenerError, ChangeRefused.
@@ -156,4 +159,19 @@ class IControl(Interface):
         that uses it and in every worker process (HAProxy's C{shutdown
         sessions server}); fires with the number closed in worker 0 (the
         other workers close theirs as they get the message).  Fails with UnknownBackend.
+        """
+
+    def reload() -> Deferred[ReloadReport]:
+        """
+        Load the configuration file again (C{SIGHUP} does the same) and apply
+        what differs, with the runtime changes made through the API on top
+        of it, as the API applies changes: servers removed, changed (in
+        place, live relays kept, unless C{bind}, C{protocol}, C{[tls]},
+        C{[sni]} or C{[udp]} changed) and added; servers whose certificate
+        or key files changed under the same paths read them again.  A server
+        whose change cannot be applied (its new address cannot be bound) is
+        refused and runs as before; the others apply.  The worker processes
+        get the new configuration.  Fires with what was done (also logged,
+        one line).  Fails with ReloadRefused (each problem logged, one line
+        each) when the file does not validate: nothing changed then.
         """

@@ -102,6 +102,18 @@ class RunningServers:
         """
         return self._balancer.update_server(name, config).addErrback(_listener_error)
 
+    def reload_files(self, name: str) -> None:
+        """
+        Server C{name} reads the files it names again (certificates, keys):
+        for new clients; its socket and live relays stay.
+
+        @raise ListenerError: if they cannot be used (nothing changed).
+        """
+        try:
+            self._server(name).reload_files()
+        except BindError as e:
+            raise ListenerError(str(e)) from e
+
     def remove(self, name: str) -> Deferred[None]:
         """Stop server C{name}: its listener closes, its relays are closed at once; fires once stopped."""
         return self._balancer.remove_server(name)

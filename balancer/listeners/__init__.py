@@ -2,7 +2,10 @@
 Listener kinds (docs/architecture.md): how a server listens, by the kind its
 configuration says: plain TCP (L{tcp}), TCP routed by the SNI of the
 client's ClientHello (L{sni}), TLS terminated (L{tls}), or UDP (L{udp}).
-Each kind is one module with a C{listen(server)} and one line of L{KINDS}.
+Each kind is one module with a C{listen(server)} and one line of L{KINDS};
+the TCP kinds also say what serves their clients (C{factory(server)}, a line
+of L{FACTORIES}), so another server can take over a listening socket
+(L{balancer.listeners.handover}).
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ KINDS: dict[str, Callable[[ServerService], Any]] = {
     "sni": sni.listen,
     "tls": tls.listen,
     "udp": udp.listen,
+}
+
+#: Each TCP kind's C{factory(server)}: what serves C{server}'s clients on
+#: its listening socket (the UDP kind's is the server's datagram proxy).
+FACTORIES: dict[str, Callable[[ServerService], Any]] = {
+    "tcp": tcp.factory,
+    "sni": sni.factory,
+    "tls": tls.factory,
 }
 
 

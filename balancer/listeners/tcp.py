@@ -10,7 +10,12 @@ if TYPE_CHECKING:
     from balancer.server_service import ServerService
 
 
+def factory(server: ServerService) -> Any:
+    """What serves the listener's clients: a relay per client."""
+    return RelayFactory(server)
+
+
 def listen(server: ServerService) -> Any:
     """Listen on the server's data path with a relay per client."""
     bind = server.config.bind
-    return server.path.listen(bind.port, RelayFactory(server), bind.listen_host, server.reuse_port)
+    return server.path.listen(bind.port, factory(server), bind.listen_host, server.reuse_port)

@@ -12,7 +12,7 @@ Its standard streams are its link to worker 0:
  - stdin: JSON lines (L{read_message}), each a whole configuration or a
    request to close sessions.  The first configuration starts the servers;
    each later one, sent when the API changed worker 0, is applied as a
-   difference (L{server_changes}): servers removed, changed (in place, or
+   difference (L{server_changes<balancer.control.reloading.server_changes>}): servers removed, changed (in place, or
    with a new listener) and added.  A request to close sessions closes at
    once every relay to the backends it names (C{DELETE /v1/servers/<id>/sessions}).
  - stdout: C{{"ready": true}} once the listeners are bound, then
@@ -24,7 +24,8 @@ Its standard streams are its link to worker 0:
 
 A worker stops on SIGTERM (listeners close first, relays get C{shutdown_grace})
 and when its stdin closes (worker 0 is gone).  SIGINT is ignored: Ctrl-C on a
-terminal reaches the whole process group, and worker 0 stops its workers itself.
+terminal reaches the whole process group, and worker 0 stops its workers itself;
+so is SIGHUP (worker 0 reloads the configuration and sends it on).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Any, Generator, Mapping
+from typing import Any, Generator
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -52,7 +53,8 @@ from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
 from balancer.config.overrides import OverrideConfig
-from balancer.config.schema import Config, ServerConfig
+from balancer.config.schema import Config
+from balancer.control.reloading import server_changes
 from balancer.control.running import close_backend_relays, name_of
 from balancer.root_service import BalancerService
 from balancer.listening import BindError
@@ -62,27 +64,6 @@ log = Logger()
 
 #: Seconds between two statistics reports.
 REPORT_INTERVAL = 1.0
-
-
-@attrs.frozen
-class ServerChanges:
-    """What turns one set of servers into another, by name."""
-
-    removed: list[str]
-    updated: dict[str, ServerConfig]
-    added: dict[str, ServerConfig]
-
-
-def server_changes(old: Mapping[str, ServerConfig], new: Mapping[str, ServerConfig]) -> ServerChanges:
-    """
-    The servers of C{old} not in C{new}, those whose definition differs, and
-    those only in C{new}, each in the order of the mapping they come from.
-    """
-    return ServerChanges(
-        removed=[name for name in old if name not in new],
-        updated={name: server for name, server in new.items() if name in old and old[name] != server},
-        added={name: server for name, server in new.items() if name not in old},
-    )
 
 
 @attrs.frozen
@@ -278,6 +259,7 @@ def main() -> int:
     from twisted.internet import reactor
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     level = LogLevelFilterPredicate(LogLevel.info)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(jsonFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
