@@ -289,6 +289,17 @@ class GoodConfigTests(SynchronousTestCase):
             ],
         )
 
+    def test_timeoutLongerThanTheIntervalIsAccepted(self) -> None:
+        """gobetween (and HAProxy's C{timeout check} beside C{inter}) accept a check timeout over the interval."""
+        kinds = (b'kind = "exec"\nexec_command = "/bin/true"\n', b'kind = "probe"\nprobe_send = "x"\nprobe_recv = "y"\n')
+        for kind in kinds:
+            text = (
+                b'[servers.a]\nbind = ":3000"\n[servers.a.discovery]\nkind = "static"\nstatic_list = ["h:1"]\n'
+                b'[servers.a.healthcheck]\n' + kind + b'interval = "500ms"\ntimeout = "2s"\n'
+            )
+            healthcheck = parse_config(text, "x").servers["a"].healthcheck
+            self.assertEqual((healthcheck.interval, healthcheck.check_timeout), (0.5, 2.0))
+
     def test_oldTimeoutNames(self) -> None:
         """The early wiki's ping_timeout_duration is the timeout when timeout is not set."""
         base = (

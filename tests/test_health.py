@@ -195,11 +195,50 @@ class MonitorTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual([b.live for b in pool], [False])
 
-    def test_checkRunningWhenTheNextIsDueIsCancelled(self) -> None:
-        """Checks never overlap: one still running at the next interval (timeout set longer) is cancelled as failed."""
-        _, pool, check = self.monitor({key(0): [HANG, HANG]}, timeout=15.0, fails=1)
+    def test_checkDueWhileThePreviousRunsStartsWhenItTimesOut(self) -> None:
+        """
+        Checks never overlap: with C{timeout} (14) longer than the interval
+        (10), the check due at 10 waits for the one still running, which
+        times out at 14 (a failure); the waiting check starts then, and the
+        interval's own beat goes on (20 finds one running again, 30 none).
+        """
+        _, pool, check = self.monitor({key(0): [HANG, HANG, True, HANG]}, interval=10.0, timeout=14.0, fails=1)
         self.clock.advance(10)
-        self.assertEqual((check.cancelled, check.starts(key(0)), [b.live for b in pool]), ([key(0)], [0, 10], [False]))
+        self.assertEqual((check.cancelled, check.starts(key(0)), [b.live for b in pool]), ([], [0], [True]))
+        self.clock.advance(4)
+        self.assertEqual((check.cancelled, check.starts(key(0)), [b.live for b in pool]), ([key(0)], [0, 14], [False]))
+        self.clock.advance(6)
+        self.assertEqual(check.starts(key(0)), [0, 14])
+        self.clock.advance(8)
+        self.assertEqual((check.cancelled, check.starts(key(0))), ([key(0), key(0)], [0, 14, 28]))
+        self.clock.advance(2)
+        self.assertEqual(check.starts(key(0)), [0, 14, 28, 30])
+
+    def test_checkDueWhileThePreviousRunsStartsWhenItAnswers(self) -> None:
+        """A slow check that answers after the next came due is counted, and the due one starts at once."""
+        self.clock = Clock()
+        answer: Deferred[bool] = Deferred()
+        started: list[float] = []
+
+        @implementer(IHealthCheck)
+        class Slow:
+            def check(self, host: str, port: int) -> Deferred[bool]:
+                started.append(clock.seconds())
+                return answer if len(started) == 1 else succeed(True)
+
+        clock = self.clock
+        pool = Pool([spec(0)], initially_live=False)
+        monitor = HealthMonitor(pool, HealthcheckConfig(kind="ping", interval=2.0, timeout=5.0, passes=1),
+                                clock, Slow())
+        monitor.start()
+        clock.advance(0)
+        clock.advance(2)
+        self.assertEqual(started, [0])
+        clock.advance(1)
+        answer.callback(True)
+        self.assertEqual((started, [b.live for b in pool]), ([0, 3], [True]))
+        clock.advance(1)
+        self.assertEqual(started, [0, 3, 4])
 
     def test_errorKeepsStatusAndCount(self) -> None:
         """A L{HealthCheckError} neither counts nor resets: two failures around it still make C{fails = 2}."""

@@ -32,6 +32,8 @@ class _Watch:
     @ivar opposed: consecutive results that disagree with the backend's
         current status (failures while live, passes while down).
     @ivar running: the check in flight, if any.
+    @ivar due: a check came due while C{running} was in flight; it starts
+        when that one ends.
     """
 
     def __init__(self, backend: Backend, loop: LoopingCall, starting: IDelayedCall) -> None:
@@ -40,6 +42,7 @@ class _Watch:
         self.starting = starting
         self.opposed = 0
         self.running: Deferred[bool] | None = None
+        self.due = False
 
     def stop(self) -> None:
         """Cancel the first run if it is still to come, the later ones, and the one in flight."""
@@ -58,7 +61,10 @@ class HealthMonitor:
     Backend I{i} of I{n} is first checked C{interval * i / n} seconds after
     L{start} (backends found later by L{backends_changed} are spread the same
     way among themselves), then every C{interval}.  A check still running
-    after C{check_timeout} is cancelled and counts as a failure.  A live
+    after C{check_timeout} is cancelled and counts as a failure.  One
+    backend's checks never overlap: with a C{timeout} longer than the
+    interval (as gobetween and HAProxy allow), a check that comes due while
+    the previous one still runs starts when that one ends.  A live
     backend goes down after C{fails} consecutive failures, a down one comes
     back after C{passes} consecutive passes; a result that agrees with the
     current status resets the count, and a L{HealthCheckError} (or any other
@@ -152,12 +158,20 @@ class HealthMonitor:
     def _run(self, check: IHealthCheck, key: str) -> None:
         watch = self._watches[key]
         if watch.running is not None:
-            watch.running.cancel()
+            watch.due = True
+            return
         self.runs[key] += 1
         running = maybeDeferred(check.check, watch.backend.host, watch.backend.port)
         running.addTimeout(self._config.check_timeout, self._reactor)
         watch.running = running
         running.addBoth(self._settle, watch, running, self._reactor.seconds())
+        running.addBoth(self._run_due, check, watch)
+
+    def _run_due(self, _: None, check: IHealthCheck, watch: _Watch) -> None:
+        """A check ended: the one that came due meanwhile starts now, if the backend is still watched."""
+        if watch.due and self._watches.get(watch.backend.key) is watch and watch.running is None:
+            watch.due = False
+            self._run(check, watch.backend.key)
 
     def _settle(self, result: bool | Failure, watch: _Watch, running: Deferred[bool], started: float) -> None:
         if watch.running is running:
