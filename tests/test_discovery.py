@@ -15,6 +15,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -248,10 +249,56 @@ class PlaintextTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, example, "plaintext", plaintext_regex_pattern=r"(?P<host>\S+)")
         self.assertIn("needs the named groups (?P<host>...) and (?P<port>...); missing port", error.render())
 
-    def test_unmatchedLineFails(self) -> None:
-        """One line that does not match fails the fetch, naming it."""
-        discovery, stub = self.discovery(Page(b"10.0.0.1:80\nhello\n"))
-        self.assertIn('line 2 does not match plaintext_regex_pattern: "hello"', failed(self, discovery.fetch(), stub))
+    def test_anchoredPatternPerLine(self) -> None:
+        """
+        The pattern is applied to each line on its own, so ^ and $ anchor the
+        line: an anchored pattern finds every node line of a body with a
+        comment among them.
+        """
+        page = Page(
+            b"# nodes of the web pool\n"
+            b"node 10.0.0.1 port 80\n"
+            b"\n"
+            b"node 10.0.0.2 port 81\r\n"
+            b"  node 10.0.0.3 port 82  \n"
+            b"node 10.0.0.4 port 83"
+        )
+        pattern = r"^node (?P<host>[0-9.]+) port (?P<port>\d+)$"
+        discovery, stub = self.discovery(page, plaintext_regex_pattern=pattern)
+        self.assertEqual(
+            fetched(self, discovery.fetch(), stub),
+            [BackendSpec(f"10.0.0.{n}", 79 + n) for n in range(1, 5)],
+        )
+
+    def test_unmatchedLineSkipped(self) -> None:
+        """A line that does not match is skipped and logged at debug level, naming it; the others are backends."""
+        discovery, stub = self.discovery(Page(b"10.0.0.1:80\nhello\n10.0.0.2:81 weight=3\n"))
+        with capturedLogs() as events:
+            self.assertEqual(fetched(self, discovery.fetch(), stub), [A, B])
+        [event] = [e for e in events if "hello" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(
+            formatEvent(event), 'plaintext line 2 skipped: it does not match plaintext_regex_pattern: "hello"'
+        )
+
+    def test_badValuesSkippedWithWarning(self) -> None:
+        """A line that matches but is not a backend (port 0) is skipped with a warning."""
+        discovery, stub = self.discovery(Page(b"10.0.0.9:0\n10.0.0.1:80\n"))
+        with capturedLogs() as events:
+            self.assertEqual(fetched(self, discovery.fetch(), stub), [A])
+        [event] = [e for e in events if "10.0.0.9" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn('plaintext line 1 skipped: "10.0.0.9:0": port:', formatEvent(event))
+
+    def test_nothingMatchesIsEmpty(self) -> None:
+        """A body where no line matches gives no backends (not an error), as in gobetween."""
+        discovery, stub = self.discovery(Page(b"# empty pool\n"))
+        self.assertEqual(fetched(self, discovery.fetch(), stub), [])
+
+    def test_notUtf8Fails(self) -> None:
+        """A body that is not UTF-8 fails the fetch."""
+        discovery, stub = self.discovery(Page(b"\xff10.0.0.1:80\n"))
+        self.assertIn("not UTF-8", failed(self, discovery.fetch(), stub))
 
     def test_httpErrorFails(self) -> None:
         """A status other than 2xx fails the fetch, with the status and the body's start."""

@@ -156,6 +156,17 @@ class PlaintextTests(TestCase):
         port = serve(self, Site(Answers((200, GOOD))))
         self.assertEqual(await fetch(kind="plaintext", plaintext_endpoint=f"http://127.0.0.1:{port}/b"), GOOD_SPECS)
 
+    async def test_anchoredPatternOverLines(self) -> None:
+        """gobetween's per-line matching: an anchored pattern over several lines, a comment line skipped."""
+        body = b"# web pool, generated\nnode 127.0.0.1 port 9001\nnode 127.0.0.2 port 9002\n\nnode 127.0.0.3 port 9003\n"
+        port = serve(self, Site(Answers((200, body))))
+        backends = await fetch(
+            kind="plaintext",
+            plaintext_endpoint=f"http://127.0.0.1:{port}/b",
+            plaintext_regex_pattern=r"^node (?P<host>[0-9.]+) port (?P<port>\d+)$",
+        )
+        self.assertEqual(backends, [BackendSpec(f"127.0.0.{n}", 9000 + n) for n in (1, 2, 3)])
+
     async def test_httpError(self) -> None:
         """A 404 fails the fetch."""
         port = serve(self, Site(Answers((404, b"no such list"))))
