@@ -41,7 +41,7 @@ from balancer.discovery.docker import DockerDiscovery
 from balancer.discovery.exec import parse_lines
 from balancer.discovery.json_kind import JsonDiscovery, lookup
 from balancer.discovery.plaintext import DEFAULT_PATTERN, PlaintextDiscovery, compile_pattern
-from balancer.discovery.srv import srv_backends
+from balancer.discovery.srv import additional_addresses, first_address, srv_backends, srv_targets
 from tests.support.paths import ROOT
 
 A = BackendSpec("10.0.0.1", 80)
@@ -512,36 +512,87 @@ def srv_answer(*records: tuple[int, int, int, str], rcode: int = dns.OK) -> dns.
     return message
 
 
+ADDRESSES = {"a.example": "10.0.0.1", "b.example": "2001:db8::2"}
+
+
+def round_trip(message: dns.Message) -> dns.Message:
+    """C{message} as a client reads it off the wire."""
+    read = dns.Message()
+    read.fromStr(message.toStr())
+    return read
+
+
 class SrvAnswerTests(SynchronousTestCase):
-    """L{srv_backends}: SRV records to backends (queries run in the integration tests)."""
+    """L{srv_backends} and the address helpers (queries run in the integration tests)."""
 
     def test_records(self) -> None:
-        """Target (without the dot) as host and sni, SRV port, weight and priority; other types ignored."""
-        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "b.example"))
+        """The target's address as host, the target (without the dot) as sni, SRV port, weight and priority."""
+        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "B.example"))
         self.assertEqual(
-            srv_backends(answer),
+            srv_backends(answer, ADDRESSES),
             [
-                BackendSpec("a.example", 8080, weight=60, priority=10, sni="a.example"),
-                BackendSpec("b.example", 8081, weight=0, priority=20, sni="b.example"),
+                BackendSpec("10.0.0.1", 8080, weight=60, priority=10, sni="a.example"),
+                BackendSpec("2001:db8::2", 8081, weight=0, priority=20, sni="b.example"),
             ],
         )
 
+    def test_targets(self) -> None:
+        """srv_targets: each target once, lower case, no final dot; "." left out."""
+        answer = round_trip(srv_answer((1, 1, 80, "a.example."), (1, 1, 81, "A.Example"), (0, 0, 0, "")))
+        self.assertEqual(srv_targets(answer), ["a.example"])
+
+    def test_targetWithoutAddressSkipped(self) -> None:
+        """A target with no address is left out, with a warning naming it."""
+        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "c.example"))
+        with capturedLogs() as events:
+            backends = srv_backends(answer, ADDRESSES)
+        self.assertEqual(backends, [BackendSpec("10.0.0.1", 8080, weight=60, priority=10, sni="a.example")])
+        [event] = [e for e in events if "c.example" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(formatEvent(event), "srv target c.example has no A or AAAA record: skipped")
+
+    def test_additionalAddresses(self) -> None:
+        """The additional section's A record of each name, else its AAAA record."""
+        answer = srv_answer((1, 1, 80, "a.example"))
+        answer.additional = [
+            dns.RRHeader(b"a.example", dns.AAAA, payload=dns.Record_AAAA("2001:db8::1")),
+            dns.RRHeader(b"A.example", dns.A, payload=dns.Record_A("10.0.0.1")),
+            dns.RRHeader(b"b.example", dns.AAAA, payload=dns.Record_AAAA("2001:db8::2")),
+            dns.RRHeader(b"b.example", dns.TXT, payload=dns.Record_TXT(b"ignored")),
+        ]
+        self.assertEqual(additional_addresses(round_trip(answer)), ADDRESSES)
+
+    def test_firstAddress(self) -> None:
+        """first_address: the first A or AAAA answer (after a CNAME); "" when none or NXDOMAIN."""
+        answer = dns.Message(answer=1)
+        answer.answers = [
+            dns.RRHeader(b"a.example", dns.CNAME, payload=dns.Record_CNAME(b"b.example")),
+            dns.RRHeader(b"b.example", dns.A, payload=dns.Record_A("10.0.0.2")),
+        ]
+        self.assertEqual(first_address(round_trip(answer), "A a.example"), "10.0.0.2")
+        self.assertEqual(first_address(dns.Message(answer=1), "A a.example"), "")
+        self.assertEqual(first_address(dns.Message(answer=1, rCode=dns.ENAME), "A a.example"), "")
+        error = self.assertRaises(DiscoveryError, first_address, dns.Message(rCode=dns.EREFUSED), "A a.example")
+        self.assertEqual(str(error), "the DNS server answered REFUSED for A a.example")
+
     def test_noServiceTarget(self) -> None:
         """A target of "." (no service) is left out."""
-        self.assertEqual(srv_backends(srv_answer((0, 0, 0, ""))), [])
+        self.assertEqual(srv_backends(srv_answer((0, 0, 0, "")), ADDRESSES), [])
 
     def test_nxdomainIsEmpty(self) -> None:
         """A name that does not exist has no backends."""
-        self.assertEqual(srv_backends(srv_answer(rcode=dns.ENAME)), [])
+        self.assertEqual(srv_backends(srv_answer(rcode=dns.ENAME), ADDRESSES), [])
+        self.assertEqual(srv_targets(srv_answer(rcode=dns.ENAME)), [])
 
     def test_serverFailureFails(self) -> None:
         """SERVFAIL fails the fetch."""
-        error = self.assertRaises(DiscoveryError, srv_backends, srv_answer(rcode=dns.ESERVER))
+        error = self.assertRaises(DiscoveryError, srv_targets, srv_answer(rcode=dns.ESERVER))
         self.assertIn("SERVFAIL", str(error))
+        self.assertRaises(DiscoveryError, srv_backends, srv_answer(rcode=dns.ESERVER), ADDRESSES)
 
     def test_portZeroFails(self) -> None:
         """A record that is not a backend (port 0 with a real target) fails the fetch."""
-        self.assertRaises(DiscoveryError, srv_backends, srv_answer((0, 0, 0, "a.example.")))
+        self.assertRaises(DiscoveryError, srv_backends, srv_answer((0, 0, 0, "a.example.")), ADDRESSES)
 
 
 @implementer(IDiscovery)

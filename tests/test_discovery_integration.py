@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.names import common, dns, server
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
@@ -586,28 +587,62 @@ class ConsulTests(TestCase):
 
 
 class Records(common.ResolverBase):
-    """A zone of SRV records by name; other names do not exist (NXDOMAIN)."""
+    """
+    A zone of records (SRV, A, AAAA) by name; other names do not exist
+    (NXDOMAIN).  With C{additional}, SRV answers carry the A and AAAA
+    records of their targets in the additional section, as authoritative
+    servers do.  C{asked} lists each question (name, type) received.
+    """
 
-    def __init__(self, records: dict[str, list[dns.Record_SRV]]) -> None:
+    def __init__(self, records: dict[str, list[Any]], additional: bool = False) -> None:
         super().__init__()
-        self.records = {name.encode(): srvs for name, srvs in records.items()}
+        self.records = {name.encode(): payloads for name, payloads in records.items()}
+        self.additional = additional
+        self.asked: list[tuple[str, int]] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
+        self.asked.append((name.decode(), type))
         if name not in self.records:
             return fail(dns.DomainError(name))
-        answers = [dns.RRHeader(name, dns.SRV, payload=r, auth=True) for r in self.records[name] if type == dns.SRV]
-        return succeed((answers, [], []))
+        answers = [dns.RRHeader(name, r.TYPE, payload=r, auth=True) for r in self.records[name] if r.TYPE == type]
+        extra = []
+        if self.additional:
+            for answer in answers:
+                if type == dns.SRV:
+                    target = answer.payload.target.name
+                    extra += [
+                        dns.RRHeader(target, r.TYPE, payload=r, auth=True)
+                        for r in self.records.get(target, [])
+                        if r.TYPE in (dns.A, dns.AAAA)
+                    ]
+        return succeed((answers, [], extra))
 
 
 ZONE = {
     "_web._tcp.example": [
         dns.Record_SRV(10, 60, 9001, b"a.example"),
         dns.Record_SRV(20, 40, 9002, b"b.example"),
-    ]
+    ],
+    "a.example": [dns.Record_A("127.0.0.11")],
+    "b.example": [dns.Record_A("127.0.0.12"), dns.Record_AAAA("::1")],
+    "_mixed._tcp.example": [
+        dns.Record_SRV(10, 60, 9001, b"a.example"),
+        dns.Record_SRV(10, 60, 9003, b"a.example"),
+        dns.Record_SRV(20, 40, 9004, b"v6.example"),
+        dns.Record_SRV(30, 10, 9005, b"nowhere.example"),
+        dns.Record_SRV(30, 10, 9006, b"named.example"),
+    ],
+    "v6.example": [dns.Record_AAAA("::1")],
+    "named.example": [],
 }
 ZONE_SPECS = [
-    BackendSpec("a.example", 9001, weight=60, priority=10, sni="a.example"),
-    BackendSpec("b.example", 9002, weight=40, priority=20, sni="b.example"),
+    BackendSpec("127.0.0.11", 9001, weight=60, priority=10, sni="a.example"),
+    BackendSpec("127.0.0.12", 9002, weight=40, priority=20, sni="b.example"),
+]
+MIXED_SPECS = [
+    BackendSpec("127.0.0.11", 9001, weight=60, priority=10, sni="a.example"),
+    BackendSpec("127.0.0.11", 9003, weight=60, priority=10, sni="a.example"),
+    BackendSpec("::1", 9004, weight=40, priority=20, sni="v6.example"),
 ]
 
 
@@ -631,13 +666,15 @@ class SrvTests(TestCase):
 
     timeout = 10
 
-    def dns_server(self, udp: Any = None, tcp: bool = False, same_port: bool = False) -> int:
+    def dns_server(self, udp: Any = None, tcp: bool = False, same_port: bool = False, additional: bool = False) -> int:
         """
-        Start a DNS server of L{ZONE}: over TCP if C{tcp}; over UDP with
-        C{udp} (a protocol, or "zone" for the zone's server), on the TCP
-        port's number if C{same_port}.  The port number.
+        Start a DNS server of L{ZONE} (kept in C{self.zone}): over TCP if
+        C{tcp}; over UDP with C{udp} (a protocol, or "zone" for the zone's
+        server), on the TCP port's number if C{same_port}; with the targets'
+        addresses in SRV answers if C{additional}.  The port number.
         """
-        factory = server.DNSServerFactory(clients=[Records(ZONE)])
+        self.zone = Records(ZONE, additional=additional)
+        factory = server.DNSServerFactory(clients=[self.zone])
         port = 0
         if tcp:
             port = serve(self, factory)
@@ -660,6 +697,44 @@ class SrvTests(TestCase):
         """Over UDP: each SRV record is a backend."""
         port = self.dns_server(udp="zone")
         self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
+
+    async def test_addressesFromAdditionalSection(self) -> None:
+        """Targets' addresses in the SRV answer's additional section are used: no A or AAAA question is asked."""
+        port = self.dns_server(udp="zone", additional=True)
+        self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
+        self.assertEqual(self.zone.asked, [("_web._tcp.example", dns.SRV)])
+
+    async def test_addressesAskedAThenAAAA(self) -> None:
+        """
+        Without additional records the same server is asked for each
+        target's A records, then its AAAA records; a target with neither
+        is skipped with a warning; a target used twice is asked once.
+        """
+        port = self.dns_server(udp="zone")
+        with capturedLogs() as events:
+            backends = await fetch(**self.keys(port, "udp", "_mixed._tcp.example."))
+        self.assertEqual(backends, MIXED_SPECS)
+        self.assertEqual(
+            self.zone.asked,
+            [
+                ("_mixed._tcp.example", dns.SRV),
+                ("a.example", dns.A),
+                ("v6.example", dns.A),
+                ("v6.example", dns.AAAA),
+                ("nowhere.example", dns.A),
+                ("nowhere.example", dns.AAAA),
+                ("named.example", dns.A),
+                ("named.example", dns.AAAA),
+            ],
+        )
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("srv target nowhere.example has no A or AAAA record: skipped", warnings)
+        self.assertIn("srv target named.example has no A or AAAA record: skipped", warnings)
+
+    async def test_addressesOverTcp(self) -> None:
+        """With srv_dns_protocol = "tcp" the address questions go over TCP too."""
+        port = self.dns_server(tcp=True)
+        self.assertEqual(await fetch(**self.keys(port, "tcp", "_mixed._tcp.example.")), MIXED_SPECS)
 
     async def test_serverByName(self) -> None:
         """srv_lookup_server may name its host; it is resolved before a UDP query."""
