@@ -62,6 +62,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "srv": {"srv_lookup_server": "127.0.0.1:53", "srv_lookup_pattern": "web.example."},
     "docker": {"docker_endpoint": "unix:///var/run/docker.sock", "docker_container_private_port": 80},
     "consul": {"consul_host": "127.0.0.1:8500", "consul_service_name": "web"},
+    "lxd": {"lxd_server_address": "unix:", "lxd_container_port": 80},
 }
 """The smallest valid discovery table of each kind."""
 
@@ -119,8 +120,8 @@ class RegistryTests(SynchronousTestCase):
     """L{KINDS}, L{make_discovery} and L{fetch_timeout}."""
 
     def test_names(self) -> None:
-        """Every kind the configuration accepts is registered, except lxd."""
-        self.assertEqual(sorted(KINDS), sorted(k for k in DISCOVERY_KINDS if k != "lxd"))
+        """Every kind the configuration accepts is registered."""
+        self.assertEqual(sorted(KINDS), sorted(DISCOVERY_KINDS))
 
     def test_eachKindProvidesIdiscovery(self) -> None:
         """make_discovery builds the registered class of each kind, providing IDiscovery."""
@@ -129,16 +130,9 @@ class RegistryTests(SynchronousTestCase):
             self.assertIsInstance(discovery, KINDS[kind])
             self.assertTrue(verifyObject(IDiscovery, discovery))
 
-    def test_lxdRefused(self) -> None:
-        """lxd is a gobetween kind this balancer does not implement: a configuration error at load."""
-        error = self.assertRaises(ConfigError, discovery_config, kind="lxd", lxd_container_port=80)
-        self.assertEqual(
-            error.lines(), ['test: servers.s.discovery.kind: discovery kind "lxd" is not supported by this balancer']
-        )
-
     def test_defaultTimeouts(self) -> None:
         """timeout = 0 means the kind's default: exec 3s, consul 2s, HTTP and DNS kinds 5s, static none."""
-        expected = {"static": 0, "exec": 3, "plaintext": 5, "json": 5, "srv": 5, "docker": 5, "consul": 2}
+        expected = {"static": 0, "exec": 3, "plaintext": 5, "json": 5, "srv": 5, "docker": 5, "consul": 2, "lxd": 5}
         self.assertEqual({kind: fetch_timeout(example(kind)) for kind in EXAMPLES}, expected)
 
     def test_configuredTimeoutWins(self) -> None:
