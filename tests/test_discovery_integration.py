@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import LogLevel, capturedLogs, formatEvent
-from twisted.names import common, dns, server
+from twisted.names import dns, server
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
@@ -42,6 +42,7 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.load import config_from_mapping
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery import DiscoveryError, DiscoveryRunner, make_discovery
+from tests.support.fake_dns import Records
 from tests.support.waiting import until
 
 
@@ -584,38 +585,6 @@ class ConsulTests(TestCase):
             )
         )
         self.assertEqual(backends, [BackendSpec("127.0.0.4", 9004)])
-
-
-class Records(common.ResolverBase):
-    """
-    A zone of records (SRV, A, AAAA) by name; other names do not exist
-    (NXDOMAIN).  With C{additional}, SRV answers carry the A and AAAA
-    records of their targets in the additional section, as authoritative
-    servers do.  C{asked} lists each question (name, type) received.
-    """
-
-    def __init__(self, records: dict[str, list[Any]], additional: bool = False) -> None:
-        super().__init__()
-        self.records = {name.encode(): payloads for name, payloads in records.items()}
-        self.additional = additional
-        self.asked: list[tuple[str, int]] = []
-
-    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
-        self.asked.append((name.decode(), type))
-        if name not in self.records:
-            return fail(dns.DomainError(name))
-        answers = [dns.RRHeader(name, r.TYPE, payload=r, auth=True) for r in self.records[name] if r.TYPE == type]
-        extra = []
-        if self.additional:
-            for answer in answers:
-                if type == dns.SRV:
-                    target = answer.payload.target.name
-                    extra += [
-                        dns.RRHeader(target, r.TYPE, payload=r, auth=True)
-                        for r in self.records.get(target, [])
-                        if r.TYPE in (dns.A, dns.AAAA)
-                    ]
-        return succeed((answers, [], extra))
 
 
 ZONE = {

@@ -8,7 +8,10 @@ pinned); its configuration keys; its helpers and the fetch on L{StubTreq}.
 from __future__ import annotations
 
 import os
+import tomllib
 from typing import Any
+
+import attrs
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -20,12 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.config.addresses import BackendSpec
 from balancer.config.errors import ConfigError
-from balancer.config.load import config_from_mapping
+from balancer.config.load import config_from_mapping, read_config_file
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery import DiscoveryError, make_discovery
 from balancer.discovery.lxd import LxdDiscovery, container_address, lxd_request, unix_socket_path
 from balancer.discovery.lxd_tls import LxdFiles, load_server_certificate
 from tests.support.certs import self_signed
+from tests.support.paths import ROOT
 from tests.support.fake_lxd import FakeContainer, FakeLXD, serve_https, serve_unix
 
 
@@ -296,6 +300,17 @@ class ConfigTests(SynchronousTestCase):
             lxd_container_address_type="IPv6",
         )
         self.assertEqual(config.lxd_container_sni_key, "user.sni")
+
+    def test_fixtureUsesEveryKey(self) -> None:
+        """tests/fixtures/lxd/every_key.toml loads as it is and sets every lxd_* key of the schema."""
+        path = os.path.join(ROOT, "tests", "fixtures", "lxd", "every_key.toml")
+        discovery = read_config_file(path).servers["web"].discovery
+        self.assertEqual(discovery.kind, "lxd")
+        with open(path, "rb") as f:
+            table = tomllib.load(f)["servers"]["web"]["discovery"]
+        keys = {f.name for f in attrs.fields(DiscoveryConfig) if f.name.startswith("lxd_")}
+        self.assertEqual(len(keys), 14)
+        self.assertEqual(keys - set(table), set())
 
     def test_emptyMeansGobetweensDefault(self) -> None:
         """As in gobetween, "" remote name, interface and address type mean "local", eth0 and IPv4."""

@@ -266,7 +266,7 @@ class LxdDiscovery:
             await self._trust(http)
         except CancelledError:
             raise
-        except Exception as e:
+        except Exception:
             if policy.mismatch:
                 raise DiscoveryError(
                     f"the LXD server at {self._base} presented another certificate than the one saved in"

@@ -278,13 +278,16 @@ def _served(test: SynchronousTestCase, lxd: FakeLXD, listen: Any) -> Any:
     return port
 
 
-def serve_unix(test: SynchronousTestCase, lxd: FakeLXD) -> str:
+def serve_unix(test: SynchronousTestCase, lxd: FakeLXD, directory: str = "") -> str:
     """
-    Serve C{lxd} on a new unix socket in the test's directory until the
-    test ends; its path (relative, since socket paths are short).
+    Serve C{lxd} on a new unix socket until the test ends; its path.
+
+    @param directory: where the socket goes; default: a new directory in
+        the test's (given as a relative path, since socket paths are short).
     """
-    directory = test.mktemp()
-    os.makedirs(directory)
+    if not directory:
+        directory = test.mktemp()
+        os.makedirs(directory)
     path = os.path.join(directory, "lxd.sock")
     _served(test, lxd, lambda factory: IReactorUNIX(reactor).listenUNIX(path, factory))
     return path
