@@ -160,7 +160,7 @@ class PlaintextTests(TestCase):
 
     async def test_anchoredPatternOverLines(self) -> None:
         """gobetween's per-line matching: an anchored pattern over several lines, a comment line skipped."""
-        body = b"# web pool, generated\nnode 127.0.0.1 port 9001\nnode 127.0.0.2 port 9002\n\nnode 127.0.0.3 port 9003\n"
+        body = b"# web pool\nnode 127.0.0.1 port 9001\nnode 127.0.0.2 port 9002\n\nnode 127.0.0.3 port 9003\n"
         port = serve(self, Site(Answers((200, body))))
         backends = await fetch(
             kind="plaintext",

@@ -46,7 +46,9 @@ def containers() -> list[FakeContainer]:
     """A running web container on eth0, one configured by keys, a stopped one, a database and one without an address."""
     v4v6 = [("inet", "127.0.0.21", "global"), ("inet6", "fe80::216:3eff:fe5a:1b2c", "link"), ("inet6", "::1", "global")]
     return [
-        FakeContainer("web1", config={"user.role": "web"}, network={"eth0": v4v6, "lo": [("inet", "127.0.0.1", "local")]}),
+        FakeContainer(
+            "web1", config={"user.role": "web"}, network={"eth0": v4v6, "lo": [("inet", "127.0.0.1", "local")]}
+        ),
         FakeContainer(
             "web2",
             config={
@@ -70,6 +72,12 @@ KEYS = {
     "lxd_container_sni_key": "user.sni",
     "lxd_container_label_key": "user.role",
     "lxd_container_label_value": "web",
+}
+#: The keys of a first contact over HTTPS: make the client certificate, accept the server's, send the password.
+FIRST_CONTACT = {
+    "lxd_generate_client_certs": True,
+    "lxd_accept_server_cert": True,
+    "lxd_server_remote_password": "s3cret",
 }
 WEB = [BackendSpec("127.0.0.21", 8080), BackendSpec("127.0.0.22", 9090, sni="web2.example")]
 
@@ -113,7 +121,9 @@ class UnixSocketTests(TestCase):
         """A label key without a value keeps every container that has the key."""
         lxd = FakeLXD(containers())
         path = serve_unix(self, lxd)
-        backends = await fetch(lxd_server_address=f"unix:{path}", lxd_container_port=80, lxd_container_label_key="user.role")
+        backends = await fetch(
+            lxd_server_address=f"unix:{path}", lxd_container_port=80, lxd_container_label_key="user.role"
+        )
         self.assertEqual(
             backends, [BackendSpec("127.0.0.21", 80), BackendSpec("127.0.0.98", 80), BackendSpec("127.0.0.31", 80)]
         )
@@ -122,7 +132,9 @@ class UnixSocketTests(TestCase):
         """lxd_container_address_type = "IPv6": the first inet6 address that is not link-local."""
         lxd = FakeLXD(containers()[:1])
         path = serve_unix(self, lxd)
-        backends = await fetch(lxd_server_address=f"unix:{path}", lxd_container_port=80, lxd_container_address_type="IPv6")
+        backends = await fetch(
+            lxd_server_address=f"unix:{path}", lxd_container_port=80, lxd_container_address_type="IPv6"
+        )
         self.assertEqual(backends, [BackendSpec("::1", 80)])
 
     async def test_interface(self) -> None:
@@ -140,19 +152,20 @@ class UnixSocketTests(TestCase):
             backends = await fetch(lxd_server_address=f"unix:{path}", lxd_container_port_key="user.gobetween.port")
         self.assertEqual(backends, [BackendSpec("127.0.0.98", 9090)])
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(
-            warnings, ["lxd container web1 skipped: no user.gobetween.port in its configuration and lxd_container_port is 0"]
-        )
+        expected = "lxd container web1 skipped: no user.gobetween.port in its configuration and lxd_container_port is 0"
+        self.assertEqual(warnings, [expected])
 
     async def test_badPortInKey(self) -> None:
         """A port key whose value is not a port leaves the container out with a warning."""
-        lxd = FakeLXD([FakeContainer("c", config={"user.port": "http"}, network={"eth0": [("inet", "127.0.0.5", "global")]})])
+        network = {"eth0": [("inet", "127.0.0.5", "global")]}
+        lxd = FakeLXD([FakeContainer("c", config={"user.port": "http"}, network=network)])
         path = serve_unix(self, lxd)
         with capturedLogs() as events:
             backends = await fetch(lxd_server_address=f"unix:{path}", lxd_container_port_key="user.port")
         self.assertEqual(backends, [])
         warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(warnings, ["lxd container c skipped: port: expected a whole number from 1 to 65535, got 'http'"])
+        expected = "lxd container c skipped: port: expected a whole number from 1 to 65535, got 'http'"
+        self.assertEqual(warnings, [expected])
 
     async def test_noServer(self) -> None:
         """A socket nobody listens on fails the fetch."""
@@ -187,20 +200,19 @@ class HTTPSTests(TestCase):
         server trust the client, and the containers are listed.
         """
         with capturedLogs() as events:
-            backends = await fetch(
-                **self.keys(lxd_generate_client_certs=True, lxd_accept_server_cert=True, lxd_server_remote_password="s3cret")
-            )
+            backends = await fetch(**self.keys(**FIRST_CONTACT))
         self.assertEqual(backends, WEB)
         self.assertEqual(load_server_certificate(self.files), self.server.certificate)
         self.assertEqual(os.stat(self.files.client_key).st_mode & 0o777, 0o600)
         self.assertEqual(len(self.lxd.trusted), 1)
         self.assertIn(("POST", "/1.0/certificates"), self.lxd.requests)
         infos = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
-        self.assertTrue(any(m.startswith(f"lxd: accepted the certificate of {self.server.url} (SHA-256 ") for m in infos), infos)
+        accepted = f"lxd: accepted the certificate of {self.server.url} (SHA-256 "
+        self.assertTrue(any(m.startswith(accepted) for m in infos), infos)
 
     async def test_laterFetchesReuseTrust(self) -> None:
         """Once trusted, a fetch needs no password and the saved certificate is kept."""
-        await fetch(**self.keys(lxd_generate_client_certs=True, lxd_accept_server_cert=True, lxd_server_remote_password="s3cret"))
+        await fetch(**self.keys(**FIRST_CONTACT))
         posts = self.lxd.requests.count(("POST", "/1.0/certificates"))
         self.assertEqual(await fetch(**self.keys()), WEB)
         self.assertEqual(self.lxd.requests.count(("POST", "/1.0/certificates")), posts)
@@ -224,17 +236,18 @@ class HTTPSTests(TestCase):
         with open(other, "rb") as f, open(self.files.server_cert, "wb") as saved:
             saved.write(f.read())
         with self.assertRaises(DiscoveryError) as caught:
-            await fetch(**self.keys(lxd_generate_client_certs=True, lxd_accept_server_cert=True, lxd_server_remote_password="s3cret"))
+            await fetch(**self.keys(**FIRST_CONTACT))
         self.assertIn("presented another certificate than the one saved in", str(caught.exception))
         self.assertEqual(self.lxd.trusted, set())
 
     async def test_wrongPassword(self) -> None:
         """A wrong trust password fails the fetch with LXD's refusal."""
         with self.assertRaises(DiscoveryError) as caught:
-            await fetch(**self.keys(lxd_generate_client_certs=True, lxd_accept_server_cert=True, lxd_server_remote_password="nope"))
+            await fetch(**self.keys(**{**FIRST_CONTACT, "lxd_server_remote_password": "nope"}))
         self.assertEqual(
             str(caught.exception),
-            "authenticating with lxd_server_remote_password failed: POST /1.0/certificates: LXD answered HTTP 403: not authorized",
+            "authenticating with lxd_server_remote_password failed:"
+            " POST /1.0/certificates: LXD answered HTTP 403: not authorized",
         )
 
     async def test_untrustedWithoutPassword(self) -> None:
@@ -380,7 +393,14 @@ class ConfigTests(SynchronousTestCase):
         error = self.assertRaises(
             ConfigError,
             config_from_mapping,
-            {"servers": {"s": {"bind": ":1", "discovery": {"kind": "static", "static_list": ["a:1"], "lxd_container_sni_key": "x"}}}},
+            {
+                "servers": {
+                    "s": {
+                        "bind": ":1",
+                        "discovery": {"kind": "static", "static_list": ["a:1"], "lxd_container_sni_key": "x"},
+                    }
+                }
+            },
             "test",
         )
         self.assertIn('lxd_container_sni_key: belongs to discovery kind "lxd", but kind = "static"', error.render())

@@ -50,7 +50,8 @@ class DiscoveryProcessTests(TestCase):
         os.makedirs(directory)
         path = os.path.join(directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(f'[servers.web]\nbind = "127.0.0.1:0"\nbalance = "roundrobin"\n[servers.web.discovery]\n{discovery}')
+            f.write('[servers.web]\nbind = "127.0.0.1:0"\nbalance = "roundrobin"\n')
+            f.write(f"[servers.web.discovery]\n{discovery}")
         return path
 
     async def reaches_both(self, config_path: str) -> None:

@@ -267,7 +267,8 @@ class DiscoveryConfig:
         """What C{kind = "lxd"} needs beyond its required address."""
         if not self.lxd_container_port and not self.lxd_container_port_key:
             yield "lxd_container_port", (
-                'required when kind = "lxd", unless lxd_container_port_key names the port in each container\'s configuration'
+                'required when kind = "lxd", unless lxd_container_port_key names the port'
+                " in each container's configuration"
             )
         if self.lxd_container_label_value and not self.lxd_container_label_key:
             yield "lxd_container_label_value", "needs lxd_container_label_key (the key whose value it filters on)"

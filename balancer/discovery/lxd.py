@@ -284,7 +284,9 @@ class LxdDiscovery:
             raise
         except Exception as e:
             if policy.seen is None:
-                raise DiscoveryError(f"cannot get the certificate of the LXD server at {self._base}: {_said(e)}") from None
+                raise DiscoveryError(
+                    f"cannot get the certificate of the LXD server at {self._base}: {_said(e)}"
+                ) from None
         assert policy.seen is not None
         save_server_certificate(self.files, policy.seen)
         _log.info(
@@ -307,11 +309,14 @@ class LxdDiscovery:
                 " with 'lxc config trust add'"
             )
         try:
-            await lxd_request(http, "POST", self._base + "/1.0/certificates", json={"type": "client", "password": password})
+            request = {"type": "client", "password": password}
+            await lxd_request(http, "POST", self._base + "/1.0/certificates", json=request)
         except DiscoveryError as e:
             raise DiscoveryError(f"authenticating with lxd_server_remote_password failed: {e}") from None
         if not _trusted(await lxd_request(http, "GET", self._base + "/1.0")):
-            raise DiscoveryError(f"the LXD server at {self._base} accepted the password but still does not trust the client")
+            raise DiscoveryError(
+                f"the LXD server at {self._base} accepted the password but still does not trust the client"
+            )
         _log.info("lxd: {url} now trusts the client certificate {path}", url=self._base, path=files.client_cert)
 
 

@@ -97,7 +97,9 @@ def generate_client_certificate(files: LxdFiles) -> bool:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(key, hashes.SHA384())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     try:
         os.makedirs(files.directory, mode=0o750, exist_ok=True)
         descriptor = os.open(files.client_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

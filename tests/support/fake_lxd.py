@@ -98,7 +98,12 @@ class FakeContainer:
         network = {
             interface: {
                 "addresses": [
-                    {"family": family, "address": address, "netmask": "24" if family == "inet" else "64", "scope": scope}
+                    {
+                        "family": family,
+                        "address": address,
+                        "netmask": "24" if family == "inet" else "64",
+                        "scope": scope,
+                    }
                     for family, address, scope in addresses
                 ],
                 "counters": {"bytes_received": 1000, "bytes_sent": 2000, "packets_received": 10, "packets_sent": 20},
@@ -212,7 +217,8 @@ class FakeLXD(Resource):
         fingerprint = self._client_fingerprint(request)
         if fingerprint is None or fingerprint in self.trusted:
             return _sync({})
-        if not fingerprint or body.get("type") != "client" or not self.password or body.get("password") != self.password:
+        good_password = bool(self.password) and body.get("password") == self.password
+        if not fingerprint or body.get("type") != "client" or not good_password:
             return _error(request, 403, "not authorized")
         self.trusted.add(fingerprint)
         return _sync({})
