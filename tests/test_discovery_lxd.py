@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -255,6 +256,15 @@ class HTTPSTests(TestCase):
         with self.assertRaises(DiscoveryError) as caught:
             await fetch(**self.keys(lxd_generate_client_certs=True, lxd_accept_server_cert=True))
         self.assertIn(f"does not trust the client certificate {self.files.client_cert}", str(caught.exception))
+
+    async def test_serverNotListening(self) -> None:
+        """Nothing listening: the connection error fails the fetch, and no certificate is saved."""
+        listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        port = listening.getHost().port
+        await listening.stopListening()
+        with self.assertRaises(ConnectError):
+            await fetch(**self.keys(lxd_server_address=f"https://127.0.0.1:{port}", **FIRST_CONTACT))
+        self.assertIsNone(load_server_certificate(self.files))
 
     async def test_noClientCertificate(self) -> None:
         """No client certificate and lxd_generate_client_certs false: the fetch fails before connecting."""

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -249,16 +250,18 @@ class LxdDiscovery:
             policy = LxdTLSPolicy(client)
             http = http_client(self._reactor, tls=policy)
             try:
-                await self._trust(http)
-                return http
-            except CancelledError:
-                raise
+                await lxd_request(http, "GET", self._base + "/1.0")
+            except (CancelledError, ConnectError, DiscoveryError):
+                raise  # cancelled, nothing listening, or the handshake passed and the server answered
             except Exception as e:
                 if not c.lxd_accept_server_cert:
                     raise DiscoveryError(
                         f"cannot use the LXD server at {self._base} with the system's trusted roots ({_said(e)}):"
                         f" set lxd_accept_server_cert = true, or save its certificate as {files.server_cert}"
                     ) from None
+            else:
+                await self._trust(http)
+                return http
             pinned = await self._accept_certificate(client)
         policy = LxdTLSPolicy(client, pinned=pinned)
         http = http_client(self._reactor, tls=policy)
