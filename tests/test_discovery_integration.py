@@ -700,6 +700,18 @@ class SrvTests(TestCase):
         self.assertIn("srv target nowhere.example has no A or AAAA record: skipped", warnings)
         self.assertIn("srv target named.example has no A or AAAA record: skipped", warnings)
 
+    async def test_failedALookupTriesAAAA(self) -> None:
+        """An error answer to a target's A question is logged, and its AAAA records are asked for."""
+        factory = server.DNSServerFactory(clients=[Records(ZONE, failing=frozenset({("v6.example", dns.A)}))])
+        listening = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        with capturedLogs() as events:
+            backends = await fetch(**self.keys(listening.getHost().port, "udp", "_mixed._tcp.example."))
+        self.assertEqual(backends, MIXED_SPECS)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("srv: looking up A v6.example failed: the DNS server answered SERVFAIL for A v6.example", warnings)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # twisted.names logs the zone's failure
+
     async def test_addressesOverTcp(self) -> None:
         """With srv_dns_protocol = "tcp" the address questions go over TCP too."""
         port = self.dns_server(tcp=True)

@@ -21,14 +21,20 @@ class Records(common.ResolverBase):
     servers do.  C{asked} lists each question (name, type) received.
     """
 
-    def __init__(self, records: dict[str, list[Any]], additional: bool = False) -> None:
+    def __init__(
+        self, records: dict[str, list[Any]], additional: bool = False, failing: frozenset[tuple[str, int]] = frozenset()
+    ) -> None:
+        """@param failing: the questions (name, type) answered SERVFAIL."""
         super().__init__()
         self.records = {name.encode(): payloads for name, payloads in records.items()}
         self.additional = additional
+        self.failing = failing
         self.asked: list[tuple[str, int]] = []
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
         self.asked.append((name.decode(), type))
+        if (name.decode(), type) in self.failing:
+            return fail(RuntimeError("this zone's server fails on purpose"))
         if name not in self.records:
             return fail(dns.DomainError(name))
         payloads = [r for r in self.records[name] if r.TYPE == type]
