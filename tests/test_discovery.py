@@ -15,6 +15,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -40,7 +41,7 @@ from balancer.discovery.docker import DockerDiscovery
 from balancer.discovery.exec import parse_lines
 from balancer.discovery.json_kind import JsonDiscovery, lookup
 from balancer.discovery.plaintext import DEFAULT_PATTERN, PlaintextDiscovery, compile_pattern
-from balancer.discovery.srv import srv_backends
+from balancer.discovery.srv import additional_addresses, first_address, srv_backends, srv_targets
 from tests.support.paths import ROOT
 
 A = BackendSpec("10.0.0.1", 80)
@@ -61,6 +62,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "srv": {"srv_lookup_server": "127.0.0.1:53", "srv_lookup_pattern": "web.example."},
     "docker": {"docker_endpoint": "unix:///var/run/docker.sock", "docker_container_private_port": 80},
     "consul": {"consul_host": "127.0.0.1:8500", "consul_service_name": "web"},
+    "lxd": {"lxd_server_address": "unix:", "lxd_container_port": 80},
 }
 """The smallest valid discovery table of each kind."""
 
@@ -118,8 +120,8 @@ class RegistryTests(SynchronousTestCase):
     """L{KINDS}, L{make_discovery} and L{fetch_timeout}."""
 
     def test_names(self) -> None:
-        """Every kind the configuration accepts is registered, except lxd."""
-        self.assertEqual(sorted(KINDS), sorted(k for k in DISCOVERY_KINDS if k != "lxd"))
+        """Every kind the configuration accepts is registered."""
+        self.assertEqual(sorted(KINDS), sorted(DISCOVERY_KINDS))
 
     def test_eachKindProvidesIdiscovery(self) -> None:
         """make_discovery builds the registered class of each kind, providing IDiscovery."""
@@ -128,16 +130,9 @@ class RegistryTests(SynchronousTestCase):
             self.assertIsInstance(discovery, KINDS[kind])
             self.assertTrue(verifyObject(IDiscovery, discovery))
 
-    def test_lxdRefused(self) -> None:
-        """lxd is a gobetween kind this balancer does not implement: a configuration error at load."""
-        error = self.assertRaises(ConfigError, discovery_config, kind="lxd", lxd_container_port=80)
-        self.assertEqual(
-            error.lines(), ['test: servers.s.discovery.kind: discovery kind "lxd" is not supported by this balancer']
-        )
-
     def test_defaultTimeouts(self) -> None:
         """timeout = 0 means the kind's default: exec 3s, consul 2s, HTTP and DNS kinds 5s, static none."""
-        expected = {"static": 0, "exec": 3, "plaintext": 5, "json": 5, "srv": 5, "docker": 5, "consul": 2}
+        expected = {"static": 0, "exec": 3, "plaintext": 5, "json": 5, "srv": 5, "docker": 5, "consul": 2, "lxd": 5}
         self.assertEqual({kind: fetch_timeout(example(kind)) for kind in EXAMPLES}, expected)
 
     def test_configuredTimeoutWins(self) -> None:
@@ -248,10 +243,56 @@ class PlaintextTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, example, "plaintext", plaintext_regex_pattern=r"(?P<host>\S+)")
         self.assertIn("needs the named groups (?P<host>...) and (?P<port>...); missing port", error.render())
 
-    def test_unmatchedLineFails(self) -> None:
-        """One line that does not match fails the fetch, naming it."""
-        discovery, stub = self.discovery(Page(b"10.0.0.1:80\nhello\n"))
-        self.assertIn('line 2 does not match plaintext_regex_pattern: "hello"', failed(self, discovery.fetch(), stub))
+    def test_anchoredPatternPerLine(self) -> None:
+        """
+        The pattern is applied to each line on its own, so ^ and $ anchor the
+        line: an anchored pattern finds every node line of a body with a
+        comment among them.
+        """
+        page = Page(
+            b"# nodes of the web pool\n"
+            b"node 10.0.0.1 port 80\n"
+            b"\n"
+            b"node 10.0.0.2 port 81\r\n"
+            b"  node 10.0.0.3 port 82  \n"
+            b"node 10.0.0.4 port 83"
+        )
+        pattern = r"^node (?P<host>[0-9.]+) port (?P<port>\d+)$"
+        discovery, stub = self.discovery(page, plaintext_regex_pattern=pattern)
+        self.assertEqual(
+            fetched(self, discovery.fetch(), stub),
+            [BackendSpec(f"10.0.0.{n}", 79 + n) for n in range(1, 5)],
+        )
+
+    def test_unmatchedLineSkipped(self) -> None:
+        """A line that does not match is skipped and logged at debug level, naming it; the others are backends."""
+        discovery, stub = self.discovery(Page(b"10.0.0.1:80\nhello\n10.0.0.2:81 weight=3\n"))
+        with capturedLogs() as events:
+            self.assertEqual(fetched(self, discovery.fetch(), stub), [A, B])
+        [event] = [e for e in events if "hello" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.debug)
+        self.assertEqual(
+            formatEvent(event), 'plaintext line 2 skipped: it does not match plaintext_regex_pattern: "hello"'
+        )
+
+    def test_badValuesSkippedWithWarning(self) -> None:
+        """A line that matches but is not a backend (port 0) is skipped with a warning."""
+        discovery, stub = self.discovery(Page(b"10.0.0.9:0\n10.0.0.1:80\n"))
+        with capturedLogs() as events:
+            self.assertEqual(fetched(self, discovery.fetch(), stub), [A])
+        [event] = [e for e in events if "10.0.0.9" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn('plaintext line 1 skipped: "10.0.0.9:0": port:', formatEvent(event))
+
+    def test_nothingMatchesIsEmpty(self) -> None:
+        """A body where no line matches gives no backends (not an error), as in gobetween."""
+        discovery, stub = self.discovery(Page(b"# empty pool\n"))
+        self.assertEqual(fetched(self, discovery.fetch(), stub), [])
+
+    def test_notUtf8Fails(self) -> None:
+        """A body that is not UTF-8 fails the fetch."""
+        discovery, stub = self.discovery(Page(b"\xff10.0.0.1:80\n"))
+        self.assertIn("not UTF-8", failed(self, discovery.fetch(), stub))
 
     def test_httpErrorFails(self) -> None:
         """A status other than 2xx fails the fetch, with the status and the body's start."""
@@ -465,36 +506,87 @@ def srv_answer(*records: tuple[int, int, int, str], rcode: int = dns.OK) -> dns.
     return message
 
 
+ADDRESSES = {"a.example": "10.0.0.1", "b.example": "2001:db8::2"}
+
+
+def round_trip(message: dns.Message) -> dns.Message:
+    """C{message} as a client reads it off the wire."""
+    read = dns.Message()
+    read.fromStr(message.toStr())
+    return read
+
+
 class SrvAnswerTests(SynchronousTestCase):
-    """L{srv_backends}: SRV records to backends (queries run in the integration tests)."""
+    """L{srv_backends} and the address helpers (queries run in the integration tests)."""
 
     def test_records(self) -> None:
-        """Target (without the dot) as host and sni, SRV port, weight and priority; other types ignored."""
-        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "b.example"))
+        """The target's address as host, the target (without the dot) as sni, SRV port, weight and priority."""
+        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "B.example"))
         self.assertEqual(
-            srv_backends(answer),
+            srv_backends(answer, ADDRESSES),
             [
-                BackendSpec("a.example", 8080, weight=60, priority=10, sni="a.example"),
-                BackendSpec("b.example", 8081, weight=0, priority=20, sni="b.example"),
+                BackendSpec("10.0.0.1", 8080, weight=60, priority=10, sni="a.example"),
+                BackendSpec("2001:db8::2", 8081, weight=0, priority=20, sni="b.example"),
             ],
         )
 
+    def test_targets(self) -> None:
+        """srv_targets: each target once, lower case, no final dot; "." left out."""
+        answer = round_trip(srv_answer((1, 1, 80, "a.example."), (1, 1, 81, "A.Example"), (0, 0, 0, "")))
+        self.assertEqual(srv_targets(answer), ["a.example"])
+
+    def test_targetWithoutAddressSkipped(self) -> None:
+        """A target with no address is left out, with a warning naming it."""
+        answer = srv_answer((10, 60, 8080, "a.example."), (20, 0, 8081, "c.example"))
+        with capturedLogs() as events:
+            backends = srv_backends(answer, ADDRESSES)
+        self.assertEqual(backends, [BackendSpec("10.0.0.1", 8080, weight=60, priority=10, sni="a.example")])
+        [event] = [e for e in events if "c.example" in formatEvent(e)]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(formatEvent(event), "srv target c.example has no A or AAAA record: skipped")
+
+    def test_additionalAddresses(self) -> None:
+        """The additional section's A record of each name, else its AAAA record."""
+        answer = srv_answer((1, 1, 80, "a.example"))
+        answer.additional = [
+            dns.RRHeader(b"a.example", dns.AAAA, payload=dns.Record_AAAA("2001:db8::1")),
+            dns.RRHeader(b"A.example", dns.A, payload=dns.Record_A("10.0.0.1")),
+            dns.RRHeader(b"b.example", dns.AAAA, payload=dns.Record_AAAA("2001:db8::2")),
+            dns.RRHeader(b"b.example", dns.TXT, payload=dns.Record_TXT(b"ignored")),
+        ]
+        self.assertEqual(additional_addresses(round_trip(answer)), ADDRESSES)
+
+    def test_firstAddress(self) -> None:
+        """first_address: the first A or AAAA answer (after a CNAME); "" when none or NXDOMAIN."""
+        answer = dns.Message(answer=1)
+        answer.answers = [
+            dns.RRHeader(b"a.example", dns.CNAME, payload=dns.Record_CNAME(b"b.example")),
+            dns.RRHeader(b"b.example", dns.A, payload=dns.Record_A("10.0.0.2")),
+        ]
+        self.assertEqual(first_address(round_trip(answer), "A a.example"), "10.0.0.2")
+        self.assertEqual(first_address(dns.Message(answer=1), "A a.example"), "")
+        self.assertEqual(first_address(dns.Message(answer=1, rCode=dns.ENAME), "A a.example"), "")
+        error = self.assertRaises(DiscoveryError, first_address, dns.Message(rCode=dns.EREFUSED), "A a.example")
+        self.assertEqual(str(error), "the DNS server answered REFUSED for A a.example")
+
     def test_noServiceTarget(self) -> None:
         """A target of "." (no service) is left out."""
-        self.assertEqual(srv_backends(srv_answer((0, 0, 0, ""))), [])
+        self.assertEqual(srv_backends(srv_answer((0, 0, 0, "")), ADDRESSES), [])
 
     def test_nxdomainIsEmpty(self) -> None:
         """A name that does not exist has no backends."""
-        self.assertEqual(srv_backends(srv_answer(rcode=dns.ENAME)), [])
+        self.assertEqual(srv_backends(srv_answer(rcode=dns.ENAME), ADDRESSES), [])
+        self.assertEqual(srv_targets(srv_answer(rcode=dns.ENAME)), [])
 
     def test_serverFailureFails(self) -> None:
         """SERVFAIL fails the fetch."""
-        error = self.assertRaises(DiscoveryError, srv_backends, srv_answer(rcode=dns.ESERVER))
+        error = self.assertRaises(DiscoveryError, srv_targets, srv_answer(rcode=dns.ESERVER))
         self.assertIn("SERVFAIL", str(error))
+        self.assertRaises(DiscoveryError, srv_backends, srv_answer(rcode=dns.ESERVER), ADDRESSES)
 
     def test_portZeroFails(self) -> None:
         """A record that is not a backend (port 0 with a real target) fails the fetch."""
-        self.assertRaises(DiscoveryError, srv_backends, srv_answer((0, 0, 0, "a.example.")))
+        self.assertRaises(DiscoveryError, srv_backends, srv_answer((0, 0, 0, "a.example.")), ADDRESSES)
 
 
 @implementer(IDiscovery)

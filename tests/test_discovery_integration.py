@@ -26,11 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.names import common, dns, server
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.names import dns, server
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
@@ -41,6 +42,7 @@ from balancer.config.addresses import BackendSpec
 from balancer.config.load import config_from_mapping
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery import DiscoveryError, DiscoveryRunner, make_discovery
+from tests.support.fake_dns import Records
 from tests.support.waiting import until
 
 
@@ -155,6 +157,17 @@ class PlaintextTests(TestCase):
         """The lines the server sends are the backends."""
         port = serve(self, Site(Answers((200, GOOD))))
         self.assertEqual(await fetch(kind="plaintext", plaintext_endpoint=f"http://127.0.0.1:{port}/b"), GOOD_SPECS)
+
+    async def test_anchoredPatternOverLines(self) -> None:
+        """gobetween's per-line matching: an anchored pattern over several lines, a comment line skipped."""
+        body = b"# web pool\nnode 127.0.0.1 port 9001\nnode 127.0.0.2 port 9002\n\nnode 127.0.0.3 port 9003\n"
+        port = serve(self, Site(Answers((200, body))))
+        backends = await fetch(
+            kind="plaintext",
+            plaintext_endpoint=f"http://127.0.0.1:{port}/b",
+            plaintext_regex_pattern=r"^node (?P<host>[0-9.]+) port (?P<port>\d+)$",
+        )
+        self.assertEqual(backends, [BackendSpec(f"127.0.0.{n}", 9000 + n) for n in (1, 2, 3)])
 
     async def test_httpError(self) -> None:
         """A 404 fails the fetch."""
@@ -574,29 +587,31 @@ class ConsulTests(TestCase):
         self.assertEqual(backends, [BackendSpec("127.0.0.4", 9004)])
 
 
-class Records(common.ResolverBase):
-    """A zone of SRV records by name; other names do not exist (NXDOMAIN)."""
-
-    def __init__(self, records: dict[str, list[dns.Record_SRV]]) -> None:
-        super().__init__()
-        self.records = {name.encode(): srvs for name, srvs in records.items()}
-
-    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
-        if name not in self.records:
-            return fail(dns.DomainError(name))
-        answers = [dns.RRHeader(name, dns.SRV, payload=r, auth=True) for r in self.records[name] if type == dns.SRV]
-        return succeed((answers, [], []))
-
-
 ZONE = {
     "_web._tcp.example": [
         dns.Record_SRV(10, 60, 9001, b"a.example"),
         dns.Record_SRV(20, 40, 9002, b"b.example"),
-    ]
+    ],
+    "a.example": [dns.Record_A("127.0.0.11")],
+    "b.example": [dns.Record_A("127.0.0.12"), dns.Record_AAAA("::1")],
+    "_mixed._tcp.example": [
+        dns.Record_SRV(10, 60, 9001, b"a.example"),
+        dns.Record_SRV(10, 60, 9003, b"a.example"),
+        dns.Record_SRV(20, 40, 9004, b"v6.example"),
+        dns.Record_SRV(30, 10, 9005, b"nowhere.example"),
+        dns.Record_SRV(30, 10, 9006, b"named.example"),
+    ],
+    "v6.example": [dns.Record_AAAA("::1")],
+    "named.example": [],
 }
 ZONE_SPECS = [
-    BackendSpec("a.example", 9001, weight=60, priority=10, sni="a.example"),
-    BackendSpec("b.example", 9002, weight=40, priority=20, sni="b.example"),
+    BackendSpec("127.0.0.11", 9001, weight=60, priority=10, sni="a.example"),
+    BackendSpec("127.0.0.12", 9002, weight=40, priority=20, sni="b.example"),
+]
+MIXED_SPECS = [
+    BackendSpec("127.0.0.11", 9001, weight=60, priority=10, sni="a.example"),
+    BackendSpec("127.0.0.11", 9003, weight=60, priority=10, sni="a.example"),
+    BackendSpec("::1", 9004, weight=40, priority=20, sni="v6.example"),
 ]
 
 
@@ -620,13 +635,15 @@ class SrvTests(TestCase):
 
     timeout = 10
 
-    def dns_server(self, udp: Any = None, tcp: bool = False, same_port: bool = False) -> int:
+    def dns_server(self, udp: Any = None, tcp: bool = False, same_port: bool = False, additional: bool = False) -> int:
         """
-        Start a DNS server of L{ZONE}: over TCP if C{tcp}; over UDP with
-        C{udp} (a protocol, or "zone" for the zone's server), on the TCP
-        port's number if C{same_port}.  The port number.
+        Start a DNS server of L{ZONE} (kept in C{self.zone}): over TCP if
+        C{tcp}; over UDP with C{udp} (a protocol, or "zone" for the zone's
+        server), on the TCP port's number if C{same_port}; with the targets'
+        addresses in SRV answers if C{additional}.  The port number.
         """
-        factory = server.DNSServerFactory(clients=[Records(ZONE)])
+        self.zone = Records(ZONE, additional=additional)
+        factory = server.DNSServerFactory(clients=[self.zone])
         port = 0
         if tcp:
             port = serve(self, factory)
@@ -649,6 +666,56 @@ class SrvTests(TestCase):
         """Over UDP: each SRV record is a backend."""
         port = self.dns_server(udp="zone")
         self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
+
+    async def test_addressesFromAdditionalSection(self) -> None:
+        """Targets' addresses in the SRV answer's additional section are used: no A or AAAA question is asked."""
+        port = self.dns_server(udp="zone", additional=True)
+        self.assertEqual(await fetch(**self.keys(port, "udp")), ZONE_SPECS)
+        self.assertEqual(self.zone.asked, [("_web._tcp.example", dns.SRV)])
+
+    async def test_addressesAskedAThenAAAA(self) -> None:
+        """
+        Without additional records the same server is asked for each
+        target's A records, then its AAAA records; a target with neither
+        is skipped with a warning; a target used twice is asked once.
+        """
+        port = self.dns_server(udp="zone")
+        with capturedLogs() as events:
+            backends = await fetch(**self.keys(port, "udp", "_mixed._tcp.example."))
+        self.assertEqual(backends, MIXED_SPECS)
+        self.assertEqual(
+            self.zone.asked,
+            [
+                ("_mixed._tcp.example", dns.SRV),
+                ("a.example", dns.A),
+                ("v6.example", dns.A),
+                ("v6.example", dns.AAAA),
+                ("nowhere.example", dns.A),
+                ("nowhere.example", dns.AAAA),
+                ("named.example", dns.A),
+                ("named.example", dns.AAAA),
+            ],
+        )
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("srv target nowhere.example has no A or AAAA record: skipped", warnings)
+        self.assertIn("srv target named.example has no A or AAAA record: skipped", warnings)
+
+    async def test_failedALookupTriesAAAA(self) -> None:
+        """An error answer to a target's A question is logged, and its AAAA records are asked for."""
+        factory = server.DNSServerFactory(clients=[Records(ZONE, failing=frozenset({("v6.example", dns.A)}))])
+        listening = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        with capturedLogs() as events:
+            backends = await fetch(**self.keys(listening.getHost().port, "udp", "_mixed._tcp.example."))
+        self.assertEqual(backends, MIXED_SPECS)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("srv: looking up A v6.example failed: the DNS server answered SERVFAIL for A v6.example", warnings)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)  # twisted.names logs the zone's failure
+
+    async def test_addressesOverTcp(self) -> None:
+        """With srv_dns_protocol = "tcp" the address questions go over TCP too."""
+        port = self.dns_server(tcp=True)
+        self.assertEqual(await fetch(**self.keys(port, "tcp", "_mixed._tcp.example.")), MIXED_SPECS)
 
     async def test_serverByName(self) -> None:
         """srv_lookup_server may name its host; it is resolved before a UDP query."""

@@ -39,6 +39,14 @@ TLS_VERSIONS = ("", "ssl3", "tls1", "tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
 Found = Iterator[tuple[str, str]]
 _HTTP_URL = r"https?://\S+"
+#: gobetween's lxd_server_address: the local socket ("unix:" for LXD's default, "unix:PATH", "unix://PATH")
+#: or an HTTPS origin.
+_LXD_ADDRESS = r"unix:[^\s\x00]*|https://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?"
+#: A remote's name, also the file name of its saved certificate: no path separator, not "." or "..".
+_LXD_REMOTE = r"(?!\.\.?$)[^/\\:\s\x00]*"
+#: An LXD configuration key ("user.gobetween.port"), or "" for none.
+_LXD_KEY = r"[^\s\x00]*"
+_LXD_INTERFACE = r"[^\s/\x00]*"
 #: A web origin: scheme, host (a name, an IPv4 address or a bracketed IPv6 address) and optional port.
 _ORIGIN = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
 
@@ -211,17 +219,20 @@ class DiscoveryConfig:
     consul_tls_key_path: str = setting("", parse=text())
     consul_tls_cacert_path: str = setting("", parse=text())
     # lxd
-    lxd_server_address: str = setting("", parse=text())
-    lxd_server_remote_name: str = setting("local", parse=text())
+    lxd_server_address: str = setting("", parse=text(_LXD_ADDRESS, '"unix:", "unix:PATH" or "https://HOST:PORT"'))
+    lxd_server_remote_name: str = setting("local", parse=text(_LXD_REMOTE, "a remote name (no '/', ':' or spaces)"))
     lxd_server_remote_password: str = setting("", parse=text())
     lxd_config_directory: str = setting("", parse=text())
     lxd_generate_client_certs: bool = setting(False, parse=flag())
     lxd_accept_server_cert: bool = setting(False, parse=flag())
-    lxd_container_label_key: str = setting("", parse=text())
+    lxd_container_label_key: str = setting("", parse=text(_LXD_KEY, "an LXD configuration key"))
     lxd_container_label_value: str = setting("", parse=text())
     lxd_container_port: int = setting(0, parse=whole(0, 65535))
-    lxd_container_interface: str = setting("eth0", parse=text())
-    lxd_container_address_type: str = setting("IPv4", parse=choice("IPv4", "IPv6"))
+    lxd_container_port_key: str = setting("", parse=text(_LXD_KEY, "an LXD configuration key"))
+    lxd_container_interface: str = setting("eth0", parse=text(_LXD_INTERFACE, "an interface name"))
+    lxd_container_interface_key: str = setting("", parse=text(_LXD_KEY, "an LXD configuration key"))
+    lxd_container_sni_key: str = setting("", parse=text(_LXD_KEY, "an LXD configuration key"))
+    lxd_container_address_type: str = setting("IPv4", parse=choice("IPv4", "IPv6", ""))
 
     _REQUIRED = {
         "static": ("static_list",),
@@ -231,14 +242,13 @@ class DiscoveryConfig:
         "srv": ("srv_lookup_server", "srv_lookup_pattern"),
         "docker": ("docker_endpoint", "docker_container_private_port"),
         "consul": ("consul_host", "consul_service_name"),
-        "lxd": ("lxd_container_port",),
+        "lxd": ("lxd_server_address",),
     }
 
     def problems(self) -> Found:
         """The keys a kind cannot work without, and no keys of another kind."""
         if self.kind == "lxd":
-            yield "kind", 'discovery kind "lxd" is not supported by this balancer'
-            return
+            yield from self._lxd_problems()
         if self.kind == "plaintext" and self.plaintext_regex_pattern:
             groups = re.compile(self.plaintext_regex_pattern).groupindex
             missing = [g for g in ("host", "port") if g not in groups]
@@ -251,6 +261,17 @@ class DiscoveryConfig:
             owner = f.name.split("_")[0]
             if owner in DISCOVERY_KINDS and owner != self.kind and getattr(self, f.name) != f.default:
                 yield f.name, f'belongs to discovery kind "{owner}", but kind = "{self.kind}"'
+
+
+    def _lxd_problems(self) -> Found:
+        """What C{kind = "lxd"} needs beyond its required address."""
+        if not self.lxd_container_port and not self.lxd_container_port_key:
+            yield "lxd_container_port", (
+                'required when kind = "lxd", unless lxd_container_port_key names the port'
+                " in each container's configuration"
+            )
+        if self.lxd_container_label_value and not self.lxd_container_label_key:
+            yield "lxd_container_label_value", "needs lxd_container_label_key (the key whose value it filters on)"
 
 
 @attrs.frozen

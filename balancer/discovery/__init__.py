@@ -4,8 +4,7 @@ Discovery: where a server's backends come from (C{[servers.X.discovery]}).
 Each C{kind} is one module providing L{IDiscovery} (one lookup per
 C{fetch}), registered by name in L{balancer.discovery.registry.KINDS};
 L{DiscoveryRunner} repeats the lookups, bounds them with the timeout and
-applies the failpolicy.  C{lxd} is accepted by the configuration but not
-implemented: L{make_discovery} refuses it.
+applies the failpolicy.
 """
 
 from balancer.discovery.base import DiscoveryError, IDiscovery

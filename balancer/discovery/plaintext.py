@@ -1,13 +1,18 @@
 """
 C{kind = "plaintext"}: GET a text document; each line is a backend.
 
-Each non-blank line (surrounding whitespace removed) must match
-C{plaintext_regex_pattern} (searched, as Go's C{FindStringSubmatch} does;
-anchor it with C{^...$} to match whole lines).  The named groups C{host} and
-C{port} are required; C{weight}, C{priority} (default 1), C{sni} and
-C{max_connections} (default 0, unlimited) are optional.  An empty pattern
-means gobetween's L{DEFAULT_PATTERN}.  A line that does not match, or an
-HTTP status other than 2xx, fails the fetch.
+As gobetween does, the body is split on newlines and
+C{plaintext_regex_pattern} is applied to each non-empty line (surrounding
+whitespace removed) on its own, so C{^} and C{$} mean the line's start and
+end (it is searched, as Go's C{FindStringSubmatch} does).  The named groups
+C{host} and C{port} are required; C{weight}, C{priority} (default 1), C{sni}
+and C{max_connections} (default 0, unlimited) are optional.  An empty
+pattern means gobetween's L{DEFAULT_PATTERN}.
+
+A line that does not match (a comment, a header) is skipped and logged at
+debug level; a line that matches but whose values are not a backend (port
+0, a weight that is not a number) is skipped with a warning.  An HTTP status
+other than 2xx, or a body that is not UTF-8, fails the fetch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from balancer.config.addresses import BackendSpec
@@ -28,6 +34,8 @@ DEFAULT_PATTERN = (
     r"(\spriority=(?P<priority>\d+))?(\ssni=(?P<sni>[^\s]+))?$"
 )
 """gobetween's C{DEFAULT_BACKEND_PATTERN} (C{utils/parsers/backend.go})."""
+
+_log = Logger()
 
 _FIELDS = ("host", "port", "weight", "priority", "sni", "max_connections")
 
@@ -48,28 +56,33 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 
 def parse_text(body: bytes, pattern: re.Pattern[str]) -> list[BackendSpec]:
     """
-    The backends in C{body}, one per non-blank line.
+    The backends in C{body}: one per non-empty line that C{pattern} matches
+    and whose values are a backend; other lines are logged and skipped.
 
-    @raise DiscoveryError: naming the first line that does not match or
-        whose values are not a backend.
+    @raise DiscoveryError: when C{body} is not UTF-8.
     """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DiscoveryError(f"the document is not UTF-8: {e}") from None
     backends = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         line = line.strip()
         if not line:
             continue
         match = pattern.search(line)
         if match is None:
-            raise DiscoveryError(f'line {number} does not match plaintext_regex_pattern: "{line}"')
+            _log.debug(
+                'plaintext line {number} skipped: it does not match plaintext_regex_pattern: "{line}"',
+                number=number,
+                line=line,
+            )
+            continue
         groups = match.groupdict()
         try:
             backends.append(make_backend(**{name: groups.get(name) for name in _FIELDS}))
         except DiscoveryError as e:
-            raise DiscoveryError(f'line {number} "{line}": {e}') from None
+            _log.warn('plaintext line {number} skipped: "{line}": {error}', number=number, line=line, error=str(e))
     return backends
 
 

@@ -11,6 +11,7 @@ from balancer.discovery.consul import ConsulDiscovery
 from balancer.discovery.docker import DockerDiscovery
 from balancer.discovery.exec import ExecDiscovery
 from balancer.discovery.json_kind import JsonDiscovery
+from balancer.discovery.lxd import LxdDiscovery
 from balancer.discovery.plaintext import PlaintextDiscovery
 from balancer.discovery.srv import SrvDiscovery
 from balancer.discovery.static import StaticDiscovery
@@ -36,6 +37,7 @@ KINDS: Mapping[str, DiscoveryKind] = MappingProxyType(
         "srv": SrvDiscovery,
         "docker": DockerDiscovery,
         "consul": ConsulDiscovery,
+        "lxd": LxdDiscovery,
     }
 )
 """
@@ -58,7 +60,7 @@ def make_discovery(config: DiscoveryConfig, reactor: Any) -> IDiscovery:
     The discovery that C{config} describes.
 
     @param reactor: the reactor its lookups use (connections, processes).
-    @raise ValueError: when the kind is not supported (C{lxd}) or its
+    @raise ValueError: when the kind is not supported or its
         settings cannot work (a plaintext pattern without C{host}/C{port} groups).
     """
     return _kind(config)(config, reactor)
@@ -67,7 +69,7 @@ def make_discovery(config: DiscoveryConfig, reactor: Any) -> IDiscovery:
 def fetch_timeout(config: DiscoveryConfig) -> float:
     """
     How long one fetch may take, in seconds: C{timeout}, or when it is 0 the
-    kind's default (exec 3, consul 2, plaintext/json/srv/docker 5, static: no limit).
+    kind's default (exec 3, consul 2, plaintext/json/srv/docker/lxd 5, static: no limit).
 
     @raise ValueError: when the kind is not supported.
     """
