@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
+from balancer.proxy.finished import FinishedConnections
 from balancer.proxy.paths import DataPaths
 from balancer.listening import BindError
 from balancer.server_service import ServerService
@@ -40,6 +41,7 @@ class BalancerService(MultiService):
     workers} over 1, listeners share their port with the other worker
     processes (C{SO_REUSEPORT}).
 
+    @ivar finished: every finished connection of its servers is published there.
     @ivar engine: the relay engine of its servers' plain TCP relays, made
         for its reactor with C{[defaults] splice} where there can be one,
         else C{None}; closed once the service has stopped.
@@ -51,6 +53,7 @@ class BalancerService(MultiService):
         self.reactor = reactor
         self.rates = RateClock(reactor)
         self._rng = rng
+        self.finished = FinishedConnections()
         self.engine = make_engine(reactor) if config.defaults.splice else None
         self._paths = DataPaths(reactor, self.engine)
         for name, server in config.servers.items():
@@ -63,6 +66,7 @@ class BalancerService(MultiService):
             reuse_port=defaults.workers > 1,
             paths=self._paths,
             udp_max_sessions=defaults.udp_max_sessions,
+            finished=self.finished,
         )
         service.setName(name)
         return service
