@@ -56,7 +56,8 @@ class AccessLogProcess:
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:
+    def start(self) -> Generator[Deferred[Any], Any, None]:
+        """Start the backends and twistd; fires once every server listens."""
         test: Any = self
         directory = os.path.abspath(test.mktemp())
         os.makedirs(directory)
@@ -115,6 +116,7 @@ initial_status = "unhealthy"
     @inlineCallbacks
     def test_oneLinePerConnectionWithItsReason(self) -> Generator[Deferred[Any], Any, None]:
         test: Any = self
+        yield self.start()
         answer = yield exchange(self.ports["closing"], half_close=False)
         test.assertEqual(answer, b"bye")
         echoed = yield exchange(self.ports["echo"], b"hello")
@@ -162,3 +164,43 @@ class TwistedTextTests(AccessLogProcess, TestCase):
 
     splice = False
     format = "text"
+
+
+class WorkersTests(TestCase):
+    """With C{[defaults] workers = 2}, the other worker's connections are in worker 0's access log too."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_everyWorkersConnectionsLogged(self) -> Generator[Deferred[Any], Any, None]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "balancer.toml")
+        echo = yield listen(Echo)
+        self.addCleanup(echo.stopListening)
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+format = "json"
+[defaults]
+workers = 2
+shutdown_grace = "1s"
+[servers.echo]
+bind = "127.0.0.1:0"
+[servers.echo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(echo)}"]
+""")
+        process = spawn_balancer(self, config, marker=b"echo: listening on")
+        port = yield process.listening_port("echo")
+        yield process.wait_for(rb"worker 1 \(pid \d+\) serving")
+        count = 40
+        for i in range(count):
+            answer = yield exchange(port, b"%02d" % i)
+            self.assertEqual(answer, b"%02d" % i)
+        yield until(lambda: len(access_lines(process)) >= count, 20, f"{count} access lines")
+        lines = access_lines(process)
+        self.assertEqual(len(lines), count)
+        self.assertEqual({line["reason"] for line in lines}, {"client closed"})
+        self.assertEqual(sorted(line["tx"] for line in lines), [2] * count)
+        self.assertIn("worker 1", {line.get("system") for line in lines})
