@@ -4,8 +4,8 @@ connection, in the spirit of HAProxy's C{tcplog}.
 
 Each L{FinishedConnection} published by the balancer's servers becomes one
 info event of the logger L{log} (namespace C{balancer.access}), so it goes
-wherever the main log goes, filtered by its C{level} and written in its
-C{format}.  As text the line is C{key=value} pairs::
+wherever the main log goes (or to C{access_output}, L{balancer.logs}),
+filtered by its C{level} and written in its C{format}.  As text the line is C{key=value} pairs::
 
     server=web client=192.0.2.7:51234 backend=10.0.0.1:80 protocol=tcp connect=0.001s
     duration=2.503s from_client=312 to_client=48211 reason="backend closed"
@@ -24,10 +24,11 @@ from typing import Callable
 from twisted.logger import Logger
 
 from balancer.config.schema import LoggingConfig
+from balancer.logs import ACCESS_NAMESPACE
 from balancer.proxy.finished import FinishedConnection, FinishedConnections
 
 #: The logger of the access log's events.
-log = Logger(namespace="balancer.access")
+log = Logger(namespace=ACCESS_NAMESPACE)
 
 
 def _line_format(backend: bool, connected: bool) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from balancer.accesslog import AccessLog, start_access_log
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
 from balancer.config.schema import LoggingConfig
-from balancer.logs import json_line, log_observer
+from balancer.logs import TwistdLogging, application_log, json_line, log_observer
 from balancer.proxy.finished import BACKEND_CLOSED, NO_BACKEND, FinishedConnection, FinishedConnections
 from balancer.tap import build_service
 from balancer.workers.child import Worker
@@ -199,3 +201,79 @@ class WorkerWiringTests(SynchronousTestCase):
 
     def test_offWithFalse(self) -> None:
         self.assertEqual(self.access_events({"access_log": False}), [])
+
+
+class AccessOutputTests(SynchronousTestCase):
+    """C{[logging] access_output}: the access log apart, reopened on SIGUSR1 when it is a file."""
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.main = os.path.join(self.directory, "balancer.log")
+        self.access = os.path.join(self.directory, "access.log")
+
+    def emit(self, observer: ILogObserver) -> None:
+        """One access line and one other line, through C{observer}."""
+        AccessLog(Logger(namespace="balancer.access", observer=observer))(CONNECTION)
+        Logger(namespace="balancer.server_service", observer=observer).info("web: listening on 127.0.0.1:80")
+
+    def read(self, path: str) -> list[str]:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+
+    def test_aFileOfItsOwnReopenedOnUsr1(self) -> None:
+        log = application_log(LoggingConfig(output=self.main, access_output=self.access), TwistdLogging())
+        assert log.observer is not None and log.on_usr1 is not None
+        self.emit(log.observer)
+        [access] = self.read(self.access)
+        self.assertIn('reason="backend closed"', access)
+        self.assertNotIn("listening", access)
+        self.assertFalse([line for line in self.read(self.main) if "balancer.access" in line])
+        os.rename(self.access, self.access + ".1")
+        os.rename(self.main, self.main + ".1")
+        log.on_usr1()
+        self.emit(log.observer)
+        self.assertEqual(len(self.read(self.access)), 1)
+        self.assertTrue(any("listening" in line for line in self.read(self.main)))
+
+    def test_workersLinesGoThereToo(self) -> None:
+        """A worker's events come to worker 0 with their namespace (and C{log_system}): routed alike."""
+        log = application_log(LoggingConfig(output=self.main, access_output=self.access, format="json"),
+                              TwistdLogging())
+        assert log.observer is not None
+        recorder = Recorder()
+        AccessLog(Logger(namespace="balancer.access", observer=LogPublisher(recorder)))(CONNECTION)
+        [event] = recorder.events
+        log.observer({**event, "log_system": "worker 1"})
+        [line] = self.read(self.access)
+        self.assertEqual(json.loads(line)["system"], "worker 1")
+
+    def test_stderr(self) -> None:
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        log = application_log(LoggingConfig(output=self.main, access_output="stderr"), TwistdLogging())
+        assert log.observer is not None
+        self.emit(log.observer)
+        self.assertEqual(len(stderr.getvalue().splitlines()), 1)
+        self.assertIn("balancer.access", stderr.getvalue())
+        self.assertEqual(len(self.read(self.main)), 1)
+
+    def test_emptyOrTheMainOutputIsWithTheRest(self) -> None:
+        for access_output in ("", self.main):
+            log = application_log(LoggingConfig(output=self.main, access_output=access_output), TwistdLogging())
+            assert log.observer is not None
+            self.emit(log.observer)
+        self.assertEqual(len(self.read(self.main)), 4)
+        self.assertFalse(os.path.exists(self.access))
+
+    def test_twistdsOwnObserverTakesEverything(self) -> None:
+        log = application_log(LoggingConfig(access_output=self.access), TwistdLogging(own_observer=True))
+        self.assertIsNone(log.observer)
+
+    def test_configKey(self) -> None:
+        self.assertEqual(config_from_mapping({}, "test").logging.access_output, "")
+        config = config_from_mapping({"logging": {"access_output": "/var/log/balancer/access.log"}}, "test")
+        self.assertEqual(config.logging.access_output, "/var/log/balancer/access.log")
+        with self.assertRaises(ConfigError) as caught:
+            config_from_mapping({"logging": {"access_output": 1}}, "test")
+        self.assertIn("access_output", str(caught.exception))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from typing import Any, Generator
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -204,3 +205,48 @@ static_list = ["127.0.0.1:{port_number(echo)}"]
         self.assertEqual({line["reason"] for line in lines}, {"client closed"})
         self.assertEqual(sorted(line["tx"] for line in lines), [2] * count)
         self.assertIn("worker 1", {line.get("system") for line in lines})
+
+
+class AccessOutputTests(TestCase):
+    """C{[logging] access_output}: the access log in a file of its own, reopened on SIGUSR1 (logrotate's way)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_ownFileReopenedOnUsr1(self) -> Generator[Deferred[Any], Any, None]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "balancer.toml")
+        access = os.path.join(directory, "access.log")
+        echo = yield listen(Echo)
+        self.addCleanup(echo.stopListening)
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+access_output = "{access}"
+[servers.echo]
+bind = "127.0.0.1:0"
+[servers.echo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(echo)}"]
+""")
+        process = spawn_balancer(self, config, marker=b"echo: listening on")
+        port = yield process.listening_port("echo")
+
+        def lines(path: str) -> list[str]:
+            if not os.path.exists(path):
+                return []
+            with open(path, encoding="utf-8") as f:
+                return f.read().splitlines()
+
+        yield exchange(port, b"one")
+        yield until(lambda: len(lines(access)) == 1, 20, "the first access line in its file")
+        os.rename(access, access + ".1")
+        assert process.transport is not None and process.transport.pid is not None
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        yield process.wait_for(rb"log file \S+access\.log reopened")
+        yield exchange(port, b"two!")
+        yield until(lambda: len(lines(access)) == 1, 20, "the second access line in the new file")
+        self.assertIn("from_client=3 ", lines(access + ".1")[0])
+        self.assertIn("from_client=4 ", lines(access)[0])
+        self.assertEqual(access_lines(process), [])

@@ -51,6 +51,7 @@ class LoggingConfig:
     output: str = setting("stdout", parse=text(r".+", "stdout, stderr or a file path"))
     format: str = setting("text", parse=choice("text", "json"))
     access_log: bool = setting(True, parse=flag(), doc="one info line per finished connection")
+    access_output: str = setting("", parse=text(r"[^\n]*", "empty, stdout, stderr or a file path"))
 
 
 @attrs.frozen
