@@ -97,6 +97,13 @@ class LineTests(SynchronousTestCase):
         self.assertIn(" backend=- protocol=tcp connect=- ", text)
         self.assertTrue(text.endswith('reason="no backend"'), text)
 
+    def test_bracesAreText(self) -> None:
+        """The line is rendered before it is logged: braces in a name are not format fields."""
+        connection = FinishedConnection("{web}", "tcp", "192.0.2.7:1", None, 0.0, None, 0.0, 0, 0, NO_BACKEND)
+        event = logged(connection)
+        self.assertTrue(formatEvent(event).startswith("server={web} client="), formatEvent(event))
+        self.assertEqual(json.loads(json_line(event))["server"], "{web}")
+
     def test_infoInTheAccessNamespace(self) -> None:
         event = logged(CONNECTION)
         self.assertEqual((event["log_level"].name, event["log_namespace"]), ("info", "balancer.access"))
