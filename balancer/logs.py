@@ -8,11 +8,15 @@ observer, which twistd uses instead of its own.
    health check's connection logs two such lines) is debug.
  - C{format = "json"} writes one JSON object per line (L{json_line}).
  - A file named by C{output} is reopened on SIGUSR1, after logrotate moved it.
+ - The access log (L{ACCESS_NAMESPACE}, L{balancer.accesslog}) goes with
+   the rest, or, with C{access_output}, to stdout, stderr or a file of its
+   own (reopened on SIGUSR1 too), in the same C{format} and C{level}.
  - When C{output} is stdout or stderr and twistd writes to a file (its
    C{--logfile}, or C{twistd.log} as a daemon, whose stdout is
    C{/dev/null}), the log goes to twistd's file, rotated on SIGUSR1 the
    way twistd rotates it.  With C{--syslog} or C{--logger}, twistd's own
-   observer stands.
+   observer stands, and takes the access log too (C{access_output} is then
+   not used).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ _CHATTER_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory 
 #: What Twisted's ports and datagram protocols log through the legacy log
 #: (at info) when they start and stop; debug here.
 _CHATTER_TEXT = re.compile(r"\(\w+ Port \S+ Closed\)|\(Port \S+ Closed\)|.+ starting on \S+|(Starting|Stopping) protocol .+")
+
+#: The namespace of the access log's events.
+ACCESS_NAMESPACE = "balancer.access"
 
 #: Keys of an event that L{json_line} does not copy: its own fields, and
 #: the duplicates the legacy log adds.
@@ -118,6 +125,21 @@ def json_line(event: LogEvent) -> str:
             continue
         record[key] = value
     return json.dumps(record) + "\n"
+
+
+@implementer(ILogObserver)
+class AccessApart:
+    """Passes access log events (L{ACCESS_NAMESPACE}) to C{access}, every other event to C{main}."""
+
+    def __init__(self, main: ILogObserver, access: ILogObserver) -> None:
+        self._main = main
+        self._access = access
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == ACCESS_NAMESPACE:
+            self._access(event)
+        else:
+            self._main(event)
 
 
 class LogStream(Protocol):
@@ -284,9 +306,31 @@ def log_observer(config: LoggingConfig, stream: LogStream) -> ILogObserver:
 def application_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
     """
     The observer and SIGUSR1 action for C{[logging]} under twistd's options
-    (see the module's docstring for which wins).  Opens twistd's log file
-    when it is the destination (as twistd itself would, before it daemonises).
+    (see the module's docstring for which wins), the access log apart when
+    C{access_output} says so.  Opens twistd's log file when it is the
+    destination (as twistd itself would, before it daemonises).
     """
+    main = _main_log(config, twistd)
+    if config.access_output in ("", config.output) or main.observer is None:
+        return main
+    if config.access_output in ("stdout", "stderr"):
+        stream: LogStream = sys.stdout if config.access_output == "stdout" else sys.stderr
+        return ApplicationLog(AccessApart(main.observer, log_observer(config, stream)), main.on_usr1)
+    file = ReopeningFile(config.access_output)
+    observer = AccessApart(main.observer, log_observer(config, file))
+    return ApplicationLog(observer, file.reopen if main.on_usr1 is None else _both(main.on_usr1, file.reopen))
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
+
+def _main_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
+    """The observer and SIGUSR1 action of the main log (access lines included)."""
     if config.output not in ("stdout", "stderr"):
         file = ReopeningFile(config.output)
         return ApplicationLog(log_observer(config, file), file.reopen)

@@ -43,6 +43,7 @@ class BalancerService(MultiService):
     workers} over 1, listeners share their port with the other worker
     processes (C{SO_REUSEPORT}).
 
+    @ivar finished: every finished connection of its servers is published there.
     @ivar engine: the relay engine of its servers' plain TCP relays, made
         for its reactor with C{[defaults] splice} where there can be one,
         else C{None}; closed once the service has stopped.
@@ -56,6 +57,7 @@ class BalancerService(MultiService):
         self.rates = RateClock(reactor)
         self.finished = FinishedConnections()
         self._rng = rng
+        self.finished = FinishedConnections()
         self.engine = make_engine(reactor) if config.defaults.splice else None
         self._paths = DataPaths(reactor, self.engine)
         for name, server in config.servers.items():
@@ -68,6 +70,7 @@ class BalancerService(MultiService):
             reuse_port=defaults.workers > 1,
             paths=self._paths,
             udp_max_sessions=defaults.udp_max_sessions,
+            finished=self.finished,
         )
         service.setName(name)
         return service

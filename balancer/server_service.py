@@ -32,6 +32,7 @@ from balancer.listeners.handover import hand_over
 from balancer.listening import BindError
 from balancer.proxy.admission import Admission
 from balancer.proxy.datapath import IDataPath
+from balancer.proxy.finished import SHUTDOWN, FinishedConnections
 from balancer.proxy.listener import IListener
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.proxy_protocol import header
@@ -106,8 +107,10 @@ class ServerService(Service):
         reuse_port: bool = False,
         paths: DataPaths | None = None,
         udp_max_sessions: int = 0,
+        finished: FinishedConnections | None = None,
     ) -> None:
         self.name = name
+        self.finished = finished if finished is not None else FinishedConnections()
         self.udp_max_sessions = udp_max_sessions
         self.reuse_port = reuse_port
         self.config = config
@@ -138,6 +141,7 @@ class ServerService(Service):
                 name=name,
                 released=self.backend_released,
                 udp_max_sessions=udp_max_sessions,
+                finished=self.finished,
             )
             if config.protocol == "udp"
             else None
@@ -368,20 +372,21 @@ class ServerService(Service):
     def close_all(self) -> None:
         """Close every live relay now."""
         for relay in list(self.relays.values()):
-            relay.close()
+            relay.close(SHUTDOWN)
 
     # Called by relays
 
-    def admit(self, relay: Relay) -> bool:
+    def admit(self, relay: Relay) -> str | None:
         """
         Take a new client unless the access rules refuse it (counted in
-        C{denied}) or the server is at C{max_connections} (C{over_limit}).
+        C{denied}) or the server is at C{max_connections} (C{over_limit});
+        returns why not, or C{None}.
         """
-        if not self._admission.allows(relay.client_address.host):
-            return False
-        self._admission.opened()
-        self.relays[relay.id] = relay
-        return True
+        refusal = self._admission.refusal(relay.client_address.host)
+        if refusal is None:
+            self._admission.opened()
+            self.relays[relay.id] = relay
+        return refusal
 
     def relay_ended(self, relay: Relay) -> None:
         """A client's session is over: both of its connections are closed."""

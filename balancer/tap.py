@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from admin.listener import api_service
 from balancer import __version__
+from balancer.accesslog import start_access_log
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
 from balancer.control.controller import Controller
@@ -152,6 +153,7 @@ def build_service(
     balancer = BalancerService(config, reactor)
     balancer.setName("balancer")
     balancer.setServiceParent(root)
+    start_access_log(config.logging, balancer.finished)
     root.control = Controller(  # type: ignore[attr-defined]
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )

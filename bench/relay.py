@@ -6,7 +6,7 @@ nothing but this repository's Python environment.
 Run from the repository::
 
     /work/venv/bin/python bench/relay.py [--bytes 1024] [--seconds 15]
-        [--connections 20000] [--concurrency 4]
+        [--connections 20000] [--concurrency 4] [--no-access-log]
 
 It starts, on 127.0.0.1 and on ports the kernel picks:
 
@@ -177,11 +177,11 @@ def start_backends() -> tuple[subprocess.Popen[str], int, int]:
     return process, sink, echo
 
 
-def start_balancer(directory: str, sink: int, echo: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
-    """twistd with servers "sink" and "echo"; returns it and the ports they listen on."""
+def start_balancer(directory: str, sink: int, echo: int, access_log: bool = True) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """twistd with servers "sink" and "echo" (and its access log unless told); returns it and the ports they listen on."""
     config = os.path.join(directory, "bench.toml")
     with open(config, "w", encoding="utf-8") as f:
-        f.write(CONFIG.format(sink=sink, echo=echo))
+        f.write(CONFIG.format(sink=sink, echo=echo) + ("" if access_log else "[logging]\naccess_log = false\n"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     process = subprocess.Popen(
@@ -240,6 +240,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="time limit of each measurement (default 15)")
     parser.add_argument("--connections", type=int, default=20000, help="connections per run at most (default 20000)")
     parser.add_argument("--concurrency", type=int, default=4, help="client processes for connections/s (default 4)")
+    parser.add_argument("--no-access-log", action="store_true", help="run the balancer with [logging] access_log = false")
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backend:
@@ -251,7 +252,7 @@ def main() -> None:
         backends, sink, echo = start_backends()
         started.append(backends)
         with tempfile.TemporaryDirectory() as directory:
-            balancer, ports = start_balancer(directory, sink, echo)
+            balancer, ports = start_balancer(directory, sink, echo, access_log=not args.no_access_log)
             started.append(balancer)
             table = list(rows(args, {"sink": sink, "echo": echo}, ports))
     finally:
@@ -259,7 +260,7 @@ def main() -> None:
             stop(process)
     print(f"# bench/relay.py on {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, {platform.platform()}")
-    print(f"# bulk: 1 connection, up to {args.bytes} MiB; connections/s: {args.concurrency} client processes, "
+    print(f"# access log {'off' if args.no_access_log else 'on'}; bulk: 1 connection, up to {args.bytes} MiB; connections/s: {args.concurrency} client processes, "
           f"64-byte echo, up to {args.connections} connections; each run at most {args.seconds:g}s")
     header = ("figure", "direct", "balancer", "ratio", "direct moved", "balancer moved")
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]

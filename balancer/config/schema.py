@@ -58,6 +58,8 @@ class LoggingConfig:
     level: str = setting("info", parse=choice("debug", "info", "warn", "warning", "error"))
     output: str = setting("stdout", parse=text(r".+", "stdout, stderr or a file path"))
     format: str = setting("text", parse=choice("text", "json"))
+    access_log: bool = setting(True, parse=flag(), doc="one info line per finished connection")
+    access_output: str = setting("", parse=text(r"[^\n]*", "empty, stdout, stderr or a file path"))
 
 
 @attrs.frozen

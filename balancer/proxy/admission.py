@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from balancer.config.schema import ServerConfig
 from balancer.proxy.access import AccessRules
+from balancer.proxy.finished import DENIED, OVER_LIMIT
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -46,15 +47,24 @@ class Admission:
 
     def allows(self, host: str) -> bool:
         """Whether a new client from C{host} may be taken now (a refusal is counted)."""
+        return self.refusal(host) is None
+
+    def refusal(self, host: str) -> str | None:
+        """
+        Why a new client from C{host} may not be taken now (a refusal is
+        counted), or C{None} if it may.
+
+        @return: L{DENIED}, L{OVER_LIMIT} or C{None}.
+        """
         access = self.access
         if access is not None and not access.allows(host):
             self.counters.denied += 1
             log.debug("{server}: client {client} denied by access rules", server=self.name, client=host)
-            return False
+            return DENIED
         if self.limit and self.counters.active_connections >= self.limit:
             self.counters.over_limit += 1
-            return False
-        return True
+            return OVER_LIMIT
+        return None
 
     def opened(self) -> None:
         """A client was taken."""

@@ -15,6 +15,11 @@ from typing import Callable
 import attrs
 
 #: Why a connection ended: the reasons an access log line can give.
+#: The end of a relay that nothing cut short is the side that ended first
+#: (its end of stream or its close), cleanly or by a reset; a reset after a
+#: clean end wins, being what went wrong.  L{IDLE_TIMEOUT} and
+#: L{RESPONSES_DONE} are UDP sessions' (no idle timeout configured; the
+#: C{max_responses}-th answer relayed).
 CLIENT_CLOSED = "client closed"
 BACKEND_CLOSED = "backend closed"
 CLIENT_RESET = "client reset"
@@ -27,9 +32,19 @@ NO_BACKEND = "no backend"
 DENIED = "denied"
 OVER_LIMIT = "over max_connections"
 TLS_FAILED = "TLS failure"
+TLS_TIMEOUT = "TLS handshake timeout"
 SNI_REJECTED = "SNI rejected"
+BAD_HELLO = "no valid ClientHello"
+HELLO_TIMEOUT = "ClientHello timeout"
+IDLE_TIMEOUT = "idle timeout"
+RESPONSES_DONE = "max_responses reached"
 CLOSED_BY_BALANCER = "closed by the balancer"
 SHUTDOWN = "shutdown"
+
+
+def address_text(host: str, port: int) -> str:
+    """C{host:port}, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @attrs.frozen
@@ -40,12 +55,16 @@ class FinishedConnection:
     @ivar server: the name of the server (C{[servers.NAME]}) it came to.
     @ivar protocol: C{"tcp"}, C{"tls"} or C{"udp"}.
     @ivar client: the client's C{host:port}.
-    @ivar backend: the backend's C{host:port}, or None when none was reached.
+    @ivar backend: the C{host:port} of the backend connected to, or, when
+        none connected, of the last one tried; None when none was tried.
     @ivar started: when it was accepted (seconds since the epoch, the reactor's clock).
-    @ivar connect_seconds: how long connecting to the backend took, or None when no backend connected.
+    @ivar connect_seconds: how long connecting to the backend took (from the
+        start of the attempt that succeeded to the connection being ready to
+        relay, over TLS its handshake included), or None when no backend connected.
     @ivar duration_seconds: from accept to the last close.
-    @ivar rx: bytes received from the client.
-    @ivar tx: bytes sent to the client.
+    @ivar rx: bytes relayed from the backend to the client (as a relay's and
+        the statistics' C{rx}).
+    @ivar tx: bytes relayed from the client to the backend (as their C{tx}).
     @ivar reason: why it ended: one of this module's constants.
     """
 

@@ -33,10 +33,17 @@ class IListener(Interface):
         "Seconds (C{float}) a backend has to accept a connection, and, over TLS, again to finish its handshake."
     )
 
-    def admit(relay: Relay) -> bool:
+    finished = Attribute(
+        "The L{FinishedConnections<balancer.proxy.finished.FinishedConnections>} each relay is published to when it ends."
+    )
+
+    def admit(relay: Relay) -> str | None:
         """
         Take C{relay}'s new client, unless the access rules or the limit of
         live clients refuse it; a client taken is live until L{relay_ended}.
+
+        @return: C{None} if taken, else why not: C{DENIED} or C{OVER_LIMIT}
+            (L{balancer.proxy.finished}).
         """
 
     def relay_ended(relay: Relay) -> None:

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from balancer.backends import Backend
 from balancer.config.schema import SniConfig
+from balancer.proxy.finished import BAD_HELLO, HELLO_TIMEOUT
 from balancer.proxy.tcp import ClientSide, IdleTimer, Relay
 
 log = Logger()
@@ -358,7 +359,9 @@ class SniClientSide(ClientSide):
         server = self.relay.server
         timeout = server.config.sni.read_timeout if server.config.sni is not None else 0.0
         if timeout:
-            self._deadline = IdleTimer(server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout"))
+            self._deadline = IdleTimer(
+                server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout", HELLO_TIMEOUT)
+            )
 
     def dataReceived(self, data: bytes) -> None:
         """The hello's bytes are kept until it is whole; later bytes go to the relay."""
@@ -371,7 +374,7 @@ class SniClientSide(ClientSide):
         if result.state == NEED_MORE:
             return
         if result.state == MALFORMED:
-            self._fail(result.reason)
+            self._fail(result.reason, BAD_HELLO)
             return
         self.relay.early_data.append(b"".join(self._received))
         self._stop_reading()
@@ -390,8 +393,9 @@ class SniClientSide(ClientSide):
         self._stop_reading()
         self.transport.loseConnection()
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, reason: str) -> None:
         self._stop_reading()
+        self.relay.ends_because(reason)
         server = self.relay.server
         server.counters.sni_failures += 1
         log.info(

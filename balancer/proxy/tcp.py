@@ -25,13 +25,29 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, TCPTimedOutError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.finished import (
+    BACKEND_CLOSED,
+    BACKEND_IDLE,
+    BACKEND_RESET,
+    CLIENT_CLOSED,
+    CLIENT_IDLE,
+    CLIENT_RESET,
+    CLOSED_BY_BALANCER,
+    CONNECT_FAILED,
+    CONNECT_TIMEOUT,
+    NO_BACKEND,
+    SNI_REJECTED,
+    FinishedConnection,
+    address_text,
+)
 from balancer.proxy.listener import IListener
 
 if TYPE_CHECKING:
@@ -248,7 +264,10 @@ class Relay:
     idle timeouts and accounting.
 
     The session is registered with its server from admission until both of
-    its connections are closed.
+    its connections are closed; then, admitted or not, it is published as a
+    L{FinishedConnection} to its server's C{finished}, with why it ended:
+    the first cause recorded with L{ends_because} (a refusal, a timer, a
+    reset, a close by the balancer...), else the side that ended first.
 
     @ivar id: a number unique in this process (the /v1 session id).
     @ivar backend: the backend connected (or being connected) to, if any.
@@ -259,6 +278,8 @@ class Relay:
         SNI-routed client's ClientHello); sent first once connected.
     @ivar server_name: the TLS server name the client asked for, when its
         server routes by SNI.
+    @ivar connect_seconds: how long the backend connected to took to be
+        ready (from the start of its attempt), or C{None} before.
     """
 
     def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
@@ -282,6 +303,13 @@ class Relay:
         self._to_client: Callable[[bytes], None] | None = None
         self._client_idle: IdleTimer | None = None
         self._backend_idle: IdleTimer | None = None
+        self.connect_seconds: float | None = None
+        self._attempt_started = 0.0
+        self._last_backend: str | None = None
+        self._connect_failure: str | None = None
+        self._reason: str | None = None
+        self._first_end: str | None = None
+        self._published = False
 
     @property
     def client_address(self) -> Any:
@@ -297,7 +325,9 @@ class Relay:
 
         @return: whether it was admitted.
         """
-        if not self.server.admit(self):
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            self.ends_because(refusal)
             self.client.transport.loseConnection()
             return False
         self._registered = True
@@ -313,6 +343,7 @@ class Relay:
         self.client.transport.pauseProducing()
         self.server_name = server_name
         if self.server.rejects(server_name):
+            self.ends_because(SNI_REJECTED)
             self.server.counters.sni_failures += 1
             log.info(
                 "{server}: client {client} asked for server name {name!r}, which no backend serves",
@@ -328,6 +359,7 @@ class Relay:
     def _connect_next(self) -> None:
         backend = self.server.choose_backend(self.client_address.host, self._tried, self.server_name)
         if backend is None:
+            self.ends_because(self._connect_failure or NO_BACKEND)
             self.server.counters.no_backend += 1
             log.warn(
                 "{server}: no backend could take client {client}",
@@ -338,14 +370,18 @@ class Relay:
             return
         self._tried.add(backend.key)
         self.backend = backend
+        self._last_backend = backend.key
         backend.counters.active_connections += 1
         attempt = self._attempt = Attempt(self, backend, self._header)
+        self._attempt_started = self.server.clock.seconds()
         attempt.connector = self.server.connect(attempt)
 
     def connect_failed(self, attempt: Attempt, reason: Failure) -> None:
         """The backend refused, timed out or failed its TLS handshake: count it and try the next one."""
         backend = attempt.backend
         self._detach(attempt)
+        timed_out = reason.check(ConnectTimeoutError, TCPTimedOutError, TimeoutError)
+        self._connect_failure = CONNECT_TIMEOUT if timed_out else CONNECT_FAILED
         backend.counters.refused_connections += 1
         log.info(
             "{server}: backend {backend} refused client {client}: {why}",
@@ -387,6 +423,7 @@ class Relay:
         self._backend_traffic = backend.counters.traffic
         config = self.server.config
         clock = self.server.clock
+        self.connect_seconds = clock.seconds() - self._attempt_started
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
         self.server.path.join(self, self.client, side)
@@ -446,9 +483,11 @@ class Relay:
         That direction can no longer be idle, so its idle timer stops.
         """
         if side is self.client:
+            self._ended_first(CLIENT_CLOSED)
             peer: _Side | None = self.backend_side
             timer, self._client_idle = self._client_idle, None
         else:
+            self._ended_first(BACKEND_CLOSED)
             peer = self.client
             timer, self._backend_idle = self._backend_idle, None
         if timer is not None:
@@ -463,9 +502,15 @@ class Relay:
         """
         One end closed: close the other after it has sent what it holds, or,
         if this end was C{reset}, reset the other at once, so that a
-        transfer cut short never looks complete to it.
+        transfer cut short never looks complete to it.  Once both are
+        closed, the relay is published (L{FinishedConnection}).
         """
-        if side is self.client:
+        client = side is self.client
+        if reset:
+            self.ends_because(CLIENT_RESET if client else BACKEND_RESET)
+        else:
+            self._ended_first(CLIENT_CLOSED if client else BACKEND_CLOSED)
+        if client:
             self._abandon_attempt()
             self._stop_timers()
             peer: _Side | None = self.backend_side
@@ -478,12 +523,53 @@ class Relay:
                 reset_connection(peer.transport)
             else:
                 peer.finish(half=False)
-        elif self._registered:
+            return
+        if self._registered:
             self._registered = False
             self.server.relay_ended(self)
+        self._publish()
 
-    def close(self) -> None:
-        """Close both ends now, dropping unsent data (session kill, idle, end of grace)."""
+    def ends_because(self, reason: str) -> None:
+        """
+        Record why the relay ends (a reason of L{balancer.proxy.finished}),
+        unless a cause was recorded before: the first one is the reason.
+        """
+        if self._reason is None:
+            self._reason = reason
+
+    def _ended_first(self, reason: str) -> None:
+        """A side ended cleanly: the reason, unless a side ended before or a cause is recorded later."""
+        if self._first_end is None:
+            self._first_end = reason
+
+    def _publish(self) -> None:
+        """Tell the server's C{finished} subscribers of this relay (once)."""
+        if self._published:
+            return
+        self._published = True
+        server = self.server
+        peer = self.client_address
+        server.finished.publish(
+            FinishedConnection(
+                server=server.name,
+                protocol=server.config.protocol,
+                client=address_text(peer.host, peer.port),
+                backend=self._last_backend,
+                started=self.started_at,
+                connect_seconds=self.connect_seconds,
+                duration_seconds=server.clock.seconds() - self.started_at,
+                rx=self.rx,
+                tx=self.tx,
+                reason=self._reason or self._first_end or CLIENT_CLOSED,
+            )
+        )
+
+    def close(self, reason: str = CLOSED_BY_BALANCER) -> None:
+        """
+        Close both ends now, dropping unsent data (session kill, idle, end
+        of grace), for C{reason} (unless it ends for another already).
+        """
+        self.ends_because(reason)
         self._abandon_attempt()
         for side in (self.client, self.backend_side):
             if side is not None and not side.lost:
@@ -497,7 +583,7 @@ class Relay:
                 client=self.client_address.host,
                 which=which,
             )
-            self.close()
+            self.close(CLIENT_IDLE if which == "client" else BACKEND_IDLE)
 
         return on_idle
 

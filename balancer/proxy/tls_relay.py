@@ -27,6 +27,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.finished import TLS_FAILED, TLS_TIMEOUT
 from balancer.proxy.tcp import Attempt, BackendSide, ClientSide, IdleTimer, Relay
 
 log = Logger()
@@ -111,6 +112,7 @@ class TlsClientSide(_TlsEnd, ClientSide):
         if self._waiting and (self._timed_out or reason.check(SSL.Error)):
             server = self.relay.server
             server.counters.tls_failures += 1
+            self.relay.ends_because(TLS_TIMEOUT if self._timed_out else TLS_FAILED)
             log.info(
                 "{server}: TLS handshake with {client} failed: {why}",
                 server=server.name,

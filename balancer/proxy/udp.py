@@ -22,6 +22,9 @@ A session ends:
   - when the backend refuses (ICMP port unreachable), counted in its
     C{refused_connections}.
 
+Each session ended is published as a L{FinishedConnection} (protocol
+C{udp}, its connect time the time to open its socket to the backend).
+
 Admission: a datagram from a client without a session opens one only while
 the server has fewer live sessions (those past C{max_requests} included,
 since each holds a socket) than its limit: C{max_connections} when set,
@@ -55,6 +58,18 @@ from balancer.backends import Backend
 from balancer.config.schema import ServerConfig, UdpConfig
 from balancer.proxy.access import AccessRules
 from balancer.proxy.admission import Admission
+from balancer.proxy.finished import (
+    BACKEND_IDLE,
+    CLIENT_IDLE,
+    CLOSED_BY_BALANCER,
+    CONNECT_FAILED,
+    IDLE_TIMEOUT,
+    RESPONSES_DONE,
+    SHUTDOWN,
+    FinishedConnection,
+    FinishedConnections,
+    address_text,
+)
 from balancer.proxy.tcp import IdleTimer
 from balancer.stats import ServerCounters
 
@@ -82,6 +97,8 @@ class UdpSession:
     @ivar responses: datagrams relayed from the backend.
     @ivar tx: bytes sent to the backend.
     @ivar rx: bytes relayed to the client.
+    @ivar connect_seconds: how long opening its socket to the backend took
+        (resolving its host included), or C{None} before.
     @ivar ended: whether the session is over.
     @ivar closed: fires once the session has ended and its backend socket is closed.
     """
@@ -95,6 +112,7 @@ class UdpSession:
         self.responses = 0
         self.tx = 0
         self.rx = 0
+        self.connect_seconds: float | None = None
         self.ended = False
         self.closed: Deferred[None] = Deferred()
         self._port: Any = None
@@ -127,15 +145,16 @@ class UdpSession:
         try:
             port = self.proxy.reactor.listenUDP(0, _BackendSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
         except CannotListenError as e:
-            self.end(f"cannot open a socket to the backend: {e.socketError}")
+            self.end(f"cannot open a socket to the backend: {e.socketError}", CONNECT_FAILED)
             return
         self._port = port
         self._opened = True
         try:
             port.connect(ip, self.backend.port)
         except OSError as e:
-            self.end(f"cannot reach the backend: {e}")
+            self.end(f"cannot reach the backend: {e}", CONNECT_FAILED)
             return
+        self.connect_seconds = self.proxy.clock.seconds() - self.started_at
         pending, self._pending = self._pending, []
         for data in pending:
             if self.ended:
@@ -143,7 +162,7 @@ class UdpSession:
             self._send(data)
 
     def _unresolved(self, reason: Failure) -> None:
-        self.end(f"cannot resolve {self.backend.host}: {reason.getErrorMessage()}")
+        self.end(f"cannot resolve {self.backend.host}: {reason.getErrorMessage()}", CONNECT_FAILED)
 
     def from_client(self, data: bytes) -> None:
         """A datagram from the client: send it to the backend."""
@@ -184,12 +203,12 @@ class UdpSession:
             timer.touch()
         limit = proxy.max_responses
         if limit and self.responses >= limit:
-            self.end("max_responses reached")
+            self.end("max_responses reached", RESPONSES_DONE)
 
     def refused(self) -> None:
         """The backend's host said nothing listens on its port (ICMP unreachable)."""
         self.backend.counters.refused_connections += 1
-        self.end("backend refused")
+        self.end("backend refused", CONNECT_FAILED)
 
     def socket_closed(self) -> None:
         """
@@ -201,8 +220,13 @@ class UdpSession:
             self.refused()
         self.closed.callback(None)
 
-    def end(self, why: str) -> None:
-        """Close the backend socket and stop counting this session."""
+    def end(self, why: str, reason: str = CLOSED_BY_BALANCER) -> None:
+        """
+        Close the backend socket, stop counting this session and publish it.
+
+        @param why: what ended it, for the debug log.
+        @param reason: why it ended, a reason of L{balancer.proxy.finished}.
+        """
         if self.ended:
             return
         self.ended = True
@@ -220,10 +244,26 @@ class UdpSession:
             backend=self.backend.key,
             why=why,
         )
-        self.proxy.session_ended(self)
+        proxy = self.proxy
+        proxy.session_ended(self)
+        proxy.finished.publish(
+            FinishedConnection(
+                server=proxy.name,
+                protocol="udp",
+                client=address_text(*self.client),
+                backend=self.backend.key,
+                started=self.started_at,
+                connect_seconds=self.connect_seconds,
+                duration_seconds=proxy.clock.seconds() - self.started_at,
+                rx=self.rx,
+                tx=self.tx,
+                reason=reason,
+            )
+        )
 
     def _idle(self, which: str) -> Callable[[], None]:
-        return lambda: self.end(f"{which} idle")
+        reason = {"client": CLIENT_IDLE, "backend": BACKEND_IDLE}.get(which, IDLE_TIMEOUT)
+        return lambda: self.end(f"{which} idle", reason)
 
 
 class _BackendSide(DatagramProtocol):
@@ -276,6 +316,7 @@ class UdpProxy(DatagramProtocol):
         released: Callable[[Backend], None] | None = None,
         max_sessions: int = 0,
         udp_max_sessions: int = 0,
+        finished: FinishedConnections | None = None,
     ) -> None:
         """
         @param choose: picks the backend for a new session from the client's
@@ -293,6 +334,7 @@ class UdpProxy(DatagramProtocol):
         @param max_sessions: live sessions at most (0: no limit); see the module docstring.
         @param udp_max_sessions: C{[defaults] udp_max_sessions}, what
             L{configure} takes as the limit for a server without C{max_connections}.
+        @param finished: where each session ended is published (by default, a publisher of its own).
         """
         self.choose = choose
         self.counters = counters
@@ -306,6 +348,7 @@ class UdpProxy(DatagramProtocol):
         self.admission = Admission(counters, name, access=access, limit=max_sessions)
         self.released = released
         self.udp_max_sessions = udp_max_sessions
+        self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()
@@ -322,6 +365,7 @@ class UdpProxy(DatagramProtocol):
         name: str = "udp",
         released: Callable[[Backend], None] | None = None,
         udp_max_sessions: int = 0,
+        finished: FinishedConnections | None = None,
     ) -> UdpProxy:
         """
         The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied).
@@ -330,7 +374,7 @@ class UdpProxy(DatagramProtocol):
             when C{config} has no C{max_connections}.
         """
         proxy = cls(choose, counters, reactor=reactor, clock=clock, name=name, released=released,
-                    udp_max_sessions=udp_max_sessions)
+                    udp_max_sessions=udp_max_sessions, finished=finished)
         proxy.configure(config)
         return proxy
 
@@ -411,5 +455,5 @@ class UdpProxy(DatagramProtocol):
     def close_all(self) -> Deferred[None]:
         """End every session now; fires once every backend socket is closed."""
         for session in list(self._live):
-            session.end("closed")
+            session.end("closed", SHUTDOWN)
         return gatherResults(list(self._closing), consumeErrors=True).addCallback(lambda _: None)

@@ -49,6 +49,7 @@ from twisted.logger import (
 )
 from twisted.protocols.basic import LineReceiver
 
+from balancer.accesslog import start_access_log
 from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
@@ -176,6 +177,7 @@ class Worker(LineReceiver):
         level = config.logging.level
         self._level.defaultLogLevel = LogLevel.levelWithName("warn" if level == "warning" else level)
         balancer = BalancerService(config, self._reactor)
+        start_access_log(config.logging, balancer.finished)
         try:
             balancer.privilegedStartService()
         except BindError as e:

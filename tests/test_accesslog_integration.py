@@ -1,0 +1,252 @@
+"""
+The access log of a real C{twistd balancer}: one line per connection, with
+the right reason for each ending (client closed, backend closed, client
+idle timeout, backend refused, no backend, denied by the access rules), on
+the relay engine (C{[defaults] splice}, the default) with JSON lines and on
+Twisted's transports (C{splice = false}) with text lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from typing import Any, Generator
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from tests.support.clients import Echo, Named, exchange, listen, port_number
+from tests.support.processes import WatchedProcess, spawn_balancer
+from tests.support.waiting import until
+
+#: A text access line (see L{balancer.accesslog}).
+TEXT_LINE = re.compile(
+    r"\[balancer\.access#info\] server=(?P<server>\S+) client=(?P<client>\S+) backend=(?P<backend>\S+)"
+    r" protocol=(?P<protocol>\S+) connect=(?P<connect>\S+) duration=(?P<duration>\S+)"
+    r' from_client=(?P<tx>\d+) to_client=(?P<rx>\d+) reason="(?P<reason>[^"]*)"$'
+)
+
+
+class Silent(Protocol):
+    """A backend that reads and never answers nor closes."""
+
+
+def access_lines(process: WatchedProcess) -> list[dict[str, Any]]:
+    """The access log lines the process wrote so far, each as a dictionary (JSON or text lines)."""
+    lines = []
+    for raw in process.output.decode("utf-8", "replace").splitlines():
+        if raw.startswith("{"):
+            record = json.loads(raw)
+            if record.get("namespace") == "balancer.access":
+                lines.append(record)
+            continue
+        match = TEXT_LINE.search(raw)
+        if match is not None:
+            lines.append(match.groupdict())
+    return lines
+
+
+class AccessLogProcess:
+    """One twistd with a server for each ending, on the data path of C{splice}, logging in C{format}."""
+
+    splice: bool
+    format: str
+    timeout = 60
+
+    @inlineCallbacks
+    def start(self) -> Generator[Deferred[Any], Any, None]:
+        """Start the backends and twistd; fires once every server listens."""
+        test: Any = self
+        directory = os.path.abspath(test.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "balancer.toml")
+        backends = {}
+        for name, protocol, attributes in (("closing", Named, {"name": b"bye"}), ("echo", Echo, {}),
+                                           ("idle", Silent, {})):
+            port = yield listen(protocol, **attributes)
+            test.addCleanup(port.stopListening)
+            backends[name] = f"127.0.0.1:{port_number(port)}"
+        gone = yield listen(Protocol)
+        backends["refused"] = f"127.0.0.1:{port_number(gone)}"
+        yield gone.stopListening()
+        backends["denied"] = backends["echo"]
+        extra = {"idle": 'client_idle_timeout = "300ms"\n', "denied": '[servers.denied.access]\ndefault = "deny"\n'}
+        servers = "".join(
+            f'[servers.{name}]\nbind = "127.0.0.1:0"\n{extra.get(name, "") if name == "idle" else ""}'
+            f'[servers.{name}.discovery]\nkind = "static"\nstatic_list = ["{backend}"]\n'
+            f'{extra.get(name, "") if name == "denied" else ""}'
+            for name, backend in backends.items()
+        )
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+format = "{self.format}"
+[defaults]
+splice = {"true" if self.splice else "false"}
+shutdown_grace = "1s"
+{servers}
+[servers.empty]
+bind = "127.0.0.1:0"
+[servers.empty.discovery]
+kind = "static"
+static_list = ["{backends['refused']}"]
+[servers.empty.healthcheck]
+kind = "ping"
+interval = "1h"
+initial_status = "unhealthy"
+""")
+        self.process = spawn_balancer(test, config, marker=b"empty: listening on")
+        yield self.process.seen
+        self.ports = {}
+        for name in (*backends, "empty"):
+            self.ports[name] = yield self.process.listening_port(name)
+
+    @inlineCallbacks
+    def logged(self, server: str, count: int = 1) -> Generator[Deferred[Any], Any, list[dict[str, Any]]]:
+        """Fires with the access lines of C{server} once there are C{count}."""
+
+        def mine() -> list[dict[str, Any]]:
+            return [line for line in access_lines(self.process) if line["server"] == server]
+
+        yield until(lambda: len(mine()) >= count, 20, f"{count} access lines of {server}")
+        return mine()
+
+    @inlineCallbacks
+    def test_oneLinePerConnectionWithItsReason(self) -> Generator[Deferred[Any], Any, None]:
+        test: Any = self
+        yield self.start()
+        answer = yield exchange(self.ports["closing"], half_close=False)
+        test.assertEqual(answer, b"bye")
+        echoed = yield exchange(self.ports["echo"], b"hello")
+        test.assertEqual(echoed, b"hello")
+        yield exchange(self.ports["echo"], b"again")
+        yield exchange(self.ports["idle"], half_close=False)
+        yield exchange(self.ports["refused"], half_close=False)
+        yield exchange(self.ports["empty"], half_close=False)
+        yield exchange(self.ports["denied"], b"x")
+        expected = {
+            "closing": ["backend closed"],
+            "echo": ["client closed", "client closed"],
+            "idle": ["client idle timeout"],
+            "refused": ["backend refused or unreachable"],
+            "empty": ["no backend"],
+            "denied": ["denied"],
+        }
+        for server, reasons in expected.items():
+            lines = yield self.logged(server, len(reasons))
+            test.assertEqual([line["reason"] for line in lines], reasons, server)
+        [closing] = yield self.logged("closing")
+        test.assertEqual(str(closing["rx"]), "3")
+        test.assertEqual(str(closing["tx"]), "0")
+        test.assertTrue(closing["client"].startswith("127.0.0.1:"))
+        test.assertEqual(closing["protocol"], "tcp")
+        echo = yield self.logged("echo", 2)
+        test.assertEqual([(str(line["tx"]), str(line["rx"])) for line in echo], [("5", "5"), ("5", "5")])
+        [empty] = yield self.logged("empty")
+        test.assertIn(empty["backend"], (None, "-"))
+        [refused] = yield self.logged("refused")
+        test.assertIn(refused.get("connect_seconds", refused.get("connect")), (None, "-"))
+        yield self.process.stop()
+        test.assertEqual(len(access_lines(self.process)), 7)
+
+
+class EngineJsonTests(AccessLogProcess, TestCase):
+    """On the relay engine (the default), in JSON."""
+
+    splice = True
+    format = "json"
+
+
+class TwistedTextTests(AccessLogProcess, TestCase):
+    """On Twisted's transports, as text."""
+
+    splice = False
+    format = "text"
+
+
+class WorkersTests(TestCase):
+    """With C{[defaults] workers = 2}, the other worker's connections are in worker 0's access log too."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_everyWorkersConnectionsLogged(self) -> Generator[Deferred[Any], Any, None]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "balancer.toml")
+        echo = yield listen(Echo)
+        self.addCleanup(echo.stopListening)
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+format = "json"
+[defaults]
+workers = 2
+shutdown_grace = "1s"
+[servers.echo]
+bind = "127.0.0.1:0"
+[servers.echo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(echo)}"]
+""")
+        process = spawn_balancer(self, config, marker=b"echo: listening on")
+        port = yield process.listening_port("echo")
+        yield process.wait_for(rb"worker 1 \(pid \d+\) serving")
+        count = 40
+        for i in range(count):
+            answer = yield exchange(port, b"%02d" % i)
+            self.assertEqual(answer, b"%02d" % i)
+        yield until(lambda: len(access_lines(process)) >= count, 20, f"{count} access lines")
+        lines = access_lines(process)
+        self.assertEqual(len(lines), count)
+        self.assertEqual({line["reason"] for line in lines}, {"client closed"})
+        self.assertEqual(sorted(line["tx"] for line in lines), [2] * count)
+        self.assertIn("worker 1", {line.get("system") for line in lines})
+
+
+class AccessOutputTests(TestCase):
+    """C{[logging] access_output}: the access log in a file of its own, reopened on SIGUSR1 (logrotate's way)."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_ownFileReopenedOnUsr1(self) -> Generator[Deferred[Any], Any, None]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "balancer.toml")
+        access = os.path.join(directory, "access.log")
+        echo = yield listen(Echo)
+        self.addCleanup(echo.stopListening)
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+access_output = "{access}"
+[servers.echo]
+bind = "127.0.0.1:0"
+[servers.echo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(echo)}"]
+""")
+        process = spawn_balancer(self, config, marker=b"echo: listening on")
+        port = yield process.listening_port("echo")
+
+        def lines(path: str) -> list[str]:
+            if not os.path.exists(path):
+                return []
+            with open(path, encoding="utf-8") as f:
+                return f.read().splitlines()
+
+        yield exchange(port, b"one")
+        yield until(lambda: len(lines(access)) == 1, 20, "the first access line in its file")
+        os.rename(access, access + ".1")
+        assert process.transport is not None and process.transport.pid is not None
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        yield process.wait_for(rb"log file \S+access\.log reopened")
+        yield exchange(port, b"two!")
+        yield until(lambda: len(lines(access)) == 1, 20, "the second access line in the new file")
+        self.assertIn("from_client=3 ", lines(access + ".1")[0])
+        self.assertIn("from_client=4 ", lines(access)[0])
+        self.assertEqual(access_lines(process), [])
