@@ -43,7 +43,6 @@ class BalancerService(MultiService):
     workers} over 1, listeners share their port with the other worker
     processes (C{SO_REUSEPORT}).
 
-    @ivar finished: every finished connection of its servers is published there.
     @ivar engine: the relay engine of its servers' plain TCP relays, made
         for its reactor with C{[defaults] splice} where there can be one,
         else C{None}; closed once the service has stopped.
@@ -55,7 +54,6 @@ class BalancerService(MultiService):
         self.config = config
         self.reactor = reactor
         self.rates = RateClock(reactor)
-        self.finished = FinishedConnections()
         self._rng = rng
         self.finished = FinishedConnections()
         self.engine = make_engine(reactor) if config.defaults.splice else None

@@ -101,7 +101,12 @@ passes = 1
         self.assertEqual(code, 200, body)
         code, body = yield self.call("PUT", f"/v1/servers/{self.live_id}/set?state=drain")
         self.assertEqual(code, 204, body)
-        text = yield self.scrape()
+        # Each relay is published once both its sides are closed, which may come just after the client saw its end.
+        durations = 'balancer_server_connection_duration_seconds_count{server="web"}'
+        text = yield polled(
+            self.scrape, lambda text: samples(text).get(durations) == 5,
+            10, "the five connections in the duration histogram", step=0.1,
+        )
         found = samples(text)
         for family in FAMILIES:
             self.assertIn(f"# TYPE {family} ", text)
@@ -132,8 +137,9 @@ passes = 1
                          found[f"balancer_backend_checks_total{{{self.down}}}"])
 
         for family in ("connect_seconds", "connection_duration_seconds"):
-            self.assertIn(f'balancer_server_{family}_count{{server="web"}}', found)
-            self.assertIn(f'balancer_server_{family}_bucket{{le="+Inf",server="web"}}', found)
+            # The five exchanges above, published by the data path when each connection ended.
+            self.assertEqual(found[f'balancer_server_{family}_count{{server="web"}}'], 5)
+            self.assertEqual(found[f'balancer_server_{family}_bucket{{le="+Inf",server="web"}}'], 5)
 
         discovery = '{kind="static",server="web"}'
         self.assertEqual((found[f"balancer_discovery_fetches_total{discovery}"],
