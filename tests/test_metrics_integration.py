@@ -89,9 +89,12 @@ passes = 1
         self.api = yield process.listening_port("api")
         self.metrics = yield process.listening_port("metrics")
         web = yield process.listening_port("web")
+        # Checks are spread over the interval: either backend may be the one checked first.
         text = yield polled(
-            self.scrape, lambda text: samples(text).get(f"balancer_backend_checks_total{{{self.down}}}", 0) >= 2,
-            10, "two health checks of the refusing backend", step=0.1,
+            self.scrape,
+            lambda text: all(samples(text).get(f"balancer_backend_checks_total{{{backend}}}", 0) >= 2
+                             for backend in (self.live, self.down)),
+            10, "two health checks of each backend", step=0.1,
         )
         for _ in range(5):
             answer = yield exchange(web, b"x" * 100)
