@@ -525,6 +525,20 @@ static_list = ["127.0.0.1:{self.backend.getHost().port}"]
         self.assertEqual([found[name] for name in figures], [count, 100 * count, count, 200 * count])
 
     @inlineCallbacks
+    def test_workersIgnoreTheSignalsMeantForWorker0(self) -> Any:
+        """
+        SIGINT (Ctrl-C reaches the group), SIGHUP (reload) and SIGUSR1 (log
+        reopening: logrotate or C{systemctl kill -s USR1} may signal every
+        process of the unit) are worker 0's business: a worker ignores them,
+        as its kernel signal mask shows.
+        """
+        yield self.start()
+        with open(f"/proc/{self._pids[1]}/status", encoding="ascii") as f:
+            ignored = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+        for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            self.assertTrue(ignored & (1 << (signum - 1)), f"worker 1 does not ignore {signum.name}")
+
+    @inlineCallbacks
     def test_serverPostedThroughTheApiIsServedByTheWorkerToo(self) -> Any:
         process, api, _ = yield self.start()
         definition = {"bind": "127.0.0.1:0",

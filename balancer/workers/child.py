@@ -25,7 +25,8 @@ Its standard streams are its link to worker 0:
 A worker stops on SIGTERM (listeners close first, relays get C{shutdown_grace})
 and when its stdin closes (worker 0 is gone).  SIGINT is ignored: Ctrl-C on a
 terminal reaches the whole process group, and worker 0 stops its workers itself;
-so is SIGHUP (worker 0 reloads the configuration and sends it on).
+so is SIGHUP (worker 0 reloads the configuration and sends it on), and SIGUSR1
+(worker 0 reopens the log files; a worker logs through it).
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     level = LogLevelFilterPredicate(LogLevel.info)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(jsonFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
