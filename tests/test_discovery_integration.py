@@ -32,7 +32,6 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.names import dns, server
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.resource import Resource
@@ -43,6 +42,7 @@ from balancer.config.load import config_from_mapping
 from balancer.config.schema import DiscoveryConfig
 from balancer.discovery import DiscoveryError, DiscoveryRunner, make_discovery
 from tests.support.fake_dns import Records
+from tests.support.tracked import served
 from tests.support.waiting import until
 
 
@@ -58,45 +58,16 @@ async def fetch(**keys: Any) -> list[BackendSpec]:
     return result
 
 
-class Tracked(WrappingFactory):
-    """A server factory that can wait for its connections to close (so tests end clean)."""
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def idle(self) -> Deferred[None]:
-        """Fires when no connection is open."""
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-
 def serve(test: TestCase, factory: Any, *, tls: Any = None, unix: str = "") -> int:
     """Listen with C{factory} on 127.0.0.1 port 0 (TLS with C{tls}) or on the socket C{unix}; the port number."""
-    tracked = Tracked(factory)
     if unix:
-        port = reactor.listenUNIX(unix, tracked)
-    elif tls is not None:
-        port = reactor.listenSSL(0, tracked, tls, interface="127.0.0.1")
+        served(test, factory, lambda tracked: reactor.listenUNIX(unix, tracked))
+        return 0
+    if tls is not None:
+        port = served(test, factory, lambda tracked: reactor.listenSSL(0, tracked, tls, interface="127.0.0.1"))
     else:
-        port = reactor.listenTCP(0, tracked, interface="127.0.0.1")
-    test.addCleanup(lambda: Deferred.fromCoroutine(_close(port, tracked)))
-    return 0 if unix else int(port.getHost().port)
-
-
-async def _close(port: Any, tracked: Tracked) -> None:
-    await port.stopListening()
-    await tracked.idle()
+        port = served(test, factory, lambda tracked: reactor.listenTCP(0, tracked, interface="127.0.0.1"))
+    return int(port.getHost().port)
 
 
 class Answers(Resource):

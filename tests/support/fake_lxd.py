@@ -23,15 +23,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorSSL, IReactorUNIX
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from tests.support.certs import self_signed
+from tests.support.tracked import served
 
 SERVER_DOCUMENT: dict[str, Any] = {
     "api_extensions": ["storage", "etag", "container_full", "network"],
@@ -248,40 +247,9 @@ class HTTPSLXD:
     certificate: bytes
 
 
-class _Tracked(WrappingFactory):
-    """A server factory that can wait for its connections to close, so a test ends with a clean reactor."""
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self._idle: list[Deferred[None]] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
-    def idle(self) -> Deferred[None]:
-        """Fires when no connection is open."""
-        if not self.protocols:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-
-async def _close(port: Any, tracked: _Tracked) -> None:
-    await port.stopListening()
-    await tracked.idle()
-
-
 def _served(test: SynchronousTestCase, lxd: FakeLXD, listen: Any) -> Any:
     """Listen with C{listen(factory)} until the test ends (then wait for the connections to close); the port."""
-    tracked = _Tracked(Site(lxd))
-    port = listen(tracked)
-    test.addCleanup(lambda: Deferred.fromCoroutine(_close(port, tracked)))
-    return port
+    return served(test, Site(lxd), listen)
 
 
 def serve_unix(test: SynchronousTestCase, lxd: FakeLXD, directory: str = "") -> str:
