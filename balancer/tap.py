@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver
@@ -15,6 +15,8 @@ from twisted.python import usage
 
 from admin.listener import api_service
 from balancer import __version__
+from balancer.acme.http01 import Http01Service
+from balancer.acme.service import AcmeService, acme_hosts
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
 from balancer.control.controller import Controller
@@ -156,6 +158,7 @@ def build_service(
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )
     on_hangup(root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
+    issued = acme_services(config, balancer, reactor, root)
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
@@ -166,7 +169,32 @@ def build_service(
                                       grace=config.defaults.shutdown_grace)
         supervisor.setName("workers")
         supervisor.setServiceParent(root)
+        issued.append(supervisor.certificate_issued)
     return root
+
+
+def acme_services(config: Config, balancer: BalancerService, reactor: Any, root: MultiService) -> list[Callable[[str], None]]:
+    """
+    Add what orders and renews the certificates of C{acme_hosts} to
+    C{root}, with the C{http_bind} listener when C{[acme] challenge = "http"}.
+
+    @return: the list of what is told the host name of each new certificate
+        (the worker supervisor adds itself).
+    """
+    told: list[Callable[[str], None]] = []
+    hosts = acme_hosts(config)
+    certificates = balancer.certificates
+    if config.acme is None or certificates is None or not hosts or config.acme.challenge == "dns":
+        return told
+    if config.acme.challenge == "http":
+        Http01Service(config.acme.http_bind, certificates, reactor).setServiceParent(root)
+
+    def tell(hostname: str) -> None:
+        for listener in told:
+            listener(hostname)
+
+    AcmeService(config.acme, hosts, certificates, reactor, issued=tell).setServiceParent(root)
+    return told
 
 
 def makeService(options: Options) -> IService:

@@ -9,8 +9,8 @@ nothing else: no admin API, no metrics, no state file.
 
 Its standard streams are its link to worker 0:
 
- - stdin: JSON lines (L{read_message}), each a whole configuration or a
-   request to close sessions.  The first configuration starts the servers;
+ - stdin: JSON lines (L{read_message}), each a whole configuration, a
+   request to close sessions, or news of an ACME certificate in C{cache_dir}.  The first configuration starts the servers;
    each later one, sent when the API changed worker 0, is applied as a
    difference (L{server_changes<balancer.control.reloading.server_changes>}): servers removed, changed (in place, or
    with a new listener) and added.  A request to close sessions closes at
@@ -49,6 +49,8 @@ from twisted.logger import (
 )
 from twisted.protocols.basic import LineReceiver
 
+from balancer.acme.cache import CertificateCache
+from balancer.acme.service import acme_hosts, load_cached
 from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
@@ -92,14 +94,21 @@ class CloseSessions:
     targets: dict[str, list[str]]
 
 
-def read_message(line: bytes) -> Configuration | CloseSessions:
+@attrs.frozen
+class AcmeIssued:
+    """Worker 0 wrote a new ACME certificate for C{hostname} to C{[acme] cache_dir}."""
+
+    hostname: str
+
+
+def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued:
     """
     A line from worker 0: a configuration, C{{"config": MAPPING,
     "admin_states": {server: {"host:port": state}}, "overrides": {server:
     {"host:port": {"weight": N, ...}}}}}, the mapping in the file's own key
     names (L{balancer.config.dump.to_mapping}), the admin states of backends
-    that are not active and the overrides; or C{{"close_sessions": {server:
-    ["host:port", ...]}}}.
+    that are not active and the overrides; C{{"close_sessions": {server:
+    ["host:port", ...]}}}; or C{{"acme_certificate": HOST}}.
 
     @raise balancer.config.ConfigError: if the configuration does not validate.
     @raise ValueError: if the line is not JSON, or not one of those.
@@ -107,6 +116,8 @@ def read_message(line: bytes) -> Configuration | CloseSessions:
     message = json.loads(line)
     if not isinstance(message, dict):
         raise ValueError(f"expected a JSON object, got {line[:40]!r}")
+    if "acme_certificate" in message:
+        return AcmeIssued(str(message["acme_certificate"]))
     if "close_sessions" in message:
         return CloseSessions({str(name): [str(key) for key in keys] for name, keys in message["close_sessions"].items()})
     overrides = {
@@ -159,6 +170,10 @@ class Worker(LineReceiver):
             if self.balancer is not None:
                 close_backend_relays(self.balancer, message.targets)
             return
+        if isinstance(message, AcmeIssued):
+            if self.balancer is not None:
+                self._load_certificates(self.balancer, [message.hostname])
+            return
         if self.balancer is None:
             self._start(message)
             return
@@ -184,10 +199,17 @@ class Worker(LineReceiver):
             return
         balancer.startService()
         self.balancer = balancer
+        self._load_certificates(balancer, acme_hosts(config))
         self._apply_states(message)
         self._reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._send({"ready": True})
         self._reports.start(REPORT_INTERVAL, now=True)
+
+    def _load_certificates(self, balancer: BalancerService, hostnames: list[str]) -> None:
+        """Serve the certificates worker 0 keeps in C{[acme] cache_dir} for C{hostnames}."""
+        acme = balancer.config.acme
+        if acme is not None and balancer.certificates is not None:
+            load_cached(balancer.certificates, CertificateCache(acme.cache_dir), hostnames)
 
     @inlineCallbacks
     def _apply(self, message: Configuration) -> Generator[Deferred[Any], Any, None]:

@@ -1,0 +1,103 @@
+"""
+ACME end to end: a real twistd balancer orders certificates for its
+C{acme_hosts} from Debian's C{pebble} ACME test server, which validates
+HTTP-01 on C{[acme] http_bind} and TLS-ALPN-01 on the server's own
+listener; a client asking for the name (SNI) gets pebble's certificate.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Generator
+
+from cryptography import x509
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.support.pebble import Pebble, served_certificate
+from tests.support.ports import refusing_port
+from tests.support.processes import WatchedProcess, spawn_balancer
+
+HOST = "web.acme.test"
+
+
+def acme_config(directory: str, pebble: Pebble, challenge: str, backend_port: int, workers: int = 1) -> str:
+    """Write a balancer configuration with one TLS server of C{acme_hosts = [HOST]}; return its path."""
+    path = os.path.join(directory, "balancer.toml")
+    with open(path, "w") as f:
+        f.write(
+            f"""
+[defaults]
+workers = {workers}
+
+[acme]
+challenge = "{challenge}"
+http_bind = "127.0.0.1:0"
+cache_dir = "{os.path.join(directory, 'cache')}"
+directory_url = "{pebble.directory_url}"
+directory_ca_cert_path = "{pebble.ca_path}"
+
+[servers.web]
+bind = "127.0.0.1:0"
+protocol = "tls"
+
+  [servers.web.tls]
+  acme_hosts = ["{HOST}"]
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = ["127.0.0.1:{backend_port}"]
+"""
+        )
+    return path
+
+
+def issuer(certificate: x509.Certificate) -> str:
+    """The common name of C{certificate}'s issuer."""
+    return str(certificate.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+
+
+def names(certificate: x509.Certificate) -> list[str]:
+    """The DNS names of C{certificate}'s subjectAltName."""
+    return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+
+
+class PebbleTests(TestCase):
+    """Certificates from pebble, through each challenge we answer."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.pebble = Pebble(self.directory)
+
+    @inlineCallbacks
+    def issued(self, challenge: str, workers: int = 1) -> Generator[Deferred[Any], Any, tuple[WatchedProcess, int]]:
+        """Start the balancer, then pebble on its ports; fire once the certificate is issued."""
+        config = acme_config(self.directory, self.pebble, challenge, refusing_port(self), workers)
+        balancer = spawn_balancer(self, config, marker=b"web: listening on")
+        tls_port = yield balancer.listening_port("web")
+        http_port = tls_port
+        if challenge == "http":
+            http_port = yield balancer.listening_port("acme")
+        yield self.pebble.start(self, http_port=http_port, tls_port=tls_port)
+        yield balancer.wait_for(rb"acme: certificate for web\.acme\.test valid until", 60)
+        return balancer, tls_port
+
+    @inlineCallbacks
+    def test_http01(self) -> Generator[Deferred[Any], Any, None]:
+        _, port = yield self.issued("http")
+        served = yield served_certificate(port, HOST)
+        self.assertEqual(names(served), [HOST])
+        self.assertIn("Pebble Intermediate CA", issuer(served))
+        self.assertTrue(os.path.exists(os.path.join(self.directory, "cache", HOST)))
+
+    @inlineCallbacks
+    def test_tlsAlpn01(self) -> Generator[Deferred[Any], Any, None]:
+        _, port = yield self.issued("sni")
+        served = yield served_certificate(port, HOST)
+        self.assertEqual(names(served), [HOST])
+        self.assertIn("Pebble Intermediate CA", issuer(served))
