@@ -101,3 +101,12 @@ class PebbleTests(TestCase):
         served = yield served_certificate(port, HOST)
         self.assertEqual(names(served), [HOST])
         self.assertIn("Pebble Intermediate CA", issuer(served))
+
+    @inlineCallbacks
+    def test_http01WithTwoWorkers(self) -> Generator[Deferred[Any], Any, None]:
+        """Worker 0 orders; worker 1 serves the certificate too (every handshake gets it)."""
+        balancer, port = yield self.issued("http", workers=2)
+        yield balancer.wait_for(rb"worker 1 \(pid \d+\) serving")
+        for _ in range(20):
+            served = yield served_certificate(port, HOST)
+            self.assertEqual(names(served), [HOST])
