@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver
@@ -158,7 +158,7 @@ def build_service(
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )
     on_hangup(root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
-    issued = acme_services(config, balancer, reactor, root)
+    acme_workers = acme_services(config, balancer, reactor, root)
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
@@ -169,19 +169,19 @@ def build_service(
                                       grace=config.defaults.shutdown_grace)
         supervisor.setName("workers")
         supervisor.setServiceParent(root)
-        issued.append(supervisor.certificate_issued)
+        acme_workers.append(supervisor)
     return root
 
 
-def acme_services(config: Config, balancer: BalancerService, reactor: Any, root: MultiService) -> list[Callable[[str], None]]:
+def acme_services(config: Config, balancer: BalancerService, reactor: Any, root: MultiService) -> list[WorkerSupervisor]:
     """
     Add what orders and renews the certificates of C{acme_hosts} to
     C{root}, with the C{http_bind} listener when C{[acme] challenge = "http"}.
 
-    @return: the list of what is told the host name of each new certificate
-        (the worker supervisor adds itself).
+    @return: the list of the worker supervisors to tell of each new
+        certificate and TLS-ALPN-01 answer (the caller adds its supervisor).
     """
-    told: list[Callable[[str], None]] = []
+    told: list[WorkerSupervisor] = []
     hosts = acme_hosts(config)
     certificates = balancer.certificates
     if config.acme is None or certificates is None or not hosts or config.acme.challenge == "dns":
@@ -189,11 +189,15 @@ def acme_services(config: Config, balancer: BalancerService, reactor: Any, root:
     if config.acme.challenge == "http":
         Http01Service(config.acme.http_bind, certificates, reactor).setServiceParent(root)
 
-    def tell(hostname: str) -> None:
-        for listener in told:
-            listener(hostname)
+    def issued(hostname: str) -> None:
+        for supervisor in told:
+            supervisor.certificate_issued(hostname)
 
-    AcmeService(config.acme, hosts, certificates, reactor, issued=tell).setServiceParent(root)
+    def challenged(hostname: str, pem: bytes | None) -> None:
+        for supervisor in told:
+            supervisor.tls_challenge(hostname, pem)
+
+    AcmeService(config.acme, hosts, certificates, reactor, issued=issued, challenged=challenged).setServiceParent(root)
     return told
 
 

@@ -29,8 +29,8 @@ from balancer.acme.service import RENEW_BEFORE, AcmeService, acme_hosts, renewal
 from balancer.config.load import parse_config
 from balancer.config.schema import AcmeConfig, TlsConfig
 from balancer.proxy.tls import server_context
-from balancer.workers.child import AcmeIssued, read_message
-from balancer.workers.supervisor import certificate_message
+from balancer.workers.child import AcmeChallenge, AcmeIssued, read_message
+from balancer.workers.supervisor import certificate_message, challenge_message
 from tests.support.certs import Authority
 
 DAY = datetime.timedelta(days=1)
@@ -313,3 +313,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_workerMessage(self) -> None:
         self.assertEqual(read_message(certificate_message("a.test")), AcmeIssued("a.test"))
+
+    def test_workerChallengeMessage(self) -> None:
+        pem = ordering.alpn_certificate("a.test", "key-authorization")
+        self.assertEqual(read_message(challenge_message("a.test", pem)), AcmeChallenge("a.test", pem))
+        self.assertEqual(read_message(challenge_message("a.test", None)), AcmeChallenge("a.test", None))

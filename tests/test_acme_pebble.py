@@ -110,3 +110,18 @@ class PebbleTests(TestCase):
         for _ in range(20):
             served = yield served_certificate(port, HOST)
             self.assertEqual(names(served), [HOST])
+
+    @inlineCallbacks
+    def test_tlsAlpn01WithTwoWorkers(self) -> Generator[Deferred[Any], Any, None]:
+        """Worker 1 answers TLS-ALPN-01 too (the CA may reach either), with the certificate worker 0 sends."""
+        config = acme_config(self.directory, self.pebble, "sni", refusing_port(self), workers=2)
+        balancer = spawn_balancer(self, config, marker=b"web: listening on")
+        port = yield balancer.listening_port("web")
+        yield balancer.wait_for(rb"worker 1 \(pid \d+\) serving")
+        yield self.pebble.start(self, http_port=port, tls_port=port)
+        yield balancer.wait_for(rb"acme: certificate for web\.acme\.test valid until", 60)
+        # Only attempts before pebble listened failed: the first validation passed, whichever worker it reached.
+        self.assertNotIn(b"ValidationError", balancer.output)
+        for _ in range(20):
+            served = yield served_certificate(port, HOST)
+            self.assertEqual(names(served), [HOST])

@@ -4,7 +4,9 @@ has none in C{cache_dir} (or whose cached one is due for renewal), renews
 each well before it expires, and retries failed orders with backoff.
 
 It runs in worker 0 only; the other workers read what it writes in
-C{cache_dir} when told (L{load_cached}).  New handshakes get a renewed
+C{cache_dir} when told (L{load_cached}), and answer TLS-ALPN-01 with the
+certificates it sends them (L{answer_tls}), since the CA's connection may
+reach any of them.  New handshakes get a renewed
 certificate at once; the listeners are never closed for it.
 """
 
@@ -77,6 +79,9 @@ class AcmeService(Service):
     @param from_thread: runs a call in the reactor from that thread and waits
         for it (C{blockingCallFromThread}).
     @param issued: told each host name once its new certificate is in C{cache_dir}.
+    @param challenged: told each host name and its TLS-ALPN-01 certificate
+        (key and certificate in PEM) when it is answered, and C{None} when it
+        is withdrawn, for the other workers to answer too.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class AcmeService(Service):
         in_thread: Callable[..., Deferred[Any]] = deferToThread,
         from_thread: Callable[..., Any] | None = None,
         issued: Callable[[str], None] = lambda hostname: None,
+        challenged: Callable[[str, bytes | None], None] = lambda hostname, pem: None,
     ) -> None:
         self._config = config
         self._hosts = list(hosts)
@@ -101,6 +107,7 @@ class AcmeService(Service):
         self._in_thread = in_thread
         self._from_thread = from_thread or (lambda f, *a: blockingCallFromThread(reactor, f, *a))
         self._issued = issued
+        self._challenged = challenged
         self._failures: dict[str, int] = {}
         self._calls: dict[str, IDelayedCall] = {}
         self._account: bytes | None = None
@@ -161,13 +168,16 @@ class AcmeService(Service):
 
     def _answer(self, hostname: str, challenge: Any, validation: str) -> None:
         if isinstance(challenge, ordering.TLSALPN01):
-            self._certificates.answer_tls(hostname, _pair(ordering.alpn_certificate(hostname, validation)))
+            pem = ordering.alpn_certificate(hostname, validation)
+            self._certificates.answer_tls(hostname, _pair(pem))
+            self._challenged(hostname, pem)
         else:
             self._certificates.answer_http(challenge.encode("token"), validation)
 
     def _withdraw(self, hostname: str, challenge: Any) -> None:
         if isinstance(challenge, ordering.TLSALPN01):
             self._certificates.answer_tls(hostname, None)
+            self._challenged(hostname, None)
         else:
             self._certificates.answer_http(challenge.encode("token"), None)
 
@@ -204,3 +214,8 @@ class AcmeService(Service):
 
 def _pair(pem: bytes) -> CertifiedKey:
     return parse(pem, "a TLS-ALPN-01 certificate").pair
+
+
+def answer_tls(certificates: AcmeCertificates, hostname: str, pem: bytes | None) -> None:
+    """Answer (or stop answering, with C{None}) TLS-ALPN-01 for C{hostname} with worker 0's certificate C{pem}."""
+    certificates.answer_tls(hostname, None if pem is None else _pair(pem))

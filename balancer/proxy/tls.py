@@ -273,7 +273,8 @@ class _ByServerName:
             return
         pair = self._certificates.certificate(name)
         if pair is None:
-            self._certificates.missing(name)
+            if self._certificates.challenge(name) is None:
+                self._certificates.missing(name)
             return
         cached = self._contexts.get(name)
         if cached is None or cached[0] is not pair:

@@ -50,7 +50,7 @@ from twisted.logger import (
 from twisted.protocols.basic import LineReceiver
 
 from balancer.acme.cache import CertificateCache
-from balancer.acme.service import acme_hosts, load_cached
+from balancer.acme.service import acme_hosts, answer_tls, load_cached
 from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
@@ -101,14 +101,23 @@ class AcmeIssued:
     hostname: str
 
 
-def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued:
+@attrs.frozen
+class AcmeChallenge:
+    """Answer TLS-ALPN-01 for C{hostname} with C{pem} (key and certificate), or stop (C{None})."""
+
+    hostname: str
+    pem: bytes | None
+
+
+def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued | AcmeChallenge:
     """
     A line from worker 0: a configuration, C{{"config": MAPPING,
     "admin_states": {server: {"host:port": state}}, "overrides": {server:
     {"host:port": {"weight": N, ...}}}}}, the mapping in the file's own key
     names (L{balancer.config.dump.to_mapping}), the admin states of backends
     that are not active and the overrides; C{{"close_sessions": {server:
-    ["host:port", ...]}}}; or C{{"acme_certificate": HOST}}.
+    ["host:port", ...]}}}; C{{"acme_certificate": HOST}}; or
+    C{{"acme_challenge": HOST, "pem": PEM or null}}.
 
     @raise balancer.config.ConfigError: if the configuration does not validate.
     @raise ValueError: if the line is not JSON, or not one of those.
@@ -116,6 +125,9 @@ def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued:
     message = json.loads(line)
     if not isinstance(message, dict):
         raise ValueError(f"expected a JSON object, got {line[:40]!r}")
+    if "acme_challenge" in message:
+        pem = message["pem"]
+        return AcmeChallenge(str(message["acme_challenge"]), None if pem is None else str(pem).encode("ascii"))
     if "acme_certificate" in message:
         return AcmeIssued(str(message["acme_certificate"]))
     if "close_sessions" in message:
@@ -173,6 +185,10 @@ class Worker(LineReceiver):
         if isinstance(message, AcmeIssued):
             if self.balancer is not None:
                 self._load_certificates(self.balancer, [message.hostname])
+            return
+        if isinstance(message, AcmeChallenge):
+            if self.balancer is not None and self.balancer.certificates is not None:
+                answer_tls(self.balancer.certificates, message.hostname, message.pem)
             return
         if self.balancer is None:
             self._start(message)
