@@ -318,3 +318,25 @@ class ConfigTests(SynchronousTestCase):
         pem = ordering.alpn_certificate("a.test", "key-authorization")
         self.assertEqual(read_message(challenge_message("a.test", pem)), AcmeChallenge("a.test", pem))
         self.assertEqual(read_message(challenge_message("a.test", None)), AcmeChallenge("a.test", None))
+
+
+class WantedTests(SynchronousTestCase):
+    """A listener made at runtime (a server added or changed) with new C{acme_hosts}."""
+
+    def test_newHostsAreOrderedOnce(self) -> None:
+        directory = self.mktemp()
+        certificates = AcmeCertificates()
+        orders = FakeOrders()
+        service = AcmeService(
+            AcmeConfig(cache_dir=directory), ["a.test"], certificates, MemoryReactorClock(),
+            order=orders, in_thread=lambda f, *args: maybeDeferred(f, *args), from_thread=lambda f, *args: f(*args),
+        )
+        certificates.only(["a.test"])
+        self.assertEqual(orders.calls, [])
+        service.startService()
+        certificates.only(["a.test", "B.test"])
+        certificates.only(["b.test"])
+        self.assertEqual([c[0] for c in orders.calls], ["a.test", "b.test"])
+        service.stopService()
+        certificates.only(["c.test"])
+        self.assertEqual(len(orders.calls), 2)

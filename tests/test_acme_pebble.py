@@ -8,6 +8,7 @@ listener; a client asking for the name (SNI) gets pebble's certificate.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, Generator
 
 from cryptography import x509
@@ -125,3 +126,21 @@ class PebbleTests(TestCase):
         for _ in range(20):
             served = yield served_certificate(port, HOST)
             self.assertEqual(names(served), [HOST])
+
+    @inlineCallbacks
+    def test_serverAddedByReloadGetsItsCertificate(self) -> Generator[Deferred[Any], Any, None]:
+        """A reload (SIGHUP) that adds a server with new acme_hosts: worker 0 orders them, the new listener serves them."""
+        balancer, _ = yield self.issued("http")
+        config = os.path.join(self.directory, "balancer.toml")
+        with open(config, "a") as f:
+            f.write(
+                '\n[servers.more]\nbind = "127.0.0.1:0"\nprotocol = "tls"\n'
+                '[servers.more.tls]\nacme_hosts = ["more.acme.test"]\n'
+                f'[servers.more.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:{refusing_port(self)}"]\n'
+            )
+        assert balancer.transport is not None
+        os.kill(balancer.transport.pid, signal.SIGHUP)
+        port = yield balancer.listening_port("more")
+        yield balancer.wait_for(rb"acme: certificate for more\.acme\.test valid until", 60)
+        served = yield served_certificate(port, "more.acme.test")
+        self.assertEqual(names(served), ["more.acme.test"])

@@ -5,7 +5,7 @@ server name, and the HTTP-01 answers of the C{http_bind} listener.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from twisted.logger import Logger
 
@@ -25,6 +25,7 @@ class AcmeCertificates:
     logged once per host until it has one.
 
     @ivar challenge_kind: C{[acme] challenge}.
+    @ivar wanted: told the C{acme_hosts} of each TLS listener made.
     """
 
     def __init__(self, challenge_kind: str = "http") -> None:
@@ -33,10 +34,17 @@ class AcmeCertificates:
         self._tokens: dict[str, str] = {}
         self._challenges: dict[str, CertifiedKey] = {}
         self._told: set[str] = set()
+        self.wanted: Callable[[Iterable[str]], None] = lambda hostnames: None
 
     def only(self, hostnames: Iterable[str]) -> HostCertificates:
-        """What a server whose C{acme_hosts} are C{hostnames} serves."""
-        return HostCertificates(self, hostnames)
+        """
+        What a server whose C{acme_hosts} are C{hostnames} serves; L{wanted}
+        is told them (worker 0's L{AcmeService<balancer.acme.service.AcmeService>}
+        orders those it does not know yet: servers added or changed at runtime).
+        """
+        names = [h.lower() for h in hostnames]
+        self.wanted(names)
+        return HostCertificates(self, names)
 
     def put(self, hostname: str, issued: Issued) -> None:
         """Serve C{issued} for C{hostname} from now on (new handshakes)."""

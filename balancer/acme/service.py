@@ -113,10 +113,18 @@ class AcmeService(Service):
         self._account: bytes | None = None
 
     def startService(self) -> None:
-        """Serve what is cached, and order (now, or when due) for every host."""
+        """Serve what is cached, and order (now, or when due) for every host, and for those listeners want later."""
         super().startService()
-        load_cached(self._certificates, self._cache, self._hosts)
-        for hostname in self._hosts:
+        hosts, self._hosts = self._hosts, []
+        self._certificates.wanted = self.want
+        self.want(hosts)
+
+    def want(self, hostnames: Iterable[str]) -> None:
+        """Keep a certificate for each of C{hostnames} not kept yet: the cached one, or one ordered now."""
+        new = [h for h in hostnames if h not in self._hosts]
+        self._hosts += new
+        load_cached(self._certificates, self._cache, new)
+        for hostname in new:
             issued = self._certificates.issued(hostname)
             if issued is None:
                 self._start_order(hostname)
@@ -126,6 +134,7 @@ class AcmeService(Service):
     def stopService(self) -> None:
         """Cancel the orders planned; one under way finishes unheeded."""
         super().stopService()
+        self._certificates.wanted = lambda hostnames: None
         calls, self._calls = self._calls, {}
         for call in calls.values():
             if call.active():
