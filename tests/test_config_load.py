@@ -437,6 +437,17 @@ class CheckResourcesTests(SynchronousTestCase):
             ("http", "https://acme-v02.api.letsencrypt.org/directory", None),
         )
 
+    def test_acmeHostsMustBeDnsNames(self) -> None:
+        config = parse_config(
+            b'[acme]\n' + self.ACME_SERVER.replace(b'["example.com"]', b'["*.example.com", "10.0.0.1", "localhost", "A.b-c.example"]'),
+            "x.toml",
+        )
+        with self.assertRaises(ConfigError) as caught:
+            check_resources(config, "x.toml")
+        lines = caught.exception.lines()
+        self.assertEqual([line.split(": ")[1] for line in lines], [f"servers.web.tls.acme_hosts[{i}]" for i in range(3)])
+        self.assertIn('got "*.example.com" (no wildcard', lines[0])
+
     def test_acmeDirectoryUrlMustBeAUrl(self) -> None:
         with self.assertRaises(ConfigError) as caught:
             parse_config(b'[acme]\ndirectory_url = "acme.example"\n', "x.toml")

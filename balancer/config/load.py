@@ -115,6 +115,10 @@ def check_resources(config: Config, source: str) -> None:
         raise ConfigError(source, list(problems))
 
 
+#: An C{acme_hosts} name: two or more DNS labels.
+ACME_HOST = r"(?i)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+
 def _check_server(path: str, server: ServerConfig, problems: Problems, acme: AcmeConfig | None) -> None:
     # Imported here: balancer.proxy.tls imports the schema, whose package imports this module.
     from balancer.proxy.tls import check_tls_files
@@ -122,6 +126,13 @@ def _check_server(path: str, server: ServerConfig, problems: Problems, acme: Acm
     tls = server.tls
     if server.protocol == "tls" and tls is not None and tls.acme_hosts and acme is None:
         problems.add(f"{path}.tls.acme_hosts", "needs an [acme] section (or give cert_path and key_path instead)")
+    for i, host in enumerate(tls.acme_hosts if tls is not None else ()):
+        if not re.fullmatch(ACME_HOST, host) or host.rsplit(".", 1)[-1].isdigit():
+            problems.add(
+                f"{path}.tls.acme_hosts[{i}]",
+                f'expected a DNS name like "www.example.com", got "{host}" '
+                "(no wildcard, IP address or single label: a CA validates a name with HTTP-01 or TLS-ALPN-01)",
+            )
     for key, message in check_tls_files(server):
         problems.add(f"{path}.{key}", message)
 
