@@ -107,7 +107,7 @@ class PebbleTests(TestCase):
     def test_http01WithTwoWorkers(self) -> Generator[Deferred[Any], Any, None]:
         """Worker 0 orders; worker 1 serves the certificate too (every handshake gets it)."""
         balancer, port = yield self.issued("http", workers=2)
-        yield balancer.wait_for(rb"worker 1 \(pid \d+\) serving")
+        yield balancer.wait_for(rb"\[worker 1\] acme: serving the certificate for web\.acme\.test from ")
         for _ in range(20):
             served = yield served_certificate(port, HOST)
             self.assertEqual(names(served), [HOST])
@@ -123,6 +123,7 @@ class PebbleTests(TestCase):
         yield balancer.wait_for(rb"acme: certificate for web\.acme\.test valid until", 60)
         # Only attempts before pebble listened failed: the first validation passed, whichever worker it reached.
         self.assertNotIn(b"ValidationError", balancer.output)
+        yield balancer.wait_for(rb"\[worker 1\] acme: serving the certificate for web\.acme\.test from ")
         for _ in range(20):
             served = yield served_certificate(port, HOST)
             self.assertEqual(names(served), [HOST])

@@ -63,6 +63,7 @@ def load_cached(certificates: AcmeCertificates, cache: CertificateCache, hostnam
             continue
         if issued is not None:
             certificates.put(hostname, issued)
+            log.info("acme: serving the certificate for {hostname} from {path}", hostname=hostname, path=cache.path(hostname))
 
 
 def now_utc(reactor: Any) -> datetime.datetime:
