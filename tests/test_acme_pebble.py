@@ -91,7 +91,8 @@ class PebbleTests(TestCase):
     @inlineCallbacks
     def test_http01(self) -> Generator[Deferred[Any], Any, None]:
         _, port = yield self.issued("http")
-        served = yield served_certificate(port, HOST)
+        root = yield self.pebble.root_pem()
+        served = yield served_certificate(port, HOST, trusted=root)
         self.assertEqual(names(served), [HOST])
         self.assertIn("Pebble Intermediate CA", issuer(served))
         self.assertTrue(os.path.exists(os.path.join(self.directory, "cache", HOST)))
@@ -99,7 +100,8 @@ class PebbleTests(TestCase):
     @inlineCallbacks
     def test_tlsAlpn01(self) -> Generator[Deferred[Any], Any, None]:
         _, port = yield self.issued("sni")
-        served = yield served_certificate(port, HOST)
+        root = yield self.pebble.root_pem()
+        served = yield served_certificate(port, HOST, trusted=root)
         self.assertEqual(names(served), [HOST])
         self.assertIn("Pebble Intermediate CA", issuer(served))
 

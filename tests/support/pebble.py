@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import ssl
+import urllib.request
 from typing import Any
 
 from cryptography import x509
@@ -51,6 +52,7 @@ class Pebble:
 
     @ivar directory_url: its ACME directory.
     @ivar ca_path: the CA file that verifies its TLS certificate.
+    @ivar management_port: its management interface (C{/roots/0}: the root it issues under).
     @ivar process: the running pebble, once started.
     """
 
@@ -62,6 +64,7 @@ class Pebble:
         self._pair = authority.issue(directory, "pebble")
         # pebble cannot listen on port 0 and say which port it got.
         self.port = free_port()
+        self.management_port = free_port()
         self.directory_url = f"https://127.0.0.1:{self.port}/dir"
         self.process: WatchedProcess | None = None
 
@@ -73,7 +76,7 @@ class Pebble:
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",
-                "managementListenAddress": f"127.0.0.1:{free_port()}",
+                "managementListenAddress": f"127.0.0.1:{self.management_port}",
                 "certificate": self._pair.cert_path,
                 "privateKey": self._pair.key_path,
                 "httpPort": http_port,
@@ -94,16 +97,34 @@ class Pebble:
         return ready.addCallback(lambda _: None)
 
 
-def served_certificate(port: int, server_name: str) -> Deferred[x509.Certificate]:
+    def root_pem(self) -> Deferred[bytes]:
+        """The root CA pebble issues under (a new one each run), from its management interface."""
+
+        def fetch() -> bytes:
+            context = ssl.create_default_context(cafile=self.ca_path)
+            url = f"https://127.0.0.1:{self.management_port}/roots/0"
+            with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+                return bytes(answer.read())
+
+        return deferToThread(fetch)
+
+
+def served_certificate(port: int, server_name: str, trusted: bytes | None = None) -> Deferred[x509.Certificate]:
     """
     The certificate a TLS server on 127.0.0.1:C{port} sends to a client
-    that asks for C{server_name} (not verified); fails when the handshake does.
+    that asks for C{server_name}; fails when the handshake does.
+
+    @param trusted: PEM CA certificates: the server's chain must lead to one
+        of them and its certificate name C{server_name} (else nothing is verified).
     """
 
     def handshake() -> x509.Certificate:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+        if trusted is not None:
+            context.load_verify_locations(cadata=trusted.decode("ascii"))
+        else:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname=server_name) as tls:
                 der = tls.getpeercert(binary_form=True)
