@@ -147,3 +147,18 @@ class PebbleTests(TestCase):
         yield balancer.wait_for(rb"acme: certificate for more\.acme\.test valid until", 60)
         served = yield served_certificate(port, "more.acme.test")
         self.assertEqual(names(served), ["more.acme.test"])
+
+    @inlineCallbacks
+    def test_cachedCertificateReusedAtStart(self) -> Generator[Deferred[Any], Any, None]:
+        """Restarted with pebble gone, the balancer serves the certificate from cache_dir and orders nothing."""
+        balancer, _ = yield self.issued("http")
+        root = yield self.pebble.root_pem()
+        yield balancer.stop()
+        assert self.pebble.process is not None
+        yield self.pebble.process.stop()
+        again = spawn_balancer(self, os.path.join(self.directory, "balancer.toml"), marker=b"web: listening on")
+        port = yield again.listening_port("web")
+        yield again.wait_for(rb"acme: serving the certificate for web\.acme\.test from ")
+        served = yield served_certificate(port, HOST, trusted=root)
+        self.assertEqual(names(served), [HOST])
+        self.assertNotIn(b"acme: ordering", again.output)
