@@ -21,6 +21,12 @@ gobetween (Go's C{crypto/tls}):
     1.17, which ignores the setting; it is accepted for compatibility.
   - C{session_tickets}: session tickets on (the default) or off.
 
+A server with C{acme_hosts} gets its certificate by the server name the
+client sends (L{ServerCertificates}, filled by L{balancer.acme}): OpenSSL's
+servername callback switches the connection to that certificate's context,
+and its ALPN callback to the TLS-ALPN-01 challenge certificate for a CA
+validating the name.
+
 Problems an operator can cause raise L{TLSError}, which names the dotted key;
 L{check_tls_files} collects them for the config loader.
 """
