@@ -35,6 +35,8 @@ setup(
         "jsonpatch>=1.48",
         "jsonpointer>=3.12",
         "zope.interface>=8.7",
+        "acme>=5.9",
+        "josepy>=2.2",
     ],
     extras_require={
         # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test

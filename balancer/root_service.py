@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
+from balancer.acme.certificates import AcmeCertificates
 from balancer.config.schema import Config, ServerConfig
 from balancer.proxy.engine.engine import make_engine
 from balancer.proxy.finished import FinishedConnections
@@ -47,6 +48,9 @@ class BalancerService(MultiService):
         for its reactor with C{[defaults] splice} where there can be one,
         else C{None}; closed once the service has stopped.
     @ivar finished: publishes every finished client connection of its servers.
+    @ivar certificates: the ACME certificates its TLS servers serve for their
+        C{acme_hosts} (C{None} without C{[acme]}); L{balancer.acme.service}
+        fills it.
     """
 
     def __init__(self, config: Config, reactor: Any, rng: random.Random | None = None) -> None:
@@ -58,6 +62,7 @@ class BalancerService(MultiService):
         self.finished = FinishedConnections()
         self.engine = make_engine(reactor) if config.defaults.splice else None
         self._paths = DataPaths(reactor, self.engine)
+        self.certificates = AcmeCertificates(config.acme.challenge) if config.acme is not None else None
         for name, server in config.servers.items():
             self._make_server(name, server).setServiceParent(self)
 
@@ -69,6 +74,7 @@ class BalancerService(MultiService):
             paths=self._paths,
             udp_max_sessions=defaults.udp_max_sessions,
             finished=self.finished,
+            certificates=self.certificates,
         )
         service.setName(name)
         return service

@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from balancer.acme.certificates import AcmeCertificates
 from balancer.backends import Backend, Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.schema import LISTENER_KEYS, ServerConfig
@@ -88,6 +89,8 @@ class ServerService(Service):
         worker processes (C{SO_REUSEPORT}, L{balancer.reuseport}).
     @ivar udp_max_sessions: C{[defaults] udp_max_sessions}, the limit of UDP
         sessions of a C{protocol = "udp"} server without C{max_connections}.
+    @ivar certificates: the ACME certificates of C{[acme]} (C{None} without
+        that section), which its listener serves for its C{tls.acme_hosts}.
     @ivar path: the data path its TCP relays run on, chosen from the
         C{paths} it was given for its configuration when it was made
         (L{DataPaths.choose}).
@@ -108,10 +111,12 @@ class ServerService(Service):
         paths: DataPaths | None = None,
         udp_max_sessions: int = 0,
         finished: FinishedConnections | None = None,
+        certificates: AcmeCertificates | None = None,
     ) -> None:
         self.name = name
         self.finished = finished if finished is not None else FinishedConnections()
         self.udp_max_sessions = udp_max_sessions
+        self.certificates = certificates
         self.reuse_port = reuse_port
         self.config = config
         self.reactor = reactor

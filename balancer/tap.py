@@ -16,6 +16,8 @@ from twisted.python import usage
 from admin.listener import api_service
 from balancer import __version__
 from balancer.accesslog import start_access_log
+from balancer.acme.http01 import Http01Service
+from balancer.acme.service import AcmeService, acme_hosts
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
 from balancer.control.controller import Controller
@@ -158,6 +160,7 @@ def build_service(
         balancer, config, config_path, reactor, configured=configured, changes=changes
     )
     on_hangup(root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
+    acme_workers = acme_services(config, balancer, reactor, root)
     if config.api.enabled:
         api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
@@ -168,7 +171,36 @@ def build_service(
                                       grace=config.defaults.shutdown_grace)
         supervisor.setName("workers")
         supervisor.setServiceParent(root)
+        acme_workers.append(supervisor)
     return root
+
+
+def acme_services(config: Config, balancer: BalancerService, reactor: Any, root: MultiService) -> list[WorkerSupervisor]:
+    """
+    Add what orders and renews the certificates of C{acme_hosts} to
+    C{root}, with the C{http_bind} listener when C{[acme] challenge = "http"}.
+
+    @return: the list of the worker supervisors to tell of each new
+        certificate and TLS-ALPN-01 answer (the caller adds its supervisor).
+    """
+    told: list[WorkerSupervisor] = []
+    hosts = acme_hosts(config)
+    certificates = balancer.certificates
+    if config.acme is None or certificates is None or not hosts or config.acme.challenge == "dns":
+        return told
+    if config.acme.challenge == "http":
+        Http01Service(config.acme.http_bind, certificates, reactor).setServiceParent(root)
+
+    def issued(hostname: str) -> None:
+        for supervisor in told:
+            supervisor.certificate_issued(hostname)
+
+    def challenged(hostname: str, pem: bytes | None) -> None:
+        for supervisor in told:
+            supervisor.tls_challenge(hostname, pem)
+
+    AcmeService(config.acme, hosts, certificates, reactor, issued=issued, challenged=challenged).setServiceParent(root)
+    return told
 
 
 def makeService(options: Options) -> IService:

@@ -411,18 +411,48 @@ class CheckResourcesTests(SynchronousTestCase):
         self.assertTrue(line.startswith("request body: servers.secure.tls.key_path: "), line)
         self.assertIn(self.certs.client.key_path, line)
 
-    def test_acmeOnlyIsRefused(self) -> None:
-        config = parse_config(
-            b'[servers.web]\nbind = ":3443"\nprotocol = "tls"\n[servers.web.tls]\nacme_hosts = ["example.com"]\n'
-            b'[servers.web.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:9001"]\n',
-            "x.toml",
-        )
+    ACME_SERVER = (
+        b'[servers.web]\nbind = ":3443"\nprotocol = "tls"\n[servers.web.tls]\nacme_hosts = ["example.com"]\n'
+        b'[servers.web.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:9001"]\n'
+    )
+
+    def test_acmeHostsWithoutAcmeSectionAreRefused(self) -> None:
+        config = parse_config(self.ACME_SERVER, "x.toml")
         with self.assertRaises(ConfigError) as caught:
             check_resources(config, "x.toml")
         self.assertEqual(
             caught.exception.lines(),
-            ["x.toml: servers.web.tls.acme_hosts: certificates from ACME are not supported; give cert_path and key_path"],
+            [
+                "x.toml: servers.web.tls.acme_hosts: needs an [acme] section "
+                "(or give cert_path and key_path instead)"
+            ],
         )
+
+    def test_acmeHostsWithAcmeSection(self) -> None:
+        config = parse_config(b'[acme]\ncache_dir = "/var/cache/acme"\n' + self.ACME_SERVER, "x.toml")
+        check_resources(config, "x.toml")
+        assert config.acme is not None
+        self.assertEqual(
+            (config.acme.challenge, config.acme.directory_url, config.acme.directory_ca_cert_path),
+            ("http", "https://acme-v02.api.letsencrypt.org/directory", None),
+        )
+
+    def test_acmeHostsMustBeDnsNames(self) -> None:
+        config = parse_config(
+            b'[acme]\n' + self.ACME_SERVER.replace(b'["example.com"]', b'["*.example.com", "10.0.0.1", "localhost", "A.b-c.example"]'),
+            "x.toml",
+        )
+        with self.assertRaises(ConfigError) as caught:
+            check_resources(config, "x.toml")
+        lines = caught.exception.lines()
+        self.assertEqual([line.split(": ")[1] for line in lines], [f"servers.web.tls.acme_hosts[{i}]" for i in range(3)])
+        self.assertIn('got "*.example.com" (no wildcard', lines[0])
+
+    def test_acmeDirectoryUrlMustBeAUrl(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(b'[acme]\ndirectory_url = "acme.example"\n', "x.toml")
+        self.assertEqual(len(caught.exception.lines()), 1)
+        self.assertIn("acme.directory_url", caught.exception.lines()[0])
 
 
 class ApiLimitsTests(SynchronousTestCase):

@@ -23,7 +23,7 @@ import attrs
 from balancer.config.decode import DecodeError, loads_json, loads_toml
 from balancer.config.errors import ConfigError, Problem, Problems
 from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, build, join
-from balancer.config.schema import Config, ServerConfig
+from balancer.config.schema import AcmeConfig, Config, ServerConfig
 
 
 def read_config_file(path: str) -> Config:
@@ -93,7 +93,7 @@ def server_from_mapping(name: str, raw: object, source: str, config: Config) -> 
                 problems.add(where, message)
     if len(problems) or server is INVALID:
         raise ConfigError(source, list(problems))
-    _check_server(path, server, problems)
+    _check_server(path, server, problems, config.acme)
     if len(problems):
         raise ConfigError(source, list(problems))
     return server
@@ -103,29 +103,36 @@ def check_resources(config: Config, source: str) -> None:
     """
     Check what C{config}'s servers need beyond their schema: that their TLS
     certificates, keys and CA files can be read and used (and the key is
-    the certificate's), and that C{protocol = "tls"} has a certificate, not
-    only C{acme_hosts}.
+    the certificate's), and that C{acme_hosts} come with an C{[acme]} section.
 
     @param source: the name used in error messages (a file path).
     @raise ConfigError: listing every problem, with paths C{servers.<name>.tls...}.
     """
     problems = Problems()
     for name, server in config.servers.items():
-        _check_server(join("servers", name), server, problems)
+        _check_server(join("servers", name), server, problems, config.acme)
     if len(problems):
         raise ConfigError(source, list(problems))
 
 
-def _check_server(path: str, server: ServerConfig, problems: Problems) -> None:
+#: An C{acme_hosts} name: two or more DNS labels.
+ACME_HOST = r"(?i)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+
+
+def _check_server(path: str, server: ServerConfig, problems: Problems, acme: AcmeConfig | None) -> None:
     # Imported here: balancer.proxy.tls imports the schema, whose package imports this module.
     from balancer.proxy.tls import check_tls_files
 
     tls = server.tls
-    if server.protocol == "tls" and tls is not None and tls.acme_hosts and not (tls.cert_path and tls.key_path):
-        problems.add(
-            f"{path}.tls.acme_hosts",
-            "certificates from ACME are not supported; give cert_path and key_path",
-        )
+    if server.protocol == "tls" and tls is not None and tls.acme_hosts and acme is None:
+        problems.add(f"{path}.tls.acme_hosts", "needs an [acme] section (or give cert_path and key_path instead)")
+    for i, host in enumerate(tls.acme_hosts if tls is not None else ()):
+        if not re.fullmatch(ACME_HOST, host) or host.rsplit(".", 1)[-1].isdigit():
+            problems.add(
+                f"{path}.tls.acme_hosts[{i}]",
+                f'expected a DNS name like "www.example.com", got "{host}" '
+                "(no wildcard, IP address or single label: a CA validates a name with HTTP-01 or TLS-ALPN-01)",
+            )
     for key, message in check_tls_files(server):
         problems.add(f"{path}.{key}", message)
 

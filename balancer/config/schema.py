@@ -142,13 +142,28 @@ class ProfilerConfig:
     bind: HostPort = setting(HostPort("localhost", 6060), parse=listen_address())
 
 
+#: Let's Encrypt's production ACME directory, the default C{[acme] directory_url}.
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+
 @attrs.frozen
 class AcmeConfig:
-    """C{[acme]}: accepted for compatibility with gobetween 0.7+ configs."""
+    """
+    C{[acme]}: certificates from an ACME CA for the C{acme_hosts} of
+    C{[servers.X.tls]} (L{balancer.acme}).
 
-    challenge: str = setting("http", parse=choice("http", "sni", "tls"))
+    C{challenge}: C{"http"} answers HTTP-01 on C{http_bind}; C{"sni"} (or
+    C{"tls"}) answers TLS-ALPN-01 on the server's own listener; C{"dns"} is
+    accepted, but a server with C{acme_hosts} then cannot start.
+    C{directory_url} and C{directory_ca_cert_path} are ours: the CA's
+    directory, and the CA file that verifies it (the system's roots when unset).
+    """
+
+    challenge: str = setting("http", parse=choice("http", "sni", "tls", "dns"))
     http_bind: HostPort = setting(HostPort("0.0.0.0", 80), parse=listen_address())
-    cache_dir: str = setting("/tmp", parse=text())
+    cache_dir: str = setting("/tmp", parse=text(r".+", "a directory path"))
+    directory_url: str = setting(LETS_ENCRYPT, parse=text(r"https?://\S+", "an http:// or https:// URL"))
+    directory_ca_cert_path: str | None = setting(None, parse=text(r".+", "a file path"))
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ import attrs
 from balancer.config.schema import LISTENER_KEYS, Config, ServerConfig
 
 #: The sections a reload does not apply (the process runs with those it started with).
-RESTART_SECTIONS = ("logging", "api", "metrics", "state")
+RESTART_SECTIONS = ("logging", "api", "metrics", "state", "acme")
 #: The C{[defaults]} keys that belong to the process, not to its servers.
 PROCESS_DEFAULTS = ("workers", "splice", "shutdown_grace", "udp_max_sessions")
 

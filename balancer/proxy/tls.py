@@ -21,6 +21,12 @@ gobetween (Go's C{crypto/tls}):
     1.17, which ignores the setting; it is accepted for compatibility.
   - C{session_tickets}: session tickets on (the default) or off.
 
+A server with C{acme_hosts} gets its certificate by the server name the
+client sends (L{ServerCertificates}, filled by L{balancer.acme}): OpenSSL's
+servername callback switches the connection to that certificate's context,
+and its ALPN callback to the TLS-ALPN-01 challenge certificate for a CA
+validating the name.
+
 Problems an operator can cause raise L{TLSError}, which names the dotted key;
 L{check_tls_files} collects them for the config loader.
 """
@@ -28,7 +34,7 @@ L{check_tls_files} collects them for the config loader.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import attrs
 from OpenSSL import SSL
@@ -43,7 +49,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from balancer.config.schema import BackendsTlsConfig, ServerConfig, TlsConfig
-from balancer.tlsfiles import TLSError, TLSErrors, load_certified_key, load_trust_root
+from balancer.tlsfiles import CertifiedKey, TLSError, TLSErrors, load_certified_key, load_trust_root
 
 TLSVersion = ssl.TLSVersion
 
@@ -185,28 +191,116 @@ def _acceptable_ciphers(
 # Contexts
 
 
-def server_context(config: TlsConfig) -> IOpenSSLServerConnectionCreator:
+class ServerCertificates(Protocol):
+    """
+    Certificates chosen by the server name a client sends (SNI), beside or
+    instead of C{[tls]}'s files: those of C{acme_hosts} (L{balancer.acme}).
+    """
+
+    def certificate(self, hostname: str) -> CertifiedKey | None:
+        """The certificate for C{hostname} now, if there is one."""
+
+    def challenge(self, hostname: str) -> CertifiedKey | None:
+        """The TLS-ALPN-01 challenge certificate for C{hostname}, while one is answered."""
+
+    def missing(self, hostname: str) -> None:
+        """Told when a client asked for C{hostname} and got no certificate of these."""
+
+
+#: The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+ACME_TLS_ALPN = b"acme-tls/1"
+
+
+def server_context(
+    config: TlsConfig, certificates: ServerCertificates | None = None
+) -> IOpenSSLServerConnectionCreator:
     """
     What a listener terminating TLS per C{config} needs (for C{listenSSL},
     C{TLSMemoryBIOFactory} or C{SSL4ServerEndpoint}).
 
+    @param certificates: when given, a client whose server name has one of
+        these gets it (with C{config}'s other settings); other clients get
+        C{cert_path}'s, or no handshake when there is none.
     @raise TLSError: on a version, cipher, certificate or key that cannot be used.
     """
     low, high = _versions(config.min_version, config.max_version, "tls")
-    pair = load_certified_key(config.cert_path, config.key_path, "tls.")
-    return _build(
-        lambda **options: ssl.CertificateOptions(
-            privateKey=pair.key,
-            certificate=pair.certificate,
-            extraCertChain=list(pair.chain),
-            enableSessionTickets=config.session_tickets,
-            **options,
-        ),
-        low,
-        high,
-        _acceptable_ciphers(config.ciphers, low, high, "tls"),
-        "tls",
-    )
+    ciphers = _acceptable_ciphers(config.ciphers, low, high, "tls")
+
+    def make(pair: CertifiedKey | None) -> Any:
+        files: dict[str, Any] = {}
+        if pair is not None:
+            files = {"privateKey": pair.key, "certificate": pair.certificate, "extraCertChain": list(pair.chain)}
+        return _build(
+            lambda **options: ssl.CertificateOptions(
+                enableSessionTickets=config.session_tickets, **files, **options
+            ),
+            low,
+            high,
+            ciphers,
+            "tls",
+        )
+
+    default = load_certified_key(config.cert_path, config.key_path, "tls.") if config.cert_path else None
+    if certificates is None:
+        return make(default)
+    return _ByServerName(make, default, certificates)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _ByServerName:
+    """
+    Connections that switch to the context of the certificate their client's
+    server name has (OpenSSL's servername callback), and to a TLS-ALPN-01
+    challenge certificate when the client offers only C{acme-tls/1} for a
+    name being validated.
+    """
+
+    def __init__(
+        self, make: Callable[[CertifiedKey | None], Any], default: CertifiedKey | None, certificates: ServerCertificates
+    ) -> None:
+        self._make = make
+        self._certificates = certificates
+        self._contexts: dict[str, tuple[CertifiedKey, SSL.Context]] = {}
+        self._default = self._context(default)
+
+    def _context(self, pair: CertifiedKey | None) -> SSL.Context:
+        context: SSL.Context = self._make(pair).getContext()
+        context.set_tlsext_servername_callback(self._chose_name)
+        context.set_alpn_select_callback(self._chose_protocol)
+        return context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        """A connection that starts with the default context."""
+        return SSL.Connection(self._default, None)
+
+    def _chose_name(self, connection: SSL.Connection) -> None:
+        name = _server_name(connection)
+        if name is None:
+            return
+        pair = self._certificates.certificate(name)
+        if pair is None:
+            if self._certificates.challenge(name) is None:
+                self._certificates.missing(name)
+            return
+        cached = self._contexts.get(name)
+        if cached is None or cached[0] is not pair:
+            cached = self._contexts[name] = (pair, self._context(pair))
+        connection.set_context(cached[1])
+
+    def _chose_protocol(self, connection: SSL.Connection, offered: list[bytes]) -> Any:
+        name = _server_name(connection)
+        if ACME_TLS_ALPN in offered and name is not None:
+            challenge = self._certificates.challenge(name)
+            if challenge is not None:
+                connection.set_context(self._make(challenge).getContext())
+                return ACME_TLS_ALPN
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _server_name(connection: SSL.Connection) -> str | None:
+    """The lower-case server name the client sent, if any."""
+    sent = connection.get_servername()
+    return sent.decode("ascii", "replace").lower().rstrip(".") if sent else None
 
 
 class BackendTLS:

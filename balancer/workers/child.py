@@ -9,8 +9,8 @@ nothing else: no admin API, no metrics, no state file.
 
 Its standard streams are its link to worker 0:
 
- - stdin: JSON lines (L{read_message}), each a whole configuration or a
-   request to close sessions.  The first configuration starts the servers;
+ - stdin: JSON lines (L{read_message}), each a whole configuration, a
+   request to close sessions, or news of an ACME certificate in C{cache_dir}.  The first configuration starts the servers;
    each later one, sent when the API changed worker 0, is applied as a
    difference (L{server_changes<balancer.control.reloading.server_changes>}): servers removed, changed (in place, or
    with a new listener) and added.  A request to close sessions closes at
@@ -51,6 +51,8 @@ from twisted.logger import (
 from twisted.protocols.basic import LineReceiver
 
 from balancer.accesslog import start_access_log
+from balancer.acme.cache import CertificateCache
+from balancer.acme.service import acme_hosts, answer_tls, load_cached
 from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
@@ -94,14 +96,30 @@ class CloseSessions:
     targets: dict[str, list[str]]
 
 
-def read_message(line: bytes) -> Configuration | CloseSessions:
+@attrs.frozen
+class AcmeIssued:
+    """Worker 0 wrote a new ACME certificate for C{hostname} to C{[acme] cache_dir}."""
+
+    hostname: str
+
+
+@attrs.frozen
+class AcmeChallenge:
+    """Answer TLS-ALPN-01 for C{hostname} with C{pem} (key and certificate), or stop (C{None})."""
+
+    hostname: str
+    pem: bytes | None
+
+
+def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued | AcmeChallenge:
     """
     A line from worker 0: a configuration, C{{"config": MAPPING,
     "admin_states": {server: {"host:port": state}}, "overrides": {server:
     {"host:port": {"weight": N, ...}}}}}, the mapping in the file's own key
     names (L{balancer.config.dump.to_mapping}), the admin states of backends
-    that are not active and the overrides; or C{{"close_sessions": {server:
-    ["host:port", ...]}}}.
+    that are not active and the overrides; C{{"close_sessions": {server:
+    ["host:port", ...]}}}; C{{"acme_certificate": HOST}}; or
+    C{{"acme_challenge": HOST, "pem": PEM or null}}.
 
     @raise balancer.config.ConfigError: if the configuration does not validate.
     @raise ValueError: if the line is not JSON, or not one of those.
@@ -109,6 +127,11 @@ def read_message(line: bytes) -> Configuration | CloseSessions:
     message = json.loads(line)
     if not isinstance(message, dict):
         raise ValueError(f"expected a JSON object, got {line[:40]!r}")
+    if "acme_challenge" in message:
+        pem = message["pem"]
+        return AcmeChallenge(str(message["acme_challenge"]), None if pem is None else str(pem).encode("ascii"))
+    if "acme_certificate" in message:
+        return AcmeIssued(str(message["acme_certificate"]))
     if "close_sessions" in message:
         return CloseSessions({str(name): [str(key) for key in keys] for name, keys in message["close_sessions"].items()})
     overrides = {
@@ -161,6 +184,14 @@ class Worker(LineReceiver):
             if self.balancer is not None:
                 close_backend_relays(self.balancer, message.targets)
             return
+        if isinstance(message, AcmeIssued):
+            if self.balancer is not None:
+                self._load_certificates(self.balancer, [message.hostname])
+            return
+        if isinstance(message, AcmeChallenge):
+            if self.balancer is not None and self.balancer.certificates is not None:
+                answer_tls(self.balancer.certificates, message.hostname, message.pem)
+            return
         if self.balancer is None:
             self._start(message)
             return
@@ -187,10 +218,17 @@ class Worker(LineReceiver):
             return
         balancer.startService()
         self.balancer = balancer
+        self._load_certificates(balancer, acme_hosts(config))
         self._apply_states(message)
         self._reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
         self._send({"ready": True})
         self._reports.start(REPORT_INTERVAL, now=True)
+
+    def _load_certificates(self, balancer: BalancerService, hostnames: list[str]) -> None:
+        """Serve the certificates worker 0 keeps in C{[acme] cache_dir} for C{hostnames}."""
+        acme = balancer.config.acme
+        if acme is not None and balancer.certificates is not None:
+            load_cached(balancer.certificates, CertificateCache(acme.cache_dir), hostnames)
 
     @inlineCallbacks
     def _apply(self, message: Configuration) -> Generator[Deferred[Any], Any, None]:

@@ -22,6 +22,12 @@ ports with C{SO_REUSEPORT}: the kernel spreads new connections across them.
    /v1 and /metrics read them) add to worker 0's own
    (L{balancer.control.sums}).  A worker that ended still counts with
    its last report until its replacement sends its first.
+ - ACME certificates: only worker 0 orders them and answers challenges
+   (L{balancer.acme.service}); it writes each new one to C{[acme] cache_dir}
+   and sends C{{"acme_certificate": HOST}} to every worker, which reads it
+   from there (and reads every cached one when it starts).  With
+   C{challenge = "sni"} it also sends C{{"acme_challenge": HOST, "pem": PEM}}
+   (C{null} once validated), since the CA's connection may reach any worker.
  - Logs: each worker's log events are logged here, with C{log_system} set to
    C{worker N}.
  - Failures: a worker that ends while the supervisor runs is started again
@@ -63,8 +69,8 @@ RESTART_DELAY = 1.0
 RESTART_MAX_DELAY = 30.0
 #: Seconds past the shutdown grace that a stopping worker has before SIGKILL.
 KILL_MARGIN = 5.0
-#: The configuration sections a worker needs (not the API's accounts, metrics or state).
-WORKER_SECTIONS = ("logging", "defaults", "servers")
+#: The configuration sections a worker needs (not the API's accounts, metrics or state; [acme] for its cache_dir).
+WORKER_SECTIONS = ("logging", "defaults", "servers", "acme")
 
 
 def config_message(control: Controller) -> bytes:
@@ -104,6 +110,16 @@ def config_message(control: Controller) -> bytes:
 def close_message(targets: dict[str, list[str]]) -> bytes:
     """The line that tells a worker to close every relay to C{targets} (server name to backend C{host:port}s)."""
     return json.dumps({"close_sessions": targets}).encode() + b"\n"
+
+
+def certificate_message(hostname: str) -> bytes:
+    """The line that tells a worker to serve C{hostname}'s new ACME certificate, now in C{[acme] cache_dir}."""
+    return json.dumps({"acme_certificate": hostname}).encode() + b"\n"
+
+
+def challenge_message(hostname: str, pem: bytes | None) -> bytes:
+    """The line that tells a worker to answer TLS-ALPN-01 for C{hostname} with C{pem} (key and certificate), or to stop."""
+    return json.dumps({"acme_challenge": hostname, "pem": None if pem is None else pem.decode("ascii")}).encode() + b"\n"
 
 
 def worker_environment() -> dict[str, str]:
@@ -240,6 +256,18 @@ class WorkerSupervisor(Service):
     def close_sessions(self, targets: dict[str, list[str]]) -> None:
         """Tell every running worker to close its relays to C{targets} (server name to backend C{host:port}s)."""
         line = close_message(targets)
+        for process in self.processes.values():
+            process.send(line)
+
+    def certificate_issued(self, hostname: str) -> None:
+        """Tell every running worker to read C{hostname}'s new ACME certificate from C{cache_dir}."""
+        line = certificate_message(hostname)
+        for process in self.processes.values():
+            process.send(line)
+
+    def tls_challenge(self, hostname: str, pem: bytes | None) -> None:
+        """Tell every running worker to answer TLS-ALPN-01 for C{hostname} with C{pem}, or to stop (C{None})."""
+        line = challenge_message(hostname, pem)
         for process in self.processes.values():
             process.send(line)
 
