@@ -158,7 +158,9 @@ class AdminApp:
     @app.handle_errors(dashboard.UnknownAsset)
     def unknown_asset(self, request: IRequest, failure: Failure) -> bytes:
         """No dashboard file of that name: 404."""
-        return render_error(request, 404, f'no dashboard file named "{failure.value.args[0]}"')
+        error = failure.value
+        assert isinstance(error, dashboard.UnknownAsset)
+        return render_error(request, 404, f'no dashboard file named "{error.args[0]}"')
 
     @app.handle_errors(UnknownServer)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:

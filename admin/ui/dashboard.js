@@ -144,8 +144,9 @@
 
   // --- service cards ----------------------------------------------------------
 
-  function figure(label) {
+  function figure(label, key) {
     const box = element("div", "figure");
+    box.dataset.figure = key;
     const value = element("div", "value", "—");
     box.append(value, element("div", "label", label));
     return { box, value };
@@ -161,10 +162,10 @@
     const strategy = element("span", "muted");
     title.append(name, state, listener, strategy);
     const figures = element("div", "figures");
-    const connections = figure("active connections");
-    const total = figure("connections in all");
-    const refusals = figure("refusals");
-    const moved = figure("bytes rx / tx");
+    const connections = figure("active connections", "connections");
+    const total = figure("connections in all", "total");
+    const refusals = figure("refusals", "refusals");
+    const moved = figure("bytes rx / tx", "bytes");
     figures.append(connections.box, total.box, refusals.box, moved.box);
     const charts = element("div", "charts");
     const traffic = chart();
@@ -229,7 +230,10 @@
         button("Drain", () => change(id, "set", "drain")),
         button("Clear", () => change(id, "clear")),
         weight,
-        button("Set weight", () => change(id, "weight", weight.value)),
+        button("Set weight", async () => {
+          await change(id, "weight", weight.value);
+          weight.value = "";
+        }),
       );
       actions.append(box);
       tr.append(actions);
