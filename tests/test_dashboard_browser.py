@@ -198,13 +198,15 @@ class DashboardTests(TestCase):
 
         screenshot = os.environ.get("BALANCER_SCREENSHOT")
         if screenshot:
+            yield self.browser.call(lambda: second.get_by_role("button", name="Drain").click())
+            yield self.browser.call(lambda: expect(second.locator(".state")).to_have_text("Draining", timeout=SHOWN_MS))
             polyline = page.locator('section[data-service="echo"] polyline.rx')
             yield self.browser.call(lambda: expect(polyline).to_have_attribute(
                 "points", re.compile(r"^(\S+ ){59}"), timeout=90_000))
             yield self.browser.call(lambda: page.screenshot(path=screenshot, full_page=True))
         self.assertEqual([(w.get("if-match", "")[:1], w.get("origin")) for w in writes],
                          [('"', f"http://127.0.0.1:{self.api}")] * len(writes))
-        self.assertEqual(len(writes), 4)
+        self.assertEqual(len(writes), 5 if screenshot else 4)
         self.assertEqual(self.browser.errors, [])
 
     @inlineCallbacks
