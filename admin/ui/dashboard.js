@@ -372,6 +372,7 @@
 
   async function poll() {
     try {
+      if (document.hidden) return; // a background tab asks nothing; the next rate spans the pause
       await refresh();
       if (pollFailed) showMessage("");
       pollFailed = false;
