@@ -104,6 +104,12 @@ def answer_patch_with_204(route: Any) -> None:
     route.fulfill(status=204, headers={"ETag": answered.headers.get("etag", "")}, body=b"")
 
 
+def answer_412(route: Any) -> None:
+    """(A Playwright route handler) answer as /v1 does when C{If-Match} names an older version."""
+    route.fulfill(status=412, content_type="application/json",
+                  body=b'{"errors": [{"detail": "the resource has changed: its ETag is not the one given"}]}')
+
+
 def row(server: str, service: str) -> str:
     """The CSS selector of backend C{server}'s row in service C{service}'s card."""
     return f'section[data-service="{service}"] tr[data-server="{server}"]'
@@ -208,6 +214,21 @@ class DashboardTests(TestCase):
                          [('"', f"http://127.0.0.1:{self.api}")] * len(writes))
         self.assertEqual(len(writes), 5 if screenshot else 4)
         self.assertEqual(self.browser.errors, [])
+
+    @inlineCallbacks
+    def test_staleReadIsSaid(self) -> Generator[Deferred[Any], Any, None]:
+        """A change refused with 412 (the server changed since the page read it) is said, and nothing breaks."""
+        from playwright.sync_api import expect
+
+        page, _ = yield self.open(ADMIN)
+        yield self.browser.call(self.both_services_shown, page)
+        yield self.browser.call(page.route, "**/v1/servers/*/set*", answer_412)
+        second = page.locator(row(self.second, "web"))
+        yield self.browser.call(lambda: second.get_by_role("button", name="Maintenance").click())
+        yield self.browser.call(lambda: expect(page.locator("#message")).to_have_text(
+            f"{self.second} changed since it was read (another operator?): nothing done; check it and try again"))
+        yield self.browser.call(lambda: expect(second.locator(".state")).to_have_text("Running"))
+        self.assertEqual([e for e in self.browser.errors if "status of 412" not in e], [])
 
     @inlineCallbacks
     def test_basicAccountSeesNoButton(self) -> Generator[Deferred[Any], Any, None]:
