@@ -28,6 +28,7 @@ from twisted.trial.unittest import TestCase
 from tests.support import browser
 from tests.support.clients import Echo, Named, answers, port_number, serve
 from tests.support.processes import spawn_balancer
+from tests.support.transports import ITCPStream
 
 CONFIG = """
 [api]
@@ -72,6 +73,8 @@ SHOWN_MS = 15_000
 
 class Streamer(Protocol):
     """A client that keeps sending: a chunk every 50 ms, of a size that cycles so the chart has a shape."""
+
+    transport: ITCPStream
 
     def connectionMade(self) -> None:
         self.sent = 0
@@ -121,9 +124,9 @@ class DashboardTests(TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def setUp(self) -> Generator[Deferred[Any], Any, None]:
+    def setUp(self) -> Any:
         browser.require(self)
-        first = yield serve(self, Named, name=b"first")
+        first = self.first_port = yield serve(self, Named, name=b"first")
         second = yield serve(self, Named, name=b"second")
         echo = yield serve(self, Echo)
         self.first = f"127.0.0.1:{port_number(first)}"
@@ -169,8 +172,12 @@ class DashboardTests(TestCase):
         page, status = yield self.open(ADMIN)
         self.assertEqual(status, 200)
         writes: list[dict[str, str]] = []
-        yield self.browser.call(page.on, "request",
-                                lambda request: request.method != "GET" and writes.append(request.headers))
+
+        def sent(request: Any) -> None:
+            if request.method != "GET":
+                writes.append(request.headers)
+
+        yield self.browser.call(page.on, "request", sent)
         yield self.browser.call(self.both_services_shown, page)
         bytes_moved = page.locator('section[data-service="echo"] [data-figure="bytes"] .value')
         before = yield self.browser.call(bytes_moved.text_content)
@@ -229,6 +236,21 @@ class DashboardTests(TestCase):
             f"{self.second} changed since it was read (another operator?): nothing done; check it and try again"))
         yield self.browser.call(lambda: expect(second.locator(".state")).to_have_text("Running"))
         self.assertEqual([e for e in self.browser.errors if "status of 412" not in e], [])
+
+    @inlineCallbacks
+    def test_backendGoingDownIsShown(self) -> Generator[Deferred[Any], Any, None]:
+        """A backend that stops listening: its checks fail, it shows Down, and when that changed."""
+        from playwright.sync_api import expect
+
+        page, _ = yield self.open(VIEWER)
+        yield self.browser.call(self.both_services_shown, page)
+        yield self.first_port.stopListening()
+        first = page.locator(row(self.first, "web"))
+        yield self.browser.call(lambda: expect(first.locator(".state")).to_have_text("Down", timeout=SHOWN_MS))
+        yield self.browser.call(lambda: expect(first.locator("td").nth(2)).to_contain_text("failed"))
+        yield self.browser.call(lambda: expect(first.locator("td").nth(3)).to_have_text(re.compile(r"^\d+ s ago$")))
+        yield self.browser.call(lambda: expect(page.locator(f"{row(self.second, 'web')} td").nth(3)).to_have_text("—"))
+        self.assertEqual(self.browser.errors, [])
 
     @inlineCallbacks
     def test_basicAccountSeesNoButton(self) -> Generator[Deferred[Any], Any, None]:
