@@ -19,6 +19,7 @@ setup(
     package_data={
         "twisted.plugins": ["balancer_plugin.py"],
         "balancer": ["examples/*.toml", "examples/*.service"],
+        "admin": ["ui/*.html", "ui/*.js", "ui/*.css"],
     },
     install_requires=[
         "twisted[tls]>=26.10",
@@ -40,7 +41,8 @@ setup(
     ],
     extras_require={
         # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test
-        # builds a wheel without fetching a build backend.
+        # builds a wheel without fetching a build backend; playwright drives the
+        # dashboard in the system's Chromium (it never downloads a browser).
         "test": [
             "openapi-spec-validator>=0.7",
             "schemathesis>=4.32",
@@ -48,6 +50,7 @@ setup(
             "mypy>=2.4",
             "mypy-zope>=1.0.17",
             "wheel>=0.45",
+            "playwright>=1.65",
         ],
     },
 )

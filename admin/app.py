@@ -19,7 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from admin import gobetween
+from admin import dashboard, gobetween
 from admin.auth import Account, require_admin
 from admin.errorbody import render_error, under_v1
 from admin.errors import BadRequest, Forbidden
@@ -119,6 +119,23 @@ class AdminApp:
         """C{/v1/...}: the MaxScale-style resource API (L{admin.v1.api}) for the same control and account."""
         return V1App(self.control, self.account).app.resource()
 
+    @app.route("/ui", methods=["GET"])
+    def dashboard_moved(self, request: IRequest) -> bytes:
+        """C{GET /ui}: to C{/ui/}, where the page's relative links work."""
+        request.setResponseCode(301)
+        request.setHeader(b"Location", b"ui/")
+        return b""
+
+    @app.route("/ui/", methods=["GET"])
+    def dashboard_page(self, request: IRequest) -> bytes:
+        """C{GET /ui/}: the dashboard (L{admin.dashboard})."""
+        return dashboard.serve(request, "index.html", self.account)
+
+    @app.route("/ui/<name>", methods=["GET"])
+    def dashboard_asset(self, request: IRequest, name: str) -> bytes:
+        """C{GET /ui/<name>}: the dashboard's script and style."""
+        return dashboard.serve(request, name, self.account)
+
     @app.route("/servers/<name>/stats", methods=["GET"])
     def stats(self, request: IRequest, name: str) -> bytes:
         """C{GET /servers/<name>/stats}: gobetween's statistics document."""
@@ -137,6 +154,13 @@ class AdminApp:
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """A name already taken, or an address that cannot be bound: 409."""
         return render_error(request, 409, str(failure.value))
+
+    @app.handle_errors(dashboard.UnknownAsset)
+    def unknown_asset(self, request: IRequest, failure: Failure) -> bytes:
+        """No dashboard file of that name: 404."""
+        error = failure.value
+        assert isinstance(error, dashboard.UnknownAsset)
+        return render_error(request, 404, f'no dashboard file named "{error.args[0]}"')
 
     @app.handle_errors(UnknownServer)
     def unknown(self, request: IRequest, failure: Failure) -> bytes:

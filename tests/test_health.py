@@ -288,6 +288,18 @@ class MonitorTests(SynchronousTestCase):
         ])
         self.assertEqual([r.passed for r in seen if r is not None], [True, False, False, False, False])
 
+    def test_resultSaysWhenTheChecksLastTurnedTheBackend(self) -> None:
+        """
+        C{changed_at} is None until the checks turn the backend down or live,
+        then the time of the latest turn, kept by the checks that follow.
+        """
+        monitor, _, _ = self.monitor({key(0): [True, False, False, True, True]}, fails=2, passes=1)
+        seen = [monitor.result(key(0))]
+        for _ in range(4):
+            self.clock.advance(10)
+            seen.append(monitor.result(key(0)))
+        self.assertEqual([r.changed_at if r else "none" for r in seen], [None, None, 20.0, 30.0, 30.0])
+
     def test_noResultBeforeTheFirstCheckNorAfterRemoval(self) -> None:
         """A backend has no result until its first check ends, nor once it is no longer checked."""
         monitor, pool, _ = self.monitor({key(0): [HANG], key(1): [True]}, backends=2, timeout=1.0)

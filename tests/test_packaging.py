@@ -100,6 +100,7 @@ class WheelTests(TestCase):
         self.assertEqual(examples - names, set())
         self.assertIn("twisted/plugins/balancer_plugin.py", names)
         self.assertIn("balancer/__main__.py", names)
+        self.assertEqual({"admin/ui/index.html", "admin/ui/dashboard.js", "admin/ui/dashboard.css"} - names, set())
         with open(os.path.join(ROOT, "etc", "balancer.toml"), "rb") as f:
             self.assertEqual(example, f.read())
         self.assertTrue(any(line.startswith("Requires-Dist: cryptography>=") for line in requires), requires)

@@ -21,6 +21,7 @@ from typing import Any
 
 from admin.v1 import documents
 from admin.v1.errors import bad_request, conflict, unprocessable
+from admin.v1.health import health_attributes
 from admin.v1.kind import Kind
 from balancer.config.errors import ConfigError
 from balancer.config.fields import join
@@ -116,14 +117,16 @@ class Servers(Kind):
             "parameters": view.parameters,
             "overrides": view.overrides,
             "statistics": statistics(view),
+            **health_attributes(view),
         }
         services = view.services
         relationships = {"services": ("services", services), "monitors": ("monitors", services)}
         return documents.resource(self.type, view.id, attributes, relationships)
 
     def view(self, resource: dict[str, Any]) -> Any:
-        """Parameters, admin state and links: health (C{state}) and statistics left out."""
-        attributes = {k: v for k, v in resource["attributes"].items() if k not in ("statistics", "state")}
+        """Parameters, admin state and links: health (C{state}, the checks) and statistics left out."""
+        live = ("statistics", "state", "last_check", "state_changed_at")
+        attributes = {k: v for k, v in resource["attributes"].items() if k not in live}
         return {**resource, "attributes": attributes}
 
     def changed_at(self, id: str) -> float:

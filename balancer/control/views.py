@@ -52,7 +52,8 @@ class PoolEntry:
         summed over the worker processes (C{total_connections},
         C{active_connections}, C{refused_connections}, C{rx}, C{tx}, ...).
     @ivar check: what worker 0's health checks of it found: the latest
-        check's outcome, time and duration, and the counts; None before its
+        check's outcome, time and duration, the counts, and when the checks
+        last turned it live or down; None before its
         first check has ended, or without health checks.
     """
 

@@ -216,6 +216,7 @@ class HealthMonitor:
             return
         watch.opposed = 0
         backend.live = passed
+        self._results[backend.key] = self._results[backend.key].turned(self._reactor.seconds())
         if passed:
             log.info("backend {host}:{port} up after {passes} passed checks", host=backend.host, port=backend.port,
                      passes=needed)

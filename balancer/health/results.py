@@ -26,6 +26,8 @@ class CheckResult:
     @ivar duration: how long it took, in seconds.
     @ivar checks: checks ended since the backend is watched, this one included.
     @ivar failures: those of them that did not pass.
+    @ivar changed_at: when the checks last turned the backend live or down,
+        in epoch seconds of the monitor's clock; None while they have not.
     """
 
     outcome: str
@@ -33,6 +35,7 @@ class CheckResult:
     duration: float
     checks: int
     failures: int
+    changed_at: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -42,8 +45,12 @@ class CheckResult:
     def then(self, outcome: str, finished_at: float, duration: float) -> CheckResult:
         """The result after one more check, which ended with C{outcome}."""
         return CheckResult(
-            outcome, finished_at, duration, self.checks + 1, self.failures + (outcome != PASSED)
+            outcome, finished_at, duration, self.checks + 1, self.failures + (outcome != PASSED), self.changed_at
         )
+
+    def turned(self, at: float) -> CheckResult:
+        """The same result, noting that the checks turned the backend live or down at C{at}."""
+        return attrs.evolve(self, changed_at=at)
 
 
 #: The result of a backend before its first check: no check ended yet.
