@@ -125,7 +125,7 @@ class DashboardTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        browser.require(self)
+        browser.require()
         first = self.first_port = yield serve(self, Named, name=b"first")
         second = yield serve(self, Named, name=b"second")
         echo = yield serve(self, Echo)

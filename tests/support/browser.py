@@ -12,6 +12,7 @@ must run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, Callable, TypeVar, cast
 
@@ -20,7 +21,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support.tools import unavailable
 
 T = TypeVar("T")
 
@@ -32,24 +35,16 @@ def missing() -> str | None:
     """Why no browser test can run here, in one line; None when they can."""
     if not os.access(CHROMIUM, os.X_OK):
         return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set BALANCER_CHROMIUM)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Python playwright is not installed (pip install -e '.[test]')"
+    if importlib.util.find_spec("playwright") is None:
+        return "Python playwright is not installed (pip install '.[test]')"
     return None
 
 
-def require(test: SynchronousTestCase) -> None:
-    """
-    Skip C{test} when no browser can run here (see L{missing}); under
-    C{CI=true}, fail it instead.
-    """
+def require() -> None:
+    """Skip the calling test when no browser can run here (see L{missing}); under C{CI=true}, fail it instead."""
     reason = missing()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        test.fail(f"CI=true, and the browser tests cannot run: {reason}")
-    raise SkipTest(reason)
+    if reason is not None:
+        unavailable(f"the browser tests cannot run: {reason}")
 
 
 class Browser:

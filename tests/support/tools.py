@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import FailTest, SkipTest
+
+
+def unavailable(reason: str) -> NoReturn:
+    """
+    A test cannot run here, for C{reason} (one line): skip it, or fail it
+    with C{CI=true}, where everything a test needs must be installed.
+    """
+    if os.environ.get("CI") == "true":
+        raise FailTest(f"{reason}; with CI=true that is a failure")
+    raise SkipTest(reason)
 
 
 def require_tool(name: str) -> str:
@@ -17,12 +28,9 @@ def require_tool(name: str) -> str:
     The path of the executable C{name} on C{PATH}.
 
     @raise SkipTest: when it is missing (C{apt-get install NAME} gives it on Debian).
-    @raise RuntimeError: instead, when C{CI=true}: there every tool must be installed.
+    @raise FailTest: instead, when C{CI=true} (see L{unavailable}).
     """
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"needs the {name} tool (apt-get install {name}), which is not on PATH"
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"{reason}; with CI=true a missing tool is a failure")
-    raise SkipTest(reason)
+    unavailable(f"needs the {name} tool (apt-get install {name}), which is not on PATH")
