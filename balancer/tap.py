@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import ILogObserver
 from twisted.python import usage
 
@@ -195,9 +196,8 @@ def acme_services(config: Config, balancer: BalancerService, reactor: Any, root:
         for supervisor in told:
             supervisor.certificate_issued(hostname)
 
-    def challenged(hostname: str, pem: bytes | None) -> None:
-        for supervisor in told:
-            supervisor.tls_challenge(hostname, pem)
+    def challenged(hostname: str, pem: bytes | None) -> Deferred[Any]:
+        return gatherResults([supervisor.tls_challenge(hostname, pem) for supervisor in told])
 
     AcmeService(config.acme, hosts, certificates, reactor, issued=issued, challenged=challenged).setServiceParent(root)
     return told

@@ -23,7 +23,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionRefusedError, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, LogLevelFilterPredicate, eventAsJSON, globalLogPublisher
+from twisted.logger import (
+    LogLevel,
+    LogLevelFilterPredicate,
+    capturedLogs,
+    eventAsJSON,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from admin.gobetween import server_stats
@@ -36,8 +43,16 @@ from balancer.root_service import BalancerService
 from balancer.listening import BindError
 from balancer.server_service import ServerService
 from balancer.stats import SERVER_COUNTERS, RateClock, server_report
-from balancer.workers.child import Configuration, Worker, read_message, server_changes
-from balancer.workers.supervisor import KILL_MARGIN, RESTART_DELAY, RESTART_MAX_DELAY, WorkerSupervisor, config_message
+from balancer.workers.child import AcmeChallenge, Configuration, Worker, read_message, server_changes
+from balancer.workers.supervisor import (
+    CHALLENGE_WAIT,
+    KILL_MARGIN,
+    RESTART_DELAY,
+    RESTART_MAX_DELAY,
+    WorkerSupervisor,
+    challenge_message,
+    config_message,
+)
 from tests.support.clients import Double, exchange, serve
 from tests.support.paths import ROOT
 from tests.support.processes import spawn_balancer
@@ -237,6 +252,14 @@ class WorkerTests(SynchronousTestCase):
         self.memory.advance(1)
         self.assertEqual([list(m) for m in self.sent()], [["stats"]])
 
+    def test_acmeChallengeAnsweredIsAcknowledged(self) -> None:
+        """A worker told to answer a TLS-ALPN-01 challenge says so to worker 0; a withdrawal needs no answer."""
+        self.worker.dataReceived(message(config_text(1)))
+        self.worker.dataReceived(challenge_message("a.test", None))
+        self.worker.dataReceived(challenge_message("a.test", b"PEM"))
+        answers = [m for m in self.sent() if "acme_challenge_answered" in m]
+        self.assertEqual(answers, [{"acme_challenge_answered": "a.test"}])
+
     def test_laterConfigurationsApplyTheDifference(self) -> None:
         self.worker.dataReceived(message(config_text(1)))
         changed = SERVERS.replace('balance = "leastconn"', 'balance = "roundrobin"').replace("servers.one", "servers.three")
@@ -334,6 +357,37 @@ class SupervisorTests(SynchronousTestCase):
         stats = server_stats(self.control, "one")
         self.assertEqual((stats["rx_total"], stats["backends"][0]["stats"]["total_connections"]), (80, 4))
         self.assertEqual(server_stats(self.control, "two")["rx_total"], 0)
+
+    def test_tlsChallengeFiresOnceEveryWorkerAnswers(self) -> None:
+        """
+        The CA is told to validate a TLS-ALPN-01 challenge only once every
+        worker says it answers it (the CA's connection may reach any of them).
+        """
+        answered = self.supervisor.tls_challenge("a.test", b"PEM")
+        sent = [read_message(process.written[-1]) for _, _, _, process in self.memory.spawned]
+        self.assertEqual(sent, [AcmeChallenge("a.test", b"PEM")] * 2)
+        first, second = (protocol for protocol, _, _, _ in self.memory.spawned)
+        first.outReceived(b'{"acme_challenge_answered": "a.test"}\n')
+        self.assertNoResult(answered)
+        second.outReceived(b'{"acme_challenge_answered": "a.test"}\n')
+        self.successResultOf(answered)
+        with capturedLogs() as events:
+            self.memory.advance(CHALLENGE_WAIT)
+        self.assertEqual([formatEvent(e) for e in events if "did not answer" in formatEvent(e)], [])
+
+    def test_tlsChallengeUnansweredGoesOnAfterAWhile(self) -> None:
+        """A worker that does not answer holds the order back for CHALLENGE_WAIT seconds at most, then it is logged."""
+        with capturedLogs() as events:
+            answered = self.supervisor.tls_challenge("a.test", b"PEM")
+            self.memory.advance(CHALLENGE_WAIT - 0.1)
+            self.assertNoResult(answered)
+            self.memory.advance(0.1)
+            self.successResultOf(answered)
+        self.assertIn("acme: workers [1, 2] did not answer the challenge of a.test within 5.0 s",
+                      [formatEvent(e) for e in events])
+
+    def test_tlsChallengeWithdrawnWaitsForNobody(self) -> None:
+        self.successResultOf(self.supervisor.tls_challenge("a.test", None))
 
     def test_reportsAddUpInStatisticsAndMetrics(self) -> None:
         """Every server counter a worker reports, beyond gobetween's, reaches /v1 and /metrics summed."""

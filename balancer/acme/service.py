@@ -16,7 +16,7 @@ import datetime
 from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import Logger
@@ -82,7 +82,8 @@ class AcmeService(Service):
     @param issued: told each host name once its new certificate is in C{cache_dir}.
     @param challenged: told each host name and its TLS-ALPN-01 certificate
         (key and certificate in PEM) when it is answered, and C{None} when it
-        is withdrawn, for the other workers to answer too.
+        is withdrawn, for the other workers to answer too; the CA is told to
+        validate once what it returns has fired (every worker answers).
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class AcmeService(Service):
         in_thread: Callable[..., Deferred[Any]] = deferToThread,
         from_thread: Callable[..., Any] | None = None,
         issued: Callable[[str], None] = lambda hostname: None,
-        challenged: Callable[[str, bytes | None], None] = lambda hostname, pem: None,
+        challenged: Callable[[str, bytes | None], Deferred[Any]] = lambda hostname, pem: succeed(None),
     ) -> None:
         self._config = config
         self._hosts = list(hosts)
@@ -176,13 +177,14 @@ class AcmeService(Service):
         done.addCallback(self._got, hostname)
         done.addErrback(self._not_got, hostname)
 
-    def _answer(self, hostname: str, challenge: Any, validation: str) -> None:
+    def _answer(self, hostname: str, challenge: Any, validation: str) -> Deferred[Any]:
+        """Answer C{challenge} here (and, for TLS-ALPN-01, in every worker); the order thread waits for it."""
         if isinstance(challenge, ordering.TLSALPN01):
             pem = ordering.alpn_certificate(hostname, validation)
             self._certificates.answer_tls(hostname, _pair(pem))
-            self._challenged(hostname, pem)
-        else:
-            self._certificates.answer_http(challenge.encode("token"), validation)
+            return self._challenged(hostname, pem)
+        self._certificates.answer_http(challenge.encode("token"), validation)
+        return succeed(None)
 
     def _withdraw(self, hostname: str, challenge: Any) -> None:
         if isinstance(challenge, ordering.TLSALPN01):

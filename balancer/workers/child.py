@@ -191,6 +191,9 @@ class Worker(LineReceiver):
         if isinstance(message, AcmeChallenge):
             if self.balancer is not None and self.balancer.certificates is not None:
                 answer_tls(self.balancer.certificates, message.hostname, message.pem)
+            if message.pem is not None:
+                # Worker 0 tells the CA to validate only once every worker answers: its connection may come here.
+                self._send({"acme_challenge_answered": message.hostname})
             return
         if self.balancer is None:
             self._start(message)

@@ -69,6 +69,8 @@ RESTART_DELAY = 1.0
 RESTART_MAX_DELAY = 30.0
 #: Seconds past the shutdown grace that a stopping worker has before SIGKILL.
 KILL_MARGIN = 5.0
+#: Seconds worker 0 waits for the workers to answer an ACME TLS-ALPN-01 challenge before the CA validates.
+CHALLENGE_WAIT = 5.0
 #: The configuration sections a worker needs (not the API's accounts, metrics or state; [acme] for its cache_dir).
 WORKER_SECTIONS = ("logging", "defaults", "servers", "acme")
 
@@ -171,6 +173,8 @@ class WorkerProcess(ProcessProtocol):
                 continue
             if "stats" in message:
                 self.supervisor.reports[self.index] = message["stats"]
+            elif "acme_challenge_answered" in message:
+                self.supervisor.challenge_answered(self.index, str(message["acme_challenge_answered"]))
             elif message.get("ready"):
                 log.info("worker {index} (pid {pid}) serving", index=self.index, pid=self.pid)
 
@@ -230,6 +234,7 @@ class WorkerSupervisor(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delays: dict[int, float] = {}
         self._unsubscribe: list[Callable[[], None]] = []
+        self._challenges: dict[str, tuple[set[int], Deferred[None]]] = {}
 
     def startService(self) -> None:
         """Start every worker and follow the controller's changes (worker 0's listeners are bound by now)."""
@@ -265,11 +270,40 @@ class WorkerSupervisor(Service):
         for process in self.processes.values():
             process.send(line)
 
-    def tls_challenge(self, hostname: str, pem: bytes | None) -> None:
-        """Tell every running worker to answer TLS-ALPN-01 for C{hostname} with C{pem}, or to stop (C{None})."""
+    def tls_challenge(self, hostname: str, pem: bytes | None) -> Deferred[None]:
+        """
+        Tell every running worker to answer TLS-ALPN-01 for C{hostname} with
+        C{pem}, or to stop (C{None}).  Fires once every worker told to answer
+        says it does (the CA's connection may reach any of them), or after
+        L{CHALLENGE_WAIT} seconds without that (logged; the CA may then fail
+        the validation, and the order is tried again).
+        """
         line = challenge_message(hostname, pem)
+        waiting = set(self.processes) if pem is not None else set()
         for process in self.processes.values():
             process.send(line)
+        if not waiting:
+            return succeed(None)
+        answered: Deferred[None] = Deferred()
+        self._challenges[hostname] = (waiting, answered)
+
+        def late() -> None:
+            if self._challenges.get(hostname, (None, None))[1] is answered:
+                del self._challenges[hostname]
+                log.warn("acme: workers {late} did not answer the challenge of {hostname} within {seconds} s",
+                         late=sorted(waiting), hostname=hostname, seconds=CHALLENGE_WAIT)
+                answered.callback(None)
+
+        timer = self.reactor.callLater(CHALLENGE_WAIT, late)
+        return answered.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+    def challenge_answered(self, index: int, hostname: str) -> None:
+        """Worker C{index} answers TLS-ALPN-01 for C{hostname} now."""
+        waiting, answered = self._challenges.get(hostname, (set(), None))
+        waiting.discard(index)
+        if answered is not None and not waiting:
+            del self._challenges[hostname]
+            answered.callback(None)
 
     def stats(self, name: str) -> list[dict[str, Any]]:
         """The workers' latest statistics documents of server C{name}."""
