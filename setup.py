@@ -1,5 +1,6 @@
 """
-Packaging for balancer: the library packages, the twistd plugin, and the
+Packaging for balancer: the library packages, the twistd plugin, the
+C{balancerctl} console script (L{balancer.ctl}), and the
 example configurations of C{etc/} (with the systemd unit) as
 C{balancer/examples/} (a link to C{etc/} in the source tree).
 
@@ -35,7 +36,11 @@ setup(
         "jsonpatch>=1.48",
         "jsonpointer>=3.12",
         "zope.interface>=8.7",
+        # balancerctl: click for its commands (nested commands, --help, completion), rich for tables and progress.
+        "click>=8.5",
+        "rich>=15.0",
     ],
+    entry_points={"console_scripts": ["balancerctl = balancer.ctl.commands:main"]},
     extras_require={
         # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test
         # builds a wheel without fetching a build backend.
