@@ -16,6 +16,7 @@ import treq
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.support.certs import make_certificates
 from tests.support.clients import Double, port_number, serve
 from tests.support.ctl import Ran, run_ctl
 from tests.support.peers import Peer, open_client
@@ -299,3 +300,43 @@ class CtlTests(TestCase):
         ran = yield run_ctl(1, "list", "servers")
         self.assertEqual(ran.code, 1, ran)
         self.assertIn("cannot reach the API at http://127.0.0.1:1", ran.err)
+
+
+class HttpsTests(TestCase):
+    """C{--ca} and C{--insecure} against an API on HTTPS."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_caTrustsTheApiInsecureSkipsTheCheck(self) -> Any:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certificates = make_certificates(directory)
+        backend = yield serve(self, Double)
+        config = os.path.join(directory, "balancer.toml")
+        tls = (f'[api.tls]\ncert_path = "{certificates.server.cert_path}"\n'
+               f'key_path = "{certificates.server.key_path}"\n')
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(CONFIG.format(state=os.path.join(directory, "state.toml"), backend=port_number(backend)) + tls)
+        process = spawn_balancer(self, config)
+        port = yield process.listening_port("api")
+        url = f"https://127.0.0.1:{port}"
+        ran = yield run_ctl(url, "--ca", certificates.ca_path, "list", "services", "--tsv")
+        self.assertEqual((ran.code, [line.split("\t")[0] for line in ran.out.splitlines()]), (0, ["web", "db"]), ran)
+        ran = yield run_ctl(url, "--ca", certificates.other_ca_path, "list", "services")
+        self.assertEqual(ran.code, 1, ran)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", ran.err)
+        self.assertNotIn("Traceback", ran.err)
+        ran = yield run_ctl(url, "--insecure", "list", "services", "--tsv")
+        self.assertEqual(ran.code, 0, ran)
+
+
+class CompletionTests(TestCase):
+    """Shell completion, from click."""
+
+    @inlineCallbacks
+    def test_bashCompletesCommandsAndTypes(self) -> Any:
+        env = {"_BALANCERCTL_COMPLETE": "bash_complete", "COMP_CWORD": "2"}
+        ran = yield run_ctl(1, "list", "se", auth=None, env={**env, "COMP_WORDS": "balancerctl list se"})
+        self.assertEqual(ran.code, 0, ran)
+        self.assertEqual(sorted(ran.out.split()), ["plain,servers", "plain,services", "plain,sessions"])

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 
 from tests.support.paths import ROOT
 from tests.support.processes import source_env
@@ -56,21 +57,30 @@ class _Collect(ProcessProtocol):
         self.done.callback(Ran(self.out, self.err, getattr(reason.value, "exitCode", None)))
 
 
-def run_ctl(api_port: int, *args: str, auth: tuple[str, str] | None = ("admin", "admin-pw"), stdin: bytes = b"",
+def run_ctl(api: int | str, *args: str, auth: tuple[str, str] | None = ("admin", "admin-pw"), stdin: bytes = b"",
             env: dict[str, str] | None = None, timeout: float = TIMEOUT) -> Deferred[Ran]:
     """
-    Run C{balancerctl --url http://127.0.0.1:API_PORT [--user U --password P] ARGS}
-    (as C{python -m balancer.ctl}); fires with its L{Ran} once it ends (or fails after C{timeout}).
+    Run C{balancerctl --url URL [--user U --password P] ARGS} (as C{python
+    -m balancer.ctl}); fires with its L{Ran} once it ends (or fails after
+    C{timeout}, the process killed).
 
+    @param api: the API's port on 127.0.0.1 (plain HTTP), or its URL.
     @param auth: the credentials given as options (None: none given).
     @param env: more environment variables.
     """
-    argv = [sys.executable, "-m", "balancer.ctl", "--url", f"http://127.0.0.1:{api_port}"]
+    url = api if isinstance(api, str) else f"http://127.0.0.1:{api}"
+    argv = [sys.executable, "-m", "balancer.ctl", "--url", url]
     if auth is not None:
         argv += ["--user", auth[0], "--password", auth[1]]
     environment = {k: v for k, v in source_env().items() if not k.startswith("BALANCER_")}
     environment.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}, **(env or {}))
     collect = _Collect(stdin)
-    reactor.spawnProcess(collect, argv[0], [*argv, *args], env=environment, path=ROOT)
-    return collect.done.addTimeout(timeout, reactor)
+    process = reactor.spawnProcess(collect, argv[0], [*argv, *args], env=environment, path=ROOT)
+
+    def kill(failure: Failure) -> Failure:
+        if process.pid is not None:
+            process.signalProcess("KILL")
+        return failure
+
+    return collect.done.addTimeout(timeout, reactor).addErrback(kill)
 
