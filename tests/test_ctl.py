@@ -79,8 +79,8 @@ class OutputTests(SynchronousTestCase):
         self.assertEqual(rows[-1], ["etag", '"tag"'])
 
     def test_flatten(self) -> None:
-        self.assertEqual(flatten({"a": {"b": [1, 2], "c": None, "d": True}}),
-                         [("a.b", "1, 2"), ("a.c", ""), ("a.d", "true")])
+        self.assertEqual(flatten({"a": {"b": [1, 2], "c": None, "d": True, "e": [{"f": "g"}]}}),
+                         [("a.b", "1, 2"), ("a.c", ""), ("a.d", "true"), ("a.e", '{"f": "g"}')])
 
 
 class ClientTests(SynchronousTestCase):

@@ -137,6 +137,10 @@ class CtlTests(TestCase):
         for kind, name in (("listener", "web"), ("monitor", "web"), ("filter", "web"), ("user", "viewer")):
             ran = yield self.ok("show", kind, name, "--json")
             self.assertEqual(json.loads(ran.out)["data"]["id"], name)
+        ran = yield self.ok("show", "balancer", "--tsv")
+        self.assertIn("pid", dict(line.split("\t", 1) for line in ran.out.splitlines()))
+        ran = yield self.ok("show", "maxscale", "--tsv")
+        self.assertIn("parameters.api.bind", dict(line.split("\t", 1) for line in ran.out.splitlines()))
         peer = yield open_client(self.web, Peer())
         self.addCleanup(peer.transport.loseConnection)
         peer.transport.write(b"ab")

@@ -199,6 +199,22 @@ for _name, _type in (("service", "services"), ("server", "servers"), ("listener"
     _shower(_name, _type)
 
 
+def _process_shower(name: str, help: str) -> None:
+    @show.command(name, help=help)
+    @output_options
+    @pass_session
+    def command(session: Session) -> None:
+        response = session.get(_path(name))
+        if session.format == "json":
+            session.printer.raw(response.body)
+            return
+        session.printer.table(["Key", "Value"], resource_rows(response.document()["data"], response.etag))
+
+
+_process_shower("balancer", "Show the balancer process: version, pid, uptime, configuration revision.")
+_process_shower("maxscale", "Show the process as MaxScale's tools see it (/v1/maxscale): version, uptime, parameters.")
+
+
 # create, destroy, link, unlink
 
 @cli.group()

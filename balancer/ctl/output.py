@@ -6,6 +6,7 @@ What balancerctl prints: tables (C{rich}) by default, tab-separated lines
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Callable, Iterable
 
@@ -63,9 +64,11 @@ COLUMNS: dict[str, list[Column]] = {
 
 
 def text(value: Any) -> str:
-    """A cell: empty for None, lists comma-separated, anything else as str."""
+    """A cell: empty for None, lists comma-separated, objects as JSON, anything else as str."""
     if value is None:
         return ""
+    if isinstance(value, dict):
+        return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
