@@ -3,7 +3,8 @@ balancerctl against a real balancer (C{twistd -n balancer} in a child
 process), each command run as a child process too: tables, C{--tsv} and
 C{--json}, changes with C{If-Match}, a 412 on a stale read, C{drain --wait}
 ending when a held connection closes, and errors as one line with exit 1
-(2 for usage errors), never a traceback.
+(2 for usage errors), never a traceback.  The API runs with
+C{require_conditional}: a change sent without C{If-Match} would be 428.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CONFIG = """
 [api]
 enabled = true
 bind = "127.0.0.1:0"
+require_conditional = true
 [[api.users]]
 login = "admin"
 password = "admin-pw"
