@@ -96,6 +96,12 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(_detail(500, b"", ""), "HTTP 500")
         self.assertEqual(_detail(400, b"{nope", "application/json"), "{nope")
 
+    def test_anAnswerThatIsNotJsonIsNamed(self) -> None:
+        with self.assertRaises(CtlError) as caught:
+            Response(200, {}, b"<html>").document()
+        self.assertIn("the answer is not JSON (is --url the balancer's API?): b'<html>'", str(caught.exception))
+        self.assertIsNone(Response(204, {}, b"").document())
+
     def test_urlMustBeHttp(self) -> None:
         for url in ("ftp://x", "127.0.0.1:8888", "http://"):
             with self.assertRaises(CtlError) as caught:

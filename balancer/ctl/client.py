@@ -48,8 +48,15 @@ class Response:
         self.body = body
 
     def document(self) -> Any:
-        """The body as JSON (None when empty)."""
-        return json.loads(self.body) if self.body else None
+        """
+        The body as JSON (None when empty).
+
+        @raise CtlError: it is not JSON (C{--url} names something else than the API).
+        """
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            raise CtlError(f"the answer is not JSON (is --url the balancer's API?): {self.body[:80]!r}") from None
 
     @property
     def etag(self) -> str | None:
