@@ -16,8 +16,8 @@ import click
 from rich.console import Console
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancer.ctl.client import ApiFailure, Client, CtlError, Response, _detail
-from balancer.ctl.commands import Session, _assignment
+from balancer.ctl.client import ApiFailure, Client, CtlError, Response, error_detail
+from balancer.ctl.commands import Session, parse_setting
 from balancer.ctl.drain import POLL, parse_duration, wait
 from balancer.ctl.output import collection_rows, flatten, resource_rows
 from tests.support.processes import source_env
@@ -47,14 +47,14 @@ class AssignmentTests(SynchronousTestCase):
     """C{alter server ID KEY=N}."""
 
     def test_valuesAndNull(self) -> None:
-        self.assertEqual(_assignment("weight=5"), ("weight", 5))
-        self.assertEqual(_assignment("max_connections=0"), ("max_connections", 0))
-        self.assertEqual(_assignment("priority=null"), ("priority", None))
+        self.assertEqual(parse_setting("weight=5"), ("weight", 5))
+        self.assertEqual(parse_setting("max_connections=0"), ("max_connections", 0))
+        self.assertEqual(parse_setting("priority=null"), ("priority", None))
 
     def test_badIsAUsageError(self) -> None:
         for text in ("weight", "weight=-1", "address=1", "weight=x", "=3"):
             with self.assertRaises(click.BadParameter) as caught:
-                _assignment(text)
+                parse_setting(text)
             self.assertIn("weight, priority, max_connections", str(caught.exception))
 
 
@@ -86,15 +86,15 @@ class OutputTests(SynchronousTestCase):
 class ClientTests(SynchronousTestCase):
     """The HTTP client's options and the API's errors."""
 
-    def test_detailsOfAnErrorDocumentJoined(self) -> None:
+    def testerror_detailsOfAnErrorDocumentJoined(self) -> None:
         body = b'{"errors": [{"detail": "one"}, {"detail": "two", "source": {"pointer": "/data"}}]}'
-        self.assertEqual(_detail(422, body, "application/json"), "one; two")
+        self.assertEqual(error_detail(422, body, "application/json"), "one; two")
 
     def test_otherBodies(self) -> None:
-        self.assertEqual(_detail(404, b'"no such server"', "application/json"), "no such server")
-        self.assertEqual(_detail(502, b"bad gateway", "text/plain"), "bad gateway")
-        self.assertEqual(_detail(500, b"", ""), "HTTP 500")
-        self.assertEqual(_detail(400, b"{nope", "application/json"), "{nope")
+        self.assertEqual(error_detail(404, b'"no such server"', "application/json"), "no such server")
+        self.assertEqual(error_detail(502, b"bad gateway", "text/plain"), "bad gateway")
+        self.assertEqual(error_detail(500, b"", ""), "HTTP 500")
+        self.assertEqual(error_detail(400, b"{nope", "application/json"), "{nope")
 
     def test_anAnswerThatIsNotJsonIsNamed(self) -> None:
         with self.assertRaises(CtlError) as caught:
@@ -139,9 +139,8 @@ class StaleReadTests(SynchronousTestCase):
     """A change refused with 412 says that the resource changed since it was read."""
 
     def session(self, failure: ApiFailure) -> tuple[Session, _Refusing]:
-        session = Session("http://127.0.0.1:1", None, None, None, False)
         client = _Refusing(failure)
-        session._client = client  # type: ignore[assignment]
+        session = Session("http://127.0.0.1:1", None, None, None, False, client)  # type: ignore[arg-type]
         return session, client
 
     def test_412IsExplained(self) -> None:

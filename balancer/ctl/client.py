@@ -112,7 +112,7 @@ class Client:
             with urlopen(request, timeout=TIMEOUT, context=self.context) as answer:
                 return Response(answer.status, _headers(answer.headers), answer.read())
         except HTTPError as e:
-            raise ApiFailure(e.code, _detail(e.code, e.read(), e.headers.get("Content-Type", ""))) from None
+            raise ApiFailure(e.code, error_detail(e.code, e.read(), e.headers.get("Content-Type", ""))) from None
         except (URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise CtlError(f"cannot reach the API at {self.url}: {reason}") from None
@@ -122,7 +122,7 @@ def _headers(message: Any) -> dict[str, str]:
     return {name.lower(): value for name, value in message.items()}
 
 
-def _detail(status: int, body: bytes, content_type: str) -> str:
+def error_detail(status: int, body: bytes, content_type: str) -> str:
     """The C{detail} of each error of a JSON:API error document (or the body, or the status)."""
     text = body.decode("utf-8", "replace").strip()
     if content_type.startswith("application/json"):

@@ -40,10 +40,11 @@ class Session:
     first use) and the printer.
     """
 
-    def __init__(self, url: str, user: str | None, password: str | None, ca: str | None, insecure: bool) -> None:
+    def __init__(self, url: str, user: str | None, password: str | None, ca: str | None, insecure: bool,
+                 client: Client | None = None) -> None:
         self.url, self.user, self.password, self.ca, self.insecure = url, user, password, ca, insecure
         self.format = "table"
-        self._client: Client | None = None
+        self._client = client
 
     @property
     def client(self) -> Client:
@@ -351,7 +352,12 @@ def clear_server(session: Session, id: str, state: str | None, if_match: str | N
     session.printer.message(f"Server {id}: {state or 'admin state'} cleared")
 
 
-def _assignment(text: str) -> tuple[str, int | None]:
+def parse_setting(text: str) -> tuple[str, int | None]:
+    """
+    One C{KEY=N} of C{alter server} (C{KEY=null} clears an override).
+
+    @raise click.BadParameter: for another key or value (a usage error).
+    """
     match = re.fullmatch(r"([a-z_]+)=(\d+|null)", text)
     if match is None or match.group(1) not in ALTERABLE:
         raise click.BadParameter(f'"{text}": expected KEY=N (or KEY=null to clear an override), '
@@ -376,7 +382,7 @@ def alter_server(session: Session, id: str, settings: tuple[str, ...], if_match:
     Set server ID's weight=N, priority=N, max_connections=N (on a server
     from discovery: overrides; KEY=null clears one).
     """
-    parameters = dict(_assignment(s) for s in settings)
+    parameters = dict(parse_setting(s) for s in settings)
     path = _path("servers", id)
     tag = if_match or session.get(path).etag
     body = {"data": {"attributes": {"parameters": parameters}}}
