@@ -1,5 +1,6 @@
 """
-Packaging for balancer: the library packages, the twistd plugin, and the
+Packaging for balancer: the library packages, the twistd plugin, the
+C{balancerctl} console script (L{balancer.ctl}), and the
 example configurations of C{etc/} (with the systemd unit) as
 C{balancer/examples/} (a link to C{etc/} in the source tree).
 
@@ -38,7 +39,11 @@ setup(
         "zope.interface>=8.7",
         "acme>=5.9",
         "josepy>=2.2",
+        # balancerctl: click for its commands (nested commands, --help, completion), rich for tables and progress.
+        "click>=8.5",
+        "rich>=15.0",
     ],
+    entry_points={"console_scripts": ["balancerctl = balancer.ctl.commands:main"]},
     extras_require={
         # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test
         # builds a wheel without fetching a build backend; playwright drives the

@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from admin.jsonbody import MAX_BODY, BodyError, read_json
 from admin.listener import api_site
 from admin.v1.patch import MAX_OPERATIONS
-from tests.support.v1_api import NEW_SERVER, assert_errors, make_v1
+from tests.support.v1_api import NEW_SERVER, REPRESENTATION, assert_errors, make_v1
 
 DEEP_ARRAY = "[" * 1000 + "]" * 1000
 DEEP_OBJECT = '{"a":' * 1000 + "1" + "}" * 1000
@@ -110,7 +110,7 @@ class V1ApiTests(SynchronousTestCase):
         self.v1 = make_v1(self)
 
     def raw(self, method: str, path: str, body: bytes, content_type: str = "application/json") -> tuple[Any, Any]:
-        response, raw = self.v1.call(self, method, path, data=body, headers={"Content-Type": content_type})
+        response, raw = self.v1.call(self, method, path, data=body, headers={"Content-Type": content_type, **REPRESENTATION})
         return response, json.loads(raw) if raw else None
 
     def test_deepJsonIs400(self) -> None:

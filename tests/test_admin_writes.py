@@ -21,7 +21,7 @@ from admin.request import BoundedRequest
 from admin.stack import api_resource
 from balancer.config.errors import ConfigError
 from balancer.config.load import parse_config
-from tests.support.v1_api import CONFIG, V1, assert_errors, header, make_v1
+from tests.support.v1_api import CONFIG, REPRESENTATION, V1, assert_errors, header, make_v1
 
 #: A definition that is valid JSON, as a cross-site text/plain form can send it.
 EXEC_SERVER = {"bind": "127.0.0.1:4000",
@@ -110,11 +110,11 @@ class MediaTypeTests(SynchronousTestCase):
 
     def test_v1TakesJsonAndJsonPatch(self) -> None:
         v1 = make_v1(self)
-        response, body = v1.json(self, "POST", "/v1/services", NEW_SERVICE, content_type="application/json; charset=utf-8")
+        response, body = v1.json(self, "POST", "/v1/services", NEW_SERVICE, content_type="application/json; charset=utf-8", headers=REPRESENTATION)
         self.assertEqual(response.code, 201, body)
         for content_type in ("application/json-patch+json", "application/json-patch"):
             patch = [{"op": "replace", "path": "/data/attributes/parameters/balance", "value": "leastconn"}]
-            response, body = v1.json(self, "PATCH", "/v1/services/web", patch, content_type=content_type)
+            response, body = v1.json(self, "PATCH", "/v1/services/web", patch, content_type=content_type, headers=REPRESENTATION)
             self.assertEqual(response.code, 200, body)
 
     def test_writesWithoutBodyNeedNoContentType(self) -> None:

@@ -77,8 +77,9 @@ passes = 1
 
     @inlineCallbacks
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        """Fires with (status, decoded JSON or None) of one API request."""
-        response = yield treq.request(method, f"http://127.0.0.1:{self.api}{path}", json=body, persistent=False)
+        """Fires with (status, decoded JSON or None) of one API request (a change answers its document: C{Prefer})."""
+        response = yield treq.request(method, f"http://127.0.0.1:{self.api}{path}", json=body, persistent=False,
+                                      headers={"Prefer": "return=representation"})
         content = yield response.content()
         return response.code, json.loads(content) if content else None
 

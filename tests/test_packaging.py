@@ -67,7 +67,7 @@ class NoConfigTests(TestCase):
 
 
 class WheelTests(TestCase):
-    """A wheel built with C{pip wheel --no-deps} carries the examples and the plugin."""
+    """A wheel built with C{pip wheel --no-deps} carries the examples, the plugin and the balancerctl script."""
 
     timeout = 300
 
@@ -94,6 +94,7 @@ class WheelTests(TestCase):
         with zipfile.ZipFile(os.path.join(work, wheel)) as archive:
             names = set(archive.namelist())
             example = archive.read("balancer/examples/balancer.toml")
+            entry_points = archive.read(f"{wheel.split('-')[0]}-{wheel.split('-')[1]}.dist-info/entry_points.txt")
             requires = [line for line in archive.read(f"{wheel.split('-')[0]}-{wheel.split('-')[1]}.dist-info/METADATA")
                         .decode().splitlines() if line.startswith("Requires-Dist:")]
         examples = {f"balancer/examples/{name}" for name in os.listdir(os.path.join(ROOT, "etc"))}
@@ -104,6 +105,10 @@ class WheelTests(TestCase):
         with open(os.path.join(ROOT, "etc", "balancer.toml"), "rb") as f:
             self.assertEqual(example, f.read())
         self.assertTrue(any(line.startswith("Requires-Dist: cryptography>=") for line in requires), requires)
+        self.assertIn("balancer/ctl/__main__.py", names)
+        self.assertIn(b"balancerctl = balancer.ctl.commands:main", entry_points)
+        for library in ("click", "rich"):
+            self.assertTrue(any(line.startswith(f"Requires-Dist: {library}>=") for line in requires), requires)
 
 
 class SystemdUnitTests(SynchronousTestCase):

@@ -16,7 +16,7 @@ from balancer.config.load import parse_config, server_from_mapping
 from balancer.config.schema import Config, ServerConfig
 from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
 from tests.support.reactors import SpawningReactor
-from tests.support.v1_api import CONFIG, V1, assert_errors
+from tests.support.v1_api import CONFIG, REPRESENTATION, V1, assert_errors
 
 BASE = parse_config(CONFIG.format(api="", extra="").encode(), "test.toml")
 
@@ -134,7 +134,7 @@ class ApiTests(SynchronousTestCase):
         v1 = make(self, extra=FROM_FILE)
         self.assertEqual(v1.control.server_definition("cmd")["discovery"]["kind"], "exec")
         response, body = v1.json(self, "PATCH", "/v1/services/cmd",
-                                 {"data": {"attributes": {"parameters": {"balance": "leastconn"}}}})
+                                 {"data": {"attributes": {"parameters": {"balance": "leastconn"}}}}, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)
         self.assertEqual(v1.control.server_definition("cmd")["balance"], "leastconn")
         response, body = v1.json(self, "PATCH", "/v1/monitors/cmd",
@@ -152,5 +152,5 @@ class ApiTests(SynchronousTestCase):
         response, body = v1.json(self, "POST", "/servers/new", {"bind": "127.0.0.1:4000", "discovery": EXEC_DISCOVERY})
         self.assertEqual(response.code, 200, body)
         self.assertIn(["/bin/echo", "127.0.0.1:9100"], v1.reactor.argvs())
-        response, body = v1.json(self, "PATCH", "/v1/monitors/web", {"data": {"attributes": {"parameters": EXEC_CHECK}}})
+        response, body = v1.json(self, "PATCH", "/v1/monitors/web", {"data": {"attributes": {"parameters": EXEC_CHECK}}}, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)

@@ -19,7 +19,7 @@ from balancer.config.schema import Config
 from balancer.config.secrets import CONFIG_SECRETS, REDACTED, SERVER_SECRETS, keep_secrets, redact
 from tests.support.certs import make_certificates
 from tests.support.reactors import ListeningReactor
-from tests.support.v1_api import CONFIG, V1, assert_errors
+from tests.support.v1_api import CONFIG, REPRESENTATION, V1, assert_errors
 
 ADMIN = ("admin", "admin-pw-5t9q")
 VIEWER = ("viewer", "viewer-pw-8k2m")
@@ -143,7 +143,7 @@ class RedactionTests(SynchronousTestCase):
         admin_before = self.balancer.get(self, path, ADMIN)[0].headers.getRawHeaders(b"ETag")
         self.assertNotEqual(viewer_before, admin_before)
         change = {"data": {"attributes": {"parameters": {"discovery": {"consul_acl_token": "another"}}}}}
-        response, body = self.balancer.api.json(self, "PATCH", path, change, auth=ADMIN)
+        response, body = self.balancer.api.json(self, "PATCH", path, change, auth=ADMIN, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)
         self.assertEqual(self.balancer.get(self, path, VIEWER)[0].headers.getRawHeaders(b"ETag"), viewer_before)
         self.assertNotEqual(self.balancer.get(self, path, ADMIN)[0].headers.getRawHeaders(b"ETag"), admin_before)
@@ -170,7 +170,7 @@ class EchoTests(SynchronousTestCase):
         _, body = self.balancer.get(self, "/v1/services/secret", VIEWER)
         parameters = json.loads(body)["data"]["attributes"]["parameters"]
         change = {"data": {"attributes": {"parameters": {**parameters, "balance": "leastconn"}}}}
-        response, answer = self.balancer.api.json(self, "PATCH", "/v1/services/secret", change, auth=ADMIN)
+        response, answer = self.balancer.api.json(self, "PATCH", "/v1/services/secret", change, auth=ADMIN, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, answer)
         self.assertEqual(self.stored(), {**before, "balance": "leastconn"})
         with open(self.balancer.state, encoding="utf-8") as f:
@@ -183,16 +183,16 @@ class EchoTests(SynchronousTestCase):
         patch = [{"op": "replace", "path": "/data/attributes/parameters/discovery/consul_auth_password", "value": REDACTED},
                  {"op": "add", "path": "/data/attributes/parameters/balance", "value": "leastconn"}]
         response, answer = self.balancer.api.json(self, "PATCH", "/v1/services/secret", patch, auth=ADMIN,
-                                                  content_type="application/json-patch+json")
+                                                  content_type="application/json-patch+json", headers=REPRESENTATION)
         self.assertEqual(response.code, 200, answer)
         change = {"data": {"attributes": {"parameters": {"tls": {"key_path": REDACTED}}}}}
-        response, answer = self.balancer.api.json(self, "PATCH", "/v1/listeners/secret", change, auth=ADMIN)
+        response, answer = self.balancer.api.json(self, "PATCH", "/v1/listeners/secret", change, auth=ADMIN, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, answer)
         self.assertEqual(self.stored(), {**before, "balance": "leastconn"})
 
     def test_aRealNewValueIsSet(self) -> None:
         change = {"data": {"attributes": {"parameters": {"discovery": {"consul_acl_token": "new-token"}}}}}
-        response, answer = self.balancer.api.json(self, "PATCH", "/v1/services/secret", change, auth=ADMIN)
+        response, answer = self.balancer.api.json(self, "PATCH", "/v1/services/secret", change, auth=ADMIN, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, answer)
         self.assertEqual(self.stored()["discovery"]["consul_acl_token"], "new-token")
 

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from admin.v1.services import Services
 from tests.support.reactors import HeldPorts
-from tests.support.v1_api import ACCOUNTS, NEW_SERVER, V1, assert_errors, header, make_v1
+from tests.support.v1_api import ACCOUNTS, NEW_SERVER, REPRESENTATION, V1, assert_errors, header, make_v1
 
 
 class SuccessTests(SynchronousTestCase):
@@ -28,7 +28,7 @@ class SuccessTests(SynchronousTestCase):
         self.assertEqual(header(response, "Allow"), "GET, HEAD")
 
     def test_201CreateWithLocationAndDocument(self) -> None:
-        response, body = self.v1.json(self, "POST", "/v1/servers", NEW_SERVER)
+        response, body = self.v1.json(self, "POST", "/v1/servers", NEW_SERVER, headers=REPRESENTATION)
         self.assertEqual(response.code, 201, body)
         self.assertEqual(header(response, "Location"), "/v1/servers/mine")
         self.assertEqual((body["data"]["id"], body["data"]["type"]), ("mine", "servers"))
@@ -148,7 +148,7 @@ class ClientErrorTests(SynchronousTestCase):
         response, body = self.v1.json(self, "PATCH", "/v1/services/web", change, headers={"If-Match": '"stale"'})
         assert_errors(self, response, body, 412, "If-Match")
         self.v1.reactor.advance(10)
-        response, _ = self.v1.json(self, "PATCH", "/v1/services/web", change)
+        response, _ = self.v1.json(self, "PATCH", "/v1/services/web", change, headers=REPRESENTATION)
         self.assertEqual(response.code, 200)
         back = {"data": {"attributes": {"parameters": {"balance": "weight"}}}}
         response, body = self.v1.json(self, "PATCH", "/v1/services/web", back,
@@ -192,7 +192,7 @@ class ClientErrorTests(SynchronousTestCase):
         # address keeps its socket and is done at once).
         moved = {"data": {"attributes": {"parameters": {"bind": "127.0.0.1:3009"}}}}
         first = v1.stub.request("PATCH", "http://api.test/v1/listeners/web", data=json.dumps(moved).encode(),
-                                headers={"Content-Type": "application/json"})
+                                headers={"Content-Type": "application/json", **REPRESENTATION})
         v1.stub.flush()
         self.assertNoResult(first)
         response, body = v1.json(self, "PATCH", "/v1/services/web", {"data": {"attributes": {"parameters": {}}}})
@@ -209,10 +209,10 @@ class ClientErrorTests(SynchronousTestCase):
         response, body = v1.json(self, "PATCH", "/v1/services/web", change)
         assert_errors(self, response, body, 428, "If-Match")
         response, _ = v1.json(self, "GET", "/v1/services/web")
-        response, body = v1.json(self, "PATCH", "/v1/services/web", change, headers={"If-Match": header(response, "ETag")})
+        response, body = v1.json(self, "PATCH", "/v1/services/web", change, headers={**REPRESENTATION, "If-Match": header(response, "ETag")})
         self.assertEqual(response.code, 200, body)
         self.assertEqual(body["data"]["attributes"]["parameters"]["balance"], "leastconn")
-        response, _ = v1.json(self, "POST", "/v1/servers", NEW_SERVER)
+        response, _ = v1.json(self, "POST", "/v1/servers", NEW_SERVER, headers=REPRESENTATION)
         self.assertEqual(response.code, 201)
 
     def test_431OneHeaderOver8KiB(self) -> None:

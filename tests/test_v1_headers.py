@@ -10,7 +10,7 @@ from email.utils import parsedate_to_datetime
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support.v1_api import ACCOUNTS, NEW_SERVER, assert_errors, header, make_v1
+from tests.support.v1_api import ACCOUNTS, NEW_SERVER, REPRESENTATION, assert_errors, header, make_v1
 
 
 class ResponseHeaderTests(SynchronousTestCase):
@@ -72,7 +72,7 @@ class ResponseHeaderTests(SynchronousTestCase):
     def test_locationOnCreate(self) -> None:
         service = {"data": {"id": "new", "type": "services", "attributes": {"parameters": {
             "bind": "127.0.0.1:4000", "discovery": {"kind": "static", "static_list": ["127.0.0.1:9200"]}}}}}
-        response, body = self.v1.json(self, "POST", "/v1/services", service)
+        response, body = self.v1.json(self, "POST", "/v1/services", service, headers=REPRESENTATION)
         self.assertEqual((response.code, header(response, "Location")), (201, "/v1/services/new"))
         self.assertEqual(body["data"]["attributes"]["parameters"]["bind"], "127.0.0.1:4000")
 
@@ -90,7 +90,7 @@ class RequestHeaderTests(SynchronousTestCase):
 
     def test_authorizationPicksTheAccount(self) -> None:
         v1 = make_v1(self, extra=ACCOUNTS)
-        response, _ = v1.json(self, "POST", "/v1/servers", NEW_SERVER, auth=("admin", "admin-secret"))
+        response, _ = v1.json(self, "POST", "/v1/servers", NEW_SERVER, auth=("admin", "admin-secret"), headers=REPRESENTATION)
         self.assertEqual(response.code, 201)
         response, body = v1.json(self, "GET", "/v1/users/inet", auth=("viewer", "viewer-secret"))
         self.assertEqual([(u["id"], u["attributes"]["account"]) for u in body["data"]],
@@ -102,7 +102,7 @@ class RequestHeaderTests(SynchronousTestCase):
             self.v1.json(self, "POST", "/v1/servers", {**NEW_SERVER, "data": {**NEW_SERVER["data"], "id": f"p{port}"}})
             patch = [{"op": "test", "path": "/data/attributes/parameters/port", "value": 9100},
                      {"op": "replace", "path": "/data/attributes/parameters/port", "value": port}]
-            response, body = self.v1.json(self, "PATCH", f"/v1/servers/p{port}", patch, content_type=media)
+            response, body = self.v1.json(self, "PATCH", f"/v1/servers/p{port}", patch, content_type=media, headers=REPRESENTATION)
             self.assertEqual(response.code, 200, body)
             self.assertEqual(body["data"]["attributes"]["parameters"]["port"], port)
         response, body = self.v1.json(self, "PATCH", "/v1/servers/p9300",
@@ -118,7 +118,7 @@ class RequestHeaderTests(SynchronousTestCase):
     def test_ifMatchWithTheCurrentTagApplies(self) -> None:
         response, _ = self.v1.call(self, "GET", "/v1/monitors/web")
         change = {"data": {"attributes": {"parameters": {"kind": "ping", "interval": "2s"}}}}
-        response, body = self.v1.json(self, "PATCH", "/v1/monitors/web", change, headers={"If-Match": header(response, "ETag")})
+        response, body = self.v1.json(self, "PATCH", "/v1/monitors/web", change, headers={**REPRESENTATION, "If-Match": header(response, "ETag")})
         self.assertEqual(response.code, 200, body)
         self.assertEqual(body["data"]["attributes"]["parameters"]["kind"], "ping")
         self.assertEqual(self.v1.control.service("web").config.healthcheck.kind, "ping")
@@ -146,7 +146,7 @@ class RequestHeaderTests(SynchronousTestCase):
     def test_methodOverride(self) -> None:
         self.v1.json(self, "POST", "/v1/servers", NEW_SERVER)
         change = {"data": {"attributes": {"parameters": {"weight": 7}}}}
-        response, body = self.v1.json(self, "POST", "/v1/servers/mine", change, headers={"X-HTTP-Method-Override": "PATCH"})
+        response, body = self.v1.json(self, "POST", "/v1/servers/mine", change, headers={**REPRESENTATION, "X-HTTP-Method-Override": "PATCH"})
         self.assertEqual((response.code, body["data"]["attributes"]["parameters"]["weight"]), (200, 7))
         response, body = self.v1.json(self, "PUT", "/v1/servers/mine", headers={"X-HTTP-Method-Override": "DELETE"})
         self.assertEqual(response.code, 204)

@@ -84,10 +84,11 @@ class ServerLifeTests(TestCase):
 
     @inlineCallbacks
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        """Fires with (code, decoded body or None)."""
+        """Fires with (code, decoded body or None); a change answers its document (C{Prefer})."""
         kwargs: dict[str, Any] = {}
         if body is not None:
-            kwargs = {"data": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
+            kwargs = {"data": json.dumps(body).encode(),
+                      "headers": {"Content-Type": "application/json", "Prefer": "return=representation"}}
         response = yield self.http.request(method, self.api + path, **kwargs)
         raw = yield response.content()
         return response.code, json.loads(raw) if raw else None

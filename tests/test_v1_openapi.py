@@ -65,6 +65,16 @@ class DocumentTests(SynchronousTestCase):
         for type_ in ("services", "servers", "listeners", "monitors", "filters", "sessions"):
             self.assertIn(f"/v1/{type_}", paths)
             self.assertIn(f"/v1/{type_}/{{id}}", paths)
+            self.assertIn(f"/v1/{type_}/", paths)
+        self.assertIn("/v1/maxscale", paths)
+
+    def test_changesAnswer204OrTheDocumentWhenPreferred(self) -> None:
+        paths = document()["paths"]
+        for operation, plain, representation in ((paths["/v1/servers"]["post"], "204", "201"),
+                                                 (paths["/v1/servers/{id}"]["patch"], "204", "200")):
+            self.assertIn(plain, operation["responses"])
+            self.assertIn("Preference-Applied", operation["responses"][representation]["headers"])
+            self.assertIn({"$ref": "#/components/parameters/Prefer"}, operation["parameters"])
 
     def test_servedAtV1OpenapiJson(self) -> None:
         v1 = make_v1(self)

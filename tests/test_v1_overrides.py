@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.stats import server_report
 from tests.support.sessions import Address, FakeRelay
-from tests.support.v1_api import NEW_SERVER, assert_errors, header, make_v1
+from tests.support.v1_api import NEW_SERVER, REPRESENTATION, assert_errors, header, make_v1
 
 DISCOVERED = "/v1/servers/127.0.0.1:9001"
 
@@ -36,7 +36,7 @@ class OverrideTests(SynchronousTestCase):
         return backend.spec.weight
 
     def test_patchSetsAnOverrideBothApisShow(self) -> None:
-        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=7, max_connections=20))
+        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=7, max_connections=20), headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)
         attributes = body["data"]["attributes"]
         self.assertEqual(attributes["overrides"], {"weight": 7, "max_connections": 20})
@@ -49,15 +49,15 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual(other["data"]["attributes"]["overrides"], {})
 
     def test_nullClearsAndAnUnchangedValueChangesNothing(self) -> None:
-        self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=7, priority=2))
-        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=None, priority=2))
+        self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=7, priority=2), headers=REPRESENTATION)
+        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=None, priority=2), headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)
         self.assertEqual(body["data"]["attributes"]["overrides"], {"priority": 2})
         self.assertEqual(self.pool_weight(), 2)
 
     def test_jsonPatchReplacesAParameter(self) -> None:
         patch = [{"op": "replace", "path": "/data/attributes/parameters/priority", "value": 3}]
-        response, body = self.v1.json(self, "PATCH", DISCOVERED, patch, content_type="application/json-patch+json")
+        response, body = self.v1.json(self, "PATCH", DISCOVERED, patch, content_type="application/json-patch+json", headers=REPRESENTATION)
         self.assertEqual((response.code, body["data"]["attributes"]["overrides"]), (200, {"priority": 3}))
 
     def test_addressAndPortAreReadOnly(self) -> None:
@@ -66,7 +66,7 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual([e["source"]["pointer"] for e in errors],
                          ["/data/attributes/parameters/address", "/data/attributes/parameters/port"])
         self.assertEqual(self.pool_weight(), 2)
-        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(address="127.0.0.1", port=9001, weight=3))
+        response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(address="127.0.0.1", port=9001, weight=3), headers=REPRESENTATION)
         self.assertEqual((response.code, body["data"]["attributes"]["overrides"]), (200, {"weight": 3}))
 
     def test_badValuesNameTheFieldAndTheRange(self) -> None:
@@ -81,7 +81,7 @@ class OverrideTests(SynchronousTestCase):
         response, _ = self.v1.json(self, "GET", DISCOVERED)
         tag = header(response, "ETag")
         assert tag is not None
-        response, _ = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=4), headers={"If-Match": tag})
+        response, _ = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=4), headers={**REPRESENTATION, "If-Match": tag})
         self.assertEqual(response.code, 200)
         self.assertNotEqual(header(response, "ETag"), tag)
         response, body = self.v1.json(self, "PATCH", DISCOVERED, parameters(weight=5), headers={"If-Match": tag})
@@ -92,13 +92,13 @@ class OverrideTests(SynchronousTestCase):
         unlink: dict[str, Any] = {"data": {"relationships": {"services": {"data": []}}}}
         response, body = self.v1.json(self, "PATCH", DISCOVERED, unlink)
         assert_errors(self, response, body, 409, "comes from the discovery")
-        self.v1.json(self, "POST", "/v1/servers", NEW_SERVER)
-        response, body = self.v1.json(self, "PATCH", "/v1/servers/mine", parameters(weight=5))
+        self.v1.json(self, "POST", "/v1/servers", NEW_SERVER, headers=REPRESENTATION)
+        response, body = self.v1.json(self, "PATCH", "/v1/servers/mine", parameters(weight=5), headers=REPRESENTATION)
         self.assertEqual((response.code, body["data"]["attributes"]["parameters"]["weight"]), (200, 5))
         self.assertEqual(body["data"]["attributes"]["overrides"], {})
 
     def test_dumpHasTheOverridesSection(self) -> None:
-        self.v1.json(self, "PATCH", DISCOVERED, parameters(priority=9))
+        self.v1.json(self, "PATCH", DISCOVERED, parameters(priority=9), headers=REPRESENTATION)
         response, raw = self.v1.call(self, "GET", "/dump")
         self.assertEqual(response.code, 200)
         self.assertIn(b'[overrides."127.0.0.1:9001"]\npriority = 9\n', raw)

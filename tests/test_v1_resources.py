@@ -19,7 +19,7 @@ from balancer.state import StateFile
 from balancer.stats import BackendCounters, ServerCounters, server_report
 from tests.support.reactors import ListeningReactor
 from tests.support.relays import FakeTransport
-from tests.support.v1_api import CONFIG, NEW_SERVER, V1, assert_errors, make_v1
+from tests.support.v1_api import CONFIG, NEW_SERVER, REPRESENTATION, V1, assert_errors, make_v1
 
 LINK_MINE = {"data": [{"id": "mine", "type": "servers"}, {"id": "127.0.0.1:9001", "type": "servers"},
                       {"id": "127.0.0.1:9002", "type": "servers"}]}
@@ -85,13 +85,13 @@ class ChangeTests(SynchronousTestCase):
         _, body = self.v1.json(self, "GET", "/v1/servers/mine")
         self.assertEqual((ids(body, "services"), body["data"]["attributes"]["state"]), (["web"], "Running"))
         unlink = {"data": {"relationships": {"services": {"data": []}}}}
-        response, body = self.v1.json(self, "PATCH", "/v1/servers/mine", unlink)
+        response, body = self.v1.json(self, "PATCH", "/v1/servers/mine", unlink, headers=REPRESENTATION)
         self.assertEqual((response.code, ids(body, "services")), (200, []))
         self.assertEqual([b.key for b in pool], ["127.0.0.1:9001", "127.0.0.1:9002"])
 
     def test_postWithRelationshipAndParameterChangeFollows(self) -> None:
         document = {"data": {**NEW_SERVER["data"], "relationships": {"services": {"data": [{"id": "db", "type": "services"}]}}}}
-        response, body = self.v1.json(self, "POST", "/v1/servers", document)
+        response, body = self.v1.json(self, "POST", "/v1/servers", document, headers=REPRESENTATION)
         self.assertEqual((response.code, ids(body, "services")), (201, ["db"]))
         self.v1.json(self, "PATCH", "/v1/servers/mine", {"data": {"attributes": {"parameters": {"weight": 5}}}})
         self.assertIn("127.0.0.1:9100 weight=5 priority=1", self.v1.control.server_definition("db")["discovery"]["static_list"])
@@ -119,7 +119,7 @@ class ChangeTests(SynchronousTestCase):
 
     def test_listenerPatchRebinds(self) -> None:
         response, body = self.v1.json(self, "PATCH", "/v1/listeners/web",
-                                      {"data": {"attributes": {"parameters": {"bind": "127.0.0.1:3500"}}}})
+                                      {"data": {"attributes": {"parameters": {"bind": "127.0.0.1:3500"}}}}, headers=REPRESENTATION)
         self.assertEqual(response.code, 200, body)
         self.assertIn(3500, self.v1.reactor.listening())
         self.assertNotIn(3000, self.v1.reactor.listening())
@@ -145,7 +145,7 @@ class ChangeTests(SynchronousTestCase):
     def test_serviceCreatedAndDeleted(self) -> None:
         service = {"data": {"id": "api", "type": "services", "attributes": {"parameters": {
             "bind": "127.0.0.1:4100", "discovery": {"kind": "static", "static_list": ["127.0.0.1:9500"]}}}}}
-        response, _ = self.v1.json(self, "POST", "/v1/services", service)
+        response, _ = self.v1.json(self, "POST", "/v1/services", service, headers=REPRESENTATION)
         self.assertEqual(response.code, 201)
         self.assertIn(4100, self.v1.reactor.listening())
         response, _ = self.v1.call(self, "DELETE", "/v1/services/api")

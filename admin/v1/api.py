@@ -10,7 +10,12 @@ The /v1 routes (Klein) and the pipeline every request goes through:
  5. 404 for an unknown resource; preconditions (304, 412) against its
     current C{ETag} and C{Last-Modified}, before any change;
  6. 423 if an operation on the resource is in progress, else the change,
-    through L{IControl}; the answer with fresh validators.
+    through L{IControl}; the answer with fresh validators: 204 for a PATCH
+    or a creating POST, as MaxScale answers, unless C{Prefer:
+    return=representation} asks for the document (L{admin.v1.prefer}).
+
+Collections answer with a trailing slash too (C{/v1/services/}), and
+C{/v1/maxscale} is the process in MaxScale's shape, as MaxScale's tools expect.
 
 Routes only parse and dispatch; resource modules build the documents and
 call the control interface; errors become JSON:API error documents in the
@@ -34,12 +39,13 @@ from werkzeug.http import parse_accept_header
 from admin.auth import Account, require_admin
 from admin.errorbody import render_errors
 from admin.errors import Forbidden
-from admin.v1 import conditional, documents, locks, openapi, params
+from admin.v1 import conditional, documents, locks, openapi, params, prefer
 from admin.v1.balancer import Balancer
 from admin.v1.errors import MAX_HEADER, MAX_HEADERS, MAX_URI, ApiError, bad_request, unprocessable
 from admin.v1.filters import Filters
 from admin.v1.kind import Kind
 from admin.v1.listeners import Listeners
+from admin.v1.maxscale import MaxScale
 from admin.v1.monitors import Monitors
 from admin.v1.patch import apply_patch
 from admin.v1.servers import Servers, parse_state
@@ -78,6 +84,7 @@ class V1App:
         self.kinds: dict[str, Kind] = {cls.type: cls(control) for cls in KINDS}
         self.users = Users(control)
         self.balancer = Balancer(control)
+        self.maxscale = MaxScale(control)
 
     # Routes
 
@@ -88,6 +95,7 @@ class V1App:
         links = {"self": documents.path("")}
         links.update({t: documents.path(t) for t in self.kinds})
         links.update(users=documents.path("users", "inet"), balancer=documents.path("balancer"),
+                     maxscale=documents.path("maxscale"),
                      openapi=documents.path("openapi.json"))
         return self._render(request, 200, {"links": links, "meta": {"version": __version__}})
 
@@ -102,10 +110,18 @@ class V1App:
         return self._render(request, 200, document)
 
     @app.route("/balancer")
+    @app.route("/balancer/")
     def balancer_info(self, request: IRequest) -> bytes:
         """C{/v1/balancer}: the process."""
         method = self._begin(request, self.balancer.member_methods)
         return self._read_member(request, method, self.balancer, "balancer")
+
+    @app.route("/maxscale")
+    @app.route("/maxscale/")
+    def maxscale_info(self, request: IRequest) -> bytes:
+        """C{/v1/maxscale}: the process in MaxScale's shape (an alias of C{/v1/balancer})."""
+        method = self._begin(request, self.maxscale.member_methods)
+        return self._read_member(request, method, self.maxscale, "maxscale")
 
     @app.route("/balancer/reload")
     async def reload(self, request: IRequest) -> bytes:
@@ -114,7 +130,9 @@ class V1App:
         return self._render(request, 200, await self.balancer.reload())
 
     @app.route("/users")
+    @app.route("/users/")
     @app.route("/users/inet")
+    @app.route("/users/inet/")
     async def users_collection(self, request: IRequest) -> bytes:
         """C{/v1/users} and C{/v1/users/inet}: the API's accounts."""
         return await self._collection(request, self.users)
@@ -133,8 +151,9 @@ class V1App:
         return self._render(request, 308, {"links": {"self": location}, "meta": {"detail": f"moved to {location}"}})
 
     @app.route("/<type_>")
+    @app.route("/<type_>/")
     async def collection(self, request: IRequest, type_: str) -> bytes:
-        """C{/v1/<type>}: a collection (GET), or a new member (POST)."""
+        """C{/v1/<type>} (or C{/v1/<type>/}, as MaxScale's tools ask): a collection (GET), or a new member (POST)."""
         return await self._collection(request, self._kind(type_))
 
     @app.route("/<type_>/<id>")
@@ -258,7 +277,7 @@ class V1App:
         location = kind.member_path(created)
         request.setHeader(b"Location", location.encode("utf-8"))
         self._validators(request, conditional.etag(kind.view(resource)), kind.changed_at(created))
-        return self._render(request, 201, documents.top(location, params.sparse(resource, query)), query)
+        return self._changed(request, 201, documents.top(location, params.sparse(resource, query)), query)
 
     async def _member(self, request: IRequest, kind: Kind, id: str) -> bytes:
         method = self._begin(request, kind.member_methods)
@@ -282,7 +301,7 @@ class V1App:
             await kind.update(id, data, current)
         updated = kind.get(id)
         self._validators(request, conditional.etag(kind.view(updated)), kind.changed_at(id))
-        return self._render(request, 200, documents.top(kind.member_path(id), params.sparse(updated, query)), query)
+        return self._changed(request, 200, documents.top(kind.member_path(id), params.sparse(updated, query)), query)
 
     def _read_member(self, request: IRequest, method: str, kind: Kind, id: str) -> bytes:
         query = params.parse(request.args)
@@ -324,6 +343,16 @@ class V1App:
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", documents.JSON)
         return documents.dumps(document, pretty)
+
+    def _changed(self, request: IRequest, code: int, document: Any, query: params.Query) -> bytes:
+        """
+        The answer to a change that has a document: 204 without it, as
+        MaxScale answers; C{code} with it under C{Prefer: return=representation}.
+        """
+        if prefer.wants_representation(request):
+            request.setHeader(b"Preference-Applied", prefer.REPRESENTATION.encode("ascii"))
+            return self._render(request, code, document, query)
+        return self._no_content(request)
 
     def _no_content(self, request: IRequest) -> bytes:
         request.setResponseCode(204)

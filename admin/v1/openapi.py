@@ -77,6 +77,7 @@ _NOT_MODIFIED = {"description": "not modified since If-None-Match / If-Modified-
 _PRECONDITION = {"412": "If-Match / If-Unmodified-Since / If-None-Match not met"}
 _PARAMS = [{"$ref": "#/components/parameters/pretty"}]
 _COLLECTION_PARAMS = _PARAMS + [{"$ref": f"#/components/parameters/{p}"} for p in ("filter", "page_size", "page_number")]
+_PREFER = [{"$ref": "#/components/parameters/Prefer"}]
 _CONDITIONAL = [{"$ref": f"#/components/parameters/{h}"} for h in
                 ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")]
 
@@ -124,20 +125,22 @@ def _kind_paths(kind: type[Kind], prefix: str = "") -> dict[str, Any]:
     if "POST" in kind.collection_methods:
         collection["post"] = _write(
             f"create a {type_} resource", {_JSON: {"schema": _ref(f"New{type_.title()}")}},
-            {"201": {"description": "created", **_json(_ref("Document")),
-                     "headers": _headers("Allow", "ETag", "Last-Modified", "Location")}},
-            _PARAMS, _WRITE_CODES)
+            {"204": {"description": "created", "headers": _headers("Allow", "ETag", "Last-Modified", "Location")},
+             "201": {"description": "created, with Prefer: return=representation", **_json(_ref("Document")),
+                     "headers": _headers("Allow", "ETag", "Last-Modified", "Location", "Preference-Applied")}},
+            _PARAMS + _PREFER, _WRITE_CODES)
     member: dict[str, Any] = {"get": _read("Document", f"one {type_} resource", [_id()] + _PARAMS)}
     if "PATCH" in kind.member_methods:
         member["patch"] = _write(
             f"change a {type_} resource (merged partial document, or JSON Patch)", _patch_body("Update"),
-            {"200": {"description": "changed", **_json(_ref("Document")),
-                     "headers": _headers("Allow", "Accept-Patch", "ETag", "Last-Modified")}},
-            [_id()] + _PARAMS, _WRITE_CODES)
+            {"204": {"description": "changed", "headers": _headers("Allow", "Accept-Patch", "ETag", "Last-Modified")},
+             "200": {"description": "changed, with Prefer: return=representation", **_json(_ref("Document")),
+                     "headers": _headers("Allow", "Accept-Patch", "ETag", "Last-Modified", "Preference-Applied")}},
+            [_id()] + _PARAMS + _PREFER, _WRITE_CODES)
     if "DELETE" in kind.member_methods:
         member["delete"] = _write(f"delete a {type_} resource", None, {"204": {"description": "deleted"}},
                                   [_id()] + _PARAMS, _DELETE_CODES)
-    paths = {base: collection, f"{base}/{{id}}": member}
+    paths = {base: collection, f"{base}/": collection, f"{base}/{{id}}": member}
     if kind not in (Users,):
         relationship: dict[str, Any] = {"get": _read("Relationship", "one relationship of the resource",
                                                      [_id(), _id("name")] + _PARAMS)}
@@ -268,6 +271,7 @@ def _components() -> dict[str, Any]:
             "ETag": header("strong tag of the resource's configuration (not of its statistics)"),
             "Last-Modified": header("when the resource's configuration last changed (HTTP-date)"),
             "Location": header("the new resource's path"),
+            "Preference-Applied": header("return=representation: the answer holds the document"),
         },
         "parameters": {
             "pretty": {"name": "pretty", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]},
@@ -283,7 +287,8 @@ def _components() -> dict[str, Any]:
                 ("If-Match", "ETag values; the request applies only if one matches"),
                 ("If-None-Match", "ETag values; 304 (reads) or 412 (writes) if one matches"),
                 ("If-Modified-Since", "HTTP-date; 304 if not modified since"),
-                ("If-Unmodified-Since", "HTTP-date; 412 if modified since"))},
+                ("If-Unmodified-Since", "HTTP-date; 412 if modified since"),
+                ("Prefer", "return=representation: a PATCH or a creating POST answers the document, not 204"))},
         },
         "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
     }
@@ -301,6 +306,8 @@ def document() -> dict[str, Any]:
             "304": _NOT_MODIFIED, **_errors(extra=_PRECONDITION)}}},
         "/v1/balancer": {"get": _read("Document", "the process: version, pid, uptime, started_at, revision",
                                       _PARAMS)},
+        "/v1/maxscale": {"get": _read("Document", "the process in MaxScale's shape: version, uptime, started_at, "
+                                                  "parameters (the process-wide configuration)", _PARAMS)},
     }
     for kind in (Services, Servers, Listeners, Monitors, Filters, Sessions):
         paths.update(_kind_paths(kind))
@@ -320,7 +327,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "balancer admin API", "version": __version__,
                  "description": "The root API (gobetween's REST API) and /v1 (MaxScale's REST API conventions, "
-                                "JSON:API documents)."},
+                                "JSON:API documents; collections answer with a trailing slash too; a PATCH or a "
+                                "creating POST answers 204 unless Prefer: return=representation)."},
         "servers": [{"url": "/"}],
         "security": [{"basic": []}, {}],
         "paths": paths,

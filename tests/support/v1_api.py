@@ -42,6 +42,9 @@ account = "basic"
 
 ERRORS_KEYS = {"errors"}
 
+#: The header that asks a PATCH or a creating POST for the document (RFC 7240) instead of 204.
+REPRESENTATION = {"Prefer": "return=representation"}
+
 
 class V1(root_api.Api):
     """An L{root_api.Api} with helpers for /v1."""
