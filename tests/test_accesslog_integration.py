@@ -19,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import Echo, Named, exchange, listen, port_number
+from tests.support.paths import scratch_directory
 from tests.support.processes import WatchedProcess, spawn_balancer
 from tests.support.waiting import until
 
@@ -60,8 +61,7 @@ class AccessLogProcess:
     def start(self) -> Generator[Deferred[Any], Any, None]:
         """Start the backends and twistd; fires once every server listens."""
         test: Any = self
-        directory = os.path.abspath(test.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(test)
         config = os.path.join(directory, "balancer.toml")
         backends = {}
         for name, protocol, attributes in (("closing", Named, {"name": b"bye"}), ("echo", Echo, {}),
@@ -174,8 +174,7 @@ class WorkersTests(TestCase):
 
     @inlineCallbacks
     def test_everyWorkersConnectionsLogged(self) -> Generator[Deferred[Any], Any, None]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         config = os.path.join(directory, "balancer.toml")
         echo = yield listen(Echo)
         self.addCleanup(echo.stopListening)
@@ -214,8 +213,7 @@ class AccessOutputTests(TestCase):
 
     @inlineCallbacks
     def test_ownFileReopenedOnUsr1(self) -> Generator[Deferred[Any], Any, None]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         config = os.path.join(directory, "balancer.toml")
         access = os.path.join(directory, "access.log")
         echo = yield listen(Echo)

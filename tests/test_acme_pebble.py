@@ -15,6 +15,7 @@ from cryptography import x509
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.support.paths import scratch_directory
 from tests.support.pebble import Pebble, served_certificate
 from tests.support.ports import refusing_port
 from tests.support.processes import WatchedProcess, spawn_balancer
@@ -71,8 +72,7 @@ class PebbleTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.pebble = Pebble(self.directory)
 
     @inlineCallbacks

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from balancer.config import read_config_file
 from balancer.config.schema import AcmeConfig
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, scratch_directory
 from tests.support.pebble import served_certificate
 from tests.support.ports import refusing_port
 from tests.support.processes import spawn_balancer
@@ -29,8 +29,7 @@ class AcmeProcessTests(TestCase):
 
     def fixture(self, **replaced: str) -> str:
         """The fixture with C{key = "value"} lines replaced by C{replaced}, written to a new file; its path."""
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         lines = []
         with open(FIXTURE, encoding="utf-8") as f:
             for line in f:

@@ -24,6 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import Echo, exchange, serve
+from tests.support.paths import scratch_directory
 from tests.support.processes import spawn_balancer
 
 #: C{bcrypt.hashpw(b"admin-secret", bcrypt.gensalt(12))}: about 0.3 s a check on one core.
@@ -97,8 +98,7 @@ class FloodTests(TestCase):
     @inlineCallbacks
     def test_wrongPasswordFloodLeavesTheApiAnswerableAndTheRelayServing(self) -> Any:
         backend = yield serve(self, Echo)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         config = os.path.join(directory, "balancer.toml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(backend=backend.getHost().port))

@@ -22,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from admin.reserve import DETAIL as OUT_OF_DESCRIPTORS
 from tests.support.clients import Double, exchange, serve
+from tests.support.paths import scratch_directory
 from tests.support.peers import open_client
 from tests.support.processes import spawn_balancer
 
@@ -126,8 +127,7 @@ class LimitsTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         backend = yield serve(self, Double)
         self.backend = backend.getHost().port
         self.clients: list[Client] = []

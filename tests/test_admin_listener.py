@@ -17,6 +17,7 @@ from balancer.config.schema import ApiConfig, ApiTlsConfig
 from balancer.listening import BindError
 from balancer.tap import build_service
 from tests.support.certs import self_signed
+from tests.support.paths import scratch_directory
 from tests.support.reactors import ListeningReactor
 
 SERVER = b"""
@@ -52,8 +53,7 @@ class ApiServiceTests(SynchronousTestCase):
         self.assertEqual([(port, interface) for port, _, _, interface in memory.tcpServers], [(8888, "0.0.0.0")])
 
     def test_tlsListensWithTheCertificate(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         cert, key, _ = self_signed(directory)
         memory = MemoryReactorClock()
         config = api_config(f'bind = "127.0.0.1:8443"\n[api.tls]\ncert_path = "{cert}"\nkey_path = "{key}"')
@@ -83,8 +83,7 @@ class TlsOptionsTests(SynchronousTestCase):
     """C{[api.tls]} files: a chain after the certificate, and clear errors."""
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.cert, self.key, self.pem = self_signed(self.directory)
 
     def write(self, name: str, data: bytes) -> str:

@@ -18,6 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.support.paths import scratch_directory
 from tests.support.processes import spawn_balancer
 from tests.support.waiting import until
 
@@ -64,8 +65,7 @@ class AttackTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         pool = HTTPConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         self.client = HTTPClient(Agent(reactor, pool=pool))

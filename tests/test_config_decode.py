@@ -25,6 +25,7 @@ from balancer.config.decode import MAX_DEPTH, DecodeError, json_depth, loads_jso
 from balancer.config.load import parse_config
 from balancer.config.schema import Config
 from tests.support.mutations import paths, replaced
+from tests.support.paths import scratch_directory
 from tests.support.processes import run_twistd
 
 VALID = """
@@ -175,8 +176,7 @@ class CheckCommandTests(TestCase):
 
     @inlineCallbacks
     def test_craftedFilesAreOneLineWithoutTraceback(self):  # type: ignore[no-untyped-def]
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         files = {
             "deep.toml": "[servers.web]\nbind = " + "[" * 1000 + "]" * 1000,
             "deep.json": '{"servers": {"web": ' + "{" * 1000 + "}" * 1000 + "}}",

@@ -19,6 +19,8 @@ from balancer.root_service import BalancerService
 from balancer.state import StateFile
 from balancer.stats import SERVER_COUNTERS, server_report
 
+from tests.support.paths import scratch_directory
+
 CONFIG = """
 [state]
 path = "{state}"
@@ -35,8 +37,7 @@ class UpdateServerTests(SynchronousTestCase):
     """update_server: validated, applied in place, persisted."""
 
     def setUp(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.state = os.path.join(directory, "state.toml")
         config = parse_config(CONFIG.format(state=self.state).encode(), "x")
         self.balancer = BalancerService(config, MemoryReactorClock())

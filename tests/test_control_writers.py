@@ -17,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from balancer.control.writers import InlineWriter, ThreadedWriter, writer_for
 from balancer.state import RuntimeChanges, StateFile
 
+from tests.support.paths import scratch_directory
+
 
 class Triggers:
     """The system event triggers part of a reactor: added, removed, fired by hand."""
@@ -67,8 +69,7 @@ def changes(name: str) -> RuntimeChanges:
 
 class WriterTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.state = StateFile(os.path.join(directory, "state.toml"))
 
 
@@ -153,8 +154,7 @@ class ThreadPoolTests(TestCase):
 
     @inlineCallbacks
     def test_writerForAReactorWithThreadsWritesInItsPool(self) -> Generator[Deferred[None], None, None]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         state = StateFile(os.path.join(directory, "state.toml"))
         writer = writer_for(state, reactor)
         self.assertIsInstance(writer, ThreadedWriter)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from tests.support.certs import make_certificates
 from tests.support.clients import Double, port_number, serve
 from tests.support.ctl import Ran, run_ctl
+from tests.support.paths import scratch_directory
 from tests.support.peers import Peer, open_client
 from tests.support.processes import spawn_balancer
 from tests.support.waiting import polled
@@ -67,8 +68,7 @@ class CtlTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         backend = yield serve(self, Double)
         self.backend = f"127.0.0.1:{port_number(backend)}"
         config = os.path.join(directory, "balancer.toml")
@@ -315,8 +315,7 @@ class HttpsTests(TestCase):
 
     @inlineCallbacks
     def test_caTrustsTheApiInsecureSkipsTheCheck(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         certificates = make_certificates(directory)
         backend = yield serve(self, Double)
         config = os.path.join(directory, "balancer.toml")

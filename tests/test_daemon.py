@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import exchange
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, scratch_directory
 from tests.support.ports import free_port
 from tests.support.processes import source_env, twistd_path
 from tests.support.waiting import until
@@ -93,11 +93,6 @@ class DaemonStartTests(TestCase):
 
     timeout = 90
 
-    def directory(self) -> str:
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
-        return path
-
     def write(self, directory: str, name: str, text: str) -> str:
         path = os.path.join(directory, name)
         with open(path, "w", encoding="utf-8") as f:
@@ -109,7 +104,7 @@ class DaemonStartTests(TestCase):
         taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
         self.addCleanup(taken.stopListening)
         port = taken.getHost().port
-        directory = self.directory()
+        directory = scratch_directory(self)
         config = self.write(directory, "balancer.toml", server_config(f"127.0.0.1:{port}"))
         out, err, code = yield run_daemon(directory, "--config", config)
         self.assertEqual(code, 1, (out, err))
@@ -120,7 +115,7 @@ class DaemonStartTests(TestCase):
 
     @inlineCallbacks
     def test_badCertificateExits1WithTheMessageAndNoPidfile(self) -> None:
-        directory = self.directory()
+        directory = scratch_directory(self)
         cert = self.write(directory, "cert.pem", "not a certificate\n")
         key = self.write(directory, "key.pem", "not a key\n")
         config = self.write(directory, "balancer.toml", f"""
@@ -142,7 +137,7 @@ static_list = ["127.0.0.1:1"]
 
     @inlineCallbacks
     def test_badStateFileExits1NamingFileAndPlace(self) -> None:
-        directory = self.directory()
+        directory = scratch_directory(self)
         state = self.write(directory, "state.toml", '[servers.x]\nbind = "unterminated\n')
         config = self.write(directory, "balancer.toml",
                             server_config("127.0.0.1:0", f'[state]\npath = "{state}"\n'))
@@ -159,7 +154,7 @@ static_list = ["127.0.0.1:1"]
     logs to twistd's --logfile (rotated on SIGUSR1, as twistd does), and
     stops on SIGTERM to the pid in the pidfile.
     """
-        directory = self.directory()
+        directory = scratch_directory(self)
         backend = free_port()  # --demo serves the static_list addresses, so the port is chosen before the start
         config = self.write(directory, "balancer.toml", f"""
 [servers.demo]

@@ -30,7 +30,7 @@ from balancer.discovery import DiscoveryError, make_discovery
 from balancer.discovery.lxd import LxdDiscovery, container_address, lxd_request, unix_socket_path
 from balancer.discovery.lxd_tls import LxdFiles, load_server_certificate
 from tests.support.certs import self_signed
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, scratch_directory
 from tests.support.fake_lxd import FakeContainer, FakeLXD, serve_https, serve_unix
 
 
@@ -231,8 +231,7 @@ class HTTPSTests(TestCase):
     async def test_pinnedCertificateMismatch(self) -> None:
         """A saved certificate other than the server's: the handshake is refused, and the message says why."""
         os.makedirs(os.path.join(self.directory, "servercerts"))
-        elsewhere = os.path.abspath(self.mktemp())
-        os.makedirs(elsewhere)
+        elsewhere = scratch_directory(self)
         other, _, _ = self_signed(elsewhere, "other")
         with open(other, "rb") as f, open(self.files.server_cert, "wb") as saved:
             saved.write(f.read())

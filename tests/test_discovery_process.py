@@ -24,7 +24,7 @@ from twisted.web.static import Data
 from tests.support.clients import Named, answers, serve
 from tests.support.fake_dns import Records
 from tests.support.fake_lxd import FakeContainer, FakeLXD, serve_https, serve_unix
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, scratch_directory
 from tests.support.processes import spawn_balancer
 from tests.support.waiting import polled
 
@@ -46,8 +46,7 @@ class DiscoveryProcessTests(TestCase):
 
     def write_config(self, discovery: str) -> str:
         """A configuration file with server "web" on port 0 and the discovery table C{discovery}; its path."""
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         path = os.path.join(directory, "balancer.toml")
         with open(path, "w", encoding="utf-8") as f:
             f.write('[servers.web]\nbind = "127.0.0.1:0"\nbalance = "roundrobin"\n')

@@ -16,6 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import Double, exchange, serve
+from tests.support.paths import scratch_directory
 from tests.support.ports import refusing_port
 from tests.support.processes import spawn_balancer
 from tests.support.scrapes import samples
@@ -39,8 +40,7 @@ class MetricsProcessTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.config = os.path.join(directory, "balancer.toml")
         backend = yield serve(self, Double)
         self.live = f'host="127.0.0.1",port="{backend.getHost().port}",server="web"'

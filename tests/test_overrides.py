@@ -32,6 +32,7 @@ from balancer.state import RuntimeChanges, StateFile
 from balancer.strategies import WeightStrategy
 from balancer.workers.child import CloseSessions, Configuration, Worker, read_message
 from balancer.workers.supervisor import close_message, config_message
+from tests.support.paths import scratch_directory
 from tests.support.sessions import Address, FakeRelay
 
 CONFIG = """
@@ -141,8 +142,7 @@ class ControlTests(SynchronousTestCase):
     """The controller's override and session commands, with the state file."""
 
     def setUp(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.state = os.path.join(directory, "state.toml")
         self.start()
 

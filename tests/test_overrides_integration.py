@@ -20,6 +20,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import Echo, Named, answers, exchange, listen
+from tests.support.paths import scratch_directory
 from tests.support.processes import spawn_balancer
 from tests.support.waiting import polled
 
@@ -49,8 +50,7 @@ class OverrideProcessTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.config = os.path.join(directory, "balancer.toml")
         first = yield listen(Named, name=b"first")
         second = yield listen(Named, name=b"second")

@@ -7,7 +7,6 @@ certificates are made for each test with L{tests.support.certs}.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -37,6 +36,7 @@ from balancer.server_service import ServerService
 from balancer.strategies import STRATEGIES
 from tests.support.certs import Authority, Pair
 from tests.support.clients import Echo, Named, exchange
+from tests.support.paths import scratch_directory
 from tests.support.peers import DatagramPeer, Peer, open_client
 from tests.support.ports import refusing_port
 from tests.support.proxy_protocol_peer import ProxyProtocolPeerFactory
@@ -94,8 +94,7 @@ class ProtocolsTestCase(TestCase):
     timeout = 30
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.authority = Authority()
         self.ca_path = self.authority.write(self.directory)
 

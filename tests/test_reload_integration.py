@@ -30,6 +30,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.certs import Authority
 from tests.support.clients import Echo, exchange, serve
+from tests.support.paths import scratch_directory
 from tests.support.ports import free_port
 from tests.support.processes import WatchedProcess, spawn_balancer
 from tests.support.waiting import until
@@ -151,8 +152,7 @@ class ReloadTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.directory = directory
         self.config = os.path.join(directory, "balancer.toml")
         port = yield serve(self, Echo)

@@ -18,6 +18,7 @@ from balancer.config.load import parse_config
 from balancer.config.schema import Config
 from balancer.config.secrets import CONFIG_SECRETS, REDACTED, SERVER_SECRETS, keep_secrets, redact
 from tests.support.certs import make_certificates
+from tests.support.paths import scratch_directory
 from tests.support.reactors import ListeningReactor
 from tests.support.v1_api import CONFIG, REPRESENTATION, V1, assert_errors
 
@@ -75,8 +76,7 @@ class Balancer:
     """A balancer with secrets in its configuration, and its API."""
 
     def __init__(self, test: SynchronousTestCase) -> None:
-        directory = os.path.abspath(test.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(test)
         certificates = make_certificates(directory)
         self.state = os.path.join(directory, "state.toml")
         extra = SECRETS.format(server_cert=certificates.server.cert_path, server_key=certificates.server.key_path,

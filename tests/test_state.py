@@ -24,6 +24,7 @@ from balancer.control.effective import load_effective
 from balancer.state import RuntimeChanges, StateCleanup, StateFile
 from tests.support.api_process import ApiProcessTestCase
 from tests.support.mutations import paths, replaced
+from tests.support.paths import scratch_directory
 
 CONFIG = """
 [state]
@@ -52,8 +53,7 @@ class LeftoverTests(SynchronousTestCase):
     """Temporary files of interrupted writes."""
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.path = os.path.join(self.directory, "state.toml")
 
     def touch(self, *names: str) -> None:
@@ -144,8 +144,7 @@ class ReaderFuzzTests(SynchronousTestCase):
     """A state, or a ConfigError of one-line problems: never another exception."""
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.path = os.path.join(self.directory, "state.toml")
         self.config = parse_config(CONFIG.format(path=self.path).encode(), "balancer.toml")
 

@@ -12,14 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.tlsfiles import TLSError, TLSErrors, load_certificates, load_certified_key, load_trust_root, read_file
 from tests.support.certs import Authority, make_certificates
+from tests.support.paths import scratch_directory
 
 
 class TlsFilesTests(SynchronousTestCase):
     """What loads, and what each problem says."""
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.certs = make_certificates(self.directory)
 
     def write(self, name: str, data: bytes) -> str:

@@ -17,6 +17,7 @@ from balancer.config.load import parse_config
 from balancer.proxy.tcp import Relay
 from balancer.state import StateFile
 from balancer.stats import BackendCounters, ServerCounters, server_report
+from tests.support.paths import scratch_directory
 from tests.support.reactors import ListeningReactor
 from tests.support.relays import FakeTransport
 from tests.support.v1_api import CONFIG, NEW_SERVER, REPRESENTATION, V1, assert_errors, make_v1
@@ -203,8 +204,7 @@ class OneControlTests(SynchronousTestCase):
     """Both APIs make the same changes, persisted the same way, and a restart reads them back."""
 
     def setUp(self) -> None:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.state = os.path.join(directory, "state.toml")
         self.config = parse_config(CONFIG.format(api="", extra=f'[state]\npath = "{self.state}"').encode(), "t.toml")
         self.v1 = V1(self.config, ListeningReactor())

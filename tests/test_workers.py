@@ -54,7 +54,7 @@ from balancer.workers.supervisor import (
     config_message,
 )
 from tests.support.clients import Double, exchange, serve
-from tests.support.paths import ROOT
+from tests.support.paths import ROOT, scratch_directory
 from tests.support.processes import spawn_balancer
 from tests.support.reactors import SpawningReactor
 from tests.support.scrapes import samples
@@ -482,8 +482,7 @@ class TwoWorkersTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = scratch_directory(self)
         self.config = os.path.join(directory, "balancer.toml")
         self.owners: list[int] = []
         self._pids: list[int] = []

@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from tests.support.clients import Double
+from tests.support.paths import scratch_directory
 from tests.support.processes import WatchedProcess, spawn_balancer
 
 #: The API on C{{api_port}} (0: any) with C{{api}} lines more, the state file
@@ -47,8 +48,7 @@ class ApiProcessTestCase(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = scratch_directory(self)
         self.state = os.path.join(self.directory, "state.toml")
         doubling = ServerFactory()
         doubling.protocol = Double

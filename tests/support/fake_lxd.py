@@ -30,6 +30,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from tests.support.certs import self_signed
+from tests.support.paths import scratch_directory
 from tests.support.tracked import served
 
 SERVER_DOCUMENT: dict[str, Any] = {
@@ -269,8 +270,7 @@ def serve_unix(test: SynchronousTestCase, lxd: FakeLXD, directory: str = "") -> 
 
 def serve_https(test: SynchronousTestCase, lxd: FakeLXD) -> HTTPSLXD:
     """Serve C{lxd} over HTTPS on 127.0.0.1 port 0, with a self-signed certificate, until the test ends."""
-    directory = os.path.abspath(test.mktemp())
-    os.makedirs(directory)
+    directory = scratch_directory(test)
     cert_path, key_path, pem = self_signed(directory, "lxd")
     tls = _AnyClientCertificate(cert_path, key_path)
     port = _served(test, lxd, lambda factory: IReactorSSL(reactor).listenSSL(0, factory, tls, interface="127.0.0.1"))
