@@ -386,6 +386,16 @@ class SupervisorTests(SynchronousTestCase):
         self.assertIn("acme: workers [1, 2] did not answer the challenge of a.test within 5.0 s",
                       [formatEvent(e) for e in events])
 
+    def test_tlsChallengeAskedAgainStillEnds(self) -> None:
+        """A challenge asked again for the same name before the workers answered: both orders go on."""
+        first = self.supervisor.tls_challenge("a.test", b"PEM1")
+        second = self.supervisor.tls_challenge("a.test", b"PEM2")
+        for protocol, _, _, _ in self.memory.spawned:
+            protocol.outReceived(b'{"acme_challenge_answered": "a.test"}\n')
+        self.successResultOf(second)
+        self.memory.advance(CHALLENGE_WAIT)
+        self.successResultOf(first)
+
     def test_tlsChallengeWithdrawnWaitsForNobody(self) -> None:
         self.successResultOf(self.supervisor.tls_challenge("a.test", None))
 

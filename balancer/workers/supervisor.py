@@ -287,15 +287,13 @@ class WorkerSupervisor(Service):
         answered: Deferred[None] = Deferred()
         self._challenges[hostname] = (waiting, answered)
 
-        def late() -> None:
+        def late(result: object, timeout: float) -> None:
             if self._challenges.get(hostname, (None, None))[1] is answered:
                 del self._challenges[hostname]
-                log.warn("acme: workers {late} did not answer the challenge of {hostname} within {seconds} s",
-                         late=sorted(waiting), hostname=hostname, seconds=CHALLENGE_WAIT)
-                answered.callback(None)
+            log.warn("acme: workers {late} did not answer the challenge of {hostname} within {seconds} s",
+                     late=sorted(waiting), hostname=hostname, seconds=timeout)
 
-        timer = self.reactor.callLater(CHALLENGE_WAIT, late)
-        return answered.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+        return answered.addTimeout(CHALLENGE_WAIT, self.reactor, onTimeoutCancel=late)
 
     def challenge_answered(self, index: int, hostname: str) -> None:
         """Worker C{index} answers TLS-ALPN-01 for C{hostname} now."""
