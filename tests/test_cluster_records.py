@@ -81,6 +81,11 @@ class WritesTests(TestCase):
         new.overrides.pop("10.0.0.2:80")
         self.assertEqual(records.writes(old, new), {"backends/10.0.0.2:80": {}, "servers/web": {"deleted": True}})
 
+    def test_aConfiguredServerDeletedIsWritten(self) -> None:
+        new = RuntimeChanges()
+        new.removed("web", configured=True)
+        self.assertEqual(records.writes(RuntimeChanges(), new), {"servers/web": {"deleted": True}})
+
     def test_aDeletedServerCreatedAgainIsWritten(self) -> None:
         old = sample()
         new = old.copy()

@@ -90,8 +90,8 @@ def writes(old: RuntimeChanges, new: RuntimeChanges) -> dict[str, dict[str, Any]
     before, after = layout(old), layout(new)
     result: dict[str, dict[str, Any]] = {}
     for key in sorted(set(before) | set(after)):
-        fields = after.get(key, _tombstone(key))
-        if before.get(key, _tombstone(key)) != fields:
+        fields = after[key] if key in after else _tombstone(key)
+        if before.get(key) != fields:
             result[key] = fields
     return result
 

@@ -67,9 +67,10 @@ class Member:
     config_path: str
     http: HTTPClient
 
-    async def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[Any, Any]:
+    async def call(self, method: str, path: str, body: Any = None,
+                   headers: dict[bytes | str, bytes | str] | None = None) -> tuple[Any, Any]:
         """One API request (JSON C{body} if given): (response, decoded JSON body, or the bytes when not JSON)."""
-        all_headers = {"Accept": "application/json", **(headers or {})}
+        all_headers: dict[bytes | str, bytes | str] = {"Accept": "application/json", **(headers or {})}
         data = None
         if body is not None:
             all_headers["Content-Type"] = "application/json"
@@ -140,7 +141,7 @@ class Members:
         else:
             process = WatchedProcess(b"api: listening on")
             argv = netns.command([twistd_path(), "-n", "--pidfile=", "balancer", "--config", path])
-            reactor.spawnProcess(process, argv[0], argv, env=source_env(), path=self._directory)  # type: ignore[attr-defined]
+            reactor.spawnProcess(process, argv[0], argv, env=source_env(), path=self._directory)
             self._test.addCleanup(process.stop)
         pattern = rb"api: listening on " + api_host.encode().replace(b".", rb"\.") + rb":(\d+)"
         match = await process.wait_for(pattern, 30)
