@@ -7,6 +7,7 @@ or the local host, etcd away and back, compaction, membership leases.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.logger import globalLogPublisher
@@ -17,11 +18,12 @@ from balancer.cluster.members import Membership
 from balancer.cluster.shared import SharedState
 from balancer.cluster.store import Put
 from balancer.cluster.sync import RETRY_LONGEST, ClusterSync
-from balancer.config.load import parse_config
+from balancer.config.load import read_config_file
 from balancer.control.controller import Controller
 from balancer.control.errors import ChangeConflict, ClusterUnavailable
 from balancer.root_service import BalancerService
 from tests.support.fake_etcd import FakeEtcd
+from tests.support.paths import scratch_directory
 from tests.support.reactors import ListeningReactor
 
 CONFIG = """
@@ -49,14 +51,17 @@ class Member:
     def __init__(self, test: TestCase, store: FakeEtcd, name: str, *, allow_exec: bool = False,
                  taken: tuple[int, ...] = ()) -> None:
         self.reactor = ListeningReactor(taken)
-        config = parse_config(CONFIG.format(name=name, allow_exec=str(allow_exec).lower()).encode(), f"{name}.toml")
+        self.path = os.path.join(scratch_directory(test), f"{name}.toml")
+        with open(self.path, "w") as f:
+            f.write(CONFIG.format(name=name, allow_exec=str(allow_exec).lower()))
+        config = read_config_file(self.path)
         assert config.cluster is not None
         self.shared = SharedState(store, config.cluster.key_prefix(), name, config.cluster.etcd_endpoints,
                                   "test", self.reactor)
         self.balancer = BalancerService(config, self.reactor)
         self.balancer.privilegedStartService()
         self.balancer.startService()
-        self.control = Controller(self.balancer, config, "", self.reactor, configured=config, shared=self.shared)
+        self.control = Controller(self.balancer, config, self.path, self.reactor, configured=config, shared=self.shared)
         self.sync = ClusterSync(store, self.shared, self.control.apply_shared, self.reactor)
         self.sync.startService()
         test.addCleanup(self.sync.stopService)
@@ -155,6 +160,21 @@ class LocalRefusalTests(TestCase):
         self.assertIn("4000", errors[0])
         self.successResultOf(a.control.set_backend_state("127.0.0.1:9001", "maintenance"))
         self.assertEqual(b.control.backend("127.0.0.1:9001").admin_state, "maintenance")
+
+    def test_aReloadKeepsTheClusterOnTopAndSkipsWhatIsRefused(self) -> None:
+        store = FakeEtcd()
+        lenient = Member(self, store, "lenient", allow_exec=True)
+        strict = Member(self, store, "strict")
+        definition = {**NEW_SERVER, "healthcheck": {"kind": "exec", "exec_command": "/bin/true", "interval": "1s"}}
+        self.successResultOf(lenient.control.add_server("checked", definition))
+        self.successResultOf(lenient.control.add_server("new", {**NEW_SERVER, "bind": "127.0.0.1:4001"}))
+        with open(strict.path, "a") as f:
+            f.write('[servers.more]\nbind = "127.0.0.1:5000"\n[servers.more.discovery]\nkind = "static"\n'
+                    'static_list = ["127.0.0.1:9200"]\n')
+        report = self.successResultOf(strict.control.reload())
+        self.assertEqual(report.added, ["more"])
+        self.assertEqual(strict.servers(), ["web", "new", "more"])
+        self.flushLoggedErrors()
 
     def test_aKeyThatIsNotARecordIsIgnored(self) -> None:
         store = FakeEtcd()

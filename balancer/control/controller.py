@@ -372,8 +372,31 @@ class Controller:
         if self._running.stopping():
             return []
         running = self._running.configs()
-        base = {n: s for n, s in self._configured.servers.items() if n not in changes.deleted and n not in changes.servers}
-        effective = attrs.evolve(self._configured, servers=base)
+        target, problems = self._shared_servers(self._configured, changes, running)
+        report = ReloadReport()
+        await self._converge(running, target, report)
+        problems += [f"server {name}: {reason}" for name, reason in report.refused.items()]
+        self._log.replace(changes)
+        self._apply_to_pools()
+        for problem in problems:
+            log.error("cluster: not applied here: {problem}", problem=problem)
+        if report.applied:
+            log.info("{line}", line=report.line("cluster"))
+        self._log.announce()
+        return problems
+
+    def _shared_servers(self, configured: Config, changes: RuntimeChanges,
+                        running: Mapping[str, ServerConfig]) -> tuple[dict[str, ServerConfig], list[str]]:
+        """
+        The servers of C{configured} with the cluster's C{changes} on top,
+        each shared definition checked here (against this file, its files,
+        this balancer's policy); one that does not pass keeps its C{running}
+        configuration (or does not run).
+
+        @return: the servers, and one line per shared server left out.
+        """
+        base = {n: s for n, s in configured.servers.items() if n not in changes.deleted and n not in changes.servers}
+        effective = attrs.evolve(configured, servers=base)
         policy = ChangePolicy.of(self._config.api)
         target = dict(base)
         problems: list[str] = []
@@ -388,17 +411,7 @@ class Controller:
                     target[name] = running[name]
                 continue
             target[name] = config
-        report = ReloadReport()
-        await self._converge(running, target, report)
-        problems += [f"server {name}: {reason}" for name, reason in report.refused.items()]
-        self._log.replace(changes)
-        self._apply_to_pools()
-        for problem in problems:
-            log.error("cluster: not applied here: {problem}", problem=problem)
-        if report.applied:
-            log.info("{line}", line=report.line("cluster"))
-        self._log.announce()
-        return problems
+        return target, problems
 
     def _read_config_file(self) -> tuple[Config, Config]:
         """
@@ -416,7 +429,15 @@ class Controller:
             if not path:
                 raise ConfigError("reload", [Problem("", "the balancer was started without a configuration file")])
             configured = read_config_file(path)
-            effective = self._log.changes.apply(configured, f"{path} (with the changes made through the API)")
+            if self._shared is None:
+                effective = self._log.changes.apply(configured, f"{path} (with the changes made through the API)")
+            else:
+                check_resources(configured, path)
+                servers, problems = self._shared_servers(configured, self._log.changes, self._running.configs())
+                for problem in problems:
+                    log.error("reload: the cluster's {problem}: not applied here", problem=problem)
+                effective = attrs.evolve(configured, servers=servers,
+                                         overrides=self._log.changes.overridden(configured.overrides))
             check_resources(effective, path)
         except ConfigError as e:
             lines = e.lines()
