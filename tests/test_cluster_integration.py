@@ -18,7 +18,6 @@ from twisted.trial.unittest import TestCase
 from tests.support.clients import Named, exchange, port_number
 from tests.support.cluster import Member, Members, members_of, until_member
 from tests.support.etcd import Etcd, started_etcd
-from tests.support.waiting import polled
 
 
 def backend(test: TestCase, name: bytes) -> int:
@@ -40,11 +39,13 @@ class ClusterTestCase(TestCase):
 
     timeout = 120
 
-    async def setUpCluster(self) -> None:
+    async def setUpCluster(self, *, both: bool = False) -> None:
+        """Start etcd and the backends; server "web" has backend "one" (and "two" when C{both})."""
         self.etcd: Etcd = await started_etcd(self)
         self.one = backend(self, b"one")
         self.two = backend(self, b"two")
-        self.members = Members(self, self.etcd, [f"127.0.0.1:{self.one}"])
+        backends = [f"127.0.0.1:{self.one}"] + ([f"127.0.0.1:{self.two}"] if both else [])
+        self.members = Members(self, self.etcd, backends)
 
     async def start_all(self, *names: str) -> list[Member]:
         started = []
@@ -88,14 +89,17 @@ class SharingTests(ClusterTestCase):
             self.assertEqual(sorted(set(await self.answers(member, 4))), [b"one", b"two"], member.name)
 
     async def test_drainAndOverrideAreHonouredEverywhere(self) -> None:
-        await self.setUpCluster()
+        await self.setUpCluster(both=True)
         a, b, c = await self.start_all("a", "b", "c")
+        for member in (a, b, c):
+            self.assertEqual(sorted(set(await self.answers(member, 4))), [b"one", b"two"])
         one = f"127.0.0.1:{self.one}"
-        response, body = await b.call("PUT", f"/v1/servers/{one}/set?state=maintenance")
+        response, body = await b.call("PUT", f"/v1/servers/{one}/set?state=drain")
         self.assertEqual(response.code, 204, body)
         for member in (a, c):
             await until_member(member, f"/v1/servers/{one}",
-                               lambda d: attributes(d)["state"].startswith("Maintenance"), "maintenance", 1.0)
+                               lambda d: attributes(d)["state"].startswith("Draining"), "drain", 1.0)
+            self.assertEqual(await self.answers(member, 4), [b"two"] * 4)
         response, body = await c.call("PATCH", f"/v1/servers/{one}",
                                       {"data": {"attributes": {"parameters": {"weight": 7}}}})
         self.assertEqual(response.code, 204, body)
@@ -129,7 +133,7 @@ class SharingTests(ClusterTestCase):
         codes = sorted(result[1][0].code for result in both)
         self.assertEqual(codes, [204, 412], both)
         lost = [result[1][1] for result in both if result[1][0].code == 412][0]
-        self.assertIn("changed", lost["errors"][0]["detail"])
+        self.assertRegex(lost["errors"][0]["detail"], "changed .* meanwhile|If-Match: the resource's ETag is now")
         winner = 3 if both[0][1][0].code == 204 else 4
         for member in (a, b):
             await until_member(member, f"/v1/servers/{one}",
@@ -157,6 +161,8 @@ class OutageTests(ClusterTestCase):
         c = await self.members.start("c")
         for member in (a, b, c):
             await until_member(member, "/v1/cluster", lambda d: attributes(d)["available"], "etcd back", 15)
+        self.assertEqual(a.process.output.count(b"etcd unreachable"), 1)
+        self.assertEqual(a.process.output.count(b"etcd answers"), 2)
         response, body = await c.call("PATCH", f"/v1/servers/127.0.0.1:{self.one}",
                                       {"data": {"attributes": {"parameters": {"weight": 9}}}})
         self.assertEqual(response.code, 204, body)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from base64 import b64encode
 from typing import Any, Sequence
 
 import attrs
@@ -35,6 +36,9 @@ CONFIG = """
 [api]
 enabled = true
 bind = "{api_host}:0"
+[api.basic_auth]
+login = "admin"
+password = "{password}"
 
 [cluster]
 etcd_endpoints = [{endpoints}]
@@ -56,6 +60,11 @@ static_list = [{backends}]
 """
 
 
+#: The members' API account (writes from another host need one).
+PASSWORD = "cluster-secret"
+AUTHORIZATION = "Basic " + b64encode(f"admin:{PASSWORD}".encode()).decode()
+
+
 @attrs.define
 class Member:
     """One running balancer of the cluster: its process, its API port, and a treq client."""
@@ -70,7 +79,8 @@ class Member:
     async def call(self, method: str, path: str, body: Any = None,
                    headers: dict[bytes | str, bytes | str] | None = None) -> tuple[Any, Any]:
         """One API request (JSON C{body} if given): (response, decoded JSON body, or the bytes when not JSON)."""
-        all_headers: dict[bytes | str, bytes | str] = {"Accept": "application/json", **(headers or {})}
+        all_headers: dict[bytes | str, bytes | str] = {"Accept": "application/json", "Authorization": AUTHORIZATION,
+                                                       **(headers or {})}
         data = None
         if body is not None:
             all_headers["Content-Type"] = "application/json"
@@ -121,7 +131,7 @@ class Members:
         if not os.path.exists(path):
             with open(path, "w", encoding="utf-8") as f:
                 f.write(CONFIG.format(
-                    api_host=api_host, endpoints=json.dumps(endpoint or self._etcd.endpoint), name=name,
+                    api_host=api_host, password=PASSWORD, endpoints=json.dumps(endpoint or self._etcd.endpoint), name=name,
                     lease_ttl=self._lease_ttl, state=os.path.join(self._directory, f"{name}.state.toml"),
                     web_bind=web_bind, backends=", ".join(json.dumps(b) for b in self._backends), extra=self._extra))
         return path
@@ -140,7 +150,7 @@ class Members:
             process = spawn_balancer(self._test, path)
         else:
             process = WatchedProcess(b"api: listening on")
-            argv = netns.command([twistd_path(), "-n", "--pidfile=", "balancer", "--config", path])
+            argv = netns.argv(twistd_path(), "-n", "--pidfile=", "balancer", "--config", path)
             reactor.spawnProcess(process, argv[0], argv, env=source_env(), path=self._directory)
             self._test.addCleanup(process.stop)
         pattern = rb"api: listening on " + api_host.encode().replace(b".", rb"\.") + rb":(\d+)"
@@ -154,5 +164,14 @@ def members_of(cluster: Any) -> list[str]:
 
 
 async def until_member(member: Member, path: str, done: Any, what: str, timeout: float = 10.0) -> Any:
-    """The first document at C{path} on C{member} for which C{done} holds (polled every 20 ms)."""
-    return await polled(lambda: Deferred.fromCoroutine(member.get(path)), done, timeout, what, step=0.02)
+    """
+    The first document at C{path} on C{member} for which C{done} holds
+    (polled every 20 ms; an answer other than 200 is not it yet).
+    """
+
+    async def fetch() -> Any:
+        response, body = await member.call("GET", path)
+        return body if response.code == 200 else None
+
+    return await polled(lambda: Deferred.fromCoroutine(fetch()), lambda d: d is not None and done(d), timeout, what,
+                        step=0.02)
