@@ -187,3 +187,23 @@ class OutageTests(ClusterTestCase):
         self.assertEqual(attributes(document)["parameters"]["port"], self.two)
         cluster = await b.get("/v1/cluster")
         self.assertEqual(attributes(cluster)["errors"], [])
+
+    async def test_startedWhileEtcdIsAwayServesItsCopyThenResyncs(self) -> None:
+        await self.setUpCluster(both=True)
+        a, b = await self.start_all("a", "b")
+        response, body = await a.call("PUT", f"/v1/servers/127.0.0.1:{self.one}/set?state=maintenance")
+        self.assertEqual(response.code, 204, body)
+        await until_member(b, f"/v1/servers/127.0.0.1:{self.one}",
+                           lambda d: attributes(d)["state"].startswith("Maintenance"), "maintenance on b")
+        await b.stop()
+        await self.etcd.stop()
+        b = await self.members.start("b")
+        self.assertIn(b"etcd did not answer at start", b.process.output)
+        self.assertEqual(await self.answers(b, 3), [b"two"] * 3)
+        self.assertFalse(attributes(await b.get("/v1/cluster"))["available"])
+        await self.etcd.start()
+        await until_member(b, "/v1/cluster", lambda d: attributes(d)["available"], "b resynced", 15)
+        response, body = await a.call("PUT", f"/v1/servers/127.0.0.1:{self.one}/clear")
+        self.assertEqual(response.code, 204, body)
+        await until_member(b, f"/v1/servers/127.0.0.1:{self.one}",
+                           lambda d: not attributes(d)["state"].startswith("Maintenance"), "cleared on b")

@@ -23,7 +23,6 @@ from balancer.config.fields import (
     MAX_CONNECTIONS,
     MAX_COUNT,
     NAME_PATTERN,
-    NAME_RULE,
     named_sections,
     regexp,
     section,
@@ -190,6 +189,8 @@ class StateConfig:
     path: str = setting(parse=text(r".+", "a file path"))
 
 
+#: What a cluster's and an instance's names are.
+_NAME = "a name of 1 to 64 letters, digits, '_', '-' or '.'"
 #: An etcd endpoint: an http:// or https:// origin with a port.
 _ETCD_ENDPOINT = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]):\d{1,5}/?"
 
@@ -205,9 +206,9 @@ class ClusterConfig:
 
     etcd_endpoints: tuple[str, ...] = setting(
         parse=items(text(_ETCD_ENDPOINT, 'an etcd client URL like "http://127.0.0.1:2379"')))
-    cluster_name: str = setting("default", parse=text(NAME_PATTERN, NAME_RULE))
+    cluster_name: str = setting("default", parse=text(NAME_PATTERN, _NAME))
     prefix: str = setting("", parse=text(r"(/[^/\s\x00]+)+", 'a key prefix like "/balancer/default"'))
-    instance: str = setting("", parse=text(NAME_PATTERN, NAME_RULE))
+    instance: str = setting("", parse=text(f"|{NAME_PATTERN}", _NAME))
     etcd_user: str = setting("", parse=text(r"[^:\s]*", "a user name without ':' or spaces"))
     etcd_password: str = setting("", parse=text())
     etcd_ca: str = setting("", parse=text())
