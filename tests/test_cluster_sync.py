@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
@@ -130,6 +131,44 @@ class SharingTests(TestCase):
         self.failureResultOf(b.control.add_server("new", {**NEW_SERVER, "bind": "127.0.0.1:4001"}), ChangeConflict)
         self.assertEqual(b.servers(), ["web"])
         self.assertEqual(b.reactor.listening(), [3000])
+
+
+class PausedCommits:
+    """A store whose commits wait until the test lets them through (the rest is C{store}'s)."""
+
+    def __init__(self, store: FakeEtcd) -> None:
+        self._store = store
+        self.paused: list[tuple[Deferred[Any], Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def commit(self, conditions: Any, operations: Any) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        self.paused.append((waiting, conditions, operations))
+        return waiting
+
+    def release(self) -> None:
+        for waiting, conditions, operations in self.paused:
+            self._store.commit(conditions, operations).chainDeferred(waiting)
+        self.paused = []
+
+
+class OrderingTests(TestCase):
+    """Changes from elsewhere and this member's own, in flight at the same time."""
+
+    def test_aChangeFromElsewhereDoesNotUndoOneBeingCommitted(self) -> None:
+        store = FakeEtcd()
+        paused = PausedCommits(store)
+        a = Member(self, paused, "a")  # type: ignore[arg-type]
+        b = Member(self, store, "b")
+        adding = a.control.add_server("new", NEW_SERVER)
+        self.successResultOf(b.control.set_backend_state("127.0.0.1:9001", "drain"))
+        paused.release()
+        self.successResultOf(adding)
+        self.assertEqual(a.servers(), ["web", "new"])
+        self.assertEqual(a.control.backend("127.0.0.1:9001").admin_state, "drain")
+        self.assertNotIn(4000, a.reactor.closed)
 
 
 class LocalRefusalTests(TestCase):

@@ -37,7 +37,8 @@ class ClusterSync(Service):
         """
         @param shared: loaded already when the store answered at start
             (C{shared.available}); the service then watches from its revision.
-        @param apply: applies runtime changes that arrived; fires with the problems that kept parts out.
+        @param apply: applies the runtime changes that arrived (read when their turn comes);
+            fires with the problems that kept parts out.
         """
         self._store = store
         self._shared = shared
@@ -140,7 +141,7 @@ class ClusterSync(Service):
             return
         self._applying = True
         self._again = False
-        applying = self._apply_changes(self._shared.changes())
+        applying = self._apply_changes(self._shared.changes)
         applying.addCallbacks(self._applied, self._apply_failed)
 
     def _applied(self, problems: list[str]) -> None:

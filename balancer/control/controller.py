@@ -355,10 +355,12 @@ class Controller:
             report.added.append(name)
         return plan
 
-    def apply_shared(self, changes: RuntimeChanges) -> Deferred[list[str]]:
+    def apply_shared(self, current: Callable[[], RuntimeChanges]) -> Deferred[list[str]]:
         """
-        Make C{changes} (the cluster's, L{ISharedChanges}) the runtime
-        changes and apply them on top of the configuration file, the way a
+        Make the cluster's changes (L{ISharedChanges}) the runtime changes,
+        as C{current} gives them once the commands before have ended (a
+        change this balancer is committing meanwhile is then in them), and
+        apply them on top of the configuration file, the way a
         reload applies the file: only the servers that differ change, and
         only those whose listener moved are rebound.  A shared server that
         does not validate here, that this balancer's policy refuses
@@ -366,7 +368,7 @@ class Controller:
         keeps running as it was (or does not run): each is logged and
         returned, one line each, and the rest applies.
         """
-        return self._lock.run(lambda: Deferred.fromCoroutine(self._apply_shared(changes)))
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._apply_shared(current())))
 
     async def _apply_shared(self, changes: RuntimeChanges) -> list[str]:
         if self._running.stopping():

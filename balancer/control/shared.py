@@ -17,8 +17,9 @@ from balancer.state import RuntimeChanges
 #: What a command's change was based on: the store revision of every shared key when it was asked for.
 Basis = dict[str, int]
 
-#: Applies changes that arrived from the store; fires with the problems that kept parts of them out.
-ApplyShared = Callable[[RuntimeChanges], "Deferred[list[str]]"]
+#: Applies the changes that arrived from the store, read from the callable when their turn
+#: comes (not when they arrived); fires with the problems that kept parts of them out.
+ApplyShared = Callable[[Callable[[], RuntimeChanges]], "Deferred[list[str]]"]
 
 
 class ISharedChanges(Interface):
