@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -20,6 +21,7 @@ from balancer.cluster.shared import SharedState
 from balancer.cluster.store import Put
 from balancer.cluster.sync import RETRY_LONGEST, ClusterSync
 from balancer.config.load import read_config_file
+from balancer.metrics import metrics_registry
 from balancer.control.controller import Controller
 from balancer.control.errors import ChangeConflict, ClusterUnavailable
 from balancer.root_service import BalancerService
@@ -273,6 +275,25 @@ class OutageTests(TestCase):
         self.successResultOf(self.store.compact(self.store.revision))
         self.a.reactor.advance(RETRY_LONGEST)
         self.assertEqual(self.a.servers(), ["new"])
+        self.flushLoggedErrors()
+
+
+class MetricsTests(TestCase):
+    """The cluster's gauges in /metrics."""
+
+    def test_availabilityRevisionMembersAndErrors(self) -> None:
+        store = FakeEtcd()
+        a = Member(self, store, "a")
+        b = Member(self, store, "b", taken=(4000,))
+        self.successResultOf(a.control.add_server("new", NEW_SERVER))
+        text = generate_latest(metrics_registry(b.control)).decode()
+        labels = '{cluster="test",instance="b"}'
+        self.assertIn(f"balancer_cluster_available{labels} 1.0", text)
+        self.assertIn(f"balancer_cluster_applied_revision{labels} {float(store.revision)}", text)
+        self.assertIn(f"balancer_cluster_unapplied_changes{labels} 1.0", text)
+        self.assertIn(f"balancer_cluster_members{labels} 0.0", text)
+        store.make_unavailable()
+        self.assertIn(f"balancer_cluster_available{labels} 0.0", generate_latest(metrics_registry(b.control)).decode())
         self.flushLoggedErrors()
 
 
