@@ -16,7 +16,8 @@ from twisted.internet.protocol import ServerFactory
 from twisted.trial.unittest import TestCase
 
 from tests.support.clients import Named, exchange, port_number
-from tests.support.cluster import Member, Members, members_of, until_member
+from tests.support.cluster import PASSWORD, Member, Members, members_of, until_member
+from tests.support.ctl import run_ctl
 from tests.support.etcd import Etcd, started_etcd
 
 
@@ -70,6 +71,12 @@ class SharingTests(ClusterTestCase):
         self.assertEqual(found["b"]["address"], f"127.0.0.1:{b.api_port}")
         self.assertEqual(attributes(cluster)["available"], True)
         self.assertEqual(attributes(await a.get("/v1/balancer"))["cluster"], "test")
+        shown = await run_ctl(a.api_port, "show", "cluster", auth=("admin", PASSWORD))
+        self.assertEqual(shown.code, 0, shown)
+        lines = shown.out.splitlines()
+        for name, member in (("a", a), ("b", b), ("c", c)):
+            self.assertTrue(any(f" {name} " in line and f"127.0.0.1:{member.api_port}" in line for line in lines),
+                            shown.out)
         await c.stop()
         await until_member(a, "/v1/cluster", lambda d: members_of(d) == ["a", "b"], "c gone at once (lease revoked)")
 
