@@ -84,7 +84,9 @@ class SharedState:
 
         @return: whether the runtime changes they describe differ from before.
         """
-        before = self.changes()
+        members = self.prefix + records.MEMBERS
+        only_members = all(event.entry.key.startswith(members) for event in events)
+        before = None if only_members else self.changes()
         for event in events:
             key = event.entry.key
             if event.kind == "delete":
@@ -92,7 +94,7 @@ class SharedState:
             else:
                 self._take(key, event.entry.value, event.entry.mod_revision)
         self.revision = max(self.revision, revision)
-        return self.changes() != before
+        return before is not None and self.changes() != before
 
     def changes(self) -> RuntimeChanges:
         """The runtime changes the shared keys describe."""
