@@ -147,6 +147,30 @@ class SharingTests(ClusterTestCase):
                                lambda d: attributes(d)["overrides"] == {"weight": winner}, "the winner's weight")
 
 
+class SecuredEtcdTests(TestCase):
+    """Members of a cluster whose etcd wants a user and a password."""
+
+    timeout = 120
+
+    async def test_changesFlowWithAuthenticationAndAreRefusedWithout(self) -> None:
+        etcd = await started_etcd(self, password="etcd-secret")
+        one = backend(self, b"one")
+        members = Members(self, etcd, [f"127.0.0.1:{one}"],
+                          cluster_extra='etcd_user = "root"\netcd_password = "etcd-secret"')
+        a = await members.start("a")
+        b = await members.start("b")
+        response, body = await a.call("PUT", f"/v1/servers/127.0.0.1:{one}/set?state=drain")
+        self.assertEqual(response.code, 204, body)
+        await until_member(b, f"/v1/servers/127.0.0.1:{one}",
+                           lambda d: attributes(d)["state"].startswith("Draining"), "drain on b")
+        stranger = await Members(self, etcd, [f"127.0.0.1:{one}"]).start("stranger")
+        cluster = await stranger.get("/v1/cluster")
+        self.assertFalse(attributes(cluster)["available"])
+        self.assertIn("etcd", attributes(cluster)["last_error"])
+        response, body = await stranger.call("PUT", f"/v1/servers/127.0.0.1:{one}/set?state=maintenance")
+        self.assertEqual(response.code, 503, body)
+
+
 class OutageTests(ClusterTestCase):
     """etcd away: traffic goes on, writes get 503; etcd back: everyone resyncs."""
 
@@ -205,7 +229,7 @@ class OutageTests(ClusterTestCase):
         await b.stop()
         await self.etcd.stop()
         b = await self.members.start("b")
-        self.assertIn(b"etcd did not answer at start", b.process.output)
+        self.assertIn(b"etcd could not be read at start", b.process.output)
         self.assertEqual(await self.answers(b, 3), [b"two"] * 3)
         self.assertFalse(attributes(await b.get("/v1/cluster"))["available"])
         await self.etcd.start()

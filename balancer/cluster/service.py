@@ -50,7 +50,7 @@ def shared_state(cluster: ClusterConfig, store: IKeyValueStore, at_start: Shared
     now = reactor.seconds()
     shared.records = {key: Record(fields, 0, now, shared.instance) for key, fields in records.layout(cached).items()}
     shared.last_error = at_start.problem
-    log.error("cluster {name}: etcd did not answer at start ({why}): serving {what} until it does",
+    log.error("cluster {name}: etcd could not be read at start ({why}): serving {what} until it can",
               name=cluster.cluster_name, why=at_start.problem,
               what="the last copy of the shared state" if shared.records else "the configuration file")
     return shared

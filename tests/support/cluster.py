@@ -46,6 +46,7 @@ cluster_name = "test"
 instance = "{name}"
 lease_ttl = "{lease_ttl}"
 etcd_timeout = "1s"
+{cluster_extra}
 
 [state]
 path = "{state}"
@@ -110,10 +111,11 @@ class Members:
     """Starts members of one cluster for a test; each stopped when the test ends."""
 
     def __init__(self, test: TestCase, etcd: Etcd, backends: Sequence[str] = (), *, lease_ttl: str = "3s",
-                 extra: str = "") -> None:
+                 extra: str = "", cluster_extra: str = "") -> None:
         """
         @param backends: C{host:port} of server "web"'s static backends.
         @param extra: more configuration (sections) for every member.
+        @param cluster_extra: more C{[cluster]} lines for every member.
         """
         self._test = test
         self._etcd = etcd
@@ -121,6 +123,7 @@ class Members:
         self._backends = list(backends)
         self._lease_ttl = lease_ttl
         self._extra = extra
+        self._cluster_extra = cluster_extra
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.http = HTTPClient(Agent(reactor, pool=pool))
 
@@ -133,7 +136,8 @@ class Members:
                 f.write(CONFIG.format(
                     api_host=api_host, password=PASSWORD, endpoints=json.dumps(endpoint or self._etcd.endpoint), name=name,
                     lease_ttl=self._lease_ttl, state=os.path.join(self._directory, f"{name}.state.toml"),
-                    web_bind=web_bind, backends=", ".join(json.dumps(b) for b in self._backends), extra=self._extra))
+                    web_bind=web_bind, backends=", ".join(json.dumps(b) for b in self._backends), extra=self._extra,
+                    cluster_extra=self._cluster_extra))
         return path
 
     async def start(self, name: str, *, netns: Any = None, api_host: str = "127.0.0.1",
