@@ -86,7 +86,9 @@ class Etcd:
         if tls:
             authority = Authority("etcd test CA")
             self.ca_path = authority.write(self.directory, "etcd-ca")
-            self._server_pair = authority.issue(self.directory, "etcd-server", ips=self.client_hosts)
+            self._server_pair = authority.issue(
+                self.directory, "etcd-server", ips=self.client_hosts, also_client=client_certificates
+            )
             if client_certificates:
                 self.client_pair = authority.issue(self.directory, "etcd-client", hostnames=("root",), ips=(), client=True)
         self.process: WatchedProcess | None = None
