@@ -67,7 +67,7 @@ class Etcd:
         @param client_certificates: with C{tls}, require a client certificate from that CA.
         @param auto_compaction_retention: etcd's C{--auto-compaction-retention} (C{"0"}: off).
         """
-        self.executable = require_tool("etcd")
+        self.executable = require_tool("etcd", "etcd-server")
         self._test = test
         self.directory = scratch_directory(test)
         self.data_dir = os.path.join(self.directory, "data")
