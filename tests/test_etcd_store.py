@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.cluster.etcd import EtcdGateway, WatchStreamParser, b64, prefix_end, read_prefix_now
 from balancer.cluster.store import (
+    Committed,
     Delete,
     Entry,
     Event,
@@ -30,6 +31,7 @@ from balancer.cluster.store import (
     IWatch,
     NotChangedSince,
     Put,
+    Snapshot,
     StoreRefused,
     StoreUnavailable,
     WatchCompacted,
@@ -218,6 +220,18 @@ class StoreContract:
         self.assertEqual(await self.events_seen(received, 1), [("put", "/k/a", b"2", second.revision)])
         kept.stop()
 
+    async def test_receiverError(self) -> None:
+        """An exception raised by the receiver ends the watch with it."""
+
+        def broken(revision: int, events: Any) -> None:
+            raise ZeroDivisionError("receiver bug")
+
+        start = (await self.store.get_prefix("/z/")).revision + 1
+        watch = self.store.watch_prefix("/z/", start, broken)
+        await self.store.commit([], [Put("/z/a", b"1")])
+        await self.eventually(lambda: succeed(watch.ended.called), bool, "the watch to end")
+        await self.failure_of(watch.ended, ZeroDivisionError)
+
     # -- leases --
 
     async def test_leaseRevoked(self) -> None:
@@ -273,6 +287,7 @@ class FakeContract(StoreContract):
 
     clock: Clock
     fake: FakeEtcd
+    timeout = 30
 
     def compact(self, revision: int) -> Deferred[None]:
         return self.fake.compact(revision)
@@ -478,22 +493,38 @@ class AuthenticationTests(TestCase):
         return gateway
 
     async def test_authenticated(self) -> None:
-        """With the right password, reads, transactions, leases and watches work; after a restart too (a new token)."""
+        """With the right password, reads, transactions, leases and watches work."""
         gateway = self.gateway("secret")
         received = Received()
         watch = gateway.watch_prefix("/a/", 1, received)
         lease = await gateway.grant_lease(30)
+        self.assertEqual(await gateway.keep_alive(lease), 30)
         await gateway.commit([], [Put("/a/x", b"1", lease)])
         await polled(lambda: succeed(received.events()), bool, timeout=10, what="the event")
         watch.stop()
+        self.assertEqual([e.key for e in (await gateway.get_prefix("/a/")).entries], ["/a/x"])
+
+    async def test_tokenAfterRestart(self) -> None:
+        """
+        etcd's simple tokens do not survive a restart: the gateway
+        authenticates again, for a watch as for a request, and a lease
+        kept alive with the old token is not mistaken for an expired one.
+        """
+        gateway = self.gateway("secret")
+        lease = await gateway.grant_lease(30)
+        await gateway.commit([], [Put("/a/x", b"1", lease)])
         await self.etcd.stop()
         await self.etcd.start()
-        # etcd's simple tokens do not survive a restart: the gateway authenticates again.
-        snapshot = await gateway.get_prefix("/a/")
-        self.assertEqual([e.key for e in snapshot.entries], ["/a/x"])
-        again = gateway.watch_prefix("/a/", 1, Received())
-        await gateway.commit([], [Put("/a/y", b"2")])
-        again.stop()
+        received = Received()
+        watch = gateway.watch_prefix("/a/", 1, received)
+        await polled(lambda: succeed(received.events()), bool, timeout=10, what="the replayed event")
+        watch.stop()
+        await self.etcd.stop()
+        await self.etcd.start()
+        self.assertEqual(await gateway.keep_alive(lease), 30)
+        await self.etcd.stop()
+        await self.etcd.start()
+        self.assertEqual([e.key for e in (await gateway.get_prefix("/a/")).entries], ["/a/x"])
 
     async def test_wrongPassword(self) -> None:
         """A wrong password: StoreRefused with etcd's message and the user."""
@@ -743,7 +774,118 @@ class WatchStreamTests(SynchronousTestCase):
         response.feed(CREATED)
         self.clock.advance(2 * TIMEOUT)
         url, body, probe = self.http.requests[-1]
-        self.assertEqual(url, "http://etcd:2379/v3/kv/range")
+        self.assertEqual(url, "http://etcd:2379/v3/maintenance/status")
         self.assertFalse(watch.ended.called)
         self.clock.advance(TIMEOUT)
         self.failureResultOf(watch.ended, StoreUnavailable)
+
+
+class Answer:
+    """A treq-like response with its whole body."""
+
+    def __init__(self, code: int, body: bytes) -> None:
+        self.code = code
+        self.body = body
+
+    def content(self) -> Deferred[bytes]:
+        return succeed(self.body)
+
+
+class ScriptedHTTP:
+    """A treq-like client answering each post with the next of its answers."""
+
+    def __init__(self, *answers: tuple[int, bytes]) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[str, dict[str, Any], dict[bytes, list[bytes]]]] = []
+
+    def post(self, url: str, data: bytes, headers: dict[bytes, list[bytes]]) -> Deferred[Answer]:
+        self.requests.append((url, json.loads(data), headers))
+        return succeed(Answer(*self.answers.pop(0)))
+
+
+RANGE = b'{"header":{"revision":"3"},"kvs":[{"key":"' + b64("/p/a").encode() + b'","mod_revision":"3","create_revision":"2"}]}'
+REJECTED = b'{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}'
+
+
+def token(name: str) -> tuple[int, bytes]:
+    """The answer of /v3/auth/authenticate giving C{name}."""
+    return 200, json.dumps({"header": {}, "token": name}).encode()
+
+
+class RequestTests(SynchronousTestCase):
+    """The gateway's requests and how it reads etcd's answers, with a scripted HTTP client."""
+
+    def gateway(self, http: ScriptedHTTP, *endpoints: str, user: str | None = None) -> EtcdGateway:
+        return EtcdGateway(
+            Clock(), endpoints or ["http://etcd:2379"], user=user, password="pw" if user else None, http=http
+        )
+
+    def test_tokenRejected(self) -> None:
+        """A token etcd rejects is replaced once, and the request sent again with the new one."""
+        http = ScriptedHTTP(token("old"), (401, REJECTED), token("new"), (200, RANGE))
+        snapshot = self.successResultOf(self.gateway(http, user="root").get_prefix("/p/"))
+        self.assertEqual(snapshot, Snapshot(3, (Entry("/p/a", b"", 3, 2),)))
+        self.assertEqual([url.rsplit("/v3/", 1)[1] for url, _, _ in http.requests], ["auth/authenticate", "kv/range"] * 2)
+        self.assertEqual(http.requests[0][1], {"name": "root", "password": "pw"})
+        self.assertEqual(http.requests[3][2][b"Authorization"], [b"new"])
+
+    def test_tokenRejectedAgain(self) -> None:
+        """A new token rejected too: StoreRefused with etcd's message."""
+        http = ScriptedHTTP(token("a"), (401, REJECTED), token("b"), (401, REJECTED))
+        failure = self.failureResultOf(self.gateway(http, user="root").get_prefix("/p/"), StoreRefused)
+        self.assertIn("invalid auth token", str(failure.value))
+
+    def test_errorBody(self) -> None:
+        """An error answer: StoreRefused with etcd's message; a body that is not etcd's: its status and start."""
+        compacted = b'{"error":"x","message":"etcdserver: mvcc: required revision has been compacted","code":11}'
+        failure = self.failureResultOf(self.gateway(ScriptedHTTP((400, compacted))).get_prefix("/p/"), StoreRefused)
+        self.assertEqual(str(failure.value), "etcd refused /v3/kv/range: etcdserver: mvcc: required revision has been compacted")
+        failure = self.failureResultOf(self.gateway(ScriptedHTTP((404, b"Not Found\n"))).get_prefix("/p/"), StoreRefused)
+        self.assertEqual(str(failure.value), "etcd refused /v3/kv/range: HTTP 404: Not Found")
+        failure = self.failureResultOf(self.gateway(ScriptedHTTP((200, b"<html>"))).get_prefix("/p/"), StoreRefused)
+        self.assertIn("not JSON", str(failure.value))
+
+    def test_unavailableMovesOn(self) -> None:
+        """An endpoint answering 503 (no leader, stopping) counts as down: the next answers and is tried first next time."""
+        http = ScriptedHTTP((503, b'{"error":"x","message":"etcdserver: no leader","code":14}'), (200, RANGE))
+        gateway = self.gateway(http, "http://a:2379", "http://b:2379")
+        self.successResultOf(gateway.get_prefix("/p/"))
+        self.assertEqual(gateway.endpoints, ["http://b:2379", "http://a:2379"])
+
+    def test_unavailableTransaction(self) -> None:
+        """A transaction answered 503: StoreUnavailable at once (it may have been applied), not sent to the next."""
+        http = ScriptedHTTP((503, b'{"error":"x","message":"etcdserver: request timed out","code":14}'), (200, b"{}"))
+        gateway = self.gateway(http, "http://a:2379", "http://b:2379")
+        failure = self.failureResultOf(gateway.commit([], [Put("/p/a", b"1")]), StoreUnavailable)
+        self.assertIn("request timed out", str(failure.value))
+        self.assertEqual(len(http.requests), 1)
+
+    def test_transactionBody(self) -> None:
+        """A transaction compares MOD < revision + 1 for each condition; a failed one reads as not succeeded."""
+        http = ScriptedHTTP((200, b'{"header":{"revision":"9"}}'))
+        committed = self.successResultOf(
+            self.gateway(http).commit([NotChangedSince("/p/a", 4)], [Put("/p/a", b"v", lease=12), Delete("/p/b")])
+        )
+        self.assertEqual(committed, Committed(False, 9))
+        self.assertEqual(
+            http.requests[0][1],
+            {
+                "compare": [{"key": b64("/p/a"), "target": "MOD", "result": "LESS", "mod_revision": "5"}],
+                "success": [
+                    {"request_put": {"key": b64("/p/a"), "value": b64("v"), "lease": "12"}},
+                    {"request_delete_range": {"key": b64("/p/b")}},
+                ],
+            },
+        )
+
+    def test_keepAliveAnswers(self) -> None:
+        """keep_alive reads the streamed {"result": ...} line: the TTL, or 0 when etcd leaves it out (expired)."""
+        alive = b'{"result":{"header":{"revision":"3"},"ID":"7","TTL":"10"}}\n'
+        expired = b'{"result":{"header":{"revision":"3"},"ID":"7"}}\n'
+        self.assertEqual(self.successResultOf(self.gateway(ScriptedHTTP((200, alive))).keep_alive(7)), 10)
+        self.assertEqual(self.successResultOf(self.gateway(ScriptedHTTP((200, expired))).keep_alive(7)), 0)
+
+    def test_revokeUnknown(self) -> None:
+        """Revoking a lease etcd does not know (expired) is no error."""
+        unknown = b'{"error":"x","message":"etcdserver: requested lease not found","code":5}'
+        self.assertEqual(self.successResultOf(self.gateway(ScriptedHTTP((404, unknown))).revoke_lease(7)), None)

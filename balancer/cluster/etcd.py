@@ -254,8 +254,10 @@ class _TokenRejected(Exception):
     """etcd did not accept the authentication token (it expired, or etcd restarted)."""
 
 
-def describe(failure: BaseException) -> str:
+def describe(failure: BaseException | None) -> str:
     """A one-line cause for a request that got no answer."""
+    if failure is None:
+        return "closed"
     if isinstance(failure, (DeferredTimeout, CancelledError)):
         return "no answer in time"
     if isinstance(failure, ResponseNeverReceived) and failure.reasons:
@@ -441,15 +443,14 @@ class EtcdGateway:
         """
         tried: list[tuple[str, str]] = []
         for endpoint in list(self.endpoints):
-            request = Deferred.fromCoroutine(self._exchange(endpoint + path, body, token))
             try:
-                status, answer = await request.addTimeout(self.timeout, self.reactor)
-            except (StoreRefused, _TokenRejected):
-                raise
+                status, answer = await self.exchange(endpoint, path, body, token)
             except Exception as e:
                 cause = describe(e)
                 sent = not isinstance(e, ConnectError)
             else:
+                if status == 401 or (error_in(answer) or ("", 0))[1] == _UNAUTHENTICATED:
+                    raise _TokenRejected(refusal(path, status, answer)[0])
                 if status != 503:
                     self.answered(endpoint)
                     return status, answer, endpoint
@@ -459,11 +460,13 @@ class EtcdGateway:
                 raise StoreUnavailable(f"etcd at {endpoint} did not answer {path} ({cause}): it may or may not have applied it")
         raise unavailable(tried)
 
+    def exchange(self, endpoint: str, path: str, body: dict[str, Any], token: str | None) -> Deferred[tuple[int, bytes]]:
+        """POST C{body} to C{path} on C{endpoint}: (HTTP status, body), failing after the timeout."""
+        return Deferred.fromCoroutine(self._exchange(endpoint + path, body, token)).addTimeout(self.timeout, self.reactor)
+
     async def _exchange(self, url: str, body: dict[str, Any], token: str | None) -> tuple[int, bytes]:
         response = await self.http.post(url, data=json.dumps(body).encode("utf-8"), headers=self.headers(token))
         content: bytes = await response.content()
-        if response.code == 401 or (error_in(content) or ("", 0))[1] == _UNAUTHENTICATED:
-            raise _TokenRejected(refusal(url, response.code, content)[0])
         return response.code, content
 
     def headers(self, token: str | None) -> dict[bytes, list[bytes]]:
@@ -546,10 +549,10 @@ class GatewayWatch:
     notices without events), until etcd cancels it (C{compact_revision}: the
     start was compacted) or the connection drops.
 
-    While it runs, the endpoint is asked for a one-key read every
-    2 x timeout seconds: a connection that silently stopped carrying
-    anything ends the watch (L{StoreUnavailable}) instead of leaving it
-    waiting for ever.
+    While it runs, its endpoint is asked for its status every 2 x timeout
+    seconds: an endpoint that silently stopped answering ends the watch
+    (L{StoreUnavailable}) instead of leaving it waiting for ever.  An
+    exception raised by the receiver ends the watch with it.
     """
 
     def __init__(self, gateway: EtcdGateway, prefix: str, start_revision: int, receiver: EventsReceiver) -> None:
@@ -655,13 +658,16 @@ class GatewayWatch:
             self._probe.start(2 * self._gateway.timeout, now=False)
         events = events_from(result)
         if events:
-            self._receiver(revision_of(result), events)
+            try:
+                self._receiver(revision_of(result), events)
+            except Exception:
+                self.end(Failure())
 
     def _check_endpoint(self) -> None:
         if self._probing is not None:
             return
-        body = {**range_request(self._prefix), "limit": "1", "keys_only": True}
-        self._probing = Deferred.fromCoroutine(self._gateway.call("/v3/kv/range", body))
+        # Any answer, even a refusal, shows the endpoint is there.
+        self._probing = self._gateway.exchange(self._endpoint, "/v3/maintenance/status", {}, None)
         self._probing.addCallbacks(self._probed, self._probe_failed)
 
     def _probed(self, answer: object) -> None:
@@ -669,13 +675,14 @@ class GatewayWatch:
 
     def _probe_failed(self, failure: Failure) -> None:
         self._probing = None
-        if failure.check(StoreUnavailable):
-            self.end(Failure(StoreUnavailable(f"etcd at {self._endpoint} stopped answering: {failure.value}")))
+        if not self.done:
+            cause = describe(failure.value)
+            self.end(Failure(StoreUnavailable(f"etcd at {self._endpoint} stopped answering the watch's checks: {cause}")))
 
     def lost(self, body: WatchBody, reason: Failure) -> None:
         """C{body}'s stream ended."""
         if body is self._body:
-            cause = describe(reason.value) if reason.value is not None else "closed"
+            cause = describe(reason.value)
             self.end(Failure(StoreUnavailable(f"the watch's connection to etcd at {self._endpoint} ended: {cause}")))
 
     def end(self, failure: Failure) -> None:
