@@ -399,7 +399,7 @@ class EtcdGateway:
         for attempt in (1, 2):
             token = await self.token()
             try:
-                status, answer, endpoint = await self.post(path, body, token, idempotent=idempotent)
+                status, answer = await self.post(path, body, token, idempotent=idempotent)
             except _TokenRejected as e:
                 self.forget_token()
                 if attempt == 2 or self.user is None:
@@ -422,7 +422,7 @@ class EtcdGateway:
         if self.user is None:
             return None
         if self._token is None:
-            status, body, endpoint = await self.post(
+            status, body = await self.post(
                 "/v3/auth/authenticate", {"name": self.user, "password": self._password}, None
             )
             if status != 200:
@@ -432,10 +432,10 @@ class EtcdGateway:
 
     async def post(
         self, path: str, body: dict[str, Any], token: str | None, *, idempotent: bool = True
-    ) -> tuple[int, bytes, str]:
+    ) -> tuple[int, bytes]:
         """
-        POST to each endpoint in turn until one answers: (HTTP status, body,
-        endpoint).  An endpoint that answers 503 (etcd without a leader, or
+        POST to each endpoint in turn until one answers: (HTTP status,
+        body).  An endpoint that answers 503 (etcd without a leader, or
         stopping) counts as one that did not answer.
 
         @raise _TokenRejected: when etcd rejects C{token}.
@@ -453,11 +453,13 @@ class EtcdGateway:
                     raise _TokenRejected(refusal(path, status, answer)[0])
                 if status != 503:
                     self.answered(endpoint)
-                    return status, answer, endpoint
+                    return status, answer
                 cause, sent = refusal(path, status, answer)[0], True
             tried.append((endpoint, cause))
             if sent and not idempotent:
-                raise StoreUnavailable(f"etcd at {endpoint} did not answer {path} ({cause}): it may or may not have applied it")
+                raise StoreUnavailable(
+                    f"etcd at {endpoint} did not answer {path} ({cause}): it may or may not have applied it"
+                )
         raise unavailable(tried)
 
     def exchange(self, endpoint: str, path: str, body: dict[str, Any], token: str | None) -> Deferred[tuple[int, bytes]]:
@@ -593,7 +595,10 @@ class GatewayWatch:
             gateway.answered(endpoint)
             self._endpoint = endpoint
             if response.code != 200:
-                content = await response.content().addTimeout(gateway.timeout, gateway.reactor)
+                try:
+                    content = await response.content().addTimeout(gateway.timeout, gateway.reactor)
+                except Exception:
+                    content = b""
                 if response.code == 401 and self._retry_token():
                     return
                 raise StoreRefused(refusal("/v3/watch", response.code, content)[0])
