@@ -469,6 +469,12 @@ class EndpointTests(TestCase):
         now = await deferToThread(read_prefix_now, [self.dead, self.etcd.endpoint], "/n/", timeout=TIMEOUT)
         self.assertEqual(now, expected)
 
+    async def test_readPrefixNowSilent(self) -> None:
+        """read_prefix_now moves on from an endpoint that does not answer within the timeout."""
+        silent = self.silent_endpoint()
+        now = await deferToThread(read_prefix_now, [silent, self.etcd.endpoint], "/n/", timeout=0.5)
+        self.assertEqual(now.entries, ())
+
     async def test_readPrefixNowUnavailable(self) -> None:
         """read_prefix_now with no endpoint answering: StoreUnavailable naming it."""
         try:

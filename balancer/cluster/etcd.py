@@ -25,6 +25,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from http.client import HTTPException
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
@@ -758,7 +759,7 @@ def read_prefix_now(
                 answer = _post_now(endpoint, "/v3/auth/authenticate", body, headers, context, timeout)
                 headers["Authorization"] = str(answer["token"])
             return snapshot_from(_post_now(endpoint, "/v3/kv/range", range_request(prefix), headers, context, timeout))
-        except (OSError, urllib.error.URLError) as e:
+        except (OSError, HTTPException) as e:
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             tried.append((endpoint, "no answer in time" if isinstance(reason, socket.timeout) else str(reason)))
     raise unavailable(tried)
