@@ -25,6 +25,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from http.client import HTTPException
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
@@ -254,8 +255,10 @@ class _TokenRejected(Exception):
     """etcd did not accept the authentication token (it expired, or etcd restarted)."""
 
 
-def describe(failure: BaseException) -> str:
+def describe(failure: BaseException | None) -> str:
     """A one-line cause for a request that got no answer."""
+    if failure is None:
+        return "closed"
     if isinstance(failure, (DeferredTimeout, CancelledError)):
         return "no answer in time"
     if isinstance(failure, ResponseNeverReceived) and failure.reasons:
@@ -397,7 +400,7 @@ class EtcdGateway:
         for attempt in (1, 2):
             token = await self.token()
             try:
-                status, answer, endpoint = await self.post(path, body, token, idempotent=idempotent)
+                status, answer = await self.post(path, body, token, idempotent=idempotent)
             except _TokenRejected as e:
                 self.forget_token()
                 if attempt == 2 or self.user is None:
@@ -420,7 +423,7 @@ class EtcdGateway:
         if self.user is None:
             return None
         if self._token is None:
-            status, body, endpoint = await self.post(
+            status, body = await self.post(
                 "/v3/auth/authenticate", {"name": self.user, "password": self._password}, None
             )
             if status != 200:
@@ -430,10 +433,10 @@ class EtcdGateway:
 
     async def post(
         self, path: str, body: dict[str, Any], token: str | None, *, idempotent: bool = True
-    ) -> tuple[int, bytes, str]:
+    ) -> tuple[int, bytes]:
         """
-        POST to each endpoint in turn until one answers: (HTTP status, body,
-        endpoint).  An endpoint that answers 503 (etcd without a leader, or
+        POST to each endpoint in turn until one answers: (HTTP status,
+        body).  An endpoint that answers 503 (etcd without a leader, or
         stopping) counts as one that did not answer.
 
         @raise _TokenRejected: when etcd rejects C{token}.
@@ -441,29 +444,32 @@ class EtcdGateway:
         """
         tried: list[tuple[str, str]] = []
         for endpoint in list(self.endpoints):
-            request = Deferred.fromCoroutine(self._exchange(endpoint + path, body, token))
             try:
-                status, answer = await request.addTimeout(self.timeout, self.reactor)
-            except (StoreRefused, _TokenRejected):
-                raise
+                status, answer = await self.exchange(endpoint, path, body, token)
             except Exception as e:
                 cause = describe(e)
                 sent = not isinstance(e, ConnectError)
             else:
+                if status == 401 or (error_in(answer) or ("", 0))[1] == _UNAUTHENTICATED:
+                    raise _TokenRejected(refusal(path, status, answer)[0])
                 if status != 503:
                     self.answered(endpoint)
-                    return status, answer, endpoint
+                    return status, answer
                 cause, sent = refusal(path, status, answer)[0], True
             tried.append((endpoint, cause))
             if sent and not idempotent:
-                raise StoreUnavailable(f"etcd at {endpoint} did not answer {path} ({cause}): it may or may not have applied it")
+                raise StoreUnavailable(
+                    f"etcd at {endpoint} did not answer {path} ({cause}): it may or may not have applied it"
+                )
         raise unavailable(tried)
+
+    def exchange(self, endpoint: str, path: str, body: dict[str, Any], token: str | None) -> Deferred[tuple[int, bytes]]:
+        """POST C{body} to C{path} on C{endpoint}: (HTTP status, body), failing after the timeout."""
+        return Deferred.fromCoroutine(self._exchange(endpoint + path, body, token)).addTimeout(self.timeout, self.reactor)
 
     async def _exchange(self, url: str, body: dict[str, Any], token: str | None) -> tuple[int, bytes]:
         response = await self.http.post(url, data=json.dumps(body).encode("utf-8"), headers=self.headers(token))
         content: bytes = await response.content()
-        if response.code == 401 or (error_in(content) or ("", 0))[1] == _UNAUTHENTICATED:
-            raise _TokenRejected(refusal(url, response.code, content)[0])
         return response.code, content
 
     def headers(self, token: str | None) -> dict[bytes, list[bytes]]:
@@ -546,10 +552,10 @@ class GatewayWatch:
     notices without events), until etcd cancels it (C{compact_revision}: the
     start was compacted) or the connection drops.
 
-    While it runs, the endpoint is asked for a one-key read every
-    2 x timeout seconds: a connection that silently stopped carrying
-    anything ends the watch (L{StoreUnavailable}) instead of leaving it
-    waiting for ever.
+    While it runs, its endpoint is asked for its status every 2 x timeout
+    seconds: an endpoint that silently stopped answering ends the watch
+    (L{StoreUnavailable}) instead of leaving it waiting for ever.  An
+    exception raised by the receiver ends the watch with it.
     """
 
     def __init__(self, gateway: EtcdGateway, prefix: str, start_revision: int, receiver: EventsReceiver) -> None:
@@ -590,7 +596,10 @@ class GatewayWatch:
             gateway.answered(endpoint)
             self._endpoint = endpoint
             if response.code != 200:
-                content = await response.content().addTimeout(gateway.timeout, gateway.reactor)
+                try:
+                    content = await response.content().addTimeout(gateway.timeout, gateway.reactor)
+                except Exception:
+                    content = b""
                 if response.code == 401 and self._retry_token():
                     return
                 raise StoreRefused(refusal("/v3/watch", response.code, content)[0])
@@ -655,13 +664,16 @@ class GatewayWatch:
             self._probe.start(2 * self._gateway.timeout, now=False)
         events = events_from(result)
         if events:
-            self._receiver(revision_of(result), events)
+            try:
+                self._receiver(revision_of(result), events)
+            except Exception:
+                self.end(Failure())
 
     def _check_endpoint(self) -> None:
         if self._probing is not None:
             return
-        body = {**range_request(self._prefix), "limit": "1", "keys_only": True}
-        self._probing = Deferred.fromCoroutine(self._gateway.call("/v3/kv/range", body))
+        # Any answer, even a refusal, shows the endpoint is there.
+        self._probing = self._gateway.exchange(self._endpoint, "/v3/maintenance/status", {}, None)
         self._probing.addCallbacks(self._probed, self._probe_failed)
 
     def _probed(self, answer: object) -> None:
@@ -669,13 +681,14 @@ class GatewayWatch:
 
     def _probe_failed(self, failure: Failure) -> None:
         self._probing = None
-        if failure.check(StoreUnavailable):
-            self.end(Failure(StoreUnavailable(f"etcd at {self._endpoint} stopped answering: {failure.value}")))
+        if not self.done:
+            cause = describe(failure.value)
+            self.end(Failure(StoreUnavailable(f"etcd at {self._endpoint} stopped answering the watch's checks: {cause}")))
 
     def lost(self, body: WatchBody, reason: Failure) -> None:
         """C{body}'s stream ended."""
         if body is self._body:
-            cause = describe(reason.value) if reason.value is not None else "closed"
+            cause = describe(reason.value)
             self.end(Failure(StoreUnavailable(f"the watch's connection to etcd at {self._endpoint} ended: {cause}")))
 
     def end(self, failure: Failure) -> None:
@@ -746,7 +759,7 @@ def read_prefix_now(
                 answer = _post_now(endpoint, "/v3/auth/authenticate", body, headers, context, timeout)
                 headers["Authorization"] = str(answer["token"])
             return snapshot_from(_post_now(endpoint, "/v3/kv/range", range_request(prefix), headers, context, timeout))
-        except (OSError, urllib.error.URLError) as e:
+        except (OSError, HTTPException) as e:
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             tried.append((endpoint, "no answer in time" if isinstance(reason, socket.timeout) else str(reason)))
     raise unavailable(tried)

@@ -67,7 +67,7 @@ class Etcd:
         @param client_certificates: with C{tls}, require a client certificate from that CA.
         @param auto_compaction_retention: etcd's C{--auto-compaction-retention} (C{"0"}: off).
         """
-        self.executable = require_tool("etcd")
+        self.executable = require_tool("etcd", "etcd-server")
         self._test = test
         self.directory = scratch_directory(test)
         self.data_dir = os.path.join(self.directory, "data")
@@ -86,7 +86,9 @@ class Etcd:
         if tls:
             authority = Authority("etcd test CA")
             self.ca_path = authority.write(self.directory, "etcd-ca")
-            self._server_pair = authority.issue(self.directory, "etcd-server", ips=self.client_hosts)
+            self._server_pair = authority.issue(
+                self.directory, "etcd-server", ips=self.client_hosts, also_client=client_certificates
+            )
             if client_certificates:
                 self.client_pair = authority.issue(self.directory, "etcd-client", hostnames=("root",), ips=(), client=True)
         self.process: WatchedProcess | None = None

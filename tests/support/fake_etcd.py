@@ -80,7 +80,11 @@ class FakeWatch:
         self.next_revision = revision + 1
         mine = [event for event in events if event.entry.key.startswith(self.prefix)]
         if mine:
-            self._receiver(revision, mine)
+            try:
+                self._receiver(revision, mine)
+            except Exception:
+                # As the gateway's watch does: the receiver's error ends the watch.
+                self.end(Failure())
 
     def end(self, failure: Failure) -> None:
         """The watch ends by itself with C{failure}."""
