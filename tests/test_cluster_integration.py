@@ -233,7 +233,8 @@ class OutageTests(ClusterTestCase):
         self.assertEqual(await self.answers(b, 3), [b"two"] * 3)
         self.assertFalse(attributes(await b.get("/v1/cluster"))["available"])
         await self.etcd.start()
-        await until_member(b, "/v1/cluster", lambda d: attributes(d)["available"], "b resynced", 15)
+        for member in (a, b):
+            await until_member(member, "/v1/cluster", lambda d: attributes(d)["available"], "etcd back", 15)
         response, body = await a.call("PUT", f"/v1/servers/127.0.0.1:{self.one}/clear")
         self.assertEqual(response.code, 204, body)
         await until_member(b, f"/v1/servers/127.0.0.1:{self.one}",
