@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from balancer.backends import Backend
 from balancer.config.schema import SniConfig
 from balancer.proxy.finished import BAD_HELLO, HELLO_TIMEOUT
+from balancer.proxy.sni_path import FirstBytes, IReadsFirst
 from balancer.proxy.tcp import ClientSide, IdleTimer, Relay
 
 log = Logger()
@@ -343,6 +344,9 @@ class SniClientSide(ClientSide):
     sent a whole one within C{[sni] read_timeout} (0: no limit), is closed
     and counted in the server's C{sni_failures}; one that leaves before, or
     ends its stream before, is closed and not counted.
+
+    On a data path that reads a client only when asked (L{IReadsFirst}: the
+    relay engine), the hello is read through it, and the rest spliced.
     """
 
     def __init__(self, relay: Relay) -> None:
@@ -350,6 +354,7 @@ class SniClientSide(ClientSide):
         self._reader: ClientHelloReader | None = None
         self._received: list[bytes] = []
         self._deadline: IdleTimer | None = None
+        self._first: FirstBytes | None = None
 
     def connectionMade(self) -> None:
         """Admit the client, then read its hello."""
@@ -362,6 +367,9 @@ class SniClientSide(ClientSide):
             self._deadline = IdleTimer(
                 server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout", HELLO_TIMEOUT)
             )
+        path = server.path
+        if IReadsFirst.providedBy(path):
+            self._first = path.read_first(self)
 
     def dataReceived(self, data: bytes) -> None:
         """The hello's bytes are kept until it is whole; later bytes go to the relay."""
@@ -407,6 +415,9 @@ class SniClientSide(ClientSide):
         self.transport.loseConnection()
 
     def _stop_reading(self) -> None:
+        if self._first is not None:
+            self._first.stop()
+            self._first = None
         self._reader = None
         self._received = []
         if self._deadline is not None:
