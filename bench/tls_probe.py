@@ -217,6 +217,16 @@ bind = "{HOST}:{sni}"
     return {"tls": tls, "sni": sni, "pid": process.pid}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process C{pid} used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: Operations (connections, requests or bytes) the last client run made, for CPU per operation.
+LAST = {"count": 0.0}
+
+
 def s_time(port: int, mode: str, duration: int, clients: int) -> float:
     """Connections/s of C{clients} parallel C{openssl s_time -new|-reuse} runs."""
     argv = ["openssl", "s_time", "-connect", f"{HOST}:{port}", f"-{mode}", "-time", str(duration), "-www", "/small"]
@@ -230,6 +240,7 @@ def s_time(port: int, mode: str, duration: int, clients: int) -> float:
         if found is None:
             raise RuntimeError(f"s_time said: {out[-300:]}")
         total += int(found.group(1))
+    LAST["count"] = total
     return total / (time.monotonic() - started)
 
 
@@ -242,6 +253,7 @@ def wrk(url: str, duration: int, connections: int, close: bool = False) -> dict[
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
     unit = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}[transfer.group(2)]  # type: ignore[union-attr]
+    LAST["count"] = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  (wrk {url}: {errors.group(0)})", file=sys.stderr)
@@ -273,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     names = ["haproxy", "balancer"] + (["before"] if options.before else [])
     samples: dict[str, dict[str, list[float]]] = {m: {n: [] for n in names} for m in chosen}
+    # CPU microseconds of the proxy per connection or request (per MB for bulk): robust to a busy machine.
+    cpu: dict[str, dict[str, list[float]]] = {m: {n: [] for n in names} for m in chosen}
     with tempfile.TemporaryDirectory(prefix="tls-probe-") as tmp:
         workdir = Path(tmp)
         try:
@@ -289,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(options.rounds):
                 for measure in chosen:
                     for name, target in targets.items():
-                        samples[measure][name].append(measures[measure](target))
+                        before = cpu_seconds(target["pid"])
+                        rate = measures[measure](target)
+                        used = cpu_seconds(target["pid"]) - before
+                        samples[measure][name].append(rate)
+                        count = LAST["count"] if measure != "bulk" else rate * duration
+                        cpu[measure][name].append(used * 1e6 / max(count, 1))
         finally:
             procs.stop()
     units = {"full": "handshakes/s", "resumed": "handshakes/s", "bulk": "MB/s", "requests": "req/s", "sni": "conn/s"}
@@ -302,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                            "samples": samples[measure]}
         line = "  ".join(f"{n} {m:9.1f} ({m / h:4.2f}x)" for n, m in medians.items() if n != "haproxy")
         print(f"{measure:9} haproxy {h:9.1f}  {line}  {units[measure]}")
+        costs = {n: statistics.median(cpu[measure][n]) for n in names}
+        result[measure]["cpu_us"] = {n: round(c, 1) for n, c in costs.items()}
+        line = "  ".join(f"{n} {c:9.1f} ({costs['haproxy'] / c:4.2f}x)" for n, c in costs.items() if n != "haproxy")
+        per = "MB" if measure == "bulk" else "operation"
+        print(f"{'':9} CPU us/{per}: haproxy {costs['haproxy']:9.1f}  {line}  (ratio: haproxy's cost / ours)")
     print(json.dumps({"rounds": options.rounds, "duration": duration, "clients": clients, "result": result}))
     return 0
 
