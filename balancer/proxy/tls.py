@@ -252,7 +252,8 @@ class _ByServerName:
     Connections that switch to the context of the certificate their client's
     server name has (OpenSSL's servername callback), and to a TLS-ALPN-01
     challenge certificate when the client offers only C{acme-tls/1} for a
-    name being validated.
+    name being validated.  Each context is built once per certificate (again
+    for a renewed one), not per connection.
     """
 
     def __init__(
@@ -261,6 +262,7 @@ class _ByServerName:
         self._make = make
         self._certificates = certificates
         self._contexts: dict[str, tuple[CertifiedKey, SSL.Context]] = {}
+        self._challenges: dict[str, tuple[CertifiedKey, SSL.Context]] = {}
         self._default = self._context(default)
 
     def _context(self, pair: CertifiedKey | None) -> SSL.Context:
@@ -292,7 +294,10 @@ class _ByServerName:
         if ACME_TLS_ALPN in offered and name is not None:
             challenge = self._certificates.challenge(name)
             if challenge is not None:
-                connection.set_context(self._make(challenge).getContext())
+                cached = self._challenges.get(name)
+                if cached is None or cached[0] is not challenge:
+                    cached = self._challenges[name] = (challenge, self._make(challenge).getContext())
+                connection.set_context(cached[1])
                 return ACME_TLS_ALPN
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
