@@ -180,7 +180,19 @@ class TlsBackendSide(_TlsEnd, BackendSide):
             attempt.relay.connect_failed(attempt, reason)
 
 
-class BackendTLSFactory(TLSMemoryBIOFactory):
+class RelayTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS around a relay's side, without Twisted's aggregation of small
+    writes (C{BufferingTLSTransport}, its default): a relay writes each read
+    of the other side as one chunk, which becomes TLS records at once and
+    goes to the TCP transport (itself writing once per turn of the
+    reactor), instead of waiting for a timer of its own to the next turn.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
+class BackendTLSFactory(RelayTLSFactory):
     """
     TLS around one connect attempt (an L{Attempt} building a L{TlsBackendSide}).
 
