@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from balancer.config.schema import ProxyProtocolConfig, SniConfig
 from balancer.proxy.finished import BACKEND_RESET, CLIENT_CLOSED, CLIENT_RESET, FinishedConnection
-from balancer.proxy.sni_path import SniEnginePath
+from balancer.proxy.sni_path import FirstBytes, SniEnginePath
 from balancer.proxy.twisted_path import TwistedPath
 from balancer.server_service import ServerService
 from tests.support.balancers import start_balancer
@@ -296,3 +296,87 @@ class SniTwistedPathTests(SniEngineTests):
     """The same, on Twisted's transports (C{[defaults] splice = false})."""
 
     splice = False
+
+
+class FirstBytesTests(TestCase):
+    """L{FirstBytes} on a socket pair and a recording engine."""
+
+    def setUp(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.addCleanup(self.theirs.close)
+        self.ours.setblocking(False)
+        self.engine = RecordingEngine()
+        self.client = RecordingClient(self.ours)
+        self.first = FirstBytes(self.engine, self.client)  # type: ignore[arg-type]
+
+    def test_readsUntilStopped(self) -> None:
+        self.assertEqual(self.engine.calls, [("add", self.ours.fileno())])
+        self.theirs.sendall(b"hello")
+        self.first.doRead()
+        self.assertEqual(self.client.received, [b"hello"])
+        self.first.stop()
+        self.assertEqual(self.engine.calls[-1], ("remove", self.ours.fileno()))
+        self.assertFalse(self.first.active)
+        self.ours.close()
+
+    def test_endOfInputPassedOn(self) -> None:
+        self.theirs.shutdown(socket.SHUT_WR)
+        self.first.doRead()
+        self.assertTrue(self.client.ended)
+        self.assertFalse(self.first.active)
+        self.ours.close()
+
+    def test_stopAfterTheSocketClosedLeavesTheDescriptorAlone(self) -> None:
+        """Its descriptor may already be a new socket's, with a reader of its own."""
+        self.ours.close()
+        self.first.stop()
+        self.assertEqual([call for call in self.engine.calls if call[0] == "remove"], [])
+
+
+class RecordingEngine:
+    """What L{FirstBytes} asks of the engine, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def addReader(self, reader: Any) -> None:
+        self.calls.append(("add", reader.fileno()))
+
+    def removeReader(self, reader: Any) -> None:
+        self.calls.append(("remove", reader.fileno()))
+
+    def read_again(self, reader: Any) -> None:
+        self.calls.append(("again", reader.fileno()))
+
+
+class RecordingTransport:
+    """The part of a L{SplicedTransport} that L{FirstBytes} uses."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.aborted = False
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class RecordingClient:
+    """A client side recording what L{FirstBytes} gives it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.transport = RecordingTransport(sock)
+        self.received: list[bytes] = []
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.ended = True

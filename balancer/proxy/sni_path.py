@@ -67,10 +67,17 @@ class FirstBytes:
         return self._active
 
     def stop(self) -> None:
-        """Read no more (bytes left in the socket stay there, for the splice)."""
+        """
+        Read no more (bytes left in the socket stay there, for the splice).
+
+        A socket closed meanwhile (a reset transport closes it at once and
+        tells its protocol a turn later) already left the engine, and its
+        descriptor may be a new socket's by now: that one is left alone.
+        """
         if self._active:
             self._active = False
-            self._engine.removeReader(self)
+            if self._socket.fileno() == self._fd:
+                self._engine.removeReader(self)
 
     def fileno(self) -> int:
         """The client socket's file descriptor."""
