@@ -14,10 +14,14 @@ Measures, per round, interleaved (HAProxy, then the balancer):
   - SNI new connections/s: C{wrk} with C{Connection: close} through SNI
     routing (TLS passthrough) to nginx terminating TLS.
 
-Prints the medians and the ratio (balancer / HAProxy).  Starts its own
-peers, stops them by pid, installs nothing.
+Prints the medians and the ratio (balancer / HAProxy), and beside them the
+CPU time (user + system, from /proc) each proxy spent per connection,
+request or MB: on a machine shared with other work the rates swing with
+the load, the CPU per operation much less.  C{--before DIR} measures
+another source tree of the balancer too (for a before/after in one run).
+Starts its own peers, stops them by pid, installs nothing.
 
-    python bench/tls_probe.py --rounds 3 --duration 5
+    python bench/tls_probe.py --rounds 3 --duration 4 [--before /tmp/base-tree]
 """
 
 from __future__ import annotations
