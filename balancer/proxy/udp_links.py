@@ -1,0 +1,219 @@
+"""
+A UDP session's connected socket to its backend (its I{link}).
+
+Each session has its own socket, C{connect()}ed to the backend, so the
+kernel delivers the backend's answers on it (and drops datagrams from any
+other address), and an ICMP port unreachable from the backend's host comes
+back on it as a refusal.
+
+Two kinds, chosen by L{open_link}:
+
+  - L{SocketLink}: a plain non-blocking socket read by the reactor
+    (C{IReactorFDSet.addReader}), for a reactor that polls real descriptors
+    (every L{PosixReactorBase}).  Opening and closing it makes no Twisted
+    port, so no log line, no address checks per datagram and no deferred
+    close: the per-session cost that dominates request/response traffic
+    (C{max_responses = 1}, one session per query).
+  - L{PortLink}: a Twisted UDP port (C{IReactorUDP.listenUDP}) connected to
+    the backend, for any other reactor (the test kit's memory reactors).
+
+Both tell their session of a datagram (C{from_backend}), of a refusal
+(C{refused}) and of their socket closing (C{socket_closed}).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Protocol
+
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+MAX_DATAGRAM = 65535
+"""The largest datagram read, on the listening socket and on backend sockets."""
+
+READS_PER_EVENT = 64
+"""Datagrams a link reads at most per readiness event before letting other descriptors have their turn."""
+
+#: Errors of a send that lose only the datagram (a full buffer, a datagram too large for the path).
+_DROPPED = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EINTR})
+
+
+class LinkUser(Protocol):
+    """What a link tells its session."""
+
+    def from_backend(self, data: bytes) -> None:
+        """A datagram from the backend."""
+
+    def refused(self) -> None:
+        """The backend's host said nothing listens on its port (ICMP unreachable)."""
+
+    def socket_closed(self) -> None:
+        """The socket closed: asked for by L{Link.close}, or not (then an error closed it)."""
+
+
+class Link(Protocol):
+    """A session's socket to its backend."""
+
+    def send(self, data: bytes) -> bool:
+        """Send C{data} to the backend; whether it went (a refusal is reported to the session too)."""
+
+    def close(self) -> Deferred[None] | None:
+        """Close the socket; a deferred firing once it is closed, or C{None} if it already is."""
+
+
+class CannotOpen(Exception):
+    """The socket could not be opened or connected; the message says which and why."""
+
+
+def open_link(reactor: Any, session: LinkUser, ip: str, port: int) -> Link:
+    """
+    A socket connected to C{ip:port} for C{session}, read by C{reactor}.
+
+    @raise CannotOpen: when the socket cannot be opened or connected.
+    """
+    if isinstance(reactor, PosixReactorBase):
+        return SocketLink(reactor, session, ip, port)
+    return PortLink(reactor, session, ip, port)
+
+
+@implementer(IReadDescriptor)
+class SocketLink:
+    """
+    A non-blocking socket connected to the backend, read by the reactor
+    until C{EAGAIN} (at most L{READS_PER_EVENT} datagrams a turn).
+    """
+
+    def __init__(self, reactor: Any, session: LinkUser, ip: str, port: int) -> None:
+        """
+        @raise CannotOpen: when the socket cannot be opened or connected.
+        """
+        try:
+            sock = socket.socket(socket.AF_INET6 if isIPv6Address(ip) else socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as e:
+            raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
+        try:
+            sock.setblocking(False)
+            sock.connect((ip, port))
+        except OSError as e:
+            sock.close()
+            raise CannotOpen(f"cannot reach the backend: {e}") from e
+        self.reactor = reactor
+        self.session = session
+        self.socket: socket.socket | None = sock
+        self._fileno = sock.fileno()
+        self._send = sock.send
+        self._recv = sock.recv
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        """The socket's descriptor, -1 once closed."""
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        """For the reactor's log of an error in L{doRead}."""
+        return "UdpSessionLink"
+
+    def send(self, data: bytes) -> bool:
+        """Send C{data} to the backend; a full buffer drops it."""
+        try:
+            self._send(data)
+        except ConnectionRefusedError:
+            self.session.refused()
+            return False
+        except OSError as e:
+            if e.errno in _DROPPED:
+                return False
+            raise
+        return True
+
+    def doRead(self) -> None:
+        """Relay what the backend sent, until nothing is left or the session ends."""
+        recv = self._recv
+        session = self.session
+        for _ in range(READS_PER_EVENT):
+            try:
+                data = recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                session.refused()
+                return
+            session.from_backend(data)
+            if self.socket is None:
+                return
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor dropped the socket: epoll reported an error with nothing
+        to read (an ICMP error queued on it), which counts as a refusal.
+        """
+        if self.socket is not None:
+            self.session.refused()
+
+    def close(self) -> None:
+        """Stop reading and close the socket, now."""
+        sock = self.socket
+        if sock is None:
+            return None
+        self.reactor.removeReader(self)
+        self.socket = None
+        self._fileno = -1
+        sock.close()
+        self.session.socket_closed()
+        return None
+
+
+class PortLink(DatagramProtocol):
+    """A Twisted UDP port connected to the backend, for reactors without real descriptors."""
+
+    noisy = False
+
+    def __init__(self, reactor: Any, session: LinkUser, ip: str, port: int) -> None:
+        """
+        @raise CannotOpen: when the port cannot be opened or connected.
+        """
+        self.session = session
+        self._closing: Deferred[None] | None = None
+        interface = "::" if isIPv6Address(ip) else "0.0.0.0"
+        try:
+            self.port: Any = reactor.listenUDP(0, self, interface=interface, maxPacketSize=MAX_DATAGRAM)
+        except CannotListenError as e:
+            raise CannotOpen(f"cannot open a socket to the backend: {e.socketError}") from e
+        try:
+            self.port.connect(ip, port)
+        except OSError as e:
+            self.close()
+            raise CannotOpen(f"cannot reach the backend: {e}") from e
+
+    def send(self, data: bytes) -> bool:
+        """Send C{data} to the backend."""
+        self.port.write(data)
+        return True
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """A datagram from the backend."""
+        self.session.from_backend(datagram)
+
+    def connectionRefused(self) -> None:
+        """ICMP port unreachable."""
+        self.session.refused()
+
+    def stopProtocol(self) -> None:
+        """The port closed, asked or not."""
+        if self._closing is None:
+            self._closing = succeed(None)
+        self.session.socket_closed()
+
+    def close(self) -> Deferred[None] | None:
+        """Stop the port; fires once it is closed."""
+        if self._closing is None:
+            self._closing = maybeDeferred(self.port.stopListening).addCallback(lambda _: None)
+        return self._closing
