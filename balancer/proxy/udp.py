@@ -45,6 +45,7 @@ values.
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from typing import Any, Callable
 
@@ -71,8 +72,8 @@ from balancer.proxy.finished import (
     FinishedConnections,
     address_text,
 )
-from balancer.proxy.tcp import IdleTimer
-from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, open_link
+from balancer.proxy.udp_idle import IdleQueue
+from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, open_link
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -84,6 +85,12 @@ _MAX_PENDING = 64
 """Client datagrams kept while a backend's host name resolves; more are dropped."""
 
 Address = tuple[str, int]
+
+
+@functools.lru_cache(maxsize=1024)
+def is_ip_address(host: str) -> bool:
+    """Whether C{host} is an IPv4 or IPv6 address rather than a name (remembered: a backend's host is asked per session)."""
+    return isIPAddress(host) or isIPv6Address(host)
 
 #: Errors of a send to a client that lose only that datagram (UDP gives no
 #: delivery guarantee; Twisted's port would raise them out of the read loop).
@@ -99,7 +106,7 @@ def client_sender(transport: Any) -> Callable[[bytes, Address], None]:
     """
     sock = getattr(transport, "socket", None)
     if not isinstance(sock, socket.socket):
-        return transport.write  # type: ignore[no-any-return]
+        return transport.write
     sendto = sock.sendto
 
     def send(data: bytes, client: Address) -> None:
@@ -138,10 +145,11 @@ class UdpSession:
         self.rx = 0
         self.connect_seconds: float | None = None
         self.ended = False
+        self._traffic = (backend.counters.traffic, proxy.counters.traffic)
         self._link: Link | None = None
         self._pending: list[bytes] = []
-        self._on_client: list[IdleTimer] = []
-        self._on_backend: list[IdleTimer] = []
+        self._on_client: IdleQueue[UdpSession] | None = None
+        self._on_backend: IdleQueue[UdpSession] | None = None
 
     def start(self, first: bytes) -> None:
         """
@@ -149,16 +157,13 @@ class UdpSession:
         host first if needed) and take the client's C{first} datagram.
         """
         proxy = self.proxy
-        if proxy.client_idle_timeout:
-            self._on_client.append(IdleTimer(proxy.clock, proxy.client_idle_timeout, self._idle("client")))
-        if proxy.backend_idle_timeout:
-            self._on_backend.append(IdleTimer(proxy.clock, proxy.backend_idle_timeout, self._idle("backend")))
-        if not (self._on_client or self._on_backend):
-            timer = IdleTimer(proxy.clock, DEFAULT_IDLE_TIMEOUT, self._idle("session"))
-            self._on_client.append(timer)
-            self._on_backend.append(timer)
+        self._on_client, self._on_backend = proxy.idle_queues()
+        if self._on_client is not None:
+            self._on_client.add(self)
+        if self._on_backend is not None and self._on_backend is not self._on_client:
+            self._on_backend.add(self)
         host = self.backend.host
-        if isIPAddress(host) or isIPv6Address(host):
+        if is_ip_address(host):
             self._connect(host)
             self.from_client(first)
         else:
@@ -169,7 +174,7 @@ class UdpSession:
         if self.ended:
             return
         try:
-            self._link = open_link(self.proxy.reactor, self, ip, self.backend.port)
+            self._link = open_link(self.proxy.reactor, self.proxy.poller, self, ip, self.backend.port)
         except CannotOpen as e:
             self.end(str(e), CONNECT_FAILED)
             return
@@ -188,8 +193,8 @@ class UdpSession:
         if self.ended:
             return
         self.requests += 1
-        for timer in self._on_client:
-            timer.touch()
+        if self._on_client is not None:
+            self._on_client.touch(self)
         if self._link is not None:
             self._send(data)
         elif len(self._pending) < _MAX_PENDING:
@@ -203,8 +208,9 @@ class UdpSession:
             return
         size = len(data)
         self.tx += size
-        self.backend.counters.traffic.tx += size
-        self.proxy.counters.traffic.tx += size
+        backend, server = self._traffic
+        backend.tx += size
+        server.tx += size
 
     def from_backend(self, data: bytes) -> None:
         """A datagram from the backend: relay it to the client."""
@@ -214,11 +220,12 @@ class UdpSession:
         proxy.to_client(data, self.client)
         size = len(data)
         self.rx += size
-        self.backend.counters.traffic.rx += size
-        proxy.counters.traffic.rx += size
+        backend, server = self._traffic
+        backend.rx += size
+        server.rx += size
         self.responses += 1
-        for timer in self._on_backend:
-            timer.touch()
+        if self._on_backend is not None:
+            self._on_backend.touch(self)
         limit = proxy.max_responses
         if limit and self.responses >= limit:
             self.end("max_responses reached", RESPONSES_DONE)
@@ -249,10 +256,10 @@ class UdpSession:
         if self.ended:
             return
         self.ended = True
-        for timer in self._on_client:
-            timer.cancel()
-        for timer in self._on_backend:
-            timer.cancel()
+        if self._on_client is not None:
+            self._on_client.remove(self)
+        if self._on_backend is not None:
+            self._on_backend.remove(self)
         proxy = self.proxy
         link, self._link = self._link, None
         closing = link.close() if link is not None else None
@@ -277,9 +284,17 @@ class UdpSession:
             )
         )
 
-    def _idle(self, which: str) -> Callable[[], None]:
-        reason = {"client": CLIENT_IDLE, "backend": BACKEND_IDLE}.get(which, IDLE_TIMEOUT)
-        return lambda: self.end(f"{which} idle", reason)
+    def client_idle(self) -> None:
+        """No datagram from the client for its C{client_idle_timeout}."""
+        self.end("client idle", CLIENT_IDLE)
+
+    def backend_idle(self) -> None:
+        """No datagram from the backend for its C{backend_idle_timeout}."""
+        self.end("backend idle", BACKEND_IDLE)
+
+    def idle(self) -> None:
+        """No datagram either way for L{DEFAULT_IDLE_TIMEOUT}."""
+        self.end("session idle", IDLE_TIMEOUT)
 
 
 class UdpProxy(DatagramProtocol):
@@ -348,6 +363,8 @@ class UdpProxy(DatagramProtocol):
         self.udp_max_sessions = udp_max_sessions
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
+        self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
+        self.poller = LinkPoller.for_reactor(reactor)
         self.to_client: Callable[[bytes, Address], None] = self._write_to_client
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()
@@ -426,6 +443,27 @@ class UdpProxy(DatagramProtocol):
         self.admission.opened()
         session.start(first)
 
+    def idle_queues(self) -> tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]:
+        """
+        The idle queues a session opened now joins: its client's and its
+        backend's (C{None} for a timeout not set), or with neither set, the
+        same queue of L{DEFAULT_IDLE_TIMEOUT} twice.
+        """
+        client, backend = self.client_idle_timeout, self.backend_idle_timeout
+        if not (client or backend):
+            default = self._queue("session", DEFAULT_IDLE_TIMEOUT, UdpSession.idle)
+            return default, default
+        return (
+            self._queue("client", client, UdpSession.client_idle) if client else None,
+            self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
+        )
+
+    def _queue(self, which: str, timeout: float, on_idle: Callable[[UdpSession], None]) -> IdleQueue[UdpSession]:
+        queue = self._queues.get((which, timeout))
+        if queue is None:
+            queue = self._queues[which, timeout] = IdleQueue(self.clock, timeout, on_idle)
+        return queue
+
     def retire(self, session: UdpSession) -> None:
         """C{session} takes no more client datagrams: the client's next one opens a new session."""
         if self.sessions.get(session.client) is session:
@@ -459,4 +497,6 @@ class UdpProxy(DatagramProtocol):
         """End every session now; fires once every backend socket is closed."""
         for session in list(self._live):
             session.end("closed", SHUTDOWN)
+        if self.poller is not None:
+            self.poller.close()
         return gatherResults(list(self._closing), consumeErrors=True).addCallback(lambda _: None)

@@ -8,11 +8,12 @@ back on it as a refusal.
 
 Two kinds, chosen by L{open_link}:
 
-  - L{SocketLink}: a plain non-blocking socket read by the reactor
-    (C{IReactorFDSet.addReader}), for a reactor that polls real descriptors
-    (every L{PosixReactorBase}).  Opening and closing it makes no Twisted
+  - L{SocketLink}: a plain non-blocking socket in the epoll set of its
+    proxy's L{LinkPoller}, for a reactor that polls real descriptors (every
+    L{PosixReactorBase}, on Linux).  Opening and closing it makes no Twisted
     port, so no log line, no address checks per datagram and no deferred
-    close: the per-session cost that dominates request/response traffic
+    close, and a ready socket is read without the reactor's dispatch: the
+    per-session cost that dominates request/response traffic
     (C{max_responses = 1}, one session per query).
   - L{PortLink}: a Twisted UDP port (C{IReactorUDP.listenUDP}) connected to
     the backend, for any other reactor (the test kit's memory reactors).
@@ -24,6 +25,7 @@ Both tell their session of a datagram (C{from_backend}), of a refusal
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from typing import Any, Protocol
 
@@ -41,6 +43,10 @@ MAX_DATAGRAM = 65535
 
 READS_PER_EVENT = 64
 """Datagrams a link reads at most per readiness event before letting other descriptors have their turn."""
+
+#: A datagram socket created non-blocking (one system call, not three; a
+#: L{SocketLink} exists only with epoll, so on Linux, which has the flag).
+_NON_BLOCKING_DATAGRAMS = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
 
 #: Errors of a send that lose only the datagram (a full buffer, a datagram too large for the path).
 _DROPPED = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EINTR})
@@ -73,53 +79,125 @@ class CannotOpen(Exception):
     """The socket could not be opened or connected; the message says which and why."""
 
 
-def open_link(reactor: Any, session: LinkUser, ip: str, port: int) -> Link:
+def open_link(reactor: Any, poller: LinkPoller | None, session: LinkUser, ip: str, port: int) -> Link:
     """
-    A socket connected to C{ip:port} for C{session}, read by C{reactor}.
+    A socket connected to C{ip:port} for C{session}: read by C{poller} when
+    there is one, else a port of C{reactor}.
 
     @raise CannotOpen: when the socket cannot be opened or connected.
     """
-    if isinstance(reactor, PosixReactorBase):
-        return SocketLink(reactor, session, ip, port)
+    if poller is not None:
+        return SocketLink(poller, session, ip, port)
     return PortLink(reactor, session, ip, port)
 
 
 @implementer(IReadDescriptor)
-class SocketLink:
+class LinkPoller:
     """
-    A non-blocking socket connected to the backend, read by the reactor
-    until C{EAGAIN} (at most L{READS_PER_EVENT} datagrams a turn).
+    The epoll set of one proxy's L{SocketLink}s, itself one descriptor of
+    the reactor: readable when any of them is.  Each turn of the reactor that
+    finds it readable reads every ready link, without the reactor's own
+    dispatch (its log context and checks) per link; a link leaving closes its
+    socket, which leaves the set.
+
+    Only where the reactor polls real descriptors (a L{PosixReactorBase})
+    and C{select.epoll} exists: see L{for_reactor}.
     """
 
-    def __init__(self, reactor: Any, session: LinkUser, ip: str, port: int) -> None:
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.links: dict[int, SocketLink] = {}
+        self._epoll: select.epoll | None = None
+        self._reading = False
+
+    @classmethod
+    def for_reactor(cls, reactor: Any) -> LinkPoller | None:
+        """A poller for C{reactor}, or C{None} when its sessions need Twisted ports."""
+        if isinstance(reactor, PosixReactorBase) and hasattr(select, "epoll"):
+            return cls(reactor)
+        return None
+
+    def fileno(self) -> int:
+        """The epoll descriptor (-1 when closed)."""
+        return self._epoll.fileno() if self._epoll is not None else -1
+
+    def logPrefix(self) -> str:
+        """For the reactor's log of an error in L{doRead}."""
+        return "UdpLinkPoller"
+
+    def add(self, link: SocketLink) -> None:
+        """Read C{link} from now on."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        self._epoll.register(link.fileno(), select.EPOLLIN)
+        self.links[link.fileno()] = link
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def remove(self, link: SocketLink) -> None:
+        """
+        Stop reading C{link}, whose socket is about to close (closing it takes
+        it out of the epoll set); the last one out stops the reactor reading the set.
+        """
+        del self.links[link.fileno()]
+        if not self.links and self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def doRead(self) -> None:
+        """Read every link that is ready."""
+        assert self._epoll is not None, "only read while links are registered"
+        links = self.links
+        for fd, events in self._epoll.poll(0, len(links) or 1):
+            link = links.get(fd)
+            if link is not None:
+                link.doRead()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor dropped the set (it never should): end every link as refused."""
+        self._reading = False
+        for link in list(self.links.values()):
+            link.session.refused()
+
+    def close(self) -> None:
+        """Close the epoll set once no link is left (a later L{add} opens another)."""
+        if self._epoll is not None and not self.links:
+            self._epoll.close()
+            self._epoll = None
+
+
+class SocketLink:
+    """
+    A non-blocking socket connected to the backend, read by its proxy's
+    L{LinkPoller} until C{EAGAIN} (at most L{READS_PER_EVENT} datagrams a turn).
+    """
+
+    def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
         """
         @raise CannotOpen: when the socket cannot be opened or connected.
         """
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # ip is an address, not a name
         try:
-            sock = socket.socket(socket.AF_INET6 if isIPv6Address(ip) else socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(family, _NON_BLOCKING_DATAGRAMS)
         except OSError as e:
             raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
         try:
-            sock.setblocking(False)
             sock.connect((ip, port))
         except OSError as e:
             sock.close()
             raise CannotOpen(f"cannot reach the backend: {e}") from e
-        self.reactor = reactor
+        self.poller = poller
         self.session = session
         self.socket: socket.socket | None = sock
         self._fileno = sock.fileno()
         self._send = sock.send
         self._recv = sock.recv
-        reactor.addReader(self)
+        poller.add(self)
 
     def fileno(self) -> int:
         """The socket's descriptor, -1 once closed."""
         return self._fileno
-
-    def logPrefix(self) -> str:
-        """For the reactor's log of an error in L{doRead}."""
-        return "UdpSessionLink"
 
     def send(self, data: bytes) -> bool:
         """Send C{data} to the backend; a full buffer drops it."""
@@ -135,7 +213,11 @@ class SocketLink:
         return True
 
     def doRead(self) -> None:
-        """Relay what the backend sent, until nothing is left or the session ends."""
+        """
+        Relay what the backend sent, until nothing is left or the session
+        ends; an error queued on the socket (ICMP port or host unreachable)
+        is a refusal.
+        """
         recv = self._recv
         session = self.session
         for _ in range(READS_PER_EVENT):
@@ -143,27 +225,19 @@ class SocketLink:
                 data = recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            except ConnectionRefusedError:
+            except OSError:
                 session.refused()
                 return
             session.from_backend(data)
             if self.socket is None:
                 return
 
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        The reactor dropped the socket: epoll reported an error with nothing
-        to read (an ICMP error queued on it), which counts as a refusal.
-        """
-        if self.socket is not None:
-            self.session.refused()
-
     def close(self) -> None:
         """Stop reading and close the socket, now."""
         sock = self.socket
         if sock is None:
             return None
-        self.reactor.removeReader(self)
+        self.poller.remove(self)
         self.socket = None
         self._fileno = -1
         sock.close()
