@@ -33,7 +33,8 @@ processes, each sender a connected UDP socket that sends its next datagram
 when the answer to the last one arrives (or after L{RESEND_AFTER} s without
 one: a loss, counted).  The first second is warm-up.  The table gives the
 medians over the rounds: datagrams per second (answers received), the
-proxy's CPU time (user plus system, over its processes) per datagram, and the
+proxy's CPU time (user plus system, over its processes) per datagram and the
+user part of it, and the
 balancer's ratio to nginx measured in each round.
 
 C{--profile FILE} runs the balancer under cProfile (C{twistd --profile})
@@ -149,9 +150,9 @@ def client_worker(port: int, senders: int, size: int, duration: float) -> None:
     print(json.dumps({"answers": answers, "resends": resends, "seconds": duration}))
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of C{pid} and its children (one level: nginx's workers, the balancer's)."""
-    total = 0.0
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of C{pid} and its children (one level: nginx's workers, the balancer's)."""
+    user = system = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     try:
@@ -163,8 +164,9 @@ def tree_cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 class Processes:
@@ -287,9 +289,9 @@ def measure(port: int, pid: int | None, clients: int, size: int, duration: float
     argv = [sys.executable, __file__, "--client-worker", str(port), "--size", str(size), "--duration", str(duration)]
     workers = [subprocess.Popen(argv + ["--clients", str(n)], stdout=subprocess.PIPE, text=True) for n in shares if n]
     time.sleep(WARMUP)
-    cpu_before = tree_cpu_seconds(pid) if pid is not None else 0.0
+    cpu_before = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
     time.sleep(duration)
-    cpu_after = tree_cpu_seconds(pid) if pid is not None else 0.0
+    cpu_after = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
     answers = resends = 0
     for w in workers:
         out, _ = w.communicate(timeout=duration + WARMUP + 30)
@@ -297,11 +299,8 @@ def measure(port: int, pid: int | None, clients: int, size: int, duration: float
         answers += result["answers"]
         resends += result["resends"]
     rate = answers / duration
-    return {
-        "rate": rate,
-        "resends": resends,
-        "cpu_us": (cpu_after - cpu_before) / answers * 1e6 if pid is not None and answers else 0.0,
-    }
+    user, system = ((after - before) / answers * 1e6 if answers else 0.0 for before, after in zip(cpu_before, cpu_after))
+    return {"rate": rate, "resends": resends, "cpu_us": user + system, "user_us": user, "sys_us": system}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,13 +341,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     samples[path].append(result)
                     this_round[path] = result["rate"]
                     print(f"round {round_number + 1} {path}: {result['rate']:,.0f}/s, "
-                          f"{result['cpu_us']:.1f} µs CPU/datagram, {result['resends']} resends", file=sys.stderr)
+                          f"{result['cpu_us']:.1f} µs CPU/datagram ({result['user_us']:.1f} user), "
+                          f"{result['resends']} resends", file=sys.stderr)
                 if "nginx" in this_round and "balancer" in this_round and this_round["nginx"]:
                     ratios.append(this_round["balancer"] / this_round["nginx"])
         finally:
             procs.stop_all()
     medians = {
-        p: {k: statistics.median(s[k] for s in samples[p]) for k in ("rate", "cpu_us", "resends")}
+        p: {k: statistics.median(s[k] for s in samples[p]) for k in ("rate", "cpu_us", "user_us", "sys_us", "resends")}
         for p in paths if samples[p]
     }
     return {"samples": samples, "medians": medians, "ratio_median": statistics.median(ratios) if ratios else None,
@@ -388,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"UDP request/response, {args.clients} closed-loop clients in {args.client_processes} processes, "
           f"{args.size}-byte datagrams, responses={args.responses}, {args.duration:g} s x {args.rounds} rounds (medians)")
-    print(f"{'path':10} {'datagrams/s':>12} {'proxy CPU µs/dgram':>19} {'resends':>8}")
+    print(f"{'path':10} {'datagrams/s':>12} {'proxy CPU µs/dgram':>19} {'of it user':>11} {'resends':>8}")
     for path, m in result["medians"].items():
-        print(f"{path:10} {m['rate']:>12,.0f} {m['cpu_us']:>19.1f} {m['resends']:>8.0f}")
+        print(f"{path:10} {m['rate']:>12,.0f} {m['cpu_us']:>19.1f} {m['user_us']:>11.1f} {m['resends']:>8.0f}")
     if result["ratio_median"] is not None:
         each = ", ".join(f"{r:.2f}" for r in result["ratios"])
         print(f"balancer / nginx: {result['ratio_median']:.2f}x (each round: {each})")

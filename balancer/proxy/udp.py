@@ -224,11 +224,11 @@ class UdpSession:
         backend.rx += size
         server.rx += size
         self.responses += 1
-        if self._on_backend is not None:
-            self._on_backend.touch(self)
         limit = proxy.max_responses
         if limit and self.responses >= limit:
             self.end("max_responses reached", RESPONSES_DONE)
+        elif self._on_backend is not None:
+            self._on_backend.touch(self)
 
     def refused(self) -> None:
         """The backend's host said nothing listens on its port (ICMP unreachable)."""

@@ -18,8 +18,8 @@ Two kinds, chosen by L{open_link}:
   - L{PortLink}: a Twisted UDP port (C{IReactorUDP.listenUDP}) connected to
     the backend, for any other reactor (the test kit's memory reactors).
 
-Both tell their session of a datagram (C{from_backend}), of a refusal
-(C{refused}) and of their socket closing (C{socket_closed}).
+Both tell their session of a datagram (C{from_backend}) and of a refusal
+(C{refused}); a L{PortLink} tells it too of its port closing (C{socket_closed}).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ MAX_DATAGRAM = 65535
 """The largest datagram read, on the listening socket and on backend sockets."""
 
 READS_PER_EVENT = 64
-"""Datagrams a link reads at most per readiness event before letting other descriptors have their turn."""
+"""Datagrams a link reads at most per turn of the reactor before letting other descriptors have theirs."""
 
 #: A datagram socket created non-blocking (one system call, not three; a
 #: L{SocketLink} exists only with epoll, so on Linux, which has the flag).
@@ -62,7 +62,7 @@ class LinkUser(Protocol):
         """The backend's host said nothing listens on its port (ICMP unreachable)."""
 
     def socket_closed(self) -> None:
-        """The socket closed: asked for by L{Link.close}, or not (then an error closed it)."""
+        """The socket closed: asked for by L{Link.close} (a L{PortLink} tells that too), or not (an error closed it)."""
 
 
 class Link(Protocol):
@@ -108,7 +108,6 @@ class LinkPoller:
         self.reactor = reactor
         self.links: dict[int, SocketLink] = {}
         self._epoll: select.epoll | None = None
-        self._reading = False
 
     @classmethod
     def for_reactor(cls, reactor: Any) -> LinkPoller | None:
@@ -126,43 +125,54 @@ class LinkPoller:
         return "UdpLinkPoller"
 
     def add(self, link: SocketLink) -> None:
-        """Read C{link} from now on."""
-        if self._epoll is None:
-            self._epoll = select.epoll()
-        self._epoll.register(link.fileno(), select.EPOLLIN)
-        self.links[link.fileno()] = link
-        if not self._reading:
-            self._reading = True
+        """Read C{link} from now on (the first opens the epoll set, which the reactor then reads until L{close})."""
+        epoll = self._epoll
+        if epoll is None:
+            epoll = self._epoll = select.epoll()
             self.reactor.addReader(self)
+        epoll.register(link.fileno(), select.EPOLLIN)
+        self.links[link.fileno()] = link
 
     def remove(self, link: SocketLink) -> None:
-        """
-        Stop reading C{link}, whose socket is about to close (closing it takes
-        it out of the epoll set); the last one out stops the reactor reading the set.
-        """
+        """Stop reading C{link}, whose socket is about to close (closing it takes it out of the epoll set)."""
         del self.links[link.fileno()]
-        if not self.links and self._reading:
-            self._reading = False
-            self.reactor.removeReader(self)
 
     def doRead(self) -> None:
-        """Read every link that is ready."""
-        assert self._epoll is not None, "only read while links are registered"
+        """
+        Read one datagram from every link that is ready, and again while
+        some are (at most L{READS_PER_EVENT} rounds): a round that finds
+        none costs one C{epoll_wait} for all the links, where reading each
+        link until C{EAGAIN} would cost a failed C{recv} (and its exception)
+        per link.
+        """
+        epoll = self._epoll
         links = self.links
-        for fd, events in self._epoll.poll(0, len(links) or 1):
-            link = links.get(fd)
-            if link is not None:
-                link.doRead()
+        for _ in range(READS_PER_EVENT):
+            if epoll is None:
+                return
+            ready = epoll.poll(0, len(links) or 1)
+            if not ready:
+                return
+            for fd, _events in ready:
+                link = links.get(fd)
+                if link is not None:
+                    link.read()
+            epoll = self._epoll
 
     def connectionLost(self, reason: Failure) -> None:
-        """The reactor dropped the set (it never should): end every link as refused."""
-        self._reading = False
+        """The reactor dropped the set (it never should): end every link as refused, close the set."""
         for link in list(self.links.values()):
             link.session.refused()
+        self._close()
 
     def close(self) -> None:
-        """Close the epoll set once no link is left (a later L{add} opens another)."""
+        """Stop reading and close the epoll set once no link is left (a later L{add} opens another)."""
         if self._epoll is not None and not self.links:
+            self.reactor.removeReader(self)
+            self._close()
+
+    def _close(self) -> None:
+        if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
 
@@ -170,7 +180,7 @@ class LinkPoller:
 class SocketLink:
     """
     A non-blocking socket connected to the backend, read by its proxy's
-    L{LinkPoller} until C{EAGAIN} (at most L{READS_PER_EVENT} datagrams a turn).
+    L{LinkPoller} one datagram at a time.
     """
 
     def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
@@ -212,28 +222,23 @@ class SocketLink:
             raise
         return True
 
-    def doRead(self) -> None:
+    def read(self) -> None:
         """
-        Relay what the backend sent, until nothing is left or the session
-        ends; an error queued on the socket (ICMP port or host unreachable)
-        is a refusal.
+        Relay one datagram from the backend (the poller found the socket
+        ready); an error queued on the socket instead (ICMP port or host
+        unreachable) is a refusal.
         """
-        recv = self._recv
-        session = self.session
-        for _ in range(READS_PER_EVENT):
-            try:
-                data = recv(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                session.refused()
-                return
-            session.from_backend(data)
-            if self.socket is None:
-                return
+        try:
+            data = self._recv(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.session.refused()
+            return
+        self.session.from_backend(data)
 
     def close(self) -> None:
-        """Stop reading and close the socket, now."""
+        """Stop reading and close the socket, now (the session asked: it is not told)."""
         sock = self.socket
         if sock is None:
             return None
@@ -241,7 +246,6 @@ class SocketLink:
         self.socket = None
         self._fileno = -1
         sock.close()
-        self.session.socket_closed()
         return None
 
 
