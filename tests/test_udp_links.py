@@ -6,6 +6,7 @@ Twisted port with reactors that have no real descriptors.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
@@ -249,3 +250,34 @@ class ClientSenderTests(SynchronousTestCase):
 
         client_sender(Transport())(b"answer", ("192.0.2.7", 1000))
         self.assertEqual(written, [(b"answer", ("192.0.2.7", 1000))])
+
+
+class ErrorTests(LinkTestCase):
+    """An error relaying one session's answer is logged and costs only that datagram."""
+
+    @inlineCallbacks
+    def test_errorInOneSessionLeavesTheOthers(self):  # type: ignore[no-untyped-def]
+        server = DatagramPeer(replies=1)
+        backend = Backend(BackendSpec("127.0.0.1", self.listen(server)))
+        proxy, address = self.proxy(backend, client_idle_timeout=10.0)
+        good, bad = self.client(), self.client()
+        good.transport.write(b"one", address)
+        yield good.wait_for(1)
+        bad_address = ("127.0.0.1", bad.transport.getHost().port)
+        sessions_before = len(proxy.live_sessions())
+        failing = proxy.to_client
+
+        def to_client(data: bytes, client: Address) -> None:
+            if client == bad_address:
+                raise OSError(errno.EPERM, "not allowed")
+            failing(data, client)
+
+        proxy.to_client = to_client
+        bad.transport.write(b"two", address)
+        yield until(lambda: len(server.received) == 2, what="the backend to get the bad client's datagram")
+        yield until(lambda: bool(self.flushLoggedErrors(OSError)), what="the error to be logged")
+        good.transport.write(b"three", address)
+        yield good.wait_for(2)
+        self.assertEqual(good.data(), [b"0:one", b"0:three"])
+        self.assertEqual(bad.data(), [])
+        self.assertEqual(len(proxy.live_sessions()), sessions_before + 1)

@@ -35,8 +35,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+log = Logger()
 
 MAX_DATAGRAM = 65535
 """The largest datagram read, on the listening socket and on backend sockets."""
@@ -156,7 +159,12 @@ class LinkPoller:
             for fd, _events in ready:
                 link = links.get(fd)
                 if link is not None:
-                    link.read()
+                    try:
+                        link.read()
+                    except Exception:
+                        # As a Twisted port does: log it and lose only this
+                        # datagram, not the set with every other session.
+                        log.failure("relaying a UDP datagram from {backend} failed", backend=link.peer)
             epoll = self._epoll
 
     def connectionLost(self, reason: Failure) -> None:
@@ -199,6 +207,7 @@ class SocketLink:
             raise CannotOpen(f"cannot reach the backend: {e}") from e
         self.poller = poller
         self.session = session
+        self.peer = (ip, port)
         self.socket: socket.socket | None = sock
         self._fileno = sock.fileno()
         self._send = sock.send
