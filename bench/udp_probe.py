@@ -10,7 +10,7 @@ Run from the repository, with the Python that has Twisted::
 
     /work/main/.venv/bin/python bench/udp_probe.py [--clients 32] [--size 64] [--rounds 3]
         [--duration 5] [--client-processes 2] [--responses 1] [--paths direct,nginx,balancer]
-        [--profile FILE] [--json]
+        [--profile FILE] [--baseline DIR] [--json]
 
 It starts, on free ports of 127.0.0.1:
 
@@ -36,6 +36,10 @@ medians over the rounds: datagrams per second (answers received), the
 proxy's CPU time (user plus system, over its processes) per datagram and the
 user part of it, and the
 balancer's ratio to nginx measured in each round.
+
+C{--baseline DIR} measures the balancer of another checkout too (for
+instance C{git archive COMMIT | tar -x -C DIR}), as the path C{baseline}
+(add it to C{--paths}), with its ratio to nginx in the same rounds.
 
 C{--profile FILE} runs the balancer under cProfile (C{twistd --profile})
 for one round and writes its statistics to FILE.
@@ -252,8 +256,10 @@ stream {{
     return port, proc
 
 
-def start_balancer(procs: Processes, backend: int, responses: int, profile: Path | None) -> tuple[int, subprocess.Popen[bytes]]:
-    """This balancer from the working tree, one UDP server to C{backend}."""
+def start_balancer(
+    procs: Processes, backend: int, responses: int, profile: Path | None, tree: Path = REPO
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """This balancer from C{tree} (by default the working tree), one UDP server to C{backend}."""
     port = free_udp_port()
     conf = procs.workdir / "balancer.toml"
     conf.write_text(f"""
@@ -272,7 +278,7 @@ client_idle_timeout = "10s"
   [servers.udp.udp]
   max_responses = {responses}
 """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     twistd = str(Path(sys.executable).with_name("twistd"))
     argv = [twistd, "-n", "--pidfile="]
     if profile is not None:
@@ -308,6 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paths: list[str] = args.paths.split(",")
     samples: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     ratios: list[float] = []
+    baseline_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="udp-probe-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)
@@ -331,8 +338,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         profile = args.profile if args.profile and round_number == 0 else None
                         port, proc = start_balancer(procs, backend, args.responses, profile)
                         pid = proc.pid
+                    elif path == "baseline" and args.baseline is not None:
+                        port, proc = start_balancer(procs, backend, args.responses, None, args.baseline)
+                        pid = proc.pid
                     else:
-                        raise SystemExit(f"--paths: unknown path {path!r} (direct, nginx, balancer)")
+                        raise SystemExit(f"--paths: unknown path {path!r} (direct, nginx, balancer, and baseline with --baseline)")
                     try:
                         result = measure(port, pid, args.clients, args.size, args.duration, args.client_processes)
                     finally:
@@ -343,8 +353,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"round {round_number + 1} {path}: {result['rate']:,.0f}/s, "
                           f"{result['cpu_us']:.1f} µs CPU/datagram ({result['user_us']:.1f} user), "
                           f"{result['resends']} resends", file=sys.stderr)
-                if "nginx" in this_round and "balancer" in this_round and this_round["nginx"]:
-                    ratios.append(this_round["balancer"] / this_round["nginx"])
+                if "nginx" in this_round and this_round["nginx"]:
+                    if "balancer" in this_round:
+                        ratios.append(this_round["balancer"] / this_round["nginx"])
+                    if "baseline" in this_round:
+                        baseline_ratios.append(this_round["baseline"] / this_round["nginx"])
         finally:
             procs.stop_all()
     medians = {
@@ -352,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for p in paths if samples[p]
     }
     return {"samples": samples, "medians": medians, "ratio_median": statistics.median(ratios) if ratios else None,
-            "ratios": ratios}
+            "ratios": ratios, "baseline_ratios": baseline_ratios}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--responses", type=int, default=1)
     parser.add_argument("--paths", default="direct,nginx,balancer")
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--baseline", type=Path, help="another checkout of the balancer, measured as the path 'baseline'")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--echo-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client-worker", type=int, help=argparse.SUPPRESS)
@@ -394,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     if result["ratio_median"] is not None:
         each = ", ".join(f"{r:.2f}" for r in result["ratios"])
         print(f"balancer / nginx: {result['ratio_median']:.2f}x (each round: {each})")
+    if result["baseline_ratios"]:
+        each = ", ".join(f"{r:.2f}" for r in result["baseline_ratios"])
+        print(f"baseline / nginx: {statistics.median(result['baseline_ratios']):.2f}x (each round: {each})")
     return 0
 
 
