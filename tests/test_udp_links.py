@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.backends import Backend
 from balancer.config.addresses import BackendSpec
+from balancer.proxy.finished import CONNECT_FAILED, FinishedConnection, FinishedConnections
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy, client_sender
 from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink, SocketLink
 from balancer.stats import ServerCounters
@@ -173,6 +174,23 @@ class SocketLinkTests(LinkTestCase):
         yield until(lambda: not proxy.live_sessions(), what="the refused session to end")
         self.assertEqual(backend.counters.refused_connections, 1)
         self.assertEqual((backend.counters.active_connections, self.counters.active_connections), (0, 0))
+        poller = proxy.poller
+        assert poller is not None
+        self.assertEqual(poller.links, {})
+
+    def test_socketThatCannotConnectEndsTheSession(self) -> None:
+        """
+        C{connect()} fails at once (the broadcast address without
+        C{SO_BROADCAST}: nothing is sent): the session ends as a failed connect, no socket kept.
+        """
+        backend = Backend(BackendSpec("255.255.255.255", 53))
+        records: list[FinishedConnection] = []
+        finished = FinishedConnections()
+        finished.subscribe(records.append)
+        proxy, _ = self.proxy(backend, client_idle_timeout=10.0, finished=finished)
+        proxy.datagramReceived(b"q", ("127.0.0.1", 5000))
+        self.assertEqual([(r.reason, r.connect_seconds) for r in records], [(CONNECT_FAILED, None)])
+        self.assertEqual((proxy.live_sessions(), backend.counters.active_connections), ([], 0))
         poller = proxy.poller
         assert poller is not None
         self.assertEqual(poller.links, {})
