@@ -44,11 +44,13 @@ values.
 
 from __future__ import annotations
 
+import errno
+import functools
+import socket
 from typing import Any, Callable
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -70,7 +72,8 @@ from balancer.proxy.finished import (
     FinishedConnections,
     address_text,
 )
-from balancer.proxy.tcp import IdleTimer
+from balancer.proxy.udp_idle import IdleQueue
+from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, open_link
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -78,13 +81,42 @@ log = Logger()
 DEFAULT_IDLE_TIMEOUT = 30.0
 """Seconds without traffic after which a session ends when no idle timeout is configured."""
 
-MAX_DATAGRAM = 65535
-"""The largest datagram read, on the listening socket and on backend sockets."""
-
 _MAX_PENDING = 64
 """Client datagrams kept while a backend's host name resolves; more are dropped."""
 
 Address = tuple[str, int]
+
+
+@functools.lru_cache(maxsize=1024)
+def is_ip_address(host: str) -> bool:
+    """Whether C{host} is an IPv4 or IPv6 address rather than a name (remembered: a backend's host is asked per session)."""
+    return isIPAddress(host) or isIPv6Address(host)
+
+#: Errors of a send to a client that lose only that datagram (UDP gives no
+#: delivery guarantee; Twisted's port would raise them out of the read loop).
+_CLIENT_DROPS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EINTR, errno.ECONNREFUSED})
+
+
+def client_sender(transport: Any) -> Callable[[bytes, Address], None]:
+    """
+    What sends a datagram to a client through the listening C{transport}:
+    its socket's C{sendto} when it has one (a Twisted UDP port: it then
+    skips the port's checks of the address, which came from C{recvfrom}),
+    else C{transport.write}.  A full buffer drops the datagram.
+    """
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return transport.write
+    sendto = sock.sendto
+
+    def send(data: bytes, client: Address) -> None:
+        try:
+            sendto(data, client)
+        except OSError as e:
+            if e.errno not in _CLIENT_DROPS:
+                raise
+
+    return send
 
 
 class UdpSession:
@@ -100,7 +132,6 @@ class UdpSession:
     @ivar connect_seconds: how long opening its socket to the backend took
         (resolving its host included), or C{None} before.
     @ivar ended: whether the session is over.
-    @ivar closed: fires once the session has ended and its backend socket is closed.
     """
 
     def __init__(self, proxy: UdpProxy, client: Address, backend: Backend) -> None:
@@ -114,45 +145,38 @@ class UdpSession:
         self.rx = 0
         self.connect_seconds: float | None = None
         self.ended = False
-        self.closed: Deferred[None] = Deferred()
-        self._port: Any = None
-        self._opened = False
+        self._traffic = (backend.counters.traffic, proxy.counters.traffic)
+        self._link: Link | None = None
         self._pending: list[bytes] = []
-        self._on_client: list[IdleTimer] = []
-        self._on_backend: list[IdleTimer] = []
+        self._on_client: IdleQueue[UdpSession] | None = None
+        self._on_backend: IdleQueue[UdpSession] | None = None
 
-    def start(self) -> None:
-        """Start the idle timers and open the socket to the backend (resolving its host first if needed)."""
+    def start(self, first: bytes) -> None:
+        """
+        Start the idle timers, open the socket to the backend (resolving its
+        host first if needed) and take the client's C{first} datagram.
+        """
         proxy = self.proxy
-        if proxy.client_idle_timeout:
-            self._on_client.append(IdleTimer(proxy.clock, proxy.client_idle_timeout, self._idle("client")))
-        if proxy.backend_idle_timeout:
-            self._on_backend.append(IdleTimer(proxy.clock, proxy.backend_idle_timeout, self._idle("backend")))
-        if not (self._on_client or self._on_backend):
-            timer = IdleTimer(proxy.clock, DEFAULT_IDLE_TIMEOUT, self._idle("session"))
-            self._on_client.append(timer)
-            self._on_backend.append(timer)
+        self._on_client, self._on_backend = proxy.idle_queues()
+        if self._on_client is not None:
+            self._on_client.add(self)
+        if self._on_backend is not None and self._on_backend is not self._on_client:
+            self._on_backend.add(self)
         host = self.backend.host
-        if isIPAddress(host) or isIPv6Address(host):
+        if is_ip_address(host):
             self._connect(host)
+            self.from_client(first)
         else:
+            self.from_client(first)
             proxy.reactor.resolve(host).addCallbacks(self._connect, self._unresolved)
 
     def _connect(self, ip: str) -> None:
         if self.ended:
             return
-        interface = "::" if isIPv6Address(ip) else "0.0.0.0"
         try:
-            port = self.proxy.reactor.listenUDP(0, _BackendSide(self), interface=interface, maxPacketSize=MAX_DATAGRAM)
-        except CannotListenError as e:
-            self.end(f"cannot open a socket to the backend: {e.socketError}", CONNECT_FAILED)
-            return
-        self._port = port
-        self._opened = True
-        try:
-            port.connect(ip, self.backend.port)
-        except OSError as e:
-            self.end(f"cannot reach the backend: {e}", CONNECT_FAILED)
+            self._link = open_link(self.proxy.reactor, self.proxy.poller, self, ip, self.backend.port)
+        except CannotOpen as e:
+            self.end(str(e), CONNECT_FAILED)
             return
         self.connect_seconds = self.proxy.clock.seconds() - self.started_at
         pending, self._pending = self._pending, []
@@ -169,9 +193,9 @@ class UdpSession:
         if self.ended:
             return
         self.requests += 1
-        for timer in self._on_client:
-            timer.touch()
-        if self._port is not None:
+        if self._on_client is not None:
+            self._on_client.touch(self)
+        if self._link is not None:
             self._send(data)
         elif len(self._pending) < _MAX_PENDING:
             self._pending.append(data)
@@ -180,33 +204,36 @@ class UdpSession:
             self.proxy.retire(self)
 
     def _send(self, data: bytes) -> None:
-        self._port.write(data)
-        if self.ended:  # the write found the backend refusing
+        if not self._link.send(data):  # type: ignore[union-attr]
             return
         size = len(data)
         self.tx += size
-        self.backend.counters.traffic.tx += size
-        self.proxy.counters.traffic.tx += size
+        backend, server = self._traffic
+        backend.tx += size
+        server.tx += size
 
     def from_backend(self, data: bytes) -> None:
         """A datagram from the backend: relay it to the client."""
         if self.ended:
             return
         proxy = self.proxy
-        proxy.transport.write(data, self.client)
+        proxy.to_client(data, self.client)
         size = len(data)
         self.rx += size
-        self.backend.counters.traffic.rx += size
-        proxy.counters.traffic.rx += size
+        backend, server = self._traffic
+        backend.rx += size
+        server.rx += size
         self.responses += 1
-        for timer in self._on_backend:
-            timer.touch()
         limit = proxy.max_responses
         if limit and self.responses >= limit:
             self.end("max_responses reached", RESPONSES_DONE)
+        elif self._on_backend is not None:
+            self._on_backend.touch(self)
 
     def refused(self) -> None:
         """The backend's host said nothing listens on its port (ICMP unreachable)."""
+        if self.ended:
+            return
         self.backend.counters.refused_connections += 1
         self.end("backend refused", CONNECT_FAILED)
 
@@ -215,37 +242,33 @@ class UdpSession:
         The backend socket closed.  Unasked, that is an ICMP error that the
         reactor reported as a closed socket (epoll does), so it counts as a refusal.
         """
-        self._port = None
-        if not self.ended:
-            self.refused()
-        self.closed.callback(None)
+        self._link = None
+        self.refused()
 
     def end(self, why: str, reason: str = CLOSED_BY_BALANCER) -> None:
         """
         Close the backend socket, stop counting this session and publish it.
 
-        @param why: what ended it, for the debug log.
+        @param why: what ended it, for the debug log when it is a failure
+            (the access log has every session and its reason).
         @param reason: why it ended, a reason of L{balancer.proxy.finished}.
         """
         if self.ended:
             return
         self.ended = True
-        for timer in self._on_client + self._on_backend:
-            timer.cancel()
-        if self._port is not None:
-            self._port.stopListening()
-        elif not self._opened:
-            self.closed.callback(None)
-        self._pending = []
-        log.debug(
-            "{server}: UDP session {client} -> {backend} ended: {why}",
-            server=self.proxy.name,
-            client=self.client,
-            backend=self.backend.key,
-            why=why,
-        )
+        if self._on_client is not None:
+            self._on_client.remove(self)
+        if self._on_backend is not None:
+            self._on_backend.remove(self)
         proxy = self.proxy
-        proxy.session_ended(self)
+        link, self._link = self._link, None
+        closing = link.close() if link is not None else None
+        self._pending = []
+        if reason == CONNECT_FAILED:
+            log.debug("{server}: UDP session {client} -> {backend} ended: {why}",
+                      server=proxy.name, client=self.client, backend=self.backend.key, why=why)
+        proxy.session_ended(self, closing)
+        now = proxy.clock.seconds()
         proxy.finished.publish(
             FinishedConnection(
                 server=proxy.name,
@@ -254,34 +277,24 @@ class UdpSession:
                 backend=self.backend.key,
                 started=self.started_at,
                 connect_seconds=self.connect_seconds,
-                duration_seconds=proxy.clock.seconds() - self.started_at,
+                duration_seconds=now - self.started_at,
                 rx=self.rx,
                 tx=self.tx,
                 reason=reason,
             )
         )
 
-    def _idle(self, which: str) -> Callable[[], None]:
-        reason = {"client": CLIENT_IDLE, "backend": BACKEND_IDLE}.get(which, IDLE_TIMEOUT)
-        return lambda: self.end(f"{which} idle", reason)
+    def client_idle(self) -> None:
+        """No datagram from the client for its C{client_idle_timeout}."""
+        self.end("client idle", CLIENT_IDLE)
 
+    def backend_idle(self) -> None:
+        """No datagram from the backend for its C{backend_idle_timeout}."""
+        self.end("backend idle", BACKEND_IDLE)
 
-class _BackendSide(DatagramProtocol):
-    """The connected socket of one session to its backend."""
-
-    noisy = False
-
-    def __init__(self, session: UdpSession) -> None:
-        self.session = session
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.session.from_backend(datagram)
-
-    def connectionRefused(self) -> None:
-        self.session.refused()
-
-    def stopProtocol(self) -> None:
-        self.session.socket_closed()
+    def idle(self) -> None:
+        """No datagram either way for L{DEFAULT_IDLE_TIMEOUT}."""
+        self.end("session idle", IDLE_TIMEOUT)
 
 
 class UdpProxy(DatagramProtocol):
@@ -350,6 +363,9 @@ class UdpProxy(DatagramProtocol):
         self.udp_max_sessions = udp_max_sessions
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
+        self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
+        self.poller = LinkPoller.for_reactor(reactor)
+        self.to_client: Callable[[bytes, Address], None] = self._write_to_client
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()
 
@@ -391,54 +407,79 @@ class UdpProxy(DatagramProtocol):
         self.admission.configure(config, self.udp_max_sessions)
 
     def startProtocol(self) -> None:
-        """Read datagrams of any size, not Twisted's default 8 KiB."""
+        """Read datagrams of any size, not Twisted's default 8 KiB; answer clients through the socket itself."""
         self.transport.maxPacketSize = MAX_DATAGRAM
+        self.to_client = client_sender(self.transport)
+
+    def _write_to_client(self, data: bytes, client: Address) -> None:
+        self.transport.write(data, client)
 
     def stopProtocol(self) -> None:
         """The listener closed: end every session."""
         self.close_all()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        """A datagram from a client: to its session, opening one if needed."""
-        client: Address = (addr[0], addr[1])
-        session = self.sessions.get(client)
+        """A datagram from a client (C{addr}, its C{(host, port)}): to its session, opening one if needed."""
+        session = self.sessions.get(addr)
         if session is None:
-            session = self._open(client)
-            if session is None:
-                return
-        session.from_client(datagram)
+            self._open(addr, datagram)
+        else:
+            session.from_client(datagram)
 
-    def _open(self, client: Address) -> UdpSession | None:
+    def _open(self, client: Address, first: bytes) -> None:
         host = client[0]
         if not self.admission.allows(host):
-            return None
+            return
         backend = self.choose(host)
         if backend is None:
             self.counters.no_backend += 1
             log.warn("{server}: no backend for UDP client {client}", server=self.name, client=host)
-            return None
+            return
         session = UdpSession(self, client, backend)
         self.sessions[client] = session
         self._live.add(session)
         backend.counters.active_connections += 1
         backend.counters.total_connections += 1
         self.admission.opened()
-        session.start()
-        return session
+        session.start(first)
+
+    def idle_queues(self) -> tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]:
+        """
+        The idle queues a session opened now joins: its client's and its
+        backend's (C{None} for a timeout not set), or with neither set, the
+        same queue of L{DEFAULT_IDLE_TIMEOUT} twice.
+        """
+        client, backend = self.client_idle_timeout, self.backend_idle_timeout
+        if not (client or backend):
+            default = self._queue("session", DEFAULT_IDLE_TIMEOUT, UdpSession.idle)
+            return default, default
+        return (
+            self._queue("client", client, UdpSession.client_idle) if client else None,
+            self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
+        )
+
+    def _queue(self, which: str, timeout: float, on_idle: Callable[[UdpSession], None]) -> IdleQueue[UdpSession]:
+        queue = self._queues.get((which, timeout))
+        if queue is None:
+            queue = self._queues[which, timeout] = IdleQueue(self.clock, timeout, on_idle)
+        return queue
 
     def retire(self, session: UdpSession) -> None:
         """C{session} takes no more client datagrams: the client's next one opens a new session."""
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
 
-    def session_ended(self, session: UdpSession) -> None:
-        """Called by a session once it has ended."""
+    def session_ended(self, session: UdpSession, closing: Deferred[None] | None) -> None:
+        """
+        Called by a session once it has ended.
+
+        @param closing: fires once its backend socket is closed (C{None}: it is).
+        """
         self.retire(session)
         self._live.discard(session)
-        closed = session.closed
-        if not closed.called:
-            self._closing.add(closed)
-            closed.addBoth(self._socket_closed, closed)
+        if closing is not None and not closing.called:
+            self._closing.add(closing)
+            closing.addBoth(self._socket_closed, closing)
         session.backend.counters.active_connections -= 1
         self.admission.ended()
         if self.released is not None:
@@ -456,4 +497,6 @@ class UdpProxy(DatagramProtocol):
         """End every session now; fires once every backend socket is closed."""
         for session in list(self._live):
             session.end("closed", SHUTDOWN)
+        if self.poller is not None:
+            self.poller.close()
         return gatherResults(list(self._closing), consumeErrors=True).addCallback(lambda _: None)

@@ -1,0 +1,418 @@
+"""
+UDP request/response datagrams per second: this balancer against nginx's
+C{stream} UDP proxy and against no proxy at all, on 127.0.0.1.
+
+Needs (installs nothing)::
+
+    apt-get install nginx-light libnginx-mod-stream
+
+Run from the repository, with the Python that has Twisted::
+
+    /work/main/.venv/bin/python bench/udp_probe.py [--clients 32] [--size 64] [--rounds 3]
+        [--duration 5] [--client-processes 2] [--responses 1] [--paths direct,nginx,balancer]
+        [--profile FILE] [--baseline DIR] [--json]
+
+It starts, on free ports of 127.0.0.1:
+
+ - an echo backend (C{--echo-processes} processes sharing the port with
+   C{SO_REUSEPORT}, each a blocking C{recvfrom_into}/C{sendto} loop);
+ - nginx, C{worker_processes 1}, loading C{ngx_stream_module.so}, with
+   C{proxy_responses N; proxy_timeout 10s} (N is C{--responses});
+ - this balancer from the working tree (C{twistd -n --pidfile= balancer}),
+   one C{protocol = "udp"} server with C{[servers.X.udp] max_responses = N},
+   C{client_idle_timeout = "10s"} and the access log off.
+
+With C{--responses 1} (the default) every request opens a session on both
+proxies, which then ends with its one answer; C{--responses 0} keeps one
+session per client socket (nginx without C{proxy_responses}).
+
+Each round measures every path in turn (the proxies started anew each
+round, in the order given, rotated by one each round): C{--clients} closed-loop
+senders of C{--size}-byte datagrams, spread over C{--client-processes}
+processes, each sender a connected UDP socket that sends its next datagram
+when the answer to the last one arrives (or after L{RESEND_AFTER} s without
+one: a loss, counted).  The first second is warm-up.  The table gives the
+medians over the rounds: datagrams per second (answers received), the
+proxy's CPU time (user plus system, over its processes) per datagram and the
+user part of it, and the
+balancer's ratio to nginx measured in each round.
+
+C{--baseline DIR} measures the balancer of another checkout too (for
+instance C{git archive COMMIT | tar -x -C DIR}), as the path C{baseline}
+(add it to C{--paths}), with its ratio to nginx in the same rounds.
+
+C{--profile FILE} runs the balancer under cProfile (C{twistd --profile})
+for one round and writes its statistics to FILE.
+
+Everything started is stopped by its pid on exit, on an error and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+RESEND_AFTER = 0.5
+"""Seconds a sender waits for an answer before sending again (the datagram counts as lost)."""
+WARMUP = 1.0
+START_TIMEOUT = 20.0
+
+
+def free_udp_port() -> int:
+    """A UDP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def echo_worker(port: int) -> None:
+    """Answer every datagram on C{HOST:port} with itself, for ever."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((HOST, port))
+    buffer = bytearray(65536)
+    view = memoryview(buffer)
+    recvfrom_into = sock.recvfrom_into
+    sendto = sock.sendto
+    while True:
+        size, address = recvfrom_into(buffer)
+        try:
+            sendto(view[:size], address)
+        except OSError:
+            pass
+
+
+def client_worker(port: int, senders: int, size: int, duration: float) -> None:
+    """
+    C{senders} closed-loop senders to C{HOST:port}; print, as JSON, the
+    answers received and the resends during the C{duration} s after L{WARMUP}.
+    """
+    payload = b"q" * size
+    epoll = select.epoll()
+    sockets: dict[int, socket.socket] = {}
+    sent_at: dict[int, float] = {}
+    for _ in range(senders):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((HOST, port))
+        sockets[s.fileno()] = s
+        epoll.register(s.fileno(), select.EPOLLIN)
+    now = time.monotonic()
+    for fd, s in sockets.items():
+        s.send(payload)
+        sent_at[fd] = now
+    start = now + WARMUP
+    end = start + duration
+    answers = resends = 0
+    last_check = now
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        for fd, _ in epoll.poll(0.1):
+            s = sockets[fd]
+            while True:
+                try:
+                    s.recv(65536)
+                except BlockingIOError:
+                    break
+                except ConnectionRefusedError:
+                    continue
+                if start <= now < end:
+                    answers += 1
+                try:
+                    s.send(payload)
+                except OSError:
+                    pass
+                sent_at[fd] = now
+        if now - last_check > RESEND_AFTER / 2:
+            last_check = now
+            for fd, at in sent_at.items():
+                if now - at > RESEND_AFTER:
+                    try:
+                        sockets[fd].send(payload)
+                    except OSError:
+                        pass
+                    sent_at[fd] = now
+                    if start <= now < end:
+                        resends += 1
+    print(json.dumps({"answers": answers, "resends": resends, "seconds": duration}))
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of C{pid} and its children (one level: nginx's workers, the balancer's)."""
+    user = system = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
+
+
+class Processes:
+    """The processes this script started, each stopped by its pid."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start C{argv} with its output in C{name}.log."""
+        with open(self.workdir / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir, env=env)
+        self.started.append((name, proc))
+        return proc
+
+    def output(self, name: str) -> str:
+        """The last lines C{name} printed."""
+        return "\n".join((self.workdir / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM C{proc} (one we started), SIGKILL if it lingers."""
+        self.started = [(n, p) for n, p in self.started if p is not proc]
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        """Stop every process still running, newest first."""
+        while self.started:
+            self.stop(self.started[-1][1])
+
+
+def wait_answering(port: int, name: str, proc: subprocess.Popen[bytes] | None, procs: Processes) -> None:
+    """Wait until a datagram sent to C{HOST:port} comes back."""
+    deadline = time.monotonic() + START_TIMEOUT
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode}:\n{procs.output(name)}")
+            try:
+                s.sendto(b"ping", (HOST, port))
+                s.recvfrom(100)
+                return
+            except OSError:
+                continue
+    raise RuntimeError(f"{name} did not answer on {HOST}:{port} within {START_TIMEOUT:g} s:\n{procs.output(name)}")
+
+
+def start_nginx(procs: Processes, backend: int, responses: int) -> tuple[int, subprocess.Popen[bytes]]:
+    """nginx's stream UDP proxy to C{backend}, one worker."""
+    if not NGINX_STREAM_MODULE.exists():
+        raise RuntimeError(f"{NGINX_STREAM_MODULE} is missing: apt-get install libnginx-mod-stream")
+    port = free_udp_port()
+    workdir = procs.workdir
+    conf = workdir / "nginx.conf"
+    proxy_responses = f"proxy_responses {responses};" if responses else ""
+    conf.write_text(f"""
+load_module {NGINX_STREAM_MODULE};
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 16384; }}
+stream {{
+    server {{
+        listen {HOST}:{port} udp;
+        proxy_pass {HOST}:{backend};
+        {proxy_responses}
+        proxy_timeout 10s;
+    }}
+}}
+""")
+    proc = procs.start("nginx", ["nginx", "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)])
+    wait_answering(port, "nginx", proc, procs)
+    return port, proc
+
+
+def start_balancer(
+    procs: Processes, backend: int, responses: int, profile: Path | None, tree: Path = REPO
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """This balancer from C{tree} (by default the working tree), one UDP server to C{backend}."""
+    port = free_udp_port()
+    conf = procs.workdir / "balancer.toml"
+    conf.write_text(f"""
+[logging]
+level = "warn"
+access_log = false
+
+[servers.udp]
+bind = "{HOST}:{port}"
+protocol = "udp"
+balance = "roundrobin"
+client_idle_timeout = "10s"
+  [servers.udp.discovery]
+  kind = "static"
+  static_list = ["{HOST}:{backend}"]
+  [servers.udp.udp]
+  max_responses = {responses}
+""")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    argv = [twistd, "-n", "--pidfile="]
+    if profile is not None:
+        argv += ["--profiler=cprofile", f"--profile={profile}", "--savestats"]
+    argv += ["balancer", f"--config={conf}"]
+    proc = procs.start("balancer", argv, env)
+    wait_answering(port, "balancer", proc, procs)
+    return port, proc
+
+
+def measure(port: int, pid: int | None, clients: int, size: int, duration: float, processes: int) -> dict[str, float]:
+    """Datagrams per second through C{HOST:port}, losses, and the CPU time of C{pid} per datagram (µs)."""
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    argv = [sys.executable, __file__, "--client-worker", str(port), "--size", str(size), "--duration", str(duration)]
+    workers = [subprocess.Popen(argv + ["--clients", str(n)], stdout=subprocess.PIPE, text=True) for n in shares if n]
+    time.sleep(WARMUP)
+    cpu_before = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    time.sleep(duration)
+    cpu_after = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    answers = resends = 0
+    for w in workers:
+        out, _ = w.communicate(timeout=duration + WARMUP + 30)
+        result = json.loads(out)
+        answers += result["answers"]
+        resends += result["resends"]
+    rate = answers / duration
+    user, system = ((after - before) / answers * 1e6 if answers else 0.0 for before, after in zip(cpu_before, cpu_after))
+    return {"rate": rate, "resends": resends, "cpu_us": user + system, "user_us": user, "sys_us": system}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every round of every path; the samples and their medians."""
+    paths: list[str] = args.paths.split(",")
+    samples: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
+    ratios: list[float] = []
+    baseline_ratios: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="udp-probe-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)
+        procs = Processes(workdir)
+        try:
+            backend = free_udp_port()
+            for i in range(args.echo_processes):
+                procs.start(f"echo{i}", [sys.executable, __file__, "--echo-worker", str(backend)])
+            wait_answering(backend, "echo0", None, procs)
+            for round_number in range(args.rounds):
+                order = paths[round_number % len(paths):] + paths[:round_number % len(paths)]
+                this_round: dict[str, float] = {}
+                for path in order:
+                    proc = None
+                    if path == "direct":
+                        port, pid = backend, None
+                    elif path == "nginx":
+                        port, proc = start_nginx(procs, backend, args.responses)
+                        pid = proc.pid
+                    elif path == "balancer":
+                        profile = args.profile if args.profile and round_number == 0 else None
+                        port, proc = start_balancer(procs, backend, args.responses, profile)
+                        pid = proc.pid
+                    elif path == "baseline" and args.baseline is not None:
+                        port, proc = start_balancer(procs, backend, args.responses, None, args.baseline)
+                        pid = proc.pid
+                    else:
+                        raise SystemExit(f"--paths: unknown path {path!r} (direct, nginx, balancer, and baseline with --baseline)")
+                    try:
+                        result = measure(port, pid, args.clients, args.size, args.duration, args.client_processes)
+                    finally:
+                        if proc is not None:
+                            procs.stop(proc)
+                    samples[path].append(result)
+                    this_round[path] = result["rate"]
+                    print(f"round {round_number + 1} {path}: {result['rate']:,.0f}/s, "
+                          f"{result['cpu_us']:.1f} µs CPU/datagram ({result['user_us']:.1f} user), "
+                          f"{result['resends']} resends", file=sys.stderr)
+                if "nginx" in this_round and this_round["nginx"]:
+                    if "balancer" in this_round:
+                        ratios.append(this_round["balancer"] / this_round["nginx"])
+                    if "baseline" in this_round:
+                        baseline_ratios.append(this_round["baseline"] / this_round["nginx"])
+        finally:
+            procs.stop_all()
+    medians = {
+        p: {k: statistics.median(s[k] for s in samples[p]) for k in ("rate", "cpu_us", "user_us", "sys_us", "resends")}
+        for p in paths if samples[p]
+    }
+    return {"samples": samples, "medians": medians, "ratio_median": statistics.median(ratios) if ratios else None,
+            "ratios": ratios, "baseline_ratios": baseline_ratios}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--echo-processes", type=int, default=1)
+    parser.add_argument("--responses", type=int, default=1)
+    parser.add_argument("--paths", default="direct,nginx,balancer")
+    parser.add_argument("--profile", type=Path)
+    parser.add_argument("--baseline", type=Path, help="another checkout of the balancer, measured as the path 'baseline'")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--echo-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--client-worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_worker:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        echo_worker(args.echo_worker)
+        return 0
+    if args.client_worker:
+        client_worker(args.client_worker, args.clients, args.size, args.duration)
+        return 0
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"UDP request/response, {args.clients} closed-loop clients in {args.client_processes} processes, "
+          f"{args.size}-byte datagrams, responses={args.responses}, {args.duration:g} s x {args.rounds} rounds (medians)")
+    print(f"{'path':10} {'datagrams/s':>12} {'proxy CPU µs/dgram':>19} {'of it user':>11} {'resends':>8}")
+    for path, m in result["medians"].items():
+        print(f"{path:10} {m['rate']:>12,.0f} {m['cpu_us']:>19.1f} {m['user_us']:>11.1f} {m['resends']:>8.0f}")
+    if result["ratio_median"] is not None:
+        each = ", ".join(f"{r:.2f}" for r in result["ratios"])
+        print(f"balancer / nginx: {result['ratio_median']:.2f}x (each round: {each})")
+    if result["baseline_ratios"]:
+        each = ", ".join(f"{r:.2f}" for r in result["baseline_ratios"])
+        print(f"baseline / nginx: {statistics.median(result['baseline_ratios']):.2f}x (each round: {each})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
