@@ -28,6 +28,13 @@ read is not proof of that, and the end of the input may have come with the
 same edge as the bytes before it.  A reader that stops before then, to let
 the others have their turn, asks to be called again with L{Engine.read_again}.
 
+A reader that reads with C{recv} may stop sooner: a C{recv} that gives
+fewer bytes than it asked for has taken all the kernel held at that moment,
+and whatever comes later (bytes, the end, an error) is a new edge.  Only an
+end or an error that came with the edge being dispatched is left to read:
+the engine tells its reader of those in L{Engine.ending}.  (A C{splice}
+gives no such proof: it also stops when the pipe is full.)
+
 Listening sockets are watched level-triggered: the engine accepts a bounded
 number of clients per event and the rest come with the next one.
 """
@@ -75,6 +82,12 @@ class Engine:
 
     @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
     @ivar pipes: the pipes its sockets splice through.
+    @ivar ending: while a reader is called, the end and error bits
+        (C{EPOLLRDHUP}, C{EPOLLHUP}, C{EPOLLERR}) of the event it is called
+        for; all of them when that is not known (a remembered event, or a
+        call from outside the engine).  With none, a read that finds fewer
+        bytes than it asked for has emptied the socket (see the module's
+        docstring).
     """
 
     def __init__(self, reactor: Any, pipes: PipePool | None = None) -> None:
@@ -98,6 +111,7 @@ class Engine:
         self._gone: set[int] = set()
         self._dispatching = False
         self._nested = False
+        self.ending = _ENDS
 
     # The reactor's interface, for the engine's descriptors
 
@@ -218,7 +232,9 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _IN
                         else:
+                            self.ending = events & _ENDS
                             descriptor.doRead()
+                            self.ending = _ENDS
                             if fd in gone:
                                 continue
                     if events & _WRITABLE:
@@ -229,6 +245,7 @@ class Engine:
                         else:
                             descriptor.doWrite()
                 except Exception:
+                    self.ending = _ENDS
                     self._failed(descriptor)
             self._run_soon()
         finally:
