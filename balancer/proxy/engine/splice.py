@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import sys
@@ -86,6 +87,9 @@ _LOST = Failure(ConnectionLost())
 _ABORTED = Failure(ConnectionAborted())
 # SO_LINGER on, for 0 s: close() resets the connection.
 _RESET = struct.pack("ii", 1, 0)
+# The peer's end of stream (PyPy 3.9 lacks the name of EPOLLRDHUP), and an error, in an event.
+_RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+_ERR = select.EPOLLERR
 
 
 def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -296,8 +300,9 @@ class SplicedTransport:
 
         @return: whether to read again (else the socket has nothing more, its
             input ended, it failed, or the peer must drain first).  After a
-            short read, only if the event being dispatched brought an end
-            or an error with the bytes.
+            short read, only if the event being dispatched brought an error
+            or is not known; one that brought the peer's end without an
+            error ends the input at once, without a read that finds nothing.
         """
         try:
             data = self._socket.recv(COPY_SIZE)
@@ -318,7 +323,14 @@ class SplicedTransport:
         if size == COPY_SIZE:
             self._splicing = True
             return True
-        return bool(self._engine.ending)
+        ending = self._engine.ending
+        if ending & _RDHUP and not ending & _ERR:
+            # The peer's end came before this read, after all its bytes (TCP
+            # delivers them in order), and this short read took them all:
+            # what is left is the end, with no error to read first.
+            self._end_of_input()
+            return False
+        return bool(ending)
 
     def doWrite(self) -> None:
         """The socket takes bytes again: drain the pipe, then finish what waited for it."""
