@@ -82,12 +82,12 @@ class Engine:
 
     @ivar deadlines: coarse timeouts on the reactor's clock, for connects.
     @ivar pipes: the pipes its sockets splice through.
-    @ivar ending: while a reader is called, the end and error bits
+    @ivar ending: while a descriptor is called, the end and error bits
         (C{EPOLLRDHUP}, C{EPOLLHUP}, C{EPOLLERR}) of the event it is called
         for; all of them when that is not known (a remembered event, or a
         call from outside the engine).  With none, a read that finds fewer
         bytes than it asked for has emptied the socket (see the module's
-        docstring).
+        docstring), and a socket writable after a connect is connected.
     """
 
     def __init__(self, reactor: Any, pipes: PipePool | None = None) -> None:
@@ -243,7 +243,9 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _OUT
                         else:
+                            self.ending = events & _ENDS
                             descriptor.doWrite()
+                            self.ending = _ENDS
                 except Exception:
                     self.ending = _ENDS
                     self._failed(descriptor)
