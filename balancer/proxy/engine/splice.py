@@ -1,14 +1,14 @@
 """
 The relay's zero-copy fast path (docs/DESIGN.md §4): on Linux, the bytes of a plain
 TCP relay move from one socket to the other through a pipe with
-C{os.splice}, without ever becoming Python C{bytes}.
+C{os.splice}, without ever becoming Python C{bytes}, once a direction
+carries more than a few KiB at a time (before that, see below, they are copied).
 
 Each socket of such a relay is a L{SplicedTransport} on the relay
 L{engine<balancer.proxy.engine.engine>}, from the moment it is accepted or
 connected (L{balancer.proxy.engine.sockets}) to its close: the transport its
 protocol sees, and the engine's reader and writer of the socket.  Until
-L{splice} joins it to its peer it reads nothing; from then on the bytes move
-in the kernel.  The protocol handles the endings as with any TCP transport:
+L{splice} joins it to its peer it reads nothing; from then on it relays.  The protocol handles the endings as with any TCP transport:
 it is told of the end of input (C{readConnectionLost}), of its shut write
 side (C{writeConnectionLost}) and of the end of the connection
 (C{connectionLost}), and it closes either end with the calls it makes on any
