@@ -41,6 +41,7 @@ number of clients per event and the rest come with the next one.
 
 from __future__ import annotations
 
+import gc
 import select
 from collections import deque
 from typing import Any, Callable
@@ -68,6 +69,9 @@ _STREAM = _IN | _OUT | _RDHUP | select.EPOLLET
 
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
+
+#: The first threshold of the cyclic garbage collector in a process with an engine (L{collect_less_often}).
+GC_THRESHOLD = 10000
 
 
 @implementer(IReadDescriptor)
@@ -350,7 +354,30 @@ def make_engine(reactor: Any) -> Engine | None:
     A new engine nested in C{reactor}; C{None} where there can be none:
     without C{os.splice} and epoll (not Linux), or for a reactor that does
     not poll file descriptors (a test's memory reactor).
+
+    With an engine, the process's cyclic garbage collector runs its
+    youngest generation less often (L{collect_less_often}).
     """
     if not (splice.AVAILABLE and isinstance(reactor, PosixReactorBase)):
         return None
+    collect_less_often()
     return Engine(reactor)
+
+
+def collect_less_often() -> None:
+    """
+    Raise the first threshold of Python's cyclic garbage collector to
+    L{GC_THRESHOLD} (never lower it).
+
+    A relay's objects refer to each other (the relay and its sides, each
+    side and its transport, the two transports), so only the cyclic
+    collector frees them.  At Python's default threshold (700 new objects)
+    its youngest generation is walked every few dozen connections, each
+    time with the live relays' objects, which it then promotes and walks
+    again in the older generations: about 5% of the CPU time per new
+    connection.  Ten thousand lets most relays end before they are walked;
+    the garbage waiting meanwhile is a few MiB at most.
+    """
+    first, second, third = gc.get_threshold()
+    if first < GC_THRESHOLD:
+        gc.set_threshold(GC_THRESHOLD, second, third)
