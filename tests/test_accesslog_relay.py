@@ -85,6 +85,29 @@ class TcpRecordTests(SynchronousTestCase):
         lose(relay.client)
         self.assertEqual(len(records), 1)
 
+    def test_noRecordIsMadeWithoutSubscribers(self) -> None:
+        """With nobody subscribed (no access log, no metrics), an ending relay builds no record."""
+        import balancer.proxy.tcp
+
+        def no_record(**fields: Any) -> FinishedConnection:
+            raise AssertionError("a record was made for nobody")
+
+        self.patch(balancer.proxy.tcp, "FinishedConnection", no_record)
+        server = make_server()
+        self.assertFalse(server.finished.wanted)
+        relay, client = accept(server, "192.0.2.7")
+        side, backend = connect(server)
+        lose(side)
+        lose(relay.client)
+        self.assertEqual(server.relays, {})
+
+    def test_wantedOnlyWhileSomeoneSubscribed(self) -> None:
+        finished = FinishedConnections()
+        unsubscribe = finished.subscribe(lambda connection: None)
+        self.assertTrue(finished.wanted)
+        unsubscribe()
+        self.assertFalse(finished.wanted)
+
     def test_connectTimeIsThatOfTheAttemptThatSucceeded(self) -> None:
         server = make_server()
         records = recorded(server)

@@ -8,6 +8,7 @@ epoll set has events.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import socket
@@ -18,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancer.proxy.engine import engine as engine_module
 from balancer.proxy.engine.engine import Engine, make_engine
 from tests.support.skips import NO_ENGINE
 
@@ -541,6 +543,22 @@ class MakeEngineTests(SynchronousTestCase):
         self.assertIsNot(other, engine)
         self.assertIsNot(other.pipes, engine.pipes)
         self.assertIs(engine.reactor, global_reactor)
+
+    def test_anEngineMakesTheCollectorRunLessOftenNeverMore(self) -> None:
+        """
+        The relays' objects are freed by the cyclic collector: with an
+        engine its first threshold is at least GC_THRESHOLD; a higher one
+        is kept, and the older generations' thresholds are left alone.
+        """
+        saved = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *saved)
+        higher = engine_module.GC_THRESHOLD * 3
+        for before, after in (((700, 11, 12), (engine_module.GC_THRESHOLD, 11, 12)), ((higher, 11, 12), (higher, 11, 12))):
+            gc.set_threshold(*before)
+            engine = make_engine(global_reactor)
+            assert engine is not None
+            self.addCleanup(engine.close)
+            self.assertEqual(gc.get_threshold(), after)
 
     def test_closeLeavesTheReactorAndClosesThePipesKept(self) -> None:
         engine = make_engine(global_reactor)

@@ -417,6 +417,31 @@ class ConnectorTests(_EngineTestCase):
         self.assertEqual(factory.failures, [])
 
     @inlineCallbacks
+    def test_aConnectWritableWithoutAnErrorReadsNoError(self) -> Any:
+        """
+        Writable with no error or hang-up in the event, the socket is
+        connected: no C{getsockopt(SO_ERROR)}.  A refusal is still read
+        (L{test_refusedCallsClientConnectionFailed}).
+        """
+        reads: list[int] = []
+
+        class Counting(socket.socket):
+            def getsockopt(self, level: int, name: int, *rest: Any) -> Any:
+                if (level, name) == (socket.SOL_SOCKET, socket.SO_ERROR):
+                    reads.append(name)
+                return super().getsockopt(level, name, *rest)
+
+        self.patch(socket, "socket", Counting)
+        port, connections = self.server()
+        factory = Factory()
+        sockets.connect(self.engine, "127.0.0.1", port, factory, 10)
+        protocol = yield factory.built
+        self.assertEqual((reads, factory.failures), ([], []))
+        yield until(lambda: bool(connections))
+        protocol.transport.loseConnection()
+        yield connections[0].closed
+
+    @inlineCallbacks
     def test_connectsOverIPv6(self) -> Any:
         port, connections = self.server("::1")
         factory = Factory()

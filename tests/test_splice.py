@@ -644,6 +644,141 @@ class CopyingPathTests(SynchronousTestCase):
         transport.loseConnection()
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Both ends of a TCP connection on 127.0.0.1 (the accepted one first)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        far = socket.create_connection(listener.getsockname())
+        near, _ = listener.accept()
+    return near, far
+
+
+class CountingSocket:
+    """A socket that counts its C{recv} calls (everything else is the socket's own)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.receives = 0
+
+    def recv(self, size: int) -> bytes:
+        self.receives += 1
+        return self.socket.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.socket, name)
+
+
+@implementer(IHalfCloseableProtocol)
+class Ends(Protocol):
+    """A relay side that notes the end of its input and closes nothing."""
+
+    ended = False
+
+    def readConnectionLost(self) -> None:
+        self.ended = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class CopyingFirstTests(SynchronousTestCase):
+    """
+    Each direction copies (C{recv}, C{send}) until a read fills
+    L{splice.COPY_SIZE}, then splices; a short copying read ends the reading
+    of an edge unless the edge brought the end of the input.
+    """
+
+    skip = NO_ENGINE
+
+    def joined(self) -> tuple[pipes.PipePool, Engine, socket.socket, CountingSocket, socket.socket, Ends]:
+        """
+        Two joined transports on a new engine: returns the pool, the
+        engine, the client's far end, the counting client socket, the
+        backend's far end and the client's protocol.
+        """
+        pool = pipes.PipePool()
+        engine = Engine(MemoryReactorClock(), pool)
+        self.addCleanup(engine.close)
+        ends = []
+        for _ in range(2):
+            near, far = tcp_pair()
+            self.addCleanup(near.close)
+            self.addCleanup(far.close)
+            near.setblocking(False)
+            far.setblocking(False)
+            ends.append((CountingSocket(near), far))
+        (client, client_far), (backend, backend_far) = ends
+        sides = []
+        for sock in (client, backend):
+            transport = splice.SplicedTransport(engine, sock)
+            transport.protocol = Ends()
+            transport.protocol.makeConnection(transport)
+            sides.append(transport.protocol)
+        splice.splice(sides[0], sides[1], lambda size: None, lambda size: None)
+        return pool, engine, client_far, client, backend_far, sides[0]
+
+    def test_aShortRequestIsCopiedWithOneReadAndNoPipe(self) -> None:
+        pool, engine, client_far, client, backend_far, _ = self.joined()
+        client_far.send(b"GET / HTTP/1.0\r\n\r\n")
+        engine.doRead()
+        self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual((client.receives, pool.created), (1, 0))
+
+    def test_theEndInTheSameEdgeIsReadToo(self) -> None:
+        pool, engine, client_far, client, backend_far, protocol = self.joined()
+        client_far.send(b"last words")
+        client_far.shutdown(socket.SHUT_WR)
+        engine.doRead()
+        self.assertEqual(backend_far.recv(100), b"last words")
+        self.assertTrue(protocol.ended)
+
+    def test_theEndInTheSameEdgeCostsNoReadOfNothing(self) -> None:
+        """A short read in an edge that brought the end (and no error) is the last one: the input ends without another."""
+        pool, engine, client_far, client, backend_far, protocol = self.joined()
+        client_far.send(b"last words")
+        client_far.shutdown(socket.SHUT_WR)
+        engine.doRead()
+        self.assertEqual((client.receives, protocol.ended), (1, True))
+
+    def test_anEndNotKnownIsReadForAnError(self) -> None:
+        """
+        Called for an event the engine does not know the bits of (as from a
+        remembered event), a short read reads again: a reset is a reset.
+        """
+        pool, engine, client_far, client, backend_far, protocol = self.joined()
+        client_far.send(b"last words")
+        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client_far.close()
+        lost: list[Any] = []
+        protocol.connectionLost = lost.append  # type: ignore[method-assign]
+        engine.removeReader(protocol.transport)
+        engine.addReader(protocol.transport)
+        engine.reactor.advance(0)
+        engine.reactor.advance(0)
+        self.assertFalse(protocol.ended)
+        self.assertEqual([reason.type for reason in lost], [ConnectionLost])
+
+    def test_aReadFillingTheCopySizeTurnsToSplicing(self) -> None:
+        pool, engine, client_far, client, backend_far, _ = self.joined()
+        client_far.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        data = os.urandom(4 * splice.COPY_SIZE)
+        received = b""
+        sent = 0
+        while len(received) < len(data):
+            try:
+                sent += client_far.send(data[sent : sent + (1 << 20)])
+            except BlockingIOError:
+                pass
+            engine.doRead()
+            try:
+                received += backend_far.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        self.assertEqual(received, data)
+        self.assertGreater(pool.created, 0)
+
+
 class PipePoolTests(SynchronousTestCase):
     """The pipes of the fast path."""
 

@@ -81,10 +81,20 @@ class FinishedConnection:
 
 
 class FinishedConnections:
-    """Publishes every L{FinishedConnection} to whoever subscribed."""
+    """
+    Publishes every L{FinishedConnection} to whoever subscribed.
+
+    A publisher asks L{wanted} first: with nobody subscribed (no access log,
+    no metrics), a connection that ends costs no record.
+    """
 
     def __init__(self) -> None:
         self._subscribers: list[Callable[[FinishedConnection], None]] = []
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anyone subscribed (else publishing is no use)."""
+        return bool(self._subscribers)
 
     def subscribe(self, subscriber: Callable[[FinishedConnection], None]) -> Callable[[], None]:
         """Call C{subscriber} with each connection finished from now on; returns what unsubscribes it."""

@@ -165,7 +165,7 @@ class _Side(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Tell the relay this end is gone, and whether in order or by a reset (or another error)."""
         self.lost = True
-        self.relay.side_lost(self, reset=reason is not None and not reason.check(ConnectionDone))
+        self.relay.side_lost(self, reset=reason is not None and not isinstance(reason.value, ConnectionDone))
 
 
 class ClientSide(_Side):
@@ -543,11 +543,13 @@ class Relay:
             self._first_end = reason
 
     def _publish(self) -> None:
-        """Tell the server's C{finished} subscribers of this relay (once)."""
+        """Tell the server's C{finished} subscribers of this relay (once; if there are any)."""
         if self._published:
             return
         self._published = True
         server = self.server
+        if not server.finished.wanted:
+            return
         peer = self.client_address
         server.finished.publish(
             FinishedConnection(

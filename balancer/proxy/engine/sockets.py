@@ -7,8 +7,9 @@ is a L{SplicedTransport} from the start.
 Only what a relay needs is done per connection: one C{accept4} and one
 C{ioctl} to make the socket non-blocking for a client (Linux gives
 accepted sockets the listener's C{TCP_NODELAY}); one C{socket} (created non-blocking), one
-C{setsockopt} and one C{connect} for a backend, whose result is read with
-one C{getsockopt} when the engine says the socket is writable.
+C{setsockopt} and one C{connect} for a backend, which is connected when the
+engine says the socket is writable with no error or hang-up in the event
+(else one C{getsockopt} reads the error).
 
 L{EngineListener} offers the part of C{IListeningPort} a server uses
 (C{getHost}, C{stopListening}); L{EngineConnector} the part of
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 from functools import lru_cache
 from typing import Any
@@ -62,6 +64,8 @@ _CLIENT_ERRORS = (
     errno.EOPNOTSUPP,
 )
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# The bits of an event that may come with a failed connect: its error, its hang-up.
+_FAILED = select.EPOLLERR | select.EPOLLHUP
 
 
 @lru_cache(maxsize=1024)
@@ -223,13 +227,18 @@ class EngineConnector:
         return f"connect to {self._port}"
 
     def doWrite(self) -> None:
-        """The connect finished: hand the socket to a protocol, or report the error."""
+        """
+        The connect finished: hand the socket to a protocol, or report the
+        error.  The error is read only when the event says there may be one
+        (or is not known): a socket merely writable is connected.
+        """
         sock = self._socket
-        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self._fail(Failure(getConnectError((error, os.strerror(error)))))
-            return
         engine = self._engine
+        if engine.ending & _FAILED:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                self._fail(Failure(getConnectError((error, os.strerror(error)))))
+                return
         engine.removeWriter(self)
         engine.deadlines.remove(self._deadline, self)
         self._socket = self._deadline = None

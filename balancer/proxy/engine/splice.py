@@ -1,14 +1,14 @@
 """
 The relay's zero-copy fast path (docs/DESIGN.md §4): on Linux, the bytes of a plain
 TCP relay move from one socket to the other through a pipe with
-C{os.splice}, without ever becoming Python C{bytes}.
+C{os.splice}, without ever becoming Python C{bytes}, once a direction
+carries more than a few KiB at a time (before that, see below, they are copied).
 
 Each socket of such a relay is a L{SplicedTransport} on the relay
 L{engine<balancer.proxy.engine.engine>}, from the moment it is accepted or
 connected (L{balancer.proxy.engine.sockets}) to its close: the transport its
 protocol sees, and the engine's reader and writer of the socket.  Until
-L{splice} joins it to its peer it reads nothing; from then on the bytes move
-in the kernel.  The protocol handles the endings as with any TCP transport:
+L{splice} joins it to its peer it reads nothing; from then on it relays.  The protocol handles the endings as with any TCP transport:
 it is told of the end of input (C{readConnectionLost}), of its shut write
 side (C{writeConnectionLost}) and of the end of the connection
 (C{connectionLost}), and it closes either end with the calls it makes on any
@@ -25,11 +25,22 @@ none.  When the process is out of descriptors for a pipe, a read copies the
 bytes through Python instead (C{recv} and C{send}, the buffer then being
 those bytes), with a warning at most once a minute.
 
-A socket is read until it has nothing more (C{EAGAIN}) or its end, however
-short a read is: with edge-triggered events a short read is no proof that
-nothing is left, and the end of the input may have come in the same edge as
-the last bytes, or while the reading was stopped by flow control.  After
-L{READS_PER_EVENT} full reads the socket waits its turn behind the others
+Each direction starts by copying: C{recv} of up to L{COPY_SIZE} bytes,
+then C{send}.  Most connections a balancer sees carry a request and an
+answer of a few KiB each, and for those two system calls cost less than a
+pipe's three (two splices and the one that finds the socket empty): a
+C{recv} that gives fewer bytes than it asked for has emptied the socket, so
+unless the event being dispatched says the input ended or failed
+(L{Engine.ending<balancer.proxy.engine.engine.Engine.ending>}) the reading
+stops there until the next edge.  The first read that fills L{COPY_SIZE}
+turns that direction to splicing for the rest of the connection.
+
+A socket that splices is read until it has nothing more (C{EAGAIN}) or its
+end, however short a read is: a splice stops short when the pipe is full,
+so it is no proof that nothing is left, and the end of the input may have
+come in the same edge as the last bytes, or while the reading was stopped
+by flow control.  After L{READS_PER_EVENT} full reads the socket waits its
+turn behind the others
 (L{Engine.read_again<balancer.proxy.engine.engine.Engine.read_again>}).
 """
 
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import sys
@@ -62,7 +74,8 @@ if AVAILABLE:
 #: How many reads a socket gets per call before it lets the others have their turn.
 READS_PER_EVENT = 16
 
-#: How many bytes a read takes when no pipe can be had (the copying path).
+#: How many bytes a read takes when copying (before a direction splices, or
+#: when no pipe can be had); a read that fills it turns its direction to splicing.
 COPY_SIZE = 65536
 
 # Errors of a non-blocking write that only mean "not now" (as Twisted's TCP transport treats them).
@@ -74,6 +87,9 @@ _LOST = Failure(ConnectionLost())
 _ABORTED = Failure(ConnectionAborted())
 # SO_LINGER on, for 0 s: close() resets the connection.
 _RESET = struct.pack("ii", 1, 0)
+# The peer's end of stream (PyPy 3.9 lacks the name of EPOLLRDHUP), and an error, in an event.
+_RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+_ERR = select.EPOLLERR
 
 
 def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -118,6 +134,7 @@ class SplicedTransport:
         "_write_closing",
         "_closing",
         "_closed",
+        "_splicing",
     )
 
     def __init__(self, engine: Engine, sock: Any, address: IAddress | None = None) -> None:
@@ -145,6 +162,7 @@ class SplicedTransport:
         self._write_closing = False
         self._closing = False
         self._closed = False
+        self._splicing = False
 
     # The transport, as the relay's protocol sees it
 
@@ -231,12 +249,13 @@ class SplicedTransport:
 
     def doRead(self) -> None:
         """
-        Splice what the socket has into the peer's (empty) pipe and on to
-        the peer's socket, until the socket has nothing more, its input
-        ends, or the peer cannot take a read at once (then reading stops
-        until the peer's pipe is drained).  Each read is counted; the end of
-        input is passed to the protocol.  After L{READS_PER_EVENT} reads the
-        socket is read again later, after the other sockets' events.
+        Move what the socket has to the peer: copied (L{_copy_once}) until a
+        read fills L{COPY_SIZE}, then spliced into the peer's (empty) pipe
+        and on to the peer's socket, until the socket has nothing more, its
+        input ends, or the peer cannot take a read at once (then reading
+        stops until the peer's pipe is drained).  Each read is counted; the
+        end of input is passed to the protocol.  After L{READS_PER_EVENT}
+        reads the socket is read again later, after the other sockets' events.
         """
         peer = self._peer
         pool = self._pool
@@ -244,6 +263,10 @@ class SplicedTransport:
             if peer._closed:
                 self._stop_reading()
                 return
+            if not self._splicing:
+                if not self._copy_once(peer):
+                    return
+                continue
             pipe = peer._pipe or peer._more_pipe()
             if pipe is None:
                 if not self._copy_once(peer):
@@ -271,11 +294,15 @@ class SplicedTransport:
 
     def _copy_once(self, peer: SplicedTransport) -> bool:
         """
-        One read through Python, for want of a pipe: C{recv} what the socket
-        has and C{send} it on, keeping what the peer cannot take yet.
+        One read through Python: C{recv} what the socket has and C{send} it
+        on, keeping what the peer cannot take yet.  A read that fills
+        L{COPY_SIZE} turns this direction to splicing.
 
         @return: whether to read again (else the socket has nothing more, its
-            input ended, it failed, or the peer must drain first).
+            input ended, it failed, or the peer must drain first).  After a
+            short read, only if the event being dispatched brought an error
+            or is not known; one that brought the peer's end without an
+            error ends the input at once, without a read that finds nothing.
         """
         try:
             data = self._socket.recv(COPY_SIZE)
@@ -287,12 +314,23 @@ class SplicedTransport:
         if not data:
             self._end_of_input()
             return False
-        self._count(len(data))  # type: ignore[misc]
+        size = len(data)
+        self._count(size)  # type: ignore[misc]
         peer._pending += data
         if not peer._flush():
             self._stop_reading()
             return False
-        return True
+        if size == COPY_SIZE:
+            self._splicing = True
+            return True
+        ending = self._engine.ending
+        if ending & _RDHUP and not ending & _ERR:
+            # The peer's end came before this read, after all its bytes (TCP
+            # delivers them in order), and this short read took them all:
+            # what is left is the end, with no error to read first.
+            self._end_of_input()
+            return False
+        return bool(ending)
 
     def doWrite(self) -> None:
         """The socket takes bytes again: drain the pipe, then finish what waited for it."""
