@@ -266,9 +266,9 @@ def balancer_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
-def nginx_argv(workdir: Path, conf: Path, error_log: str) -> list[str]:
-    """How nginx is started on C{conf} (in the foreground, its prefix the work directory)."""
-    return ["nginx", "-p", str(workdir), "-e", str(workdir / error_log), "-c", str(conf)]
+def nginx_argv(workdir: Path, conf: Path, error_log: str, test: bool = False) -> list[str]:
+    """How nginx is started on C{conf} (in the foreground, its prefix the work directory), or C{test}s it."""
+    return ["nginx", *(["-t"] if test else []), "-p", str(workdir), "-e", str(workdir / error_log), "-c", str(conf)]
 
 
 def start_backends(procs: Processes, workdir: Path, tls: Tls, big_bytes: int) -> Backends:

@@ -45,7 +45,6 @@ def client(port: int, clients: int, seconds: float, size: int) -> dict[str, floa
     poller = select.epoll()
     socks: dict[int, socket.socket] = {}
     payloads: dict[int, bytes] = {}
-    sent_at: dict[int, float] = {}
     for i in range(clients):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setblocking(False)
