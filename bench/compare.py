@@ -421,19 +421,31 @@ def start_paths(
     return paths
 
 
+def ratio(numerator: list[float], denominator: list[float]) -> float | None:
+    """
+    The median of the per-round ratios when both paths have a sample in
+    every round (each pair measured minutes apart at most, so a change of
+    the machine's load between rounds cancels out), else the ratio of the
+    medians; None without samples.
+    """
+    if len(numerator) == len(denominator) and all(denominator) and numerator:
+        return statistics.median(n / d for n, d in zip(numerator, denominator))
+    if numerator and denominator and statistics.median(denominator):
+        return statistics.median(numerator) / statistics.median(denominator)
+    return None
+
+
 def summarize(samples: Samples, names: list[str]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Median per harness, metric and path, and the balancer's ratios to the peer and to direct."""
+    """Median per harness, metric and path, and the balancer's ratios to the peer and to direct (see L{ratio})."""
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     for harness, metrics in samples.items():
         table[harness] = {}
         for key, by_path in metrics.items():
             row: dict[str, float | None] = {p: statistics.median(v) if v else None for p, v in by_path.items()}
             for other in ("peer", "direct"):
-                b, o = row["balancer"], row[other]
-                row[f"balancer/{other}"] = b / o if b is not None and o else None
+                row[f"balancer/{other}"] = ratio(by_path["balancer"], by_path[other])
             if "balancer+log" in names:
-                b, o = row["balancer+log"], row["balancer"]
-                row["log/balancer"] = b / o if b is not None and o else None
+                row["log/balancer"] = ratio(by_path["balancer+log"], by_path["balancer"])
             table[harness][key] = row
     return table
 
@@ -488,7 +500,8 @@ def render(
     if len(options.harnesses) == 2:
         lines += harness_check(table, options)
     lines += [
-        f"median of {options.repeat} interleaved rounds (each: direct, peer, balancer in turn), "
+        f"median of {options.repeat} interleaved rounds (each: direct, peer, balancer in turn; ratios: "
+        "median of the rounds' ratios), "
         f"{options.duration:g} s per client run, {IDLE_CONNECTIONS} idle connections; "
         f"{options.workers} balancer worker(s), HAProxy thread(s), nginx worker(s); access log "
         f"{'on in the bal+log column' if options.access_log else 'off'} (HAProxy: no log); all on 127.0.0.1",

@@ -27,6 +27,7 @@ if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
 import clients  # noqa: E402
+import compare  # noqa: E402
 import harness  # noqa: E402
 import peers  # noqa: E402
 from running import MeasurementError  # noqa: E402
@@ -172,3 +173,22 @@ class BalancerConfigurationTests(TestCase):
         self.assertIn('sni=a.bench.test"', text)
         self.assertIn("max_responses = 1", text)
         self.assertIn("access_log = true", text)
+
+
+class SummaryTests(SynchronousTestCase):
+    """The medians and ratios of the tables."""
+
+    def test_ratiosArePerRoundWhenPaired(self) -> None:
+        """Samples in every round: the median of the rounds' ratios, so load drifting between rounds cancels out."""
+        samples = {"standard": {"tcp.conn_rate": {
+            "direct": [100.0, 50.0, 100.0], "peer": [10.0, 5.0, 10.0], "balancer": [8.0, 4.0, 9.0],
+        }}}
+        row = compare.summarize(samples, ["direct", "peer", "balancer"])["standard"]["tcp.conn_rate"]
+        self.assertEqual((row["peer"], row["balancer"]), (10.0, 8.0))
+        self.assertEqual(row["balancer/peer"], 0.8)
+        self.assertEqual(row["balancer/direct"], 0.08)
+
+    def test_ratioOfMediansWhenASampleFailed(self) -> None:
+        """A round without a sample of one path: the ratio of the medians; none without samples."""
+        self.assertEqual(compare.ratio([8.0, 4.0], [10.0, 5.0, 20.0]), 0.6)
+        self.assertIsNone(compare.ratio([], [1.0]))
