@@ -76,8 +76,9 @@ def iperf3(port: int, streams: int, duration: float, length: str) -> float:
 def parse_handshakes(outputs: list[str], resume: bool) -> dict[str, float]:
     """
     The JSON lines of several C{handshakes.py} processes as connections per
-    second (summed) and the share of them resumed; fails a resumed run
-    where under 95% were resumed, and a full one where any was.
+    second (summed) and the share of them resumed (for a resumed run:
+    reported, as a server may fail to resume, e.g. several processes each
+    with its own ticket key); fails a full run where any was resumed.
     """
     connections = reused = 0
     rate = 0.0
@@ -92,8 +93,6 @@ def parse_handshakes(outputs: list[str], resume: bool) -> dict[str, float]:
     if not connections:
         raise MeasurementError("no connection made")
     share = reused / connections
-    if resume and share < 0.95:
-        raise MeasurementError(f"only {share:.0%} of the handshakes were resumed")
     if not resume and reused:
         raise MeasurementError(f"{reused} of the full handshakes were resumed")
     return {"rate": rate, "connections": connections, "reused": share}

@@ -113,6 +113,7 @@ METRICS = {
         Metric("tls.full_cpu", "  proxy CPU per full handshake", "us", False),
         Metric("tls.resumed_rate", "resumed handshakes (+1 request)", "conn/s", True, True),
         Metric("tls.resumed_cpu", "  proxy CPU per resumed handshake", "us", False),
+        Metric("tls.resumed_share", "  share of them resumed", "%", True),
         Metric("tls.bulk", "bulk through TLS (download)", "MB/s", True, True),
         Metric("tls.keepalive_rps", "requests over kept-alive TLS", "req/s", True, True),
         Metric("tls.keepalive_p50", "  latency p50", "ms", False),
@@ -240,6 +241,8 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
                     "connections",
                 )
                 out = {f"{key}_rate": result["rate"]}
+                if resume:
+                    out["tls.resumed_share"] = result["reused"] * 100
                 if cpu is not None:
                     out[f"{key}_cpu"] = cpu
                 return out
