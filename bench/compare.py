@@ -474,7 +474,7 @@ def text_table(rows: list[tuple[str, ...]], left: int) -> list[str]:
 
 
 def render(
-    table: dict[str, dict[str, dict[str, float | None]]], options: Options, info: dict[str, object]
+    table: dict[str, dict[str, dict[str, float | None]]], samples: Samples, options: Options, info: dict[str, object]
 ) -> str:
     """The tables as text (one per protocol and harness, then the harness comparison), the machine and versions."""
     names = path_names(options)
@@ -501,7 +501,7 @@ def render(
                 rows.append(cells)
             lines += [f"{protocol.upper()} ({harness.name})", *text_table(rows, 3), ""]
     if len(options.harnesses) == 2:
-        lines += harness_check(table, options)
+        lines += harness_check(table, samples, options)
     lines += [
         f"median of {options.repeat} interleaved rounds (each: direct, peer, balancer in turn; ratios: "
         "median of the rounds' ratios), "
@@ -516,32 +516,50 @@ def render(
     return "\n".join(lines)
 
 
-def harness_check(table: dict[str, dict[str, dict[str, float | None]]], options: Options) -> list[str]:
-    """The throughput medians of the two harnesses side by side: alt/standard per path, flagged beyond 10%."""
+def spread(samples: dict[str, list[float]]) -> float | None:
+    """How far the balancer-to-peer ratios of the rounds lie apart (largest over smallest, less 1): the noise floor."""
+    balancer, peer = samples["balancer"], samples["peer"]
+    if len(balancer) != len(peer) or len(balancer) < 2 or not all(peer):
+        return None
+    ratios = [b / p for b, p in zip(balancer, peer)]
+    return max(ratios) / min(ratios) - 1 if min(ratios) else None
+
+
+def harness_check(
+    table: dict[str, dict[str, dict[str, float | None]]], samples: Samples, options: Options
+) -> list[str]:
+    """
+    The throughput medians of the two harnesses side by side: alt/standard
+    per path and for the balancer-to-peer ratio, flagged beyond 10%, beside
+    the round-to-round spread of that ratio under each setting.
+    """
     first, second = (h.name for h in options.harnesses)
-    rows: list[tuple[str, ...]] = [("throughput figure", "unit", *(f"{p} {second}/{first}" for p in path_names(options)[:3]), "ratio shift")]
+    paths = path_names(options)[:3]
+
+    def flagged(value: float | None) -> str:
+        return cell(value, True) + ("*" if value is not None and abs(value - 1) > 0.10 else "")
+
+    rows: list[tuple[str, ...]] = [
+        ("throughput figure", "unit", *(f"{p} {second}/{first}" for p in paths), "ratio shift",
+         f"spread {first}", f"spread {second}")
+    ]
     worst = 0.0
     for protocol in options.protocols:
         for m in METRICS[protocol]:
             if not m.throughput:
                 continue
             a, b = table[first][m.key], table[second][m.key]
-            shifts = []
-            cells = []
-            for p in path_names(options)[:3]:
-                x, y = a[p], b[p]
-                shift = y / x if x and y is not None else None
-                cells.append(cell(shift, True) + ("*" if shift is not None and abs(shift - 1) > 0.10 else ""))
-                if shift is not None:
-                    shifts.append(shift)
+            shifts = [b[p] / a[p] if a[p] and b[p] is not None else None for p in paths]  # type: ignore[operator]
             ra, rb = a["balancer/peer"], b["balancer/peer"]
             ratio_shift = rb / ra if ra and rb is not None else None
             if ratio_shift is not None:
                 worst = max(worst, abs(ratio_shift - 1))
-            rows.append((f"{protocol} {m.label}", m.unit, *cells,
-                         cell(ratio_shift, True) + ("*" if ratio_shift is not None and abs(ratio_shift - 1) > 0.10 else "")))
+            noise = [spread(samples[h][m.key]) for h in (first, second)]
+            rows.append((f"{protocol} {m.label}", m.unit, *map(flagged, shifts), flagged(ratio_shift),
+                         *(f"{n:.0%}" if n is not None else "-" for n in noise)))
     return [
-        f"harness independence ({second} against {first}; * beyond 10%; ratio shift: bal/peer {second} over bal/peer {first})",
+        f"harness independence ({second} against {first}; * beyond 10%; ratio shift: bal/peer {second} over "
+        f"bal/peer {first}; spread: how far the rounds' bal/peer ratios lie apart under one setting)",
         *text_table(rows, 2),
         f"largest shift of a bal/peer ratio: {worst:.0%}",
         "",
@@ -649,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps({**info, "settings": settings, "samples": samples, "medians": table}, indent=2))
     else:
-        print(render(table, options, info))
+        print(render(table, samples, options, info))
     return 0
 
 

@@ -194,3 +194,22 @@ class SummaryTests(SynchronousTestCase):
         """A round without a sample of one path: the ratio of the medians; none without samples."""
         self.assertEqual(compare.ratio([8.0, 4.0], [10.0, 5.0, 20.0]), 0.6)
         self.assertIsNone(compare.ratio([], [1.0]))
+
+    def test_harnessCheckFlagsShiftsAndShowsTheNoise(self) -> None:
+        """A balancer-to-peer ratio moved beyond 10% by the alt setting is flagged, beside each setting's spread."""
+        def rounds(peer: float, balancer: float) -> dict[str, list[float]]:
+            return {"direct": [100.0] * 3, "peer": [peer] * 3, "balancer": [balancer, balancer * 1.2, balancer]}
+
+        samples = {
+            "standard": {"udp.rate": rounds(10.0, 8.0), "udp.rate_1": rounds(10.0, 8.0)},
+            "alt": {"udp.rate": rounds(10.0, 6.0), "udp.rate_1": rounds(10.0, 8.0)},
+        }
+        options = compare.Options(["udp"], 3, 5.0, 1, "1.2", (harness.STANDARD, harness.ALT), False)
+        names = compare.path_names(options)
+        table = compare.summarize(samples, names)
+        lines = compare.harness_check(table, samples, options)
+        kept = [line for line in lines if "sessions kept" in line][0]
+        self.assertEqual(kept.split()[-6:], ["1.00", "1.00", "0.75*", "0.75*", "20%", "20%"])
+        one = [line for line in lines if "1 answer a session" in line][0]
+        self.assertEqual(one.split()[-3:], ["1.00", "20%", "20%"])
+        self.assertIn("largest shift of a bal/peer ratio: 25%", lines)
