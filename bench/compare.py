@@ -135,10 +135,14 @@ METRICS = {
 }
 
 Samples = dict[str, dict[str, dict[str, list[float]]]]  # harness name -> metric key -> path -> values
-Step = Callable[[str, Endpoints], dict[str, float]]
+# A measurement: of one path under one harness, or (idle memory) of one path.
+Measure = Callable[[Harness, Endpoints], dict[str, float]]
+IdleMeasure = Callable[[Endpoints], dict[str, float]]
 
 
-def cpu_per(pid: int | None, action: Callable[[], dict[str, float]], count_key: str) -> tuple[dict[str, float], float | None]:
+def cpu_per(
+    pid: int | None, action: Callable[[], dict[str, float]], count_key: str
+) -> tuple[dict[str, float], float | None]:
     """Run C{action}; return its result and, for a proxy, its CPU time in µs per C{result[count_key]}."""
     before = tree_cpu_seconds(pid) if pid else 0.0
     result = action()
@@ -203,7 +207,7 @@ def negotiated(port: int, tls: str) -> str:
         return f"{s.version()} {cipher[0] if cipher else '?'}"
 
 
-def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[tuple[str, Callable[[Harness, Endpoints], dict[str, float]]]]:
+def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[tuple[str, Measure]]:
     """The measurements of C{protocol}, each a function of the harness and a path's endpoints."""
     if protocol == "tcp":
 
@@ -222,15 +226,19 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
             r = clients.wrk(url, duration, h.wrk_connections, threads=h.wrk_threads)
             return {"tcp.keepalive_rps": r["rps"], "tcp.keepalive_p50": r["p50"], "tcp.keepalive_p99": r["p99"]}
 
+        def iperf3_bulk(streams: int) -> Measure:
+            return lambda h, e: {f"tcp.bulk_{streams}": clients.iperf3(e.ports["bulk"], streams, duration,
+                                                                         h.iperf3_length)}
+
         return [
-            ("bulk, 1 stream", lambda h, e: {"tcp.bulk_1": clients.iperf3(e.ports["bulk"], 1, duration, h.iperf3_length)}),
-            ("bulk, 4 streams", lambda h, e: {"tcp.bulk_4": clients.iperf3(e.ports["bulk"], 4, duration, h.iperf3_length)}),
+            ("bulk, 1 stream", iperf3_bulk(1)),
+            ("bulk, 4 streams", iperf3_bulk(4)),
             ("new connections", new_connections),
             ("kept-alive requests", keepalive),
         ]
     if protocol == "tls":
 
-        def handshakes(resume: bool) -> Callable[[Harness, Endpoints], dict[str, float]]:
+        def handshakes(resume: bool) -> Measure:
             key = "tls.resumed" if resume else "tls.full"
 
             def measure(h: Harness, e: Endpoints) -> dict[str, float]:
@@ -279,7 +287,7 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
 
         return [("SNI-routed connections", sni)]
 
-    def datagrams(role: str, suffix: str) -> Callable[[Harness, Endpoints], dict[str, float]]:
+    def datagrams(role: str, suffix: str) -> Measure:
         def measure(h: Harness, e: Endpoints) -> dict[str, float]:
             # Direct, both figures go to the echo server.
             port = e.ports["udp"] if e.pid is None else e.ports[role]
@@ -296,9 +304,9 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
     return [("UDP, sessions kept", datagrams("udp", "")), ("UDP, 1 answer a session", datagrams("udp1", "_1"))]
 
 
-def idle_steps(protocols: list[str], backends: Backends, tls: Tls) -> list[tuple[str, Callable[[Endpoints], dict[str, float]]]]:
+def idle_steps(protocols: list[str], backends: Backends, tls: Tls) -> list[tuple[str, IdleMeasure]]:
     """The idle-connection memory measurements (taken first in a round, on fresh proxies)."""
-    found: list[tuple[str, Callable[[Endpoints], dict[str, float]]]] = []
+    found: list[tuple[str, IdleMeasure]] = []
     if "tcp" in protocols:
         found.append(("idle connections", lambda e: measure_idle(
             e.pid, plain_connection(e.ports["http"]), backends.http if e.pid else e.ports["http"], "tcp")))
@@ -509,8 +517,9 @@ def render(
         f"{options.workers} balancer worker(s), HAProxy thread(s), nginx worker(s); access log "
         f"{'on in the bal+log column' if options.access_log else 'off'} (HAProxy: no log); all on 127.0.0.1",
     ]
-    if info.get("tls"):
-        lines.append(f"TLS: RSA-2048 certificate, {next(iter(info['tls'].values()))} on every path")  # type: ignore[attr-defined]
+    agreed = info.get("tls")
+    if isinstance(agreed, dict) and agreed:
+        lines.append(f"TLS: RSA-2048 certificate, {next(iter(agreed.values()))} on every path")
     lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in info["machine"].items()))  # type: ignore[attr-defined]
     lines += [f"  {k}: {v}" for k, v in info["versions"].items()]  # type: ignore[attr-defined]
     return "\n".join(lines)

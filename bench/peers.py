@@ -311,7 +311,8 @@ def start_nginx_stream(procs: Processes, workdir: Path, backends: Backends, work
     ports = dict(zip(UDP_ROLES, free_ports(len(UDP_ROLES), kind=socket.SOCK_DGRAM)))
     conf = workdir / "nginx-stream.conf"
     conf.write_text(nginx_stream_config(workdir, ports, backends.udp, workers))
-    pid = procs.start("nginx-stream", nginx_argv(workdir, conf, "nginx-stream-error.log"), [], udp=tuple(ports.values()))
+    argv = nginx_argv(workdir, conf, "nginx-stream-error.log")
+    pid = procs.start("nginx-stream", argv, [], udp=tuple(ports.values()))
     return Endpoints(ports, pid)
 
 

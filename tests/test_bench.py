@@ -97,10 +97,8 @@ class ReadingTests(SynchronousTestCase):
         lines = [json.dumps({"connections": 100, "reused": r, "failures": 0, "seconds": 2.0}) for r in (99, 100)]
         self.assertEqual(clients.parse_handshakes(lines, resume=True),
                          {"rate": 100.0, "connections": 200, "reused": 0.995})
-        self.assertEqual(
-            clients.parse_handshakes([json.dumps({"connections": 10, "reused": 5, "seconds": 1})], resume=True)["reused"],
-            0.5,
-        )
+        half = [json.dumps({"connections": 10, "reused": 5, "seconds": 1})]
+        self.assertEqual(clients.parse_handshakes(half, resume=True)["reused"], 0.5)
         with self.assertRaisesRegex(MeasurementError, "1 of the full handshakes were resumed"):
             clients.parse_handshakes([json.dumps({"connections": 10, "reused": 1, "seconds": 1})], resume=False)
 
@@ -213,3 +211,19 @@ class SummaryTests(SynchronousTestCase):
         one = [line for line in lines if "1 answer a session" in line][0]
         self.assertEqual(one.split()[-3:], ["1.00", "20%", "20%"])
         self.assertIn("largest shift of a bal/peer ratio: 25%", lines)
+
+    def test_renderNamesTheHarnessTheTlsAndTheMachine(self) -> None:
+        """The text output: the client parameters, one table per protocol with the peer named, TLS, machine."""
+        options = compare.Options(["tls"], 3, 5.0, 2, "1.2", (harness.STANDARD,), False)
+        names = compare.path_names(options)
+        samples = {"standard": {m.key: {p: [1.0, 2.0, 3.0] for p in names} for m in compare.METRICS["tls"]}}
+        info: dict[str, object] = {
+            "machine": {"nproc": "2"}, "versions": {"haproxy": "2.6"},
+            "tls": {p: "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256" for p in names},
+        }
+        text = compare.render(compare.summarize(samples, names), samples, options, info)
+        self.assertIn(harness.STANDARD.describe(), text)
+        self.assertIn("TLS (standard)", text)
+        self.assertIn("haproxy nbthread 2", text)
+        self.assertIn("TLS: RSA-2048 certificate, TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 on every path", text)
+        self.assertIn("machine: nproc 2", text)
