@@ -89,8 +89,10 @@ class ReadingTests(SynchronousTestCase):
         """The receiver's bits/s in Gbit/s; anything else fails the sample."""
         report = {"end": {"sum_received": {"bits_per_second": 12.5e9}, "sum_sent": {"bits_per_second": 13e9}}}
         self.assertEqual(clients.parse_iperf3(json.dumps(report)), 12.5)
+        with self.assertRaisesRegex(MeasurementError, "iperf3: the server is busy"):
+            clients.parse_iperf3('{"start": {}, "error": "the server is busy running a test. try again later"}')
         with self.assertRaisesRegex(MeasurementError, "iperf3 output not understood"):
-            clients.parse_iperf3('{"error": "unable to connect"}')
+            clients.parse_iperf3('{"start": {}}')
 
     def test_handshakesSummedAndResumptionChecked(self) -> None:
         """Rates add up over the client processes; the share resumed is reported; a full run is never resumed."""
