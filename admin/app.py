@@ -26,7 +26,8 @@ from admin.errors import BadRequest, Forbidden
 from admin.jsonbody import BodyError
 from admin.v1.api import V1App
 from balancer.config.errors import ConfigError
-from balancer.control.errors import DumpFormatError, ListenerError, ServerExists, UnknownServer
+from balancer.control.errors import (
+    ChangeConflict, ClusterUnavailable, DumpFormatError, ListenerError, ServerExists, UnknownServer)
 from balancer.control.interface import IControl
 from balancer.policy import ChangeRefused
 
@@ -154,6 +155,17 @@ class AdminApp:
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """A name already taken, or an address that cannot be bound: 409."""
         return render_error(request, 409, str(failure.value))
+
+    @app.handle_errors(ChangeConflict)
+    def lost_race(self, request: IRequest, failure: Failure) -> bytes:
+        """Another balancer of the cluster changed the server first: 412, nothing changed."""
+        return render_error(request, 412, str(failure.value))
+
+    @app.handle_errors(ClusterUnavailable)
+    def cluster_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        """The cluster's etcd cannot take the change: 503 with C{Retry-After}."""
+        request.setHeader(b"Retry-After", b"5")
+        return render_error(request, 503, str(failure.value))
 
     @app.handle_errors(dashboard.UnknownAsset)
     def unknown_asset(self, request: IRequest, failure: Failure) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.ssl import CertificateOptions
@@ -72,7 +71,7 @@ class ApiService(ListeningService):
         return port
 
 
-def api_service(control: IControl, api: ApiConfig, reactor: Any) -> IService:
+def api_service(control: IControl, api: ApiConfig, reactor: Any) -> ApiService:
     """
     The admin API of C{control} as a service on C{reactor}: it listens on
     C{api.bind} (TLS with C{api.tls}) when started and logs

@@ -61,6 +61,13 @@ class ListeningService(Service):
         port, self._port = self._port, None
         return maybeDeferred(port.stopListening) if port is not None else succeed(None)
 
+    def address(self) -> str:
+        """C{HOST:PORT} listened on (the real port), "" while not listening."""
+        if self._port is None:
+            return ""
+        host = self._port.getHost()
+        return join_host_port(host.host, host.port)
+
     def _listen(self) -> None:
         if self._port is not None:
             return

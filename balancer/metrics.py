@@ -29,7 +29,7 @@ from balancer import __version__
 from balancer.backends import ACTIVE, DRAIN, MAINTENANCE
 from balancer.config.schema import MetricsConfig
 from balancer.control.interface import IControl
-from balancer.control.views import ServiceView
+from balancer.control.views import ClusterView, ServiceView
 from balancer.histograms import CONNECT_BUCKETS, DURATION_BUCKETS, ConnectionHistograms, Histogram
 from balancer.listening import ListeningService
 from balancer.proxy.finished import FinishedConnections
@@ -87,6 +87,7 @@ class BalancerCollector:
         yield from backend_states(views)
         yield from health_checks(views)
         yield from discoveries(views)
+        yield from cluster_families(self._control.cluster())
         names = [view.name for view in views]
         self._histograms.keep_only(names)
         yield histogram_family(
@@ -106,6 +107,27 @@ def build_info() -> Metric:
     )
     metric.add_metric([__version__, platform.python_version(), twisted.__version__], 1)
     return metric
+
+
+def cluster_families(view: ClusterView | None) -> Iterator[Metric]:
+    """With C{[cluster]}: whether etcd answers, the revision applied, the members, the shared changes not applied."""
+    if view is None:
+        return
+    labels = ["cluster", "instance"]
+    values = [view.name, view.instance]
+    figures = (
+        ("balancer_cluster_available", "1 while the cluster's etcd answers (API changes answer 503 when 0)",
+         int(view.available)),
+        ("balancer_cluster_applied_revision", "The etcd revision whose shared changes this balancer has applied",
+         view.revision),
+        ("balancer_cluster_members", "The members registered in the cluster now", len(view.members)),
+        ("balancer_cluster_unapplied_changes", "Shared changes this balancer could not apply (GET /v1/cluster)",
+         len(view.errors)),
+    )
+    for name, documentation, value in figures:
+        metric = GaugeMetricFamily(name, documentation, labels=labels)
+        metric.add_metric(values, value)
+        yield metric
 
 
 def statistics(views: list[ServiceView]) -> Iterator[Metric]:

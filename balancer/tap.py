@@ -19,6 +19,8 @@ from balancer import __version__
 from balancer.accesslog import start_access_log
 from balancer.acme.http01 import Http01Service
 from balancer.acme.service import AcmeService, acme_hosts
+from balancer.cluster.service import ClusterService, etcd_store, shared_state
+from balancer.cluster.startup import SharedAtStart, bound_first, read_at_start
 from balancer.config import Config, ConfigError, read_config_file
 from balancer.config.load import check_resources
 from balancer.control.controller import Controller
@@ -78,6 +80,8 @@ class Options(usage.Options):
             servers = len(self["loaded"].servers)
             print(f"{self['config']}: configuration is valid ({servers} servers)")
             raise SystemExit(0)
+        cluster = self["configured"].cluster
+        self["shared"] = read_at_start(cluster) if cluster is not None else None
 
 
 class BalancerRoot(MultiService):
@@ -130,6 +134,7 @@ def build_service(
     changes: RuntimeChanges | None = None,
     terminal: LaunchTerminal | None = None,
     twistd: TwistdLogging | None = None,
+    shared_at_start: SharedAtStart | None = None,
 ) -> MultiService:
     """
     The whole service tree for C{config}: the balancer, its control
@@ -144,6 +149,8 @@ def build_service(
     @param configured: the file alone, when it differs from C{config}.
     @param terminal: where a start failure is told (the foreground's stderr when not given).
     @param twistd: twistd's logging options (C{twistd -n} without C{--logfile} when not given).
+    @param shared_at_start: with C{[cluster]}, the shared state read at
+        start (L{balancer.cluster.startup}); its servers are applied once started.
     """
     log = application_log(config.logging, twistd if twistd is not None else TwistdLogging())
     root = BalancerRoot(log, terminal)
@@ -153,17 +160,29 @@ def build_service(
         StateCleanup(config.state.path).setServiceParent(root)
     if demo:
         demo_service(loopback_backends(config), reactor).setServiceParent(root)
+    store, shared = None, None
+    if config.cluster is not None:
+        store = etcd_store(config.cluster, reactor)
+        at_start = shared_at_start if shared_at_start is not None else SharedAtStart(None, "not read at start")
+        shared = shared_state(config.cluster, store, at_start, changes or RuntimeChanges(), reactor)
+        changes = shared.changes()
+        config = bound_first(configured if configured is not None else config, changes)
     balancer = BalancerService(config, reactor)
     balancer.setName("balancer")
     balancer.setServiceParent(root)
     start_access_log(config.logging, balancer.finished)
     root.control = Controller(  # type: ignore[attr-defined]
-        balancer, config, config_path, reactor, configured=configured, changes=changes
+        balancer, config, config_path, reactor, configured=configured, changes=changes, shared=shared
     )
     on_hangup(root.control, reactor).setServiceParent(root)  # type: ignore[attr-defined]
     acme_workers = acme_services(config, balancer, reactor, root)
-    if config.api.enabled:
-        api_service(root.control, config.api, reactor).setServiceParent(root)  # type: ignore[attr-defined]
+    api = api_service(root.control, config.api, reactor) if config.api.enabled else None  # type: ignore[attr-defined]
+    if api is not None:
+        api.setServiceParent(root)
+    if config.cluster is not None and store is not None and shared is not None:
+        ClusterService(config.cluster, store, shared, root.control.apply_shared,  # type: ignore[attr-defined]
+                       api.address if api is not None else str, reactor,
+                       root.control.info().started_at).setServiceParent(root)  # type: ignore[attr-defined]
     if config.metrics.enabled:
         metrics_service(config.metrics, root.control, reactor,  # type: ignore[attr-defined]
                         balancer.finished).setServiceParent(root)
@@ -223,4 +242,5 @@ def makeService(options: Options) -> IService:
         changes=options["changes"],
         terminal=LaunchTerminal(twistd.daemon),
         twistd=twistd,
+        shared_at_start=options.get("shared"),
     )

@@ -26,7 +26,8 @@ class BadConfigTests(SynchronousTestCase):
     def test_unknownSection(self) -> None:
         self.assertProblems(
             "unknown_section.toml",
-            "loging: unknown key; expected one of: acme, api, defaults, logging, metrics, overrides, profiler, servers, state",
+            "loging: unknown key; expected one of: acme, api, cluster, defaults, logging, metrics, overrides, profiler, servers, "
+            "state",
         )
 
     def test_unknownServerKey(self) -> None:

@@ -17,6 +17,7 @@ from balancer.proxy.datapath import IDataPath
 from balancer.proxy.engine.engine import Engine
 from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.paths import DataPaths
+from balancer.proxy.sni_path import IReadsFirst, SniEnginePath
 from balancer.proxy.twisted_path import TwistedPath
 
 
@@ -48,16 +49,26 @@ class DataPathsTests(SynchronousTestCase):
         plain = server_config()
         for config in (
             attrs.evolve(plain, protocol="tls", tls=TlsConfig(cert_path="c", key_path="k")),
-            attrs.evolve(plain, sni=SniConfig()),
+            attrs.evolve(plain, sni=SniConfig(), backends_tls=BackendsTlsConfig()),
             attrs.evolve(plain, backends_tls=BackendsTlsConfig()),
             attrs.evolve(plain, protocol="udp"),
         ):
             self.assertIs(self.paths.choose(config), self.paths.twisted)
 
+    def test_sniRoutingRunsOnTheEngineAfterTheHello(self) -> None:
+        """TCP routed by SNI, without TLS at either end, is read through Python until routed, then spliced."""
+        path = self.paths.choose(server_config(sni=SniConfig()))
+        self.assertIsInstance(path, SniEnginePath)
+        self.assertTrue(IReadsFirst.providedBy(path))
+        self.assertTrue(verifyObject(IDataPath, path))
+        self.assertIsNot(path, self.paths.engine)
+        self.assertIs(path, self.paths.choose(server_config(sni=SniConfig(read_timeout=3.0))))
+
     def test_withoutAnEngineEverythingRunsOnTwisted(self) -> None:
         paths = DataPaths(reactor)
         self.assertIsNone(paths.engine)
         self.assertIsInstance(paths.choose(server_config()), TwistedPath)
+        self.assertIsInstance(paths.choose(server_config(sni=SniConfig())), TwistedPath)
 
     def test_onePathObjectPerKind(self) -> None:
         """A listener's path is compared by identity to tell whether a new configuration needs another."""

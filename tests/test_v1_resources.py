@@ -68,7 +68,11 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(body["data"]["attributes"]["parameters"], {"default": "allow", "rules": []})
         _, body = self.v1.json(self, "GET", "/v1/balancer")
         self.assertEqual(set(body["data"]["attributes"]), {"version", "pid", "started_at", "uptime", "config_path",
-                                                           "revision"})
+                                                           "revision", "cluster"})
+        self.assertIsNone(body["data"]["attributes"]["cluster"])
+        response, body = self.v1.json(self, "GET", "/v1/cluster")
+        self.assertEqual((response.code, body["errors"][0]["detail"]), (
+            404, "this balancer is not in a cluster: its configuration has no [cluster] section"))
 
 
 class ChangeTests(SynchronousTestCase):

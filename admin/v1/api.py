@@ -41,6 +41,7 @@ from admin.errorbody import render_errors
 from admin.errors import Forbidden
 from admin.v1 import conditional, documents, locks, openapi, params, prefer
 from admin.v1.balancer import Balancer
+from admin.v1.cluster import Cluster
 from admin.v1.errors import MAX_HEADER, MAX_HEADERS, MAX_URI, ApiError, bad_request, unprocessable
 from admin.v1.filters import Filters
 from admin.v1.kind import Kind
@@ -55,7 +56,7 @@ from admin.v1.users import Users
 from balancer import __version__
 from balancer.config.errors import ConfigError
 from balancer.control.errors import (
-    BackendInUse, LinkError, ListenerError, ReloadRefused, ServerExists, UnknownBackend, UnknownServer,
+    BackendInUse, ChangeConflict, ClusterUnavailable, LinkError, ListenerError, ReloadRefused, ServerExists, UnknownBackend, UnknownServer,
     UnknownSession)
 from balancer.control.interface import IControl
 from balancer.policy import ChangeRefused
@@ -85,6 +86,7 @@ class V1App:
         self.users = Users(control)
         self.balancer = Balancer(control)
         self.maxscale = MaxScale(control)
+        self.cluster = Cluster(control)
 
     # Routes
 
@@ -95,7 +97,7 @@ class V1App:
         links = {"self": documents.path("")}
         links.update({t: documents.path(t) for t in self.kinds})
         links.update(users=documents.path("users", "inet"), balancer=documents.path("balancer"),
-                     maxscale=documents.path("maxscale"),
+                     maxscale=documents.path("maxscale"), cluster=documents.path("cluster"),
                      openapi=documents.path("openapi.json"))
         return self._render(request, 200, {"links": links, "meta": {"version": __version__}})
 
@@ -122,6 +124,13 @@ class V1App:
         """C{/v1/maxscale}: the process in MaxScale's shape (an alias of C{/v1/balancer})."""
         method = self._begin(request, self.maxscale.member_methods)
         return self._read_member(request, method, self.maxscale, "maxscale")
+
+    @app.route("/cluster")
+    @app.route("/cluster/")
+    def cluster_info(self, request: IRequest) -> bytes:
+        """C{/v1/cluster}: the cluster and its members (404 without C{[cluster]})."""
+        method = self._begin(request, self.cluster.member_methods)
+        return self._read_member(request, method, self.cluster, "")
 
     @app.route("/balancer/reload")
     async def reload(self, request: IRequest) -> bytes:
@@ -173,7 +182,7 @@ class V1App:
         if name not in related:
             raise ApiError(404, f'{kind.type} "{id}" has no relationship "{name}"')
         document = {"links": related[name]["links"], "data": related[name]["data"]}
-        tag = conditional.etag(kind.view(current))
+        tag = kind.tag(current)
         self._validators(request, tag, kind.changed_at(id))
         conditional.evaluate(request, method, tag, kind.changed_at(id))
         if method in conditional.SAFE:
@@ -276,7 +285,7 @@ class V1App:
         resource = kind.get(created)
         location = kind.member_path(created)
         request.setHeader(b"Location", location.encode("utf-8"))
-        self._validators(request, conditional.etag(kind.view(resource)), kind.changed_at(created))
+        self._validators(request, kind.tag(resource), kind.changed_at(created))
         return self._changed(request, 201, documents.top(location, params.sparse(resource, query)), query)
 
     async def _member(self, request: IRequest, kind: Kind, id: str) -> bytes:
@@ -286,7 +295,7 @@ class V1App:
         query = params.parse(request.args)
         body = self._body(request, method) if method == "PATCH" else None
         current = kind.get(id)
-        tag = conditional.etag(kind.view(current))
+        tag = kind.tag(current)
         self._validators(request, tag, kind.changed_at(id))
         conditional.evaluate(request, method, tag, kind.changed_at(id))
         with locks.hold(self.control, kind.lock_key(id)):
@@ -300,13 +309,13 @@ class V1App:
                 data = documents.resource_data(value, kind.type, id)
             await kind.update(id, data, current)
         updated = kind.get(id)
-        self._validators(request, conditional.etag(kind.view(updated)), kind.changed_at(id))
+        self._validators(request, kind.tag(updated), kind.changed_at(id))
         return self._changed(request, 200, documents.top(kind.member_path(id), params.sparse(updated, query)), query)
 
     def _read_member(self, request: IRequest, method: str, kind: Kind, id: str) -> bytes:
         query = params.parse(request.args)
         current = kind.get(id)
-        tag = conditional.etag(kind.view(current))
+        tag = kind.tag(current)
         self._validators(request, tag, kind.changed_at(id))
         conditional.evaluate(request, method, tag, kind.changed_at(id))
         return self._render(request, 200, documents.top(kind.member_path(id), params.sparse(current, query)), query)
@@ -329,7 +338,7 @@ class V1App:
         """
         kind = self.kinds[type_]
         self._begin(request, (method,))
-        tag = conditional.etag(kind.view(kind.get(id)))
+        tag = kind.tag(kind.get(id))
         self._validators(request, tag, kind.changed_at(id))
         conditional.evaluate(request, method, tag, kind.changed_at(id))
         return kind
@@ -388,6 +397,17 @@ class V1App:
     def conflict(self, request: IRequest, failure: Failure) -> bytes:
         """Name taken, address not bindable, link not possible, resource in use: 409."""
         return render_errors(request, 409, [{"detail": str(failure.value)}])
+
+    @app.handle_errors(ChangeConflict)
+    def lost_race(self, request: IRequest, failure: Failure) -> bytes:
+        """Another balancer of the cluster changed the resource first: 412, nothing changed."""
+        return render_errors(request, 412, [{"detail": str(failure.value)}])
+
+    @app.handle_errors(ClusterUnavailable)
+    def cluster_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        """The cluster's etcd cannot take the change: 503 with C{Retry-After}."""
+        request.setHeader(b"Retry-After", b"5")
+        return render_errors(request, 503, [{"detail": str(failure.value)}])
 
     @app.handle_errors(ReloadRefused)
     def reload_refused(self, request: IRequest, failure: Failure) -> bytes:

@@ -17,6 +17,7 @@ class Balancer(Kind):
     """The balancer itself, one resource of id C{balancer}."""
 
     type = "balancer"
+    shared_as = None
     volatile = ("uptime",)
 
     def member_path(self, id: str) -> str:
@@ -27,6 +28,7 @@ class Balancer(Kind):
 
     def get(self, id: str) -> dict[str, Any]:
         info = self.control.info()
+        cluster = self.control.cluster()
         attributes = {
             "version": info.version,
             "pid": info.pid,
@@ -34,6 +36,7 @@ class Balancer(Kind):
             "uptime": round(info.time - info.started_at, 3),
             "config_path": info.config_path,
             "revision": info.revision,
+            "cluster": cluster.name if cluster is not None else None,
         }
         return documents.resource(self.type, "balancer", attributes, self_link=self.member_path(id))
 

@@ -24,9 +24,16 @@ SAFE = ("GET", "HEAD")
 NEEDS_PRECONDITION = ("PATCH", "PUT", "DELETE")
 
 
-def etag(view: Any) -> str:
-    """A strong entity tag of C{view} (a JSON value): quoted hex of its SHA-256."""
+def etag(view: Any, revision: int | None = None) -> str:
+    """
+    A strong entity tag of C{view} (a JSON value): quoted hex of its
+    SHA-256; in a cluster, preceded by C{r<revision>-}, the store revision
+    that last changed the resource, the same on every balancer (so a tag
+    never comes back once the resource has changed, even to an earlier value).
+    """
     digest = hashlib.sha256(json.dumps(view, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    if revision is not None:
+        return f'"r{revision}-{digest[:24]}"'
     return f'"{digest[:32]}"'
 
 

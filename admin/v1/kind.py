@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from admin.v1 import documents
+from admin.v1 import conditional, documents
 from admin.v1.errors import not_found
 from balancer.control.interface import IControl
 
@@ -23,6 +23,9 @@ class Kind:
     @cvar member_methods: what C{/v1/<type>/<id>} answers to.
     @cvar writable: relationship names C{PATCH /v1/<type>/<id>/relationships/<name>} changes.
     @cvar volatile: attributes left out of the C{ETag} (statistics and other live figures).
+    @cvar shared_as: in a cluster, the kind of shared resource a member is
+        (L{IControl.shared_version}): "server" for what a C{[servers.<name>]}
+        defines, "backend" for a /v1 server; None for what is not shared.
     """
 
     type = ""
@@ -30,6 +33,7 @@ class Kind:
     member_methods: tuple[str, ...] = ("GET", "HEAD")
     writable: tuple[str, ...] = ()
     volatile: tuple[str, ...] = ("statistics",)
+    shared_as: str | None = "server"
 
     def __init__(self, control: IControl) -> None:
         self.control = control
@@ -62,6 +66,11 @@ class Kind:
         """What the member's C{ETag} is computed from: the resource without its volatile attributes."""
         attributes = {k: v for k, v in resource.get("attributes", {}).items() if k not in self.volatile}
         return {**resource, "attributes": attributes}
+
+    def tag(self, resource: dict[str, Any]) -> str:
+        """The member's C{ETag}: of its L{view}, with its shared revision in a cluster."""
+        revision = self.control.shared_version(self.shared_as, resource["id"]) if self.shared_as else None
+        return conditional.etag(self.view(resource), revision)
 
     def changed_at(self, id: str) -> float:
         """When the member's configuration last changed."""

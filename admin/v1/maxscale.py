@@ -20,6 +20,7 @@ class MaxScale(Kind):
     """The balancer as MaxScale's C{/v1/maxscale} resource."""
 
     type = "maxscale"
+    shared_as = None
     volatile = ("uptime",)
 
     def member_path(self, id: str) -> str:

@@ -308,6 +308,10 @@ def document() -> dict[str, Any]:
                                       _PARAMS)},
         "/v1/maxscale": {"get": _read("Document", "the process in MaxScale's shape: version, uptime, started_at, "
                                                   "parameters (the process-wide configuration)", _PARAMS)},
+        "/v1/cluster": {"get": _read("Document", "the cluster ([cluster]): name, prefix, endpoints, whether etcd "
+                                                 "answers, the revision applied, errors, and every member "
+                                                 "(address, version, started_at, heartbeat, applied_revision, "
+                                                 "errors); 404 without [cluster]", _PARAMS)},
     }
     for kind in (Services, Servers, Listeners, Monitors, Filters, Sessions):
         paths.update(_kind_paths(kind))

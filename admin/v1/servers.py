@@ -89,6 +89,7 @@ class Servers(Kind):
     """Backends as /v1 servers."""
 
     type = "servers"
+    shared_as = "backend"
     collection_methods = ("GET", "HEAD", "POST")
     member_methods = ("GET", "HEAD", "PATCH", "DELETE")
     writable = ("services",)

@@ -19,6 +19,7 @@ class Sessions(Kind):
     """Live relays as /v1 sessions."""
 
     type = "sessions"
+    shared_as = None
     member_methods = ("GET", "HEAD", "DELETE")
     volatile = ("rx", "tx", "age")
 

@@ -17,6 +17,7 @@ class Users(Kind):
     """Network (HTTP Basic) accounts: type C{inet}, as in MaxScale."""
 
     type = "inet"
+    shared_as = None
 
     def collection_path(self) -> str:
         return documents.path("users", "inet")

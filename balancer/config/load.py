@@ -23,7 +23,7 @@ import attrs
 from balancer.config.decode import DecodeError, loads_json, loads_toml
 from balancer.config.errors import ConfigError, Problem, Problems
 from balancer.config.fields import INVALID, NAME_PATTERN, NAME_RULE, build, join
-from balancer.config.schema import AcmeConfig, Config, ServerConfig
+from balancer.config.schema import AcmeConfig, ClusterConfig, Config, ServerConfig
 
 
 def read_config_file(path: str) -> Config:
@@ -103,7 +103,8 @@ def check_resources(config: Config, source: str) -> None:
     """
     Check what C{config}'s servers need beyond their schema: that their TLS
     certificates, keys and CA files can be read and used (and the key is
-    the certificate's), and that C{acme_hosts} come with an C{[acme]} section.
+    the certificate's), that C{acme_hosts} come with an C{[acme]} section,
+    and that C{[cluster]}'s TLS files can be used.
 
     @param source: the name used in error messages (a file path).
     @raise ConfigError: listing every problem, with paths C{servers.<name>.tls...}.
@@ -111,8 +112,26 @@ def check_resources(config: Config, source: str) -> None:
     problems = Problems()
     for name, server in config.servers.items():
         _check_server(join("servers", name), server, problems, config.acme)
+    if config.cluster is not None:
+        _check_cluster_files(config.cluster, problems)
     if len(problems):
         raise ConfigError(source, list(problems))
+
+
+def _check_cluster_files(cluster: ClusterConfig, problems: Problems) -> None:
+    """C{[cluster]}'s CA, client certificate and key can be read and used."""
+    from balancer.tlsfiles import TLSError, load_certificates, load_private_key, load_trust_root
+
+    checks = ((cluster.etcd_ca, "cluster.etcd_ca", load_trust_root),
+              (cluster.etcd_cert, "cluster.etcd_cert", load_certificates),
+              (cluster.etcd_key, "cluster.etcd_key", load_private_key))
+    for path, key, load in checks:
+        if not path:
+            continue
+        try:
+            load(path, key)
+        except TLSError as e:
+            problems.add(e.key, e.message)
 
 
 #: An C{acme_hosts} name: two or more DNS labels.

@@ -9,6 +9,7 @@ a change (from the API or a reload) builds new ones.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Iterator
 
 import attrs
@@ -21,6 +22,7 @@ from balancer.config.fields import (
     items,
     MAX_CONNECTIONS,
     MAX_COUNT,
+    NAME_PATTERN,
     named_sections,
     regexp,
     section,
@@ -185,6 +187,56 @@ class StateConfig:
     """C{[state]}: where runtime changes made through the API persist."""
 
     path: str = setting(parse=text(r".+", "a file path"))
+
+
+#: What a cluster's and an instance's names are.
+_NAME = "a name of 1 to 64 letters, digits, '_', '-' or '.'"
+#: An etcd endpoint: an http:// or https:// origin with a port.
+_ETCD_ENDPOINT = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]):\d{1,5}/?"
+
+
+@attrs.frozen
+class ClusterConfig:
+    """
+    C{[cluster]} (ours): share the runtime changes with other balancers
+    through etcd (L{balancer.cluster}).  C{prefix} defaults to
+    C{/balancer/<cluster_name>}, C{instance} to the host name; C{etcd_ca},
+    C{etcd_cert} and C{etcd_key} are PEM files for an https:// etcd.
+    """
+
+    etcd_endpoints: tuple[str, ...] = setting(
+        parse=items(text(_ETCD_ENDPOINT, 'an etcd client URL like "http://127.0.0.1:2379"')))
+    cluster_name: str = setting("default", parse=text(NAME_PATTERN, _NAME))
+    prefix: str = setting("", parse=text(r"(/[^/\s\x00]+)+", 'a key prefix like "/balancer/default"'))
+    instance: str = setting("", parse=text(f"|{NAME_PATTERN}", _NAME))
+    etcd_user: str = setting("", parse=text(r"[^:\s]*", "a user name without ':' or spaces"))
+    etcd_password: str = setting("", parse=text())
+    etcd_ca: str = setting("", parse=text())
+    etcd_cert: str = setting("", parse=text())
+    etcd_key: str = setting("", parse=text())
+    etcd_timeout: float = setting(2.0, parse=duration())
+    lease_ttl: float = setting(10.0, parse=duration())
+
+    def problems(self) -> Found:
+        """At least one endpoint; a password with a user; a client key with its certificate; sensible times."""
+        if not self.etcd_endpoints:
+            yield "etcd_endpoints", "expected at least one etcd client URL"
+        if self.etcd_password and not self.etcd_user:
+            yield "etcd_password", "set etcd_user too"
+        if bool(self.etcd_cert) != bool(self.etcd_key):
+            yield "etcd_cert" if not self.etcd_cert else "etcd_key", "etcd_cert and etcd_key go together"
+        if self.etcd_timeout <= 0:
+            yield "etcd_timeout", "expected a duration over 0"
+        if not 2 <= self.lease_ttl <= 3600:
+            yield "lease_ttl", f"expected a duration from 2s to 1h, got {self.lease_ttl:g}s"
+
+    def key_prefix(self) -> str:
+        """Where this cluster's keys live: C{prefix}, or C{/balancer/<cluster_name>}."""
+        return self.prefix or f"/balancer/{self.cluster_name}"
+
+    def instance_name(self) -> str:
+        """This instance's name in the cluster: C{instance}, or the host name."""
+        return self.instance or socket.gethostname()
 
 
 @attrs.frozen
@@ -497,5 +549,6 @@ class Config:
     acme: AcmeConfig | None = setting(None, parse=section(AcmeConfig))
     defaults: DefaultsConfig = setting(DefaultsConfig(), parse=section(DefaultsConfig))
     state: StateConfig | None = setting(None, parse=section(StateConfig))
+    cluster: ClusterConfig | None = setting(None, parse=section(ClusterConfig))
     servers: dict[str, ServerConfig] = setting(factory=dict, parse=named_sections(ServerConfig))
     overrides: dict[str, OverrideConfig] = setting(factory=dict, parse=backend_tables(OverrideConfig))

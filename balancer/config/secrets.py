@@ -40,8 +40,15 @@ API_SECRETS: tuple[tuple[str, ...], ...] = (
     ("tls", "key_path"),
 )
 
+#: Where secrets are in C{[cluster]}.
+CLUSTER_SECRETS: tuple[tuple[str, ...], ...] = (("etcd_password",), ("etcd_key",))
+
 #: Where secrets are in the whole configuration; C{*} is every server.
-CONFIG_SECRETS = tuple(("api", *p) for p in API_SECRETS) + tuple(("servers", "*", *p) for p in SERVER_SECRETS)
+CONFIG_SECRETS = (
+    tuple(("api", *p) for p in API_SECRETS)
+    + tuple(("cluster", *p) for p in CLUSTER_SECRETS)
+    + tuple(("servers", "*", *p) for p in SERVER_SECRETS)
+)
 
 
 def redact(value: Any, paths: tuple[tuple[str, ...], ...]) -> Any:

@@ -11,9 +11,13 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from balancer.control.shared import Basis, ISharedChanges
 from balancer.control.writers import IStateWriter
 from balancer.state import RuntimeChanges
+
+log = Logger()
 
 #: Called with no argument after a change has been applied and persisted.
 Observer = Callable[[], object]
@@ -26,15 +30,20 @@ class ChangeLog:
     @ivar revision: a number that grows with every recorded change.
     """
 
-    def __init__(self, changes: RuntimeChanges, writer: IStateWriter | None, clock: IReactorTime, started_at: float) -> None:
+    def __init__(self, changes: RuntimeChanges, writer: IStateWriter | None, clock: IReactorTime, started_at: float,
+                 shared: ISharedChanges | None = None) -> None:
         """
-        @param changes: the changes loaded from the state file at start.
+        @param changes: the changes loaded from the state file (or the cluster) at start.
         @param writer: where changes are persisted (None without C{[state]}).
         @param clock: the clock of the times of change.
         @param started_at: when the balancer started (the time of change of what has not changed since).
+        @param shared: the cluster the changes are shared with (C{[cluster]}):
+            a change counts once committed there; C{[state] path} is then this
+            balancer's copy of the shared state (read at start when the cluster's store does not answer).
         """
         self._changes = changes
         self._writer = writer
+        self._shared = shared
         self._clock = clock
         self._started_at = started_at
         self._changed: dict[tuple[str, str], float] = {}
@@ -46,25 +55,50 @@ class ChangeLog:
         """The changes recorded so far (read them; L{record} changes them)."""
         return self._changes
 
-    def record(self, change: Callable[[RuntimeChanges], None]) -> Deferred[None]:
+    def record(self, change: Callable[[RuntimeChanges], None], basis: Basis | None = None) -> Deferred[None]:
         """
         Apply C{change} to a copy of the changes and persist it; once it is
         persisted the copy replaces them, the revision grows and the time
         of change of what differs is noted.
 
-        @return: fires once that is done; fails with the writer's C{OSError}
-            (nothing changed then).
+        @param basis: what the change was based on (L{ISharedChanges.basis}), in a cluster.
+        @return: fires once that is done; fails with the writer's C{OSError},
+            or in a cluster with L{ISharedChanges.commit}'s errors (nothing changed then).
         """
         candidate = self._changes.copy()
         change(candidate)
-        written = self._writer.write(candidate) if self._writer is not None else succeed(None)
+        if self._shared is None:
+            written = self._writer.write(candidate) if self._writer is not None else succeed(None)
+        else:
+            written = self._shared.commit(self._changes, candidate, basis if basis is not None else {})
 
         def persisted(_: None) -> None:
             self._stamp(self._changes, candidate)
             self._changes = candidate
             self.revision += 1
+            if self._shared is not None:
+                self._keep_copy(candidate)
 
         return written.addCallback(persisted)
+
+    def replace(self, changes: RuntimeChanges) -> None:
+        """
+        Make C{changes} (the cluster's, made elsewhere) the changes: the
+        revision grows, the time of change of what differs is noted, and
+        this balancer's copy (C{[state] path}) is written.
+        """
+        self._stamp(self._changes, changes)
+        self._changes = changes
+        self.revision += 1
+        self._keep_copy(changes)
+
+    def _keep_copy(self, changes: RuntimeChanges) -> None:
+        """Write this balancer's copy of the shared changes to C{[state] path}, if any; a failure is logged."""
+        if self._writer is None:
+            return
+        self._writer.write(changes).addErrback(
+            lambda reason: log.error("cluster: the copy of the shared state was not written: {why}",
+                                     why=reason.getErrorMessage()))
 
     def reloaded(self, servers: list[str], backends: list[str]) -> None:
         """

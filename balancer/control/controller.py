@@ -38,12 +38,13 @@ from balancer.control.index import backend_views
 from balancer.control.interface import IControl
 from balancer.control.process import Process
 from balancer.control.reloading import (
-    ReloadReport, file_versions, listener_changes, sections_needing_restart, server_changes)
+    ReloadReport, ServerChanges, file_versions, listener_changes, sections_needing_restart, server_changes)
 from balancer.control.running import RunningServers
 from balancer.control.sums import PeerStatistics
-from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
+from balancer.control.views import BackendView, ClusterView, ProcessInfo, ServiceView, SessionView
+from balancer.control.shared import Basis, ISharedChanges
 from balancer.control.writers import IStateWriter, writer_for
-from balancer.policy import ChangePolicy, check_server_change
+from balancer.policy import ChangePolicy, ChangeRefused, check_server_change
 from balancer.root_service import BalancerService
 from balancer.state import RuntimeChanges, StateFile
 
@@ -79,13 +80,16 @@ class Controller:
         configured: Config | None = None,
         changes: RuntimeChanges | None = None,
         writer: IStateWriter | None = None,
+        shared: ISharedChanges | None = None,
     ) -> None:
         """
         @param config: the effective configuration at start (file plus state).
         @param configured: the configuration file alone (to know which deletions to record).
-        @param changes: the runtime changes loaded from the state file.
+        @param changes: the runtime changes loaded from the state file (or the cluster).
         @param writer: how changes reach C{[state] path}; by default in the
             reactor's thread pool (L{writer_for}).
+        @param shared: the cluster changes are shared with (C{[cluster]}),
+            which gives the changes made elsewhere to L{apply_shared}.
         """
         self._config = config
         self._configured = configured if configured is not None else config
@@ -94,8 +98,11 @@ class Controller:
         self._process = Process(reactor, config_path)
         if writer is None and config.state is not None:
             writer = writer_for(StateFile(config.state.path), reactor)
-        self._log = ChangeLog(changes if changes is not None else RuntimeChanges(), writer, reactor, self._process.started_at)
+        self._shared = shared
+        self._log = ChangeLog(changes if changes is not None else RuntimeChanges(), writer, reactor,
+                              self._process.started_at, shared)
         self._lock = DeferredLock()
+        self._basis: Basis | None = None
         self._closers: list[SessionsClosed] = []
         self._config_file = os.path.abspath(config_path) if config_path else ""
         self._files = {name: file_versions(server) for name, server in config.servers.items()}
@@ -174,7 +181,17 @@ class Controller:
         return dump_config(self.effective_config(), format)
 
     def changed_at(self, kind: str, name: str) -> float:
+        if self._shared is not None and kind != "balancer":
+            shared = self._shared.changed_at(kind, name)
+            if shared is not None:
+                return shared
         return self._log.changed_at(kind, name)
+
+    def shared_version(self, kind: str, name: str) -> int | None:
+        return self._shared.version(kind, name) if self._shared is not None else None
+
+    def cluster(self) -> ClusterView | None:
+        return self._shared.view() if self._shared is not None else None
 
     # Commands
 
@@ -228,8 +245,20 @@ class Controller:
     # How commands run
 
     def _command(self, work: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
-        """Run C{work} once the commands before it have ended; its exceptions fail the Deferred."""
-        return self._lock.run(lambda: Deferred.fromCoroutine(work()))
+        """
+        Run C{work} once the commands before it have ended; its exceptions
+        fail the Deferred.  In a cluster, what it changes is conditioned on
+        the shared state as it is now, when the API has just checked the
+        request's preconditions (L{ISharedChanges.basis}), not as it will be
+        when the command runs.
+        """
+        basis = self._shared.basis() if self._shared is not None else None
+
+        def run() -> Deferred[T]:
+            self._basis = basis
+            return Deferred.fromCoroutine(work())
+
+        return self._lock.run(run)
 
     async def _add_server(self, name: str, definition: object) -> dict[str, Any]:
         if name in self._running.names():
@@ -242,7 +271,7 @@ class Controller:
         mapping = to_mapping(config)
         try:
             await self._record(lambda changes: changes.created(name, mapping))
-        except OSError:
+        except Exception:
             await self._running.remove(name)
             raise
         self._log.announce()
@@ -258,7 +287,7 @@ class Controller:
         mapping = to_mapping(config)
         try:
             await self._record(lambda changes: changes.created(name, mapping))
-        except OSError:
+        except Exception:
             await self._running.update(name, old)
             raise
         self._log.announce()
@@ -275,24 +304,7 @@ class Controller:
         configured, effective = self._read_config_file()
         report = ReloadReport(restart=sections_needing_restart(self._config, configured))
         running = self._running.configs()
-        plan = server_changes(running, effective.servers)
-        for name in plan.removed:
-            await self._running.remove(name)
-            report.removed.append(name)
-        for name, config in plan.updated.items():
-            try:
-                await self._running.update(name, config)
-            except ListenerError as e:
-                report.refused[name] = str(e)
-                continue
-            report.changed[name] = listener_note(running[name], config)
-        for name, config in plan.added.items():
-            try:
-                self._running.add(name, config)
-            except ListenerError as e:
-                report.refused[name] = str(e)
-                continue
-            report.added.append(name)
+        plan = await self._converge(running, effective.servers, report)
         for name, config in self._running.configs().items():
             versions = file_versions(config)
             if name in running and name not in plan.updated and versions != self._files.get(name, versions):
@@ -314,6 +326,95 @@ class Controller:
         self._log.announce()
         return report
 
+    async def _converge(self, running: dict[str, ServerConfig], target: Mapping[str, ServerConfig],
+                        report: ReloadReport) -> ServerChanges:
+        """
+        Make the running servers C{target}, one server at a time: removed,
+        changed (in place or rebound), added; each one whose listener cannot
+        be set up runs as before, in C{report.refused}.
+
+        @return: what was to change.
+        """
+        plan = server_changes(running, target)
+        for name in plan.removed:
+            await self._running.remove(name)
+            report.removed.append(name)
+        for name, config in plan.updated.items():
+            try:
+                await self._running.update(name, config)
+            except ListenerError as e:
+                report.refused[name] = str(e)
+                continue
+            report.changed[name] = listener_note(running[name], config)
+        for name, config in plan.added.items():
+            try:
+                self._running.add(name, config)
+            except ListenerError as e:
+                report.refused[name] = str(e)
+                continue
+            report.added.append(name)
+        return plan
+
+    def apply_shared(self, current: Callable[[], RuntimeChanges]) -> Deferred[list[str]]:
+        """
+        Make the cluster's changes (L{ISharedChanges}) the runtime changes,
+        as C{current} gives them once the commands before have ended (a
+        change this balancer is committing meanwhile is then in them), and
+        apply them on top of the configuration file, the way a
+        reload applies the file: only the servers that differ change, and
+        only those whose listener moved are rebound.  A shared server that
+        does not validate here, that this balancer's policy refuses
+        (C{[api] allow_exec}), or whose listener cannot be set up on this host
+        keeps running as it was (or does not run): each is logged and
+        returned, one line each, and the rest applies.
+        """
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._apply_shared(current())))
+
+    async def _apply_shared(self, changes: RuntimeChanges) -> list[str]:
+        if self._running.stopping():
+            return []
+        running = self._running.configs()
+        target, problems = self._shared_servers(self._configured, changes, running)
+        report = ReloadReport()
+        await self._converge(running, target, report)
+        problems += [f"server {name}: {reason}" for name, reason in report.refused.items()]
+        self._log.replace(changes)
+        self._apply_to_pools()
+        for problem in problems:
+            log.error("cluster: not applied here: {problem}", problem=problem)
+        if report.applied:
+            log.info("{line}", line=report.line("cluster"))
+        self._log.announce()
+        return problems
+
+    def _shared_servers(self, configured: Config, changes: RuntimeChanges,
+                        running: Mapping[str, ServerConfig]) -> tuple[dict[str, ServerConfig], list[str]]:
+        """
+        The servers of C{configured} with the cluster's C{changes} on top,
+        each shared definition checked here (against this file, its files,
+        this balancer's policy); one that does not pass keeps its C{running}
+        configuration (or does not run).
+
+        @return: the servers, and one line per shared server left out.
+        """
+        base = {n: s for n, s in configured.servers.items() if n not in changes.deleted and n not in changes.servers}
+        effective = attrs.evolve(configured, servers=base)
+        policy = ChangePolicy.of(self._config.api)
+        target = dict(base)
+        problems: list[str] = []
+        for name, definition in changes.servers.items():
+            try:
+                config = server_from_mapping(name, definition, "the cluster", effective)
+                check_resources(attrs.evolve(effective, servers={name: config}), "the cluster")
+                check_server_change(name, config, running.get(name), policy)
+            except (ConfigError, ChangeRefused) as e:
+                problems.append(f"server {name}: {'; '.join(e.lines()) if isinstance(e, ConfigError) else e}")
+                if name in running:
+                    target[name] = running[name]
+                continue
+            target[name] = config
+        return target, problems
+
     def _read_config_file(self) -> tuple[Config, Config]:
         """
         The configuration file as it is now, and with the runtime changes on top.
@@ -330,7 +431,15 @@ class Controller:
             if not path:
                 raise ConfigError("reload", [Problem("", "the balancer was started without a configuration file")])
             configured = read_config_file(path)
-            effective = self._log.changes.apply(configured, f"{path} (with the changes made through the API)")
+            if self._shared is None:
+                effective = self._log.changes.apply(configured, f"{path} (with the changes made through the API)")
+            else:
+                check_resources(configured, path)
+                servers, problems = self._shared_servers(configured, self._log.changes, self._running.configs())
+                for problem in problems:
+                    log.error("reload: the cluster's {problem}: not applied here", problem=problem)
+                effective = attrs.evolve(configured, servers=servers,
+                                         overrides=self._log.changes.overridden(configured.overrides))
             check_resources(effective, path)
         except ConfigError as e:
             lines = e.lines()
@@ -420,16 +529,27 @@ class Controller:
             if new_list is not None and new_list != config.discovery.static_list:
                 plans.append((server, config, new_list))
         new_records = relinked(records, wanted)
+        effective = self.effective_config()
+        updated = {}
+        for server, config, new_list in plans:
+            discovery = attrs.evolve(config.discovery, static_list=new_list)
+            updated[server] = server_from_mapping(
+                server, to_mapping(attrs.evolve(config, discovery=discovery)), "request body", effective)
         done: list[tuple[str, ServerConfig]] = []
+
+        def change(changes: RuntimeChanges) -> None:
+            for server, config in updated.items():
+                changes.created(server, to_mapping(config))
+            changes.backends = new_records
+
         try:
-            for server, config, new_list in plans:
-                discovery = attrs.evolve(config.discovery, static_list=new_list)
-                await self._update_server(server, to_mapping(attrs.evolve(config, discovery=discovery)))
+            for server, config, _ in plans:
+                await self._running.update(server, updated[server])
                 done.append((server, config))
-            await self._record(lambda changes: setattr(changes, "backends", new_records))
+            await self._record(change)
         except BaseException:
             for server, config in reversed(done):
-                await self._update_server(server, to_mapping(config))
+                await self._running.update(server, config)
             raise
         self._log.announce()
         return new_records
@@ -468,7 +588,7 @@ class Controller:
 
     def _record(self, change: Callable[[RuntimeChanges], None]) -> Deferred[None]:
         """Persist C{change} through the change log; once it is, give every pool entry its admin state and overrides."""
-        return self._log.record(change).addCallback(lambda _: self._apply_to_pools())
+        return self._log.record(change, self._basis).addCallback(lambda _: self._apply_to_pools())
 
     def _apply_to_pools(self) -> None:
         """Give every pool entry the admin state recorded for its /v1 id (active if none), every pool the overrides."""

@@ -61,3 +61,18 @@ class ReloadRefused(Exception):
     def __init__(self, lines: list[str]) -> None:
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+class ChangeConflict(Exception):
+    """
+    Another balancer of the cluster changed the resource after the state
+    this change was based on (the API answers 412); nothing was changed.
+    The message names the resources.
+    """
+
+
+class ClusterUnavailable(Exception):
+    """
+    The cluster's store (etcd) cannot take the change now (the API answers
+    503); the message says why and whether the change may have been applied.
+    """

@@ -5,7 +5,11 @@ cluster code) may ask of or do to the running balancer, in one place.
 Queries answer with frozen views (L{balancer.control.views}) or plain
 values, never with the running services.  Commands change the balancer:
 each returns a Deferred that fires once the change is applied and persisted
-(C{[state] path}), or fails with one of L{balancer.control.errors} (or a
+(C{[state] path}, or the cluster's store: then a change based on a state
+another balancer has changed since fails with
+L{balancer.control.errors.ChangeConflict}, and one made while the store
+does not answer with L{balancer.control.errors.ClusterUnavailable}), or
+fails with one of L{balancer.control.errors} (or a
 L{balancer.config.errors.ConfigError}, L{balancer.policy.ChangeRefused});
 none raises at once.
 """
@@ -19,7 +23,7 @@ from zope.interface import Interface
 
 from balancer.config.schema import Config
 from balancer.control.reloading import ReloadReport
-from balancer.control.views import BackendView, ProcessInfo, ServiceView, SessionView
+from balancer.control.views import BackendView, ClusterView, ProcessInfo, ServiceView, SessionView
 
 
 class IControl(Interface):
@@ -73,6 +77,16 @@ class IControl(Interface):
         balancer's clock (its start time if not since): C{kind} "server" for a
         C{[servers.<name>]}, "backend" for a /v1 server id, "balancer" (name "") for any change.
         """
+
+    def shared_version(kind: str, name: str) -> int | None:
+        """
+        In a cluster (C{[cluster]}), the store revision that last changed the
+        resource (C{kind} as for L{changed_at}), the same on every balancer;
+        None outside a cluster and while nothing shared sets it.
+        """
+
+    def cluster() -> ClusterView | None:
+        """The cluster this balancer belongs to and its members; None without C{[cluster]}."""
 
     # Commands
 

@@ -19,7 +19,7 @@ import attrs
 from balancer.config.schema import LISTENER_KEYS, Config, ServerConfig
 
 #: The sections a reload does not apply (the process runs with those it started with).
-RESTART_SECTIONS = ("logging", "api", "metrics", "state", "acme")
+RESTART_SECTIONS = ("logging", "api", "metrics", "state", "acme", "cluster")
 #: The C{[defaults]} keys that belong to the process, not to its servers.
 PROCESS_DEFAULTS = ("workers", "splice", "shutdown_grace", "udp_max_sessions")
 
@@ -118,11 +118,13 @@ class ReloadReport:
         """Whether any server changed."""
         return bool(self.added or self.removed or self.changed)
 
-    def line(self) -> str:
+    def line(self, what: str = "reload") -> str:
         """
         The log line: C{reload: servers added a, b; removed c; changed d
         (new listener), e}, then what was refused and what waits for a
         restart; C{reload: no change} when nothing differs.
+
+        @param what: what applied the changes, the line's first word.
         """
         parts = []
         if self.added:
@@ -133,7 +135,7 @@ class ReloadReport:
             parts.append("changed " + ", ".join(
                 name if note is None else f"{name} ({note})" for name, note in self.changed.items()
             ))
-        text = "reload: " + ("servers " + "; ".join(parts) if parts else "no change")
+        text = f"{what}: " + ("servers " + "; ".join(parts) if parts else "no change")
         if self.refused:
             text += "; refused " + "; ".join(f"{name}: {reason}" for name, reason in self.refused.items())
         if self.restart:

@@ -178,3 +178,51 @@ class SessionView:
     rx: int
     tx: int
     started_at: float
+
+
+@attrs.frozen
+class MemberView:
+    """
+    One balancer of the cluster, as it last published itself.
+
+    @ivar instance: its name (C{[cluster] instance}).
+    @ivar address: where its API listens (C{host:port}), "" without an API.
+    @ivar started_at: when it started, epoch seconds.
+    @ivar heartbeat: when it last published itself, epoch seconds.
+    @ivar applied_revision: the store revision whose changes it has applied.
+    @ivar errors: the shared changes it could not apply, one line each.
+    """
+
+    instance: str
+    address: str
+    version: str
+    pid: int
+    started_at: float
+    heartbeat: float
+    applied_revision: int
+    errors: tuple[str, ...]
+
+
+@attrs.frozen
+class ClusterView:
+    """
+    The cluster this balancer belongs to (C{[cluster]}).
+
+    @ivar available: whether the store answers (writes through the API answer 503 when not).
+    @ivar revision: the store revision this balancer has applied.
+    @ivar since: when C{available} last changed, epoch seconds.
+    @ivar last_error: why the store was last unreachable; None if it never was.
+    @ivar errors: the shared changes this balancer could not apply.
+    @ivar members: the balancers registered now (this one included once it has registered).
+    """
+
+    name: str
+    prefix: str
+    instance: str
+    endpoints: tuple[str, ...]
+    available: bool
+    revision: int
+    since: float
+    last_error: str | None
+    errors: tuple[str, ...]
+    members: tuple[MemberView, ...]

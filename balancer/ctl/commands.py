@@ -20,7 +20,7 @@ import click
 from balancer import __version__
 from balancer.ctl import drain as draining
 from balancer.ctl.client import ApiFailure, Client, CtlError, Response
-from balancer.ctl.output import COLUMNS, Printer, collection_rows, resource_rows
+from balancer.ctl.output import COLUMNS, Printer, collection_rows, resource_rows, text
 
 #: The API balancerctl talks to unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:8888"
@@ -214,6 +214,24 @@ def _process_shower(name: str, help: str) -> None:
 
 _process_shower("balancer", "Show the balancer process: version, pid, uptime, configuration revision.")
 _process_shower("maxscale", "Show the process as MaxScale's tools see it (/v1/maxscale): version, uptime, parameters.")
+
+
+@show.command("cluster")
+@output_options
+@pass_session
+def show_cluster(session: Session) -> None:
+    """Show the cluster ([cluster]): etcd, the revision applied, errors, and its members."""
+    response = session.get(_path("cluster"))
+    if session.format == "json":
+        session.printer.raw(response.body)
+        return
+    data = response.document()["data"]
+    members = data["attributes"].get("members", [])
+    cluster = {**data, "attributes": {k: v for k, v in data["attributes"].items() if k != "members"}}
+    session.printer.table(["Key", "Value"], resource_rows(cluster, response.etag))
+    keys = ("instance", "address", "version", "started_at", "heartbeat", "applied_revision", "errors")
+    session.printer.table([key.replace("_", " ").capitalize() for key in keys],
+                          [[text(member.get(key)) for key in keys] for member in members])
 
 
 # create, destroy, link, unlink

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.protocols.tls import TLSMemoryBIOFactory
-
 from balancer.proxy.tcp import RelayFactory
 from balancer.proxy.tls import ServerCertificates, server_context
-from balancer.proxy.tls_relay import TlsClientSide
+from balancer.proxy.tls_relay import RelayTLSFactory, TlsClientSide
 from balancer.tlsfiles import TLSError
 
 if TYPE_CHECKING:
@@ -29,7 +27,7 @@ def factory(server: ServerService) -> Any:
     """
     config = server.config
     assert config.tls is not None
-    return TLSMemoryBIOFactory(
+    return RelayTLSFactory(
         server_context(config.tls, acme_certificates(server)), False, RelayFactory(server, TlsClientSide), server.clock
     )
 

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from balancer.backends import Backend
 from balancer.config.schema import SniConfig
 from balancer.proxy.finished import BAD_HELLO, HELLO_TIMEOUT
+from balancer.proxy.sni_path import FirstBytes, IReadsFirst
 from balancer.proxy.tcp import ClientSide, IdleTimer, Relay
 
 log = Logger()
@@ -187,66 +188,67 @@ def _check_record_header(header: bytes) -> str:
     return ""
 
 
-class _Reader:
-    """Reads length-prefixed fields of a ClientHello, raising L{_Malformed} past the end."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
-
-    @property
-    def left(self) -> int:
-        return len(self._data) - self._at
-
-    def take(self, count: int, what: str) -> bytes:
-        if count > self.left:
-            raise _Malformed(f"ClientHello truncated in {what}")
-        chunk = self._data[self._at : self._at + count]
-        self._at += count
-        return chunk
-
-    def number(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def vector(self, size: int, what: str) -> bytes:
-        return self.take(self.number(size, what), what)
+def _skip_vector(body: bytes, at: int, size: int, what: str) -> int:
+    """Where the vector at C{at}, with a C{size}-byte length, ends; L{_Malformed} past the end of C{body}."""
+    end = at + size
+    if end > len(body):
+        raise _Malformed(f"ClientHello truncated in {what}")
+    end += int.from_bytes(body[at:end], "big")
+    if end > len(body):
+        raise _Malformed(f"ClientHello truncated in {what}")
+    return end
 
 
 def _server_name(body: bytes) -> str | None:
-    """The host name in a ClientHello body (after its 4-byte header), or C{None}."""
-    hello = _Reader(body)
-    hello.take(2 + 32, "version and random")
-    hello.vector(1, "session id")
-    hello.vector(2, "cipher suites")
-    hello.vector(1, "compression methods")
-    if not hello.left:
+    """
+    The host name in a ClientHello body (after its 4-byte header), or C{None}.
+
+    Read with offsets into C{body}, one pass over its extensions: this runs
+    once per connection routed by SNI.
+    """
+    at = 2 + 32
+    if at > len(body):
+        raise _Malformed("ClientHello truncated in version and random")
+    at = _skip_vector(body, at, 1, "session id")
+    at = _skip_vector(body, at, 2, "cipher suites")
+    at = _skip_vector(body, at, 1, "compression methods")
+    end = len(body)
+    if at == end:
         return None
-    extensions = _Reader(hello.vector(2, "extensions"))
-    if hello.left:
+    last = _skip_vector(body, at, 2, "extensions")
+    if last != end:
         raise _Malformed("bytes after the extensions")
+    at += 2
     hostname: str | None = None
     seen: set[int] = set()
-    while extensions.left:
-        kind = extensions.number(2, "extension type")
-        data = extensions.vector(2, "extension data")
+    while at < end:
+        if at + 2 > end:
+            raise _Malformed("ClientHello truncated in extension type")
+        kind = body[at] << 8 | body[at + 1]
+        data_end = at + 4
+        if data_end > end or (data_end := data_end + (body[at + 2] << 8 | body[at + 3])) > end:
+            raise _Malformed("ClientHello truncated in extension data")
         if kind in seen:
             raise _Malformed(f"extension {kind} appears twice")
         seen.add(kind)
         if kind == _SERVER_NAME:
-            hostname = _host_name(data)
+            hostname = _host_name(body[at + 4 : data_end])
+        at = data_end
     return hostname
 
 
 def _host_name(extension: bytes) -> str | None:
     """The C{host_name} entry of a C{server_name} extension (RFC 6066), checked as Go does."""
-    outer = _Reader(extension)
-    names = _Reader(outer.vector(2, "server name list"))
-    if outer.left or not names.left:
+    end = _skip_vector(extension, 0, 2, "server name list")
+    if end != len(extension) or end == 2:
         raise _Malformed("server_name extension is not one non-empty list")
+    at = 2
     found: str | None = None
-    while names.left:
-        kind = names.number(1, "server name type")
-        name = names.vector(2, "server name")
+    while at < end:
+        kind = extension[at]
+        name_end = _skip_vector(extension, at + 1, 2, "server name")
+        name = extension[at + 3 : name_end]
+        at = name_end
         if kind != _HOST_NAME:
             continue
         if found is not None:
@@ -343,6 +345,9 @@ class SniClientSide(ClientSide):
     sent a whole one within C{[sni] read_timeout} (0: no limit), is closed
     and counted in the server's C{sni_failures}; one that leaves before, or
     ends its stream before, is closed and not counted.
+
+    On a data path that reads a client only when asked (L{IReadsFirst}: the
+    relay engine), the hello is read through it, and the rest spliced.
     """
 
     def __init__(self, relay: Relay) -> None:
@@ -350,6 +355,7 @@ class SniClientSide(ClientSide):
         self._reader: ClientHelloReader | None = None
         self._received: list[bytes] = []
         self._deadline: IdleTimer | None = None
+        self._first: FirstBytes | None = None
 
     def connectionMade(self) -> None:
         """Admit the client, then read its hello."""
@@ -362,6 +368,9 @@ class SniClientSide(ClientSide):
             self._deadline = IdleTimer(
                 server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout", HELLO_TIMEOUT)
             )
+        path = server.path
+        if IReadsFirst.providedBy(path):
+            self._first = path.read_first(self)
 
     def dataReceived(self, data: bytes) -> None:
         """The hello's bytes are kept until it is whole; later bytes go to the relay."""
@@ -407,6 +416,9 @@ class SniClientSide(ClientSide):
         self.transport.loseConnection()
 
     def _stop_reading(self) -> None:
+        if self._first is not None:
+            self._first.stop()
+            self._first = None
         self._reader = None
         self._received = []
         if self._deadline is not None:

@@ -252,7 +252,8 @@ class _ByServerName:
     Connections that switch to the context of the certificate their client's
     server name has (OpenSSL's servername callback), and to a TLS-ALPN-01
     challenge certificate when the client offers only C{acme-tls/1} for a
-    name being validated.
+    name being validated.  Each context is built once per certificate (again
+    for a renewed one), not per connection.
     """
 
     def __init__(
@@ -261,6 +262,7 @@ class _ByServerName:
         self._make = make
         self._certificates = certificates
         self._contexts: dict[str, tuple[CertifiedKey, SSL.Context]] = {}
+        self._challenges: dict[str, tuple[CertifiedKey, SSL.Context]] = {}
         self._default = self._context(default)
 
     def _context(self, pair: CertifiedKey | None) -> SSL.Context:
@@ -292,7 +294,10 @@ class _ByServerName:
         if ACME_TLS_ALPN in offered and name is not None:
             challenge = self._certificates.challenge(name)
             if challenge is not None:
-                connection.set_context(self._make(challenge).getContext())
+                cached = self._challenges.get(name)
+                if cached is None or cached[0] is not challenge:
+                    cached = self._challenges[name] = (challenge, self._make(challenge).getContext())
+                connection.set_context(cached[1])
                 return ACME_TLS_ALPN
         return SSL.NO_OVERLAPPING_PROTOCOLS
 
@@ -326,29 +331,29 @@ class BackendTLS:
             self._unverified = self._make(lambda **more: ssl.CertificateOptions(**extra, **more))
         else:
             self._trust = _trust_root(config.root_ca_cert_path)
-        self.creator: Callable[[str], IOpenSSLClientConnectionCreator] = lru_cache(maxsize=256)(self._creator)
+        self.creator: Callable[[str], ResumingCreator] = lru_cache(maxsize=256)(self._creator)
 
     def _make(self, make: Callable[..., object]) -> Any:
         return _build(make, self._low, self._high, self._ciphers, "backends_tls")
 
-    def _creator(self, hostname: str) -> IOpenSSLClientConnectionCreator:
+    def _creator(self, hostname: str) -> ResumingCreator:
         """
         The creator for backend host C{hostname} (kept per host, so each has
-        one OpenSSL context): it verifies that the certificate chains to
-        C{root_ca_cert_path} (or the system's trust store) and names
-        C{hostname}, unless C{ignore_verify}.
+        one OpenSSL context and resumes the host's last session): it
+        verifies that the certificate chains to C{root_ca_cert_path} (or the
+        system's trust store) and names C{hostname}, unless C{ignore_verify}.
         """
         if self._unverified is not None:
-            return _Unverified(self._unverified, hostname)
+            return ResumingCreator(_Unverified(self._unverified, hostname))
         trust, extra = self._trust, self._extra
 
         def make(**more: object) -> IOpenSSLClientConnectionCreator:
             return ssl.optionsForClientTLS(hostname, trust, extraCertificateOptions={**extra, **more})
 
-        return self._make(make)
+        return ResumingCreator(self._make(make))
 
 
-def backend_context(config: BackendsTlsConfig, hostname: str) -> IOpenSSLClientConnectionCreator:
+def backend_context(config: BackendsTlsConfig, hostname: str) -> ResumingCreator:
     """
     What a connection to a backend speaking TLS per C{config} needs (for
     C{connectSSL} or C{wrapClientTLS}).
@@ -389,6 +394,37 @@ def _trust_root(path: str | None) -> Any:
     if path is None:
         return ssl.platformTrust()
     return load_trust_root(path, "backends_tls.root_ca_cert_path")
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ResumingCreator:
+    """
+    Connections to one backend host that offer the last TLS session it
+    gave (L{remember}ed), so that a new connection resumes it (an
+    abbreviated handshake) instead of a full one; a backend that does not
+    resume it answers with a full handshake, as to any new client.
+    """
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        self._creator = creator
+        self._session: SSL.Session | None = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """A connection to the host, offering its last session."""
+        connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        if self._session is not None:
+            connection.set_session(self._session)
+        return connection
+
+    def remember(self, connection: SSL.Connection) -> None:
+        """
+        Offer C{connection}'s session from now on: called once its handshake
+        is done, and again when it ends (a TLS 1.3 server sends its session
+        tickets after the handshake).
+        """
+        session = connection.get_session()
+        if session is not None:
+            self._session = session
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from balancer.proxy.finished import TLS_FAILED, TLS_TIMEOUT
 from balancer.proxy.tcp import Attempt, BackendSide, ClientSide, IdleTimer, Relay
+from balancer.proxy.tls import ResumingCreator
 
 log = Logger()
 
@@ -127,11 +128,16 @@ class TlsBackendSide(_TlsEnd, BackendSide):
     """
     A connection to a backend over TLS: joined to its client once the
     handshake is done, which has the server's connect timeout to finish.
+
+    @ivar sessions: where the backend's TLS session is remembered for the
+        next connection to it (once the handshake is done, and again at the
+        end), if anywhere.
     """
 
     def __init__(self, relay: Relay) -> None:
         super().__init__(relay)
         self._joined = False
+        self.sessions: ResumingCreator | None = None
 
     def tcp_transport(self) -> Any:
         """
@@ -153,12 +159,18 @@ class TlsBackendSide(_TlsEnd, BackendSide):
             self.transport.abortConnection()
             return
         self._joined = True
+        self._remember_session()
         self.relay.backend_connected(self)
+
+    def _remember_session(self) -> None:
+        if self.sessions is not None:
+            self.sessions.remember(self.transport.getHandle())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         """Before the handshake finished, this is a failed connect; after, the end of the relay's backend."""
         self._stop_deadline()
         if self._joined:
+            self._remember_session()
             super().connectionLost(reason)
             return
         attempt = self.factory
@@ -168,7 +180,19 @@ class TlsBackendSide(_TlsEnd, BackendSide):
             attempt.relay.connect_failed(attempt, reason)
 
 
-class BackendTLSFactory(TLSMemoryBIOFactory):
+class RelayTLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS around a relay's side, without Twisted's aggregation of small
+    writes (C{BufferingTLSTransport}, its default): a relay writes each read
+    of the other side as one chunk, which becomes TLS records at once and
+    goes to the TCP transport (itself writing once per turn of the
+    reactor), instead of waiting for a timer of its own to the next turn.
+    """
+
+    protocol = TLSMemoryBIOProtocol
+
+
+class BackendTLSFactory(RelayTLSFactory):
     """
     TLS around one connect attempt (an L{Attempt} building a L{TlsBackendSide}).
 
@@ -180,8 +204,13 @@ class BackendTLSFactory(TLSMemoryBIOFactory):
 
     def __init__(self, creator: IOpenSSLClientConnectionCreator, attempt: Attempt, clock: Any) -> None:
         super().__init__(creator, True, attempt, clock)
+        self.sessions = creator if isinstance(creator, ResumingCreator) else None
 
     def buildProtocol(self, addr: Any) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
         """TLS around the attempt's L{TlsBackendSide} (none if the relay gave up on it)."""
         side = self.wrappedFactory.build(TlsBackendSide)
-        return None if side is None else self.protocol(self, side)
+        if side is None:
+            return None
+        assert isinstance(side, TlsBackendSide)
+        side.sessions = self.sessions
+        return self.protocol(self, side)

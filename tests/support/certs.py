@@ -104,6 +104,7 @@ class Authority:
         hostnames: Sequence[str] = ("localhost",),
         ips: Sequence[str] = ("127.0.0.1",),
         client: bool = False,
+        also_client: bool = False,
     ) -> Pair:
         """
         Issue a leaf certificate and write C{directory/name.pem} (the leaf,
@@ -112,6 +113,7 @@ class Authority:
         @param hostnames: DNS names in its subjectAltName (the first is also its CN).
         @param ips: IP addresses in its subjectAltName.
         @param client: a client certificate (clientAuth) instead of a server one (serverAuth).
+        @param also_client: a server certificate that is a client one too (etcd dials itself with it).
         """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -127,7 +129,10 @@ class Authority:
             .not_valid_before(now - _DAY)
             .not_valid_after(now + 30 * _DAY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([usage, ExtendedKeyUsageOID.CLIENT_AUTH] if also_client else [usage]),
+                critical=False,
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
             )

@@ -23,14 +23,15 @@ def unavailable(reason: str) -> NoReturn:
     raise SkipTest(reason)
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str | None = None) -> str:
     """
     The path of the executable C{name} on C{PATH}.
 
-    @raise SkipTest: when it is missing (C{apt-get install NAME} gives it on Debian).
+    @param package: the Debian package that has it, when not C{name}.
+    @raise SkipTest: when it is missing (C{apt-get install PACKAGE} gives it on Debian).
     @raise FailTest: instead, when C{CI=true} (see L{unavailable}).
     """
     path = shutil.which(name)
     if path is not None:
         return path
-    unavailable(f"needs the {name} tool (apt-get install {name}), which is not on PATH")
+    unavailable(f"needs the {name} tool (apt-get install {package or name}), which is not on PATH")
