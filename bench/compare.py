@@ -9,7 +9,7 @@ Needs (installs nothing)::
 
 Run from the repository, with the Python that has Twisted::
 
-    /work/main/.venv/bin/python bench/compare.py [--only tcp,tls,sni,udp] [--repeat N]
+    python bench/compare.py [--only tcp,tls,sni,udp] [--repeat N]
         [--duration S] [--workers N] [--tls 1.2|1.3] [--harness standard|alt|both]
         [--access-log] [--quick] [--json]
 

@@ -6,11 +6,11 @@ Run by hand (never in the test suite); needs only this repository's Python.
 
 Run from the repository::
 
-    /work/main/.venv/bin/python bench/torture.py [--minutes N | --connections N]
+    python bench/torture.py [--minutes N | --connections N]
         [--concurrency 50] [--seed S] [--path engine|twisted|both]
-    /work/main/.venv/bin/python bench/torture.py --mode greeting [--clients 5000]
-    /work/main/.venv/bin/python bench/torture.py --mode backpressure [--clients 50]
-    /work/main/.venv/bin/python bench/torture.py --replay SEED [--path ...]
+    python bench/torture.py --mode greeting [--clients 5000]
+    python bench/torture.py --mode backpressure [--clients 50]
+    python bench/torture.py --replay SEED [--path ...]
 
 It starts its own peers, on 127.0.0.1 and on ports the kernel picks (there is
 no attaching to a running balancer: each shape needs its own backend

@@ -8,7 +8,7 @@ Needs (installs nothing)::
 
 Run from the repository, with the Python that has Twisted::
 
-    /work/main/.venv/bin/python bench/udp_probe.py [--clients 32] [--size 64] [--rounds 3]
+    python bench/udp_probe.py [--clients 32] [--size 64] [--rounds 3]
         [--duration 5] [--client-processes 2] [--responses 1] [--paths direct,nginx,balancer]
         [--profile FILE] [--baseline DIR] [--json]
 
