@@ -17,7 +17,6 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
-from balancer.cluster import records
 from balancer.cluster.etcd import read_prefix_now
 from balancer.cluster.store import Snapshot, StoreRefused, StoreUnavailable
 from balancer.config.schema import ClusterConfig, Config
@@ -49,20 +48,6 @@ def read_at_start(cluster: ClusterConfig) -> SharedAtStart:
     except (StoreUnavailable, StoreRefused) as e:
         return SharedAtStart(None, str(e))
     return SharedAtStart(snapshot, None)
-
-
-def changes_in(snapshot: Snapshot, prefix: str) -> RuntimeChanges:
-    """The runtime changes the keys of C{snapshot} under C{prefix} describe (undecodable keys left out)."""
-    found = {}
-    for entry in snapshot.entries:
-        key = entry.key[len(prefix):]
-        if not entry.key.startswith(prefix) or key.startswith(records.MEMBERS):
-            continue
-        try:
-            found[key] = records.decode(entry.value, entry.mod_revision)
-        except ValueError:
-            continue
-    return records.changes_from(found)
 
 
 def bound_first(configured: Config, changes: RuntimeChanges) -> Config:
