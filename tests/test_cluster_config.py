@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.trial.unittest import TestCase
 
 from balancer.config.errors import ConfigError
 from balancer.config.load import check_resources, parse_config
+from balancer.control.effective import load_effective
 from balancer.config.secrets import CONFIG_SECRETS, REDACTED, redact
+from tests.support.paths import scratch_directory
 
 
 def load(section: str) -> object:
@@ -63,6 +66,22 @@ class ClusterConfigTests(TestCase):
         self.assertEqual([line.split(":")[1].strip() for line in lines],
                          ["cluster.etcd_ca", "cluster.etcd_cert", "cluster.etcd_key"])
         self.assertTrue(all("/nonexistent/" in line for line in lines), lines)
+
+    def test_aMembersStateCopyIsNotAppliedBeforeTheStart(self) -> None:
+        directory = scratch_directory(self)
+        state = os.path.join(directory, "state.toml")
+        with open(state, "w") as f:
+            f.write('[servers.tls]\nbind = "127.0.0.1:4000"\nprotocol = "tls"\n'
+                    '[servers.tls.tls]\ncert_path = "/nonexistent/c.pem"\nkey_path = "/nonexistent/k.pem"\n'
+                    '[servers.tls.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:9"]\n')
+        member = parse_config(f'[state]\npath = "{state}"\n[cluster]\netcd_endpoints = ["http://e:1"]\n'.encode(),
+                              "test.toml")
+        loaded, changes = load_effective(member, "test.toml")
+        self.assertEqual((loaded, list(changes.servers)), (member, ["tls"]))
+        check_resources(loaded, "test.toml")
+        alone = parse_config(f'[state]\npath = "{state}"\n'.encode(), "test.toml")
+        with self.assertRaises(ConfigError):
+            load_effective(alone, "test.toml")
 
     def test_thePasswordAndKeyAreSecrets(self) -> None:
         config = parse_config(b'[cluster]\netcd_endpoints = ["http://e:1"]\netcd_user = "u"\netcd_password = "p"\n'

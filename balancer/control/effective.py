@@ -13,7 +13,8 @@ from balancer.state import RuntimeChanges, StateFile
 
 def load_effective(config: Config, source: str) -> tuple[Config, RuntimeChanges]:
     """
-    The configuration file with the state file's changes applied on top.
+    The configuration file with the state file's changes applied on top (a
+    cluster member: the file alone, and the changes).
 
     @raise ConfigError: the state file is unreadable or a recorded server no longer validates.
     """
@@ -36,4 +37,9 @@ def load_effective(config: Config, source: str) -> tuple[Config, RuntimeChanges]
         changes.backends[name] = {**checked, "services": list(services)}
     if problems:
         raise ConfigError(state.path, problems)
+    if config.cluster is not None:
+        # The state file is a cluster member's copy of the shared state: the
+        # servers it defines are applied once started, each refused alone
+        # (balancer.cluster.startup), so they are not checked here.
+        return config, changes
     return changes.apply(config, state.path), changes
