@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from processes import stop  # noqa: E402
+from running import free_ports, wait_until  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -71,26 +71,20 @@ instance = "{name}"
 BACKEND = "127.0.0.1:9"
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def answers(url: str) -> bool:
+    """Whether C{url} answers now (any status)."""
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def wait_http(url: str, seconds: float = 30) -> None:
     """Until C{url} answers (any status), within C{seconds}."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not answer within {seconds} s")
+    wait_until(lambda: answers(url), seconds, url)
 
 
 def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -121,7 +115,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def start_balancer(stack: ExitStack, directory: str, name: str, etcd: int | None) -> int:
     """Start balancer C{name} (in the cluster when C{etcd} is given); its API port."""
-    api = free_port()
+    [api] = free_ports(1)
     cluster = CLUSTER.format(etcd=etcd, name=name) if etcd is not None else ""
     path = os.path.join(directory, f"{name}.toml")
     with open(path, "w") as f:
@@ -141,7 +135,7 @@ def start_etcd(stack: ExitStack, directory: str) -> int:
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
     if not os.path.exists(etcd):
         raise SystemExit("etcd not found: apt-get install etcd-server")
-    client, peer = free_port(), free_port()
+    client, peer = free_ports(2)
     log = open(os.path.join(directory, "etcd.log"), "w")
     stack.callback(log.close)
     process = subprocess.Popen([
