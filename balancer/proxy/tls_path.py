@@ -43,13 +43,17 @@ class TlsEnginePath(EnginePath):
         with the server's context, in front of a protocol of C{factory}'s
         wrapped factory.
         """
-        context: SSL.Context = factory.creator.getContext()
-        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         return sockets.listen(
-            self.engine,
-            port,
-            factory.wrappedFactory,
-            interface,
-            reuse_port=reuse_port,
-            transport=TlsTransports(context),
+            self.engine, port, factory.wrappedFactory, interface, reuse_port=reuse_port, transport=transports(factory)
         )
+
+    def serve_with(self, listener: sockets.EngineListener, factory: TlsServerFactory) -> None:  # type: ignore[override]
+        """Serve the clients C{listener} accepts from now on with C{factory}'s relays and contexts."""
+        listener.serve(factory.wrappedFactory, transports(factory))
+
+
+def transports(factory: TlsServerFactory) -> TlsTransports:
+    """What makes the TLS transports of C{factory}'s clients (OpenSSL frees an idle connection's buffers)."""
+    context: SSL.Context = factory.creator.getContext()
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return TlsTransports(context)

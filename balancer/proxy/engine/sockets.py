@@ -107,6 +107,11 @@ class EngineListener:
         """The address listened on."""
         return tcp_address(self._family, self._socket.getsockname())
 
+    def serve(self, factory: Any, transport: Any = SplicedTransport) -> None:
+        """Serve the clients accepted from now on with C{factory} and C{transport} (see L{__init__})."""
+        self._factory = factory
+        self._transport = transport
+
     def stopListening(self) -> None:
         """Close the socket: clients not accepted yet are refused."""
         if not self._listening:
