@@ -6,8 +6,7 @@ Run from the repository::
 
     /work/main/.venv/bin/python bench/conn_cost.py [--connections 2000]
         [--concurrency 16] [--profile] [--top 25]
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        /work/main/.venv/bin/python bench/conn_cost.py --connections N
+    /work/main/.venv/bin/python bench/conn_cost.py --callgrind
 
 It runs one server of this working tree's balancer in this process, on the
 relay engine (the default path for plain TCP), in front of a backend
@@ -26,10 +25,12 @@ It prints, per measured connection:
    meanwhile): zero when every relay is freed by reference counting;
  - the collections the collector would have run at its thresholds.
 
-Under C{valgrind --tool=callgrind} (which counts the instructions of this
-process only, not the client's or the backend's), the instructions per
-connection are the difference between two runs with different
-C{--connections}, divided by the difference (the start and the end cancel).
+With C{--callgrind} it runs itself twice under C{valgrind --tool=callgrind}
+(which counts the instructions of the balancer's process only, not the
+client's or the backend's), with C{--connections} and with 200 more, and
+prints the difference of the instructions divided by 200: the start and the
+end cancel out.  Callgrind slows Python about fifty times: a run takes a
+minute or so.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import selectors
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +225,15 @@ def balancer(args: argparse.Namespace) -> None:
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
     counts_before, thresholds = state["before"], state["thresholds"]
     allocated = gc.get_count()[0] - counts_before[0]
+    if args.garbage:
+        gc.set_debug(gc.DEBUG_SAVEALL)
     unreachable = gc.collect()
+    gc.set_debug(0)
+    if args.garbage:
+        kinds = Counter(type(o).__qualname__ for o in gc.garbage)
+        gc.garbage.clear()
+        for kind, count in kinds.most_common():
+            print(f"  garbage per connection: {count / n:6.2f} {kind}")
     gc.enable()
     results["connections"] = n
     results["unreachable objects per connection (gc.collect)"] = unreachable / n
@@ -233,6 +243,8 @@ def balancer(args: argparse.Namespace) -> None:
     assert total_connections == args.warmup + n, total_connections
     if profiler is not None:
         stats = pstats.Stats(profiler)
+        if os.environ.get("CONN_COST_CALLERS"):
+            stats.print_callers(os.environ["CONN_COST_CALLERS"])
         calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
         results["python calls per connection (cProfile)"] = calls / n
     for key, value in results.items():
@@ -248,6 +260,20 @@ def balancer(args: argparse.Namespace) -> None:
     peer.wait()
 
 
+def instructions(connections: int, args: argparse.Namespace) -> int:
+    """The instructions the balancer's process ran (under callgrind) for C{connections} connections."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
+         "--connections", str(connections), "--warmup", str(args.warmup),
+         "--concurrency", str(args.concurrency), "--balance", args.balance],
+        capture_output=True, text=True, check=True,
+    )
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1])
+    raise SystemExit(f"no instruction count in callgrind's output:\n{done.stderr}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=2000)
@@ -256,6 +282,8 @@ def main() -> None:
     parser.add_argument("--balance", default="roundrobin")
     parser.add_argument("--profile", action="store_true", help="count Python calls with cProfile")
     parser.add_argument("--top", type=int, default=0, help="with --profile, list the N functions called most")
+    parser.add_argument("--garbage", action="store_true", help="list the kinds of objects only the cyclic collector freed")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions per connection with callgrind")
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,6 +291,11 @@ def main() -> None:
         backend()
     elif args.client:
         client(args.client, args.concurrency)
+    elif args.callgrind:
+        extra = 1000
+        fewer = instructions(args.connections, args)
+        more = instructions(args.connections + extra, args)
+        print(f"instructions per connection (callgrind): {(more - fewer) / extra:.0f}")
     else:
         sys.path.insert(0, str(REPO))
         balancer(args)
