@@ -22,7 +22,8 @@ It prints, per measured connection:
    (C{cProfile}), and the functions called most;
  - the objects the cyclic garbage collector found unreachable
    (C{gc.collect()} after the connections, with automatic collection off
-   meanwhile): zero when every relay is freed by reference counting;
+   meanwhile unless C{--collector-on}): zero when every relay is freed by
+   reference counting;
  - the collections the collector would have run at its thresholds.
 
 With C{--callgrind} it runs itself twice under C{valgrind --tool=callgrind}
@@ -190,7 +191,8 @@ def balancer(args: argparse.Namespace) -> None:
     def measure() -> None:
         gc.collect()
         state["thresholds"] = gc.get_threshold()
-        gc.disable()
+        if not args.collector_on:
+            gc.disable()
         state["before"] = gc.get_count()
         if profiler is not None:
             profiler.enable()
@@ -265,7 +267,8 @@ def instructions(connections: int, args: argparse.Namespace) -> int:
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
          "--connections", str(connections), "--warmup", str(args.warmup),
-         "--concurrency", str(args.concurrency), "--balance", args.balance],
+         "--concurrency", str(args.concurrency), "--balance", args.balance]
+        + (["--collector-on"] if args.collector_on else []),
         capture_output=True, text=True, check=True,
     )
     for line in done.stderr.splitlines():
@@ -282,6 +285,8 @@ def main() -> None:
     parser.add_argument("--balance", default="roundrobin")
     parser.add_argument("--profile", action="store_true", help="count Python calls with cProfile")
     parser.add_argument("--top", type=int, default=0, help="with --profile, list the N functions called most")
+    parser.add_argument("--collector-on", action="store_true",
+                        help="leave the cyclic collector on at its thresholds (as in service) while measuring")
     parser.add_argument("--garbage", action="store_true", help="list the kinds of objects only the cyclic collector freed")
     parser.add_argument("--callgrind", action="store_true", help="count instructions per connection with callgrind")
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)

@@ -512,7 +512,7 @@ class Relay:
         if peer is not None and not peer.lost:
             # A peer that finished sending too is done both ways: close it rather than only its write side.
             peer.finish(half=not peer.read_closed)
-        if side.write_closed:
+        if side.write_closed and not side.lost:
             side.finish(half=False)
 
     def side_lost(self, side: _Side, reset: bool = False) -> None:

@@ -74,6 +74,28 @@ def _is_ip_address(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
 
 
+class _AcceptingSocket(socket.socket):
+    """
+    A listening socket that knows its family and type: C{accept} asks for
+    both for each client, and each is an enum conversion in Python when read
+    from the socket itself.
+    """
+
+    __slots__ = ("family", "type")
+    family: socket.AddressFamily
+    type: socket.SocketKind
+
+
+def _accepting(sock: socket.socket) -> _AcceptingSocket:
+    """C{sock}, a non-blocking listening socket, as an L{_AcceptingSocket} (the same descriptor)."""
+    family, kind, proto = sock.family, sock.type, sock.proto
+    accepting = _AcceptingSocket(family, kind, proto, sock.detach())
+    accepting.setblocking(False)
+    accepting.family = family
+    accepting.type = kind
+    return accepting
+
+
 class EngineListener:
     """
     A listening TCP socket on the engine: each client accepted becomes a
@@ -181,7 +203,7 @@ def listen(engine: Any, port: int, factory: Any, interface: str, *, reuse_port: 
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    sock = bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port)
+    sock = _accepting(bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port))
     # Accepted sockets inherit it: no system call per client.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return EngineListener(engine, sock, factory)

@@ -223,7 +223,8 @@ class SplicedTransport:
         if self._closing or self._closed:
             return
         self._closing = True
-        self._stop_reading()
+        if self._reading:
+            self._stop_reading()
         if not (self._buffered or self._pending):
             self._close(_DONE)
 
