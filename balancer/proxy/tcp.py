@@ -148,8 +148,13 @@ class _Side(Protocol):
         self.lost = False
 
     def finish(self, *, half: bool) -> None:
-        """Flush, then close this end (or only its write side, if C{half})."""
-        finish_writing(self.transport, half=half)
+        """Flush, then close this end (or only its write side, if C{half}): L{finish_writing}, inlined."""
+        transport = self.transport
+        transport.unregisterProducer()
+        if half:
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """The peer shut down its write side: pass the end-of-stream on."""
@@ -237,8 +242,12 @@ class Attempt(ClientFactory):
         self.side: BackendSide | None = None
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
-        """The backend side of the connection made (none if the relay gave up on it)."""
-        return self.build(BackendSide)
+        """The backend side of the connection made (none if the relay gave up on it): L{build}, inlined."""
+        if self.relay is None:
+            return None
+        side = self.side = BackendSide(self.relay)
+        side.factory = self
+        return side
 
     def build(self, side_class: type[BackendSide]) -> BackendSide | None:
         """
@@ -534,8 +543,10 @@ class Relay:
                 self._stop_timers()
             peer: _Side | None = self.backend_side
         else:
-            assert self.backend is not None
-            self._release(self.backend)
+            backend = self.backend
+            assert backend is not None
+            backend.counters.active_connections -= 1  # as _release, inlined
+            self.server.backend_released(backend)
             peer = self.client
         if peer is not None and not peer.lost:
             if reset:
