@@ -7,8 +7,12 @@ the work per connection).
 
 from __future__ import annotations
 
+import cProfile
 import gc
+import pstats
 import random
+import select
+import socket
 from typing import Any, Iterator
 
 from twisted.internet import reactor
@@ -17,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from balancer.config.addresses import HostPort, parse_backend_line
 from balancer.config.schema import DiscoveryConfig, ServerConfig
-from balancer.proxy.engine import splice
+from balancer.proxy.engine import sockets, splice
 from balancer.proxy.engine.engine import Engine
 from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.engine.sockets import EngineConnector
@@ -95,3 +99,50 @@ class FreedByReferenceCountingTests(TestCase):
         yield waiting.until(lambda: not server.relays, what="the relays' end")
         yield waiting.until(lambda: not relay_objects(), timeout=5, what="relay objects freed")
         self.assertEqual(server.counters.no_backend, 5)
+
+
+class AcceptTests(TestCase):
+    """A listening socket of the engine accepts without Python's enum conversions (L{sockets.accepting})."""
+
+    def setUp(self) -> None:
+        plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        plain.bind(("127.0.0.1", 0))
+        plain.listen(8)
+        self.listening = sockets.accepting(plain)
+        self.addCleanup(self.listening.close)
+
+    def accept(self) -> tuple[socket.socket, list[str]]:
+        """Accept one client, profiled: the socket and the Python functions called."""
+        client = socket.create_connection(self.listening.getsockname())
+        self.addCleanup(client.close)
+        profiler = cProfile.Profile()
+        accepted = waiting_accept(self.listening, profiler)
+        self.addCleanup(accepted.close)
+        called = [name for (_, _, name) in pstats.Stats(profiler).stats]  # type: ignore[attr-defined]
+        return accepted, called
+
+    def test_acceptedSocket(self) -> None:
+        """Accepted sockets have the listener's family and type; the listener stays non-blocking."""
+        accepted, _ = self.accept()
+        self.assertEqual((accepted.family, accepted.type), (socket.AF_INET, socket.SOCK_STREAM))
+        self.assertEqual((self.listening.family, self.listening.type), (socket.AF_INET, socket.SOCK_STREAM))
+        self.assertEqual(self.listening.gettimeout(), 0.0)
+
+    def test_noEnumConversion(self) -> None:
+        """Neither the family nor the type of the listening socket is converted to an enum for a client."""
+        _, called = self.accept()
+        self.assertIn("accept", called)
+        self.assertNotIn("_intenum_converter", called)
+
+
+def waiting_accept(listening: socket.socket, profiler: cProfile.Profile) -> socket.socket:
+    """C{listening.accept()} under C{profiler}, once the client is queued (a non-blocking socket: poll first)."""
+    poller = select.poll()
+    poller.register(listening, select.POLLIN)
+    assert poller.poll(5000), "no client queued within 5 s"
+    profiler.enable()
+    try:
+        accepted, _ = listening.accept()
+    finally:
+        profiler.disable()
+    return accepted

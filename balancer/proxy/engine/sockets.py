@@ -74,7 +74,7 @@ def _is_ip_address(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
 
 
-class _AcceptingSocket(socket.socket):
+class AcceptingSocket(socket.socket):
     """
     A listening socket that knows its family and type: C{accept} asks for
     both for each client, and each is an enum conversion in Python when read
@@ -86,14 +86,14 @@ class _AcceptingSocket(socket.socket):
     type: socket.SocketKind
 
 
-def _accepting(sock: socket.socket) -> _AcceptingSocket:
-    """C{sock}, a non-blocking listening socket, as an L{_AcceptingSocket} (the same descriptor)."""
+def accepting(sock: socket.socket) -> AcceptingSocket:
+    """C{sock}, a non-blocking listening socket, as an L{AcceptingSocket} (the same descriptor)."""
     family, kind, proto = sock.family, sock.type, sock.proto
-    accepting = _AcceptingSocket(family, kind, proto, sock.detach())
-    accepting.setblocking(False)
-    accepting.family = family
-    accepting.type = kind
-    return accepting
+    listening = AcceptingSocket(family, kind, proto, sock.detach())
+    listening.setblocking(False)
+    listening.family = family
+    listening.type = kind
+    return listening
 
 
 class EngineListener:
@@ -203,7 +203,7 @@ def listen(engine: Any, port: int, factory: Any, interface: str, *, reuse_port: 
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    sock = _accepting(bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port))
+    sock = accepting(bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port))
     # Accepted sockets inherit it: no system call per client.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return EngineListener(engine, sock, factory)
