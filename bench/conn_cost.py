@@ -24,7 +24,9 @@ It prints, per measured connection:
    (C{gc.collect()} after the connections, with automatic collection off
    meanwhile unless C{--collector-on}): zero when every relay is freed by
    reference counting;
- - the collections the collector would have run at its thresholds.
+ - the collections the collector would have run at its thresholds;
+ - the CPU time of the balancer's process (user and system): timed, so
+   as noisy as the machine.
 
 With C{--callgrind} it runs itself twice under C{valgrind --tool=callgrind}
 (which counts the instructions of the balancer's process only, not the
@@ -41,6 +43,7 @@ import cProfile
 import gc
 import os
 import pstats
+import resource
 import selectors
 import socket
 import subprocess
@@ -194,6 +197,7 @@ def balancer(args: argparse.Namespace) -> None:
         if not args.collector_on:
             gc.disable()
         state["before"] = gc.get_count()
+        state["cpu"] = resource.getrusage(resource.RUSAGE_SELF)
         if profiler is not None:
             profiler.enable()
         ask(n)
@@ -201,6 +205,9 @@ def balancer(args: argparse.Namespace) -> None:
     def measured() -> None:
         if profiler is not None:
             profiler.disable()
+        before, after = state["cpu"], resource.getrusage(resource.RUSAGE_SELF)
+        state["user"] = after.ru_utime - before.ru_utime
+        state["system"] = after.ru_stime - before.ru_stime
         reactor.stop()  # type: ignore[attr-defined]
 
     steps = [measure, measured]
@@ -238,6 +245,8 @@ def balancer(args: argparse.Namespace) -> None:
             print(f"  garbage per connection: {count / n:6.2f} {kind}")
     gc.enable()
     results["connections"] = n
+    results["CPU us per connection, user, timed (noisy)"] = 1e6 * state["user"] / n
+    results["CPU us per connection, system, timed (noisy)"] = 1e6 * state["system"] / n
     results["unreachable objects per connection (gc.collect)"] = unreachable / n
     results["net container allocations per connection (gen0 count)"] = allocated / n
     results["gen0 collections per 1000 connections at threshold %d" % thresholds[0]] = 1000 * allocated / n / thresholds[0]
@@ -245,8 +254,8 @@ def balancer(args: argparse.Namespace) -> None:
     assert total_connections == args.warmup + n, total_connections
     if profiler is not None:
         stats = pstats.Stats(profiler)
-        if os.environ.get("CONN_COST_CALLERS"):
-            stats.print_callers(os.environ["CONN_COST_CALLERS"])
+        if args.stats:
+            stats.dump_stats(args.stats)
         calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
         results["python calls per connection (cProfile)"] = calls / n
     for key, value in results.items():
@@ -285,6 +294,7 @@ def main() -> None:
     parser.add_argument("--balance", default="roundrobin")
     parser.add_argument("--profile", action="store_true", help="count Python calls with cProfile")
     parser.add_argument("--top", type=int, default=0, help="with --profile, list the N functions called most")
+    parser.add_argument("--stats", metavar="FILE", help="with --profile, write the profile there (pstats)")
     parser.add_argument("--collector-on", action="store_true",
                         help="leave the cyclic collector on at its thresholds (as in service) while measuring")
     parser.add_argument("--garbage", action="store_true", help="list the kinds of objects only the cyclic collector freed")

@@ -128,6 +128,13 @@ class AcceptTests(TestCase):
         self.assertEqual((self.listening.family, self.listening.type), (socket.AF_INET, socket.SOCK_STREAM))
         self.assertEqual(self.listening.gettimeout(), 0.0)
 
+    def test_duplicate(self) -> None:
+        """A duplicate of the listening socket knows its family and type too."""
+        duplicate = self.listening.dup()
+        self.addCleanup(duplicate.close)
+        self.assertIsInstance(duplicate, sockets.AcceptingSocket)
+        self.assertEqual((duplicate.family, duplicate.type), (socket.AF_INET, socket.SOCK_STREAM))
+
     def test_noEnumConversion(self) -> None:
         """Neither the family nor the type of the listening socket is converted to an enum for a client."""
         _, called = self.accept()

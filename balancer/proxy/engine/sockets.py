@@ -76,23 +76,25 @@ def _is_ip_address(host: str) -> bool:
 
 class AcceptingSocket(socket.socket):
     """
-    A listening socket that knows its family and type: C{accept} asks for
-    both for each client, and each is an enum conversion in Python when read
-    from the socket itself.
+    A socket that knows its family and type: a listening socket's C{accept}
+    asks for both for each client, and each is an enum conversion in Python
+    when read from the socket itself.
     """
 
     __slots__ = ("family", "type")
     family: socket.AddressFamily
     type: socket.SocketKind
 
+    def __init__(self, family: int, kind: int, proto: int, fileno: int) -> None:
+        super().__init__(family, kind, proto, fileno)
+        self.family = socket.AddressFamily(family)
+        self.type = socket.SocketKind(kind)
+
 
 def accepting(sock: socket.socket) -> AcceptingSocket:
     """C{sock}, a non-blocking listening socket, as an L{AcceptingSocket} (the same descriptor)."""
-    family, kind, proto = sock.family, sock.type, sock.proto
-    listening = AcceptingSocket(family, kind, proto, sock.detach())
+    listening = AcceptingSocket(sock.family, sock.type, sock.proto, sock.detach())
     listening.setblocking(False)
-    listening.family = family
-    listening.type = kind
     return listening
 
 
