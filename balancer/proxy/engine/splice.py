@@ -472,7 +472,7 @@ class SplicedTransport:
             return
         self._closed = True
         self._detach()
-        os.close(self._socket.detach())  # as close(), without its two Python calls
+        os.close(self._socket.detach())  # as close(), with one Python frame instead of two
         protocol, self.protocol = self.protocol, None
         protocol.connectionLost(reason)
 
