@@ -445,7 +445,7 @@ class ServerService(Service):
         factory: Any = attempt
         if self._backend_tls is not None:
             factory = BackendTLSFactory(self._backend_tls.creator(spec.host), attempt, self.clock)
-        return self.path.connect(spec.host, spec.port, factory, self.config.backend_connection_timeout or DEFAULT_CONNECT_TIMEOUT)
+        return self.path.connect(spec.host, spec.port, factory, self.connect_timeout)
 
     def backend_released(self, backend: Backend) -> None:
         """A connection to C{backend} closed."""
