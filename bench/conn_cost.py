@@ -197,6 +197,13 @@ def balancer(args: argparse.Namespace) -> None:
         if not args.collector_on:
             gc.disable()
         state["before"] = gc.get_count()
+        state["collections"] = [0, 0, 0]
+
+        def counted(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop":
+                state["collections"][info["generation"]] += 1
+
+        gc.callbacks.append(counted)
         state["cpu"] = resource.getrusage(resource.RUSAGE_SELF)
         if profiler is not None:
             profiler.enable()
@@ -245,6 +252,7 @@ def balancer(args: argparse.Namespace) -> None:
             print(f"  garbage per connection: {count / n:6.2f} {kind}")
     gc.enable()
     results["connections"] = n
+    results["collections run (generations 0, 1, 2)"] = " ".join(map(str, state["collections"]))
     results["CPU us per connection, user, timed (noisy)"] = 1e6 * state["user"] / n
     results["CPU us per connection, system, timed (noisy)"] = 1e6 * state["system"] / n
     results["unreachable objects per connection (gc.collect)"] = unreachable / n
