@@ -387,9 +387,8 @@ class ServerService(Service):
         C{denied}) or the server is at C{max_connections} (C{over_limit});
         returns why not, or C{None}.
         """
-        refusal = self._admission.refusal(relay.client_address.host)
+        refusal = self._admission.take(relay.client_host)
         if refusal is None:
-            self._admission.opened()
             self.relays[relay.id] = relay
         return refusal
 
@@ -442,15 +441,16 @@ class ServerService(Service):
         Open a connection to the attempt's backend on the data path (over
         TLS with C{[backends_tls]}); returns the connector.
         """
-        backend = attempt.backend
+        spec = attempt.backend.spec
         factory: Any = attempt
         if self._backend_tls is not None:
-            factory = BackendTLSFactory(self._backend_tls.creator(backend.host), attempt, self.clock)
-        return self.path.connect(backend.host, backend.port, factory, self.connect_timeout)
+            factory = BackendTLSFactory(self._backend_tls.creator(spec.host), attempt, self.clock)
+        return self.path.connect(spec.host, spec.port, factory, self.connect_timeout)
 
     def backend_released(self, backend: Backend) -> None:
         """A connection to C{backend} closed."""
-        self.pool.forget_if_gone(backend)
+        if not backend.discovered:
+            self.pool.forget_if_gone(backend)
 
     # Statistics
 

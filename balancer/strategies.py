@@ -106,10 +106,12 @@ class RoundRobinStrategy:
         if not candidates:
             return None
         chosen = candidates[0]
-        if self._last is not None:
-            last = self._last
-            chosen = next((b for b in candidates if (b.host, b.port) > last), chosen)
-        self._last = (chosen.host, chosen.port)
+        last = self._last
+        if last is not None and len(candidates) > 1:
+            # The spec's fields, not the backend's properties: this runs for every new client.
+            chosen = next((b for b in candidates if (b.spec.host, b.spec.port) > last), chosen)
+        spec = chosen.spec
+        self._last = (spec.host, spec.port)
         return chosen
 
 

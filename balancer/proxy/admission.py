@@ -66,6 +66,20 @@ class Admission:
             return OVER_LIMIT
         return None
 
+    def take(self, host: str) -> str | None:
+        """
+        L{refusal} for a new client from C{host}, and if there is none, the
+        client is taken (L{opened}): one call per client.
+        """
+        if self.access is not None or self.limit:
+            refusal = self.refusal(host)
+            if refusal is not None:
+                return refusal
+        counters = self.counters
+        counters.active_connections += 1
+        counters.total_connections += 1
+        return None
+
     def opened(self) -> None:
         """A client was taken."""
         self.counters.active_connections += 1

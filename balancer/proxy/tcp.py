@@ -148,8 +148,13 @@ class _Side(Protocol):
         self.lost = False
 
     def finish(self, *, half: bool) -> None:
-        """Flush, then close this end (or only its write side, if C{half})."""
-        finish_writing(self.transport, half=half)
+        """Flush, then close this end (or only its write side, if C{half}): L{finish_writing}, inlined."""
+        transport = self.transport
+        transport.unregisterProducer()
+        if half:
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """The peer shut down its write side: pass the end-of-stream on."""
@@ -163,7 +168,12 @@ class _Side(Protocol):
             self.finish(half=False)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        """Tell the relay this end is gone, and whether in order or by a reset (or another error)."""
+        """
+        Tell the relay this end is gone, and whether in order or by a reset
+        (or another error); only once (the relay may be over, and forgotten, after).
+        """
+        if self.lost:
+            return
         self.lost = True
         self.relay.side_lost(self, reset=reason is not None and not isinstance(reason.value, ConnectionDone))
 
@@ -232,8 +242,12 @@ class Attempt(ClientFactory):
         self.side: BackendSide | None = None
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
-        """The backend side of the connection made (none if the relay gave up on it)."""
-        return self.build(BackendSide)
+        """The backend side of the connection made (none if the relay gave up on it): L{build}, inlined."""
+        if self.relay is None:
+            return None
+        side = self.side = BackendSide(self.relay)
+        side.factory = self
+        return side
 
     def build(self, side_class: type[BackendSide]) -> BackendSide | None:
         """
@@ -280,6 +294,8 @@ class Relay:
         server routes by SNI.
     @ivar connect_seconds: how long the backend connected to took to be
         ready (from the start of its attempt), or C{None} before.
+    @ivar client_host: the client's IP address as text, from its admission
+        on (C{""} before).
     """
 
     def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
@@ -308,8 +324,10 @@ class Relay:
         self._last_backend: str | None = None
         self._connect_failure: str | None = None
         self._reason: str | None = None
+        # A side ended cleanly: the reason, unless a side ended before or a cause is recorded later.
         self._first_end: str | None = None
         self._published = False
+        self.client_host = ""
 
     @property
     def client_address(self) -> Any:
@@ -325,6 +343,7 @@ class Relay:
 
         @return: whether it was admitted.
         """
+        self.client_host = self.client.transport.getPeer().host
         refusal = self.server.admit(self)
         if refusal is not None:
             self.ends_because(refusal)
@@ -357,7 +376,7 @@ class Relay:
         self._connect_next()
 
     def _connect_next(self) -> None:
-        backend = self.server.choose_backend(self.client_address.host, self._tried, self.server_name)
+        backend = self.server.choose_backend(self.client_host, self._tried, self.server_name)
         if backend is None:
             self.ends_because(self._connect_failure or NO_BACKEND)
             self.server.counters.no_backend += 1
@@ -380,6 +399,7 @@ class Relay:
         """The backend refused, timed out or failed its TLS handshake: count it and try the next one."""
         backend = attempt.backend
         self._detach(attempt)
+        attempt.connector = None  # over; and a reference cycle with it
         timed_out = reason.check(ConnectTimeoutError, TCPTimedOutError, TimeoutError)
         self._connect_failure = CONNECT_TIMEOUT if timed_out else CONNECT_FAILED
         backend.counters.refused_connections += 1
@@ -405,6 +425,7 @@ class Relay:
         if attempt is not None:
             self._detach(attempt)
             attempt.cancel()
+            attempt.side = attempt.connector = None  # reference cycles with it
 
     def _release(self, backend: Backend) -> None:
         backend.counters.active_connections -= 1
@@ -415,7 +436,10 @@ class Relay:
         Join the two sides on the server's data path and let bytes flow;
         each direction that can still be idle gets its idle timer.
         """
-        self._attempt = None
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            # Done: nothing is late any more, and its links would be reference cycles.
+            attempt.relay = attempt.side = attempt.connector = None
         self.backend_side = side
         backend = self.backend
         assert backend is not None
@@ -483,11 +507,13 @@ class Relay:
         That direction can no longer be idle, so its idle timer stops.
         """
         if side is self.client:
-            self._ended_first(CLIENT_CLOSED)
+            if self._first_end is None:
+                self._first_end = CLIENT_CLOSED
             peer: _Side | None = self.backend_side
             timer, self._client_idle = self._client_idle, None
         else:
-            self._ended_first(BACKEND_CLOSED)
+            if self._first_end is None:
+                self._first_end = BACKEND_CLOSED
             peer = self.client
             timer, self._backend_idle = self._backend_idle, None
         if timer is not None:
@@ -495,7 +521,7 @@ class Relay:
         if peer is not None and not peer.lost:
             # A peer that finished sending too is done both ways: close it rather than only its write side.
             peer.finish(half=not peer.read_closed)
-        if side.write_closed:
+        if side.write_closed and not side.lost:
             side.finish(half=False)
 
     def side_lost(self, side: _Side, reset: bool = False) -> None:
@@ -508,15 +534,19 @@ class Relay:
         client = side is self.client
         if reset:
             self.ends_because(CLIENT_RESET if client else BACKEND_RESET)
-        else:
-            self._ended_first(CLIENT_CLOSED if client else BACKEND_CLOSED)
+        elif self._first_end is None:
+            self._first_end = CLIENT_CLOSED if client else BACKEND_CLOSED
         if client:
-            self._abandon_attempt()
-            self._stop_timers()
+            if self._attempt is not None:
+                self._abandon_attempt()
+            if self._client_idle is not None or self._backend_idle is not None:
+                self._stop_timers()
             peer: _Side | None = self.backend_side
         else:
-            assert self.backend is not None
-            self._release(self.backend)
+            backend = self.backend
+            assert backend is not None
+            backend.counters.active_connections -= 1  # as _release, inlined
+            self.server.backend_released(backend)
             peer = self.client
         if peer is not None and not peer.lost:
             if reset:
@@ -528,6 +558,13 @@ class Relay:
             self._registered = False
             self.server.relay_ended(self)
         self._publish()
+        # Over: the sides forget the relay, so that reference counting frees
+        # its objects (the transports forget their protocols and each other
+        # when they close) and the cyclic garbage collector never has to.
+        del self.client.relay
+        backend_side, self.backend_side = self.backend_side, None
+        if backend_side is not None:
+            del backend_side.relay
 
     def ends_because(self, reason: str) -> None:
         """
@@ -536,11 +573,6 @@ class Relay:
         """
         if self._reason is None:
             self._reason = reason
-
-    def _ended_first(self, reason: str) -> None:
-        """A side ended cleanly: the reason, unless a side ended before or a cause is recorded later."""
-        if self._first_end is None:
-            self._first_end = reason
 
     def _publish(self) -> None:
         """Tell the server's C{finished} subscribers of this relay (once; if there are any)."""

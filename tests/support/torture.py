@@ -29,7 +29,7 @@ import socket
 import struct
 import sys
 from collections import Counter
-from typing import Any, Callable, Generator
+from typing import AbstractSet, Any, Callable, Generator
 
 import attrs
 from twisted.internet import reactor
@@ -822,6 +822,30 @@ def open_descriptors() -> dict[int, str]:
         except OSError:
             pass  # the one listdir itself had open
     return found
+
+
+def pooled_pipes(pool: Any) -> set[int]:
+    """
+    The descriptors of the empty pipes C{pool} (a
+    L{PipePool<balancer.proxy.engine.pipes.PipePool>}) keeps: each is
+    taken out and given back, in the same order.
+    """
+    taken = [pool.acquire() for _ in range(pool.free)]
+    for pipe in reversed(taken):
+        pool.release(pipe)
+    return {fd for pipe in taken for fd in pipe}
+
+
+def leaked_descriptors(before: dict[int, str], after: dict[int, str], kept: AbstractSet[int] = frozenset()) -> dict[int, str]:
+    """
+    The descriptors open C{after} a run that were not open C{before} it
+    (a number now naming something else counts as new), except those in
+    C{kept} (the pipes the relay engine's pool keeps for later relays).
+
+    Only new descriptors count: one that was open before and closed during
+    the run (left by an earlier test, say) is no leak of the run's.
+    """
+    return {fd: what for fd, what in after.items() if before.get(fd) != what and fd not in kept}
 
 
 @inlineCallbacks

@@ -369,14 +369,13 @@ def collect_less_often() -> None:
     Raise the first threshold of Python's cyclic garbage collector to
     L{GC_THRESHOLD} (never lower it).
 
-    A relay's objects refer to each other (the relay and its sides, each
-    side and its transport, the two transports), so only the cyclic
-    collector frees them.  At Python's default threshold (700 new objects)
-    its youngest generation is walked every few dozen connections, each
+    A relay's objects are freed by reference counting when it ends (it
+    breaks its reference cycles then), but while it lives they count as
+    new objects: at Python's default threshold (700) the youngest
+    generation is walked every few dozen new concurrent connections, each
     time with the live relays' objects, which it then promotes and walks
-    again in the older generations: about 5% of the CPU time per new
-    connection.  Ten thousand lets most relays end before they are walked;
-    the garbage waiting meanwhile is a few MiB at most.
+    again in the older generations.  Ten thousand lets most relays end
+    before they are walked.
     """
     first, second, third = gc.get_threshold()
     if first < GC_THRESHOLD:

@@ -74,6 +74,30 @@ def _is_ip_address(host: str) -> bool:
     return isIPAddress(host) or isIPv6Address(host)
 
 
+class AcceptingSocket(socket.socket):
+    """
+    A socket that knows its family and type: a listening socket's C{accept}
+    asks for both for each client, and each is an enum conversion in Python
+    when read from the socket itself.
+    """
+
+    __slots__ = ("family", "type")
+    family: socket.AddressFamily
+    type: socket.SocketKind
+
+    def __init__(self, family: int, kind: int, proto: int, fileno: int) -> None:
+        super().__init__(family, kind, proto, fileno)
+        self.family = socket.AddressFamily(family)
+        self.type = socket.SocketKind(kind)
+
+
+def accepting(sock: socket.socket) -> AcceptingSocket:
+    """C{sock}, a non-blocking listening socket, as an L{AcceptingSocket} (the same descriptor)."""
+    listening = AcceptingSocket(sock.family, sock.type, sock.proto, sock.detach())
+    listening.setblocking(False)
+    return listening
+
+
 class EngineListener:
     """
     A listening TCP socket on the engine: each client accepted becomes a
@@ -193,7 +217,7 @@ def listen(
 
     @raise CannotListenError: if the address cannot be bound.
     """
-    sock = bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port)
+    sock = accepting(bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port))
     # Accepted sockets inherit it: no system call per client.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return EngineListener(engine, sock, factory, transport)

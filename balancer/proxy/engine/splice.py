@@ -155,7 +155,7 @@ class SplicedTransport:
         self._host: IAddress | None = None
         self._pool: PipePool = engine.pipes
         self._count: Callable[[int], None] | None = None
-        self._peer: SplicedTransport = self  # until splice() pairs them
+        self._peer: SplicedTransport | None = None  # until splice() pairs them
         self._producer: SplicedTransport | None = None
         self._pipe: tuple[int, int] | None = None
         self._buffered = 0
@@ -227,7 +227,8 @@ class SplicedTransport:
         if self._closing or self._closed:
             return
         self._closing = True
-        self._stop_reading()
+        if self._reading:
+            self._stop_reading()
         if not (self._buffered or self._pending):
             self._close(_DONE)
 
@@ -262,6 +263,7 @@ class SplicedTransport:
         reads the socket is read again later, after the other sockets' events.
         """
         peer = self._peer
+        assert peer is not None, "read before splice()"
         pool = self._pool
         for _ in range(READS_PER_EVENT):
             if peer._closed:
@@ -450,8 +452,13 @@ class SplicedTransport:
         self.protocol.writeConnectionLost()
 
     def _detach(self) -> None:
-        """Leave the engine and give back (or, holding unsent bytes, close) the pipe."""
+        """
+        Leave the engine and give back (or, holding unsent bytes, close) the
+        pipe; forget the peer and the counting, so that no reference cycle
+        keeps the closed relay's objects for the cyclic garbage collector.
+        """
         self._reading = self._writing = False
+        self._peer = self._producer = self._count = None
         self._engine.forget(self._fd)
         pipe = self._pipe
         if pipe is not None:
@@ -469,15 +476,17 @@ class SplicedTransport:
             return
         self._closed = True
         self._detach()
-        self._socket.close()
-        self.protocol.connectionLost(reason)
+        os.close(self._socket.detach())  # as close(), with one Python frame instead of two
+        protocol, self.protocol = self.protocol, None
+        protocol.connectionLost(reason)
 
     def _close_later(self, reason: Failure) -> None:
         """Close the socket now; the protocol hears of it a reactor turn later, as from a Twisted transport."""
         self._closed = True
         self._detach()
-        self._socket.close()
-        self._engine.callLater(0, self.protocol.connectionLost, reason)
+        os.close(self._socket.detach())
+        protocol, self.protocol = self.protocol, None
+        self._engine.callLater(0, protocol.connectionLost, reason)
 
     def _fail(self) -> None:
         """
