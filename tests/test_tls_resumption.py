@@ -24,6 +24,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from balancer.config.schema import BackendsTlsConfig, TlsConfig
+from balancer.proxy.engine import splice
+from balancer.proxy.tls_path import TlsEnginePath
 from balancer.proxy.tls import ResumingCreator, backend_context
 from tests.support.balancers import start_balancer
 from tests.support.certs import CertificateSet, make_certificates
@@ -125,13 +127,23 @@ class ResumptionTestCase(TestCase):
 
 
 class ListenerResumptionTests(ResumptionTestCase):
-    """A client coming back to a C{protocol = "tls"} server resumes its session (session tickets, on by default)."""
+    """
+    A client coming back to a C{protocol = "tls"} server resumes its session
+    (session tickets, on by default): here with TLS terminated on the relay
+    engine (L{balancer.proxy.tls_path}), where there is one.
+    """
+
+    #: C{[defaults] splice}: the relay engine where there is one.
+    splice = True
 
     @inlineCallbacks
     def pings(self, **tls: Any) -> Any:
         backend = reactor.listenTCP(0, Factory.forProtocol(PlainEcho), interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
-        server = start_balancer(self, (f"127.0.0.1:{backend.getHost().port}",), protocol="tls", tls=self.tls_config(**tls))
+        server = start_balancer(
+            self, (f"127.0.0.1:{backend.getHost().port}",), splice=self.splice, protocol="tls", tls=self.tls_config(**tls)
+        )
+        self.assertEqual(isinstance(server.path, TlsEnginePath), self.splice and splice.AVAILABLE)
         client = Client(self.certs.ca_path)
         reused = []
         for _ in range(3):
@@ -152,6 +164,17 @@ class ListenerResumptionTests(ResumptionTestCase):
     def test_withoutTicketsNoResumption(self) -> None:
         """C{session_tickets = false} turns resumption off (no session cache is kept either)."""
         self.assertEqual((yield self.pings(session_tickets=False)), [False, False, False])
+
+    @inlineCallbacks
+    def test_withoutTicketsNoTls12Resumption(self) -> None:
+        """The same for a TLS 1.2 client: no ticket, and no session kept by its id."""
+        self.assertEqual((yield self.pings(session_tickets=False, max_version="tls1.2")), [False, False, False])
+
+
+class TwistedListenerResumptionTests(ListenerResumptionTests):
+    """The same on Twisted's TLS transports (C{[defaults] splice = false})."""
+
+    splice = False
 
 
 class BackendResumptionTests(ResumptionTestCase):
