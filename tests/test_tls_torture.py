@@ -43,8 +43,8 @@ from tests.support.torture import ROOT, open_descriptors
 from tests.support.waiting import until
 
 #: Connections per path, and how many at once.
-CONNECTIONS = 350
-CONCURRENCY = 25
+CONNECTIONS = int(os.environ.get("TLS_TORTURE_CONNECTIONS", "350"))
+CONCURRENCY = int(os.environ.get("TLS_TORTURE_CONCURRENCY", "25"))
 #: Seconds a client waits on its socket before it counts as hung.
 CLIENT_TIMEOUT = 20
 #: Bytes a backend answers and closes at once, in L{EngineTlsClosingTests}.
@@ -223,6 +223,10 @@ class BlockingTlsClient:
         self.tls.do_handshake()
         self.tls.sendall(header)
 
+    def send(self, data: bytes) -> None:
+        """Send C{data}."""
+        self.tls.sendall(data)
+
     def end_and_read(self, close_notify: bool) -> tuple[bytes, str]:
         """End the input (C{close_notify}, else a TCP half-close), then read to the end: the bytes, and how they ended."""
         if close_notify:
@@ -289,3 +293,56 @@ class EngineTlsClosingTests(TestCase):
 
     def test_halfCloseWhileClosing(self) -> Deferred[Any]:
         return self.ended_while_closing(False, SSL.TLS1_3_VERSION)
+
+
+class EngineTlsHalfCloseTests(TestCase):
+    """
+    On the relay engine a client's end of input, its C{close_notify} or the
+    end of its TCP stream without one, is passed to the backend as a
+    half-close, and the client still gets the whole answer, then the
+    balancer's C{close_notify}.
+
+    Before the fix the end of the TCP stream without C{close_notify} put
+    the client's OpenSSL connection in error (an unexpected EOF is fatal
+    there), so the answer's first write failed and both sides were reset
+    (found by the C{late_fin} shape of L{EngineTlsTortureTests}, seed
+    3751143232 with 1500 connections, 60 at once).
+    """
+
+    timeout = 60
+    skip = skips.NO_ENGINE
+
+    @inlineCallbacks
+    def answer_after_end(self, close_notify: bool, version: int) -> Iterator[Deferred[Any]]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        backend = tls_torture.BackendFactory()
+        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
+        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        self.assertIsInstance(server.path, TlsEnginePath)
+        conn = tls_torture.Connection(1, "half_close", 50_000, ANSWER)
+        client = BlockingTlsClient(certs.ca_path, server.port, version)
+        yield deferToThread(client.connect, f"half_close 1 {conn.size} {conn.extra}\n".encode())
+        yield deferToThread(client.send, tls_torture.client_bytes(1, conn.size))
+        data, end = yield deferToThread(client.end_and_read, close_notify)
+        expected = tls_torture.expected_answer(conn)
+        self.assertEqual((len(data), tls_torture.sha(data), end), (len(expected), tls_torture.sha(expected), "close_notify"))
+        yield until(lambda: not server.relays, what="the relay to end")
+        seen = backend.seen[1]
+        self.assertEqual((seen.received, seen.input_ended, seen.end), (conn.size, True, "clean"))
+        self.assertEqual(server.counters.tls_failures, 0)
+
+    def test_closeNotifyTls13(self) -> Deferred[Any]:
+        return self.answer_after_end(True, SSL.TLS1_3_VERSION)
+
+    def test_closeNotifyTls12(self) -> Deferred[Any]:
+        return self.answer_after_end(True, SSL.TLS1_2_VERSION)
+
+    def test_tcpEndTls13(self) -> Deferred[Any]:
+        return self.answer_after_end(False, SSL.TLS1_3_VERSION)
+
+    def test_tcpEndTls12(self) -> Deferred[Any]:
+        return self.answer_after_end(False, SSL.TLS1_2_VERSION)

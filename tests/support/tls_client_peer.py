@@ -210,6 +210,13 @@ class Client:
         self.send(tls, client_bytes(self.conn["id"], self.conn["size"]))
         self.finish(sock, tls)
 
+    def shape_half_close_fin(self) -> None:
+        sock, tls = self.tls()
+        self.send(tls, client_bytes(self.conn["id"], self.conn["size"]))
+        sock.shutdown(socket.SHUT_WR)
+        self.read(tls)
+        sock.close()
+
     def shape_backend_reset(self) -> None:
         sock, tls = self.tls()
         self.read(tls)

@@ -19,6 +19,8 @@ The shapes (C{size} and C{extra} in bytes):
     and keeps reading: the backend, once its input ended, answers the
     sha256 and C{extra} bytes and closes (the relay engine only: on
     Twisted's transports a C{close_notify} ends the connection);
+  - C{half_close_fin}: the same with the end of the client's TCP stream
+    (a half-close without C{close_notify}) for its end of input;
   - C{late_close_notify}, C{late_fin}: a C{slow} answer whose client ends
     its input (C{close_notify}, or a TCP half-close without one) once it
     has read C{extra} bytes, often while the balancer is closing it with
@@ -62,7 +64,7 @@ SHAPES = {
     "garbage": 1,
 }
 #: Shapes only the relay engine plays (TLS half-close).
-ENGINE_SHAPES = {"half_close": 2, "late_close_notify": 1, "late_fin": 1}
+ENGINE_SHAPES = {"half_close": 2, "half_close_fin": 2, "late_close_notify": 1, "late_fin": 1}
 #: Shapes whose connections never reach the backend.
 NO_BACKEND = frozenset({"handshake_leave", "garbage"})
 
@@ -112,7 +114,7 @@ def _draw(conn_id: int, shape: str, rng: random.Random, engine: bool) -> Connect
         return Connection(conn_id, shape, size, size - rng.randint(0, 400_000), tls=tls)
     if shape == "upload":
         return Connection(conn_id, shape, rng.choice([small, rng.randint(300_000, 2_000_000)]), tls=tls)
-    if shape == "half_close":
+    if shape in ("half_close", "half_close_fin"):
         return Connection(conn_id, shape, small, rng.choice([0, rng.randint(1, 500_000)]), tls=tls)
     if shape == "backend_reset":
         return Connection(conn_id, shape, rng.randint(1, 200_000), tls=tls)
@@ -203,7 +205,7 @@ class TortureBackend(Protocol):
             self.transport.loseConnection()  # no header came: counted in anonymous at the end
             return
         self.seen.input_ended = True
-        if self.conn.shape == "half_close":
+        if self.conn.shape in ("half_close", "half_close_fin"):
             self.transport.write(self.seen.digest.hexdigest().encode() + answer_bytes(self.conn.id, self.conn.extra))
         self.transport.loseConnection()
 
@@ -238,7 +240,7 @@ def expected_answer(conn: Connection) -> bytes:
         return answer_bytes(conn.id, conn.size)
     if conn.shape == "upload":
         return sha(data).encode()
-    if conn.shape == "half_close":
+    if conn.shape in ("half_close", "half_close_fin"):
         return sha(data).encode() + answer_bytes(conn.id, conn.extra)
     return b""
 
@@ -281,12 +283,12 @@ def check(conn: Connection, outcome: dict[str, Any] | None, seen: BackendSeen | 
         problems.append(f"the client read {outcome['received']} bytes, expected {len(expected)} (digest {'ok' if outcome['digest'] == sha(expected) else 'wrong'})")
     if end != "close_notify":
         problems.append(f"the client's input ended by {end!r}, not close_notify")
-    backend_expected = client_data if shape in ("echo", "upload", "half_close") else b""
+    backend_expected = client_data if shape in ("echo", "upload", "half_close", "half_close_fin") else b""
     if seen.received != len(backend_expected) or seen.digest.hexdigest() != sha(backend_expected):
         problems.append(f"the backend read {seen.received} bytes, expected {len(backend_expected)}")
     if seen.end != "clean":
         problems.append(f"the backend's connection ended {seen.end or 'never'}, not cleanly")
-    if shape == "half_close" and not seen.input_ended:
+    if shape in ("half_close", "half_close_fin") and not seen.input_ended:
         problems.append("half close: the backend's input did not end before its close")
     return problems
 

@@ -194,8 +194,12 @@ class TlsSocketTransport(SplicedTransport):
         except SSL.WantWriteError:
             self._start_writing()
             return
+        except SSL.ZeroReturnError:
+            # The client left during its handshake (its TCP end: see TlsTransports): not a failed handshake.
+            self._close(_DONE)
+            return
         except SSL.SysCallError as e:
-            # The client left (or reset) during its handshake: not a failed handshake.
+            # The client reset during its handshake: not a failed handshake either.
             self._close(_DONE if e.args[0] == -1 else _LOST)
             return
         except SSL.Error:
@@ -289,6 +293,14 @@ class TlsTransports:
     """
 
     def __init__(self, context: SSL.Context) -> None:
+        """
+        Serve with C{context}, which from now on takes the end of a TCP
+        stream without C{close_notify} for the end of the client's input
+        (C{OP_IGNORE_UNEXPECTED_EOF}): else OpenSSL holds that end for a
+        fatal error, and the connection could send nothing more (not the
+        backend's answer to a client that half-closed).
+        """
+        context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
         self.context = context
 
     def __call__(self, engine: Engine, sock: Any, address: IAddress) -> TlsSocketTransport:
