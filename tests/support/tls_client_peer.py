@@ -205,6 +205,12 @@ class Client:
         self.read(tls)
         sock.close()
 
+    def shape_slow_upload(self) -> None:
+        self.shape_upload()
+
+    def shape_slow_upload_half(self) -> None:
+        self.shape_half_close()
+
     def shape_half_close(self) -> None:
         sock, tls = self.tls()
         self.send(tls, client_bytes(self.conn["id"], self.conn["size"]))

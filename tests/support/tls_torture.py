@@ -25,6 +25,9 @@ The shapes (C{size} and C{extra} in bytes):
     its input (C{close_notify}, or a TCP half-close without one) once it
     has read C{extra} bytes, often while the balancer is closing it with
     bytes still to send: it must still get them all (the relay engine only);
+  - C{slow_upload}: an C{upload} to a backend that pauses its reading
+    after each read (the balancer's reading of the client waits for it);
+  - C{slow_upload_half}: the same with a C{half_close} (the relay engine only);
   - C{backend_reset}: the backend sends up to C{size} bytes and resets;
   - C{client_reset}: an echo the client resets once C{extra} bytes came
     back, with more in flight;
@@ -43,6 +46,7 @@ import random
 from typing import Any
 
 import attrs
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -58,13 +62,18 @@ SHAPES = {
     "answer": 3,
     "slow": 1,
     "upload": 2,
+    "slow_upload": 1,
     "backend_reset": 2,
     "client_reset": 2,
     "handshake_leave": 2,
     "garbage": 1,
 }
 #: Shapes only the relay engine plays (TLS half-close).
-ENGINE_SHAPES = {"half_close": 2, "half_close_fin": 2, "late_close_notify": 1, "late_fin": 1}
+ENGINE_SHAPES = {"half_close": 2, "half_close_fin": 2, "slow_upload_half": 1, "late_close_notify": 1, "late_fin": 1}
+#: Seconds the backend of a C{slow_upload} pauses its reading after each read.
+SLOW_READ_PAUSE = 0.002
+#: Shapes whose client sends bytes (after its header) that the backend must get, all of them.
+_CLIENT_SENDS = frozenset({"echo", "upload", "slow_upload", "slow_upload_half", "half_close", "half_close_fin"})
 #: Shapes whose connections never reach the backend.
 NO_BACKEND = frozenset({"handshake_leave", "garbage"})
 
@@ -114,6 +123,8 @@ def _draw(conn_id: int, shape: str, rng: random.Random, engine: bool) -> Connect
         return Connection(conn_id, shape, size, size - rng.randint(0, 400_000), tls=tls)
     if shape == "upload":
         return Connection(conn_id, shape, rng.choice([small, rng.randint(300_000, 2_000_000)]), tls=tls)
+    if shape in ("slow_upload", "slow_upload_half"):
+        return Connection(conn_id, shape, rng.randint(300_000, 2_000_000), tls=tls)
     if shape in ("half_close", "half_close_fin"):
         return Connection(conn_id, shape, small, rng.choice([0, rng.randint(1, 500_000)]), tls=tls)
     if shape == "backend_reset":
@@ -179,7 +190,11 @@ class TortureBackend(Protocol):
         shape = self.conn.shape
         if shape in ("echo", "client_reset"):
             self.transport.write(data)
-        elif shape == "upload" and self.seen.received >= self.conn.size:
+        if shape in ("slow_upload", "slow_upload_half"):
+            # A slow reader: the balancer's reading of the client stops while this one's is paused.
+            self.transport.pauseProducing()
+            reactor.callLater(SLOW_READ_PAUSE, self.transport.resumeProducing)
+        if shape in ("upload", "slow_upload") and self.seen.received >= self.conn.size:
             self.transport.write(self.seen.digest.hexdigest().encode())
             self.transport.loseConnection()
 
@@ -189,7 +204,7 @@ class TortureBackend(Protocol):
         if conn.shape in ("answer", "slow", "late_close_notify", "late_fin"):
             self.transport.write(answer_bytes(conn.id, conn.size))
             self.transport.loseConnection()
-        elif conn.shape == "upload" and conn.size == 0:
+        elif conn.shape in ("upload", "slow_upload") and conn.size == 0:
             self.transport.write(sha(b"").encode())
             self.transport.loseConnection()
         elif conn.shape == "backend_reset":
@@ -205,7 +220,7 @@ class TortureBackend(Protocol):
             self.transport.loseConnection()  # no header came: counted in anonymous at the end
             return
         self.seen.input_ended = True
-        if self.conn.shape in ("half_close", "half_close_fin"):
+        if self.conn.shape in ("half_close", "half_close_fin", "slow_upload_half"):
             self.transport.write(self.seen.digest.hexdigest().encode() + answer_bytes(self.conn.id, self.conn.extra))
         self.transport.loseConnection()
 
@@ -238,9 +253,9 @@ def expected_answer(conn: Connection) -> bytes:
         return data
     if conn.shape in ("answer", "slow", "backend_reset", "late_close_notify", "late_fin"):
         return answer_bytes(conn.id, conn.size)
-    if conn.shape == "upload":
+    if conn.shape in ("upload", "slow_upload"):
         return sha(data).encode()
-    if conn.shape in ("half_close", "half_close_fin"):
+    if conn.shape in ("half_close", "half_close_fin", "slow_upload_half"):
         return sha(data).encode() + answer_bytes(conn.id, conn.extra)
     return b""
 
@@ -283,12 +298,12 @@ def check(conn: Connection, outcome: dict[str, Any] | None, seen: BackendSeen | 
         problems.append(f"the client read {outcome['received']} bytes, expected {len(expected)} (digest {'ok' if outcome['digest'] == sha(expected) else 'wrong'})")
     if end != "close_notify":
         problems.append(f"the client's input ended by {end!r}, not close_notify")
-    backend_expected = client_data if shape in ("echo", "upload", "half_close", "half_close_fin") else b""
+    backend_expected = client_data if shape in _CLIENT_SENDS else b""
     if seen.received != len(backend_expected) or seen.digest.hexdigest() != sha(backend_expected):
         problems.append(f"the backend read {seen.received} bytes, expected {len(backend_expected)}")
     if seen.end != "clean":
         problems.append(f"the backend's connection ended {seen.end or 'never'}, not cleanly")
-    if shape in ("half_close", "half_close_fin") and not seen.input_ended:
+    if shape in ("half_close", "half_close_fin", "slow_upload_half") and not seen.input_ended:
         problems.append("half close: the backend's input did not end before its close")
     return problems
 
