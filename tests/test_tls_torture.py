@@ -221,7 +221,8 @@ class BlockingTlsClient:
         self.tls = SSL.Connection(context, self.socket)
         self.tls.set_connect_state()
         self.tls.do_handshake()
-        self.tls.sendall(header)
+        if header:
+            self.tls.sendall(header)
 
     def send(self, data: bytes) -> None:
         """Send C{data}."""
@@ -346,3 +347,57 @@ class EngineTlsHalfCloseTests(TestCase):
 
     def test_tcpEndTls12(self) -> Deferred[Any]:
         return self.answer_after_end(False, SSL.TLS1_2_VERSION)
+
+
+class _FullForTheGoodbye:
+    """
+    A client's OpenSSL connection whose first C{shutdown} finds the socket
+    full (C{WantWriteError}, as OpenSSL says when the socket takes nothing
+    more); everything else is the connection's own.
+    """
+
+    def __init__(self, tls: SSL.Connection) -> None:
+        self.tls = tls
+        self.refused = False
+
+    def shutdown(self) -> bool:
+        if not self.refused:
+            self.refused = True
+            raise SSL.WantWriteError()
+        return self.tls.shutdown()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tls, name)
+
+
+class EngineTlsGoodbyeTests(TestCase):
+    """
+    The balancer's C{close_notify} waits for room in a full socket rather
+    than being dropped: before the fix a client closed while its socket was
+    full got the end of the TCP stream without C{close_notify}, which a TLS
+    client takes for a truncation attack.
+    """
+
+    timeout = 60
+    skip = skips.NO_ENGINE
+
+    @inlineCallbacks
+    def test_closeNotifyWaitsForRoom(self) -> Iterator[Deferred[Any]]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        backend = tls_torture.BackendFactory()
+        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
+        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        self.assertIsInstance(server.path, TlsEnginePath)
+        client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
+        yield deferToThread(client.connect, b"")
+        yield until(lambda: len(server.relays) == 1 and next(iter(server.relays.values())).backend_side is not None)
+        transport = next(iter(server.relays.values())).client.transport
+        full = _FullForTheGoodbye(transport.getHandle())
+        transport._tls = full
+        yield deferToThread(client.send, b"answer 1 1000 0\n")
+        data, end = yield deferToThread(client.end_and_read, True)
+        self.assertEqual((data, end, full.refused), (tls_torture.answer_bytes(1, 1000), "close_notify", True))

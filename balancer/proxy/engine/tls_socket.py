@@ -247,11 +247,18 @@ class TlsSocketTransport(SplicedTransport):
             self._producer._resume()
 
     def _say_goodbye(self) -> None:
-        """Send C{close_notify}, shut the write side, and wait for the client's end (if it has not ended)."""
+        """
+        Send C{close_notify}, shut the write side, and wait for the client's
+        end (if it has not ended); with the socket full, all this waits for
+        room (L{doWrite} comes back here).
+        """
         try:
             self._tls.shutdown()
+        except SSL.WantWriteError:
+            self._start_writing()
+            return
         except SSL.Error:
-            pass  # a full socket or a client already gone: it gets the end of the TCP stream alone
+            pass  # a client already gone: it gets the end of the TCP stream alone
         if not self._read_open:
             self._close(_DONE)
             return
