@@ -7,9 +7,9 @@ Run as C{python -m tests.support.tls_client_peer PLAN}: C{PLAN} is a JSON
 file (C{port}, C{ca_path}, C{concurrency}, C{timeout}, C{connections}: each
 with C{id}, C{shape}, C{size}, C{extra}, C{tls} "1.2" or "1.3").  Each
 connection's outcome is a JSON line on standard output (C{id}, C{received}:
-bytes read, C{digest}: their sha256, C{sent}: the sha256 of what it sent,
-C{end}: how its input ended, C{error}: anything unexpected), and C{done}
-once all are.
+bytes read, C{digest}: their sha256, C{kept}: those bytes in hex for the
+shapes checked by prefix, C{end}: how its input ended, C{error}: anything
+unexpected), and C{done} once all are.
 
 Ends are named: C{close_notify} (the peer's), C{eof} (the TCP stream ended
 without one), C{reset} (an error reading or writing: a reset, an alert),
@@ -55,9 +55,9 @@ class Client:
         self.keep = conn["shape"] in ("backend_reset", "client_reset")
         self.end = ""
         self.error = ""
-        self.sent = hashlib.sha256()
 
     def context(self) -> SSL.Context:
+        """A client context of the connection's TLS version, trusting the test CA."""
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         version = _VERSIONS[self.conn["tls"]]
         context.set_min_proto_version(version)
@@ -67,6 +67,7 @@ class Client:
         return context
 
     def connect(self, receive_buffer: int = 0) -> socket.socket:
+        """A socket connected to the balancer, blocking with timeouts (and C{receive_buffer} bytes of buffer, if given)."""
         sock = socket.socket()
         timeout = struct.pack("ll", int(self.plan["timeout"]), 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
@@ -77,6 +78,7 @@ class Client:
         return sock
 
     def play(self) -> dict[str, Any]:
+        """Play the connection's shape; its outcome."""
         shape = self.conn["shape"]
         try:
             getattr(self, f"shape_{shape}")()
@@ -89,7 +91,6 @@ class Client:
             "received": self.count,
             "digest": self.received.hexdigest(),
             "kept": self.kept.hex() if self.keep else "",
-            "sent": self.sent.hexdigest(),
             "end": self.end,
             "error": self.error,
         }
@@ -97,6 +98,7 @@ class Client:
     # Reading and writing
 
     def tls(self, receive_buffer: int = 0) -> tuple[socket.socket, SSL.Connection]:
+        """Connect, handshake and send the header line."""
         sock = self.connect(receive_buffer)
         tls = SSL.Connection(self.context(), sock)
         tls.set_connect_state()
@@ -106,16 +108,15 @@ class Client:
         except SSL.WantReadError:
             raise Hung("handshake") from None
         header = f"{self.conn['shape']} {self.conn['id']} {self.conn['size']} {self.conn['extra']}\n".encode()
-        self.send(tls, header, count=False)
+        self.send(tls, header)
         return sock, tls
 
-    def send(self, tls: SSL.Connection, data: bytes, count: bool = True) -> None:
+    def send(self, tls: SSL.Connection, data: bytes) -> None:
+        """Send all of C{data}."""
         try:
             tls.sendall(data)
         except SSL.WantWriteError:
             raise Hung("send") from None
-        if count:
-            self.sent.update(data)
 
     def read(self, tls: SSL.Connection, limit: int | None = None, chunk: int = 65536, pace: float = 0.0) -> bool:
         """
@@ -155,7 +156,7 @@ class Client:
         self.read(tls)
         sock.close()
 
-    # The shapes (see tests.support.tls_torture)
+    # The shapes (see tests.support.tls_torture): each plays its client's part.
 
     def echo(self, tls: SSL.Connection, data: bytes, until: int) -> None:
         """Send C{data} a piece at a time, reading each back, until C{until} bytes came back."""
