@@ -228,12 +228,26 @@ class BlockingTlsClient:
         """Send C{data}."""
         self.tls.sendall(data)
 
+    def read_then_send(self, data: bytes) -> tuple[bytes, str]:
+        """Read to the end of the input, then send C{data} and C{close_notify}: the bytes read, and how they ended."""
+        received, end = self.read_to_the_end()
+        self.tls.sendall(data)
+        self.tls.shutdown()
+        self.socket.close()
+        return received, end
+
     def end_and_read(self, close_notify: bool) -> tuple[bytes, str]:
         """End the input (C{close_notify}, else a TCP half-close), then read to the end: the bytes, and how they ended."""
         if close_notify:
             self.tls.shutdown()
         else:
             self.socket.shutdown(socket.SHUT_WR)
+        received, end = self.read_to_the_end()
+        self.socket.close()
+        return received, end
+
+    def read_to_the_end(self) -> tuple[bytes, str]:
+        """Read until the input ends: the bytes, and how they ended."""
         received = []
         try:
             while True:
@@ -246,7 +260,6 @@ class BlockingTlsClient:
             end = "timeout"
         except SSL.Error as e:
             end = repr(e)
-        self.socket.close()
         return b"".join(received), end
 
 
@@ -401,3 +414,49 @@ class EngineTlsGoodbyeTests(TestCase):
         yield deferToThread(client.send, b"answer 1 1000 0\n")
         data, end = yield deferToThread(client.end_and_read, True)
         self.assertEqual((data, end, full.refused), (tls_torture.answer_bytes(1, 1000), "close_notify", True))
+
+
+class TlsBackendHalfCloseTests(TestCase):
+    """
+    A backend that shuts its write side and reads on: its TLS client gets
+    the answer and C{close_notify} (TLS has no half-close here), and the
+    bytes the client sends after it still reach the backend, then its end.
+    Before the fix the relay engine discarded them while waiting for the
+    client's end, and the backend saw a clean end without them (the
+    torture's C{backend_half} shape failed on the engine, every run).
+    """
+
+    timeout = 60
+    splice = True
+    skip = skips.NO_ENGINE
+
+    @inlineCallbacks
+    def test_bytesAfterTheBackendsEndReachIt(self) -> Iterator[Deferred[Any]]:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        backend = tls_torture.BackendFactory()
+        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
+        server = start_balancer(
+            self, (f"127.0.0.1:{listening.getHost().port}",), splice=self.splice, protocol="tls", tls=tls
+        )
+        conn = tls_torture.Connection(1, "backend_half", 1000, 300_000)
+        client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
+        yield deferToThread(client.connect, f"backend_half 1 {conn.size} {conn.extra}\n".encode())
+        data, end = yield deferToThread(client.read_then_send, tls_torture.client_bytes(1, conn.extra))
+        self.assertEqual((data, end), (tls_torture.answer_bytes(1, conn.size), "close_notify"))
+        yield until(lambda: 1 in backend.seen and backend.seen[1].end != "", what="the backend's end")
+        seen = backend.seen[1]
+        self.assertEqual(
+            (seen.received, seen.digest.hexdigest(), seen.input_ended, seen.end),
+            (conn.extra, tls_torture.sha(tls_torture.client_bytes(1, conn.extra)), True, "clean"),
+        )
+
+
+class TwistedTlsBackendHalfCloseTests(TlsBackendHalfCloseTests):
+    """The same on Twisted's transports (C{[defaults] splice = false}), where it always held."""
+
+    splice = False
+    skip = None

@@ -224,6 +224,17 @@ class Client:
         self.read(tls)
         sock.close()
 
+    def shape_backend_half(self) -> None:
+        sock, tls = self.tls()
+        self.read(tls)
+        if self.end == "close_notify":
+            self.send(tls, client_bytes(self.conn["id"], self.conn["extra"]))
+            try:
+                tls.shutdown()
+            except SSL.Error as e:
+                self.error = f"close_notify not sent: {e!r}"
+        sock.close()
+
     def shape_backend_reset(self) -> None:
         sock, tls = self.tls()
         self.read(tls)

@@ -28,6 +28,10 @@ The shapes (C{size} and C{extra} in bytes):
   - C{slow_upload}: an C{upload} to a backend that pauses its reading
     after each read (the balancer's reading of the client waits for it);
   - C{slow_upload_half}: the same with a C{half_close} (the relay engine only);
+  - C{backend_half}: the backend writes C{size} bytes and shuts its write
+    side, then reads to the end: the client gets them and C{close_notify}
+    (TLS has no half-close here), then sends C{extra} bytes and its own
+    C{close_notify}, which the backend must all get before its end;
   - C{backend_reset}: the backend sends up to C{size} bytes and resets;
   - C{client_reset}: an echo the client resets once C{extra} bytes came
     back, with more in flight;
@@ -62,6 +66,7 @@ SHAPES = {
     "answer": 3,
     "slow": 1,
     "upload": 2,
+    "backend_half": 2,
     "slow_upload": 1,
     "backend_reset": 2,
     "client_reset": 2,
@@ -125,6 +130,8 @@ def _draw(conn_id: int, shape: str, rng: random.Random, engine: bool) -> Connect
         return Connection(conn_id, shape, rng.choice([small, rng.randint(300_000, 2_000_000)]), tls=tls)
     if shape in ("slow_upload", "slow_upload_half"):
         return Connection(conn_id, shape, rng.randint(300_000, 2_000_000), tls=tls)
+    if shape == "backend_half":
+        return Connection(conn_id, shape, small, rng.choice([0, rng.randint(1, 500_000)]), tls=tls)
     if shape in ("half_close", "half_close_fin"):
         return Connection(conn_id, shape, small, rng.choice([0, rng.randint(1, 500_000)]), tls=tls)
     if shape == "backend_reset":
@@ -207,6 +214,9 @@ class TortureBackend(Protocol):
         elif conn.shape in ("upload", "slow_upload") and conn.size == 0:
             self.transport.write(sha(b"").encode())
             self.transport.loseConnection()
+        elif conn.shape == "backend_half":
+            self.transport.write(answer_bytes(conn.id, conn.size))
+            self.transport.loseWriteConnection()
         elif conn.shape == "backend_reset":
             # Straight to the socket: a transport's write waits for the next turn, which the reset would discard.
             try:
@@ -251,7 +261,7 @@ def expected_answer(conn: Connection) -> bytes:
     data = client_bytes(conn.id, conn.size)
     if conn.shape == "echo":
         return data
-    if conn.shape in ("answer", "slow", "backend_reset", "late_close_notify", "late_fin"):
+    if conn.shape in ("answer", "slow", "backend_reset", "backend_half", "late_close_notify", "late_fin"):
         return answer_bytes(conn.id, conn.size)
     if conn.shape in ("upload", "slow_upload"):
         return sha(data).encode()
@@ -299,6 +309,8 @@ def check(conn: Connection, outcome: dict[str, Any] | None, seen: BackendSeen | 
     if end != "close_notify":
         problems.append(f"the client's input ended by {end!r}, not close_notify")
     backend_expected = client_data if shape in _CLIENT_SENDS else b""
+    if shape == "backend_half":
+        backend_expected = client_bytes(conn.id, conn.extra)
     if seen.received != len(backend_expected) or seen.digest.hexdigest() != sha(backend_expected):
         problems.append(f"the backend read {seen.received} bytes, expected {len(backend_expected)}")
     if seen.end != "clean":
