@@ -35,6 +35,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from balancer.config.schema import TlsConfig
+from balancer.proxy.engine import tls_socket
 from balancer.proxy.tls_path import TlsEnginePath
 from tests.support import skips, tls_torture
 from tests.support.balancers import start_balancer
@@ -234,6 +235,12 @@ class BlockingTlsClient:
         self.tls.sendall(data)
         self.tls.shutdown()
         self.socket.close()
+        return received, end
+
+    def read_then_send_only(self, data: bytes) -> tuple[bytes, str]:
+        """Read to the end of the input, then send C{data} and neither end nor close: the bytes read, and how they ended."""
+        received, end = self.read_to_the_end()
+        self.tls.sendall(data)
         return received, end
 
     def end_and_read(self, close_notify: bool) -> tuple[bytes, str]:
@@ -453,6 +460,37 @@ class TlsBackendHalfCloseTests(TestCase):
             (seen.received, seen.digest.hexdigest(), seen.input_ended, seen.end),
             (conn.extra, tls_torture.sha(tls_torture.client_bytes(1, conn.extra)), True, "clean"),
         )
+
+
+class EngineTlsCloseWaitTests(TestCase):
+    """
+    A TLS client that does not end within L{CLOSE_WAIT} of the close its
+    backend's half-close brought is closed, and its backend, still reading
+    the client's bytes, is reset: it must not take a cut stream for whole
+    (before the fix it got a clean end).
+    """
+
+    timeout = 60
+    skip = skips.NO_ENGINE
+
+    @inlineCallbacks
+    def test_backendResetWhenTheClientNeverEnds(self) -> Iterator[Deferred[Any]]:
+        self.patch(tls_socket, "CLOSE_WAIT", 0.2)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        backend = tls_torture.BackendFactory()
+        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
+        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
+        self.addCleanup(lambda: client.socket.close())
+        yield deferToThread(client.connect, b"backend_half 1 10 0\n")
+        data, end = yield deferToThread(client.read_then_send_only, b"more")
+        self.assertEqual((data, end), (tls_torture.answer_bytes(1, 10), "close_notify"))
+        yield until(lambda: 1 in backend.seen and backend.seen[1].end != "", what="the backend's end")
+        self.assertEqual((backend.seen[1].received, backend.seen[1].end), (4, "reset"))
 
 
 class TwistedTlsBackendHalfCloseTests(TlsBackendHalfCloseTests):
