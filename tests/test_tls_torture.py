@@ -28,6 +28,7 @@ import struct
 import sys
 from typing import Any, Iterator
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -39,7 +40,7 @@ from balancer.proxy.engine import tls_socket
 from balancer.proxy.tls_path import TlsEnginePath
 from tests.support import skips, tls_torture
 from tests.support.balancers import start_balancer
-from tests.support.certs import make_certificates
+from tests.support.certs import Authority, make_certificates
 from tests.support.torture import ROOT, open_descriptors
 from tests.support.waiting import until
 
@@ -498,3 +499,60 @@ class TwistedTlsBackendHalfCloseTests(TlsBackendHalfCloseTests):
 
     splice = False
     skip = None
+
+
+class EngineTlsReloadTests(TestCase):
+    """
+    Reading a TLS server's certificate files again (C{reload_files}) keeps
+    it on the relay engine, serving the new certificate to new clients on
+    the same socket, and a client accepted before goes on.  Before the fix
+    the reload moved the listener to Twisted's transports for good, and a
+    relay accepted on the engine but joined after it was joined on
+    Twisted's path with the engine's transports and lost (the secure loop
+    of C{test_reload_integration}'s
+    C{test_rebindRefusesNoClientAndTheSameAddressKeepsItsSocket} failed about
+    half the time since 58b4eb0).
+    """
+
+    timeout = 60
+    skip = skips.NO_ENGINE
+
+    @inlineCallbacks
+    def test_filesReadAgainOnTheEngine(self) -> Iterator[Deferred[Any]]:
+        directory = os.path.abspath(self.mktemp())
+        renewed = os.path.join(directory, "renewed")
+        os.makedirs(renewed)
+        authority = Authority()
+        ca_path = authority.write(directory)
+        first = authority.issue(directory, "server")
+        second = authority.issue(renewed, "server")
+        backend = tls_torture.BackendFactory()
+        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        tls = TlsConfig(cert_path=first.cert_path, key_path=first.key_path)
+        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        self.assertIsInstance(server.path, TlsEnginePath)
+        before = BlockingTlsClient(ca_path, server.port, SSL.TLS1_3_VERSION)
+        yield deferToThread(before.connect, b"echo 1 5 0\n")
+        for source, target in ((second.cert_path, first.cert_path), (second.key_path, first.key_path)):
+            with open(source, "rb") as f:
+                data = f.read()
+            with open(target, "wb") as f:
+                f.write(data)
+        server.reload_files()
+        self.assertIsInstance(server.path, TlsEnginePath)
+        after = BlockingTlsClient(ca_path, server.port, SSL.TLS1_3_VERSION)
+        yield deferToThread(after.connect, b"echo 2 5 0\n")
+        certificates = [client.tls.get_peer_certificate().to_cryptography() for client in (before, after)]
+        with open(first.cert_path, "rb") as f:
+            renewed_pem = f.read()
+        self.assertEqual(
+            [c.serial_number for c in certificates],
+            [certificates[0].serial_number, x509.load_pem_x509_certificate(renewed_pem).serial_number],
+        )
+        self.assertNotEqual(certificates[0].serial_number, certificates[1].serial_number)
+        for conn_id, client in ((1, before), (2, after)):
+            yield deferToThread(client.send, tls_torture.client_bytes(conn_id, 5))
+            data, end = yield deferToThread(client.end_and_read, True)
+            self.assertEqual((data, end), (tls_torture.client_bytes(conn_id, 5), "close_notify"))
+        yield until(lambda: not server.relays, what="the relays to end")

@@ -35,6 +35,7 @@ from balancer.listeners import FACTORIES, kind_of
 from balancer.proxy.datapath import IDataPath
 from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.paths import DataPaths
+from balancer.proxy.tls_path import TlsEnginePath
 from balancer.proxy.udp import MAX_DATAGRAM
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def hand_over(port: Any, from_path: IDataPath, server: ServerService, paths: Dat
     if not isinstance(from_path, EnginePath):
         serve_with(port, factory)
         return paths.twisted, port
+    if isinstance(from_path, TlsEnginePath) and paths.choose(config) is from_path:
+        return from_path, from_path.adopt(port, factory)  # TLS again: on the engine still
     # On the engine only plain TCP runs, which needs no new listener on the same
     # address: the new definition needs Twisted's transports.
     from_path.engine.unlisten(port)

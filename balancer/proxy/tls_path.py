@@ -13,6 +13,8 @@ listener (L{balancer.proxy.tls_relay}).
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Protocol
 
 from OpenSSL import SSL
@@ -43,13 +45,26 @@ class TlsEnginePath(EnginePath):
         with the server's context, in front of a protocol of C{factory}'s
         wrapped factory.
         """
-        context: SSL.Context = factory.creator.getContext()
-        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         return sockets.listen(
-            self.engine,
-            port,
-            factory.wrappedFactory,
-            interface,
-            reuse_port=reuse_port,
-            transport=TlsTransports(context),
+            self.engine, port, factory.wrappedFactory, interface, reuse_port=reuse_port, transport=_transports(factory)
         )
+
+    def adopt(self, port: sockets.EngineListener, factory: TlsServerFactory) -> sockets.EngineListener:
+        """
+        Serve the clients of C{port}'s socket with C{factory} from now on,
+        on the engine (C{port}, a listener of this path, stops listening;
+        the socket stays open, so clients waiting in its backlog are
+        served by the new listener).
+        """
+        self.engine.unlisten(port)
+        sock = socket.socket(fileno=os.dup(port.fileno()))
+        sock.setblocking(False)
+        port.stopListening()
+        return sockets.EngineListener(self.engine, sock, factory.wrappedFactory, _transports(factory))
+
+
+def _transports(factory: TlsServerFactory) -> TlsTransports:
+    """The clients' transports, with the context C{factory}'s connections start with."""
+    context: SSL.Context = factory.creator.getContext()
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return TlsTransports(context)
