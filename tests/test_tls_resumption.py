@@ -5,8 +5,9 @@ tickets, TLS 1.2 and 1.3), and the balancer resumes its sessions with
 backends that speak TLS (L{balancer.proxy.tls.ResumingCreator}).
 
 pyOpenSSL does not say whether a session was resumed; the standard
-library's C{ssl} does (C{session_reused}), so the peers that check it are
-blocking C{ssl} sockets in threads, with timeouts.
+library's C{ssl} does (C{session_reused}), so most peers that check it are
+blocking C{ssl} sockets in threads, with timeouts; L{OpenSslClient} tells
+a resumed session by the certificate chain it did not get.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import struct
 import threading
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
@@ -24,6 +27,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from balancer.config.schema import BackendsTlsConfig, TlsConfig
+from balancer.proxy.engine import splice
+from balancer.proxy.tls_path import TlsEnginePath
 from balancer.proxy.tls import ResumingCreator, backend_context
 from tests.support.balancers import start_balancer
 from tests.support.certs import CertificateSet, make_certificates
@@ -54,6 +59,47 @@ class Client:
                     received += chunk
                 self.session = tls.session
                 return tls.session_reused
+
+
+class OpenSslClient:
+    """
+    The same with pyOpenSSL, which does not say whether a session was
+    resumed; but a resumed handshake carries no certificate, so the client
+    never passes through OpenSSL's state of reading one (watched with an
+    info callback).
+    """
+
+    def __init__(self, ca_path: str, version: int) -> None:
+        self.context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.context.set_min_proto_version(version)
+        self.context.set_max_proto_version(version)
+        self.context.load_verify_locations(ca_path)
+        self.context.set_verify(SSL.VERIFY_PEER)
+        self.context.set_info_callback(lambda connection, where, ret: self.states.append(connection.get_state_string()))
+        self.states: list[bytes] = []
+        self.session: SSL.Session | None = None
+
+    def ping(self, port: int) -> bool:
+        """Connect, send a ping, read it back, close; whether the session was resumed."""
+        self.states.clear()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(PEER_TIMEOUT), 0))
+            tls = SSL.Connection(self.context, raw)
+            tls.set_connect_state()
+            if self.session is not None:
+                tls.set_session(self.session)
+            tls.do_handshake()
+            tls.sendall(b"ping")
+            received = b""
+            while len(received) < 4:
+                received += tls.recv(4 - len(received))
+            self.session = tls.get_session()  # after a read: TLS 1.3 tickets come after the handshake
+            tls.shutdown()  # else OpenSSL holds the session for one not to resume
+            return _READ_CERTIFICATE not in self.states
+
+
+#: OpenSSL's state while a client reads the server's certificate, in a full handshake only.
+_READ_CERTIFICATE = b"SSLv3/TLS read server certificate"
 
 
 class EchoServer:
@@ -125,13 +171,23 @@ class ResumptionTestCase(TestCase):
 
 
 class ListenerResumptionTests(ResumptionTestCase):
-    """A client coming back to a C{protocol = "tls"} server resumes its session (session tickets, on by default)."""
+    """
+    A client coming back to a C{protocol = "tls"} server resumes its session
+    (session tickets, on by default): here with TLS terminated on the relay
+    engine (L{balancer.proxy.tls_path}), where there is one.
+    """
+
+    #: C{[defaults] splice}: the relay engine where there is one.
+    splice = True
 
     @inlineCallbacks
     def pings(self, **tls: Any) -> Any:
         backend = reactor.listenTCP(0, Factory.forProtocol(PlainEcho), interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
-        server = start_balancer(self, (f"127.0.0.1:{backend.getHost().port}",), protocol="tls", tls=self.tls_config(**tls))
+        server = start_balancer(
+            self, (f"127.0.0.1:{backend.getHost().port}",), splice=self.splice, protocol="tls", tls=self.tls_config(**tls)
+        )
+        self.assertEqual(isinstance(server.path, TlsEnginePath), self.splice and splice.AVAILABLE)
         client = Client(self.certs.ca_path)
         reused = []
         for _ in range(3):
@@ -152,6 +208,48 @@ class ListenerResumptionTests(ResumptionTestCase):
     def test_withoutTicketsNoResumption(self) -> None:
         """C{session_tickets = false} turns resumption off (no session cache is kept either)."""
         self.assertEqual((yield self.pings(session_tickets=False)), [False, False, False])
+
+    @inlineCallbacks
+    def test_withoutTicketsNoTls12Resumption(self) -> None:
+        """The same for a TLS 1.2 client: no ticket, and no session kept by its id."""
+        self.assertEqual((yield self.pings(session_tickets=False, max_version="tls1.2")), [False, False, False])
+
+
+    @inlineCallbacks
+    def openssl_pings(self, version: int, **tls: Any) -> Any:
+        backend = reactor.listenTCP(0, Factory.forProtocol(PlainEcho), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        server = start_balancer(
+            self, (f"127.0.0.1:{backend.getHost().port}",), splice=self.splice, protocol="tls", tls=self.tls_config(**tls)
+        )
+        client = OpenSslClient(self.certs.ca_path, version)
+        reused = []
+        for _ in range(3):
+            reused.append((yield deferToThread(client.ping, server.port)))
+        yield until(lambda: not server.relays)
+        self.assertEqual(server.counters.tls_failures, 0)
+        return reused
+
+    @inlineCallbacks
+    def test_openSslTls13ClientResumes(self) -> None:
+        """A pyOpenSSL client resumes too (TLS 1.3)."""
+        self.assertEqual((yield self.openssl_pings(SSL.TLS1_3_VERSION)), [False, True, True])
+
+    @inlineCallbacks
+    def test_openSslTls12ClientResumes(self) -> None:
+        """A pyOpenSSL client resumes too (TLS 1.2, by ticket)."""
+        self.assertEqual((yield self.openssl_pings(SSL.TLS1_2_VERSION)), [False, True, True])
+
+    @inlineCallbacks
+    def test_openSslTls12WithoutTicketsNoResumption(self) -> None:
+        """Nor is a pyOpenSSL TLS 1.2 client resumed with C{session_tickets = false}."""
+        self.assertEqual((yield self.openssl_pings(SSL.TLS1_2_VERSION, session_tickets=False)), [False, False, False])
+
+
+class TwistedListenerResumptionTests(ListenerResumptionTests):
+    """The same on Twisted's TLS transports (C{[defaults] splice = false})."""
+
+    splice = False
 
 
 class BackendResumptionTests(ResumptionTestCase):

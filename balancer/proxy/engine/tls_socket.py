@@ -22,10 +22,13 @@ Endings, as a relay sees them:
     it in C{tls_failures}), but a client that leaves during its handshake
     ends it with C{ConnectionDone} (or C{ConnectionLost} for a reset);
   - closing sends C{close_notify} once everything before it was sent, shuts
-    the socket's write side, and reads (discarding) until the client ends
-    too, for at most L{CLOSE_WAIT} seconds: a close that does not wait could
-    reset a client still sending, which would then lose the last bytes.
-    TLS has no half-close here, as on Twisted's transports.
+    the socket's write side, and reads until the client ends too, for at
+    most L{CLOSE_WAIT} seconds: a close that does not wait could reset a
+    client still sending, which would then lose the last bytes.  What it
+    reads goes on to the backend if the backend only shut its write side
+    (as on Twisted's transports, where TLS has no half-close either: a
+    backend's end of stream closes its TLS client, whose later bytes still
+    reach it), and is discarded if the backend is gone.
 """
 
 from __future__ import annotations
@@ -122,17 +125,19 @@ class TlsSocketTransport(SplicedTransport):
         """
         Handshake; or decrypt what the client sent into the backend's
         transport, until the socket has nothing more, the client's input
-        ends, or the backend cannot take it at once; or, closing, read
-        until the client ends.
+        ends, or the backend cannot take it at once (also while closing, if
+        the backend still reads: it only shut its write side); or, closing
+        with no backend to take it, read until the client ends.
         """
         if self._handshaking:
             self._handshake()
             return
-        if self._closing:
+        peer = self._peer
+        if self._closing and (peer is None or peer._closed):
             self._read_to_the_end()
             return
+        assert peer is not None, "read before join"
         recv = self._tls.recv
-        peer = self._peer
         for _ in range(READS_PER_EVENT):
             if peer._closed:
                 self._stop_reading()
@@ -142,7 +147,7 @@ class TlsSocketTransport(SplicedTransport):
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:
-                self._end_of_input()
+                self._input_ended()
                 return
             except SSL.WantWriteError:
                 # The TLS layer has something to send first (a socket full): read again once it can.
@@ -151,7 +156,7 @@ class TlsSocketTransport(SplicedTransport):
                 return
             except SSL.SysCallError as e:
                 if e.args[0] == -1:
-                    self._end_of_input()  # the TCP stream ended without close_notify
+                    self._input_ended()  # the TCP stream ended without close_notify
                 else:
                     self._fail()
                 return
@@ -179,9 +184,14 @@ class TlsSocketTransport(SplicedTransport):
             self._drained()
 
     def deadline_passed(self) -> None:
-        """The client did not end within L{CLOSE_WAIT} seconds of the close: close now."""
+        """
+        The client did not end within L{CLOSE_WAIT} seconds of the close:
+        close now (as a lost connection if its bytes were still passed to
+        the backend, which must not take them for complete).
+        """
         self._lingering = None
-        self._close(_DONE)
+        peer = self._peer
+        self._close(_DONE if peer is None or peer._closed else _LOST)
 
     # Inside
 
@@ -194,8 +204,12 @@ class TlsSocketTransport(SplicedTransport):
         except SSL.WantWriteError:
             self._start_writing()
             return
+        except SSL.ZeroReturnError:
+            # The client left during its handshake (its TCP end: see TlsTransports): not a failed handshake.
+            self._close(_DONE)
+            return
         except SSL.SysCallError as e:
-            # The client left (or reset) during its handshake: not a failed handshake.
+            # The client reset during its handshake: not a failed handshake either.
             self._close(_DONE if e.args[0] == -1 else _LOST)
             return
         except SSL.Error:
@@ -243,11 +257,18 @@ class TlsSocketTransport(SplicedTransport):
             self._producer._resume()
 
     def _say_goodbye(self) -> None:
-        """Send C{close_notify}, shut the write side, and wait for the client's end (if it has not ended)."""
+        """
+        Send C{close_notify}, shut the write side, and wait for the client's
+        end (if it has not ended); with the socket full, all this waits for
+        room (L{doWrite} comes back here).
+        """
         try:
             self._tls.shutdown()
+        except SSL.WantWriteError:
+            self._start_writing()
+            return
         except SSL.Error:
-            pass  # a full socket or a client already gone: it gets the end of the TCP stream alone
+            pass  # a client already gone: it gets the end of the TCP stream alone
         if not self._read_open:
             self._close(_DONE)
             return
@@ -258,6 +279,17 @@ class TlsSocketTransport(SplicedTransport):
             return
         self._lingering = self._engine.deadlines.add(CLOSE_WAIT, self)
         self._start_reading()
+
+    def _input_ended(self) -> None:
+        """The client's input ended; if its close was only waiting for that (C{close_notify} sent), close."""
+        self._end_of_input()
+        if self._lingering is not None:
+            self._close(_DONE)
+
+    def _resume(self) -> None:
+        # Also while closing: a backend that only shut its write side still takes the client's bytes.
+        if self._read_open and not self._closed:
+            self._start_reading()
 
     def _read_to_the_end(self) -> None:
         """Closing: discard what the client still sends, until its end (or an error)."""
@@ -289,6 +321,14 @@ class TlsTransports:
     """
 
     def __init__(self, context: SSL.Context) -> None:
+        """
+        Serve with C{context}, which from now on takes the end of a TCP
+        stream without C{close_notify} for the end of the client's input
+        (C{OP_IGNORE_UNEXPECTED_EOF}): else OpenSSL holds that end for a
+        fatal error, and the connection could send nothing more (not the
+        backend's answer to a client that half-closed).
+        """
+        context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
         self.context = context
 
     def __call__(self, engine: Engine, sock: Any, address: IAddress) -> TlsSocketTransport:
