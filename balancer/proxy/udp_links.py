@@ -133,12 +133,13 @@ class LinkPoller:
         if epoll is None:
             epoll = self._epoll = select.epoll()
             self.reactor.addReader(self)
-        epoll.register(link.fileno(), select.EPOLLIN)
-        self.links[link.fileno()] = link
+        fd = link.fd
+        epoll.register(fd, select.EPOLLIN)
+        self.links[fd] = link
 
     def remove(self, link: SocketLink) -> None:
         """Stop reading C{link}, whose socket is about to close (closing it takes it out of the epoll set)."""
-        del self.links[link.fileno()]
+        del self.links[link.fd]
 
     def doRead(self) -> None:
         """
@@ -189,6 +190,8 @@ class SocketLink:
     """
     A non-blocking socket connected to the backend, read by its proxy's
     L{LinkPoller} one datagram at a time.
+
+    @ivar fd: the socket's descriptor, -1 once closed.
     """
 
     def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
@@ -200,23 +203,24 @@ class SocketLink:
             sock = socket.socket(family, _NON_BLOCKING_DATAGRAMS)
         except OSError as e:
             raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
+        peer = (ip, port)
         try:
-            sock.connect((ip, port))
+            sock.connect(peer)
         except OSError as e:
             sock.close()
             raise CannotOpen(f"cannot reach the backend: {e}") from e
         self.poller = poller
         self.session = session
-        self.peer = (ip, port)
+        self.peer = peer
         self.socket: socket.socket | None = sock
-        self._fileno = sock.fileno()
+        self.fd = sock.fileno()
         self._send = sock.send
         self._recv = sock.recv
         poller.add(self)
 
     def fileno(self) -> int:
         """The socket's descriptor, -1 once closed."""
-        return self._fileno
+        return self.fd
 
     def send(self, data: bytes) -> bool:
         """Send C{data} to the backend; a full buffer drops it."""
@@ -253,7 +257,7 @@ class SocketLink:
             return None
         self.poller.remove(self)
         self.socket = None
-        self._fileno = -1
+        self.fd = -1
         sock.close()
         return None
 
