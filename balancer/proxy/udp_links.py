@@ -137,17 +137,15 @@ class LinkPoller:
         epoll.register(fd, select.EPOLLIN)
         self.links[fd] = link
 
-    def remove(self, link: SocketLink) -> None:
-        """Stop reading C{link}, whose socket is about to close (closing it takes it out of the epoll set)."""
-        del self.links[link.fd]
-
     def doRead(self) -> None:
         """
-        Read one datagram from every link that is ready, and again while
-        some are (at most L{READS_PER_EVENT} rounds): a round that finds
-        none costs one C{epoll_wait} for all the links, where reading each
-        link until C{EAGAIN} would cost a failed C{recv} (and its exception)
-        per link.
+        Read one datagram from every link that is ready and relay it to the
+        link's session, and again while some are (at most
+        L{READS_PER_EVENT} rounds): a round that finds none costs one
+        C{epoll_wait} for all the links, where reading each link until
+        C{EAGAIN} would cost a failed C{recv} (and its exception) per link.
+        An error queued on a socket instead of a datagram (ICMP port or
+        host unreachable) is a refusal.
         """
         epoll = self._epoll
         links = self.links
@@ -161,7 +159,14 @@ class LinkPoller:
                 link = links.get(fd)
                 if link is not None:
                     try:
-                        link.read()
+                        try:
+                            data = link.recv(MAX_DATAGRAM)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        except OSError:
+                            link.session.refused()
+                        else:
+                            link.session.from_backend(data)
                     except Exception:
                         # As a Twisted port does: log it and lose only this
                         # datagram, not the set with every other session.
@@ -191,7 +196,12 @@ class SocketLink:
     A non-blocking socket connected to the backend, read by its proxy's
     L{LinkPoller} one datagram at a time.
 
+    The socket is a plain C{socket.SocketType} (the C type under
+    C{socket.socket}): a link needs none of the Python wrapper's features,
+    whose C{__init__} and C{close} cost three Python calls per session.
+
     @ivar fd: the socket's descriptor, -1 once closed.
+    @ivar recv: the socket's C{recv}, for the poller.
     """
 
     def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
@@ -200,7 +210,7 @@ class SocketLink:
         """
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # ip is an address, not a name
         try:
-            sock = socket.socket(family, _NON_BLOCKING_DATAGRAMS)
+            sock = socket.SocketType(family, _NON_BLOCKING_DATAGRAMS)
         except OSError as e:
             raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
         peer = (ip, port)
@@ -212,10 +222,10 @@ class SocketLink:
         self.poller = poller
         self.session = session
         self.peer = peer
-        self.socket: socket.socket | None = sock
+        self.socket: socket.SocketType | None = sock
         self.fd = sock.fileno()
         self._send = sock.send
-        self._recv = sock.recv
+        self.recv = sock.recv
         poller.add(self)
 
     def fileno(self) -> int:
@@ -235,27 +245,12 @@ class SocketLink:
             raise
         return True
 
-    def read(self) -> None:
-        """
-        Relay one datagram from the backend (the poller found the socket
-        ready); an error queued on the socket instead (ICMP port or host
-        unreachable) is a refusal.
-        """
-        try:
-            data = self._recv(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.session.refused()
-            return
-        self.session.from_backend(data)
-
     def close(self) -> None:
         """Stop reading and close the socket, now (the session asked: it is not told)."""
         sock = self.socket
         if sock is None:
             return None
-        self.poller.remove(self)
+        del self.poller.links[self.fd]  # closing the socket takes it out of the epoll set
         self.socket = None
         self.fd = -1
         sock.close()
