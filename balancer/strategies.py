@@ -108,8 +108,8 @@ class RoundRobinStrategy:
         chosen = candidates[0]
         if self._last is not None:
             last = self._last
-            chosen = next((b for b in candidates if (b.host, b.port) > last), chosen)
-        self._last = (chosen.host, chosen.port)
+            chosen = next((b for b in candidates if (b.spec.host, b.spec.port) > last), chosen)
+        self._last = (chosen.spec.host, chosen.spec.port)
         return chosen
 
 
