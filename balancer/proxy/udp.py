@@ -73,7 +73,7 @@ from balancer.proxy.finished import (
     address_text,
 )
 from balancer.proxy.udp_idle import IdleQueue
-from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, open_link
+from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, link_opener
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -176,7 +176,7 @@ class UdpSession:
             return
         proxy = self.proxy
         try:
-            self._link = open_link(proxy.reactor, proxy.poller, self, ip, self.backend.spec.port)
+            self._link = proxy.open_link(self, ip, self.backend.spec.port)
         except CannotOpen as e:
             self.end(str(e), CONNECT_FAILED)
             return
@@ -322,6 +322,9 @@ class UdpProxy(DatagramProtocol):
     @ivar sessions: each client's current session, by C{(host, port)}.
     @ivar counters: the server's statistics, updated as datagrams move.
     @ivar admission: its access rules and limit of live sessions.
+    @ivar poller: the epoll set of its sessions' sockets, or C{None} when
+        its reactor needs Twisted ports for them.
+    @ivar open_link: opens a session's socket (L{link_opener}).
     @ivar transport: the listening UDP port (an C{IUDPTransport}, and its
         C{maxPacketSize}, which no interface names: hence C{Any}).
     """
@@ -384,6 +387,7 @@ class UdpProxy(DatagramProtocol):
         self._idle: tuple[tuple[float, float], tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]] = (
             (-1.0, -1.0), (None, None))
         self.poller = LinkPoller.for_reactor(reactor)
+        self.open_link = link_opener(reactor, self.poller)
         self.to_client: Callable[[bytes, Address], None] = self._write_to_client
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()

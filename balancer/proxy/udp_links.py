@@ -6,7 +6,7 @@ kernel delivers the backend's answers on it (and drops datagrams from any
 other address), and an ICMP port unreachable from the backend's host comes
 back on it as a refusal.
 
-Two kinds, chosen by L{open_link}:
+Two kinds, chosen by L{link_opener}:
 
   - L{SocketLink}: a plain non-blocking socket in the epoll set of its
     proxy's L{LinkPoller}, for a reactor that polls real descriptors (every
@@ -25,9 +25,10 @@ Both tell their session of a datagram (C{from_backend}) and of a refusal
 from __future__ import annotations
 
 import errno
+import functools
 import select
 import socket
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -82,16 +83,17 @@ class CannotOpen(Exception):
     """The socket could not be opened or connected; the message says which and why."""
 
 
-def open_link(reactor: Any, poller: LinkPoller | None, session: LinkUser, ip: str, port: int) -> Link:
+def link_opener(reactor: Any, poller: LinkPoller | None) -> Callable[[LinkUser, str, int], Link]:
     """
-    A socket connected to C{ip:port} for C{session}: read by C{poller} when
-    there is one, else a port of C{reactor}.
-
-    @raise CannotOpen: when the socket cannot be opened or connected.
+    What opens a session's socket to a backend, called with the session, the
+    backend's IP and port: a L{SocketLink} read by C{poller} when there is
+    one, else a L{PortLink} of C{reactor} (a C{functools.partial} of the
+    class: no call of its own per session).  Either raises L{CannotOpen}
+    when the socket cannot be opened or connected.
     """
     if poller is not None:
-        return SocketLink(poller, session, ip, port)
-    return PortLink(reactor, session, ip, port)
+        return functools.partial(SocketLink, poller)
+    return functools.partial(PortLink, reactor)
 
 
 @implementer(IReadDescriptor)
@@ -160,7 +162,7 @@ class LinkPoller:
                 if link is not None:
                     try:
                         try:
-                            data = link.recv(MAX_DATAGRAM)
+                            data = link.socket.recv(MAX_DATAGRAM)
                         except (BlockingIOError, InterruptedError):
                             continue
                         except OSError:
@@ -200,8 +202,8 @@ class SocketLink:
     C{socket.socket}): a link needs none of the Python wrapper's features,
     whose C{__init__} and C{close} cost three Python calls per session.
 
+    @ivar socket: the socket (closed once the link is).
     @ivar fd: the socket's descriptor, -1 once closed.
-    @ivar recv: the socket's C{recv}, for the poller.
     """
 
     def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
@@ -222,10 +224,8 @@ class SocketLink:
         self.poller = poller
         self.session = session
         self.peer = peer
-        self.socket: socket.SocketType | None = sock
+        self.socket = sock
         self.fd = sock.fileno()
-        self._send = sock.send
-        self.recv = sock.recv
         poller.add(self)
 
     def fileno(self) -> int:
@@ -235,7 +235,7 @@ class SocketLink:
     def send(self, data: bytes) -> bool:
         """Send C{data} to the backend; a full buffer drops it."""
         try:
-            self._send(data)
+            self.socket.send(data)
         except ConnectionRefusedError:
             self.session.refused()
             return False
@@ -247,13 +247,11 @@ class SocketLink:
 
     def close(self) -> None:
         """Stop reading and close the socket, now (the session asked: it is not told)."""
-        sock = self.socket
-        if sock is None:
+        if self.fd < 0:
             return None
         del self.poller.links[self.fd]  # closing the socket takes it out of the epoll set
-        self.socket = None
         self.fd = -1
-        sock.close()
+        self.socket.close()
         return None
 
 
