@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from balancer.config.schema import LoggingConfig
-from balancer.logs import ACCESS_NAMESPACE
+from balancer.logs import ACCESS_NAMESPACE, writes
 from balancer.proxy.finished import FinishedConnection, FinishedConnections
 
 #: The logger of the access log's events.
@@ -75,10 +75,12 @@ class AccessLog:
 def start_access_log(config: LoggingConfig, finished: FinishedConnections) -> Callable[[], None] | None:
     """
     Log every connection C{finished} publishes from now on, if C{config}
-    says so (C{access_log}).
+    says so (C{access_log}) and its C{level} writes the lines (info): at a
+    higher level nothing subscribes, so that no record is built, rendered
+    and dropped per connection.
 
     @return: what stops it, or C{None} when it is off.
     """
-    if not config.access_log:
+    if not (config.access_log and writes(config, LogLevel.info)):
         return None
     return finished.subscribe(AccessLog())

@@ -56,6 +56,11 @@ _LEVELS = {
     "error": LogLevel.error,
 }
 
+def writes(config: LoggingConfig, level: LogLevel) -> bool:
+    """Whether events of C{level} are written at C{config}'s C{level}."""
+    return level >= _LEVELS[config.level]
+
+
 #: What Twisted's factories log when they start and stop (at info); debug here.
 _CHATTER_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
 

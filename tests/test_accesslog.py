@@ -154,6 +154,20 @@ class SwitchTests(SynchronousTestCase):
         finished = FinishedConnections()
         self.assertIsNone(start_access_log(LoggingConfig(access_log=False), finished))
 
+    def test_levelAboveInfoSubscribesNothing(self) -> None:
+        """
+        At a level that drops its info lines the access log does not
+        subscribe: no record is built per connection for nothing.
+        """
+        for level in ("warn", "warning", "error"):
+            finished = FinishedConnections()
+            self.assertIsNone(start_access_log(LoggingConfig(level=level), finished), level)
+            self.assertFalse(finished.wanted, level)
+        for level in ("debug", "info"):
+            finished = FinishedConnections()
+            self.assertIsNotNone(start_access_log(LoggingConfig(level=level), finished), level)
+            self.assertTrue(finished.wanted, level)
+
     def test_configKey(self) -> None:
         config = config_from_mapping({"logging": {"access_log": False}}, "test")
         self.assertFalse(config.logging.access_log)

@@ -18,6 +18,7 @@ from balancer.proxy.engine.engine import Engine
 from balancer.proxy.engine.path import EnginePath
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.sni_path import IReadsFirst, SniEnginePath
+from balancer.proxy.tls_path import TlsEnginePath
 from balancer.proxy.twisted_path import TwistedPath
 
 
@@ -45,10 +46,17 @@ class DataPathsTests(SynchronousTestCase):
         assert isinstance(path, EnginePath)
         self.assertIs(path.engine, self.engine)
 
-    def test_anythingToReadOrEncryptRunsOnTwisted(self) -> None:
+    def test_tlsTerminationInFrontOfPlainBackendsRunsOnTheEngine(self) -> None:
+        """C{protocol = "tls"} with plain TCP backends: TLS on the client's socket, on the engine."""
+        path = self.paths.choose(server_config(protocol="tls", tls=TlsConfig(cert_path="c", key_path="k")))
+        self.assertIsInstance(path, TlsEnginePath)
+        assert isinstance(path, TlsEnginePath)
+        self.assertIs(path.engine, self.engine)
+
+    def test_tlsToBackendsRunsOnTwisted(self) -> None:
         plain = server_config()
         for config in (
-            attrs.evolve(plain, protocol="tls", tls=TlsConfig(cert_path="c", key_path="k")),
+            attrs.evolve(plain, protocol="tls", tls=TlsConfig(cert_path="c", key_path="k"), backends_tls=BackendsTlsConfig()),
             attrs.evolve(plain, sni=SniConfig(), backends_tls=BackendsTlsConfig()),
             attrs.evolve(plain, backends_tls=BackendsTlsConfig()),
             attrs.evolve(plain, protocol="udp"),

@@ -30,6 +30,8 @@ from balancer.config.schema import (
     TlsConfig,
     UdpConfig,
 )
+from balancer.proxy.engine import splice
+from balancer.proxy.tls_path import TlsEnginePath
 from balancer.proxy.udp import MAX_DATAGRAM
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
@@ -93,6 +95,9 @@ class ProtocolsTestCase(TestCase):
 
     timeout = 30
 
+    #: C{[defaults] splice}: the relay engine where a server can run on it.
+    splice = True
+
     def setUp(self) -> None:
         self.directory = scratch_directory(self)
         self.authority = Authority()
@@ -105,7 +110,10 @@ class ProtocolsTestCase(TestCase):
         whole C{static_list} lines.
         """
         lines = tuple(f"127.0.0.1:{b}" if isinstance(b, int) else b for b in backends)
-        config = Config(defaults=DefaultsConfig(shutdown_grace=5.0), servers={"web": server_config(lines, **options)})
+        config = Config(
+            defaults=DefaultsConfig(shutdown_grace=5.0, splice=self.splice),
+            servers={"web": server_config(lines, **options)},
+        )
         service = self.service = BalancerService(config, reactor)
         service.privilegedStartService()
         service.startService()
@@ -178,7 +186,9 @@ class TlsTerminationTests(ProtocolsTestCase):
     def tls_server(self, backends: list[Any], **options: Any) -> ServerService:
         pair = self.issue("balancer")
         tls = TlsConfig(cert_path=pair.cert_path, key_path=pair.key_path)
-        return self.start(backends, protocol="tls", tls=tls, **options)
+        server = self.start(backends, protocol="tls", tls=tls, **options)
+        self.assertEqual(isinstance(server.path, TlsEnginePath), self.splice and splice.AVAILABLE)
+        return server
 
     @inlineCallbacks
     def test_clientHandshakesWithTheBalancerAndGetsTheBackendsEcho(self) -> None:
@@ -241,6 +251,12 @@ class TlsTerminationTests(ProtocolsTestCase):
         )
         answers = yield gatherResults([self.ask_tls(server.port, name, b"", 1) for name in ("b.test", "a.test")])
         self.assertEqual(answers, [b"b", b"a"])
+
+
+class TlsTerminationOnTwistedTests(TlsTerminationTests):
+    """The same, on Twisted's transports (C{[defaults] splice = false}); the tests above run on the engine."""
+
+    splice = False
 
 
 class BackendTlsTests(ProtocolsTestCase):

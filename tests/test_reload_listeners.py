@@ -9,10 +9,13 @@ old listener serving.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
 import attrs
+from cryptography import x509
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -28,13 +31,17 @@ from balancer.listeners.closing import LINGER, close_gently, refuse_new_clients
 from balancer.listeners.handover import hand_over, same_socket
 from balancer.listening import BindError
 from balancer.proxy.engine.path import EnginePath
+from balancer.proxy.engine.tls_socket import TlsTransports
 from balancer.proxy.paths import DataPaths
 from balancer.proxy.sni import SniClientSide
 from balancer.proxy.tcp import ClientSide, RelayFactory
+from balancer.proxy.tls_path import TlsEnginePath
+from balancer.proxy.tls_relay import TlsClientSide
 from balancer.proxy.twisted_path import TwistedPath
 from balancer.root_service import BalancerService
 from balancer.server_service import ServerService
 from balancer.stats import RateClock
+from tests.support.certs import self_signed
 from tests.support.clients import Echo, serve
 from tests.support.hellos import client_hello
 from tests.support.ports import free_port
@@ -182,6 +189,10 @@ class EnginePort:
     def stopListening(self) -> None:
         self.events.append("closed")
 
+    def serve(self, factory: Any, transport: Any = None) -> None:
+        self.events.append("serve")
+        self.served = (factory, transport)
+
 
 class HandOverTests(SynchronousTestCase):
     """Between data paths."""
@@ -192,6 +203,7 @@ class HandOverTests(SynchronousTestCase):
         engine: Any = FakeEngine(self.events)
         self.paths = DataPaths(self.reactor)
         self.engine = self.paths.engine = EnginePath(engine)
+        self.tls_engine = self.paths.tls_engine = TlsEnginePath(engine)
 
     def server(self, **options: Any) -> ServerService:
         return ServerService("web", server_config(**options), self.reactor, RateClock(self.reactor), paths=self.paths)
@@ -214,6 +226,38 @@ class HandOverTests(SynchronousTestCase):
         self.assertIs(kept, port)
         self.assertIs(port.factory.side, ClientSide)  # type: ignore[attr-defined]
         self.assertEqual((self.events, self.reactor.adoptedPorts), ([], []))
+
+    def test_samePathOnTheEngineServesTheNewServer(self) -> None:
+        """A new definition that runs on the same engine path keeps the engine: its listener serves the new server."""
+        server = self.server()
+        port = EnginePort(self.events)
+        path, kept = hand_over(port, self.engine, server, self.paths)
+        self.assertEqual((path, kept, self.events), (self.engine, port, ["serve"]))
+        factory, _ = port.served
+        self.assertEqual((factory.side, factory.server), (ClientSide, server))
+
+    def test_tlsFilesReadAgainStayOnTheEngine(self) -> None:
+        """
+        A TLS server on the engine whose files are read again stays there
+        (its relays in flight go on with the engine): the listener makes
+        the next clients' TLS transports with the new certificate.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key, _ = self_signed(directory)
+        server = self.server(protocol="tls", tls=TlsConfig(cert_path=cert, key_path=key))
+        self.assertIs(server.path, self.tls_engine)
+        port = EnginePort(self.events)
+        path, kept = hand_over(port, self.tls_engine, server, self.paths)
+        self.assertEqual((path, kept, self.events), (self.tls_engine, port, ["serve"]))
+        factory, transports = port.served
+        self.assertEqual((factory.side, factory.server), (TlsClientSide, server))
+        self.assertIsInstance(transports, TlsTransports)
+        with open(cert, "rb") as f:
+            expected = x509.load_pem_x509_certificate(f.read())
+        served = SSL.Connection(transports.context, None).get_certificate()
+        assert served is not None
+        self.assertEqual(served.to_cryptography(), expected)
 
     def test_backendTlsOnTheEngineTakesTheSocketToTwisted(self) -> None:
         server = self.server(backends_tls=BackendsTlsConfig())

@@ -8,12 +8,18 @@ backlog are accepted by the new server instead of being reset:
  - on Twisted's transports, the port is kept and only the factory it serves
    changes (Twisted's TCP port builds each client's protocol with its
    C{factory} attribute, read at each accept);
- - from the relay engine (which serves plain TCP only, so a new definition
-   on the same address needs Twisted's transports), and for UDP, a port of
+ - on the relay engine, when the new definition runs on the same engine
+   path (a TLS server whose certificate files were read again, say), the
+   engine's listener serves the new server's clients from the next accept;
+ - from the relay engine to Twisted's transports, and for UDP, a port of
    the reactor adopts a duplicate of the socket's descriptor and the old
    port closes its own: neither shuts the socket down, so the duplicate
    goes on listening.  A socket leaving the engine is first taken out of
    the engine's epoll set.
+
+A server keeps the data path its listener is on: its relays in flight go on
+with the path they started on (a relay calls its server's path to connect
+and to join).
 
 A port of Twisted's own C{listenTCP} shuts its socket down when it closes,
 which would reset the backlog whatever else holds the socket: so a server
@@ -78,8 +84,10 @@ def hand_over(port: Any, from_path: IDataPath, server: ServerService, paths: Dat
     if not isinstance(from_path, EnginePath):
         serve_with(port, factory)
         return paths.twisted, port
-    # On the engine only plain TCP runs, which needs no new listener on the same
-    # address: the new definition needs Twisted's transports.
+    if paths.choose(config) is from_path:
+        from_path.serve_with(port, factory)
+        return from_path, port
+    # The new definition runs on another path: Twisted's transports take the socket.
     from_path.engine.unlisten(port)
     adopted = server.reactor.adoptStreamPort(port.fileno(), family_of(port), factory)
     port.stopListening()

@@ -275,6 +275,10 @@ class _ByServerName:
         """A connection that starts with the default context."""
         return SSL.Connection(self._default, None)
 
+    def getContext(self) -> SSL.Context:
+        """The context a connection starts with (its callbacks switch it by server name)."""
+        return self._default
+
     def _chose_name(self, connection: SSL.Connection) -> None:
         name = _server_name(connection)
         if name is None:

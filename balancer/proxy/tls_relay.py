@@ -191,6 +191,14 @@ class RelayTLSFactory(TLSMemoryBIOFactory):
 
     protocol = TLSMemoryBIOProtocol
 
+    def __init__(self, creator: Any, isClient: bool, wrappedFactory: Any, clock: Any = None) -> None:
+        """
+        As Twisted's; C{creator} is kept as L{creator} (for a data path
+        that terminates TLS on its own, L{balancer.proxy.tls_path}).
+        """
+        super().__init__(creator, isClient, wrappedFactory, clock)
+        self.creator = creator
+
 
 class BackendTLSFactory(RelayTLSFactory):
     """

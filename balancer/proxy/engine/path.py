@@ -42,6 +42,10 @@ class EnginePath:
         """Connect on the engine (L{sockets.connect})."""
         return sockets.connect(self.engine, host, port, factory, timeout)
 
+    def serve_with(self, listener: sockets.EngineListener, factory: IProtocolFactory) -> None:
+        """Serve the clients C{listener} accepts from now on with C{factory} (another server's)."""
+        listener.serve(factory)
+
     def join(self, relay: Relay, client: ClientSide, backend: BackendSide) -> None:
         """Splice the two sockets (both start reading), counting each read."""
         splice(client, backend, relay.count_tx, relay.count_rx)

@@ -80,17 +80,21 @@ class EngineListener:
     L{SplicedTransport} in front of a protocol from C{factory}.
     """
 
-    def __init__(self, engine: Any, sock: socket.socket, factory: Any) -> None:
+    def __init__(self, engine: Any, sock: socket.socket, factory: Any, transport: Any = SplicedTransport) -> None:
         """
         @param engine: the engine to run on.
         @param sock: a bound, listening, non-blocking socket (now owned by the listener).
         @param factory: builds a protocol for each client (C{buildProtocol(address)}).
+        @param transport: makes each client's transport (called with the
+            engine, the socket and the client's address): a
+            L{SplicedTransport}, or another transport of the engine.
         """
         self._engine = engine
         self._socket = sock
         self._fd = sock.fileno()
         self._family = sock.family
         self._factory = factory
+        self._transport = transport
         self._listening = True
         self._resume: Any = None
         self._cannot_accept = ThrottledWarning(
@@ -102,6 +106,11 @@ class EngineListener:
     def getHost(self) -> IPv4Address | IPv6Address:
         """The address listened on."""
         return tcp_address(self._family, self._socket.getsockname())
+
+    def serve(self, factory: Any, transport: Any = SplicedTransport) -> None:
+        """Serve the clients accepted from now on with C{factory} and C{transport} (see L{__init__})."""
+        self._factory = factory
+        self._transport = transport
 
     def stopListening(self) -> None:
         """Close the socket: clients not accepted yet are refused."""
@@ -155,7 +164,7 @@ class EngineListener:
         if protocol is None:
             sock.close()
             return
-        transport = SplicedTransport(self._engine, sock, address)
+        transport = self._transport(self._engine, sock, address)
         transport.protocol = protocol
         try:
             protocol.makeConnection(transport)
@@ -174,17 +183,20 @@ class EngineListener:
             self._engine.listen(self)
 
 
-def listen(engine: Any, port: int, factory: Any, interface: str, *, reuse_port: bool = False) -> EngineListener:
+def listen(
+    engine: Any, port: int, factory: Any, interface: str, *, reuse_port: bool = False, transport: Any = SplicedTransport
+) -> EngineListener:
     """
     Listen on C{interface:port} on the engine (sharing the port with other
-    processes with C{reuse_port}).
+    processes with C{reuse_port}); each client's transport is made by
+    C{transport} (see L{EngineListener}).
 
     @raise CannotListenError: if the address cannot be bound.
     """
     sock = bound_socket(socket.SOCK_STREAM, interface, port, share=reuse_port)
     # Accepted sockets inherit it: no system call per client.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return EngineListener(engine, sock, factory)
+    return EngineListener(engine, sock, factory, transport)
 
 
 class EngineConnector:

@@ -137,6 +137,10 @@ class SplicedTransport:
         "_splicing",
     )
 
+    #: Whether a peer's reads may be spliced into this transport's pipe
+    #: (a transport that encrypts what it sends takes copies).
+    takes_pipes = True
+
     def __init__(self, engine: Engine, sock: Any, address: IAddress | None = None) -> None:
         """
         @param engine: the engine the socket runs on (L{balancer.proxy.engine.engine.Engine}).
@@ -296,7 +300,7 @@ class SplicedTransport:
         """
         One read through Python: C{recv} what the socket has and C{send} it
         on, keeping what the peer cannot take yet.  A read that fills
-        L{COPY_SIZE} turns this direction to splicing.
+        L{COPY_SIZE} turns this direction to splicing (if the peer L{takes_pipes}).
 
         @return: whether to read again (else the socket has nothing more, its
             input ended, it failed, or the peer must drain first).  After a
@@ -321,7 +325,7 @@ class SplicedTransport:
             self._stop_reading()
             return False
         if size == COPY_SIZE:
-            self._splicing = True
+            self._splicing = peer.takes_pipes
             return True
         ending = self._engine.ending
         if ending & _RDHUP and not ending & _ERR:
