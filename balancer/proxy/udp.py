@@ -23,7 +23,8 @@ A session ends:
     C{refused_connections}.
 
 Each session ended is published as a L{FinishedConnection} (protocol
-C{udp}, its connect time the time to open its socket to the backend).
+C{udp}, its connect time the time to open its socket to the backend) when
+anyone subscribed (the access log, the metrics); else no record is made.
 
 Admission: a datagram from a client without a session opens one only while
 the server has fewer live sessions (those past C{max_requests} included,
@@ -384,8 +385,9 @@ class UdpProxy(DatagramProtocol):
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
         self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
-        self._idle: tuple[tuple[float, float], tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]] = (
-            (-1.0, -1.0), (None, None))
+        # The idle queues of the last pair of timeouts asked for (none yet).
+        self._idle: tuple[tuple[float, float] | None, tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]] = (
+            None, (None, None))
         self.poller = LinkPoller.for_reactor(reactor)
         self.open_link = link_opener(reactor, self.poller)
         self.to_client: Callable[[bytes, Address], None] = self._write_to_client
