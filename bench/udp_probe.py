@@ -47,7 +47,8 @@ for one round and writes its statistics to FILE.
 
 C{--cost TOOL} measures, instead of rates, what one session costs the
 balancer (of the working tree, and of C{--baseline DIR} when given), free
-of the machine's noise: C{--sessions} one-answer exchanges from
+of the machine's noise (with C{--responses 0}, what one exchange in a kept
+session costs): C{--sessions} exchanges from
 C{--clients} closed-loop senders after a warm-up of L{COST_WARMUP}, with
 C{strace -c -f} attached to it for them (system calls per session, by
 call), or under C{valgrind --tool=callgrind} with instrumentation turned on
@@ -441,8 +442,12 @@ def strace_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def cost(tool: str, tree: Path, sessions: int, clients: int, size: int) -> dict[str, Any]:
-    """What one session costs the balancer of C{tree} (see C{--cost} in the module docstring)."""
+def cost(tool: str, tree: Path, sessions: int, clients: int, size: int, responses: int = 1) -> dict[str, Any]:
+    """
+    What one session costs the balancer of C{tree} (see C{--cost} in the
+    module docstring); with C{responses = 0}, what one exchange in a kept
+    session costs.
+    """
     with tempfile.TemporaryDirectory(prefix="udp-cost-") as tmp:
         workdir = Path(tmp)
         procs = Processes(workdir)
@@ -454,7 +459,7 @@ def cost(tool: str, tree: Path, sessions: int, clients: int, size: int) -> dict[
                 stats = []
                 for n in (sessions // 4, sessions):
                     profile = workdir / f"profile-{n}"
-                    port, proc = start_balancer(procs, backend, 1, profile, tree)
+                    port, proc = start_balancer(procs, backend, responses, profile, tree)
                     exchange(port, n, clients, size)
                     procs.stop(proc)
                     stats.append(pstats.Stats(str(profile)))
@@ -468,7 +473,7 @@ def cost(tool: str, tree: Path, sessions: int, clients: int, size: int) -> dict[
             wrapper = None
             if tool == "callgrind":
                 wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.out"]
-            port, proc = start_balancer(procs, backend, 1, None, tree, wrapper, COST_START_TIMEOUT)
+            port, proc = start_balancer(procs, backend, responses, None, tree, wrapper, COST_START_TIMEOUT)
             exchange(port, COST_WARMUP, clients, size)
             if tool == "strace":
                 out = workdir / "strace.txt"
@@ -494,11 +499,12 @@ def print_cost(args: argparse.Namespace) -> None:
     """The C{--cost} figures of the working tree, and of C{--baseline} when given."""
     unit = {"strace": "system calls", "callgrind": "instructions (user space)", "cprofile": "Python calls"}[args.cost]
     trees = [("balancer", REPO)] + ([("baseline", args.baseline)] if args.baseline is not None else [])
-    results = {name: cost(args.cost, tree, args.sessions, args.clients, args.size) for name, tree in trees}
+    results = {name: cost(args.cost, tree, args.sessions, args.clients, args.size, args.responses) for name, tree in trees}
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{unit} per one-answer UDP session, {args.sessions} sessions from {args.clients} closed-loop clients "
+    what = "one-answer UDP session" if args.responses == 1 else f"request/response (responses={args.responses})"
+    print(f"{unit} per {what}, {args.sessions} exchanges from {args.clients} closed-loop clients "
           f"({args.size}-byte datagrams)")
     for name, result in results.items():
         print(f"{name:10} {result['per_session']:,.1f}")

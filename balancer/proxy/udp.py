@@ -203,8 +203,14 @@ class UdpSession:
         self.requests += 1
         if not first and self._on_client is not None:
             self._on_client.touch(self)
-        if self._link is not None:
-            self._send(data)
+        link = self._link
+        if link is not None:
+            if link.send(data):  # as _send does, without a call of its own per datagram
+                size = len(data)
+                self.tx += size
+                backend, server = self._traffic
+                backend.tx += size
+                server.tx += size
         else:
             pending = self._pending
             if pending is None:
