@@ -11,6 +11,7 @@ Run from the repository, with the Python that has Twisted::
     python bench/udp_probe.py [--clients 32] [--size 64] [--rounds 3]
         [--duration 5] [--client-processes 2] [--responses 1] [--paths direct,nginx,balancer]
         [--profile FILE] [--baseline DIR] [--json]
+    python bench/udp_probe.py --cost strace|callgrind|cprofile [--sessions N] [--baseline DIR]
 
 It starts, on free ports of 127.0.0.1:
 
@@ -44,6 +45,17 @@ instance C{git archive COMMIT | tar -x -C DIR}), as the path C{baseline}
 C{--profile FILE} runs the balancer under cProfile (C{twistd --profile})
 for one round and writes its statistics to FILE.
 
+C{--cost TOOL} measures, instead of rates, what one session costs the
+balancer (of the working tree, and of C{--baseline DIR} when given), free
+of the machine's noise (with C{--responses 0}, what one exchange in a kept
+session costs): C{--sessions} exchanges from
+C{--clients} closed-loop senders after a warm-up of L{COST_WARMUP}, with
+C{strace -c -f} attached to it for them (system calls per session, by
+call), or under C{valgrind --tool=callgrind} with instrumentation turned on
+for them (instructions per session, user space), or under cProfile twice
+(C{--sessions} and a quarter of it: the difference gives Python calls per
+session, start-up left out, and the functions called).
+
 Everything started is stopped by its pid on exit, on an error and on SIGINT/SIGTERM.
 """
 
@@ -52,6 +64,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import select
 import signal
 import socket
@@ -70,6 +83,10 @@ RESEND_AFTER = 0.5
 """Seconds a sender waits for an answer before sending again (the datagram counts as lost)."""
 WARMUP = 1.0
 START_TIMEOUT = 20.0
+COST_WARMUP = 2000
+"""Sessions run before C{--cost} starts counting."""
+COST_START_TIMEOUT = 300.0
+"""Seconds the balancer may take to answer under valgrind."""
 
 
 def free_udp_port() -> int:
@@ -209,9 +226,10 @@ class Processes:
             self.stop(self.started[-1][1])
 
 
-def wait_answering(port: int, name: str, proc: subprocess.Popen[bytes] | None, procs: Processes) -> None:
+def wait_answering(port: int, name: str, proc: subprocess.Popen[bytes] | None, procs: Processes,
+                   timeout: float = START_TIMEOUT) -> None:
     """Wait until a datagram sent to C{HOST:port} comes back."""
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         while time.monotonic() < deadline:
@@ -223,7 +241,7 @@ def wait_answering(port: int, name: str, proc: subprocess.Popen[bytes] | None, p
                 return
             except OSError:
                 continue
-    raise RuntimeError(f"{name} did not answer on {HOST}:{port} within {START_TIMEOUT:g} s:\n{procs.output(name)}")
+    raise RuntimeError(f"{name} did not answer on {HOST}:{port} within {timeout:g} s:\n{procs.output(name)}")
 
 
 def start_nginx(procs: Processes, backend: int, responses: int) -> tuple[int, subprocess.Popen[bytes]]:
@@ -257,9 +275,13 @@ stream {{
 
 
 def start_balancer(
-    procs: Processes, backend: int, responses: int, profile: Path | None, tree: Path = REPO
+    procs: Processes, backend: int, responses: int, profile: Path | None, tree: Path = REPO,
+    wrapper: list[str] | None = None, timeout: float = START_TIMEOUT,
 ) -> tuple[int, subprocess.Popen[bytes]]:
-    """This balancer from C{tree} (by default the working tree), one UDP server to C{backend}."""
+    """
+    This balancer from C{tree} (by default the working tree), one UDP server
+    to C{backend}; C{wrapper} is a command line it runs under (valgrind's).
+    """
     port = free_udp_port()
     conf = procs.workdir / "balancer.toml"
     conf.write_text(f"""
@@ -280,12 +302,12 @@ client_idle_timeout = "10s"
 """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     twistd = str(Path(sys.executable).with_name("twistd"))
-    argv = [twistd, "-n", "--pidfile="]
+    argv = (wrapper or []) + [twistd, "-n", "--pidfile="]
     if profile is not None:
         argv += ["--profiler=cprofile", f"--profile={profile}", "--savestats"]
     argv += ["balancer", f"--config={conf}"]
     proc = procs.start("balancer", argv, env)
-    wait_answering(port, "balancer", proc, procs)
+    wait_answering(port, "balancer", proc, procs, timeout)
     return port, proc
 
 
@@ -368,6 +390,128 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ratios": ratios, "baseline_ratios": baseline_ratios}
 
 
+def exchange(port: int, sessions: int, clients: int, size: int) -> None:
+    """
+    C{sessions} request/response exchanges with C{HOST:port} from C{clients}
+    closed-loop senders in this process (a lost datagram is sent again
+    after L{RESEND_AFTER} s of silence).
+    """
+    payload = b"q" * size
+    epoll = select.epoll()
+    senders: dict[int, socket.socket] = {}
+    for _ in range(clients):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((HOST, port))
+        senders[s.fileno()] = s
+        epoll.register(s.fileno(), select.EPOLLIN)
+    sent = answered = 0
+    try:
+        for s in senders.values():
+            if sent < sessions:
+                s.send(payload)
+                sent += 1
+        while answered < sessions:
+            ready = epoll.poll(RESEND_AFTER)
+            if not ready:
+                for s in senders.values():
+                    s.send(payload)
+            for fd, _ in ready:
+                s = senders[fd]
+                try:
+                    s.recv(65536)
+                except (BlockingIOError, ConnectionRefusedError):
+                    continue
+                answered += 1
+                if sent < sessions:
+                    s.send(payload)
+                    sent += 1
+    finally:
+        epoll.close()
+        for s in senders.values():
+            s.close()
+
+
+def strace_counts(path: Path) -> dict[str, int]:
+    """System calls by name in C{strace -c} output."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[-1] != "total" and fields[0][0].isdigit() and fields[3].isdigit():
+            counts[fields[-1]] = int(fields[3])
+    return counts
+
+
+def cost(tool: str, tree: Path, sessions: int, clients: int, size: int, responses: int = 1) -> dict[str, Any]:
+    """
+    What one session costs the balancer of C{tree} (see C{--cost} in the
+    module docstring); with C{responses = 0}, what one exchange in a kept
+    session costs.
+    """
+    with tempfile.TemporaryDirectory(prefix="udp-cost-") as tmp:
+        workdir = Path(tmp)
+        procs = Processes(workdir)
+        try:
+            backend = free_udp_port()
+            procs.start("echo", [sys.executable, __file__, "--echo-worker", str(backend)])
+            wait_answering(backend, "echo", None, procs)
+            if tool == "cprofile":
+                stats = []
+                for n in (sessions // 4, sessions):
+                    profile = workdir / f"profile-{n}"
+                    port, proc = start_balancer(procs, backend, responses, profile, tree)
+                    exchange(port, n, clients, size)
+                    procs.stop(proc)
+                    stats.append(pstats.Stats(str(profile)))
+                few, many = stats
+                counted = sessions - sessions // 4
+                before = {f: row[1] for f, row in few.stats.items()}  # type: ignore[attr-defined]
+                calls = {f"{f[0].replace(str(tree), '')}:{f[1]}({f[2]})": (row[1] - before.get(f, 0)) / counted
+                         for f, row in many.stats.items()}  # type: ignore[attr-defined]
+                total = (many.total_calls - few.total_calls) / counted  # type: ignore[attr-defined]
+                return {"per_session": total, "by_function": {f: n for f, n in sorted(calls.items(), key=lambda i: -i[1]) if n >= 0.05}}
+            wrapper = None
+            if tool == "callgrind":
+                wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={workdir}/callgrind.out"]
+            port, proc = start_balancer(procs, backend, responses, None, tree, wrapper, COST_START_TIMEOUT)
+            exchange(port, COST_WARMUP, clients, size)
+            if tool == "strace":
+                out = workdir / "strace.txt"
+                tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # strace attached
+                exchange(port, sessions, clients, size)
+                tracer.send_signal(signal.SIGINT)
+                tracer.wait()
+                counts = strace_counts(out)
+                return {"per_session": sum(counts.values()) / sessions,
+                        "by_function": {name: n / sessions for name, n in sorted(counts.items(), key=lambda i: -i[1])}}
+            subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
+            exchange(port, sessions, clients, size)
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+            totals = [int(line.split()[1]) for dump in workdir.glob("callgrind.out*")
+                      for line in dump.read_text(errors="replace").splitlines() if line.startswith("totals:")]
+            return {"per_session": max(totals) / sessions, "by_function": {}}
+        finally:
+            procs.stop_all()
+
+
+def print_cost(args: argparse.Namespace) -> None:
+    """The C{--cost} figures of the working tree, and of C{--baseline} when given."""
+    unit = {"strace": "system calls", "callgrind": "instructions (user space)", "cprofile": "Python calls"}[args.cost]
+    trees = [("balancer", REPO)] + ([("baseline", args.baseline)] if args.baseline is not None else [])
+    results = {name: cost(args.cost, tree, args.sessions, args.clients, args.size, args.responses) for name, tree in trees}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    what = "one-answer UDP session" if args.responses == 1 else f"request/response (responses={args.responses})"
+    print(f"{unit} per {what}, {args.sessions} exchanges from {args.clients} closed-loop clients "
+          f"({args.size}-byte datagrams)")
+    for name, result in results.items():
+        print(f"{name:10} {result['per_session']:,.1f}")
+        for function, n in result["by_function"].items():
+            print(f"    {n:7.2f}  {function}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
@@ -381,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path)
     parser.add_argument("--baseline", type=Path, help="another checkout of the balancer, measured as the path 'baseline'")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--cost", choices=("strace", "callgrind", "cprofile"),
+                        help="measure what one session costs the balancer instead of rates (see above)")
+    parser.add_argument("--sessions", type=int, default=20000, help="sessions counted by --cost")
     parser.add_argument("--echo-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -396,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    if args.cost:
+        print_cost(args)
+        return 0
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -93,3 +93,12 @@ class IdleQueueTests(SynchronousTestCase):
         self.clock.advance(4.0)
         self.assertEqual(self.ended, ["a", "b", "new"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_addAtAGivenTime(self) -> None:
+        """A caller that just read the clock passes its time on, not read again."""
+        self.clock.advance(10.0)
+        self.queue.add("a", self.clock.seconds())
+        self.clock.advance(4.9)
+        self.assertEqual(self.ended, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.ended, ["a"])

@@ -23,7 +23,8 @@ A session ends:
     C{refused_connections}.
 
 Each session ended is published as a L{FinishedConnection} (protocol
-C{udp}, its connect time the time to open its socket to the backend).
+C{udp}, its connect time the time to open its socket to the backend) when
+anyone subscribed (the access log, the metrics); else no record is made.
 
 Admission: a datagram from a client without a session opens one only while
 the server has fewer live sessions (those past C{max_requests} included,
@@ -73,7 +74,7 @@ from balancer.proxy.finished import (
     address_text,
 )
 from balancer.proxy.udp_idle import IdleQueue
-from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, open_link
+from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, link_opener
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -147,7 +148,7 @@ class UdpSession:
         self.ended = False
         self._traffic = (backend.counters.traffic, proxy.counters.traffic)
         self._link: Link | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._on_client: IdleQueue[UdpSession] | None = None
         self._on_backend: IdleQueue[UdpSession] | None = None
 
@@ -157,30 +158,32 @@ class UdpSession:
         host first if needed) and take the client's C{first} datagram.
         """
         proxy = self.proxy
-        self._on_client, self._on_backend = proxy.idle_queues()
-        if self._on_client is not None:
-            self._on_client.add(self)
-        if self._on_backend is not None and self._on_backend is not self._on_client:
-            self._on_backend.add(self)
-        host = self.backend.host
+        on_client, on_backend = self._on_client, self._on_backend = proxy.idle_queues()
+        started = self.started_at
+        if on_client is not None:
+            on_client.add(self, started)
+        if on_backend is not None and on_backend is not on_client:
+            on_backend.add(self, started)
+        host = self.backend.spec.host
         if is_ip_address(host):
             self._connect(host)
-            self.from_client(first)
+            self.from_client(first, True)
         else:
-            self.from_client(first)
+            self.from_client(first, True)
             proxy.reactor.resolve(host).addCallbacks(self._connect, self._unresolved)
 
     def _connect(self, ip: str) -> None:
         if self.ended:
             return
+        proxy = self.proxy
         try:
-            self._link = open_link(self.proxy.reactor, self.proxy.poller, self, ip, self.backend.port)
+            self._link = proxy.open_link(self, ip, self.backend.spec.port)
         except CannotOpen as e:
             self.end(str(e), CONNECT_FAILED)
             return
-        self.connect_seconds = self.proxy.clock.seconds() - self.started_at
-        pending, self._pending = self._pending, []
-        for data in pending:
+        self.connect_seconds = proxy.clock.seconds() - self.started_at
+        pending, self._pending = self._pending, None
+        for data in pending or ():
             if self.ended:
                 break
             self._send(data)
@@ -188,17 +191,32 @@ class UdpSession:
     def _unresolved(self, reason: Failure) -> None:
         self.end(f"cannot resolve {self.backend.host}: {reason.getErrorMessage()}", CONNECT_FAILED)
 
-    def from_client(self, data: bytes) -> None:
-        """A datagram from the client: send it to the backend."""
+    def from_client(self, data: bytes, first: bool = False) -> None:
+        """
+        A datagram from the client: send it to the backend.
+
+        @param first: whether it is the session's first (its idle timers
+            started with it: no need to tell them).
+        """
         if self.ended:
             return
         self.requests += 1
-        if self._on_client is not None:
+        if not first and self._on_client is not None:
             self._on_client.touch(self)
-        if self._link is not None:
-            self._send(data)
-        elif len(self._pending) < _MAX_PENDING:
-            self._pending.append(data)
+        link = self._link
+        if link is not None:
+            if link.send(data):  # as _send does, without a call of its own per datagram
+                size = len(data)
+                self.tx += size
+                backend, server = self._traffic
+                backend.tx += size
+                server.tx += size
+        else:
+            pending = self._pending
+            if pending is None:
+                self._pending = [data]
+            elif len(pending) < _MAX_PENDING:
+                pending.append(data)
         limit = self.proxy.max_requests
         if limit and self.requests >= limit:
             self.proxy.retire(self)
@@ -247,7 +265,8 @@ class UdpSession:
 
     def end(self, why: str, reason: str = CLOSED_BY_BALANCER) -> None:
         """
-        Close the backend socket, stop counting this session and publish it.
+        Close the backend socket, stop counting this session and publish it
+        (when anyone subscribed: else no record is made).
 
         @param why: what ended it, for the debug log when it is a failure
             (the access log has every session and its reason).
@@ -256,33 +275,38 @@ class UdpSession:
         if self.ended:
             return
         self.ended = True
-        if self._on_client is not None:
-            self._on_client.remove(self)
-        if self._on_backend is not None:
-            self._on_backend.remove(self)
+        on_client, on_backend = self._on_client, self._on_backend
+        if on_client is not None:
+            on_client.remove(self)
+        if on_backend is not None and on_backend is not on_client:
+            on_backend.remove(self)
         proxy = self.proxy
-        link, self._link = self._link, None
-        closing = link.close() if link is not None else None
-        self._pending = []
+        link = self._link
+        closing = None
+        if link is not None:
+            self._link = None
+            closing = link.close()
+        self._pending = None
         if reason == CONNECT_FAILED:
             log.debug("{server}: UDP session {client} -> {backend} ended: {why}",
                       server=proxy.name, client=self.client, backend=self.backend.key, why=why)
         proxy.session_ended(self, closing)
-        now = proxy.clock.seconds()
-        proxy.finished.publish(
-            FinishedConnection(
-                server=proxy.name,
-                protocol="udp",
-                client=address_text(*self.client),
-                backend=self.backend.key,
-                started=self.started_at,
-                connect_seconds=self.connect_seconds,
-                duration_seconds=now - self.started_at,
-                rx=self.rx,
-                tx=self.tx,
-                reason=reason,
+        finished = proxy.finished
+        if finished.wanted:
+            finished.publish(
+                FinishedConnection(
+                    server=proxy.name,
+                    protocol="udp",
+                    client=address_text(*self.client),
+                    backend=self.backend.key,
+                    started=self.started_at,
+                    connect_seconds=self.connect_seconds,
+                    duration_seconds=proxy.clock.seconds() - self.started_at,
+                    rx=self.rx,
+                    tx=self.tx,
+                    reason=reason,
+                )
             )
-        )
 
     def client_idle(self) -> None:
         """No datagram from the client for its C{client_idle_timeout}."""
@@ -305,6 +329,9 @@ class UdpProxy(DatagramProtocol):
     @ivar sessions: each client's current session, by C{(host, port)}.
     @ivar counters: the server's statistics, updated as datagrams move.
     @ivar admission: its access rules and limit of live sessions.
+    @ivar poller: the epoll set of its sessions' sockets, or C{None} when
+        its reactor needs Twisted ports for them.
+    @ivar open_link: opens a session's socket (L{link_opener}).
     @ivar transport: the listening UDP port (an C{IUDPTransport}, and its
         C{maxPacketSize}, which no interface names: hence C{Any}).
     """
@@ -364,7 +391,11 @@ class UdpProxy(DatagramProtocol):
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
         self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
+        # The idle queues of the last pair of timeouts asked for (none yet).
+        self._idle: tuple[tuple[float, float] | None, tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]] = (
+            None, (None, None))
         self.poller = LinkPoller.for_reactor(reactor)
+        self.open_link = link_opener(reactor, self.poller)
         self.to_client: Callable[[bytes, Address], None] = self._write_to_client
         self._live: set[UdpSession] = set()
         self._closing: set[Deferred[None]] = set()
@@ -421,42 +452,48 @@ class UdpProxy(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """A datagram from a client (C{addr}, its C{(host, port)}): to its session, opening one if needed."""
         session = self.sessions.get(addr)
-        if session is None:
-            self._open(addr, datagram)
-        else:
+        if session is not None:
             session.from_client(datagram)
-
-    def _open(self, client: Address, first: bytes) -> None:
-        host = client[0]
-        if not self.admission.allows(host):
+            return
+        host = addr[0]
+        admission = self.admission
+        if admission.refusal(host) is not None:
             return
         backend = self.choose(host)
         if backend is None:
             self.counters.no_backend += 1
             log.warn("{server}: no backend for UDP client {client}", server=self.name, client=host)
             return
-        session = UdpSession(self, client, backend)
-        self.sessions[client] = session
+        session = UdpSession(self, addr, backend)
+        self.sessions[addr] = session
         self._live.add(session)
-        backend.counters.active_connections += 1
-        backend.counters.total_connections += 1
-        self.admission.opened()
-        session.start(first)
+        counters = backend.counters
+        counters.active_connections += 1
+        counters.total_connections += 1
+        admission.opened()
+        session.start(datagram)
 
     def idle_queues(self) -> tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]:
         """
         The idle queues a session opened now joins: its client's and its
         backend's (C{None} for a timeout not set), or with neither set, the
-        same queue of L{DEFAULT_IDLE_TIMEOUT} twice.
+        same queue of L{DEFAULT_IDLE_TIMEOUT} twice.  Found once per pair of
+        timeouts, not once per session.
         """
         client, backend = self.client_idle_timeout, self.backend_idle_timeout
+        timeouts, queues = self._idle
+        if timeouts == (client, backend):
+            return queues
         if not (client or backend):
             default = self._queue("session", DEFAULT_IDLE_TIMEOUT, UdpSession.idle)
-            return default, default
-        return (
-            self._queue("client", client, UdpSession.client_idle) if client else None,
-            self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
-        )
+            queues = default, default
+        else:
+            queues = (
+                self._queue("client", client, UdpSession.client_idle) if client else None,
+                self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
+            )
+        self._idle = (client, backend), queues
+        return queues
 
     def _queue(self, which: str, timeout: float, on_idle: Callable[[UdpSession], None]) -> IdleQueue[UdpSession]:
         queue = self._queues.get((which, timeout))
@@ -475,7 +512,9 @@ class UdpProxy(DatagramProtocol):
 
         @param closing: fires once its backend socket is closed (C{None}: it is).
         """
-        self.retire(session)
+        sessions, client = self.sessions, session.client
+        if sessions.get(client) is session:
+            del sessions[client]
         self._live.discard(session)
         if closing is not None and not closing.called:
             self._closing.add(closing)

@@ -39,9 +39,13 @@ class IdleQueue(Generic[Member]):
     def __len__(self) -> int:
         return len(self._last)
 
-    def add(self, member: Member) -> None:
-        """Watch C{member}, active now."""
-        self._last[member] = self.clock.seconds()
+    def add(self, member: Member, now: float | None = None) -> None:
+        """
+        Watch C{member}, active now.
+
+        @param now: the clock's time now, when the caller just read it (else it is read).
+        """
+        self._last[member] = self.clock.seconds() if now is None else now
         if self._call is None:
             self._call = self.clock.callLater(self.timeout, self._expire)
 

@@ -6,7 +6,7 @@ kernel delivers the backend's answers on it (and drops datagrams from any
 other address), and an ICMP port unreachable from the backend's host comes
 back on it as a refusal.
 
-Two kinds, chosen by L{open_link}:
+Two kinds, chosen by L{link_opener}:
 
   - L{SocketLink}: a plain non-blocking socket in the epoll set of its
     proxy's L{LinkPoller}, for a reactor that polls real descriptors (every
@@ -25,9 +25,10 @@ Both tell their session of a datagram (C{from_backend}) and of a refusal
 from __future__ import annotations
 
 import errno
+import functools
 import select
 import socket
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -82,16 +83,17 @@ class CannotOpen(Exception):
     """The socket could not be opened or connected; the message says which and why."""
 
 
-def open_link(reactor: Any, poller: LinkPoller | None, session: LinkUser, ip: str, port: int) -> Link:
+def link_opener(reactor: Any, poller: LinkPoller | None) -> Callable[[LinkUser, str, int], Link]:
     """
-    A socket connected to C{ip:port} for C{session}: read by C{poller} when
-    there is one, else a port of C{reactor}.
-
-    @raise CannotOpen: when the socket cannot be opened or connected.
+    What opens a session's socket to a backend, called with the session, the
+    backend's IP and port: a L{SocketLink} read by C{poller} when there is
+    one, else a L{PortLink} of C{reactor} (a C{functools.partial} of the
+    class: no call of its own per session).  Either raises L{CannotOpen}
+    when the socket cannot be opened or connected.
     """
     if poller is not None:
-        return SocketLink(poller, session, ip, port)
-    return PortLink(reactor, session, ip, port)
+        return functools.partial(SocketLink, poller)
+    return functools.partial(PortLink, reactor)
 
 
 @implementer(IReadDescriptor)
@@ -133,20 +135,19 @@ class LinkPoller:
         if epoll is None:
             epoll = self._epoll = select.epoll()
             self.reactor.addReader(self)
-        epoll.register(link.fileno(), select.EPOLLIN)
-        self.links[link.fileno()] = link
-
-    def remove(self, link: SocketLink) -> None:
-        """Stop reading C{link}, whose socket is about to close (closing it takes it out of the epoll set)."""
-        del self.links[link.fileno()]
+        fd = link.fd
+        epoll.register(fd, select.EPOLLIN)
+        self.links[fd] = link
 
     def doRead(self) -> None:
         """
-        Read one datagram from every link that is ready, and again while
-        some are (at most L{READS_PER_EVENT} rounds): a round that finds
-        none costs one C{epoll_wait} for all the links, where reading each
-        link until C{EAGAIN} would cost a failed C{recv} (and its exception)
-        per link.
+        Read one datagram from every link that is ready and relay it to the
+        link's session, and again while some are (at most
+        L{READS_PER_EVENT} rounds): a round that finds none costs one
+        C{epoll_wait} for all the links, where reading each link until
+        C{EAGAIN} would cost a failed C{recv} (and its exception) per link.
+        An error queued on a socket instead of a datagram (ICMP port or
+        host unreachable) is a refusal.
         """
         epoll = self._epoll
         links = self.links
@@ -160,7 +161,14 @@ class LinkPoller:
                 link = links.get(fd)
                 if link is not None:
                     try:
-                        link.read()
+                        try:
+                            data = link.socket.recv(MAX_DATAGRAM)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        except OSError:
+                            link.session.refused()
+                        else:
+                            link.session.from_backend(data)
                     except Exception:
                         # As a Twisted port does: log it and lose only this
                         # datagram, not the set with every other session.
@@ -189,6 +197,13 @@ class SocketLink:
     """
     A non-blocking socket connected to the backend, read by its proxy's
     L{LinkPoller} one datagram at a time.
+
+    The socket is a plain C{socket.SocketType} (the C type under
+    C{socket.socket}): a link needs none of the Python wrapper's features,
+    whose C{__init__} and C{close} cost three Python calls per session.
+
+    @ivar socket: the socket (closed once the link is).
+    @ivar fd: the socket's descriptor, -1 once closed.
     """
 
     def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
@@ -197,31 +212,30 @@ class SocketLink:
         """
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # ip is an address, not a name
         try:
-            sock = socket.socket(family, _NON_BLOCKING_DATAGRAMS)
+            sock = socket.SocketType(family, _NON_BLOCKING_DATAGRAMS)
         except OSError as e:
             raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
+        peer = (ip, port)
         try:
-            sock.connect((ip, port))
+            sock.connect(peer)
         except OSError as e:
             sock.close()
             raise CannotOpen(f"cannot reach the backend: {e}") from e
         self.poller = poller
         self.session = session
-        self.peer = (ip, port)
-        self.socket: socket.socket | None = sock
-        self._fileno = sock.fileno()
-        self._send = sock.send
-        self._recv = sock.recv
+        self.peer = peer
+        self.socket = sock
+        self.fd = sock.fileno()
         poller.add(self)
 
     def fileno(self) -> int:
         """The socket's descriptor, -1 once closed."""
-        return self._fileno
+        return self.fd
 
     def send(self, data: bytes) -> bool:
         """Send C{data} to the backend; a full buffer drops it."""
         try:
-            self._send(data)
+            self.socket.send(data)
         except ConnectionRefusedError:
             self.session.refused()
             return False
@@ -231,30 +245,13 @@ class SocketLink:
             raise
         return True
 
-    def read(self) -> None:
-        """
-        Relay one datagram from the backend (the poller found the socket
-        ready); an error queued on the socket instead (ICMP port or host
-        unreachable) is a refusal.
-        """
-        try:
-            data = self._recv(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.session.refused()
-            return
-        self.session.from_backend(data)
-
     def close(self) -> None:
         """Stop reading and close the socket, now (the session asked: it is not told)."""
-        sock = self.socket
-        if sock is None:
+        if self.fd < 0:
             return None
-        self.poller.remove(self)
-        self.socket = None
-        self._fileno = -1
-        sock.close()
+        del self.poller.links[self.fd]  # closing the socket takes it out of the epoll set
+        self.fd = -1
+        self.socket.close()
         return None
 
 
