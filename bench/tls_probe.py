@@ -1,8 +1,8 @@
 """
 A quick side-by-side of TLS termination and SNI routing: this balancer
 against HAProxy (C{nbthread 1}) on 127.0.0.1, the same RSA-2048
-certificate, nginx behind both.  Until C{bench/compare.py} measures these
-protocols, this is how issue 20's TLS/SNI figures are taken.
+certificate, nginx behind both: a quicker look than C{bench/compare.py},
+and a before/after of a change in one run (C{--before}).
 
 Measures, per round, interleaved (HAProxy, then the balancer):
 
@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"needs {tool}", file=sys.stderr)
             return 2
+    if options.before and not (Path(options.before) / "balancer" / "__init__.py").is_file():
+        # Else the "before" twistd would import whatever balancer is installed.
+        print(f"--before {options.before}: not a source tree of the balancer", file=sys.stderr)
+        return 2
     duration, clients = options.duration, options.clients
     measures: dict[str, Callable[[dict[str, int]], float]] = {
         "full": lambda t: s_time(t["tls"], "new", duration, clients),
