@@ -215,12 +215,12 @@ def balancer_config(
     (plain TCP), C{tls} (C{protocol = "tls"}), C{sni} (C{[sni]}, backends
     with C{sni=}), C{udp} (C{protocol = "udp"}, sessions kept while busy)
     and C{udp1} (C{max_responses = 1} like nginx's C{proxy_responses 1}); logging warnings only, the access log
-    off unless C{access_log} (then to a file).
+    off unless C{access_log} (then to a file, the level at info: above it the access log is off too).
     """
     version = f"tls{tls.version}"
     ciphers = f'ciphers = ["{TLS12_CIPHER}"]\n' if tls.version == "1.2" else ""
     head = (
-        f'[logging]\nlevel = "warn"\naccess_log = {str(access_log).lower()}\n'
+        f'[logging]\nlevel = "{"info" if access_log else "warn"}"\naccess_log = {str(access_log).lower()}\n'
         f'access_output = "{workdir / "access.log"}"\n\n'
         f'[defaults]\nshutdown_grace = "1s"\nworkers = {workers}\n'
     )

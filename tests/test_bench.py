@@ -17,6 +17,9 @@ from typing import Any, Generator
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from balancer.accesslog import start_access_log
+from balancer.config.load import read_config_file
+from balancer.proxy.finished import FinishedConnections
 from tests.support.paths import ROOT, scratch_directory
 from tests.support.processes import run_twistd
 from tests.support.tools import require_tool, unavailable
@@ -174,7 +177,16 @@ class BalancerConfigurationTests(TestCase):
         text = conf.read_text()
         self.assertIn('sni=a.bench.test"', text)
         self.assertIn("max_responses = 1", text)
-        self.assertIn("access_log = true", text)
+
+    def test_accessLogWrittenWhenAskedFor(self) -> None:
+        """C{--access-log} configures a balancer whose access log subscribes (its level lets the lines through)."""
+        for access_log in (False, True):
+            workdir, tls = certificate(self, "1.2")
+            conf = workdir / "balancer.toml"
+            conf.write_text(peers.balancer_config(workdir, ALL_PORTS, BACKENDS, tls, workers=1, access_log=access_log))
+            finished = FinishedConnections()
+            start_access_log(read_config_file(str(conf)).logging, finished)
+            self.assertEqual(finished.wanted, access_log)
 
 
 class SummaryTests(SynchronousTestCase):
