@@ -9,13 +9,14 @@ import signal
 
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, Logger, LogPublisher
+from twisted.logger import LogLevel, Logger, LogPublisher, formatEventAsClassicLogText, formatTime
 from twisted.python import log as legacy_log
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.schema import LoggingConfig
 from balancer.logs import (
+    SecondsText,
     OnSignal,
     ReopeningFile,
     TwistdLogging,
@@ -96,6 +97,30 @@ class LogObserverTests(SynchronousTestCase):
             lines = f.read().splitlines()
         self.assertEqual(lines[0], "before")
         self.assertIn("after", lines[1])
+
+
+class SecondsTextTests(SynchronousTestCase):
+    """The time of a log line, formatted once per second."""
+
+    def test_sameTextAsTwisted(self) -> None:
+        """Every time gets Twisted's text: within a second, across seconds, back in time, and none."""
+        times = SecondsText()
+        base = 1_700_000_000.0
+        for when in (None, base, base + 0.25, base + 0.75, base + 1.0, base + 61.5, base - 3600.1, 0.0, base + 1.5):
+            self.assertEqual(times(when), formatTime(when), when)
+
+    def test_observerLinesAsTwistedWrites(self) -> None:
+        """The text observer writes what Twisted's classic formatting makes of each event."""
+        stream = io.StringIO()
+        observer = log_observer(LoggingConfig(), stream)
+        events = [
+            {"log_format": "line {n}", "n": n, "log_time": 1_700_000_000.0 + n / 3,
+             "log_level": LogLevel.info, "log_namespace": "test", "log_system": "-"}
+            for n in range(7)
+        ]
+        for event in events:
+            observer(event)
+        self.assertEqual(stream.getvalue(), "".join(formatEventAsClassicLogText(e) or "" for e in events))
 
 
 class ChatterTests(SynchronousTestCase):
