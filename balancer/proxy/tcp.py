@@ -148,13 +148,8 @@ class _Side(Protocol):
         self.lost = False
 
     def finish(self, *, half: bool) -> None:
-        """Flush, then close this end (or only its write side, if C{half}): L{finish_writing}, inlined."""
-        transport = self.transport
-        transport.unregisterProducer()
-        if half:
-            transport.loseWriteConnection()
-        else:
-            transport.loseConnection()
+        """Flush, then close this end (or only its write side, if C{half})."""
+        finish_writing(self.transport, half=half)
 
     def readConnectionLost(self) -> None:
         """The peer shut down its write side: pass the end-of-stream on."""
@@ -242,12 +237,8 @@ class Attempt(ClientFactory):
         self.side: BackendSide | None = None
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
-        """The backend side of the connection made (none if the relay gave up on it): L{build}, inlined."""
-        if self.relay is None:
-            return None
-        side = self.side = BackendSide(self.relay)
-        side.factory = self
-        return side
+        """The backend side of the connection made (none if the relay gave up on it)."""
+        return self.build(BackendSide)
 
     def build(self, side_class: type[BackendSide]) -> BackendSide | None:
         """
