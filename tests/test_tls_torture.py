@@ -53,6 +53,25 @@ CLIENT_TIMEOUT = 20
 ANSWER = 1_000_000
 
 
+
+def tls_balancer(
+    test: TestCase, splice: bool = True, backlog: int = 50
+) -> tuple[Any, tls_torture.BackendFactory, Any, str]:
+    """
+    A started balancer terminating TLS (on the engine with C{splice}, where
+    there is one) in front of a torture backend in this process; returns
+    the server, the backend, the certificates and the scratch directory.
+    """
+    directory = os.path.abspath(test.mktemp())
+    os.makedirs(directory)
+    certs = make_certificates(directory)
+    backend = tls_torture.BackendFactory()
+    listening = reactor.listenTCP(0, backend, backlog=backlog, interface="127.0.0.1")
+    test.addCleanup(listening.stopListening)
+    tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
+    server = start_balancer(test, (f"127.0.0.1:{listening.getHost().port}",), splice=splice, protocol="tls", tls=tls)
+    return server, backend, certs, directory
+
 class _TlsTortureTests:
     """The TLS torture run on one data path (a subclass says which, by C{splice})."""
 
@@ -76,16 +95,7 @@ class _TlsTortureTests:
         """
         seed = int(os.environ.get("TLS_TORTURE_SEED") or random.randrange(1 << 32))
         print(f"TLS torture seed {seed} (replay: TLS_TORTURE_SEED={seed})")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, backlog=256, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(
-            self, (f"127.0.0.1:{listening.getHost().port}",), splice=self.splice, protocol="tls", tls=tls
-        )
+        server, backend, certs, directory = tls_balancer(self, self.splice, backlog=256)  # type: ignore[arg-type]
         if self.splice:
             self.assertIsInstance(server.path, TlsEnginePath)
         else:
@@ -285,14 +295,7 @@ class EngineTlsClosingTests(TestCase):
 
     @inlineCallbacks
     def ended_while_closing(self, close_notify: bool, version: int) -> Iterator[Deferred[Any]]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        server, backend, certs, _ = tls_balancer(self)
         self.assertIsInstance(server.path, TlsEnginePath)
         size = ANSWER
         client = BlockingTlsClient(certs.ca_path, server.port, version)
@@ -336,14 +339,7 @@ class EngineTlsHalfCloseTests(TestCase):
 
     @inlineCallbacks
     def answer_after_end(self, close_notify: bool, version: int) -> Iterator[Deferred[Any]]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        server, backend, certs, _ = tls_balancer(self)
         self.assertIsInstance(server.path, TlsEnginePath)
         conn = tls_torture.Connection(1, "half_close", 50_000, ANSWER)
         client = BlockingTlsClient(certs.ca_path, server.port, version)
@@ -404,14 +400,7 @@ class EngineTlsGoodbyeTests(TestCase):
 
     @inlineCallbacks
     def test_closeNotifyWaitsForRoom(self) -> Iterator[Deferred[Any]]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        server, backend, certs, _ = tls_balancer(self)
         self.assertIsInstance(server.path, TlsEnginePath)
         client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
         yield deferToThread(client.connect, b"")
@@ -440,16 +429,7 @@ class TlsBackendHalfCloseTests(TestCase):
 
     @inlineCallbacks
     def test_bytesAfterTheBackendsEndReachIt(self) -> Iterator[Deferred[Any]]:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(
-            self, (f"127.0.0.1:{listening.getHost().port}",), splice=self.splice, protocol="tls", tls=tls
-        )
+        server, backend, certs, _ = tls_balancer(self, self.splice)
         conn = tls_torture.Connection(1, "backend_half", 1000, 300_000)
         client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
         yield deferToThread(client.connect, f"backend_half 1 {conn.size} {conn.extra}\n".encode())
@@ -477,14 +457,7 @@ class EngineTlsCloseWaitTests(TestCase):
     @inlineCallbacks
     def test_backendResetWhenTheClientNeverEnds(self) -> Iterator[Deferred[Any]]:
         self.patch(tls_socket, "CLOSE_WAIT", 0.2)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        certs = make_certificates(directory)
-        backend = tls_torture.BackendFactory()
-        listening = reactor.listenTCP(0, backend, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        tls = TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path)
-        server = start_balancer(self, (f"127.0.0.1:{listening.getHost().port}",), protocol="tls", tls=tls)
+        server, backend, certs, _ = tls_balancer(self)
         client = BlockingTlsClient(certs.ca_path, server.port, SSL.TLS1_3_VERSION)
         self.addCleanup(lambda: client.socket.close())
         yield deferToThread(client.connect, b"backend_half 1 10 0\n")
