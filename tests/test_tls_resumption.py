@@ -181,20 +181,28 @@ class ListenerResumptionTests(ResumptionTestCase):
     splice = True
 
     @inlineCallbacks
-    def pings(self, **tls: Any) -> Any:
+    def three_pings(self, client: Any, **tls: Any) -> Any:
+        """Three connections of C{client} through a TLS server of C{tls} on this path; fires with whether each resumed."""
         backend = reactor.listenTCP(0, Factory.forProtocol(PlainEcho), interface="127.0.0.1")
         self.addCleanup(backend.stopListening)
         server = start_balancer(
             self, (f"127.0.0.1:{backend.getHost().port}",), splice=self.splice, protocol="tls", tls=self.tls_config(**tls)
         )
         self.assertEqual(isinstance(server.path, TlsEnginePath), self.splice and splice.AVAILABLE)
-        client = Client(self.certs.ca_path)
         reused = []
         for _ in range(3):
             reused.append((yield deferToThread(client.ping, server.port)))
         yield until(lambda: not server.relays)
         self.assertEqual(server.counters.tls_failures, 0)
         return reused
+
+    def pings(self, **tls: Any) -> Any:
+        """L{three_pings} of the standard library's client."""
+        return self.three_pings(Client(self.certs.ca_path), **tls)
+
+    def openssl_pings(self, version: int, **tls: Any) -> Any:
+        """L{three_pings} of a pyOpenSSL client speaking TLS C{version}."""
+        return self.three_pings(OpenSslClient(self.certs.ca_path, version), **tls)
 
     @inlineCallbacks
     def test_tls13ClientResumes(self) -> None:
@@ -213,22 +221,6 @@ class ListenerResumptionTests(ResumptionTestCase):
     def test_withoutTicketsNoTls12Resumption(self) -> None:
         """The same for a TLS 1.2 client: no ticket, and no session kept by its id."""
         self.assertEqual((yield self.pings(session_tickets=False, max_version="tls1.2")), [False, False, False])
-
-
-    @inlineCallbacks
-    def openssl_pings(self, version: int, **tls: Any) -> Any:
-        backend = reactor.listenTCP(0, Factory.forProtocol(PlainEcho), interface="127.0.0.1")
-        self.addCleanup(backend.stopListening)
-        server = start_balancer(
-            self, (f"127.0.0.1:{backend.getHost().port}",), splice=self.splice, protocol="tls", tls=self.tls_config(**tls)
-        )
-        client = OpenSslClient(self.certs.ca_path, version)
-        reused = []
-        for _ in range(3):
-            reused.append((yield deferToThread(client.ping, server.port)))
-        yield until(lambda: not server.relays)
-        self.assertEqual(server.counters.tls_failures, 0)
-        return reused
 
     @inlineCallbacks
     def test_openSslTls13ClientResumes(self) -> None:
