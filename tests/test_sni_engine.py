@@ -151,6 +151,20 @@ class SniEngineTests(TestCase):
         """A backend on 127.0.0.1 port 0; fires with its port."""
         return serve(self, protocol, **attributes).addCallback(port_number)
 
+    @inlineCallbacks
+    def relayed(self, sent: bytes) -> Any:
+        """
+        A client through a balancer to a L{Recorder} backend that received
+        what the client C{sent}; fires with (the server, the client, the recorder).
+        """
+        seen: list[Recorder] = []
+        server = self.balancer((yield self.backend(Recorder, seen=seen)))
+        client = Peer()
+        yield open_client(server.port, client)
+        client.transport.write(sent)
+        yield until(lambda: bool(seen) and seen[0].data == sent)
+        return server, client, seen[0]
+
     def test_pathOfTheRelays(self) -> None:
         """Spliced after the hello when splicing is on; else on Twisted's transports."""
         server = self.balancer(1)
@@ -225,15 +239,10 @@ class SniEngineTests(TestCase):
     @inlineCallbacks
     def test_clientResetMidTransferResetsTheBackend(self) -> None:
         """A client reset after its hello and some bytes: the backend is reset, not closed in order."""
-        seen: list[Recorder] = []
-        server = self.balancer((yield self.backend(Recorder, seen=seen)))
-        client = Peer()
-        yield open_client(server.port, client)
-        client.transport.write(HELLO + b"x" * 1000)
-        yield until(lambda: bool(seen) and len(seen[0].data) == len(HELLO) + 1000)
+        _, client, recorder = yield self.relayed(HELLO + b"x" * 1000)
         client.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         client.transport.abortConnection()
-        (reason,) = yield seen[0].ended
+        (reason,) = yield recorder.ended
         self.assertIsInstance(reason.value, ConnectionLost)
         yield until(lambda: bool(self.records))
         self.assertEqual(self.records[0].reason, CLIENT_RESET)
@@ -241,13 +250,8 @@ class SniEngineTests(TestCase):
     @inlineCallbacks
     def test_backendResetMidTransferResetsTheClient(self) -> None:
         """A backend reset mid-transfer: the client is reset."""
-        seen: list[Recorder] = []
-        server = self.balancer((yield self.backend(Recorder, seen=seen)))
-        client = Peer()
-        yield open_client(server.port, client)
-        client.transport.write(HELLO)
-        yield until(lambda: bool(seen) and seen[0].data == HELLO)
-        backend = seen[0].transport
+        _, client, recorder = yield self.relayed(HELLO)
+        backend = recorder.transport
         backend.write(b"y" * 100000)
         backend.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         backend.abortConnection()
@@ -278,16 +282,11 @@ class SniEngineTests(TestCase):
     @inlineCallbacks
     def test_sessionListedWithItsServerName(self) -> None:
         """While it lasts, the relay is one of the server's sessions, with the name it asked for."""
-        seen: list[Recorder] = []
-        server = self.balancer((yield self.backend(Recorder, seen=seen)))
-        client = Peer()
-        yield open_client(server.port, client)
-        client.transport.write(HELLO)
-        yield until(lambda: bool(seen) and seen[0].data == HELLO)
+        server, client, recorder = yield self.relayed(HELLO)
         (relay,) = server.relays.values()
         self.assertEqual((relay.server_name, relay.tx), ("a.test", len(HELLO)))
         client.transport.loseConnection()
-        (reason,) = yield seen[0].ended
+        (reason,) = yield recorder.ended
         self.assertIsInstance(reason.value, ConnectionDone)
         yield until(lambda: not server.relays)
 
