@@ -21,7 +21,7 @@ from balancer.proxy.access import AccessRules
 from balancer.proxy.udp import DEFAULT_IDLE_TIMEOUT, MAX_DATAGRAM, UdpProxy
 from balancer.stats import ServerCounters
 from balancer.strategies import STRATEGIES, make_strategy
-from tests.support.peers import Address, DatagramPeer
+from tests.support.peers import Address, DatagramPeer, listen_proxy
 from tests.support.reactors import UdpReactor
 
 
@@ -49,15 +49,7 @@ class UdpTestCase(TestCase):
     def proxy(self, choose: Callable[[str], Backend | None], **options: Any) -> tuple[UdpProxy, Address]:
         """A listening L{UdpProxy} and its address; closed with all its sessions after the test."""
         proxy = UdpProxy(choose, self.counters, reactor=reactor, clock=self.clock, released=self.released.append, **options)
-        port = reactor.listenUDP(0, proxy, interface="127.0.0.1")
-
-        @inlineCallbacks
-        def stop():  # type: ignore[no-untyped-def]
-            yield port.stopListening()
-            yield proxy.close_all()
-
-        self.addCleanup(stop)
-        return proxy, ("127.0.0.1", port.getHost().port)
+        return proxy, listen_proxy(self, proxy)
 
     def client(self) -> DatagramPeer:
         """A listening test client."""

@@ -22,7 +22,7 @@ from balancer.proxy.finished import CONNECT_FAILED, FinishedConnection, Finished
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy, client_sender
 from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink, SocketLink
 from balancer.stats import ServerCounters
-from tests.support.peers import Address, DatagramPeer
+from tests.support.peers import Address, DatagramPeer, listen_proxy
 from tests.support.reactors import UdpReactor
 from tests.support.waiting import until
 
@@ -72,15 +72,7 @@ class LinkTestCase(TestCase):
     def proxy(self, backend: Backend, **options: Any) -> tuple[UdpProxy, Address]:
         """A listening proxy to C{backend}; its sessions closed after the test."""
         proxy = UdpProxy(lambda host: backend, self.counters, reactor=reactor, **options)
-        port = reactor.listenUDP(0, proxy, interface="127.0.0.1")
-
-        @inlineCallbacks
-        def stop():  # type: ignore[no-untyped-def]
-            yield port.stopListening()
-            yield proxy.close_all()
-
-        self.addCleanup(stop)
-        return proxy, ("127.0.0.1", port.getHost().port)
+        return proxy, listen_proxy(self, proxy)
 
     def client(self) -> DatagramPeer:
         """A listening test client."""

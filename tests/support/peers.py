@@ -6,10 +6,10 @@ records and answers datagrams.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Generator, TypeVar
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol
@@ -116,3 +116,19 @@ def open_client(port: int, protocol: ProtocolT, bind_host: str | None = None) ->
     """Connect C{protocol} to 127.0.0.1:C{port} (from C{bind_host}, if given); fires with C{protocol}."""
     bind = (bind_host, 0) if bind_host else None
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=10, bindAddress=bind), protocol)
+
+
+def listen_proxy(test: Any, proxy: Any) -> Address:
+    """
+    Listen with the UDP C{proxy} on 127.0.0.1 port 0; after C{test} the port
+    is closed, then every session of the proxy.  Returns the address.
+    """
+    port = reactor.listenUDP(0, proxy, interface="127.0.0.1")  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def stop() -> Generator[Any, Any, None]:
+        yield port.stopListening()
+        yield proxy.close_all()
+
+    test.addCleanup(stop)
+    return ("127.0.0.1", port.getHost().port)
