@@ -32,6 +32,7 @@ from balancer.proxy.tls import server_context
 from balancer.workers.child import AcmeChallenge, AcmeIssued, read_message
 from balancer.workers.supervisor import certificate_message, challenge_message
 from tests.support.certs import Authority
+from tests.support.memory_tls import memory_handshake
 
 DAY = datetime.timedelta(days=1)
 
@@ -198,27 +199,8 @@ class CacheTests(SynchronousTestCase):
 
 
 def handshake(creator: Any, server_name: bytes | None, alpn: bytes | None = None) -> SSL.Connection:
-    """A client handshake with a server connection of C{creator}, in memory; the client's end."""
-    server = creator.serverConnectionForTLS(None)
-    server.set_accept_state()
-    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-    client.set_connect_state()
-    if server_name is not None:
-        client.set_tlsext_host_name(server_name)
-    if alpn is not None:
-        client.set_alpn_protos([alpn])
-    for _ in range(10):
-        for sender, receiver in ((client, server), (server, client)):
-            try:
-                sender.do_handshake()
-            except SSL.WantReadError:
-                pass
-            except SSL.Error:
-                return client
-            try:
-                receiver.bio_write(sender.bio_read(65536))
-            except SSL.WantReadError:
-                pass
+    """A client handshake with a server connection of C{creator}, in memory; the client's end (also after a failure)."""
+    client, _, _ = memory_handshake(creator, server_name, alpn)
     return client
 
 

@@ -19,6 +19,7 @@ from balancer.acme.certificates import AcmeCertificates
 from balancer.config.schema import TlsConfig
 from balancer.proxy.tls import server_context
 from tests.support.certs import Authority
+from tests.support.memory_tls import memory_handshake
 
 
 def pem(directory: str, hostname: str) -> bytes:
@@ -29,25 +30,10 @@ def pem(directory: str, hostname: str) -> bytes:
 
 
 def server_after_handshake(creator: Any, server_name: bytes | None, alpn: bytes | None = None) -> SSL.Connection:
-    """A server connection of C{creator} after a client's handshake with it (in memory)."""
-    server = creator.serverConnectionForTLS(None)
-    server.set_accept_state()
-    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-    client.set_connect_state()
-    if server_name is not None:
-        client.set_tlsext_host_name(server_name)
-    if alpn is not None:
-        client.set_alpn_protos([alpn])
-    for _ in range(10):
-        for sender, receiver in ((client, server), (server, client)):
-            try:
-                sender.do_handshake()
-            except SSL.WantReadError:
-                pass
-            try:
-                receiver.bio_write(sender.bio_read(65536))
-            except SSL.WantReadError:
-                pass
+    """A server connection of C{creator} after a client's handshake with it (in memory); a failed handshake raises."""
+    _, server, error = memory_handshake(creator, server_name, alpn)
+    if error is not None:
+        raise error
     return server
 
 
