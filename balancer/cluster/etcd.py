@@ -26,7 +26,7 @@ import ssl
 import urllib.error
 import urllib.request
 from http.client import HTTPException
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -197,6 +197,17 @@ def decode_answer(path: str, body: bytes) -> dict[str, Any]:
     if "result" in answer and isinstance(answer["result"], dict):
         return dict(answer["result"])
     return answer
+
+
+class EtcdOptions(TypedDict):
+    """The keyword options of L{EtcdGateway} and L{read_prefix_now} besides the endpoints (their meanings are theirs)."""
+
+    user: str | None
+    password: str | None
+    ca: str | None
+    cert: str | None
+    key: str | None
+    timeout: float
 
 
 def check_endpoints(endpoints: Sequence[str]) -> tuple[str, ...]:

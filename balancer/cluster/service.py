@@ -17,7 +17,7 @@ from balancer.cluster.etcd import EtcdGateway
 from balancer.cluster.members import Membership
 from balancer.cluster.records import Record
 from balancer.cluster.shared import SharedState
-from balancer.cluster.startup import SharedAtStart
+from balancer.cluster.startup import SharedAtStart, etcd_options
 from balancer.cluster.store import IKeyValueStore
 from balancer.cluster.sync import ClusterSync
 from balancer.config.schema import ClusterConfig
@@ -29,10 +29,7 @@ log = Logger()
 
 def etcd_store(cluster: ClusterConfig, reactor: Any) -> IKeyValueStore:
     """The etcd client of C{[cluster]}."""
-    return EtcdGateway(
-        reactor, list(cluster.etcd_endpoints), user=cluster.etcd_user or None,
-        password=cluster.etcd_password or None, ca=cluster.etcd_ca or None, cert=cluster.etcd_cert or None,
-        key=cluster.etcd_key or None, timeout=cluster.etcd_timeout)
+    return EtcdGateway(reactor, list(cluster.etcd_endpoints), **etcd_options(cluster))
 
 
 def shared_state(cluster: ClusterConfig, store: IKeyValueStore, at_start: SharedAtStart, cached: RuntimeChanges,

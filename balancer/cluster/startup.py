@@ -17,7 +17,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
-from balancer.cluster.etcd import read_prefix_now
+from balancer.cluster.etcd import EtcdOptions, read_prefix_now
 from balancer.cluster.store import Snapshot, StoreRefused, StoreUnavailable
 from balancer.config.schema import ClusterConfig, Config
 from balancer.state import RuntimeChanges
@@ -38,13 +38,18 @@ class SharedAtStart:
     problem: str | None
 
 
+def etcd_options(cluster: ClusterConfig) -> EtcdOptions:
+    """How C{[cluster]} says etcd is reached (besides its endpoints): for the start's read and the reactor's client alike."""
+    return EtcdOptions(
+        user=cluster.etcd_user or None, password=cluster.etcd_password or None, ca=cluster.etcd_ca or None,
+        cert=cluster.etcd_cert or None, key=cluster.etcd_key or None, timeout=cluster.etcd_timeout,
+    )
+
+
 def read_at_start(cluster: ClusterConfig) -> SharedAtStart:
     """Read the cluster's keys now, blocking; a store that does not answer is a problem, not an error."""
     try:
-        snapshot = read_prefix_now(
-            list(cluster.etcd_endpoints), cluster.key_prefix() + "/", user=cluster.etcd_user or None,
-            password=cluster.etcd_password or None, ca=cluster.etcd_ca or None, cert=cluster.etcd_cert or None,
-            key=cluster.etcd_key or None, timeout=cluster.etcd_timeout)
+        snapshot = read_prefix_now(list(cluster.etcd_endpoints), cluster.key_prefix() + "/", **etcd_options(cluster))
     except (StoreUnavailable, StoreRefused) as e:
         return SharedAtStart(None, str(e))
     return SharedAtStart(snapshot, None)
