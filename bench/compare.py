@@ -11,7 +11,7 @@ Run from the repository, with the Python that has Twisted::
 
     python bench/compare.py [--only tcp,tls,sni,udp] [--repeat N]
         [--duration S] [--workers N] [--tls 1.2|1.3] [--harness standard|alt|both]
-        [--access-log] [--quick] [--json]
+        [--access-log] [--before DIR] [--quick] [--json]
 
 It starts, on 127.0.0.1 only and on free ports (modules of this directory):
 
@@ -24,7 +24,9 @@ It starts, on 127.0.0.1 only and on free ports (modules of this directory):
    for UDP (C{proxy_responses 1}, N workers);
  - this balancer from the working tree, anew for each round (C{twistd -n
    balancer}, C{[defaults] workers = N}, access log off unless
-   C{--access-log}).
+   C{--access-log}), and with C{--before DIR} the balancer of another
+   source tree (an earlier checkout: C{git worktree add DIR REV}) beside
+   it, so that a change is measured before and after in the same rounds.
 
 Each round measures each figure for every path in turn (direct, the peer,
 the balancer); the tables give the medians of the rounds and the
@@ -330,11 +332,16 @@ class Options:
     tls: str
     harnesses: tuple[Harness, ...]
     access_log: bool
+    before: Path | None = None
 
 
 def path_names(options: Options) -> list[str]:
-    """The paths of every figure: direct, the peer, the balancer (and the balancer with its access log)."""
-    return ["direct", "peer", "balancer"] + (["balancer+log"] if options.access_log else [])
+    """
+    The paths of every figure: direct, the peer, the balancer (and the
+    balancer with its access log, and the balancer of C{--before}).
+    """
+    return (["direct", "peer", "balancer"] + (["balancer+log"] if options.access_log else [])
+            + (["before"] if options.before else []))
 
 
 def run(options: Options, progress: Callable[[str], None]) -> tuple[Samples, dict[str, str]]:
@@ -429,6 +436,10 @@ def start_paths(
         logged = start_balancer(procs, workdir, roles, backends, tls, options.workers, access_log=True,
                                 name="balancer-log")
         paths["balancer+log"] = {p: logged for p in options.protocols}
+    if options.before:
+        before = start_balancer(procs, workdir, roles, backends, tls, options.workers, access_log=False,
+                                name="before", repo=options.before)
+        paths["before"] = {p: before for p in options.protocols}
     return paths
 
 
@@ -447,7 +458,11 @@ def ratio(numerator: list[float], denominator: list[float]) -> float | None:
 
 
 def summarize(samples: Samples, names: list[str]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Median per harness, metric and path, and the balancer's ratios to the peer and to direct (see L{ratio})."""
+    """
+    Median per harness, metric and path, and the balancer's ratios (see
+    L{ratio}) to the peer, to direct, with its access log to without, and to
+    the C{--before} balancer.
+    """
     table: dict[str, dict[str, dict[str, float | None]]] = {}
     for harness, metrics in samples.items():
         table[harness] = {}
@@ -457,6 +472,8 @@ def summarize(samples: Samples, names: list[str]) -> dict[str, dict[str, dict[st
                 row[f"balancer/{other}"] = ratio(by_path["balancer"], by_path[other])
             if "balancer+log" in names:
                 row["log/balancer"] = ratio(by_path["balancer+log"], by_path["balancer"])
+            if "before" in names:
+                row["balancer/before"] = ratio(by_path["balancer"], by_path["before"])
             table[harness][key] = row
     return table
 
@@ -496,6 +513,8 @@ def render(
             header = ("metric", "unit", "better", "direct", peer, "balancer", "bal/peer", "bal/direct")
             if options.access_log:
                 header += ("bal+log", "log/bal")
+            if options.before:
+                header += ("before", "bal/before")
             rows = [header]
             for m in METRICS[protocol]:
                 row = table[harness.name][m.key]
@@ -506,6 +525,8 @@ def render(
                 )
                 if options.access_log:
                     cells += (cell(row["balancer+log"]), cell(row["log/balancer"], True))
+                if options.before:
+                    cells += (cell(row["before"]), cell(row["balancer/before"], True))
                 rows.append(cells)
             lines += [f"{protocol.upper()} ({harness.name})", *text_table(rows, 3), ""]
     if len(options.harnesses) == 2:
@@ -517,6 +538,8 @@ def render(
         f"{options.workers} balancer worker(s), HAProxy thread(s), nginx worker(s); access log "
         f"{'on in the bal+log column' if options.access_log else 'off'} (HAProxy: no log); all on 127.0.0.1",
     ]
+    if options.before:
+        lines.append(f"before: the balancer of {options.before}, measured in the same rounds")
     agreed = info.get("tls")
     if isinstance(agreed, dict) and agreed:
         lines.append(f"TLS: RSA-2048 certificate, {next(iter(agreed.values()))} on every path")
@@ -595,10 +618,12 @@ def machine() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": model, "kernel": platform.release()}
 
 
-def versions() -> dict[str, str]:
-    """Versions of everything measured or measuring."""
+def versions(before: Path | None = None) -> dict[str, str]:
+    """Versions of everything measured or measuring (C{before}: the source tree of C{--before})."""
+    trees = {"balancer": REPO, **({"before": before} if before else {})}
     return {
-        "balancer": command_output(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        **{name: command_output(["git", "-C", str(tree), "describe", "--always", "--dirty"])
+           for name, tree in trees.items()},
         "python": platform.python_version(),
         "twisted": command_output([sys.executable, "-c", "import twisted; print(twisted.__version__)"]),
         "haproxy": command_output(["haproxy", "-v"]),
@@ -625,6 +650,9 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
                         help="client parameters: standard, alt, or both (each figure under each, compared)")
     parser.add_argument("--access-log", action="store_true",
                         help="also measure a second balancer with its access log on (to a file)")
+    parser.add_argument("--before", metavar="DIR", type=Path,
+                        help="also measure the balancer of this source tree (an earlier checkout), for a "
+                             "before/after in the same rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s runs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the tables")
     args = parser.parse_args(argv)
@@ -636,6 +664,9 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
         parser.error(f"--only: unknown protocol(s) {', '.join(unknown) or '(none given)'}; choose from tcp,tls,sni,udp")
     if args.repeat < 1 or args.duration <= 0 or not 1 <= args.workers <= 64:
         parser.error("--repeat must be at least 1, --duration positive and --workers from 1 to 64")
+    if args.before is not None and not (args.before / "balancer" / "__init__.py").is_file():
+        # Else the "before" twistd would import whichever balancer is installed.
+        parser.error(f"--before {args.before}: not a source tree of the balancer (no balancer/__init__.py)")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         parser.error(f"not installed: {', '.join(missing)} (apt-get install haproxy iperf3 wrk nginx-light openssl)")
@@ -643,7 +674,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
         parser.error(f"no {STREAM_MODULE}: apt-get install libnginx-mod-stream, or leave udp out of --only")
     ordered = [p for p in PROTOCOLS if p in protocols]
     options = Options(ordered, args.repeat, args.duration, args.workers, args.tls, SETTINGS[args.harness],
-                      args.access_log)
+                      args.access_log, args.before.resolve() if args.before else None)
     return options, args.json
 
 
@@ -657,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     # Also when started with SIGINT ignored (as a shell's background job).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt)
-    info: dict[str, object] = {"machine": machine(), "versions": versions()}
+    info: dict[str, object] = {"machine": machine(), "versions": versions(options.before)}
     try:
         samples, agreed = run(options, lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
@@ -672,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {
             "protocols": options.protocols, "repeat": options.repeat, "duration": options.duration,
             "workers": options.workers, "tls": options.tls, "access_log": options.access_log,
+            "before": str(options.before) if options.before else None,
             "idle_connections": IDLE_CONNECTIONS, "harnesses": [h.as_dict() for h in options.harnesses],
         }
         print(json.dumps({**info, "settings": settings, "samples": samples, "medians": table}, indent=2))

@@ -261,9 +261,9 @@ def twistd_path() -> str:
     return str(path)
 
 
-def balancer_env() -> dict[str, str]:
-    """The environment of a balancer from this working tree: the repository first on C{PYTHONPATH}."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+def balancer_env(repo: Path = REPO) -> dict[str, str]:
+    """The environment of a balancer from the source tree C{repo}: it first on C{PYTHONPATH}."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
 
 
 def nginx_argv(workdir: Path, conf: Path, error_log: str, test: bool = False) -> list[str]:
@@ -325,8 +325,12 @@ def start_balancer(
     workers: int,
     access_log: bool,
     name: str = "balancer",
+    repo: Path = REPO,
 ) -> Endpoints:
-    """This balancer from the working tree, one server per role, C{workers} processes; C{name} names its files."""
+    """
+    This balancer from the source tree C{repo} (default: this working tree),
+    one server per role, C{workers} processes; C{name} names its files.
+    """
     tcp = [r for r in roles if r not in UDP_ROLES]
     udp_roles = [r for r in roles if r in UDP_ROLES]
     ports = dict(zip(tcp, free_ports(len(tcp))))
@@ -335,5 +339,5 @@ def start_balancer(
     conf.write_text(balancer_config(workdir, ports, backends, tls, workers, access_log))
     argv = [twistd_path(), "-n", "--pidfile=", "balancer", f"--config={conf}"]
     udp = tuple(ports[r] for r in udp_roles)
-    pid = procs.start(name, argv, [ports[r] for r in tcp], balancer_env(), listeners=workers, udp=udp)
+    pid = procs.start(name, argv, [ports[r] for r in tcp], balancer_env(repo), listeners=workers, udp=udp)
     return Endpoints(ports, pid, [(n, ports["sni"]) for n in SNI_NAMES] if "sni" in ports else [])

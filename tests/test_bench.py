@@ -7,6 +7,8 @@ clients' output is read as it should be.  No benchmark runs here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -241,3 +243,39 @@ class SummaryTests(SynchronousTestCase):
         self.assertIn("haproxy nbthread 2", text)
         self.assertIn("TLS: RSA-2048 certificate, TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 on every path", text)
         self.assertIn("machine: nproc 2", text)
+
+
+class BeforeTests(SynchronousTestCase):
+    """C{--before DIR}: the balancer of another source tree measured in the same rounds."""
+
+    def test_beforeMustBeASourceTreeOfTheBalancer(self) -> None:
+        """A directory without the balancer's package is refused with its name (else the installed one would run)."""
+        empty = scratch_directory(self)
+        error = io.StringIO()
+        with contextlib.redirect_stderr(error), self.assertRaises(SystemExit) as raised:
+            compare.parse_options(["--before", empty])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertIn(f"--before {empty}: not a source tree of the balancer", error.getvalue())
+
+    def test_beforeBalancerRunsItsOwnTree(self) -> None:
+        """The before balancer's environment puts its tree first on the import path."""
+        env = peers.balancer_env(Path("/elsewhere/tree"))
+        self.assertEqual(env["PYTHONPATH"].split(os.pathsep)[0], "/elsewhere/tree")
+        self.assertEqual(peers.balancer_env()["PYTHONPATH"].split(os.pathsep)[0], str(peers.REPO))
+
+    def test_beforeHasItsColumnAndRatio(self) -> None:
+        """The before path is a column of every table, with the balancer's ratio to it per round."""
+        options = compare.Options(["tcp"], 3, 5.0, 1, "1.2", (harness.STANDARD,), False, Path("/base"))
+        names = compare.path_names(options)
+        self.assertEqual(names, ["direct", "peer", "balancer", "before"])
+        samples = {"standard": {m.key: {p: [1.0, 2.0, 3.0] for p in names} for m in compare.METRICS["tcp"]}}
+        samples["standard"]["tcp.conn_rate"]["before"] = [0.5, 1.0, 1.0]
+        table = compare.summarize(samples, names)
+        self.assertEqual(table["standard"]["tcp.conn_rate"]["balancer/before"], 2.0)
+        info: dict[str, object] = {"machine": {"nproc": "2"}, "versions": {}}
+        lines = compare.render(table, samples, options, info).splitlines()
+        header = [line for line in lines if line.startswith("metric")][0]
+        self.assertEqual(header.split()[-2:], ["before", "bal/before"])
+        row = [line for line in lines if line.startswith("new connections")][0]
+        self.assertEqual(row.split()[-2:], ["1", "2.00"])
+        self.assertIn("before: the balancer of /base, measured in the same rounds", lines)
