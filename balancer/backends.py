@@ -52,15 +52,6 @@ class Backend:
         """The port to connect to."""
         return self.spec.port
 
-    def takes_new_connections(self) -> bool:
-        """Live, discovered, active, and under its own C{max_connections}."""
-        limit = self.spec.max_connections
-        return (
-            self.live
-            and self.discovered
-            and self.admin_state == ACTIVE
-            and (limit == 0 or self.counters.active_connections < limit)
-        )
 
 
 class Pool:
@@ -132,5 +123,13 @@ class Pool:
         return len(self._backends)
 
     def candidates(self) -> list[Backend]:
-        """Backends that may take a new connection now, ordered by C{host:port}."""
-        return [b for b in self._ordered if b.takes_new_connections()]
+        """
+        Backends that may take a new connection now, ordered by C{host:port}:
+        live, discovered, active, and under their own C{max_connections}.
+        """
+        # One expression, no call per backend: this runs for every new client.
+        return [
+            b for b in self._ordered
+            if b.live and b.discovered and b.admin_state == ACTIVE
+            and (not b.spec.max_connections or b.counters.active_connections < b.spec.max_connections)
+        ]

@@ -243,6 +243,14 @@ class PoolTests(SynchronousTestCase):
         full.counters.active_connections = 1
         self.assertEqual(pool.candidates(), [ok])
 
+    def test_candidateUnderItsOwnLimit(self) -> None:
+        pool = Pool(self.specs("10.0.0.1:80 max_connections=2"))
+        (limited,) = pool
+        limited.counters.active_connections = 1
+        self.assertEqual(pool.candidates(), [limited])
+        limited.counters.active_connections = 2
+        self.assertEqual(pool.candidates(), [])
+
     def test_replaceKeepsStatisticsOfStayingBackends(self) -> None:
         pool = Pool(self.specs("10.0.0.1:80", "10.0.0.2:80"))
         first = pool.get("10.0.0.1:80")

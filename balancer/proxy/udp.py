@@ -175,12 +175,23 @@ class UdpSession:
             proxy.reactor.resolve(host).addCallbacks(self._connect, self._unresolved)
             return
         try:
-            self._link = proxy.open_link(self, host, spec.port)
+            self._link = link = proxy.open_link(self, host, spec.port)
         except CannotOpen as e:
             self.end(str(e), CONNECT_FAILED)
             return
         self.connect_seconds = proxy.clock.seconds() - started
-        self.from_client(first, True)
+        # from_client(first, True), without its call and checks:
+        self.requests = 1
+        try:
+            link.send(first)
+        except OSError as e:
+            self._unsent(e)
+        else:
+            self.tx = size = len(first)
+            counters.traffic.tx += size
+            server.traffic.tx += size
+        if proxy.max_requests == 1:
+            proxy.retire(self)
 
     def _connect(self, ip: str) -> None:
         if self.ended:
