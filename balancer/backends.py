@@ -127,9 +127,11 @@ class Pool:
         Backends that may take a new connection now, ordered by C{host:port}:
         live, discovered, active, and under their own C{max_connections}.
         """
-        # One expression, no call per backend: this runs for every new client.
-        return [
-            b for b in self._ordered
-            if b.live and b.discovered and b.admin_state == ACTIVE
-            and (not b.spec.max_connections or b.counters.active_connections < b.spec.max_connections)
-        ]
+        # One loop, no call per backend and no comprehension (a function of
+        # its own in Python 3.11): this runs for every new client.
+        found = []
+        for b in self._ordered:
+            limit = b.spec.max_connections
+            if b.live and b.discovered and b.admin_state == ACTIVE and (not limit or b.counters.active_connections < limit):
+                found.append(b)
+        return found

@@ -164,10 +164,14 @@ class UdpSession:
         server.active_connections += 1  # the admission's count (Admission.opened)
         server.total_connections += 1
         on_client, on_backend = self._on_client, self._on_backend = proxy.idle
-        if on_client is not None:
-            on_client.add(self, started)
+        if on_client is not None:  # on_client.add(self, started), without its call
+            on_client.members[self] = started
+            if on_client.call is None:
+                on_client.arm()
         if on_backend is not None and on_backend is not on_client:
-            on_backend.add(self, started)
+            on_backend.members[self] = started
+            if on_backend.call is None:
+                on_backend.arm()
         spec = backend.spec
         host = spec.host
         if not is_ip_address(host):
@@ -318,10 +322,16 @@ class UdpSession:
             return
         self.ended = True
         on_client, on_backend = self._on_client, self._on_backend
-        if on_client is not None:
-            on_client.remove(self)
+        if on_client is not None:  # on_client.remove(self), without its call
+            members = on_client.members
+            members.pop(self, None)
+            if not members:
+                on_client.disarm()
         if on_backend is not None and on_backend is not on_client:
-            on_backend.remove(self)
+            members = on_backend.members
+            members.pop(self, None)
+            if not members:
+                on_backend.disarm()
         proxy = self.proxy
         link = self._link
         if link is not None:
