@@ -152,3 +152,20 @@ class IdleQueueChoiceTests(SynchronousTestCase):
         self.assertEqual((list(on_client.members), list(on_backend.members)), ([second], [second]))
         second.from_backend(b"answer")
         self.assertEqual((len(on_client), len(on_backend), self.clock.getDelayedCalls()), (0, 0, []))
+
+    def test_liveSessionsAreThoseOfEveryQueue(self) -> None:
+        """Every session not ended is listed once, whichever timeouts it opened with, and closing ends them all."""
+        proxy = UdpProxy(lambda host: Backend(BackendSpec("127.0.0.1", 53)), ServerCounters(), reactor=UdpReactor(),
+                         clock=self.clock, client_idle_timeout=10.0, backend_idle_timeout=5.0, max_requests=1)
+        proxy.datagramReceived(b"both", ("192.0.2.1", 1))
+        proxy.datagramReceived(b"retired, still live", ("192.0.2.1", 1))
+        proxy.client_idle_timeout = 0.0
+        proxy.datagramReceived(b"backend only", ("192.0.2.2", 1))
+        proxy.backend_idle_timeout = 0.0
+        proxy.datagramReceived(b"the default", ("192.0.2.3", 1))
+        live = proxy.live_sessions()
+        self.assertEqual(sorted(s.client for s in live), [("192.0.2.1", 1), ("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 1)])
+        self.assertEqual(len(set(live)), 4)
+        proxy.close_all()
+        self.assertEqual((proxy.live_sessions(), proxy.counters.active_connections), ([], 0))
+        self.assertTrue(all(s.ended for s in live))

@@ -158,7 +158,6 @@ class UdpSession:
         self._link: Link | None = None
         self._pending: list[bytes] | None = None
         proxy.sessions[client] = self
-        proxy.live.add(self)
         counters.active_connections += 1
         counters.total_connections += 1
         server.active_connections += 1  # the admission's count (Admission.opened)
@@ -350,7 +349,6 @@ class UdpSession:
         sessions = proxy.sessions
         if sessions.get(client) is self:
             del sessions[client]
-        proxy.live.discard(self)
         backend = self.backend
         backend.counters.active_connections -= 1
         proxy.counters.active_connections -= 1  # the admission's count (Admission.ended)
@@ -396,7 +394,6 @@ class UdpProxy(DatagramProtocol):
     C{reactor.listenUDP(port, proxy, interface=host)}.
 
     @ivar sessions: each client's current session, by C{(host, port)}.
-    @ivar live: every session not yet ended (those past C{max_requests} too).
     @ivar counters: the server's statistics, updated as datagrams move.
     @ivar admission: its access rules and limit of live sessions.
     @ivar poller: the epoll set of its sessions' sockets, or C{None} when
@@ -463,7 +460,6 @@ class UdpProxy(DatagramProtocol):
         self.udp_max_sessions = udp_max_sessions
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
-        self.live: set[UdpSession] = set()
         self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
         self._client_idle_timeout = client_idle_timeout
         self._backend_idle_timeout = backend_idle_timeout
@@ -593,12 +589,16 @@ class UdpProxy(DatagramProtocol):
         return result
 
     def live_sessions(self) -> list[UdpSession]:
-        """Every session not yet ended, including those past C{max_requests}."""
-        return list(self.live)
+        """
+        Every session not yet ended, including those past C{max_requests}:
+        each is in one idle queue at least from its start to its end (so no
+        set of its own is kept, for a call less per session either way).
+        """
+        return list(dict.fromkeys(session for queue in self._queues.values() for session in queue.members))
 
     def close_all(self) -> Deferred[None]:
         """End every session now; fires once every backend socket is closed."""
-        for session in list(self.live):
+        for session in self.live_sessions():
             session.end("closed", SHUTDOWN)
         if self.poller is not None:
             self.poller.close()
