@@ -7,6 +7,8 @@ Twisted port with reactors that have no real descriptors.
 from __future__ import annotations
 
 import errno
+import os
+import select
 import socket
 from typing import Any
 
@@ -20,6 +22,7 @@ from balancer.backends import Backend
 from balancer.config.addresses import BackendSpec
 from balancer.proxy.finished import CONNECT_FAILED, FinishedConnection, FinishedConnections
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy, client_sender
+from balancer.proxy import udp_links
 from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink
 from balancer.stats import ServerCounters
 from tests.support.peers import Address, DatagramPeer, listen_proxy
@@ -40,6 +43,28 @@ class OtherPortBackend(DatagramProtocol):
         self.received.append(datagram)
         self.other.sendto(b"from elsewhere", addr)
         self.transport.write(b"from here", addr)
+
+
+REAL_EPOLL = select.epoll
+
+
+class FullEpoll:
+    """An epoll set that takes no more descriptors (its C{max_user_watches} reached)."""
+
+    def __init__(self) -> None:
+        self.real = REAL_EPOLL()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def register(self, fd: int, events: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        return self.real.poll(timeout, maxevents)
+
+    def close(self) -> None:
+        self.real.close()
 
 
 class Burst(DatagramProtocol):
@@ -186,6 +211,21 @@ class SocketLinkTests(LinkTestCase):
         poller = proxy.poller
         assert poller is not None
         self.assertEqual(poller.links, {})
+
+    def test_socketThatCannotBeWatchedEndsTheSession(self) -> None:
+        """The epoll set takes no more descriptors: the session ends as a failed connect, its socket closed."""
+        self.patch(udp_links.select, "epoll", FullEpoll)
+        backend = Backend(BackendSpec("127.0.0.1", 53))
+        records: list[FinishedConnection] = []
+        finished = FinishedConnections()
+        finished.subscribe(records.append)
+        proxy, _ = self.proxy(backend, client_idle_timeout=10.0, finished=finished)
+        before = len(os.listdir("/proc/self/fd"))
+        proxy.datagramReceived(b"q", ("127.0.0.1", 5000))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 1)  # the epoll set, no socket
+        self.assertEqual([r.reason for r in records], [CONNECT_FAILED])
+        self.assertEqual((proxy.live_sessions(), backend.counters.active_connections, self.counters.active_connections),
+                         ([], 0, 0))
 
     @inlineCallbacks
     def test_idleSessionsExpireOnTheReactorsClock(self):  # type: ignore[no-untyped-def]

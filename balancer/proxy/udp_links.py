@@ -172,12 +172,16 @@ class LinkPoller:
         except OSError as e:
             sock.close()
             raise CannotOpen(f"cannot reach the backend: {e}") from e
-        epoll = self._epoll
-        if epoll is None:
-            epoll = self._epoll = select.epoll()
-            self.reactor.addReader(self)
         fd = sock.fileno()
-        epoll.register(fd, select.EPOLLIN)
+        try:
+            epoll = self._epoll
+            if epoll is None:
+                epoll = self._epoll = select.epoll()
+                self.reactor.addReader(self)
+            epoll.register(fd, select.EPOLLIN)
+        except OSError as e:  # out of descriptors or of epoll watches
+            sock.close()
+            raise CannotOpen(f"cannot watch the socket to the backend: {e}") from e
         self.links[fd] = (sock, session)
         return sock
 
