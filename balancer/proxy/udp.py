@@ -160,7 +160,7 @@ class UdpSession:
         proxy.sessions[client] = self
         counters.active_connections += 1
         counters.total_connections += 1
-        server.active_connections += 1  # the admission's count (Admission.opened)
+        server.active_connections += 1  # the admission's count, as Admission.take counts a client taken
         server.total_connections += 1
         on_client, on_backend = self._on_client, self._on_backend = proxy.idle
         if on_client is not None:  # on_client.add(self, started), without its call
