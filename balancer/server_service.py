@@ -13,7 +13,7 @@ connections to backends.  The relay itself stays the same for all of them.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import AbstractSet, Any, Iterator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -139,7 +139,7 @@ class ServerService(Service):
         self.udp = (
             UdpProxy.from_config(
                 config,
-                lambda host: self.choose_backend(host, set()),
+                self.choose_backend,
                 self.counters,
                 reactor=reactor,
                 clock=self.clock,
@@ -401,7 +401,7 @@ class ServerService(Service):
             for d in drained:
                 d.callback(None)
 
-    def choose_backend(self, client_host: str, tried: set[str], server_name: str | None = None) -> Backend | None:
+    def choose_backend(self, client_host: str, tried: AbstractSet[str] = frozenset(), server_name: str | None = None) -> Backend | None:
         """
         The strategy's pick among backends that take connections and were
         not tried; with C{[sni]}, among those of them that serve C{server_name}.

@@ -108,8 +108,13 @@ class RoundRobinStrategy:
         chosen = candidates[0]
         last = self._last
         if last is not None and len(candidates) > 1:
-            # The spec's fields, not the backend's properties: this runs for every new client.
-            chosen = next((b for b in candidates if (b.spec.host, b.spec.port) > last), chosen)
+            # The spec's fields, not the backend's properties, and a loop, not
+            # a generator (a frame of its own): this runs for every new client.
+            for b in candidates:
+                spec = b.spec
+                if (spec.host, spec.port) > last:
+                    chosen = b
+                    break
         spec = chosen.spec
         self._last = (spec.host, spec.port)
         return chosen

@@ -14,7 +14,7 @@ from balancer.stats import ServerCounters
 
 
 class TakeTests(SynchronousTestCase):
-    """L{Admission.take} refuses as L{Admission.refusal} does, and counts a client taken as L{Admission.opened} does."""
+    """L{Admission.take} refuses as L{Admission.refusal} does, and counts a client taken as live and in the total."""
 
     def test_everyoneTaken(self) -> None:
         """Without rules or a limit, every client is taken and counted."""

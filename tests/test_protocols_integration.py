@@ -447,6 +447,8 @@ class UdpTests(ProtocolsTestCase):
         self.assertEqual((stats["tx_total"], stats["rx_total"], stats["active_connections"]), (6, 12, 0))
         backend_stats = stats["backends"][0]["stats"]
         self.assertEqual((backend_stats["total_connections"], backend_stats["active_connections"]), (3, 0))
+        counters = server.counters  # what /v1 and the metrics show
+        self.assertEqual((counters.total_connections, counters.no_backend, counters.over_limit, counters.denied), (3, 0, 0, 0))
 
     @inlineCallbacks
     def test_streamOfResponsesThenTheSessionExpires(self) -> None:

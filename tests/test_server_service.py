@@ -11,8 +11,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from balancer.backends import DRAIN, MAINTENANCE, Pool
+from balancer.backends import ACTIVE, DRAIN, MAINTENANCE, Pool
 from balancer.config.addresses import HostPort, parse_backend_line
+from balancer.config.overrides import OverrideConfig
 from balancer.config.schema import Config, DefaultsConfig
 from balancer.proxy.listener import IListener
 from balancer.proxy.tcp import RelayFactory
@@ -242,6 +243,35 @@ class PoolTests(SynchronousTestCase):
         maintenance.admin_state = MAINTENANCE
         full.counters.active_connections = 1
         self.assertEqual(pool.candidates(), [ok])
+
+    def test_candidatesFollowEveryChange(self) -> None:
+        """The candidates are kept between new clients, and found again after any change that decides them."""
+        pool = Pool(self.specs("10.0.0.1:80", "10.0.0.2:80"))
+        one, two = pool
+        self.assertEqual(pool.candidates(), [one, two])
+        one.live = False
+        self.assertEqual(pool.candidates(), [two])
+        one.live = True
+        two.admin_state = MAINTENANCE
+        self.assertEqual(pool.candidates(), [one])
+        two.admin_state = ACTIVE
+        two.discovered = False
+        self.assertEqual(pool.candidates(), [one])
+        pool.replace(self.specs("10.0.0.2:80", "10.0.0.3:80"))
+        self.assertEqual([b.key for b in pool.candidates()], ["10.0.0.2:80", "10.0.0.3:80"])
+        pool.set_overrides({"10.0.0.2:80": OverrideConfig(max_connections=1)})
+        two.counters.active_connections = 1
+        self.assertEqual([b.key for b in pool.candidates()], ["10.0.0.3:80"])
+        pool.set_overrides({})
+        self.assertEqual([b.key for b in pool.candidates()], ["10.0.0.2:80", "10.0.0.3:80"])
+
+    def test_candidateUnderItsOwnLimit(self) -> None:
+        pool = Pool(self.specs("10.0.0.1:80 max_connections=2"))
+        (limited,) = pool
+        limited.counters.active_connections = 1
+        self.assertEqual(pool.candidates(), [limited])
+        limited.counters.active_connections = 2
+        self.assertEqual(pool.candidates(), [])
 
     def test_replaceKeepsStatisticsOfStayingBackends(self) -> None:
         pool = Pool(self.specs("10.0.0.1:80", "10.0.0.2:80"))

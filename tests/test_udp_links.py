@@ -7,6 +7,8 @@ Twisted port with reactors that have no real descriptors.
 from __future__ import annotations
 
 import errno
+import os
+import select
 import socket
 from typing import Any
 
@@ -20,7 +22,8 @@ from balancer.backends import Backend
 from balancer.config.addresses import BackendSpec
 from balancer.proxy.finished import CONNECT_FAILED, FinishedConnection, FinishedConnections
 from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy, client_sender
-from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink, SocketLink
+from balancer.proxy import udp_links
+from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink
 from balancer.stats import ServerCounters
 from tests.support.peers import Address, DatagramPeer, listen_proxy
 from tests.support.reactors import UdpReactor
@@ -40,6 +43,28 @@ class OtherPortBackend(DatagramProtocol):
         self.received.append(datagram)
         self.other.sendto(b"from elsewhere", addr)
         self.transport.write(b"from here", addr)
+
+
+REAL_EPOLL = select.epoll
+
+
+class FullEpoll:
+    """An epoll set that takes no more descriptors (its C{max_user_watches} reached)."""
+
+    def __init__(self) -> None:
+        self.real = REAL_EPOLL()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def register(self, fd: int, events: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        return self.real.poll(timeout, maxevents)
+
+    def close(self) -> None:
+        self.real.close()
 
 
 class Burst(DatagramProtocol):
@@ -94,13 +119,13 @@ class SocketLinkTests(LinkTestCase):
         yield client.wait_for(1)
         poller = proxy.poller
         assert poller is not None
-        (link,) = poller.links.values()
-        self.assertIsInstance(link, SocketLink)
-        assert link.socket is not None
-        self.assertEqual(link.socket.getpeername(), ("127.0.0.1", backend.port))
-        self.assertEqual(link.socket.getsockname(), server.sources()[0])
+        ((sock, session),) = poller.links.values()
+        self.assertIs(type(sock), socket.SocketType)
+        self.assertEqual(proxy.live_sessions(), [session])
+        self.assertEqual(sock.getpeername(), ("127.0.0.1", backend.port))
+        self.assertEqual(sock.getsockname(), server.sources()[0])
         self.assertEqual(client.received, [(b"0:q", address)])
-        self.assertFalse(link.socket.getblocking())
+        self.assertFalse(sock.getblocking())
 
     @inlineCallbacks
     def test_answersFromAnotherPortAreNotRelayed(self):  # type: ignore[no-untyped-def]
@@ -187,6 +212,21 @@ class SocketLinkTests(LinkTestCase):
         assert poller is not None
         self.assertEqual(poller.links, {})
 
+    def test_socketThatCannotBeWatchedEndsTheSession(self) -> None:
+        """The epoll set takes no more descriptors: the session ends as a failed connect, its socket closed."""
+        self.patch(udp_links.select, "epoll", FullEpoll)
+        backend = Backend(BackendSpec("127.0.0.1", 53))
+        records: list[FinishedConnection] = []
+        finished = FinishedConnections()
+        finished.subscribe(records.append)
+        proxy, _ = self.proxy(backend, client_idle_timeout=10.0, finished=finished)
+        before = len(os.listdir("/proc/self/fd"))
+        proxy.datagramReceived(b"q", ("127.0.0.1", 5000))
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 1)  # the epoll set, no socket
+        self.assertEqual([r.reason for r in records], [CONNECT_FAILED])
+        self.assertEqual((proxy.live_sessions(), backend.counters.active_connections, self.counters.active_connections),
+                         ([], 0, 0))
+
     @inlineCallbacks
     def test_idleSessionsExpireOnTheReactorsClock(self):  # type: ignore[no-untyped-def]
         server = DatagramPeer(replies=1)
@@ -223,33 +263,20 @@ class ChoiceTests(SynchronousTestCase):
         self.assertEqual((session_port.peer, session_port.sent), (("127.0.0.1", 5353), [(("127.0.0.1", 5353), b"q")]))
 
 
-class FullBuffer(socket.socket):
-    """A socket whose every send finds the buffer full."""
-
-    def sendto(self, *args: Any) -> int:  # type: ignore[override]
-        raise BlockingIOError(11, "Resource temporarily unavailable")
-
-
 class ClientSenderTests(SynchronousTestCase):
-    """Answers go to clients through the listening socket's C{sendto}."""
+    """
+    Answers go to clients through the listening socket's C{sendto}; an error
+    of a full buffer loses that answer only, any other is raised.
+    """
 
-    def test_fullBufferDropsTheDatagram(self) -> None:
-        sock = FullBuffer(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(sock.close)
-
-        class Port:
-            socket = sock
-
-        client_sender(Port())(b"answer", ("127.0.0.1", 9))
-
-    def test_otherErrorsRaise(self) -> None:
+    def test_listeningSocketsSendto(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(sock.close)
 
         class Port:
             socket = sock
 
-        self.assertRaises(OSError, client_sender(Port()), b"answer", ("::1", 9))
+        self.assertEqual(client_sender(Port()), sock.sendto)
 
     def test_transportWithoutSocketWrites(self) -> None:
         written: list[tuple[bytes, Address]] = []
@@ -260,6 +287,31 @@ class ClientSenderTests(SynchronousTestCase):
 
         client_sender(Transport())(b"answer", ("192.0.2.7", 1000))
         self.assertEqual(written, [(b"answer", ("192.0.2.7", 1000))])
+
+    def answered(self, error: OSError) -> tuple[UdpProxy, Backend]:
+        """A one-answer session whose answer to its client fails with C{error}."""
+        backend = Backend(BackendSpec("127.0.0.1", 5353))
+        udp = UdpReactor()
+        proxy = UdpProxy(lambda host: backend, ServerCounters(), reactor=udp, clock=task.Clock(), max_responses=1)
+
+        def to_client(data: bytes, client: Address) -> None:
+            raise error
+
+        proxy.to_client = to_client
+        proxy.datagramReceived(b"q", ("192.0.2.7", 1000))
+        ((_, session_link, _, _),) = udp.udpServers  # the session's port (the proxy is not listening)
+        session_link.datagramReceived(b"answer", ("127.0.0.1", 5353))
+        return proxy, backend
+
+    def test_fullBufferDropsTheAnswer(self) -> None:
+        """The session goes on as if it was sent: it is counted, and ends as its answer was relayed."""
+        proxy, backend = self.answered(BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"))
+        self.assertEqual((proxy.live_sessions(), backend.counters.traffic.rx), ([], 6))
+
+    def test_otherErrorsRaise(self) -> None:
+        """An error that is not the buffer's is raised (to the poller, which logs it): the answer is not counted."""
+        error = OSError(errno.EPERM, "not allowed")
+        self.assertRaises(OSError, self.answered, error)
 
 
 class ErrorTests(LinkTestCase):

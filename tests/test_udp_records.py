@@ -135,3 +135,37 @@ class IdleQueueChoiceTests(SynchronousTestCase):
         self.assertEqual(self.records, [])
         self.clock.advance(0.1)
         self.assertEqual(self.ended(), [("192.0.2.1:1", 13.0)])
+
+    def test_endedSessionLeavesItsQueues(self) -> None:
+        """A session ended by its answer is no longer watched, and the last one out stops the timer."""
+        udp = UdpReactor()
+        proxy = UdpProxy(lambda host: Backend(BackendSpec("127.0.0.1", 53)), ServerCounters(), reactor=udp,
+                         clock=self.clock, client_idle_timeout=10.0, backend_idle_timeout=5.0, max_responses=1)
+        udp.listenUDP(53, proxy)
+        on_client, on_backend = proxy.idle
+        assert on_client is not None and on_backend is not None
+        proxy.datagramReceived(b"a", ("192.0.2.1", 1))
+        proxy.datagramReceived(b"b", ("192.0.2.2", 1))
+        first, second = proxy.sessions[("192.0.2.1", 1)], proxy.sessions[("192.0.2.2", 1)]
+        self.assertEqual((len(on_client), len(on_backend), len(self.clock.getDelayedCalls())), (2, 2, 2))
+        first.from_backend(b"answer")
+        self.assertEqual((list(on_client.members), list(on_backend.members)), ([second], [second]))
+        second.from_backend(b"answer")
+        self.assertEqual((len(on_client), len(on_backend), self.clock.getDelayedCalls()), (0, 0, []))
+
+    def test_liveSessionsAreThoseOfEveryQueue(self) -> None:
+        """Every session not ended is listed once, whichever timeouts it opened with, and closing ends them all."""
+        proxy = UdpProxy(lambda host: Backend(BackendSpec("127.0.0.1", 53)), ServerCounters(), reactor=UdpReactor(),
+                         clock=self.clock, client_idle_timeout=10.0, backend_idle_timeout=5.0, max_requests=1)
+        proxy.datagramReceived(b"both", ("192.0.2.1", 1))
+        proxy.datagramReceived(b"retired, still live", ("192.0.2.1", 1))
+        proxy.client_idle_timeout = 0.0
+        proxy.datagramReceived(b"backend only", ("192.0.2.2", 1))
+        proxy.backend_idle_timeout = 0.0
+        proxy.datagramReceived(b"the default", ("192.0.2.3", 1))
+        live = proxy.live_sessions()
+        self.assertEqual(sorted(s.client for s in live), [("192.0.2.1", 1), ("192.0.2.1", 1), ("192.0.2.2", 1), ("192.0.2.3", 1)])
+        self.assertEqual(len(set(live)), 4)
+        proxy.close_all()
+        self.assertEqual((proxy.live_sessions(), proxy.counters.active_connections), ([], 0))
+        self.assertTrue(all(s.ended for s in live))

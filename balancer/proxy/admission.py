@@ -21,7 +21,7 @@ class Admission:
     A listener's access rules, then its limit of live clients.
 
     A client the rules refuse counts in C{denied}, one over the limit in
-    C{over_limit}; a client taken (L{opened}) counts in
+    C{over_limit}; a client taken (L{take}) counts in
     C{active_connections} and C{total_connections} until it L{ended}.
 
     @ivar access: the compiled C{[access]} rules, or C{None} (everyone).
@@ -69,7 +69,7 @@ class Admission:
     def take(self, host: str) -> str | None:
         """
         L{refusal} for a new client from C{host}, and if there is none, the
-        client is taken (L{opened}): one call per client.
+        client is taken (counted live and in the total): one call per client.
         """
         if self.access is not None or self.limit:
             refusal = self.refusal(host)
@@ -79,11 +79,6 @@ class Admission:
         counters.active_connections += 1
         counters.total_connections += 1
         return None
-
-    def opened(self) -> None:
-        """A client was taken."""
-        self.counters.active_connections += 1
-        self.counters.total_connections += 1
 
     def ended(self) -> None:
         """A client taken has ended."""

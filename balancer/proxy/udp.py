@@ -74,7 +74,7 @@ from balancer.proxy.finished import (
     address_text,
 )
 from balancer.proxy.udp_idle import IdleQueue
-from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, link_opener
+from balancer.proxy.udp_links import MAX_DATAGRAM, CannotOpen, Link, LinkPoller, dropped, link_opener
 from balancer.stats import ServerCounters
 
 log = Logger()
@@ -98,26 +98,18 @@ def is_ip_address(host: str) -> bool:
 _CLIENT_DROPS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EINTR, errno.ECONNREFUSED})
 
 
-def client_sender(transport: Any) -> Callable[[bytes, Address], None]:
+def client_sender(transport: Any) -> Callable[[bytes, Address], object]:
     """
     What sends a datagram to a client through the listening C{transport}:
     its socket's C{sendto} when it has one (a Twisted UDP port: it then
     skips the port's checks of the address, which came from C{recvfrom}),
-    else C{transport.write}.  A full buffer drops the datagram.
+    else C{transport.write}.  Its caller drops the datagram on an error of
+    L{_CLIENT_DROPS} (a full buffer...).
     """
     sock = getattr(transport, "socket", None)
     if not isinstance(sock, socket.socket):
         return transport.write
-    sendto = sock.sendto
-
-    def send(data: bytes, client: Address) -> None:
-        try:
-            sendto(data, client)
-        except OSError as e:
-            if e.errno not in _CLIENT_DROPS:
-                raise
-
-    return send
+    return sock.sendto
 
 
 class UdpSession:
@@ -135,42 +127,74 @@ class UdpSession:
     @ivar ended: whether the session is over.
     """
 
-    def __init__(self, proxy: UdpProxy, client: Address, backend: Backend) -> None:
+    # Slots: a session of a request/response service lives for one answer,
+    # and its attributes are set and freed without a dictionary.
+    __slots__ = (
+        "proxy", "client", "backend", "started_at", "requests", "responses", "tx", "rx", "connect_seconds",
+        "ended", "_traffic", "_link", "_pending", "_on_client", "_on_backend",
+    )
+
+    def __init__(self, proxy: UdpProxy, client: Address, backend: Backend, first: bytes) -> None:
+        """
+        Open the session of C{client}'s C{first} datagram: count it as a
+        connection of C{backend} and of the server, start its idle timers,
+        open its socket to the backend (resolving its host first if needed)
+        and send C{first}.  All in this one call: for a C{max_responses = 1}
+        service it runs for every request.
+        """
         self.proxy = proxy
         self.client = client
         self.backend = backend
-        self.started_at = proxy.clock.seconds()
+        self.started_at = started = proxy.clock.seconds()
         self.requests = 0
         self.responses = 0
         self.tx = 0
         self.rx = 0
         self.connect_seconds: float | None = None
         self.ended = False
-        self._traffic = (backend.counters.traffic, proxy.counters.traffic)
+        counters = backend.counters
+        server = proxy.counters
+        self._traffic = (counters.traffic, server.traffic)
         self._link: Link | None = None
         self._pending: list[bytes] | None = None
-        self._on_client: IdleQueue[UdpSession] | None = None
-        self._on_backend: IdleQueue[UdpSession] | None = None
-
-    def start(self, first: bytes) -> None:
-        """
-        Start the idle timers, open the socket to the backend (resolving its
-        host first if needed) and take the client's C{first} datagram.
-        """
-        proxy = self.proxy
-        on_client, on_backend = self._on_client, self._on_backend = proxy.idle_queues()
-        started = self.started_at
-        if on_client is not None:
-            on_client.add(self, started)
+        proxy.sessions[client] = self
+        counters.active_connections += 1
+        counters.total_connections += 1
+        server.active_connections += 1  # the admission's count, as Admission.take counts a client taken
+        server.total_connections += 1
+        on_client, on_backend = self._on_client, self._on_backend = proxy.idle
+        if on_client is not None:  # on_client.add(self, started), without its call
+            on_client.members[self] = started
+            if on_client.call is None:
+                on_client.arm()
         if on_backend is not None and on_backend is not on_client:
-            on_backend.add(self, started)
-        host = self.backend.spec.host
-        if is_ip_address(host):
-            self._connect(host)
-            self.from_client(first, True)
-        else:
+            on_backend.members[self] = started
+            if on_backend.call is None:
+                on_backend.arm()
+        spec = backend.spec
+        host = spec.host
+        if not is_ip_address(host):
             self.from_client(first, True)
             proxy.reactor.resolve(host).addCallbacks(self._connect, self._unresolved)
+            return
+        try:
+            self._link = link = proxy.open_link(self, host, spec.port)
+        except CannotOpen as e:
+            self.end(str(e), CONNECT_FAILED)
+            return
+        self.connect_seconds = proxy.clock.seconds() - started
+        # from_client(first, True), without its call and checks:
+        self.requests = 1
+        try:
+            link.send(first)
+        except OSError as e:
+            self._unsent(e)
+        else:
+            self.tx = size = len(first)
+            counters.traffic.tx += size
+            server.traffic.tx += size
+        if proxy.max_requests == 1:
+            proxy.retire(self)
 
     def _connect(self, ip: str) -> None:
         if self.ended:
@@ -205,7 +229,11 @@ class UdpSession:
             self._on_client.touch(self)
         link = self._link
         if link is not None:
-            if link.send(data):  # as _send does, without a call of its own per datagram
+            try:  # as _send does, without a call of its own per datagram
+                link.send(data)
+            except OSError as e:
+                self._unsent(e)
+            else:
                 size = len(data)
                 self.tx += size
                 backend, server = self._traffic
@@ -222,7 +250,10 @@ class UdpSession:
             self.proxy.retire(self)
 
     def _send(self, data: bytes) -> None:
-        if not self._link.send(data):  # type: ignore[union-attr]
+        try:
+            self._link.send(data)  # type: ignore[union-attr]
+        except OSError as e:
+            self._unsent(e)
             return
         size = len(data)
         self.tx += size
@@ -230,12 +261,26 @@ class UdpSession:
         backend.tx += size
         server.tx += size
 
+    def _unsent(self, error: OSError) -> None:
+        """
+        Sending a datagram to the backend raised C{error}: a refusal ends
+        the session, a full buffer loses the datagram, anything else is raised.
+        """
+        if isinstance(error, ConnectionRefusedError):
+            self.refused()
+        elif not dropped(error):
+            raise error
+
     def from_backend(self, data: bytes) -> None:
-        """A datagram from the backend: relay it to the client."""
+        """A datagram from the backend: relay it to the client (an error of L{_CLIENT_DROPS} loses it)."""
         if self.ended:
             return
         proxy = self.proxy
-        proxy.to_client(data, self.client)
+        try:
+            proxy.to_client(data, self.client)
+        except OSError as e:
+            if e.errno not in _CLIENT_DROPS:
+                raise
         size = len(data)
         self.rx += size
         backend, server = self._traffic
@@ -276,29 +321,48 @@ class UdpSession:
             return
         self.ended = True
         on_client, on_backend = self._on_client, self._on_backend
-        if on_client is not None:
-            on_client.remove(self)
+        if on_client is not None:  # on_client.remove(self), without its call
+            members = on_client.members
+            members.pop(self, None)
+            if not members:
+                on_client.disarm()
         if on_backend is not None and on_backend is not on_client:
-            on_backend.remove(self)
+            members = on_backend.members
+            members.pop(self, None)
+            if not members:
+                on_backend.disarm()
         proxy = self.proxy
         link = self._link
-        closing = None
         if link is not None:
             self._link = None
+            poller = proxy.poller
+            if poller is not None:
+                del poller.links[link.fileno()]  # type: ignore[attr-defined]  # a plain socket
             closing = link.close()
+            if closing is not None and not closing.called:
+                proxy.closing(closing)
         self._pending = None
         if reason == CONNECT_FAILED:
             log.debug("{server}: UDP session {client} -> {backend} ended: {why}",
                       server=proxy.name, client=self.client, backend=self.backend.key, why=why)
-        proxy.session_ended(self, closing)
+        client = self.client
+        sessions = proxy.sessions
+        if sessions.get(client) is self:
+            del sessions[client]
+        backend = self.backend
+        backend.counters.active_connections -= 1
+        proxy.counters.active_connections -= 1  # the admission's count (Admission.ended)
+        released = proxy.released
+        if released is not None:
+            released(backend)
         finished = proxy.finished
         if finished.wanted:
             finished.publish(
                 FinishedConnection(
                     server=proxy.name,
                     protocol="udp",
-                    client=address_text(*self.client),
-                    backend=self.backend.key,
+                    client=address_text(*client),
+                    backend=backend.key,
                     started=self.started_at,
                     connect_seconds=self.connect_seconds,
                     duration_seconds=proxy.clock.seconds() - self.started_at,
@@ -321,6 +385,9 @@ class UdpSession:
         self.end("session idle", IDLE_TIMEOUT)
 
 
+IdleQueues = tuple["IdleQueue[UdpSession] | None", "IdleQueue[UdpSession] | None"]
+
+
 class UdpProxy(DatagramProtocol):
     """
     A UDP server's listening protocol: listen with
@@ -332,6 +399,11 @@ class UdpProxy(DatagramProtocol):
     @ivar poller: the epoll set of its sessions' sockets, or C{None} when
         its reactor needs Twisted ports for them.
     @ivar open_link: opens a session's socket (L{link_opener}).
+    @ivar to_client: sends a datagram to a client (L{client_sender}).
+    @ivar idle: the idle queues a session opened now joins: its client's
+        and its backend's (C{None} for a timeout not set), or with neither
+        set, the same queue of L{DEFAULT_IDLE_TIMEOUT} twice; found again
+        when a timeout changes, not once per session.
     @ivar transport: the listening UDP port (an C{IUDPTransport}, and its
         C{maxPacketSize}, which no interface names: hence C{Any}).
     """
@@ -383,21 +455,18 @@ class UdpProxy(DatagramProtocol):
         self.name = name
         self.max_requests = max_requests
         self.max_responses = max_responses
-        self.client_idle_timeout = client_idle_timeout
-        self.backend_idle_timeout = backend_idle_timeout
         self.admission = Admission(counters, name, access=access, limit=max_sessions)
         self.released = released
         self.udp_max_sessions = udp_max_sessions
         self.finished = finished if finished is not None else FinishedConnections()
         self.sessions: dict[Address, UdpSession] = {}
         self._queues: dict[tuple[str, float], IdleQueue[UdpSession]] = {}
-        # The idle queues of the last pair of timeouts asked for (none yet).
-        self._idle: tuple[tuple[float, float] | None, tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]] = (
-            None, (None, None))
+        self._client_idle_timeout = client_idle_timeout
+        self._backend_idle_timeout = backend_idle_timeout
+        self.idle: IdleQueues = self._idle_queues()
         self.poller = LinkPoller.for_reactor(reactor)
         self.open_link = link_opener(reactor, self.poller)
-        self.to_client: Callable[[bytes, Address], None] = self._write_to_client
-        self._live: set[UdpSession] = set()
+        self.to_client: Callable[[bytes, Address], object] = self._write_to_client
         self._closing: set[Deferred[None]] = set()
 
     @classmethod
@@ -437,6 +506,26 @@ class UdpProxy(DatagramProtocol):
         self.backend_idle_timeout = config.backend_idle_timeout or 0.0
         self.admission.configure(config, self.udp_max_sessions)
 
+    @property
+    def client_idle_timeout(self) -> float:
+        """Seconds without a datagram from the client that end a session (0: none), for sessions opened from now on."""
+        return self._client_idle_timeout
+
+    @client_idle_timeout.setter
+    def client_idle_timeout(self, seconds: float) -> None:
+        self._client_idle_timeout = seconds
+        self.idle = self._idle_queues()
+
+    @property
+    def backend_idle_timeout(self) -> float:
+        """Seconds without a datagram from the backend that end a session (0: none), for sessions opened from now on."""
+        return self._backend_idle_timeout
+
+    @backend_idle_timeout.setter
+    def backend_idle_timeout(self, seconds: float) -> None:
+        self._backend_idle_timeout = seconds
+        self.idle = self._idle_queues()
+
     def startProtocol(self) -> None:
         """Read datagrams of any size, not Twisted's default 8 KiB; answer clients through the socket itself."""
         self.transport.maxPacketSize = MAX_DATAGRAM
@@ -457,43 +546,27 @@ class UdpProxy(DatagramProtocol):
             return
         host = addr[0]
         admission = self.admission
-        if admission.refusal(host) is not None:
-            return
+        limit = admission.limit
+        # Admission.refusal only when it could refuse: a call less per session.
+        if admission.access is not None or (limit and self.counters.active_connections >= limit):
+            if admission.refusal(host) is not None:
+                return
         backend = self.choose(host)
         if backend is None:
             self.counters.no_backend += 1
             log.warn("{server}: no backend for UDP client {client}", server=self.name, client=host)
             return
-        session = UdpSession(self, addr, backend)
-        self.sessions[addr] = session
-        self._live.add(session)
-        counters = backend.counters
-        counters.active_connections += 1
-        counters.total_connections += 1
-        admission.opened()
-        session.start(datagram)
+        UdpSession(self, addr, backend, datagram)
 
-    def idle_queues(self) -> tuple[IdleQueue[UdpSession] | None, IdleQueue[UdpSession] | None]:
-        """
-        The idle queues a session opened now joins: its client's and its
-        backend's (C{None} for a timeout not set), or with neither set, the
-        same queue of L{DEFAULT_IDLE_TIMEOUT} twice.  Found once per pair of
-        timeouts, not once per session.
-        """
-        client, backend = self.client_idle_timeout, self.backend_idle_timeout
-        timeouts, queues = self._idle
-        if timeouts == (client, backend):
-            return queues
+    def _idle_queues(self) -> IdleQueues:
+        client, backend = self._client_idle_timeout, self._backend_idle_timeout
         if not (client or backend):
             default = self._queue("session", DEFAULT_IDLE_TIMEOUT, UdpSession.idle)
-            queues = default, default
-        else:
-            queues = (
-                self._queue("client", client, UdpSession.client_idle) if client else None,
-                self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
-            )
-        self._idle = (client, backend), queues
-        return queues
+            return default, default
+        return (
+            self._queue("client", client, UdpSession.client_idle) if client else None,
+            self._queue("backend", backend, UdpSession.backend_idle) if backend else None,
+        )
 
     def _queue(self, which: str, timeout: float, on_idle: Callable[[UdpSession], None]) -> IdleQueue[UdpSession]:
         queue = self._queues.get((which, timeout))
@@ -506,35 +579,26 @@ class UdpProxy(DatagramProtocol):
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
 
-    def session_ended(self, session: UdpSession, closing: Deferred[None] | None) -> None:
-        """
-        Called by a session once it has ended.
-
-        @param closing: fires once its backend socket is closed (C{None}: it is).
-        """
-        sessions, client = self.sessions, session.client
-        if sessions.get(client) is session:
-            del sessions[client]
-        self._live.discard(session)
-        if closing is not None and not closing.called:
-            self._closing.add(closing)
-            closing.addBoth(self._socket_closed, closing)
-        session.backend.counters.active_connections -= 1
-        self.admission.ended()
-        if self.released is not None:
-            self.released(session.backend)
+    def closing(self, closed: Deferred[None]) -> None:
+        """A session's backend socket is closing: L{close_all} waits for C{closed} to fire."""
+        self._closing.add(closed)
+        closed.addBoth(self._socket_closed, closed)
 
     def _socket_closed(self, result: object, closed: Deferred[None]) -> object:
         self._closing.discard(closed)
         return result
 
     def live_sessions(self) -> list[UdpSession]:
-        """Every session not yet ended, including those past C{max_requests}."""
-        return list(self._live)
+        """
+        Every session not yet ended, including those past C{max_requests}:
+        each is in one idle queue at least from its start to its end (so no
+        set of its own is kept, for a call less per session either way).
+        """
+        return list(dict.fromkeys(session for queue in self._queues.values() for session in queue.members))
 
     def close_all(self) -> Deferred[None]:
         """End every session now; fires once every backend socket is closed."""
-        for session in list(self._live):
+        for session in self.live_sessions():
             session.end("closed", SHUTDOWN)
         if self.poller is not None:
             self.poller.close()

@@ -27,17 +27,24 @@ class IdleQueue(Generic[Member]):
     L{remove}d before.
 
     @ivar timeout: seconds of inactivity that end a member.
+    @ivar members: each member watched and when it was last active, the
+        least recently active first.  L{add} and L{remove} set and pop it
+        and start or stop the timer; a caller on a hot path (a UDP session
+        opening and ending) may do the same without their calls: set it,
+        then L{arm} if the timer is not running (L{call} is C{None}); pop
+        it, then L{disarm} if it is empty.
+    @ivar call: the timer, or C{None} when it is not running.
     """
 
     def __init__(self, clock: IReactorTime, timeout: float, on_idle: Callable[[Member], None]) -> None:
         self.clock = clock
         self.timeout = timeout
         self._on_idle = on_idle
-        self._last: OrderedDict[Member, float] = OrderedDict()
-        self._call: IDelayedCall | None = None
+        self.members: OrderedDict[Member, float] = OrderedDict()
+        self.call: IDelayedCall | None = None
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self.members)
 
     def add(self, member: Member, now: float | None = None) -> None:
         """
@@ -45,35 +52,44 @@ class IdleQueue(Generic[Member]):
 
         @param now: the clock's time now, when the caller just read it (else it is read).
         """
-        self._last[member] = self.clock.seconds() if now is None else now
-        if self._call is None:
-            self._call = self.clock.callLater(self.timeout, self._expire)
+        self.members[member] = self.clock.seconds() if now is None else now
+        if self.call is None:
+            self.arm()
+
+    def arm(self) -> None:
+        """Start the timer (not running: L{call} is C{None}) for a member just added."""
+        self.call = self.clock.callLater(self.timeout, self._expire)
 
     def touch(self, member: Member) -> None:
         """Record activity of C{member} (being watched) now."""
-        last = self._last
-        last[member] = self.clock.seconds()
-        last.move_to_end(member)
+        members = self.members
+        members[member] = self.clock.seconds()
+        members.move_to_end(member)
 
     def remove(self, member: Member) -> None:
-        """Stop watching C{member} (nothing if it is not watched); the last one out cancels the timer."""
-        last = self._last
-        last.pop(member, None)
-        if not last and self._call is not None:
-            self._call.cancel()
-            self._call = None
+        """Stop watching C{member} (nothing if it is not watched); the last one out stops the timer."""
+        members = self.members
+        members.pop(member, None)
+        if not members:
+            self.disarm()
+
+    def disarm(self) -> None:
+        """Stop the timer, if it runs (no member is left)."""
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
 
     def _expire(self) -> None:
-        self._call = None
-        last = self._last
+        self.call = None
+        members = self.members
         now = self.clock.seconds()
-        while last:
-            member, at = next(iter(last.items()))
+        while members:
+            member, at = next(iter(members.items()))
             idle = now - at
             if idle < self.timeout:
-                if self._call is not None:  # scheduled by an add from on_idle, maybe too late
-                    self._call.cancel()
-                self._call = self.clock.callLater(self.timeout - idle, self._expire)
+                if self.call is not None:  # scheduled by an add from on_idle, maybe too late
+                    self.call.cancel()
+                self.call = self.clock.callLater(self.timeout - idle, self._expire)
                 return
-            del last[member]
+            del members[member]
             self._on_idle(member)

@@ -8,12 +8,13 @@ back on it as a refusal.
 
 Two kinds, chosen by L{link_opener}:
 
-  - L{SocketLink}: a plain non-blocking socket in the epoll set of its
-    proxy's L{LinkPoller}, for a reactor that polls real descriptors (every
-    L{PosixReactorBase}, on Linux).  Opening and closing it makes no Twisted
-    port, so no log line, no address checks per datagram and no deferred
-    close, and a ready socket is read without the reactor's dispatch: the
-    per-session cost that dominates request/response traffic
+  - a plain non-blocking socket (C{socket.SocketType}, the C type under
+    C{socket.socket}) in the epoll set of its proxy's L{LinkPoller}, for a
+    reactor that polls real descriptors (every L{PosixReactorBase}, on
+    Linux).  Opening and closing it makes no Twisted port and no Python
+    object of its own, so no log line, no address checks per datagram and no
+    deferred close, and a ready socket is read without the reactor's
+    dispatch: the per-session cost that dominates request/response traffic
     (C{max_responses = 1}, one session per query).
   - L{PortLink}: a Twisted UDP port (C{IReactorUDP.listenUDP}) connected to
     the backend, for any other reactor (the test kit's memory reactors).
@@ -66,17 +67,24 @@ class LinkUser(Protocol):
         """The backend's host said nothing listens on its port (ICMP unreachable)."""
 
     def socket_closed(self) -> None:
-        """The socket closed: asked for by L{Link.close} (a L{PortLink} tells that too), or not (an error closed it)."""
+        """A L{PortLink}'s port closed: asked for by L{Link.close}, or not (an error closed it)."""
 
 
 class Link(Protocol):
-    """A session's socket to its backend."""
+    """
+    A session's socket to its backend: a plain socket, or a L{PortLink}
+    that sends and closes as one does.
+    """
 
-    def send(self, data: bytes) -> bool:
-        """Send C{data} to the backend; whether it went (a refusal is reported to the session too)."""
+    def send(self, data: bytes, /) -> object:
+        """
+        Send C{data} to the backend.
+
+        @raise OSError: as C{socket.send} does (a full buffer, a refusal...).
+        """
 
     def close(self) -> Deferred[None] | None:
-        """Close the socket; a deferred firing once it is closed, or C{None} if it already is."""
+        """Close the socket; a deferred firing once it is closed, or C{None} once it is."""
 
 
 class CannotOpen(Exception):
@@ -86,32 +94,48 @@ class CannotOpen(Exception):
 def link_opener(reactor: Any, poller: LinkPoller | None) -> Callable[[LinkUser, str, int], Link]:
     """
     What opens a session's socket to a backend, called with the session, the
-    backend's IP and port: a L{SocketLink} read by C{poller} when there is
-    one, else a L{PortLink} of C{reactor} (a C{functools.partial} of the
+    backend's IP and port: C{poller}'s L{LinkPoller.open} when there is a
+    poller, else a L{PortLink} of C{reactor} (a C{functools.partial} of the
     class: no call of its own per session).  Either raises L{CannotOpen}
     when the socket cannot be opened or connected.
     """
     if poller is not None:
-        return functools.partial(SocketLink, poller)
+        return poller.open
     return functools.partial(PortLink, reactor)
+
+
+def dropped(error: OSError) -> bool:
+    """Whether a send that raised C{error} lost only its datagram (a full buffer, a datagram too large for the path)."""
+    return error.errno in _DROPPED
+
+
+def peer_name(sock: socket.SocketType) -> object:
+    """The address C{sock} is connected to, for a log line (C{"?"} once it is closed)."""
+    try:
+        return sock.getpeername()
+    except OSError:
+        return "?"
 
 
 @implementer(IReadDescriptor)
 class LinkPoller:
     """
-    The epoll set of one proxy's L{SocketLink}s, itself one descriptor of
-    the reactor: readable when any of them is.  Each turn of the reactor that
-    finds it readable reads every ready link, without the reactor's own
-    dispatch (its log context and checks) per link; a link leaving closes its
-    socket, which leaves the set.
+    The epoll set of one proxy's sessions' sockets, itself one descriptor
+    of the reactor: readable when any of them is.  Each turn of the reactor
+    that finds it readable reads every ready socket, without the reactor's
+    own dispatch (its log context and checks) per socket; a session that
+    ends takes its socket out of L{links} and closes it, which takes it out
+    of the set.
 
     Only where the reactor polls real descriptors (a L{PosixReactorBase})
     and C{select.epoll} exists: see L{for_reactor}.
+
+    @ivar links: each open socket and its session, by descriptor.
     """
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
-        self.links: dict[int, SocketLink] = {}
+        self.links: dict[int, tuple[socket.SocketType, LinkUser]] = {}
         self._epoll: select.epoll | None = None
 
     @classmethod
@@ -129,25 +153,47 @@ class LinkPoller:
         """For the reactor's log of an error in L{doRead}."""
         return "UdpLinkPoller"
 
-    def add(self, link: SocketLink) -> None:
-        """Read C{link} from now on (the first opens the epoll set, which the reactor then reads until L{close})."""
-        epoll = self._epoll
-        if epoll is None:
-            epoll = self._epoll = select.epoll()
-            self.reactor.addReader(self)
-        fd = link.fd
-        epoll.register(fd, select.EPOLLIN)
-        self.links[fd] = link
+    def open(self, session: LinkUser, ip: str, port: int) -> socket.SocketType:
+        """
+        A non-blocking socket connected to C{ip} and C{port}, read from now
+        on for C{session} (the first opens the epoll set, which the reactor
+        then reads until L{close}).  Its session takes it out of L{links}
+        before closing it.
+
+        @raise CannotOpen: when the socket cannot be opened or connected.
+        """
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # ip is an address, not a name
+        try:
+            sock = socket.SocketType(family, _NON_BLOCKING_DATAGRAMS)
+        except OSError as e:
+            raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
+        try:
+            sock.connect((ip, port))
+        except OSError as e:
+            sock.close()
+            raise CannotOpen(f"cannot reach the backend: {e}") from e
+        fd = sock.fileno()
+        try:
+            epoll = self._epoll
+            if epoll is None:
+                epoll = self._epoll = select.epoll()
+                self.reactor.addReader(self)
+            epoll.register(fd, select.EPOLLIN)
+        except OSError as e:  # out of descriptors or of epoll watches
+            sock.close()
+            raise CannotOpen(f"cannot watch the socket to the backend: {e}") from e
+        self.links[fd] = (sock, session)
+        return sock
 
     def doRead(self) -> None:
         """
-        Read one datagram from every link that is ready and relay it to the
-        link's session, and again while some are (at most
-        L{READS_PER_EVENT} rounds): a round that finds none costs one
-        C{epoll_wait} for all the links, where reading each link until
-        C{EAGAIN} would cost a failed C{recv} (and its exception) per link.
-        An error queued on a socket instead of a datagram (ICMP port or
-        host unreachable) is a refusal.
+        Read one datagram from every socket that is ready and relay it to
+        its session, and again while some are (at most L{READS_PER_EVENT}
+        rounds): a round that finds none costs one C{epoll_wait} for all the
+        sockets, where reading each socket until C{EAGAIN} would cost a
+        failed C{recv} (and its exception) per socket.  An error queued on
+        a socket instead of a datagram (ICMP port or host unreachable) is a
+        refusal.
         """
         epoll = self._epoll
         links = self.links
@@ -160,29 +206,30 @@ class LinkPoller:
             for fd, _events in ready:
                 link = links.get(fd)
                 if link is not None:
+                    sock, session = link
                     try:
                         try:
-                            data = link.socket.recv(MAX_DATAGRAM)
+                            data = sock.recv(MAX_DATAGRAM)
                         except (BlockingIOError, InterruptedError):
                             continue
                         except OSError:
-                            link.session.refused()
+                            session.refused()
                         else:
-                            link.session.from_backend(data)
+                            session.from_backend(data)
                     except Exception:
                         # As a Twisted port does: log it and lose only this
                         # datagram, not the set with every other session.
-                        log.failure("relaying a UDP datagram from {backend} failed", backend=link.peer)
+                        log.failure("relaying a UDP datagram from {backend} failed", backend=peer_name(sock))
             epoll = self._epoll
 
     def connectionLost(self, reason: Failure) -> None:
-        """The reactor dropped the set (it never should): end every link as refused, close the set."""
-        for link in list(self.links.values()):
-            link.session.refused()
+        """The reactor dropped the set (it never should): end every session as refused, close the set."""
+        for _, session in list(self.links.values()):
+            session.refused()
         self._close()
 
     def close(self) -> None:
-        """Stop reading and close the epoll set once no link is left (a later L{add} opens another)."""
+        """Stop reading and close the epoll set once no socket is left (a later L{open} opens another)."""
         if self._epoll is not None and not self.links:
             self.reactor.removeReader(self)
             self._close()
@@ -191,68 +238,6 @@ class LinkPoller:
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
-
-
-class SocketLink:
-    """
-    A non-blocking socket connected to the backend, read by its proxy's
-    L{LinkPoller} one datagram at a time.
-
-    The socket is a plain C{socket.SocketType} (the C type under
-    C{socket.socket}): a link needs none of the Python wrapper's features,
-    whose C{__init__} and C{close} cost three Python calls per session.
-
-    @ivar socket: the socket (closed once the link is).
-    @ivar fd: the socket's descriptor, -1 once closed.
-    """
-
-    def __init__(self, poller: LinkPoller, session: LinkUser, ip: str, port: int) -> None:
-        """
-        @raise CannotOpen: when the socket cannot be opened or connected.
-        """
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # ip is an address, not a name
-        try:
-            sock = socket.SocketType(family, _NON_BLOCKING_DATAGRAMS)
-        except OSError as e:
-            raise CannotOpen(f"cannot open a socket to the backend: {e}") from e
-        peer = (ip, port)
-        try:
-            sock.connect(peer)
-        except OSError as e:
-            sock.close()
-            raise CannotOpen(f"cannot reach the backend: {e}") from e
-        self.poller = poller
-        self.session = session
-        self.peer = peer
-        self.socket = sock
-        self.fd = sock.fileno()
-        poller.add(self)
-
-    def fileno(self) -> int:
-        """The socket's descriptor, -1 once closed."""
-        return self.fd
-
-    def send(self, data: bytes) -> bool:
-        """Send C{data} to the backend; a full buffer drops it."""
-        try:
-            self.socket.send(data)
-        except ConnectionRefusedError:
-            self.session.refused()
-            return False
-        except OSError as e:
-            if e.errno in _DROPPED:
-                return False
-            raise
-        return True
-
-    def close(self) -> None:
-        """Stop reading and close the socket, now (the session asked: it is not told)."""
-        if self.fd < 0:
-            return None
-        del self.poller.links[self.fd]  # closing the socket takes it out of the epoll set
-        self.fd = -1
-        self.socket.close()
-        return None
 
 
 class PortLink(DatagramProtocol):
@@ -277,10 +262,9 @@ class PortLink(DatagramProtocol):
             self.close()
             raise CannotOpen(f"cannot reach the backend: {e}") from e
 
-    def send(self, data: bytes) -> bool:
-        """Send C{data} to the backend."""
+    def send(self, data: bytes, /) -> None:
+        """Send C{data} to the backend (the port reports a refusal to L{connectionRefused})."""
         self.port.write(data)
-        return True
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """A datagram from the backend."""
