@@ -63,7 +63,6 @@ class Backend:
         return self.spec.port
 
 
-
 class Pool:
     """
     The backends of one server, keyed by C{host:port}, in a stable order.
