@@ -15,16 +15,29 @@ succeeded; as JSON the event's fields are the record's own
 (L{FinishedConnection}: C{server}, C{protocol}, C{client}, C{backend},
 C{started}, C{connect_seconds}, C{duration_seconds}, C{rx}, C{tx},
 C{reason}).
+
+Where the balancer owns the destination (L{balancer.logs.ApplicationLog.access}:
+stdout, stderr, a file, twistd's C{--logfile}), L{AccessLines} renders each
+record straight to its final line, exactly as Twisted's observers would write
+the event (classic text with its C{<time> [balancer.access#info] } prefix, or
+L{balancer.logs.json_line}'s JSON), and adds it to the destination's
+L{balancer.turnbuffer.TurnBuffer}: the lines of one reactor turn are written
+with one system call at its end.  No log event is made.  Under twistd's own
+observer (C{--syslog}, C{--logger}) the lines stay log events (L{AccessLog}).
 """
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timezone
 from typing import Callable
 
 from twisted.logger import Logger, LogLevel
 
 from balancer.config.schema import LoggingConfig
-from balancer.logs import ACCESS_NAMESPACE, writes
+from balancer.logs import ACCESS_NAMESPACE, SecondsText, writes
+from balancer.turnbuffer import TurnBuffer
 from balancer.proxy.finished import FinishedConnection, FinishedConnections
 
 #: The logger of the access log's events.
@@ -72,15 +85,90 @@ class AccessLog:
         )
 
 
-def start_access_log(config: LoggingConfig, finished: FinishedConnections) -> Callable[[], None] | None:
+def text_line(system: str = f"{ACCESS_NAMESPACE}#info") -> Callable[[FinishedConnection, float], str]:
+    """
+    What renders a record logged at a time as the classic text line Twisted
+    writes for L{AccessLog}'s event: C{<time> [<system>] <line>}, newlines
+    in it followed by a tab.
+
+    @param system: the bracketed part (a worker's events have C{worker N}).
+    """
+    times = SecondsText()
+    prefix = f" [{system}] "
+
+    def render(connection: FinishedConnection, when: float) -> str:
+        return times(when) + prefix + access_line(connection).replace("\n", "\n\t") + "\n"
+
+    return render
+
+
+def json_record_line(system: str | None = None) -> Callable[[FinishedConnection, float], str]:
+    """
+    What renders a record logged at a time as the JSON line
+    L{balancer.logs.json_line} writes for L{AccessLog}'s event: the same
+    keys in the same order.
+
+    @param system: the C{system} key (a worker's events have C{worker N}), or none.
+    """
+    head = {"system": system} if system is not None else {}
+
+    def render(connection: FinishedConnection, when: float) -> str:
+        return json.dumps({
+            "time": datetime.fromtimestamp(when, timezone.utc).isoformat(),
+            "level": "info",
+            "namespace": ACCESS_NAMESPACE,
+            **head,
+            "message": access_line(connection),
+            "server": connection.server,
+            "protocol": connection.protocol,
+            "client": connection.client,
+            "backend": connection.backend,
+            "started": connection.started,
+            "connect_seconds": connection.connect_seconds,
+            "duration_seconds": connection.duration_seconds,
+            "rx": connection.rx,
+            "tx": connection.tx,
+            "reason": connection.reason,
+        }) + "\n"
+
+    return render
+
+
+class AccessLines:
+    """
+    Adds each L{FinishedConnection} it is called with to C{destination} as
+    its rendered line, timed by C{clock} when it is called (as a log
+    event's C{log_time} is).
+
+    @param render: L{text_line}'s or L{json_record_line}'s.
+    """
+
+    def __init__(self, destination: TurnBuffer, render: Callable[[FinishedConnection, float], str],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._add = destination.add
+        self._render = render
+        self._clock = clock
+
+    def __call__(self, connection: FinishedConnection) -> None:
+        """Render C{connection}'s line and add it to the destination."""
+        self._add(self._render(connection, self._clock()))
+
+
+def start_access_log(config: LoggingConfig, finished: FinishedConnections,
+                     destination: TurnBuffer | None = None) -> Callable[[], None] | None:
     """
     Log every connection C{finished} publishes from now on, if C{config}
     says so (C{access_log}) and its C{level} writes the lines (info): at a
     higher level nothing subscribes, so that no record is built, rendered
     and dropped per connection.
 
+    @param destination: where the lines go (L{AccessLines}, in C{config}'s
+        C{format}); without one they are log events (L{AccessLog}).
     @return: what stops it, or C{None} when it is off.
     """
     if not (config.access_log and writes(config, LogLevel.info)):
         return None
-    return finished.subscribe(AccessLog())
+    if destination is None:
+        return finished.subscribe(AccessLog())
+    render = json_record_line() if config.format == "json" else text_line()
+    return finished.subscribe(AccessLines(destination, render))
