@@ -29,8 +29,10 @@ observer (C{--syslog}, C{--logger}) the lines stay log events (L{AccessLog}).
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as quoted
 from typing import Callable
 
 from twisted.logger import Logger, LogLevel
@@ -102,34 +104,63 @@ def text_line(system: str = f"{ACCESS_NAMESPACE}#info") -> Callable[[FinishedCon
     return render
 
 
+class IsoSeconds:
+    """
+    The C{time} of L{balancer.logs.json_line}: C{datetime.fromtimestamp(when,
+    timezone.utc).isoformat()}, its whole seconds formatted once per second
+    and its microseconds rounded the same way (half to even), without a
+    C{datetime} per line.
+    """
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._text = ""
+
+    def __call__(self, when: float) -> str:
+        """The ISO 8601 text of C{when} in UTC, microseconds only when there are any."""
+        fraction, whole = math.modf(when)
+        micro = round(fraction * 1e6)
+        second = int(whole)
+        if micro >= 1_000_000:
+            second += 1
+            micro -= 1_000_000
+        if second != self._second:
+            self._text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._text}.{micro:06d}+00:00" if micro else f"{self._text}+00:00"
+
+
+def json_number(value: float | None) -> str:
+    """C{value} as C{json.dumps} writes it."""
+    if value is None:
+        return "null"
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
 def json_record_line(system: str | None = None) -> Callable[[FinishedConnection, float], str]:
     """
     What renders a record logged at a time as the JSON line
     L{balancer.logs.json_line} writes for L{AccessLog}'s event: the same
-    keys in the same order.
+    keys in the same order, the same text (C{json.dumps}'s separators and
+    ASCII escapes), put together here (C{json.dumps} of a new dictionary
+    costs more than half of the line).
 
     @param system: the C{system} key (a worker's events have C{worker N}), or none.
     """
-    head = {"system": system} if system is not None else {}
+    times = IsoSeconds()
+    head = f', "namespace": "{ACCESS_NAMESPACE}"' + (f', "system": {quoted(system)}' if system is not None else "")
 
     def render(connection: FinishedConnection, when: float) -> str:
-        return json.dumps({
-            "time": datetime.fromtimestamp(when, timezone.utc).isoformat(),
-            "level": "info",
-            "namespace": ACCESS_NAMESPACE,
-            **head,
-            "message": access_line(connection),
-            "server": connection.server,
-            "protocol": connection.protocol,
-            "client": connection.client,
-            "backend": connection.backend,
-            "started": connection.started,
-            "connect_seconds": connection.connect_seconds,
-            "duration_seconds": connection.duration_seconds,
-            "rx": connection.rx,
-            "tx": connection.tx,
-            "reason": connection.reason,
-        }) + "\n"
+        backend = connection.backend
+        return (
+            f'{{"time": "{times(when)}", "level": "info"{head}, "message": {quoted(access_line(connection))},'
+            f' "server": {quoted(connection.server)}, "protocol": {quoted(connection.protocol)},'
+            f' "client": {quoted(connection.client)}, "backend": {"null" if backend is None else quoted(backend)},'
+            f' "started": {json_number(connection.started)},'
+            f' "connect_seconds": {json_number(connection.connect_seconds)},'
+            f' "duration_seconds": {json_number(connection.duration_seconds)},'
+            f' "rx": {connection.rx!r}, "tx": {connection.tx!r}, "reason": {quoted(connection.reason)}}}\n'
+        )
 
     return render
 

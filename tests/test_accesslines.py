@@ -13,14 +13,25 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
+import random
+from datetime import datetime, timezone
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, Logger, LogPublisher, formatEvent, formatTime, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancer.accesslog import AccessLines, AccessLog, json_record_line, start_access_log, text_line
+from balancer.accesslog import (
+    AccessLines,
+    AccessLog,
+    IsoSeconds,
+    json_number,
+    json_record_line,
+    start_access_log,
+    text_line,
+)
 from balancer.config.schema import LoggingConfig
 from balancer.logs import TwistdLogging, application_log, log_observer
 from balancer.proxy.finished import BACKEND_CLOSED, NO_BACKEND, FinishedConnection, FinishedConnections
@@ -110,6 +121,20 @@ class SameLinesTests(SynchronousTestCase):
         for connection in RECORDS:
             for when in TIMES:
                 self.assertEqual(render(connection, when), twisted_wrote(connection, when, "json"), (connection, when))
+
+    def test_jsonTimeAsDatetimeWritesIt(self) -> None:
+        """The time of 20,000 seeded instants (and a few edges), as C{datetime}'s C{isoformat} gives it."""
+        times = IsoSeconds()
+        draw = random.Random(20)
+        instants = [draw.uniform(1e9, 2e9) for _ in range(10_000)]
+        instants += [round(draw.uniform(1e9, 2e9), draw.choice([0, 1, 3, 6, 7])) for _ in range(10_000)]
+        instants += [0.0, 1.0000005, 1.0000015, 1_700_000_000.9999995, 1_700_000_000.9999996, 1_700_000_000.000001]
+        for when in instants:
+            self.assertEqual(times(when), datetime.fromtimestamp(when, timezone.utc).isoformat(), when)
+
+    def test_jsonNumbersAsJsonWritesThem(self) -> None:
+        for value in (None, 0, 7, 1 << 70, 0.0, -0.0, 1e-7, 0.1, 1.7e9, 1e300, math.inf, -math.inf, math.nan):
+            self.assertEqual(json_number(value), json.dumps(value), value)
 
     def test_textLine(self) -> None:
         """The line itself, as an operator reads it (and as the README shows it)."""
