@@ -185,8 +185,8 @@ class AccessLines:
         self._add(self._render(connection, self._clock()))
 
 
-def start_access_log(config: LoggingConfig, finished: FinishedConnections,
-                     destination: TurnBuffer | None = None) -> Callable[[], None] | None:
+def start_access_log(config: LoggingConfig, finished: FinishedConnections, destination: TurnBuffer | None = None,
+                     system: str | None = None) -> Callable[[], None] | None:
     """
     Log every connection C{finished} publishes from now on, if C{config}
     says so (C{access_log}) and its C{level} writes the lines (info): at a
@@ -195,11 +195,17 @@ def start_access_log(config: LoggingConfig, finished: FinishedConnections,
 
     @param destination: where the lines go (L{AccessLines}, in C{config}'s
         C{format}); without one they are log events (L{AccessLog}).
+    @param system: the system the lines name instead of the access log's
+        namespace and level (a worker's, C{worker N}, as worker 0 writes its
+        events).
     @return: what stops it, or C{None} when it is off.
     """
     if not (config.access_log and writes(config, LogLevel.info)):
         return None
     if destination is None:
         return finished.subscribe(AccessLog())
-    render = json_record_line() if config.format == "json" else text_line()
+    if config.format == "json":
+        render = json_record_line(system)
+    else:
+        render = text_line(system) if system is not None else text_line()
     return finished.subscribe(AccessLines(destination, render))

@@ -212,6 +212,38 @@ class ReopeningFile:
             os.close(fd)
 
 
+class PathFollowingFile(ReopeningFile):
+    """
+    A L{ReopeningFile} that reopens by itself when its path no longer names
+    the file it has open (logrotate renamed it), checked before each write:
+    for a worker process, which gets no SIGUSR1 (worker 0 does) and writes
+    the lines of a reactor turn in one write.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._identity: tuple[int, int] | None = None
+
+    def write(self, text: str) -> None:
+        """Append C{text} to the file at C{path} now, reopening it first if it is another file."""
+        if self._identity is not None:
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != self._identity:
+                self.close()
+        super().write(text)
+        if self._identity is None and self._fd is not None:
+            opened = os.fstat(self._fd)
+            self._identity = (opened.st_dev, opened.st_ino)
+
+    def close(self) -> None:
+        """Close the file, if it is open."""
+        super().close()
+        self._identity = None
+
+
 class OnSignal(Service):
     """
     Runs C{action} in the reactor thread whenever the process gets

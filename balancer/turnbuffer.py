@@ -7,7 +7,8 @@ event and its formatting).  A L{TurnBuffer} keeps the lines of one turn
 of the reactor and writes them with one call once the turn is over
 (C{callLater(0)}, scheduled by the first line of the turn), so that no line
 waits longer than the turn that produced it; at the reactor's shutdown and
-before a log file is reopened or rotated, what it holds is written first.
+before a log file is reopened or rotated, what it holds is written first,
+and after the shutdown each line is written at once.
 
 The main log writes through the same buffer when it shares the
 destination (L{TurnBuffer.write}): its line is written at once, after the
@@ -57,16 +58,22 @@ class TurnBuffer:
         self._pending: list[str] = []
         self._call: IDelayedCall | None = None
         self._at_shutdown = False
+        self._stopped = False
         self._failing = False
 
     def add(self, line: str) -> None:
-        """Hold C{line} (ending with a newline) until the end of this turn."""
+        """
+        Hold C{line} (ending with a newline) until the end of this turn; once
+        the reactor has shut down (it runs no more turns), write it now.
+        """
         self._pending.append(line)
-        if self._call is None:
+        if self._stopped:
+            self._write_held()
+        elif self._call is None:
             self._call = self._reactor.callLater(0, self._end_of_turn)
             if not self._at_shutdown:
                 self._at_shutdown = True
-                self._reactor.addSystemEventTrigger("after", "shutdown", self.flush)
+                self._reactor.addSystemEventTrigger("after", "shutdown", self._shut_down)
 
     def write(self, text: str) -> None:
         """Write C{text} now, after the lines held (as L{LogStream}: the main log's lines)."""
@@ -94,6 +101,15 @@ class TurnBuffer:
             action()
 
         return flushed_then
+
+    def _shut_down(self) -> None:
+        """
+        The reactor shut down: write what is held, and from now on each line
+        at once (the end of the shutdown can close the last relays, whose
+        lines come after this).
+        """
+        self._stopped = True
+        self.flush()
 
     def _end_of_turn(self) -> None:
         self._call = None

@@ -19,8 +19,19 @@ import random
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogEvent, Logger, LogPublisher, formatEvent, formatTime, globalLogPublisher
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import (
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    formatTime,
+    globalLogPublisher,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.accesslog import (
@@ -33,9 +44,10 @@ from balancer.accesslog import (
     text_line,
 )
 from balancer.config.schema import LoggingConfig
-from balancer.logs import TwistdLogging, application_log, log_observer
+from balancer.logs import PathFollowingFile, TwistdLogging, application_log, log_observer
 from balancer.proxy.finished import BACKEND_CLOSED, NO_BACKEND, FinishedConnection, FinishedConnections
 from balancer.turnbuffer import TurnBuffer
+from balancer.workers.child import Worker, access_file
 
 CONNECTION = FinishedConnection("web", "tcp", "192.0.2.7:51234", "10.0.0.1:80", 1_700_000_000.25, 0.0012, 2.5034,
                                 48211, 312, BACKEND_CLOSED)
@@ -196,6 +208,19 @@ class TurnBufferTests(SynchronousTestCase):
         self.assertEqual(self.stream.writes, ["last\nlines\n"])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_writtenAtOnceAfterShutdown(self) -> None:
+        """
+        The end of the shutdown can end the last relays after the buffer was
+        written (the last one's end fires the shutdown's wait): the reactor
+        runs no more turns, so their lines are written at once.
+        """
+        self.buffer.add("one\n")
+        [(flush, args, kwargs)] = self.reactor.triggers["after"]["shutdown"]
+        flush(*args, **kwargs)
+        self.buffer.add("after\n")
+        self.assertEqual(self.stream.writes, ["one\n", "after\n"])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_oneShutdownTriggerOnly(self) -> None:
         for turn in range(3):
             self.buffer.add(f"{turn}\n")
@@ -329,3 +354,86 @@ class DestinationTests(SynchronousTestCase):
         self.assertTrue(lines[1].endswith(" still here"), lines)
         self.assertEqual(len(lines), 2)
         self.assertEqual(len(events), 1)
+
+
+class WorkerTests(SynchronousTestCase):
+    """
+    A worker process writes its access lines itself when C{[logging] output}
+    is a file: the lines worker 0 wrote for its events, appended to the file.
+    """
+
+    def test_linesAsWorker0WroteThem(self) -> None:
+        """A worker's event crossed to worker 0 as JSON and was written there with C{log_system} C{worker 1}."""
+        for format, render in (("text", text_line("worker 1")), ("json", json_record_line("worker 1"))):
+            for connection in RECORDS:
+                for when in TIMES:
+                    events: list[LogEvent] = []
+                    AccessLog(Logger(namespace="balancer.access", observer=LogPublisher(events.append)))(connection)
+                    crossed = eventFromJSON(eventAsJSON({**events[0], "log_time": when}))
+                    crossed["log_system"] = "worker 1"
+                    stream = io.StringIO()
+                    log_observer(LoggingConfig(format=format), stream)(crossed)
+                    self.assertEqual(render(connection, when), stream.getvalue(), (format, connection, when))
+
+    def test_fileOnlyWhenTheMainLogIsAFile(self) -> None:
+        """Only worker 0 knows twistd's --logfile, --syslog and --logger, which apply when output is stdout or stderr."""
+        cases = {
+            ("/var/log/b.log", ""): "/var/log/b.log",
+            ("/var/log/b.log", "/var/log/b.log"): "/var/log/b.log",
+            ("/var/log/b.log", "/var/log/access.log"): "/var/log/access.log",
+            ("/var/log/b.log", "stdout"): None,
+            ("/var/log/b.log", "stderr"): None,
+            ("stdout", ""): None,
+            ("stderr", "/var/log/access.log"): None,
+            ("stdout", "stdout"): None,
+        }
+        for (output, access_output), expected in cases.items():
+            self.assertEqual(access_file(LoggingConfig(output=output, access_output=access_output)), expected,
+                             (output, access_output))
+
+    def test_aWorkerAppendsItsLinesItself(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.addCleanup(close_descriptors_under, directory)
+        path = os.path.join(directory, "balancer.log")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("worker 0's line\n")
+        events = recording(self)
+        reactor = MemoryReactorClock()
+        worker = Worker(reactor, LogLevelFilterPredicate(LogLevel.info), 3)
+        worker.makeConnection(StringTransport())
+        mapping = {"logging": {"output": path}, "servers": {"web": {"bind": "127.0.0.1:3000", "discovery": {
+            "kind": "static", "static_list": ["127.0.0.1:9001"]}}}}
+        worker.dataReceived(json.dumps({"config": mapping, "admin_states": {}}).encode() + b"\n")
+        assert worker.balancer is not None
+        worker.balancer.finished.publish(CONNECTION)
+        worker.balancer.finished.publish(RECORDS[1])
+        reactor.advance(0)
+        self.assertEqual([event for event in events if event.get("log_namespace") == "balancer.access"], [])
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines[0], "worker 0's line")
+        self.assertEqual([line.split(" ", 1)[1][:36] for line in lines[1:]],
+                         ["[worker 3] server=web client=192.0.2", "[worker 3] server=web client=192.0.2"])
+
+
+class PathFollowingFileTests(SynchronousTestCase):
+    """A worker's access file follows its path: logrotate renames it, and the worker gets no SIGUSR1."""
+
+    def test_aRenamedOrRemovedFileIsLeftForTheOneAtThePath(self) -> None:
+        path = self.mktemp()
+        file = PathFollowingFile(path)
+        self.addCleanup(file.close)
+        file.write("one\n")
+        os.rename(path, path + ".1")
+        file.write("two\n")
+        os.rename(path, path + ".2")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("made by worker 0\n")
+        file.write("three\n")
+        os.remove(path)
+        file.write("four\n")
+        file.write("five\n")
+        for name, text in ((path + ".1", "one\n"), (path + ".2", "two\n"), (path, "four\nfive\n")):
+            with open(name, encoding="utf-8") as f:
+                self.assertEqual(f.read(), text, name)
