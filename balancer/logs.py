@@ -11,6 +11,9 @@ observer, which twistd uses instead of its own.
  - The access log (L{ACCESS_NAMESPACE}, L{balancer.accesslog}) goes with
    the rest, or, with C{access_output}, to stdout, stderr or a file of its
    own (reopened on SIGUSR1 too), in the same C{format} and C{level}.
+   Each destination is a L{TurnBuffer}: the access log adds its rendered
+   lines there, written together at the end of the reactor's turn; the
+   main log's lines are written at once, after the lines held.
  - When C{output} is stdout or stderr and twistd writes to a file (its
    C{--logfile}, or C{twistd.log} as a daemon, whose stdout is
    C{/dev/null}), the log goes to twistd's file, rotated on SIGUSR1 the
