@@ -5,7 +5,8 @@ byte-identical to what Twisted's observers wrote for the access log's
 events, held until the end of the reactor's turn and written with one call,
 in order with the main log's lines, written at shutdown and before a
 reopen, and a destination that fails neither raising into the data plane
-nor silencing the main log.
+nor silencing the main log; workers writing their own lines; and the
+bench that measures it in service.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import json
 import math
 import os
 import random
+import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Generator
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import (
     LogEvent,
     Logger,
@@ -32,7 +37,7 @@ from twisted.logger import (
     formatTime,
     globalLogPublisher,
 )
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from balancer.accesslog import (
     AccessLines,
@@ -45,9 +50,11 @@ from balancer.accesslog import (
 )
 from balancer.config.schema import LoggingConfig
 from balancer.logs import PathFollowingFile, TwistdLogging, application_log, log_observer
+from balancer.proxy.engine import splice
 from balancer.proxy.finished import BACKEND_CLOSED, NO_BACKEND, FinishedConnection, FinishedConnections
 from balancer.turnbuffer import TurnBuffer
 from balancer.workers.child import Worker, access_file
+from tests.support.paths import ROOT
 
 CONNECTION = FinishedConnection("web", "tcp", "192.0.2.7:51234", "10.0.0.1:80", 1_700_000_000.25, 0.0012, 2.5034,
                                 48211, 312, BACKEND_CLOSED)
@@ -437,3 +444,20 @@ class PathFollowingFileTests(SynchronousTestCase):
         for name, text in ((path + ".1", "one\n"), (path + ".2", "two\n"), (path, "four\nfive\n")):
             with open(name, encoding="utf-8") as f:
                 self.assertEqual(f.read(), text, name)
+
+
+class ConnCostBenchTests(TestCase):
+    """C{bench/conn_cost.py --access-log}: the access log's cost in service is measured with the lines really written."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_aLinePerConnectionWritten(self) -> Generator[Deferred[Any], Any, None]:
+        if not splice.AVAILABLE:
+            raise SkipTest("no relay engine on this platform")
+        for format in ("text", "json"):
+            out, err, code = yield getProcessOutputAndValue(
+                sys.executable, [os.path.join(ROOT, "bench", "conn_cost.py"), "--connections", "40", "--warmup", "10",
+                                 "--access-log", format], env=dict(os.environ), path=ROOT, reactor=reactor)
+            self.assertEqual(code, 0, (out, err))
+            self.assertIn(b"access lines written: 50\n", out)
