@@ -3,9 +3,9 @@ The access log (C{[logging] access_log}): one line per finished client
 connection, in the spirit of HAProxy's C{tcplog}.
 
 Each L{FinishedConnection} published by the balancer's servers becomes one
-info event of the logger L{log} (namespace C{balancer.access}), so it goes
-wherever the main log goes (or to C{access_output}, L{balancer.logs}),
-filtered by its C{level} and written in its C{format}.  As text the line is C{key=value} pairs::
+line at info in namespace C{balancer.access}, which goes wherever the main
+log goes (or to C{access_output}, L{balancer.logs}), in its C{format}, and
+only at a C{level} of info or below.  As text the line is C{key=value} pairs::
 
     server=web client=192.0.2.7:51234 backend=10.0.0.1:80 protocol=tcp connect=0.001s
     duration=2.503s from_client=312 to_client=48211 reason="backend closed"
@@ -39,8 +39,8 @@ from twisted.logger import Logger, LogLevel
 
 from balancer.config.schema import LoggingConfig
 from balancer.logs import ACCESS_NAMESPACE, SecondsText, writes
-from balancer.turnbuffer import TurnBuffer
 from balancer.proxy.finished import FinishedConnection, FinishedConnections
+from balancer.turnbuffer import TurnBuffer
 
 #: The logger of the access log's events.
 log = Logger(namespace=ACCESS_NAMESPACE)
