@@ -42,6 +42,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from balancer.accesslog import (
     AccessLines,
     AccessLog,
+    access_line,
     IsoSeconds,
     json_number,
     json_record_line,
@@ -305,8 +306,9 @@ class DestinationTests(SynchronousTestCase):
         with open(path, encoding="utf-8") as f:
             return f.read().splitlines()
 
-    def started(self, config: LoggingConfig) -> tuple[Any, FinishedConnections, Logger]:
-        log = application_log(config, TwistdLogging(), self.reactor)
+    def started(self, config: LoggingConfig,
+                twistd: TwistdLogging = TwistdLogging()) -> tuple[Any, FinishedConnections, Logger]:
+        log = application_log(config, twistd, self.reactor)
         assert log.observer is not None
         self.addCleanup(close_descriptors_under, self.directory)
         finished = FinishedConnections()
@@ -340,6 +342,22 @@ class DestinationTests(SynchronousTestCase):
                          ["192.0.2.7:51234", "192.0.2.7:1"])
         [after] = self.read(self.access)
         self.assertIn(" client=[::1]:5353 ", after)
+
+    def test_twistdsLogfileTakesTheLinesAndRotatesAfterThem(self) -> None:
+        """twistd's C{--logfile}: the lines held are written before SIGUSR1 rotates the file (twistd's way: C{.1})."""
+        path = os.path.join(self.directory, "twistd.log")
+        log, finished, _ = self.started(LoggingConfig(), TwistdLogging(logfile=path))
+        assert log.access is not None
+        self.addCleanup(getattr(log.access.stream, "close"))  # twistd's LogFile, a file object of its own
+        finished.publish(RECORDS[0])
+        self.reactor.advance(0)
+        finished.publish(RECORDS[1])
+        log.on_usr1()
+        finished.publish(RECORDS[3])
+        self.reactor.advance(0)
+        self.assertEqual([line.split("] ", 1)[1] for line in self.read(path + ".1")],
+                         [access_line(record) for record in RECORDS[:2]])
+        self.assertEqual([line.split("] ", 1)[1] for line in self.read(path)], [access_line(RECORDS[3])])
 
     def test_aFullAccessFileLeavesTheMainLog(self) -> None:
         """The access file cannot be written (C{/dev/full}): the publisher is not disturbed, the main log writes on."""
