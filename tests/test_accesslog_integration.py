@@ -376,21 +376,38 @@ static_list = ["127.0.0.1:{port_number(silent)}"]
 
     @inlineCallbacks
     def test_workersAppendTheirLinesToTheFile(self) -> Generator[Deferred[Any], Any, None]:
-        """With C{output} a file, worker 1 writes its own lines there: whole lines, one per connection."""
+        """
+        With C{output} a file, worker 1 writes its own lines there: whole
+        lines, one per connection; after logrotate's rename and SIGUSR1 (to
+        worker 0 only) every worker's lines go to the new file.
+        """
         main = os.path.join(self.directory, "balancer.log")
         process, echo, _, _ = yield self.balancer(f'output = "{main}"', workers=2, main=main)
         count = 60
-        for i in range(count):
-            answer = yield exchange(echo, b"%02d" % i)
-            self.assertEqual(answer, b"%02d" % i)
 
-        def access() -> list[str]:
-            return [line for line in file_lines(main) if " server=echo " in line]
+        def access(path: str) -> list[str]:
+            return [line for line in file_lines(path) if " server=echo " in line]
 
-        yield until(lambda: len(access()) >= count, 20, f"{count} access lines")
-        lines = access()
-        self.assertEqual(len(lines), count)
-        self.assertTrue(all(WHOLE_TEXT_LINE.fullmatch(line) for line in lines), lines)
-        self.assertIn(" [worker 1] ", "".join(lines))
-        self.assertIn(" [balancer.access#info] ", "".join(lines))
+        @inlineCallbacks
+        def connections_logged() -> Generator[Deferred[Any], Any, None]:
+            """Make C{count} connections; their lines are in C{main}, from both workers."""
+            before = len(access(main))
+            for i in range(count):
+                answer = yield exchange(echo, b"%02d" % i)
+                self.assertEqual(answer, b"%02d" % i)
+            yield until(lambda: len(access(main)) >= before + count, 20, f"{count} more access lines")
+            lines = access(main)[before:]
+            self.assertEqual(len(lines), count)
+            self.assertTrue(all(WHOLE_TEXT_LINE.fullmatch(line) for line in lines), lines)
+            self.assertIn(" [worker 1] ", "".join(lines))
+            self.assertIn(" [balancer.access#info] ", "".join(lines))
+
+        yield connections_logged()
+        os.rename(main, main + ".1")
+        assert process.transport is not None and process.transport.pid is not None
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        yield until(lambda: any("reopened" in line for line in file_lines(main)), 20, "the log reopened")
+        yield connections_logged()
+        self.assertEqual(len(access(main + ".1")), count)
+        self.assertEqual(len(access(main)), count)
         yield process.stop()
