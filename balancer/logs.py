@@ -11,6 +11,9 @@ observer, which twistd uses instead of its own.
  - The access log (L{ACCESS_NAMESPACE}, L{balancer.accesslog}) goes with
    the rest, or, with C{access_output}, to stdout, stderr or a file of its
    own (reopened on SIGUSR1 too), in the same C{format} and C{level}.
+   Each destination is a L{TurnBuffer}: the access log adds its rendered
+   lines there, written together at the end of the reactor's turn; the
+   main log's lines are written at once, after the lines held.
  - When C{output} is stdout or stderr and twistd writes to a file (its
    C{--logfile}, or C{twistd.log} as a daemon, whose stdout is
    C{/dev/null}), the log goes to twistd's file, rotated on SIGUSR1 the
@@ -22,12 +25,13 @@ observer, which twistd uses instead of its own.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
 from datetime import datetime, timezone
 from types import FrameType
-from typing import IO, Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 import attrs
 from twisted.application.service import Service
@@ -46,6 +50,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from balancer.config.schema import LoggingConfig
+from balancer.turnbuffer import LogStream, TurnBuffer
 
 log = Logger()
 
@@ -148,16 +153,6 @@ class AccessApart:
             self._main(event)
 
 
-class LogStream(Protocol):
-    """Where lines are written: a text stream, twistd's C{LogFile} or a L{ReopeningFile}."""
-
-    def write(self, text: str) -> Any:
-        """Write C{text}."""
-
-    def flush(self) -> None:
-        """Flush what was written."""
-
-
 @implementer(ILogObserver)
 class LineObserver:
     """
@@ -185,23 +180,28 @@ class ReopeningFile:
     L{reopen}: logrotate renames the file and sends SIGUSR1, and the next
     line goes to a new file at the same path.
 
+    Each L{write} is one C{write} system call on a descriptor opened with
+    C{O_APPEND} (nothing is kept in a buffer of this process: a write that
+    fails leaves nothing behind to be written again later, and writes of
+    whole lines by several processes do not interleave).
+
     @param path: the file's path.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
 
     def write(self, text: str) -> None:
-        """Append C{text}, opening the file first if it is not open."""
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
-        self._file.write(text)
+        """Append C{text} (UTF-8), opening the file first if it is not open."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def flush(self) -> None:
-        """Flush what was written."""
-        if self._file is not None:
-            self._file.flush()
+        """Nothing to do: every write went to the file."""
 
     def reopen(self) -> None:
         """Close the file; the next write opens the file at C{path} anew."""
@@ -210,9 +210,41 @@ class ReopeningFile:
 
     def close(self) -> None:
         """Close the file, if it is open."""
-        file, self._file = self._file, None
-        if file is not None:
-            file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class PathFollowingFile(ReopeningFile):
+    """
+    A L{ReopeningFile} that reopens by itself when its path no longer names
+    the file it has open (logrotate renamed it), checked before each write:
+    for a worker process, which gets no SIGUSR1 (worker 0 does) and writes
+    the lines of a reactor turn in one write.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._identity: tuple[int, int] | None = None
+
+    def write(self, text: str) -> None:
+        """Append C{text} to the file at C{path} now, reopening it first if it is another file."""
+        if self._identity is not None:
+            try:
+                now = os.stat(self.path)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != self._identity:
+                self.close()
+        super().write(text)
+        if self._identity is None and self._fd is not None:
+            opened = os.fstat(self._fd)
+            self._identity = (opened.st_dev, opened.st_ino)
+
+    def close(self) -> None:
+        """Close the file, if it is open."""
+        super().close()
+        self._identity = None
 
 
 class OnSignal(Service):
@@ -292,14 +324,19 @@ class TwistdLogging:
 @attrs.frozen
 class ApplicationLog:
     """
-    The application's log: the observer twistd uses, and what SIGUSR1 does.
+    The application's log: the observer twistd uses, what SIGUSR1 does,
+    and where the access log writes its lines.
 
     @ivar observer: C{None} to leave twistd's own observer.
     @ivar on_usr1: what to run on SIGUSR1, or C{None}.
+    @ivar access: the access log's destination, which the access log
+        writes its lines to itself (L{balancer.accesslog.AccessLines});
+        C{None} when it must log events instead (twistd's own observer).
     """
 
     observer: ILogObserver | None
     on_usr1: Callable[[], None] | None = None
+    access: TurnBuffer | None = None
 
 
 class SecondsText:
@@ -341,22 +378,32 @@ def log_observer(config: LoggingConfig, stream: LogStream) -> ILogObserver:
     return ChatterAtDebug(FilteringLogObserver(writer, [predicate]))
 
 
-def application_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
+def application_log(config: LoggingConfig, twistd: TwistdLogging, reactor: Any = None) -> ApplicationLog:
     """
     The observer and SIGUSR1 action for C{[logging]} under twistd's options
     (see the module's docstring for which wins), the access log apart when
     C{access_output} says so.  Opens twistd's log file when it is the
     destination (as twistd itself would, before it daemonises).
+
+    Every destination is a L{TurnBuffer} on C{reactor} (the global reactor
+    when not given): the main log writes its lines through it at once, the
+    access log adds its lines to it (L{ApplicationLog.access}).
     """
-    main = _main_log(config, twistd)
+    if reactor is None:
+        from twisted.internet import reactor
+    main = _main_log(config, twistd, reactor)
     if config.access_output in ("", config.output) or main.observer is None:
         return main
+    assert main.access is not None
     if config.access_output in ("stdout", "stderr"):
-        stream: LogStream = sys.stdout if config.access_output == "stdout" else sys.stderr
-        return ApplicationLog(AccessApart(main.observer, log_observer(config, stream)), main.on_usr1)
+        access = TurnBuffer(sys.stdout if config.access_output == "stdout" else sys.stderr, reactor,
+                            config.access_output)
+        return ApplicationLog(AccessApart(main.observer, log_observer(config, access)), main.on_usr1, access)
     file = ReopeningFile(config.access_output)
-    observer = AccessApart(main.observer, log_observer(config, file))
-    return ApplicationLog(observer, file.reopen if main.on_usr1 is None else _both(main.on_usr1, file.reopen))
+    access = TurnBuffer(file, reactor, file.path)
+    observer = AccessApart(main.observer, log_observer(config, access))
+    reopen = access.before(file.reopen)
+    return ApplicationLog(observer, reopen if main.on_usr1 is None else _both(main.on_usr1, reopen), access)
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -367,11 +414,12 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
     return both
 
 
-def _main_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
-    """The observer and SIGUSR1 action of the main log (access lines included)."""
+def _main_log(config: LoggingConfig, twistd: TwistdLogging, reactor: Any) -> ApplicationLog:
+    """The observer and SIGUSR1 action of the main log, the access log's lines going there too."""
     if config.output not in ("stdout", "stderr"):
         file = ReopeningFile(config.output)
-        return ApplicationLog(log_observer(config, file), file.reopen)
+        buffer = TurnBuffer(file, reactor, file.path)
+        return ApplicationLog(log_observer(config, buffer), buffer.before(file.reopen), buffer)
     if twistd.own_observer:
         return ApplicationLog(None)
     twistd_file = twistd.file()
@@ -380,5 +428,7 @@ def _main_log(config: LoggingConfig, twistd: TwistdLogging) -> ApplicationLog:
         # the application gives none, and offers no public way to wrap it in
         # a level filter: so the same LogFile and rotation, filtered.
         logfile = LogFile.fromFullPath(twistd_file)
-        return ApplicationLog(log_observer(config, logfile), logfile.rotate)
-    return ApplicationLog(log_observer(config, sys.stdout if config.output == "stdout" else sys.stderr))
+        buffer = TurnBuffer(logfile, reactor, twistd_file)
+        return ApplicationLog(log_observer(config, buffer), buffer.before(logfile.rotate), buffer)
+    buffer = TurnBuffer(sys.stdout if config.output == "stdout" else sys.stderr, reactor, config.output)
+    return ApplicationLog(log_observer(config, buffer), None, buffer)

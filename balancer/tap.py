@@ -152,7 +152,7 @@ def build_service(
     @param shared_at_start: with C{[cluster]}, the shared state read at
         start (L{balancer.cluster.startup}); its servers are applied once started.
     """
-    log = application_log(config.logging, twistd if twistd is not None else TwistdLogging())
+    log = application_log(config.logging, twistd if twistd is not None else TwistdLogging(), reactor)
     root = BalancerRoot(log, terminal)
     if log.on_usr1 is not None:
         OnSignal(signal.SIGUSR1, log.on_usr1, reactor).setServiceParent(root)
@@ -170,7 +170,7 @@ def build_service(
     balancer = BalancerService(config, reactor)
     balancer.setName("balancer")
     balancer.setServiceParent(root)
-    start_access_log(config.logging, balancer.finished)
+    start_access_log(config.logging, balancer.finished, log.access)
     root.control = Controller(  # type: ignore[attr-defined]
         balancer, config, config_path, reactor, configured=configured, changes=changes, shared=shared
     )

@@ -7,6 +7,7 @@ Run from the repository::
     /work/main/.venv/bin/python bench/conn_cost.py [--connections 2000]
         [--concurrency 16] [--profile] [--top 25]
     /work/main/.venv/bin/python bench/conn_cost.py --callgrind
+    /work/main/.venv/bin/python bench/conn_cost.py --callgrind --access-log text   # or json
 
 It runs one server of this working tree's balancer in this process, on the
 relay engine (the default path for plain TCP), in front of a backend
@@ -34,6 +35,14 @@ client's or the backend's), with C{--connections} and with 200 more, and
 prints the difference of the instructions divided by 200: the start and the
 end cancel out.  Callgrind slows Python about fifty times: a run takes a
 minute or so.
+
+With C{--access-log text} or C{json} the balancer logs as twistd sets it
+up (L{balancer.logs.application_log} as the global log's observer,
+C{[logging] output} a temporary file, level info) and writes an access
+line per connection there (checked: one per connection): the difference
+with a run without it is the access log's cost in service.  Run on an
+older checkout (copy this script into it), it measures that checkout's
+access log: before its own writer, the lines were log events.
 """
 
 from __future__ import annotations
@@ -45,9 +54,11 @@ import os
 import pstats
 import resource
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -165,7 +176,9 @@ def balancer(args: argparse.Namespace) -> None:
         balance=args.balance,
         discovery=DiscoveryConfig(kind="static", static_list=(parse_backend_line(f"{HOST}:{backend_port}"),)),
     )
-    server = ServerService("bench", config, reactor, RateClock(reactor), paths=DataPaths(reactor, engine))
+    finished, access_file = access_log(args.access_log)
+    server = ServerService("bench", config, reactor, RateClock(reactor), paths=DataPaths(reactor, engine),
+                           finished=finished)
     assert isinstance(server.path, EnginePath)
     server.startService()
     driver = subprocess.Popen(
@@ -260,6 +273,12 @@ def balancer(args: argparse.Namespace) -> None:
     results["gen0 collections per 1000 connections at threshold %d" % thresholds[0]] = 1000 * allocated / n / thresholds[0]
     total_connections = server.counters.total_connections
     assert total_connections == args.warmup + n, total_connections
+    if access_file is not None:
+        with open(access_file, encoding="utf-8") as f:
+            lines = sum(1 for line in f if "balancer.access" in line)
+        assert lines == total_connections, f"{lines} access lines for {total_connections} connections"
+        results["access lines written"] = lines
+        shutil.rmtree(os.path.dirname(access_file))
     if profiler is not None:
         stats = pstats.Stats(profiler)
         if args.stats:
@@ -279,13 +298,40 @@ def balancer(args: argparse.Namespace) -> None:
     peer.wait()
 
 
+def access_log(format: str | None) -> tuple[Any, str | None]:
+    """
+    The balancer's C{FinishedConnections}, with the access log in C{format}
+    written to a temporary file as in service, and that file's path (none
+    without C{format}).
+    """
+    from twisted.logger import globalLogBeginner
+
+    from balancer.accesslog import start_access_log
+    from balancer.config.schema import LoggingConfig
+    from balancer.logs import TwistdLogging, application_log
+    from balancer.proxy.finished import FinishedConnections
+
+    finished = FinishedConnections()
+    if format is None:
+        return finished, None
+    path = os.path.join(tempfile.mkdtemp(prefix="conn-cost-"), "balancer.log")
+    logging = LoggingConfig(format=format, output=path)
+    log = application_log(logging, TwistdLogging())
+    globalLogBeginner.beginLoggingTo([log.observer], redirectStandardIO=False)
+    # Before the access log's own writer there was no destination to give: its lines were log events.
+    destination = getattr(log, "access", None)
+    start_access_log(logging, finished, *([destination] if destination is not None else []))
+    return finished, path
+
+
 def instructions(connections: int, args: argparse.Namespace) -> int:
     """The instructions the balancer's process ran (under callgrind) for C{connections} connections."""
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
          "--connections", str(connections), "--warmup", str(args.warmup),
          "--concurrency", str(args.concurrency), "--balance", args.balance]
-        + (["--collector-on"] if args.collector_on else []),
+        + (["--collector-on"] if args.collector_on else [])
+        + (["--access-log", args.access_log] if args.access_log else []),
         capture_output=True, text=True, check=True,
     )
     for line in done.stderr.splitlines():
@@ -307,6 +353,8 @@ def main() -> None:
                         help="leave the cyclic collector on at its thresholds (as in service) while measuring")
     parser.add_argument("--garbage", action="store_true", help="list the kinds of objects only the cyclic collector freed")
     parser.add_argument("--callgrind", action="store_true", help="count instructions per connection with callgrind")
+    parser.add_argument("--access-log", choices=("text", "json"),
+                        help="write an access line per connection in this format to a temporary file, as in service")
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

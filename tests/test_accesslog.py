@@ -185,20 +185,36 @@ class SwitchTests(SynchronousTestCase):
 
 
 class WiringTests(SynchronousTestCase):
-    """The service tree built by twistd subscribes the access log to the balancer's connections."""
+    """
+    The service tree built by twistd subscribes the access log to the
+    balancer's connections: its lines written to the log's destination by
+    the end of the turn, or, under twistd's own observer, as log events.
+    """
 
-    def access_events(self, logging: dict[str, Any]) -> list[LogEvent]:
-        """The access log events of the tree built for C{[logging]} when its balancer publishes a connection."""
+    def published(self, logging: dict[str, Any], twistd: TwistdLogging | None = None) -> tuple[list[LogEvent], str]:
+        """The access events and what stdout got when the balancer of the tree built for C{[logging]} publishes a connection."""
         recorder = recording(self)
-        root = build_service(config_from_mapping({"logging": logging}, "test"), MemoryReactorClock())
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        reactor = MemoryReactorClock()
+        root = build_service(config_from_mapping({"logging": logging}, "test"), reactor, twistd=twistd)
         root.getServiceNamed("balancer").finished.publish(CONNECTION)
-        return recorder.access()
+        reactor.advance(0)
+        return recorder.access(), stdout.getvalue()
 
     def test_onByDefault(self) -> None:
-        self.assertEqual([event["client"] for event in self.access_events({})], ["192.0.2.7:51234"])
+        events, written = self.published({})
+        self.assertEqual(events, [])
+        self.assertRegex(written, r"^\S+ \[balancer\.access#info\] server=web client=192\.0\.2\.7:51234 .*"
+                                  r' reason="backend closed"\n$')
 
     def test_offWithFalse(self) -> None:
-        self.assertEqual(self.access_events({"access_log": False}), [])
+        self.assertEqual(self.published({"access_log": False}), ([], ""))
+
+    def test_eventsForTwistdsOwnObserver(self) -> None:
+        """With C{--syslog} or C{--logger} the balancer does not own the destination: log events, as before."""
+        events, written = self.published({}, TwistdLogging(own_observer=True))
+        self.assertEqual(([event["client"] for event in events], written), (["192.0.2.7:51234"], ""))
 
 
 class WorkerWiringTests(SynchronousTestCase):

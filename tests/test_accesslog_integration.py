@@ -14,9 +14,9 @@ import re
 import signal
 from typing import Any, Generator
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.clients import Echo, Named, exchange, listen, port_number
 from tests.support.paths import scratch_directory
@@ -248,3 +248,166 @@ static_list = ["127.0.0.1:{port_number(echo)}"]
         self.assertIn("from_client=3 ", lines(access + ".1")[0])
         self.assertIn("from_client=4 ", lines(access)[0])
         self.assertEqual(access_lines(process), [])
+
+
+class Joined(Protocol):
+    """A backend that counts its connections (in its factory's C{joined} list) and never answers nor closes."""
+
+    def connectionMade(self) -> None:
+        self.factory.joined.append(self)
+
+
+#: A whole text access line, as the access log's own writer and Twisted's observers write it.
+WHOLE_TEXT_LINE = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[(?:balancer\.access#info|worker \d+)\] server=(?P<server>\w+)"
+    r" client=127\.0\.0\.1:(?P<port>\d+) backend=127\.0\.0\.1:\d+ protocol=tcp connect=\d+\.\d{3}s"
+    r' duration=\d+\.\d{3}s from_client=(?P<tx>\d+) to_client=(?P<rx>\d+) reason="(?P<reason>[^"]+)"'
+)
+
+
+def file_lines(path: str) -> list[str]:
+    """The lines of the file at C{path} (none when there is no file)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+class OwnWriterTests(TestCase):
+    """
+    The access log's own writer in a real balancer: one whole line per
+    connection in its file for many connections at once, the lines of the
+    last turn written at shutdown, a file that cannot be written leaving
+    the data plane and the main log alone, and workers appending their
+    lines to the file themselves.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.directory = scratch_directory(self)
+
+    @inlineCallbacks
+    def balancer(self, logging: str, *, workers: int = 1,
+                 main: str | None = None) -> Generator[Deferred[Any], Any, tuple[WatchedProcess, int, int, list[Joined]]]:
+        """
+        A balancer with C{[logging]} C{logging}, its main log in the file
+        C{main} if given; fires with it, the ports of its echo and silent
+        servers and the silent backend's connections.
+        """
+        config = os.path.join(self.directory, "balancer.toml")
+        echo = yield listen(Echo)
+        self.addCleanup(echo.stopListening)
+        joined: list[Joined] = []
+        silent = yield listen(Joined, joined=joined)
+        self.addCleanup(silent.stopListening)
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(f"""
+[logging]
+{logging}
+[defaults]
+workers = {workers}
+shutdown_grace = "1s"
+[servers.echo]
+bind = "127.0.0.1:0"
+[servers.echo.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(echo)}"]
+[servers.silent]
+bind = "127.0.0.1:0"
+[servers.silent.discovery]
+kind = "static"
+static_list = ["127.0.0.1:{port_number(silent)}"]
+""")
+        process = spawn_balancer(self, config, marker=b"silent: listening on")
+        if main is None:
+            echo_port = yield process.listening_port("echo")
+            silent_port = yield process.listening_port("silent")
+            return process, echo_port, silent_port, joined
+
+        process.seen.addErrback(lambda _: None)  # the marker is in the main log's file, not on stdout
+
+        def found(pattern: bytes) -> re.Match[bytes] | None:
+            return re.search(pattern, b"\n".join(line.encode() for line in file_lines(main)))
+
+        ready = rb"worker 1 \(pid \d+\) serving"
+        yield until(lambda: found(ready) is not None, 30, "worker 1 serving, in the main log")
+        ports = [found(rb"\b%s: listening on 127\.0\.0\.1:(\d+)" % name) for name in (b"echo", b"silent")]
+        return process, *[int(match.group(1)) for match in ports if match is not None], joined
+
+    @inlineCallbacks
+    def test_oneWholeLinePerConcurrentConnectionAndTheLastAtShutdown(self) -> Generator[Deferred[Any], Any, None]:
+        access = os.path.join(self.directory, "access.log")
+        process, echo, silent, joined = yield self.balancer(f'access_output = "{access}"')
+        count = 40
+        answers = yield gatherResults([exchange(echo, b"x" * (i + 1)) for i in range(count)])
+        self.assertEqual(sorted(map(len, answers)), list(range(1, count + 1)))
+        yield until(lambda: len(file_lines(access)) >= count, 20, f"{count} access lines")
+        lines = file_lines(access)
+        matches = [WHOLE_TEXT_LINE.fullmatch(line) for line in lines]
+        self.assertNotIn(None, matches, lines)
+        self.assertEqual(sorted(int(m["tx"]) for m in matches if m is not None), list(range(1, count + 1)))
+        self.assertEqual({(m["server"], m["reason"], m["tx"] == m["rx"]) for m in matches if m is not None},
+                         {("echo", "client closed", True)})
+        self.assertEqual(len({m["port"] for m in matches if m is not None}), count)
+        idle = [exchange(silent, half_close=False) for _ in range(10)]
+        yield until(lambda: len(joined) == 10, 20, "10 connections to the silent backend")
+        yield process.stop()
+        yield gatherResults(idle)
+        ended = [WHOLE_TEXT_LINE.fullmatch(line) for line in file_lines(access)[count:]]
+        self.assertEqual([(m["server"], m["reason"]) for m in ended if m is not None], [("silent", "shutdown")] * 10)
+        self.assertEqual(access_lines(process), [])
+
+    @inlineCallbacks
+    def test_aFullAccessFileLeavesTheDataPlaneAndTheMainLog(self) -> Generator[Deferred[Any], Any, None]:
+        """C{access_output = "/dev/full"}: every connection relayed, one error in the main log, which writes on."""
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full")  # Linux has it
+        process, echo, _, _ = yield self.balancer('access_output = "/dev/full"')
+        for i in range(5):
+            answer = yield exchange(echo, b"%d" % i)
+            self.assertEqual(answer, b"%d" % i)
+        yield process.wait_for(rb"log /dev/full: writing failed \(\[Errno 28\] No space left on device\)")
+        yield process.stop()
+        output = process.output.decode()
+        self.assertEqual(output.count("writing failed"), 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertIn("echo: stopped listening", output.split("writing failed")[1])
+
+    @inlineCallbacks
+    def test_workersAppendTheirLinesToTheFile(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        With C{output} a file, worker 1 writes its own lines there: whole
+        lines, one per connection; after logrotate's rename and SIGUSR1 (to
+        worker 0 only) every worker's lines go to the new file.
+        """
+        main = os.path.join(self.directory, "balancer.log")
+        process, echo, _, _ = yield self.balancer(f'output = "{main}"', workers=2, main=main)
+        count = 60
+
+        def access(path: str) -> list[str]:
+            return [line for line in file_lines(path) if " server=echo " in line]
+
+        @inlineCallbacks
+        def connections_logged() -> Generator[Deferred[Any], Any, None]:
+            """Make C{count} connections; their lines are in C{main}, from both workers."""
+            before = len(access(main))
+            for i in range(count):
+                answer = yield exchange(echo, b"%02d" % i)
+                self.assertEqual(answer, b"%02d" % i)
+            yield until(lambda: len(access(main)) >= before + count, 20, f"{count} more access lines")
+            lines = access(main)[before:]
+            self.assertEqual(len(lines), count)
+            self.assertTrue(all(WHOLE_TEXT_LINE.fullmatch(line) for line in lines), lines)
+            self.assertIn(" [worker 1] ", "".join(lines))
+            self.assertIn(" [balancer.access#info] ", "".join(lines))
+
+        yield connections_logged()
+        os.rename(main, main + ".1")
+        assert process.transport is not None and process.transport.pid is not None
+        os.kill(process.transport.pid, signal.SIGUSR1)
+        yield until(lambda: any("reopened" in line for line in file_lines(main)), 20, "the log reopened")
+        yield connections_logged()
+        self.assertEqual(len(access(main + ".1")), count)
+        self.assertEqual(len(access(main)), count)
+        yield process.stop()

@@ -214,23 +214,32 @@ class DestinationTests(SynchronousTestCase):
     def test_outputFileWinsAndReopensOnUsr1(self) -> None:
         path = self.mktemp()
         chosen = application_log(LoggingConfig(output=path), TwistdLogging(logfile="/elsewhere.log", daemon=True))
-        self.assertIsNotNone(chosen.observer)
-        self.assertEqual(getattr(chosen.on_usr1, "__self__").path, path)
+        assert chosen.observer is not None and chosen.on_usr1 is not None and chosen.access is not None
+        self.assertEqual(getattr(chosen.access.stream, "path"), path)
+        Logger(namespace="t", observer=chosen.observer).info("before")
+        os.rename(path, path + ".1")
+        chosen.on_usr1()
+        Logger(namespace="t", observer=chosen.observer).info("after")
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual([line.split(" ", 1)[1] for line in f], ["[t#info] after\n"])
 
     def test_twistdLogfileIsUsedAndRotatedLikeTwistd(self) -> None:
         path = os.path.abspath(self.mktemp())
         chosen = application_log(LoggingConfig(level="warn"), TwistdLogging(logfile=path))
-        rotating = getattr(chosen.on_usr1, "__self__")
-        self.addCleanup(rotating.close)
+        assert chosen.observer is not None and chosen.on_usr1 is not None and chosen.access is not None
+        rotating = chosen.access.stream
+        self.addCleanup(getattr(rotating, "close"))
         self.assertIsInstance(rotating, LogFile)
-        self.assertEqual(rotating.path, path)
-        assert chosen.observer is not None
+        self.assertEqual(getattr(rotating, "path"), path)
         Logger(namespace="t", observer=chosen.observer).info("hidden")
         Logger(namespace="t", observer=chosen.observer).warn("shown")
         with open(path, encoding="utf-8") as f:
             text = f.read()
         self.assertNotIn("hidden", text)
         self.assertIn("shown", text)
+        chosen.on_usr1()
+        with open(path + ".1", encoding="utf-8") as f:
+            self.assertIn("shown", f.read())
 
     def test_daemonWithoutLogfileUsesTwistdLog(self) -> None:
         self.assertEqual(TwistdLogging(daemon=True).file(), "twistd.log")

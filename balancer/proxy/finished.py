@@ -10,9 +10,7 @@ it knows who listens.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import attrs
+from typing import Callable, NamedTuple
 
 #: Why a connection ended: the reasons an access log line can give.
 #: The end of a relay that nothing cut short is the side that ended first
@@ -47,10 +45,13 @@ def address_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@attrs.frozen
-class FinishedConnection:
+class FinishedConnection(NamedTuple):
     """
     One client connection, from accept to its last close.
+
+    A named tuple (immutable, as its fields say what happened): one is
+    built per connection when anyone listens, and a tuple is built in
+    about half the time of a frozen C{attrs} class.
 
     @ivar server: the name of the server (C{[servers.NAME]}) it came to.
     @ivar protocol: C{"tcp"}, C{"tls"} or C{"udp"}.
@@ -89,7 +90,7 @@ class FinishedConnections:
     """
 
     def __init__(self) -> None:
-        self._subscribers: list[Callable[[FinishedConnection], None]] = []
+        self._subscribers: tuple[Callable[[FinishedConnection], None], ...] = ()
 
     @property
     def wanted(self) -> bool:
@@ -98,10 +99,16 @@ class FinishedConnections:
 
     def subscribe(self, subscriber: Callable[[FinishedConnection], None]) -> Callable[[], None]:
         """Call C{subscriber} with each connection finished from now on; returns what unsubscribes it."""
-        self._subscribers.append(subscriber)
-        return lambda: self._subscribers.remove(subscriber)
+        self._subscribers = (*self._subscribers, subscriber)
+
+        def unsubscribe() -> None:
+            subscribers = list(self._subscribers)
+            subscribers.remove(subscriber)
+            self._subscribers = tuple(subscribers)
+
+        return unsubscribe
 
     def publish(self, connection: FinishedConnection) -> None:
-        """Tell every subscriber of C{connection}."""
-        for subscriber in list(self._subscribers):
+        """Tell every subscriber of C{connection} (those subscribed when it was published)."""
+        for subscriber in self._subscribers:
             subscriber(connection)

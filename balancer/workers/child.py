@@ -20,13 +20,16 @@ Its standard streams are its link to worker 0:
    each document the server's L{balancer.stats.server_report}: gobetween's
    statistics document and the counters /v1 and /metrics show besides.
  - stderr: its log events as JSON (C{jsonFileLogObserver}), which worker 0
-   logs as its own.
+   logs as its own; so are its access lines, unless C{[logging] output} is
+   a file: then it appends them itself to the access log's file
+   (L{access_file}), rendered as worker 0 would write its events.
 
 A worker stops on SIGTERM (listeners close first, relays get C{shutdown_grace})
 and when its stdin closes (worker 0 is gone).  SIGINT is ignored: Ctrl-C on a
 terminal reaches the whole process group, and worker 0 stops its workers itself;
 so is SIGHUP (worker 0 reloads the configuration and sends it on), and SIGUSR1
-(worker 0 reopens the log files; a worker logs through it).
+(worker 0 reopens the log files; a worker logs through it, or follows the
+access log file's path by itself).
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ from balancer.backends import ACTIVE
 from balancer.config import ConfigError
 from balancer.config.load import config_from_mapping
 from balancer.config.overrides import OverrideConfig
-from balancer.config.schema import Config
+from balancer.config.schema import Config, LoggingConfig
 from balancer.control.reloading import server_changes
 from balancer.control.running import close_backend_relays, name_of
 from balancer.root_service import BalancerService
 from balancer.listening import BindError
+from balancer.logs import PathFollowingFile
 from balancer.stats import server_report
+from balancer.turnbuffer import TurnBuffer
 
 log = Logger()
 
@@ -141,6 +146,27 @@ def read_message(line: bytes) -> Configuration | CloseSessions | AcmeIssued | Ac
     return Configuration(config_from_mapping(message["config"], "worker 0"), message["admin_states"], overrides)
 
 
+def access_file(config: LoggingConfig) -> str | None:
+    """
+    The file a worker appends its access lines to itself, or C{None} when
+    they go to worker 0 as log events (stdout or stderr, or twistd's
+    C{--logfile}, C{--syslog} or C{--logger}, which only worker 0 knows of).
+
+    With C{[logging] output} a file, worker 0 writes its log there whatever
+    twistd's options say, and the access lines there or to
+    C{access_output}'s file: a worker writes whole lines to that file with
+    C{O_APPEND}, one write per reactor turn, as worker 0 does, following the
+    path when logrotate renames the file (L{PathFollowingFile}).
+    """
+    if config.output in ("stdout", "stderr"):
+        return None
+    if config.access_output in ("", config.output):
+        return config.output
+    if config.access_output in ("stdout", "stderr"):
+        return None
+    return config.access_output
+
+
 class Worker(LineReceiver):
     """
     The worker's end of its standard streams (L{StandardIO}): starts, changes
@@ -153,12 +179,14 @@ class Worker(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 64 << 20
 
-    def __init__(self, reactor: Any, level: LogLevelFilterPredicate) -> None:
+    def __init__(self, reactor: Any, level: LogLevelFilterPredicate, index: int = 1) -> None:
         """
         @param level: the filter of the process's log, set to C{[logging] level}
             by the first configuration.
+        @param index: the worker's index (C{worker N} in the lines it logs).
         """
         self._level = level
+        self._system = f"worker {index}"
         self.exit_code = 0
         self.balancer: BalancerService | None = None
         self._reactor = reactor
@@ -212,7 +240,9 @@ class Worker(LineReceiver):
         level = config.logging.level
         self._level.defaultLogLevel = LogLevel.levelWithName("warn" if level == "warning" else level)
         balancer = BalancerService(config, self._reactor)
-        start_access_log(config.logging, balancer.finished)
+        path = access_file(config.logging)
+        destination = TurnBuffer(PathFollowingFile(path), self._reactor, path) if path is not None else None
+        start_access_log(config.logging, balancer.finished, destination, self._system)
         try:
             balancer.privilegedStartService()
         except BindError as e:
@@ -309,7 +339,7 @@ def main() -> int:
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(jsonFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
     )
-    worker = Worker(reactor, level)
+    worker = Worker(reactor, level, int(sys.argv[1]))
     StandardIO(worker, reactor=reactor)
     reactor.run()
     return worker.exit_code
