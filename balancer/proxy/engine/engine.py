@@ -125,7 +125,24 @@ class Engine:
 
     def addReader(self, reader: Any) -> None:
         """Call C{reader.doRead} when its socket has bytes, an end or an error."""
-        fd = reader.fileno()
+        self.add_reader(reader.fileno(), reader)
+
+    def addWriter(self, writer: Any) -> None:
+        """Call C{writer.doWrite} when its socket takes bytes again (or fails)."""
+        self.add_writer(writer.fileno(), writer)
+
+    def removeReader(self, reader: Any) -> None:
+        """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
+        self.remove_reader(reader.fileno(), reader)
+
+    def removeWriter(self, writer: Any) -> None:
+        """Stop calling C{writer.doWrite}."""
+        self.remove_writer(writer.fileno(), writer)
+
+    # The same, for a descriptor that knows its file descriptor (one call less)
+
+    def add_reader(self, fd: int, reader: Any) -> None:
+        """L{addReader} of C{reader}, whose file descriptor is C{fd}."""
         self._readers[fd] = reader
         unseen = self._unseen.get(fd)
         if unseen is None:
@@ -133,15 +150,24 @@ class Engine:
         elif unseen & _IN:
             self._call_soon(reader, _IN)
 
-    def addWriter(self, writer: Any) -> None:
-        """Call C{writer.doWrite} when its socket takes bytes again (or fails)."""
-        fd = writer.fileno()
+    def add_writer(self, fd: int, writer: Any) -> None:
+        """L{addWriter} of C{writer}, whose file descriptor is C{fd}."""
         self._writers[fd] = writer
         unseen = self._unseen.get(fd)
         if unseen is None:
             self._watch(fd, _STREAM)
         elif unseen & _OUT:
             self._call_soon(writer, _OUT)
+
+    def remove_reader(self, fd: int, reader: Any) -> None:
+        """L{removeReader} of C{reader}, whose file descriptor is C{fd}."""
+        if self._readers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _IN
+
+    def remove_writer(self, fd: int, writer: Any) -> None:
+        """L{removeWriter} of C{writer}, whose file descriptor is C{fd}."""
+        if self._writers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _OUT
 
     def read_again(self, reader: Any) -> None:
         """
@@ -152,18 +178,6 @@ class Engine:
         if self._readers.get(fd) is reader and fd in self._unseen:
             self._unseen[fd] |= _IN
             self._call_soon(reader, _IN)
-
-    def removeReader(self, reader: Any) -> None:
-        """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
-        fd = reader.fileno()
-        if self._readers.pop(fd, None) is not None and fd in self._unseen:
-            self._unseen[fd] |= _IN
-
-    def removeWriter(self, writer: Any) -> None:
-        """Stop calling C{writer.doWrite}."""
-        fd = writer.fileno()
-        if self._writers.pop(fd, None) is not None and fd in self._unseen:
-            self._unseen[fd] |= _OUT
 
     def listen(self, listener: Any) -> None:
         """Watch a listening socket, level-triggered: C{listener.doRead} is called while clients wait."""

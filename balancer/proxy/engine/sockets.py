@@ -117,6 +117,8 @@ class EngineListener:
         self._socket = sock
         self._fd = sock.fileno()
         self._family = sock.family
+        # The accepted clients' addresses: (host, port) or (host, port, flow, scope) as accept() gives them.
+        self._address_type = IPv6Address if sock.family == socket.AF_INET6 else IPv4Address
         self._factory = factory
         self._transport = transport
         self._listening = True
@@ -155,8 +157,14 @@ class EngineListener:
         return f"{self._factory.__class__.__name__} (engine)"
 
     def doRead(self) -> None:
-        """Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them."""
+        """
+        Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them, each into a
+        transport and a protocol from the factory; a client whose setup fails
+        is closed and logged.
+        """
         accept = self._socket.accept
+        address_type = self._address_type
+        engine = self._engine
         for _ in range(ACCEPTS_PER_EVENT):
             try:
                 sock, addr = accept()
@@ -169,32 +177,28 @@ class EngineListener:
                     self._pause(e)
                     return
                 raise
-            self._accepted(sock, addr)
+            try:
+                sock.setblocking(False)
+                address = address_type("TCP", *addr)
+                protocol = self._factory.buildProtocol(address)
+            except Exception:
+                log.failure("could not set up an accepted client")
+                sock.close()
+                continue
+            if protocol is None:
+                sock.close()
+                continue
+            transport = self._transport(engine, sock, address)
+            transport.protocol = protocol
+            try:
+                protocol.makeConnection(transport)
+            except Exception:
+                log.failure("could not set up an accepted client")
+                transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         """Accepting failed in a way not foreseen (logged by the engine): stop listening."""
         self.stopListening()
-
-    def _accepted(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
-        """Make the client's transport and protocol; a client whose setup fails is closed and logged."""
-        try:
-            sock.setblocking(False)
-            address = tcp_address(self._family, addr)
-            protocol = self._factory.buildProtocol(address)
-        except Exception:
-            log.failure("could not set up an accepted client")
-            sock.close()
-            return
-        if protocol is None:
-            sock.close()
-            return
-        transport = self._transport(self._engine, sock, address)
-        transport.protocol = protocol
-        try:
-            protocol.makeConnection(transport)
-        except Exception:
-            log.failure("could not set up an accepted client")
-            transport.abortConnection()
 
     def _pause(self, error: OSError) -> None:
         self._cannot_accept.due(self._engine.reactor, error=error.strerror, pause=ACCEPT_PAUSE)
@@ -275,7 +279,7 @@ class EngineConnector:
             if error:
                 self._fail(Failure(getConnectError((error, os.strerror(error)))))
                 return
-        engine.removeWriter(self)
+        engine.remove_writer(self._fd, self)
         engine.deadlines.remove(self._deadline, self)
         self._socket = self._deadline = None
         protocol = self._factory.buildProtocol(None)
@@ -295,7 +299,8 @@ class EngineConnector:
         if self._deadline is None:
             return  # failed or stopped while resolving
         try:
-            sock = self._socket = socket.socket(
+            # The C socket type: socket.socket's Python __init__ and close() are frames more per connection.
+            sock = self._socket = socket.SocketType(
                 socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
             )
             self._fd = sock.fileno()
@@ -306,7 +311,7 @@ class EngineConnector:
         if error and error != errno.EINPROGRESS:
             self._engine.callLater(0, self._fail, Failure(getConnectError((error, os.strerror(error)))))
             return
-        self._engine.addWriter(self)
+        self._engine.add_writer(self._fd, self)
 
     def _fail(self, reason: Failure) -> None:
         """Close the socket (if any) and tell the factory, once."""

@@ -90,6 +90,8 @@ _RESET = struct.pack("ii", 1, 0)
 # The peer's end of stream (PyPy 3.9 lacks the name of EPOLLRDHUP), and an error, in an event.
 _RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
 _ERR = select.EPOLLERR
+# Closes a socket: the C method, also for a socket.socket, whose close() adds two Python frames.
+_close_socket = socket.SocketType.close
 
 
 def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -254,89 +256,93 @@ class SplicedTransport:
 
     def doRead(self) -> None:
         """
-        Move what the socket has to the peer: copied (L{_copy_once}) until a
-        read fills L{COPY_SIZE}, then spliced into the peer's (empty) pipe
-        and on to the peer's socket, until the socket has nothing more, its
-        input ends, or the peer cannot take a read at once (then reading
-        stops until the peer's pipe is drained).  Each read is counted; the
-        end of input is passed to the protocol.  After L{READS_PER_EVENT}
-        reads the socket is read again later, after the other sockets' events.
+        Move what the socket has to the peer: copied (C{recv} what the
+        socket has, C{send} it on, keeping what the peer cannot take yet)
+        until a read fills L{COPY_SIZE}, then spliced into the peer's
+        (empty) pipe and on to the peer's socket, until the socket has
+        nothing more, its input ends, or the peer cannot take a read at once
+        (then reading stops until the peer's pipe or buffer is drained).
+        Each read is counted; the end of input is passed to the protocol.
+        After L{READS_PER_EVENT} reads the socket is read again later, after
+        the other sockets' events.
+
+        A copying read stops at a short read, unless the event being
+        dispatched brought an error or is not known (see the module's
+        docstring); one that brought the peer's end without an error ends
+        the input at once, without a read that finds nothing.  A read that
+        fills L{COPY_SIZE} turns this direction to splicing (if the peer
+        L{takes_pipes}); without a pipe to be had, a splicing direction copies.
         """
         peer = self._peer
         assert peer is not None, "read before splice()"
-        pool = self._pool
+        fd = self._fd
         for _ in range(READS_PER_EVENT):
             if peer._closed:
                 self._stop_reading()
                 return
-            if not self._splicing:
-                if not self._copy_once(peer):
-                    return
-                continue
-            pipe = peer._pipe or peer._more_pipe()
-            if pipe is None:
-                if not self._copy_once(peer):
-                    return
-                continue
+            if self._splicing:
+                pipe = peer._pipe or peer._more_pipe()
+                if pipe is not None:
+                    try:
+                        moved = os.splice(fd, pipe[1], self._pool.size, flags=_FLAGS)
+                    except BlockingIOError:
+                        peer._release_if_empty()
+                        return
+                    except OSError:
+                        peer._release_if_empty()
+                        self._fail()
+                        return
+                    if not moved:
+                        peer._release_if_empty()
+                        self._end_of_input()
+                        return
+                    self._count(moved)  # type: ignore[misc]
+                    peer._buffered += moved
+                    if not peer._flush():
+                        self._stop_reading()
+                        return
+                    continue
             try:
-                moved = os.splice(self._fd, pipe[1], pool.size, flags=_FLAGS)
+                data = os.read(fd, COPY_SIZE)
             except BlockingIOError:
-                peer._release_if_empty()
                 return
             except OSError:
-                peer._release_if_empty()
                 self._fail()
                 return
-            if not moved:
-                peer._release_if_empty()
+            if not data:
                 self._end_of_input()
                 return
-            self._count(moved)  # type: ignore[misc]
-            peer._buffered += moved
-            if not peer._flush():
-                self._stop_reading()
+            size = len(data)
+            self._count(size)  # type: ignore[misc]
+            if peer._pending or peer._buffered or not peer.takes_pipes:
+                peer._pending += data
+                if not peer._flush():
+                    self._stop_reading()
+                    return
+            else:
+                # The peer holds nothing: send at once; what it cannot take waits in its buffer.
+                try:
+                    sent = os.write(peer._fd, data)
+                except OSError:
+                    sent = 0
+                if sent < size:
+                    peer._pending = data[sent:]
+                    if not peer._flush():
+                        self._stop_reading()
+                        return
+            if size == COPY_SIZE:
+                self._splicing = peer.takes_pipes
+                continue
+            ending = self._engine.ending
+            if ending & _RDHUP and not ending & _ERR:
+                # The peer's end came before this read, after all its bytes (TCP
+                # delivers them in order), and this short read took them all:
+                # what is left is the end, with no error to read first.
+                self._end_of_input()
+                return
+            if not ending:
                 return
         self._engine.read_again(self)
-
-    def _copy_once(self, peer: SplicedTransport) -> bool:
-        """
-        One read through Python: C{recv} what the socket has and C{send} it
-        on, keeping what the peer cannot take yet.  A read that fills
-        L{COPY_SIZE} turns this direction to splicing (if the peer L{takes_pipes}).
-
-        @return: whether to read again (else the socket has nothing more, its
-            input ended, it failed, or the peer must drain first).  After a
-            short read, only if the event being dispatched brought an error
-            or is not known; one that brought the peer's end without an
-            error ends the input at once, without a read that finds nothing.
-        """
-        try:
-            data = self._socket.recv(COPY_SIZE)
-        except BlockingIOError:
-            return False
-        except OSError:
-            self._fail()
-            return False
-        if not data:
-            self._end_of_input()
-            return False
-        size = len(data)
-        self._count(size)  # type: ignore[misc]
-        peer._pending += data
-        if not peer._flush():
-            self._stop_reading()
-            return False
-        if size == COPY_SIZE:
-            self._splicing = peer.takes_pipes
-            return True
-        ending = self._engine.ending
-        if ending & _RDHUP and not ending & _ERR:
-            # The peer's end came before this read, after all its bytes (TCP
-            # delivers them in order), and this short read took them all:
-            # what is left is the end, with no error to read first.
-            self._end_of_input()
-            return False
-        return bool(ending)
 
     def doWrite(self) -> None:
         """The socket takes bytes again: drain the pipe, then finish what waited for it."""
@@ -373,7 +379,7 @@ class SplicedTransport:
         pending = self._pending
         while pending:
             try:
-                pending = pending[self._socket.send(pending) :]
+                pending = pending[os.write(self._fd, pending) :]
             except OSError as e:
                 self._pending = pending
                 if e.errno in _WOULD_BLOCK:
@@ -419,29 +425,31 @@ class SplicedTransport:
     def _start_reading(self) -> None:
         if not self._reading:
             self._reading = True
-            self._engine.addReader(self)
+            self._engine.add_reader(self._fd, self)
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._engine.removeReader(self)
+            self._engine.remove_reader(self._fd, self)
 
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            self._engine.addWriter(self)
+            self._engine.add_writer(self._fd, self)
 
     def _stop_writing(self) -> None:
         if self._writing:
             self._writing = False
-            self._engine.removeWriter(self)
+            self._engine.remove_writer(self._fd, self)
 
     # Endings
 
     def _end_of_input(self) -> None:
         """The peer shut down its write side: stop reading and tell the protocol."""
         self._read_open = False
-        self._stop_reading()
+        if self._reading:  # as _stop_reading, inlined: once per relay side
+            self._reading = False
+            self._engine.remove_reader(self._fd, self)
         self.protocol.readConnectionLost()
 
     def _shutdown_write(self) -> None:
@@ -476,7 +484,7 @@ class SplicedTransport:
             return
         self._closed = True
         self._detach()
-        os.close(self._socket.detach())  # as close(), with one Python frame instead of two
+        _close_socket(self._socket)
         protocol, self.protocol = self.protocol, None
         protocol.connectionLost(reason)
 
@@ -484,7 +492,7 @@ class SplicedTransport:
         """Close the socket now; the protocol hears of it a reactor turn later, as from a Twisted transport."""
         self._closed = True
         self._detach()
-        os.close(self._socket.detach())
+        _close_socket(self._socket)
         protocol, self.protocol = self.protocol, None
         self._engine.callLater(0, protocol.connectionLost, reason)
 
@@ -520,5 +528,9 @@ def splice(
     from_backend._count = count_rx
     from_client._peer = from_client._producer = from_backend
     from_backend._peer = from_backend._producer = from_client
-    from_client._start_reading()
-    from_backend._start_reading()
+    # Both start reading (as _start_reading, inlined: two calls less per relay).
+    engine = from_client._engine
+    for transport in (from_client, from_backend):
+        if not transport._reading:
+            transport._reading = True
+            engine.add_reader(transport._fd, transport)
