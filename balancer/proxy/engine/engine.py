@@ -6,9 +6,12 @@ Twisted's epoll reactor watches a socket level-triggered and changes its
 registration each time a transport starts or stops reading or writing, and
 it wraps every event in its logging context.  For a relay that lives for
 one request and one answer those costs outweigh the relaying itself.  The
-engine watches each of its sockets once, for reading and writing at once,
-edge-triggered: starting or stopping to read or write is then only a
-change to a dictionary, and a socket costs one C{epoll_ctl} in its life.
+engine watches each of its sockets once, edge-triggered, for reading, and
+from its first writer on for writing too: starting or stopping to read or
+write is then only a change to a dictionary, and a socket costs one
+C{epoll_ctl} in its life, or two if it ever had to wait to write.  A socket
+that is only read (as most clients' are: their answers fit in the kernel's
+buffers) brings no writable events to dispatch.
 
 The engine's own epoll file descriptor is one reader of the reactor: when
 any of its sockets has an event, the reactor calls L{Engine.doRead}, which
@@ -65,7 +68,11 @@ _RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
 _ENDS = _RDHUP | select.EPOLLHUP | select.EPOLLERR
 _READABLE = _IN | _ENDS
 _WRITABLE = _OUT | select.EPOLLHUP | select.EPOLLERR
-_STREAM = _IN | _OUT | _RDHUP | select.EPOLLET
+# A stream socket: edge-triggered, for reading and its end; and, once it had a writer, for writing.
+_READING = _IN | _RDHUP | select.EPOLLET
+_STREAM = _READING | _OUT
+# A flag kept with a watched socket's unseen events: it is watched for writing (EPOLLOUT) too.
+_OUT_WATCHED = 1 << 24
 
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
@@ -146,7 +153,7 @@ class Engine:
         self._readers[fd] = reader
         unseen = self._unseen.get(fd)
         if unseen is None:
-            self._watch(fd, _STREAM)
+            self._watch(fd, _READING)
         elif unseen & _IN:
             self._call_soon(reader, _IN)
 
@@ -155,7 +162,13 @@ class Engine:
         self._writers[fd] = writer
         unseen = self._unseen.get(fd)
         if unseen is None:
-            self._watch(fd, _STREAM)
+            self._watch(fd, _STREAM, _OUT_WATCHED)
+        elif not unseen & _OUT_WATCHED:
+            # Watched for reading only until now: whether it is writable is
+            # not known, so the writer is called soon, as for a missed edge.
+            self._epoll.modify(fd, _STREAM)
+            self._unseen[fd] = unseen | _OUT_WATCHED | _OUT
+            self._call_soon(writer, _OUT)
         elif unseen & _OUT:
             self._call_soon(writer, _OUT)
 
@@ -309,9 +322,9 @@ class Engine:
         except Exception:
             log.failure("{descriptor} failed to close", descriptor=descriptor)
 
-    def _watch(self, fd: int, events: int) -> None:
+    def _watch(self, fd: int, events: int, flags: int = 0) -> None:
         self._epoll.register(fd, events)
-        self._unseen[fd] = 0
+        self._unseen[fd] = flags
         if not self._nested:
             self._nested = True
             self.reactor.addReader(self)
