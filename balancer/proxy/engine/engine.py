@@ -153,7 +153,12 @@ class Engine:
         self._readers[fd] = reader
         unseen = self._unseen.get(fd)
         if unseen is None:
-            self._watch(fd, _READING)
+            # As _watch(fd, _READING), inlined: once for each client.
+            self._epoll.register(fd, _READING)
+            self._unseen[fd] = 0
+            if not self._nested:
+                self._nested = True
+                self.reactor.addReader(self)
         elif unseen & _IN:
             self._call_soon(reader, _IN)
 

@@ -43,6 +43,7 @@ log = Logger()
 #: The most clients accepted per event of a listening socket (the others
 #: wait for the next turn of the reactor, as with Twisted's ports).
 ACCEPTS_PER_EVENT = 64
+_ACCEPTS = range(ACCEPTS_PER_EVENT)
 
 #: Seconds a listener stops accepting when the process is out of file
 #: descriptors or memory (instead of busy-looping on the waiting clients).
@@ -165,7 +166,7 @@ class EngineListener:
         accept = self._socket.accept
         address_type = self._address_type
         engine = self._engine
-        for _ in range(ACCEPTS_PER_EVENT):
+        for _ in _ACCEPTS:
             try:
                 sock, addr = accept()
             except BlockingIOError:

@@ -73,6 +73,8 @@ if AVAILABLE:
 
 #: How many reads a socket gets per call before it lets the others have their turn.
 READS_PER_EVENT = 16
+# Iterated by each call (a range made once: one call less per event).
+_READS = range(READS_PER_EVENT)
 
 #: How many bytes a read takes when copying (before a direction splices, or
 #: when no pipe can be had); a read that fills it turns its direction to splicing.
@@ -276,7 +278,7 @@ class SplicedTransport:
         peer = self._peer
         assert peer is not None, "read before splice()"
         fd = self._fd
-        for _ in range(READS_PER_EVENT):
+        for _ in _READS:
             if peer._closed:
                 self._stop_reading()
                 return
