@@ -285,36 +285,39 @@ class Relay:
         on (C{""} before).
     """
 
+    # What a new relay starts with and most keep for a while: class
+    # attributes, read until set, cost the relay of each client nothing.
+    server_name: str | None = None
+    backend_side: BackendSide | None = None
+    backend: Backend | None = None
+    rx = 0
+    tx = 0
+    connect_seconds: float | None = None
+    client_host = ""
+    _header = b""
+    _attempt: Attempt | None = None
+    _registered = False
+    _backend_traffic: Traffic | None = None
+    _to_backend: Callable[[bytes], None] | None = None
+    _to_client: Callable[[bytes], None] | None = None
+    _client_idle: IdleTimer | None = None
+    _backend_idle: IdleTimer | None = None
+    _attempt_started = 0.0
+    _last_backend: str | None = None
+    _connect_failure: str | None = None
+    _reason: str | None = None
+    # A side ended cleanly: the reason, unless a side ended before or a cause is recorded later.
+    _first_end: str | None = None
+    _published = False
+
     def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.id = next(_relay_ids)
         self.server = server
         self.client = side(self)
-        self.server_name: str | None = None
-        self.backend_side: BackendSide | None = None
-        self.backend: Backend | None = None
         self.started_at = server.clock.seconds()
-        self.rx = 0
-        self.tx = 0
         self.early_data: list[bytes] = []
         self._tried: set[str] = set()
-        self._header = b""
-        self._attempt: Attempt | None = None
-        self._registered = False
         self._server_traffic: Traffic = server.counters.traffic
-        self._backend_traffic: Traffic | None = None
-        self._to_backend: Callable[[bytes], None] | None = None
-        self._to_client: Callable[[bytes], None] | None = None
-        self._client_idle: IdleTimer | None = None
-        self._backend_idle: IdleTimer | None = None
-        self.connect_seconds: float | None = None
-        self._attempt_started = 0.0
-        self._last_backend: str | None = None
-        self._connect_failure: str | None = None
-        self._reason: str | None = None
-        # A side ended cleanly: the reason, unless a side ended before or a cause is recorded later.
-        self._first_end: str | None = None
-        self._published = False
-        self.client_host = ""
 
     @property
     def client_address(self) -> Any:

@@ -260,7 +260,8 @@ class Engine:
             for fd, events in self._epoll.poll(0, MAX_EVENTS):
                 if fd in gone:
                     continue
-                descriptor = None
+                # For the calls of this event (no descriptor calls another's doRead or doWrite).
+                self.ending = events & _ENDS
                 try:
                     if events & _READABLE:
                         descriptor = readers.get(fd)
@@ -268,9 +269,7 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _IN
                         else:
-                            self.ending = events & _ENDS
                             descriptor.doRead()
-                            self.ending = _ENDS
                             if fd in gone:
                                 continue
                     if events & _WRITABLE:
@@ -279,15 +278,15 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _OUT
                         else:
-                            self.ending = events & _ENDS
                             descriptor.doWrite()
-                            self.ending = _ENDS
                 except Exception:
                     self.ending = _ENDS
                     self._failed(descriptor)
+            self.ending = _ENDS
             self._run_soon()
         finally:
             self._dispatching = False
+            self.ending = _ENDS
             gone.clear()
 
     def connectionLost(self, reason: Failure) -> None:
