@@ -125,12 +125,13 @@ class _Side(Protocol):
     """
 
     transport: Any
+    # Until set: class attributes (no store per new side).
+    read_closed = False
+    write_closed = False
+    lost = False
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
-        self.read_closed = False
-        self.write_closed = False
-        self.lost = False
 
     def finish(self, *, half: bool) -> None:
         """
@@ -224,13 +225,14 @@ class Attempt(ClientFactory):
     """
 
     noisy = False
+    # Until set: class attributes (no store per new attempt).
+    connector: Any = None
+    side: BackendSide | None = None
 
     def __init__(self, relay: Relay, backend: Backend, header: bytes) -> None:
         self.relay: Relay | None = relay
         self.backend = backend
         self.header = header
-        self.connector: Any = None
-        self.side: BackendSide | None = None
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
         """The backend side of the connection made (none if the relay gave up on it)."""

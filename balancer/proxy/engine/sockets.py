@@ -65,6 +65,11 @@ _CLIENT_ERRORS = (
     errno.EOPNOTSUPP,
 )
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# What each connect uses, looked up once.  The backend's socket is of the C
+# socket type: socket.socket's Python __init__ and close() are frames more per connection.
+_C_SOCKET = socket.SocketType
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_IPPROTO_TCP, _TCP_NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 # The bits of an event that may come with a failed connect: its error, its hang-up.
 _FAILED = select.EPOLLERR | select.EPOLLHUP
 
@@ -237,13 +242,15 @@ class EngineConnector:
     an error or the timeout calls the factory's C{clientConnectionFailed}.
     """
 
+    # Until connecting: class attributes (no store per new connector).
+    _socket: Any = None
+    _fd = -1
+
     def __init__(self, engine: Any, host: str, port: int, factory: Any, timeout: float) -> None:
         self._engine = engine
         self._port = port
         self._factory = factory
         self._timeout = timeout
-        self._socket: Any = None
-        self._fd = -1
         self._deadline: int | None = engine.deadlines.add(timeout, self)
         if _is_ip_address(host):
             self._connect(host)
@@ -300,12 +307,9 @@ class EngineConnector:
         if self._deadline is None:
             return  # failed or stopped while resolving
         try:
-            # The C socket type: socket.socket's Python __init__ and close() are frames more per connection.
-            sock = self._socket = socket.SocketType(
-                socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
-            )
+            sock = self._socket = _C_SOCKET(_AF_INET6 if ":" in host else _AF_INET, _NONBLOCKING_STREAM)
             self._fd = sock.fileno()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
             error = sock.connect_ex((host, self._port))
         except OSError as e:  # out of file descriptors or memory, or a bad address
             error = e.errno or errno.EINVAL
