@@ -440,8 +440,12 @@ class Relay:
         config = self.server.config
         clock = self.server.clock
         self.connect_seconds = clock.seconds() - self._attempt_started
-        if config.backend_idle_timeout:
-            self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
+        # Both timers are set here, if only to None: counting reads them for each read relayed,
+        # and an instance's own attribute is read faster than a class's.
+        self._backend_idle = (
+            IdleTimer(clock, config.backend_idle_timeout, self._idle("backend")) if config.backend_idle_timeout else None
+        )
+        self._client_idle = None
         self.server.path.join(self, self.client, side)
         if config.client_idle_timeout and not self.client.read_closed:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
