@@ -125,13 +125,12 @@ class _Side(Protocol):
     """
 
     transport: Any
-    # Until set: class attributes (no store per new side).
-    read_closed = False
-    write_closed = False
-    lost = False
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        self.read_closed = False
+        self.write_closed = False
+        self.lost = False
 
     def finish(self, *, half: bool) -> None:
         """

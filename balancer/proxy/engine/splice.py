@@ -139,6 +139,7 @@ class SplicedTransport:
         "_closing",
         "_closed",
         "_splicing",
+        "_plain",
     )
 
     #: Whether a peer's reads may be spliced into this transport's pipe
@@ -171,6 +172,8 @@ class SplicedTransport:
         self._closing = False
         self._closed = False
         self._splicing = False
+        # takes_pipes, read once: a class attribute is read on Python's slow path.
+        self._plain = self.takes_pipes
 
     # The transport, as the relay's protocol sees it
 
@@ -316,7 +319,7 @@ class SplicedTransport:
                 return
             size = len(data)
             self._count(size)  # type: ignore[misc]
-            if peer._pending or peer._buffered or not peer.takes_pipes:
+            if peer._pending or peer._buffered or not peer._plain:
                 peer._pending += data
                 if not peer._flush():
                     self._stop_reading()
@@ -333,7 +336,7 @@ class SplicedTransport:
                         self._stop_reading()
                         return
             if size == COPY_SIZE:
-                self._splicing = peer.takes_pipes
+                self._splicing = peer._plain
                 continue
             ending = self._engine.ending
             if ending & _RDHUP and not ending & _ERR:
