@@ -535,7 +535,9 @@ def splice(
     from_backend._peer = from_backend._producer = from_client
     # Both start reading (as _start_reading, inlined: two calls less per relay).
     engine = from_client._engine
-    for transport in (from_client, from_backend):
-        if not transport._reading:
-            transport._reading = True
-            engine.add_reader(transport._fd, transport)
+    if not from_client._reading:
+        from_client._reading = True
+        engine.add_reader(from_client._fd, from_client)
+    if not from_backend._reading:
+        from_backend._reading = True
+        engine.add_reader(from_backend._fd, from_backend)
