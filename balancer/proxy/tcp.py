@@ -224,14 +224,13 @@ class Attempt(ClientFactory):
     """
 
     noisy = False
-    # Until set: class attributes (no store per new attempt).
-    connector: Any = None
-    side: BackendSide | None = None
 
     def __init__(self, relay: Relay, backend: Backend, header: bytes) -> None:
         self.relay: Relay | None = relay
         self.backend = backend
         self.header = header
+        self.connector: Any = None
+        self.side: BackendSide | None = None
 
     def buildProtocol(self, addr: Any) -> BackendSide | None:  # type: ignore[override]
         """The backend side of the connection made (none if the relay gave up on it)."""
@@ -286,39 +285,36 @@ class Relay:
         on (C{""} before).
     """
 
-    # What a new relay starts with and most keep for a while: class
-    # attributes, read until set, cost the relay of each client nothing.
-    server_name: str | None = None
-    backend_side: BackendSide | None = None
-    backend: Backend | None = None
-    rx = 0
-    tx = 0
-    connect_seconds: float | None = None
-    client_host = ""
-    _header = b""
-    _attempt: Attempt | None = None
-    _registered = False
-    _backend_traffic: Traffic | None = None
-    _to_backend: Callable[[bytes], None] | None = None
-    _to_client: Callable[[bytes], None] | None = None
-    _client_idle: IdleTimer | None = None
-    _backend_idle: IdleTimer | None = None
-    _attempt_started = 0.0
-    _last_backend: str | None = None
-    _connect_failure: str | None = None
-    _reason: str | None = None
-    # A side ended cleanly: the reason, unless a side ended before or a cause is recorded later.
-    _first_end: str | None = None
-    _published = False
-
     def __init__(self, server: IListener, side: type[ClientSide] = ClientSide) -> None:
         self.id = next(_relay_ids)
         self.server = server
         self.client = side(self)
+        self.server_name: str | None = None
+        self.backend_side: BackendSide | None = None
+        self.backend: Backend | None = None
         self.started_at = server.clock.seconds()
+        self.rx = 0
+        self.tx = 0
         self.early_data: list[bytes] = []
         self._tried: set[str] = set()
+        self._header = b""
+        self._attempt: Attempt | None = None
+        self._registered = False
         self._server_traffic: Traffic = server.counters.traffic
+        self._backend_traffic: Traffic | None = None
+        self._to_backend: Callable[[bytes], None] | None = None
+        self._to_client: Callable[[bytes], None] | None = None
+        self._client_idle: IdleTimer | None = None
+        self._backend_idle: IdleTimer | None = None
+        self.connect_seconds: float | None = None
+        self._attempt_started = 0.0
+        self._last_backend: str | None = None
+        self._connect_failure: str | None = None
+        self._reason: str | None = None
+        # A side ended cleanly: the reason, unless a side ended before or a cause is recorded later.
+        self._first_end: str | None = None
+        self._published = False
+        self.client_host = ""
 
     @property
     def client_address(self) -> Any:
@@ -439,12 +435,8 @@ class Relay:
         config = self.server.config
         clock = self.server.clock
         self.connect_seconds = clock.seconds() - self._attempt_started
-        # Both timers are set here, if only to None: counting reads them for each read relayed,
-        # and an instance's own attribute is read faster than a class's.
-        self._backend_idle = (
-            IdleTimer(clock, config.backend_idle_timeout, self._idle("backend")) if config.backend_idle_timeout else None
-        )
-        self._client_idle = None
+        if config.backend_idle_timeout:
+            self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
         self.server.path.join(self, self.client, side)
         if config.client_idle_timeout and not self.client.read_closed:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))

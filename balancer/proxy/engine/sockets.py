@@ -242,15 +242,13 @@ class EngineConnector:
     an error or the timeout calls the factory's C{clientConnectionFailed}.
     """
 
-    # Until connecting: class attributes (no store per new connector).
-    _socket: Any = None
-    _fd = -1
-
     def __init__(self, engine: Any, host: str, port: int, factory: Any, timeout: float) -> None:
         self._engine = engine
         self._port = port
         self._factory = factory
         self._timeout = timeout
+        self._socket: Any = None
+        self._fd = -1
         self._deadline: int | None = engine.deadlines.add(timeout, self)
         if _is_ip_address(host):
             self._connect(host)
