@@ -39,7 +39,7 @@ class EnginePath:
         return sockets.listen(self.engine, port, factory, interface, reuse_port=reuse_port)
 
     def connect(self, host: str, port: int, factory: ClientFactory, timeout: float) -> Any:
-        """Connect on the engine (L{sockets.connect}, one call less)."""
+        """Connect on the engine (an L{sockets.EngineConnector})."""
         return sockets.EngineConnector(self.engine, host, port, factory, timeout)
 
     def serve_with(self, listener: sockets.EngineListener, factory: IProtocolFactory) -> None:

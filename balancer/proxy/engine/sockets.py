@@ -329,8 +329,3 @@ class EngineConnector:
         if not self._engine.watched:
             self._engine.deadlines.stop_if_idle()
         self._factory.clientConnectionFailed(self, reason)
-
-
-def connect(engine: Any, host: str, port: int, factory: Any, timeout: float) -> EngineConnector:
-    """Connect to C{host:port} on the engine (see L{EngineConnector}); returns the connector."""
-    return EngineConnector(engine, host, port, factory, timeout)
