@@ -25,8 +25,9 @@ none.  When the process is out of descriptors for a pipe, a read copies the
 bytes through Python instead (C{recv} and C{send}, the buffer then being
 those bytes), with a warning at most once a minute.
 
-Each direction starts by copying: C{recv} of up to L{COPY_SIZE} bytes,
-then C{send}.  Most connections a balancer sees carry a request and an
+Each direction starts by copying: a read (C{os.read}, a C{recv} without
+the socket object's argument parsing) of up to L{COPY_SIZE} bytes, then a
+write (C{os.write}).  Most connections a balancer sees carry a request and an
 answer of a few KiB each, and for those two system calls cost less than a
 pipe's three (two splices and the one that finds the socket empty): a
 C{recv} that gives fewer bytes than it asked for has emptied the socket, so
@@ -261,8 +262,8 @@ class SplicedTransport:
 
     def doRead(self) -> None:
         """
-        Move what the socket has to the peer: copied (C{recv} what the
-        socket has, C{send} it on, keeping what the peer cannot take yet)
+        Move what the socket has to the peer: copied (C{os.read} what the
+        socket has, C{os.write} it on, keeping what the peer cannot take yet)
         until a read fills L{COPY_SIZE}, then spliced into the peer's
         (empty) pipe and on to the peer's socket, until the socket has
         nothing more, its input ends, or the peer cannot take a read at once
