@@ -289,6 +289,45 @@ class EngineTests(SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(writer.writes, 1)
 
+    def test_aSocketOnlyReadBringsNoWritableEvents(self) -> None:
+        """
+        A socket with a reader and never a writer is not watched for
+        writing: being writable wakes nothing (most clients' sockets are
+        only read; their writable edges would each be an event to dispatch).
+        """
+        a, b = self.pair()
+        reader = Descriptor(a)
+        self.engine.addReader(reader)
+        self.assertEqual(select.select([self.engine.fileno()], [], [], 0)[0], [])
+        b.send(b"x")
+        self.assertEqual(select.select([self.engine.fileno()], [], [], 0)[0], [self.engine.fileno()])
+        self.engine.doRead()
+        self.assertEqual((reader.data, reader.writes), (b"x", 0))
+
+    def test_aWriterOfASocketOnlyReadUntilNowHearsOfItsNextEdge(self) -> None:
+        """
+        A writer added to a socket watched only for reading until then is
+        called soon (whether it is writable is not known), and again when a
+        full socket drains.
+        """
+        a, b = self.pair()
+        self.engine.addReader(Descriptor(a))
+        chunk = b"x" * 65536
+        while True:
+            try:
+                a.send(chunk)
+            except BlockingIOError:
+                break
+        writer = Descriptor(a)
+        self.engine.addWriter(writer)
+        self.reactor.advance(0)
+        self.assertEqual(writer.writes, 1)
+        self.engine.doRead()
+        self.assertEqual(writer.writes, 1)
+        Descriptor(b).doRead()
+        self.engine.doRead()
+        self.assertEqual(writer.writes, 2)
+
     def test_readerRemovedAndAddedAgainReadsAtOnce(self) -> None:
         """
         Bytes left unread by a reader that stopped reading bring no new

@@ -391,13 +391,13 @@ class ListenerTests(_EngineTestCase):
 
 
 class ConnectorTests(_EngineTestCase):
-    """L{sockets.connect}: connections to backends, or C{clientConnectionFailed}."""
+    """L{sockets.EngineConnector}: connections to backends, or C{clientConnectionFailed}."""
 
     @inlineCallbacks
     def test_connectsAndHandsASplicedTransportToTheFactory(self) -> Any:
         port, connections = self.server()
         factory = Factory()
-        connector = sockets.connect(self.engine, "127.0.0.1", port, factory, 10)
+        connector = sockets.EngineConnector(self.engine, "127.0.0.1", port, factory, 10)
         self.assertEqual(len(self.engine.deadlines), 1)
         self.assertEqual(self.engine.getWriters(), [connector])
         protocol = yield factory.built
@@ -434,7 +434,7 @@ class ConnectorTests(_EngineTestCase):
         self.patch(socket, "socket", Counting)
         port, connections = self.server()
         factory = Factory()
-        sockets.connect(self.engine, "127.0.0.1", port, factory, 10)
+        sockets.EngineConnector(self.engine, "127.0.0.1", port, factory, 10)
         protocol = yield factory.built
         self.assertEqual((reads, factory.failures), ([], []))
         yield until(lambda: bool(connections))
@@ -445,7 +445,7 @@ class ConnectorTests(_EngineTestCase):
     def test_connectsOverIPv6(self) -> Any:
         port, connections = self.server("::1")
         factory = Factory()
-        sockets.connect(self.engine, "::1", port, factory, 10)
+        sockets.EngineConnector(self.engine, "::1", port, factory, 10)
         protocol = yield factory.built
         self.assertEqual(protocol.transport.getPeer(), IPv6Address("TCP", "::1", port))
         yield until(lambda: bool(connections))
@@ -459,7 +459,7 @@ class ConnectorTests(_EngineTestCase):
         self.addCleanup(holder.close)
         holder.bind(("127.0.0.1", 0))
         factory = Factory()
-        connector = sockets.connect(self.engine, "127.0.0.1", holder.getsockname()[1], factory, 10)
+        connector = sockets.EngineConnector(self.engine, "127.0.0.1", holder.getsockname()[1], factory, 10)
         sock = connector._socket
         yield factory.failed
         ((_, reason),) = factory.failures
@@ -480,7 +480,7 @@ class ConnectorTests(_EngineTestCase):
         self.addCleanup(filler.close)
         factory = Factory()
         start = reactor.seconds()
-        connector = sockets.connect(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 0.2)
+        connector = sockets.EngineConnector(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 0.2)
         sock = connector._socket
         yield factory.failed
         ((_, reason),) = factory.failures
@@ -495,7 +495,7 @@ class ConnectorTests(_EngineTestCase):
     def test_deadlinePassedReportsATimeoutOnce(self) -> None:
         backend = self.raw_listener(8)
         factory = Factory()
-        connector = sockets.connect(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 10)
+        connector = sockets.EngineConnector(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 10)
         sock = connector._socket
         connector.deadline_passed()
         connector.deadline_passed()
@@ -510,7 +510,7 @@ class ConnectorTests(_EngineTestCase):
     def test_stopConnectingFailsWithUserErrorOnce(self) -> Any:
         backend = self.raw_listener(8)
         factory = Factory()
-        connector = sockets.connect(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 10)
+        connector = sockets.EngineConnector(self.engine, "127.0.0.1", backend.getsockname()[1], factory, 10)
         sock = connector._socket
         connector.stopConnecting()
         connector.stopConnecting()
@@ -527,7 +527,7 @@ class ConnectorTests(_EngineTestCase):
     def test_hostnameIsResolved(self) -> Any:
         port, connections = self.server()
         factory = Factory()
-        sockets.connect(self.engine, "localhost", port, factory, 10)
+        sockets.EngineConnector(self.engine, "localhost", port, factory, 10)
         protocol = yield factory.built
         self.assertEqual(protocol.transport.getPeer(), IPv4Address("TCP", "127.0.0.1", port))
         yield until(lambda: bool(connections))
@@ -538,7 +538,7 @@ class ConnectorTests(_EngineTestCase):
         outer = Resolving()
         engine = self.make_engine(outer)
         factory = Factory()
-        connector = sockets.connect(engine, "backend.test", 80, factory, 10)
+        connector = sockets.EngineConnector(engine, "backend.test", 80, factory, 10)
         ((name, resolved),) = outer.pending
         self.assertEqual(name, "backend.test")
         resolved.errback(DNSLookupError("backend.test"))
@@ -552,7 +552,7 @@ class ConnectorTests(_EngineTestCase):
         outer = Resolving()
         engine = self.make_engine(outer)
         factory = Factory()
-        connector = sockets.connect(engine, "backend.test", 80, factory, 10)
+        connector = sockets.EngineConnector(engine, "backend.test", 80, factory, 10)
         connector.stopConnecting()
         ((name, resolved),) = outer.pending
         resolved.callback("127.0.0.1")
@@ -565,7 +565,7 @@ class ConnectorTests(_EngineTestCase):
         """As with C{connectTCP}: a factory that builds no protocol has the connection closed, and nothing is logged."""
         port, connections = self.server()
         factory = Factory(refuse=True)
-        sockets.connect(self.engine, "127.0.0.1", port, factory, 10)
+        sockets.EngineConnector(self.engine, "127.0.0.1", port, factory, 10)
         yield until(lambda: bool(factory.addresses))
         self.assertEqual(factory.addresses, [None])
         yield until(lambda: bool(connections))

@@ -11,9 +11,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import parse_backend_line
-from balancer.proxy.tcp import IdleTimer, finish_writing
+from balancer.proxy.tcp import IdleTimer
 from balancer.server_service import DEFAULT_CONNECT_TIMEOUT
-from tests.support.relays import BACKENDS, FakeTransport, accept, attempted, connect, fail, lose, make_server, relayed
+from tests.support.relays import BACKENDS, accept, attempted, connect, fail, lose, make_server, relayed
 
 
 class ConnectTests(SynchronousTestCase):
@@ -126,12 +126,12 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(client.producer_at_close, [None, None])
 
     def test_finishWritingUnregistersFirst(self) -> None:
-        transport = FakeTransport()
-        transport.registerProducer(FakeTransport(), True)
-        finish_writing(transport, half=True)
-        finish_writing(transport, half=False)
-        self.assertEqual(transport.producer_at_close, [None, None])
-        self.assertTrue(transport.write_closed and transport.disconnecting)
+        server, relay, client, side, backend = relayed()
+        self.assertIsNotNone(client.producer)
+        relay.client.finish(half=True)
+        relay.client.finish(half=False)
+        self.assertEqual(client.producer_at_close, [None, None])
+        self.assertTrue(client.write_closed and client.disconnecting)
 
 
 class EndingTests(SynchronousTestCase):

@@ -654,19 +654,23 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return near, far
 
 
-class CountingSocket:
-    """A socket that counts its C{recv} calls (everything else is the socket's own)."""
+class CountingReads:
+    """
+    The C{os} module as the splice module sees it, counting the reads
+    (C{os.read}) of one socket's descriptor (everything else is the module's own).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
-        self.socket = sock
+        self.fd = sock.fileno()
         self.receives = 0
 
-    def recv(self, size: int) -> bytes:
-        self.receives += 1
-        return self.socket.recv(size)
+    def read(self, fd: int, size: int) -> bytes:
+        if fd == self.fd:
+            self.receives += 1
+        return os.read(fd, size)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.socket, name)
+        return getattr(os, name)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -691,11 +695,11 @@ class CopyingFirstTests(SynchronousTestCase):
 
     skip = NO_ENGINE
 
-    def joined(self) -> tuple[pipes.PipePool, Engine, socket.socket, CountingSocket, socket.socket, Ends]:
+    def joined(self) -> tuple[pipes.PipePool, Engine, socket.socket, CountingReads, socket.socket, Ends]:
         """
         Two joined transports on a new engine: returns the pool, the
-        engine, the client's far end, the counting client socket, the
-        backend's far end and the client's protocol.
+        engine, the client's far end, the count of the client socket's
+        reads, the backend's far end and the client's protocol.
         """
         pool = pipes.PipePool()
         engine = Engine(MemoryReactorClock(), pool)
@@ -707,10 +711,12 @@ class CopyingFirstTests(SynchronousTestCase):
             self.addCleanup(far.close)
             near.setblocking(False)
             far.setblocking(False)
-            ends.append((CountingSocket(near), far))
-        (client, client_far), (backend, backend_far) = ends
+            ends.append((near, far))
+        (client_near, client_far), (backend, backend_far) = ends
+        client = CountingReads(client_near)
+        self.patch(splice, "os", client)
         sides = []
-        for sock in (client, backend):
+        for sock in (client_near, backend):
             transport = splice.SplicedTransport(engine, sock)
             transport.protocol = Ends()
             transport.protocol.makeConnection(transport)

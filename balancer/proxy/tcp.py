@@ -79,21 +79,6 @@ def reset_connection(transport: Any) -> None:
     transport.abortConnection()
 
 
-def finish_writing(transport: Any, *, half: bool) -> None:
-    """
-    Flush C{transport} and then close it (or only its write side, if C{half}).
-
-    Its producer is unregistered first: the peer it stood for has nothing more
-    to send, and a transport with a paused producer would otherwise wait for
-    that producer forever instead of closing.
-    """
-    transport.unregisterProducer()
-    if half:
-        transport.loseWriteConnection()
-    else:
-        transport.loseConnection()
-
-
 class IdleTimer:
     """
     Calls C{on_idle} once no activity was recorded for C{timeout} seconds.
@@ -148,8 +133,19 @@ class _Side(Protocol):
         self.lost = False
 
     def finish(self, *, half: bool) -> None:
-        """Flush, then close this end (or only its write side, if C{half})."""
-        finish_writing(self.transport, half=half)
+        """
+        Flush, then close this end (or only its write side, if C{half}).
+
+        Its transport's producer is unregistered first: the peer it stood
+        for has nothing more to send, and a transport with a paused producer
+        would otherwise wait for that producer forever instead of closing.
+        """
+        transport = self.transport
+        transport.unregisterProducer()
+        if half:
+            transport.loseWriteConnection()
+        else:
+            transport.loseConnection()
 
     def readConnectionLost(self) -> None:
         """The peer shut down its write side: pass the end-of-stream on."""

@@ -6,9 +6,12 @@ Twisted's epoll reactor watches a socket level-triggered and changes its
 registration each time a transport starts or stops reading or writing, and
 it wraps every event in its logging context.  For a relay that lives for
 one request and one answer those costs outweigh the relaying itself.  The
-engine watches each of its sockets once, for reading and writing at once,
-edge-triggered: starting or stopping to read or write is then only a
-change to a dictionary, and a socket costs one C{epoll_ctl} in its life.
+engine watches each of its sockets once, edge-triggered, for reading, and
+from its first writer on for writing too: starting or stopping to read or
+write is then only a change to a dictionary, and a socket costs one
+C{epoll_ctl} in its life, or two if it ever had to wait to write.  A socket
+that is only read (as most clients' are: their answers fit in the kernel's
+buffers) brings no writable events to dispatch.
 
 The engine's own epoll file descriptor is one reader of the reactor: when
 any of its sockets has an event, the reactor calls L{Engine.doRead}, which
@@ -65,7 +68,11 @@ _RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
 _ENDS = _RDHUP | select.EPOLLHUP | select.EPOLLERR
 _READABLE = _IN | _ENDS
 _WRITABLE = _OUT | select.EPOLLHUP | select.EPOLLERR
-_STREAM = _IN | _OUT | _RDHUP | select.EPOLLET
+# A stream socket: edge-triggered, for reading and its end; and, once it had a writer, for writing.
+_READING = _IN | _RDHUP | select.EPOLLET
+_STREAM = _READING | _OUT
+# A flag kept with a watched socket's unseen events: it is watched for writing (EPOLLOUT) too.
+_OUT_WATCHED = 1 << 24
 
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
@@ -125,23 +132,60 @@ class Engine:
 
     def addReader(self, reader: Any) -> None:
         """Call C{reader.doRead} when its socket has bytes, an end or an error."""
-        fd = reader.fileno()
-        self._readers[fd] = reader
-        unseen = self._unseen.get(fd)
-        if unseen is None:
-            self._watch(fd, _STREAM)
-        elif unseen & _IN:
-            self._call_soon(reader, _IN)
+        self.add_reader(reader.fileno(), reader)
 
     def addWriter(self, writer: Any) -> None:
         """Call C{writer.doWrite} when its socket takes bytes again (or fails)."""
-        fd = writer.fileno()
+        self.add_writer(writer.fileno(), writer)
+
+    def removeReader(self, reader: Any) -> None:
+        """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
+        self.remove_reader(reader.fileno(), reader)
+
+    def removeWriter(self, writer: Any) -> None:
+        """Stop calling C{writer.doWrite}."""
+        self.remove_writer(writer.fileno(), writer)
+
+    # The same, for a descriptor that knows its file descriptor (one call less)
+
+    def add_reader(self, fd: int, reader: Any) -> None:
+        """L{addReader} of C{reader}, whose file descriptor is C{fd}."""
+        self._readers[fd] = reader
+        unseen = self._unseen.get(fd)
+        if unseen is None:
+            # As _watch(fd, _READING), inlined: once for each client.
+            self._epoll.register(fd, _READING)
+            self._unseen[fd] = 0
+            if not self._nested:
+                self._nested = True
+                self.reactor.addReader(self)
+        elif unseen & _IN:
+            self._call_soon(reader, _IN)
+
+    def add_writer(self, fd: int, writer: Any) -> None:
+        """L{addWriter} of C{writer}, whose file descriptor is C{fd}."""
         self._writers[fd] = writer
         unseen = self._unseen.get(fd)
         if unseen is None:
-            self._watch(fd, _STREAM)
+            self._watch(fd, _STREAM, _OUT_WATCHED)
+        elif not unseen & _OUT_WATCHED:
+            # Watched for reading only until now: whether it is writable is
+            # not known, so the writer is called soon, as for a missed edge.
+            self._epoll.modify(fd, _STREAM)
+            self._unseen[fd] = unseen | _OUT_WATCHED | _OUT
+            self._call_soon(writer, _OUT)
         elif unseen & _OUT:
             self._call_soon(writer, _OUT)
+
+    def remove_reader(self, fd: int, reader: Any) -> None:
+        """L{removeReader} of C{reader}, whose file descriptor is C{fd}."""
+        if self._readers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _IN
+
+    def remove_writer(self, fd: int, writer: Any) -> None:
+        """L{removeWriter} of C{writer}, whose file descriptor is C{fd}."""
+        if self._writers.pop(fd, None) is not None and fd in self._unseen:
+            self._unseen[fd] |= _OUT
 
     def read_again(self, reader: Any) -> None:
         """
@@ -152,18 +196,6 @@ class Engine:
         if self._readers.get(fd) is reader and fd in self._unseen:
             self._unseen[fd] |= _IN
             self._call_soon(reader, _IN)
-
-    def removeReader(self, reader: Any) -> None:
-        """Stop calling C{reader.doRead}; bytes may be left, so a later L{addReader} reads at once."""
-        fd = reader.fileno()
-        if self._readers.pop(fd, None) is not None and fd in self._unseen:
-            self._unseen[fd] |= _IN
-
-    def removeWriter(self, writer: Any) -> None:
-        """Stop calling C{writer.doWrite}."""
-        fd = writer.fileno()
-        if self._writers.pop(fd, None) is not None and fd in self._unseen:
-            self._unseen[fd] |= _OUT
 
     def listen(self, listener: Any) -> None:
         """Watch a listening socket, level-triggered: C{listener.doRead} is called while clients wait."""
@@ -228,7 +260,8 @@ class Engine:
             for fd, events in self._epoll.poll(0, MAX_EVENTS):
                 if fd in gone:
                     continue
-                descriptor = None
+                # For the calls of this event (no descriptor calls another's doRead or doWrite).
+                self.ending = events & _ENDS
                 try:
                     if events & _READABLE:
                         descriptor = readers.get(fd)
@@ -236,9 +269,7 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _IN
                         else:
-                            self.ending = events & _ENDS
                             descriptor.doRead()
-                            self.ending = _ENDS
                             if fd in gone:
                                 continue
                     if events & _WRITABLE:
@@ -247,15 +278,15 @@ class Engine:
                             if fd in unseen:
                                 unseen[fd] |= _OUT
                         else:
-                            self.ending = events & _ENDS
                             descriptor.doWrite()
-                            self.ending = _ENDS
                 except Exception:
                     self.ending = _ENDS
                     self._failed(descriptor)
+            self.ending = _ENDS
             self._run_soon()
         finally:
             self._dispatching = False
+            self.ending = _ENDS
             gone.clear()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -295,9 +326,9 @@ class Engine:
         except Exception:
             log.failure("{descriptor} failed to close", descriptor=descriptor)
 
-    def _watch(self, fd: int, events: int) -> None:
+    def _watch(self, fd: int, events: int, flags: int = 0) -> None:
         self._epoll.register(fd, events)
-        self._unseen[fd] = 0
+        self._unseen[fd] = flags
         if not self._nested:
             self._nested = True
             self.reactor.addReader(self)

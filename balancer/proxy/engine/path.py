@@ -39,8 +39,8 @@ class EnginePath:
         return sockets.listen(self.engine, port, factory, interface, reuse_port=reuse_port)
 
     def connect(self, host: str, port: int, factory: ClientFactory, timeout: float) -> Any:
-        """Connect on the engine (L{sockets.connect})."""
-        return sockets.connect(self.engine, host, port, factory, timeout)
+        """Connect on the engine (an L{sockets.EngineConnector})."""
+        return sockets.EngineConnector(self.engine, host, port, factory, timeout)
 
     def serve_with(self, listener: sockets.EngineListener, factory: IProtocolFactory) -> None:
         """Serve the clients C{listener} accepts from now on with C{factory} (another server's)."""

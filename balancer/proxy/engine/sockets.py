@@ -43,6 +43,7 @@ log = Logger()
 #: The most clients accepted per event of a listening socket (the others
 #: wait for the next turn of the reactor, as with Twisted's ports).
 ACCEPTS_PER_EVENT = 64
+_ACCEPTS = range(ACCEPTS_PER_EVENT)
 
 #: Seconds a listener stops accepting when the process is out of file
 #: descriptors or memory (instead of busy-looping on the waiting clients).
@@ -64,6 +65,11 @@ _CLIENT_ERRORS = (
     errno.EOPNOTSUPP,
 )
 _NONBLOCKING_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# What each connect uses, looked up once.  The backend's socket is of the C
+# socket type: socket.socket's Python __init__ and close() are frames more per connection.
+_C_SOCKET = socket.SocketType
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_IPPROTO_TCP, _TCP_NODELAY = socket.IPPROTO_TCP, socket.TCP_NODELAY
 # The bits of an event that may come with a failed connect: its error, its hang-up.
 _FAILED = select.EPOLLERR | select.EPOLLHUP
 
@@ -117,6 +123,8 @@ class EngineListener:
         self._socket = sock
         self._fd = sock.fileno()
         self._family = sock.family
+        # The accepted clients' addresses: (host, port) or (host, port, flow, scope) as accept() gives them.
+        self._address_type = IPv6Address if sock.family == socket.AF_INET6 else IPv4Address
         self._factory = factory
         self._transport = transport
         self._listening = True
@@ -155,9 +163,15 @@ class EngineListener:
         return f"{self._factory.__class__.__name__} (engine)"
 
     def doRead(self) -> None:
-        """Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them."""
+        """
+        Clients wait: accept up to L{ACCEPTS_PER_EVENT} of them, each into a
+        transport and a protocol from the factory; a client whose setup fails
+        is closed and logged.
+        """
         accept = self._socket.accept
-        for _ in range(ACCEPTS_PER_EVENT):
+        address_type = self._address_type
+        engine = self._engine
+        for _ in _ACCEPTS:
             try:
                 sock, addr = accept()
             except BlockingIOError:
@@ -169,32 +183,28 @@ class EngineListener:
                     self._pause(e)
                     return
                 raise
-            self._accepted(sock, addr)
+            try:
+                sock.setblocking(False)
+                address = address_type("TCP", *addr)
+                protocol = self._factory.buildProtocol(address)
+            except Exception:
+                log.failure("could not set up an accepted client")
+                sock.close()
+                continue
+            if protocol is None:
+                sock.close()
+                continue
+            transport = self._transport(engine, sock, address)
+            transport.protocol = protocol
+            try:
+                protocol.makeConnection(transport)
+            except Exception:
+                log.failure("could not set up an accepted client")
+                transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         """Accepting failed in a way not foreseen (logged by the engine): stop listening."""
         self.stopListening()
-
-    def _accepted(self, sock: socket.socket, addr: tuple[Any, ...]) -> None:
-        """Make the client's transport and protocol; a client whose setup fails is closed and logged."""
-        try:
-            sock.setblocking(False)
-            address = tcp_address(self._family, addr)
-            protocol = self._factory.buildProtocol(address)
-        except Exception:
-            log.failure("could not set up an accepted client")
-            sock.close()
-            return
-        if protocol is None:
-            sock.close()
-            return
-        transport = self._transport(self._engine, sock, address)
-        transport.protocol = protocol
-        try:
-            protocol.makeConnection(transport)
-        except Exception:
-            log.failure("could not set up an accepted client")
-            transport.abortConnection()
 
     def _pause(self, error: OSError) -> None:
         self._cannot_accept.due(self._engine.reactor, error=error.strerror, pause=ACCEPT_PAUSE)
@@ -275,7 +285,7 @@ class EngineConnector:
             if error:
                 self._fail(Failure(getConnectError((error, os.strerror(error)))))
                 return
-        engine.removeWriter(self)
+        engine.remove_writer(self._fd, self)
         engine.deadlines.remove(self._deadline, self)
         self._socket = self._deadline = None
         protocol = self._factory.buildProtocol(None)
@@ -295,18 +305,16 @@ class EngineConnector:
         if self._deadline is None:
             return  # failed or stopped while resolving
         try:
-            sock = self._socket = socket.socket(
-                socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM
-            )
+            sock = self._socket = _C_SOCKET(_AF_INET6 if ":" in host else _AF_INET, _NONBLOCKING_STREAM)
             self._fd = sock.fileno()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
             error = sock.connect_ex((host, self._port))
         except OSError as e:  # out of file descriptors or memory, or a bad address
             error = e.errno or errno.EINVAL
         if error and error != errno.EINPROGRESS:
             self._engine.callLater(0, self._fail, Failure(getConnectError((error, os.strerror(error)))))
             return
-        self._engine.addWriter(self)
+        self._engine.add_writer(self._fd, self)
 
     def _fail(self, reason: Failure) -> None:
         """Close the socket (if any) and tell the factory, once."""
@@ -321,8 +329,3 @@ class EngineConnector:
         if not self._engine.watched:
             self._engine.deadlines.stop_if_idle()
         self._factory.clientConnectionFailed(self, reason)
-
-
-def connect(engine: Any, host: str, port: int, factory: Any, timeout: float) -> EngineConnector:
-    """Connect to C{host:port} on the engine (see L{EngineConnector}); returns the connector."""
-    return EngineConnector(engine, host, port, factory, timeout)

@@ -25,8 +25,9 @@ none.  When the process is out of descriptors for a pipe, a read copies the
 bytes through Python instead (C{recv} and C{send}, the buffer then being
 those bytes), with a warning at most once a minute.
 
-Each direction starts by copying: C{recv} of up to L{COPY_SIZE} bytes,
-then C{send}.  Most connections a balancer sees carry a request and an
+Each direction starts by copying: a read (C{os.read}, a C{recv} without
+the socket object's argument parsing) of up to L{COPY_SIZE} bytes, then a
+write (C{os.write}).  Most connections a balancer sees carry a request and an
 answer of a few KiB each, and for those two system calls cost less than a
 pipe's three (two splices and the one that finds the socket empty): a
 C{recv} that gives fewer bytes than it asked for has emptied the socket, so
@@ -73,6 +74,8 @@ if AVAILABLE:
 
 #: How many reads a socket gets per call before it lets the others have their turn.
 READS_PER_EVENT = 16
+# Iterated by each call (a range made once: one call less per event).
+_READS = range(READS_PER_EVENT)
 
 #: How many bytes a read takes when copying (before a direction splices, or
 #: when no pipe can be had); a read that fills it turns its direction to splicing.
@@ -90,6 +93,8 @@ _RESET = struct.pack("ii", 1, 0)
 # The peer's end of stream (PyPy 3.9 lacks the name of EPOLLRDHUP), and an error, in an event.
 _RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
 _ERR = select.EPOLLERR
+# Closes a socket: the C method, also for a socket.socket, whose close() adds two Python frames.
+_close_socket = socket.SocketType.close
 
 
 def tcp_address(family: int, address: tuple[Any, ...]) -> IPv4Address | IPv6Address:
@@ -135,6 +140,7 @@ class SplicedTransport:
         "_closing",
         "_closed",
         "_splicing",
+        "_plain",
     )
 
     #: Whether a peer's reads may be spliced into this transport's pipe
@@ -167,6 +173,8 @@ class SplicedTransport:
         self._closing = False
         self._closed = False
         self._splicing = False
+        # takes_pipes, read once: a class attribute is read on Python's slow path.
+        self._plain = self.takes_pipes
 
     # The transport, as the relay's protocol sees it
 
@@ -254,89 +262,93 @@ class SplicedTransport:
 
     def doRead(self) -> None:
         """
-        Move what the socket has to the peer: copied (L{_copy_once}) until a
-        read fills L{COPY_SIZE}, then spliced into the peer's (empty) pipe
-        and on to the peer's socket, until the socket has nothing more, its
-        input ends, or the peer cannot take a read at once (then reading
-        stops until the peer's pipe is drained).  Each read is counted; the
-        end of input is passed to the protocol.  After L{READS_PER_EVENT}
-        reads the socket is read again later, after the other sockets' events.
+        Move what the socket has to the peer: copied (C{os.read} what the
+        socket has, C{os.write} it on, keeping what the peer cannot take yet)
+        until a read fills L{COPY_SIZE}, then spliced into the peer's
+        (empty) pipe and on to the peer's socket, until the socket has
+        nothing more, its input ends, or the peer cannot take a read at once
+        (then reading stops until the peer's pipe or buffer is drained).
+        Each read is counted; the end of input is passed to the protocol.
+        After L{READS_PER_EVENT} reads the socket is read again later, after
+        the other sockets' events.
+
+        A copying read stops at a short read, unless the event being
+        dispatched brought an error or is not known (see the module's
+        docstring); one that brought the peer's end without an error ends
+        the input at once, without a read that finds nothing.  A read that
+        fills L{COPY_SIZE} turns this direction to splicing (if the peer
+        L{takes_pipes}); without a pipe to be had, a splicing direction copies.
         """
         peer = self._peer
         assert peer is not None, "read before splice()"
-        pool = self._pool
-        for _ in range(READS_PER_EVENT):
+        fd = self._fd
+        for _ in _READS:
             if peer._closed:
                 self._stop_reading()
                 return
-            if not self._splicing:
-                if not self._copy_once(peer):
-                    return
-                continue
-            pipe = peer._pipe or peer._more_pipe()
-            if pipe is None:
-                if not self._copy_once(peer):
-                    return
-                continue
+            if self._splicing:
+                pipe = peer._pipe or peer._more_pipe()
+                if pipe is not None:
+                    try:
+                        moved = os.splice(fd, pipe[1], self._pool.size, flags=_FLAGS)
+                    except BlockingIOError:
+                        peer._release_if_empty()
+                        return
+                    except OSError:
+                        peer._release_if_empty()
+                        self._fail()
+                        return
+                    if not moved:
+                        peer._release_if_empty()
+                        self._end_of_input()
+                        return
+                    self._count(moved)  # type: ignore[misc]
+                    peer._buffered += moved
+                    if not peer._flush():
+                        self._stop_reading()
+                        return
+                    continue
             try:
-                moved = os.splice(self._fd, pipe[1], pool.size, flags=_FLAGS)
+                data = os.read(fd, COPY_SIZE)
             except BlockingIOError:
-                peer._release_if_empty()
                 return
             except OSError:
-                peer._release_if_empty()
                 self._fail()
                 return
-            if not moved:
-                peer._release_if_empty()
+            if not data:
                 self._end_of_input()
                 return
-            self._count(moved)  # type: ignore[misc]
-            peer._buffered += moved
-            if not peer._flush():
-                self._stop_reading()
+            size = len(data)
+            self._count(size)  # type: ignore[misc]
+            if peer._pending or peer._buffered or not peer._plain:
+                peer._pending += data
+                if not peer._flush():
+                    self._stop_reading()
+                    return
+            else:
+                # The peer holds nothing: send at once; what it cannot take waits in its buffer.
+                try:
+                    sent = os.write(peer._fd, data)
+                except OSError:
+                    sent = 0
+                if sent < size:
+                    peer._pending = data[sent:]
+                    if not peer._flush():
+                        self._stop_reading()
+                        return
+            if size == COPY_SIZE:
+                self._splicing = peer._plain
+                continue
+            ending = self._engine.ending
+            if ending & _RDHUP and not ending & _ERR:
+                # The peer's end came before this read, after all its bytes (TCP
+                # delivers them in order), and this short read took them all:
+                # what is left is the end, with no error to read first.
+                self._end_of_input()
+                return
+            if not ending:
                 return
         self._engine.read_again(self)
-
-    def _copy_once(self, peer: SplicedTransport) -> bool:
-        """
-        One read through Python: C{recv} what the socket has and C{send} it
-        on, keeping what the peer cannot take yet.  A read that fills
-        L{COPY_SIZE} turns this direction to splicing (if the peer L{takes_pipes}).
-
-        @return: whether to read again (else the socket has nothing more, its
-            input ended, it failed, or the peer must drain first).  After a
-            short read, only if the event being dispatched brought an error
-            or is not known; one that brought the peer's end without an
-            error ends the input at once, without a read that finds nothing.
-        """
-        try:
-            data = self._socket.recv(COPY_SIZE)
-        except BlockingIOError:
-            return False
-        except OSError:
-            self._fail()
-            return False
-        if not data:
-            self._end_of_input()
-            return False
-        size = len(data)
-        self._count(size)  # type: ignore[misc]
-        peer._pending += data
-        if not peer._flush():
-            self._stop_reading()
-            return False
-        if size == COPY_SIZE:
-            self._splicing = peer.takes_pipes
-            return True
-        ending = self._engine.ending
-        if ending & _RDHUP and not ending & _ERR:
-            # The peer's end came before this read, after all its bytes (TCP
-            # delivers them in order), and this short read took them all:
-            # what is left is the end, with no error to read first.
-            self._end_of_input()
-            return False
-        return bool(ending)
 
     def doWrite(self) -> None:
         """The socket takes bytes again: drain the pipe, then finish what waited for it."""
@@ -373,7 +385,7 @@ class SplicedTransport:
         pending = self._pending
         while pending:
             try:
-                pending = pending[self._socket.send(pending) :]
+                pending = pending[os.write(self._fd, pending) :]
             except OSError as e:
                 self._pending = pending
                 if e.errno in _WOULD_BLOCK:
@@ -419,29 +431,31 @@ class SplicedTransport:
     def _start_reading(self) -> None:
         if not self._reading:
             self._reading = True
-            self._engine.addReader(self)
+            self._engine.add_reader(self._fd, self)
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._engine.removeReader(self)
+            self._engine.remove_reader(self._fd, self)
 
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            self._engine.addWriter(self)
+            self._engine.add_writer(self._fd, self)
 
     def _stop_writing(self) -> None:
         if self._writing:
             self._writing = False
-            self._engine.removeWriter(self)
+            self._engine.remove_writer(self._fd, self)
 
     # Endings
 
     def _end_of_input(self) -> None:
         """The peer shut down its write side: stop reading and tell the protocol."""
         self._read_open = False
-        self._stop_reading()
+        if self._reading:  # as _stop_reading, inlined: once per relay side
+            self._reading = False
+            self._engine.remove_reader(self._fd, self)
         self.protocol.readConnectionLost()
 
     def _shutdown_write(self) -> None:
@@ -476,7 +490,7 @@ class SplicedTransport:
             return
         self._closed = True
         self._detach()
-        os.close(self._socket.detach())  # as close(), with one Python frame instead of two
+        _close_socket(self._socket)
         protocol, self.protocol = self.protocol, None
         protocol.connectionLost(reason)
 
@@ -484,7 +498,7 @@ class SplicedTransport:
         """Close the socket now; the protocol hears of it a reactor turn later, as from a Twisted transport."""
         self._closed = True
         self._detach()
-        os.close(self._socket.detach())
+        _close_socket(self._socket)
         protocol, self.protocol = self.protocol, None
         self._engine.callLater(0, protocol.connectionLost, reason)
 
@@ -520,5 +534,11 @@ def splice(
     from_backend._count = count_rx
     from_client._peer = from_client._producer = from_backend
     from_backend._peer = from_backend._producer = from_client
-    from_client._start_reading()
-    from_backend._start_reading()
+    # Both start reading (as _start_reading, inlined: two calls less per relay).
+    engine = from_client._engine
+    if not from_client._reading:
+        from_client._reading = True
+        engine.add_reader(from_client._fd, from_client)
+    if not from_backend._reading:
+        from_backend._reading = True
+        engine.add_reader(from_backend._fd, from_backend)
