@@ -757,7 +757,7 @@ class Backends:
     def start(self) -> Generator[Deferred[Any], Any, None]:
         """
         Listen: the backends that speak first in a process of their own, a
-        backend per other server here, a closed port for C{refused}, a full
+        backend per other server here, a refusing port for C{refused}, a full
         backlog for C{blackhole}.
         """
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
@@ -773,7 +773,7 @@ class Backends:
             address = port.getHost()
             assert isinstance(address, IPv4Address)
             self.ports[name] = address.port
-        self.ports["refused"] = _closed_port()
+        self.ports["refused"] = self._refusing()
         self.ports["blackhole"] = self._blackhole()
 
     def speaking_counts(self) -> Deferred[dict[str, int]]:
@@ -781,6 +781,18 @@ class Backends:
         counts = self._speaking.next_line()
         self._process.write(b"report\n")
         return counts
+
+    def _refusing(self) -> int:
+        """
+        A port that refuses every connection: a socket bound to it and not
+        listening, held until L{stop}, so that no other process (another
+        trial worker's balancer) can listen on it meanwhile, as it could on
+        a port closed again.
+        """
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        self._sockets.append(held)
+        return int(held.getsockname()[1])
 
     def _blackhole(self) -> int:
         """A port whose listener never accepts, its queue full: connects to it stay pending."""
@@ -802,15 +814,6 @@ class Backends:
             sock.close()
         self._process.closeStdin()
         return gatherResults([port.stopListening() for port in self._listening] + [self._speaking.ended])
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def open_descriptors() -> dict[int, str]:
