@@ -41,8 +41,9 @@ up (L{balancer.logs.application_log} as the global log's observer,
 C{[logging] output} a temporary file, level info) and writes an access
 line per connection there (checked: one per connection): the difference
 with a run without it is the access log's cost in service.  Run on an
-older checkout (copy this script into it), it measures that checkout's
-access log: before its own writer, the lines were log events.
+older checkout (copy this script and C{bench/counting.py} into it), it
+measures that checkout's access log: before its own writer, the lines were
+log events.
 """
 
 from __future__ import annotations
@@ -56,15 +57,18 @@ import resource
 import selectors
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from counting import (  # noqa: E402
+    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, start_peer, stop,
+)
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n"
 
@@ -157,45 +161,14 @@ def balancer(args: argparse.Namespace) -> None:
     epollreactor.install()
     from twisted.internet import reactor
 
-    from balancer.config.addresses import HostPort, parse_backend_line
-    from balancer.config.schema import DiscoveryConfig, ServerConfig
-    from balancer.proxy.engine.engine import make_engine
-    from balancer.proxy.engine.path import EnginePath
-    from balancer.proxy.paths import DataPaths
-    from balancer.server_service import ServerService
-    from balancer.stats import RateClock
-
-    peer = subprocess.Popen(
-        [sys.executable, __file__, "--backend"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    peer = start_peer(__file__, "--backend")
     backend_port = int(peer.stdout.readline())  # type: ignore[union-attr]
-    engine = make_engine(reactor)
-    assert engine is not None, "no relay engine on this platform"
-    config = ServerConfig(
-        bind=HostPort(HOST, 0),
-        balance=args.balance,
-        discovery=DiscoveryConfig(kind="static", static_list=(parse_backend_line(f"{HOST}:{backend_port}"),)),
-    )
     finished, access_file = access_log(args.access_log)
-    server = ServerService("bench", config, reactor, RateClock(reactor), paths=DataPaths(reactor, engine),
-                           finished=finished)
-    assert isinstance(server.path, EnginePath)
-    server.startService()
-    driver = subprocess.Popen(
-        [sys.executable, __file__, "--client", str(server.port), "--concurrency", str(args.concurrency)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = engine_server(reactor, backend_port, args.balance, finished)
+    driver = start_peer(__file__, "--client", str(server.port), "--concurrency", str(args.concurrency))
     results: dict[str, Any] = {}
     n = args.connections
-    out = driver.stdout
-    assert out is not None
     state: dict[str, Any] = {}
-
-    def ask(count: int) -> None:
-        driver.stdin.write(f"{count}\n")  # type: ignore[union-attr]
-        driver.stdin.flush()  # type: ignore[union-attr]
 
     def settled(then: Any) -> None:
         """Call C{then} once the relays have ended."""
@@ -220,7 +193,7 @@ def balancer(args: argparse.Namespace) -> None:
         state["cpu"] = resource.getrusage(resource.RUSAGE_SELF)
         if profiler is not None:
             profiler.enable()
-        ask(n)
+        batches.ask(n)
 
     def measured() -> None:
         if profiler is not None:
@@ -230,27 +203,10 @@ def balancer(args: argparse.Namespace) -> None:
         state["system"] = after.ru_stime - before.ru_stime
         reactor.stop()  # type: ignore[attr-defined]
 
-    steps = [measure, measured]
-
-    class Done:
-        """Reads the client's "done" lines (one per batch)."""
-
-        def fileno(self) -> int:
-            return out.fileno()  # type: ignore[union-attr]
-
-        def doRead(self) -> None:
-            out.readline()  # type: ignore[union-attr]
-            settled(steps.pop(0))
-
-        def logPrefix(self) -> str:
-            return "client"
-
-        def connectionLost(self, reason: Any) -> None:
-            pass
-
     profiler = cProfile.Profile() if args.profile else None
-    reactor.addReader(Done())  # type: ignore[attr-defined]
-    ask(args.warmup)
+    batches = Batches(driver, [measure, measured], settled)
+    reactor.addReader(batches)  # type: ignore[attr-defined]
+    batches.ask(args.warmup)
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
     counts_before, thresholds = state["before"], state["thresholds"]
     allocated = gc.get_count()[0] - counts_before[0]
@@ -283,19 +239,14 @@ def balancer(args: argparse.Namespace) -> None:
         stats = pstats.Stats(profiler)
         if args.stats:
             stats.dump_stats(args.stats)
-        calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
-        results["python calls per connection (cProfile)"] = calls / n
+        results["python calls per connection (cProfile)"] = python_calls(stats) / n
     for key, value in results.items():
         print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
     if profiler is not None and args.top:
-        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[: args.top]  # type: ignore[attr-defined]
-        for (path, line, name), (_, ncalls, *_rest) in rows:
-            print(f"  {ncalls / n:7.2f}  {os.path.relpath(path, REPO) if path.startswith('/') else path}:{line}({name})")
-    driver.stdin.close()  # type: ignore[union-attr]
-    driver.wait()
+        print("\n".join(most_called(stats, n, args.top)))
+    stop(driver)
     server.stopService()
-    peer.stdin.close()  # type: ignore[union-attr]
-    peer.wait()
+    stop(peer)
 
 
 def access_log(format: str | None) -> tuple[Any, str | None]:
@@ -326,18 +277,12 @@ def access_log(format: str | None) -> tuple[Any, str | None]:
 
 def instructions(connections: int, args: argparse.Namespace) -> int:
     """The instructions the balancer's process ran (under callgrind) for C{connections} connections."""
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--connections", str(connections), "--warmup", str(args.warmup),
-         "--concurrency", str(args.concurrency), "--balance", args.balance]
-        + (["--collector-on"] if args.collector_on else [])
-        + (["--access-log", args.access_log] if args.access_log else []),
-        capture_output=True, text=True, check=True,
+    return callgrind_instructions(
+        __file__, "--connections", str(connections), "--warmup", str(args.warmup),
+        "--concurrency", str(args.concurrency), "--balance", args.balance,
+        *(["--collector-on"] if args.collector_on else []),
+        *(["--access-log", args.access_log] if args.access_log else []),
     )
-    for line in done.stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.split(":")[-1])
-    raise SystemExit(f"no instruction count in callgrind's output:\n{done.stderr}")
 
 
 def main() -> None:

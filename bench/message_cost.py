@@ -25,25 +25,28 @@ functions called most; the CPU time of the balancer's process (timed, so
 as noisy as the machine).  With C{--callgrind} it runs itself twice under
 C{valgrind --tool=callgrind} (the balancer's process only), with
 C{--messages} and with C{--extra} more, and prints the difference of the
-instructions divided by C{--extra}.
+instructions divided by C{--extra}.  The set-up it shares with
+C{conn_cost.py} is C{bench/counting.py}.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from counting import (  # noqa: E402
+    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, start_peer, stop,
+)
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n"
 
@@ -132,47 +135,18 @@ def balancer(args: argparse.Namespace) -> None:
     epollreactor.install()
     from twisted.internet import reactor
 
-    from balancer.config.addresses import HostPort, parse_backend_line
-    from balancer.config.schema import DiscoveryConfig, ServerConfig
-    from balancer.proxy.engine.engine import make_engine
-    from balancer.proxy.engine.path import EnginePath
-    from balancer.proxy.paths import DataPaths
-    from balancer.server_service import ServerService
-    from balancer.stats import RateClock
-
-    peer = subprocess.Popen(
-        [sys.executable, __file__, "--backend"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    peer = start_peer(__file__, "--backend")
     backend_port = int(peer.stdout.readline())  # type: ignore[union-attr]
-    engine = make_engine(reactor)
-    assert engine is not None, "no relay engine on this platform"
-    config = ServerConfig(
-        bind=HostPort(HOST, 0),
-        discovery=DiscoveryConfig(kind="static", static_list=(parse_backend_line(f"{HOST}:{backend_port}"),)),
-    )
-    server = ServerService("bench", config, reactor, RateClock(reactor), paths=DataPaths(reactor, engine))
-    assert isinstance(server.path, EnginePath)
-    server.startService()
-    driver = subprocess.Popen(
-        [sys.executable, __file__, "--client", str(server.port), "--connections", str(args.connections)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    out = driver.stdout
-    assert out is not None
+    server = engine_server(reactor, backend_port)
+    driver = start_peer(__file__, "--client", str(server.port), "--connections", str(args.connections))
     state: dict[str, Any] = {}
     profiler = cProfile.Profile() if args.profile else None
-
-    def ask(count: int) -> None:
-        driver.stdin.write(f"{count}\n")  # type: ignore[union-attr]
-        driver.stdin.flush()  # type: ignore[union-attr]
 
     def measure() -> None:
         state["cpu"] = resource.getrusage(resource.RUSAGE_SELF)
         if profiler is not None:
             profiler.enable()
-        ask(args.messages)
+        batches.ask(args.messages)
 
     def measured() -> None:
         if profiler is not None:
@@ -182,26 +156,9 @@ def balancer(args: argparse.Namespace) -> None:
         state["system"] = after.ru_stime - before.ru_stime
         reactor.stop()  # type: ignore[attr-defined]
 
-    steps = [measure, measured]
-
-    class Done:
-        """Reads the client's "done" lines (one per batch)."""
-
-        def fileno(self) -> int:
-            return out.fileno()  # type: ignore[union-attr]
-
-        def doRead(self) -> None:
-            out.readline()  # type: ignore[union-attr]
-            steps.pop(0)()
-
-        def logPrefix(self) -> str:
-            return "client"
-
-        def connectionLost(self, reason: Any) -> None:
-            pass
-
-    reactor.addReader(Done())  # type: ignore[attr-defined]
-    ask(args.warmup)
+    batches = Batches(driver, [measure, measured])
+    reactor.addReader(batches)  # type: ignore[attr-defined]
+    batches.ask(args.warmup)
     reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
     n = args.messages
     assert server.counters.total_connections == args.connections, server.counters.total_connections
@@ -210,29 +167,19 @@ def balancer(args: argparse.Namespace) -> None:
     print(f"CPU us per message, system, timed (noisy): {1e6 * state['system'] / n:.2f}")
     if profiler is not None:
         stats = pstats.Stats(profiler)
-        calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
-        print(f"python calls per message (cProfile): {calls / n:.2f}")
-        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][1])[: args.top]  # type: ignore[attr-defined]
-        for (path, line, name), (_, ncalls, *_rest) in rows:
-            print(f"  {ncalls / n:7.2f}  {os.path.relpath(path, REPO) if path.startswith('/') else path}:{line}({name})")
-    driver.stdin.close()  # type: ignore[union-attr]
-    driver.wait()
+        print(f"python calls per message (cProfile): {python_calls(stats) / n:.2f}")
+        if args.top:
+            print("\n".join(most_called(stats, n, args.top)))
+    stop(driver)
     server.stopService()
-    peer.stdin.close()  # type: ignore[union-attr]
-    peer.wait()
+    stop(peer)
 
 
 def instructions(messages: int, args: argparse.Namespace) -> int:
     """The instructions the balancer's process ran (under callgrind) for C{messages} messages."""
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-         "--messages", str(messages), "--warmup", str(args.warmup), "--connections", str(args.connections)],
-        capture_output=True, text=True, check=True,
+    return callgrind_instructions(
+        __file__, "--messages", str(messages), "--warmup", str(args.warmup), "--connections", str(args.connections)
     )
-    for line in done.stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.split(":")[-1])
-    raise SystemExit(f"no instruction count in callgrind's output:\n{done.stderr}")
 
 
 def main() -> None:
