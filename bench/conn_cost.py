@@ -66,7 +66,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from counting import (  # noqa: E402
-    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, start_peer, stop,
+    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, serve, start_peer, stop,
 )
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -75,41 +75,15 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhel
 
 def backend() -> None:
     """Answer each connection's request, then close it; until stdin closes."""
-    selector = selectors.DefaultSelector()
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    selector.register(listener, selectors.EVENT_READ)
-    selector.register(sys.stdin, selectors.EVENT_READ)
-    print(listener.getsockname()[1], flush=True)
-    got: dict[socket.socket, bytes] = {}
-    while True:
-        for key, _ in selector.select():
-            sock: Any = key.fileobj
-            if sock is sys.stdin:
-                return
-            if sock is listener:
-                while True:
-                    try:
-                        conn, _ = listener.accept()
-                    except BlockingIOError:
-                        break
-                    conn.setblocking(False)
-                    got[conn] = b""
-                    selector.register(conn, selectors.EVENT_READ)
-                continue
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            got[sock] += data
-            if got[sock].endswith(b"\r\n\r\n") or not data:
-                if data:
-                    sock.send(ANSWER)
-                selector.unregister(sock)
-                del got[sock]
-                sock.close()
+
+    def answer(sock: socket.socket, got: bytes, ended: bool) -> bytes | None:
+        if ended or got.endswith(b"\r\n\r\n"):
+            if not ended:
+                sock.send(ANSWER)
+            return None
+        return got
+
+    serve(answer)
 
 
 def client(port: int, concurrency: int) -> None:

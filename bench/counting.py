@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import pstats
+import selectors
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,50 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+
+
+def serve(answer: Callable[[socket.socket, bytes, bool], bytes | None]) -> None:
+    """
+    Be the backend: listen on a free port of L{HOST} (printed first), and
+    give each connection's bytes so far, and whether its input ended, to
+    C{answer}, which writes what it answers and returns the bytes to keep
+    (or C{None}: the connection is closed); until stdin closes.
+    """
+    selector = selectors.DefaultSelector()
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(1024)
+    listener.setblocking(False)
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    print(listener.getsockname()[1], flush=True)
+    got: dict[socket.socket, bytes] = {}
+    while True:
+        for key, _ in selector.select():
+            sock: Any = key.fileobj
+            if sock is sys.stdin:
+                return
+            if sock is listener:
+                while True:
+                    try:
+                        conn, _ = listener.accept()
+                    except BlockingIOError:
+                        break
+                    conn.setblocking(False)
+                    got[conn] = b""
+                    selector.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            kept = answer(sock, got[sock] + data, not data)
+            if kept is None:
+                selector.unregister(sock)
+                del got[sock]
+                sock.close()
+            else:
+                got[sock] = kept
 
 
 def start_peer(script: str, *args: str) -> subprocess.Popen[str]:

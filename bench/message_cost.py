@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from counting import (  # noqa: E402
-    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, start_peer, stop,
+    HOST, REPO, Batches, callgrind_instructions, engine_server, most_called, python_calls, serve, start_peer, stop,
 )
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -53,39 +53,16 @@ ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n"
 
 def backend() -> None:
     """Answer each request of each connection, keeping it open; until stdin closes."""
-    selector = selectors.DefaultSelector()
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(1024)
-    listener.setblocking(False)
-    selector.register(listener, selectors.EVENT_READ)
-    selector.register(sys.stdin, selectors.EVENT_READ)
-    print(listener.getsockname()[1], flush=True)
-    got: dict[socket.socket, bytes] = {}
-    while True:
-        for key, _ in selector.select():
-            sock: Any = key.fileobj
-            if sock is sys.stdin:
-                return
-            if sock is listener:
-                conn, _ = listener.accept()
-                conn.setblocking(False)
-                got[conn] = b""
-                selector.register(conn, selectors.EVENT_READ)
-                continue
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            if not data:
-                selector.unregister(sock)
-                del got[sock]
-                sock.close()
-                continue
-            got[sock] += data
-            while REQUEST in got[sock]:
-                got[sock] = got[sock].replace(REQUEST, b"", 1)
-                sock.sendall(ANSWER)
+
+    def answer(sock: socket.socket, got: bytes, ended: bool) -> bytes | None:
+        if ended:
+            return None
+        while REQUEST in got:
+            got = got.replace(REQUEST, b"", 1)
+            sock.sendall(ANSWER)
+        return got
+
+    serve(answer)
 
 
 def client(port: int, connections: int) -> None:
