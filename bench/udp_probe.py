@@ -89,6 +89,19 @@ COST_START_TIMEOUT = 300.0
 """Seconds the balancer may take to answer under valgrind."""
 
 
+def connected_senders(port: int, count: int) -> tuple[select.epoll, dict[int, socket.socket]]:
+    """C{count} non-blocking UDP sockets connected to C{HOST:port}, by descriptor, and an epoll set reading them."""
+    epoll = select.epoll()
+    senders: dict[int, socket.socket] = {}
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect((HOST, port))
+        senders[s.fileno()] = s
+        epoll.register(s.fileno(), select.EPOLLIN)
+    return epoll, senders
+
+
 def free_udp_port() -> int:
     """A UDP port of 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -120,15 +133,8 @@ def client_worker(port: int, senders: int, size: int, duration: float) -> None:
     answers received and the resends during the C{duration} s after L{WARMUP}.
     """
     payload = b"q" * size
-    epoll = select.epoll()
-    sockets: dict[int, socket.socket] = {}
+    epoll, sockets = connected_senders(port, senders)
     sent_at: dict[int, float] = {}
-    for _ in range(senders):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setblocking(False)
-        s.connect((HOST, port))
-        sockets[s.fileno()] = s
-        epoll.register(s.fileno(), select.EPOLLIN)
     now = time.monotonic()
     for fd, s in sockets.items():
         s.send(payload)
@@ -397,14 +403,7 @@ def exchange(port: int, sessions: int, clients: int, size: int) -> None:
     after L{RESEND_AFTER} s of silence).
     """
     payload = b"q" * size
-    epoll = select.epoll()
-    senders: dict[int, socket.socket] = {}
-    for _ in range(clients):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setblocking(False)
-        s.connect((HOST, port))
-        senders[s.fileno()] = s
-        epoll.register(s.fileno(), select.EPOLLIN)
+    epoll, senders = connected_senders(port, clients)
     sent = answered = 0
     try:
         for s in senders.values():
