@@ -26,6 +26,16 @@ from tests.support.skips import NO_ENGINE
 skip = NO_ENGINE
 
 
+def fill(sock: socket.socket) -> None:
+    """Send on the non-blocking C{sock} until its buffers are full."""
+    chunk = b"x" * 65536
+    while True:
+        try:
+            sock.send(chunk)
+        except BlockingIOError:
+            return
+
+
 class Descriptor:
     """
     A reader and writer of one socket that records its calls: it reads
@@ -203,12 +213,7 @@ class EngineTests(SynchronousTestCase):
         self.assertEqual(writer.writes, 1)
         self.engine.doRead()
         self.assertEqual(writer.writes, 1)
-        chunk = b"x" * 65536
-        while True:
-            try:
-                a.send(chunk)
-            except BlockingIOError:
-                break
+        fill(a)
         self.engine.doRead()
         self.assertEqual(writer.writes, 1)
         drain = Descriptor(b)
@@ -312,12 +317,7 @@ class EngineTests(SynchronousTestCase):
         """
         a, b = self.pair()
         self.engine.addReader(Descriptor(a))
-        chunk = b"x" * 65536
-        while True:
-            try:
-                a.send(chunk)
-            except BlockingIOError:
-                break
+        fill(a)
         writer = Descriptor(a)
         self.engine.addWriter(writer)
         self.reactor.advance(0)
