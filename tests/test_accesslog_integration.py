@@ -50,6 +50,14 @@ def access_lines(process: WatchedProcess) -> list[dict[str, Any]]:
     return lines
 
 
+def file_lines(path: str) -> list[str]:
+    """The lines of the file at C{path} (none when there is no file)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 class AccessLogProcess:
     """One twistd with a server for each ending, on the data path of C{splice}, logging in C{format}."""
 
@@ -231,22 +239,16 @@ static_list = ["127.0.0.1:{port_number(echo)}"]
         process = spawn_balancer(self, config, marker=b"echo: listening on")
         port = yield process.listening_port("echo")
 
-        def lines(path: str) -> list[str]:
-            if not os.path.exists(path):
-                return []
-            with open(path, encoding="utf-8") as f:
-                return f.read().splitlines()
-
         yield exchange(port, b"one")
-        yield until(lambda: len(lines(access)) == 1, 20, "the first access line in its file")
+        yield until(lambda: len(file_lines(access)) == 1, 20, "the first access line in its file")
         os.rename(access, access + ".1")
         assert process.transport is not None and process.transport.pid is not None
         os.kill(process.transport.pid, signal.SIGUSR1)
         yield process.wait_for(rb"log file \S+access\.log reopened")
         yield exchange(port, b"two!")
-        yield until(lambda: len(lines(access)) == 1, 20, "the second access line in the new file")
-        self.assertIn("from_client=3 ", lines(access + ".1")[0])
-        self.assertIn("from_client=4 ", lines(access)[0])
+        yield until(lambda: len(file_lines(access)) == 1, 20, "the second access line in the new file")
+        self.assertIn("from_client=3 ", file_lines(access + ".1")[0])
+        self.assertIn("from_client=4 ", file_lines(access)[0])
         self.assertEqual(access_lines(process), [])
 
 
@@ -263,14 +265,6 @@ WHOLE_TEXT_LINE = re.compile(
     r" client=127\.0\.0\.1:(?P<port>\d+) backend=127\.0\.0\.1:\d+ protocol=tcp connect=\d+\.\d{3}s"
     r' duration=\d+\.\d{3}s from_client=(?P<tx>\d+) to_client=(?P<rx>\d+) reason="(?P<reason>[^"]+)"'
 )
-
-
-def file_lines(path: str) -> list[str]:
-    """The lines of the file at C{path} (none when there is no file)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
 
 
 class OwnWriterTests(TestCase):
