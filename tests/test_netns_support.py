@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.support.etcd import started_etcd
-from tests.support.netns import Namespace, ip, make_namespace, require_netns
+from tests.support.netns import Namespace, ip, make_namespace, numbers_locked, require_netns
 from tests.support.processes import WatchedProcess, source_env
 
 #: A server answering NAME to every connection, on HOST:PORT (0: any), printing "listening on PORT".
@@ -126,7 +126,9 @@ class NamespaceTests(TestCase):
         """remove() (also run when the test ends) leaves no namespace and no host link behind."""
         namespace = make_namespace(self)
         self.assertIn(namespace.name, ip("netns", "list").stdout.split())
-        namespace.remove()
-        self.assertNotIn(namespace.name, ip("netns", "list").stdout.split())
-        self.assertNotEqual(ip("link", "show", namespace.host_link, check=False).returncode, 0)
-        self.assertNotIn(namespace.host_address, ip("-o", "addr", "show").stdout)
+        # Under the lock: a concurrent test run would otherwise take the number freed, and its name, at once.
+        with numbers_locked():
+            namespace.remove()
+            self.assertNotIn(namespace.name, ip("netns", "list").stdout.split())
+            self.assertNotEqual(ip("link", "show", namespace.host_link, check=False).returncode, 0)
+            self.assertNotIn(namespace.host_address, ip("-o", "addr", "show").stdout)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -144,6 +145,14 @@ def numbers_in_use() -> set[int]:
     return used
 
 
+@contextmanager
+def numbers_locked() -> Iterator[None]:
+    """Hold the lock under which numbers are taken (no other test run takes one meanwhile)."""
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def make_namespace(test: SynchronousTestCase) -> Namespace:
     """
     A new namespace for C{test}, removed when it ends (after the cleanups
@@ -152,8 +161,7 @@ def make_namespace(test: SynchronousTestCase) -> Namespace:
     @raise SkipTest: where namespaces cannot be made (see L{require_netns}).
     """
     require_netns()
-    with open(LOCK_PATH, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with numbers_locked():
         used = numbers_in_use()
         free = [n for n in range(1, 255) if n not in used]
         if not free:
