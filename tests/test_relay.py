@@ -6,11 +6,15 @@ connects and time, and string transports for both ends of each relay
 
 from __future__ import annotations
 
-from twisted.internet.error import TimeoutError, UserError
+from typing import Any
+
+from twisted.internet.error import ConnectionLost, TimeoutError, UserError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import parse_backend_line
+from balancer.proxy.finished import CLIENT_CLOSED, CLOSED_BY_BALANCER, CONNECT_FAILED, FinishedConnection
 from balancer.proxy.tcp import IdleTimer
 from balancer.server_service import DEFAULT_CONNECT_TIMEOUT
 from tests.support.relays import BACKENDS, accept, attempted, connect, fail, lose, make_server, relayed
@@ -235,6 +239,88 @@ class RetryTests(SynchronousTestCase):
         self.assertTrue(client.aborted)
         self.assertIsNone(server.reactor.tcpClients[0][2].buildProtocol(None))
         self.assertEqual(server.pool.get("10.0.0.1:80").counters.total_connections, 0)
+
+
+class ClientGoneWhileConnectingTests(SynchronousTestCase):
+    """
+    A client that sent bytes and ended cleanly before its backend was
+    connected (on Twisted's TLS transports a C{close_notify} ends the
+    connection: there is no half-close) still has its bytes delivered:
+    the connect goes on, the backend gets them and then the end of its
+    input, and the relay ends when the backend does.  Before the fix the
+    connect was abandoned and the bytes dropped.
+    """
+
+    def gone_with_bytes(self) -> tuple[Any, Any, list[FinishedConnection]]:
+        server = make_server()
+        records: list[FinishedConnection] = []
+        server.finished.subscribe(records.append)
+        relay, client = accept(server)
+        relay.client.dataReceived(b"request ")
+        relay.client.dataReceived(b"and more")
+        lose(relay.client)
+        return server, relay, records
+
+    def test_bytesReachTheBackendThenItsInputEnds(self) -> None:
+        server, relay, records = self.gone_with_bytes()
+        self.assertFalse(server.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(list(server.relays), [relay.id])
+        side, backend = connect(server)
+        self.assertEqual(backend.value(), b"request and more")
+        self.assertTrue(backend.write_closed)
+        side.writeConnectionLost()
+        self.assertFalse(backend.disconnecting or backend.aborted)
+        self.assertEqual((relay.tx, server.counters.traffic.tx), (16, 16))
+        # Its answer has no one to go to: dropped, not counted.
+        side.dataReceived(b"an answer")
+        self.assertEqual((relay.rx, server.counters.traffic.rx), (0, 0))
+        self.assertEqual(records, [])
+        side.readConnectionLost()
+        self.assertTrue(backend.disconnecting)
+        lose(side)
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.active_connections, 0)
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.total_connections, 1)
+        [record] = records
+        self.assertEqual((record.tx, record.rx, record.reason, record.backend), (16, 0, CLIENT_CLOSED, "10.0.0.1:80"))
+
+    def test_backendIdleTimeoutBoundsTheWaitForItsEnd(self) -> None:
+        server = make_server(backend_idle_timeout=5.0)
+        relay, client = accept(server)
+        relay.client.dataReceived(b"request")
+        lose(relay.client)
+        side, backend = connect(server)
+        side.dataReceived(b"an answer")
+        server.reactor.advance(5.0)
+        self.assertTrue(backend.aborted)
+        lose(side)
+        self.assertEqual(server.relays, {})
+
+    def test_refusedEverywhereEndsTheRelay(self) -> None:
+        server, relay, records = self.gone_with_bytes()
+        for index in range(len(BACKENDS)):
+            fail(server, index)
+        self.assertEqual(len(server.reactor.tcpClients), len(BACKENDS))
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+        self.assertEqual(server.counters.no_backend, 1)
+        [record] = records
+        self.assertEqual((record.tx, record.reason), (0, CONNECT_FAILED))
+
+    def test_closedByTheBalancerWhileConnecting(self) -> None:
+        server, relay, records = self.gone_with_bytes()
+        relay.close()
+        self.assertTrue(server.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual((server.relays, server.counters.active_connections), ({}, 0))
+        self.assertEqual(server.pool.get("10.0.0.1:80").counters.active_connections, 0)
+        self.assertEqual([r.reason for r in records], [CLOSED_BY_BALANCER])
+
+    def test_resetClientStillAbandonsTheConnect(self) -> None:
+        server = make_server()
+        relay, client = accept(server)
+        relay.client.dataReceived(b"request")
+        relay.client.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(server.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(server.relays, {})
 
 
 class LimitTests(SynchronousTestCase):

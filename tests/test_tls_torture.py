@@ -474,6 +474,83 @@ class TwistedTlsBackendHalfCloseTests(TlsBackendHalfCloseTests):
     skip = None
 
 
+def handshake_then_send_and_end(ca_path: str, port: int, data: bytes) -> tuple[bytes, str]:
+    """
+    A TLS 1.3 client that sends its C{Finished}, C{data} and C{close_notify}
+    in one write (a memory BIO holds them until then), then reads to the end
+    of its input: the bytes read, and how they ended.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.load_verify_locations(ca_path)
+    context.set_verify(SSL.VERIFY_PEER)
+    tls = SSL.Connection(context, None)
+    tls.set_connect_state()
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except SSL.WantReadError:
+                sock.sendall(tls.bio_read(65536))
+                received = sock.recv(65536)
+                if not received:
+                    return b"", "eof during the handshake"
+                tls.bio_write(received)
+        tls.sendall(data)
+        try:
+            tls.shutdown()
+        except SSL.WantReadError:
+            pass
+        sock.sendall(tls.bio_read(1 << 20))
+        answer = []
+        while True:
+            try:
+                received = sock.recv(65536)
+            except ConnectionResetError:
+                return b"".join(answer), "reset"
+            if not received:
+                return b"".join(answer), "eof"
+            tls.bio_write(received)
+            try:
+                while True:
+                    answer.append(tls.recv(65536))
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                return b"".join(answer), "close_notify"
+
+
+class TwistedTlsCloseNotifyBeforeConnectTests(TestCase):
+    """
+    On Twisted's transports a client's C{close_notify} ends its connection;
+    one that comes with the client's bytes before the backend is connected
+    (here: in the same write as the handshake's last message, so the
+    balancer reads them in one go) must not lose those bytes: the backend
+    gets them all, then the end of its input.  Before the fix the relay
+    abandoned the connect and the backend never saw the client.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_bytesReachTheBackend(self) -> Iterator[Deferred[Any]]:
+        server, backend, certs, _ = tls_balancer(self, splice=False)
+        self.assertNotIsInstance(server.path, TlsEnginePath)
+        body = tls_torture.client_bytes(1, 50_000)
+        _, end = yield deferToThread(
+            handshake_then_send_and_end, certs.ca_path, server.port, f"echo 1 {len(body)} 0\n".encode() + body
+        )
+        self.assertIn(end, ("close_notify", "eof"))
+        yield until(lambda: 1 in backend.seen and backend.seen[1].end != "", what="the backend's end")
+        seen = backend.seen[1]
+        self.assertEqual(
+            (seen.received, seen.digest.hexdigest(), seen.input_ended, seen.end),
+            (len(body), tls_torture.sha(body), True, "clean"),
+        )
+        yield until(lambda: not server.relays, what="the relay to end")
+
+
 class EngineTlsReloadTests(TestCase):
     """
     Reading a TLS server's certificate files again (C{reload_files}) keeps

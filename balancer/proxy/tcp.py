@@ -372,7 +372,10 @@ class Relay:
                 server=self.server.name,
                 client=self.client_address.host,
             )
-            self.client.finish(half=False)
+            if self.client.lost:
+                self._over()
+            else:
+                self.client.finish(half=False)
             return
         self._tried.add(backend.key)
         self.backend = backend
@@ -437,9 +440,28 @@ class Relay:
         self.connect_seconds = clock.seconds() - self._attempt_started
         if config.backend_idle_timeout:
             self._backend_idle = IdleTimer(clock, config.backend_idle_timeout, self._idle("backend"))
+        if self.client.lost:
+            self._deliver_without_client(side)
+            return
         self.server.path.join(self, self.client, side)
         if config.client_idle_timeout and not self.client.read_closed:
             self._client_idle = IdleTimer(clock, config.client_idle_timeout, self._idle("client"))
+
+    def _deliver_without_client(self, side: BackendSide) -> None:
+        """
+        The client ended cleanly while its backend was being connected (on
+        Twisted's TLS transports a C{close_notify} ends the connection): what
+        it sent is written to the backend, whose write side is then shut.
+        The backend is read to its end (or its idle timeout) so that closing
+        never resets it before it took those bytes; its answer has no one to
+        go to and is dropped, not counted.
+        """
+        write = side.transport.write
+        early, self.early_data = self.early_data, []
+        for data in early:
+            write(data)
+            self.count_tx(len(data))
+        side.finish(half=True)
 
     def write_with(self, to_client: Callable[[bytes], None], to_backend: Callable[[bytes], None]) -> None:
         """
@@ -465,8 +487,11 @@ class Relay:
         self.count_tx(len(data))
 
     def from_backend(self, data: bytes) -> None:
-        """Send C{data} from the backend to the client; count it as rx."""
-        self._to_client(data)  # type: ignore[misc]
+        """Send C{data} from the backend to the client; count it as rx (dropped if the client is gone)."""
+        to_client = self._to_client
+        if to_client is None:
+            return
+        to_client(data)
         self.count_rx(len(data))
 
     def count_tx(self, size: int) -> None:
@@ -525,6 +550,10 @@ class Relay:
             self._first_end = CLIENT_CLOSED if client else BACKEND_CLOSED
         if client:
             if self._attempt is not None:
+                if not reset and self.early_data:
+                    # Its bytes still go to the backend being connected (see _deliver_without_client).
+                    side.read_closed = True
+                    return
                 self._abandon_attempt()
             if self._client_idle is not None or self._backend_idle is not None:
                 self._stop_timers()
@@ -541,6 +570,10 @@ class Relay:
             else:
                 peer.finish(half=False)
             return
+        self._over()
+
+    def _over(self) -> None:
+        """Both ends are closed: the server forgets the relay, which is published."""
         if self._registered:
             self._registered = False
             self.server.relay_ended(self)
@@ -591,7 +624,13 @@ class Relay:
         of grace), for C{reason} (unless it ends for another already).
         """
         self.ends_because(reason)
-        self._abandon_attempt()
+        if self._attempt is not None:
+            self._abandon_attempt()
+            if self.client.lost:
+                # It was connecting only to deliver a gone client's bytes: nothing is left to close.
+                self._stop_timers()
+                self._over()
+                return
         for side in (self.client, self.backend_side):
             if side is not None and not side.lost:
                 side.transport.abortConnection()

@@ -8,8 +8,9 @@ acts by the header line each client sends once its handshake is done
 
 The shapes (C{size} and C{extra} in bytes):
   - C{echo}: the client sends C{size} bytes a piece at a time, reading each
-    back, then sends C{close_notify} and reads to the end (at least one
-    byte on Twisted's transports: see L{_draw});
+    back, then sends C{close_notify} and reads to the end (with none, on
+    Twisted's transports, the C{close_notify} may come before the backend
+    is connected: the header must still reach it);
   - C{answer}: the backend writes C{size} bytes and closes at once;
   - C{slow}: the same, a few MB to a client with a tiny receive buffer,
     reading 1 KB at a time (the balancer's writes to it wait, often);
@@ -112,14 +113,10 @@ class Connection:
         return attrs.asdict(self)
 
 
-def _draw(conn_id: int, shape: str, rng: random.Random, engine: bool) -> Connection:
+def _draw(conn_id: int, shape: str, rng: random.Random) -> Connection:
     tls = rng.choice(["1.2", "1.3"])
     small = rng.choice([0, rng.randint(1, 2000), rng.randint(2000, 300_000)])
-    if shape == "echo":
-        # On Twisted's transports, a close_notify that comes before the backend is connected drops
-        # what the client sent (the relay abandons the connect): there, an echo waits for a byte back.
-        return Connection(conn_id, shape, small if engine else max(small, 1), tls=tls)
-    if shape == "answer":
+    if shape in ("echo", "answer"):
         return Connection(conn_id, shape, small, tls=tls)
     if shape == "slow":
         return Connection(conn_id, shape, rng.randint(2_000_000, 4_000_000), tls=tls)
@@ -150,7 +147,7 @@ def plan(seed: int, count: int, engine: bool) -> list[Connection]:
     rng = random.Random(seed)
     weights = dict(SHAPES, **(ENGINE_SHAPES if engine else {}))
     names = [name for name, weight in weights.items() for _ in range(weight)]
-    return [_draw(i, rng.choice(names), rng, engine) for i in range(count)]
+    return [_draw(i, rng.choice(names), rng) for i in range(count)]
 
 
 @attrs.define
