@@ -74,7 +74,7 @@ from peers import (  # noqa: E402
     start_nginx_stream,
 )
 from running import (  # noqa: E402
-    HOST, SETTLE_TIMEOUT, MeasurementError, Processes, established_to, raise_nofile, slab_kib, tree_cpu_seconds,
+    HOST, SETTLE_TIMEOUT, MeasurementError, Processes, established_to, raise_nofile, slab_kib, tree_cpu_times,
     tree_rss_kib, wait_until,
 )
 
@@ -104,9 +104,12 @@ METRICS = {
         Metric("tcp.bulk_4", "bulk throughput, 4 streams", "Gbit/s", True, True),
         Metric("tcp.conn_rate", "new connections (Connection: close)", "conn/s", True, True),
         Metric("tcp.conn_cpu", "  proxy CPU per new connection", "us", False),
+        Metric("tcp.conn_user_cpu", "    of it in user space", "us", False),
         Metric("tcp.keepalive_rps", "requests over kept-alive connections", "req/s", True, True),
         Metric("tcp.keepalive_p50", "  latency p50", "ms", False),
         Metric("tcp.keepalive_p99", "  latency p99", "ms", False),
+        Metric("tcp.keepalive_cpu", "  proxy CPU per request", "us", False),
+        Metric("tcp.keepalive_user_cpu", "    of it in user space", "us", False),
         Metric("tcp.idle_rss", "proxy RSS per idle connection", "KiB", False),
         Metric("tcp.idle_slab", "kernel Slab per idle connection", "KiB", False),
     ),
@@ -142,15 +145,27 @@ Measure = Callable[[Harness, Endpoints], dict[str, float]]
 IdleMeasure = Callable[[Endpoints], dict[str, float]]
 
 
+@dataclass(frozen=True)
+class CpuCost:
+    """A proxy's CPU time per counted thing, in µs: in all, and the part of it in user space."""
+
+    total: float
+    user: float
+
+
 def cpu_per(
     pid: int | None, action: Callable[[], dict[str, float]], count_key: str
-) -> tuple[dict[str, float], float | None]:
-    """Run C{action}; return its result and, for a proxy, its CPU time in µs per C{result[count_key]}."""
-    before = tree_cpu_seconds(pid) if pid else 0.0
+) -> tuple[dict[str, float], CpuCost | None]:
+    """Run C{action}; return its result and, for a proxy, its CPU time per C{result[count_key]}."""
+    user_before, system_before = tree_cpu_times(pid) if pid else (0.0, 0.0)
     result = action()
     if not pid or not result.get(count_key):
         return result, None
-    return result, (tree_cpu_seconds(pid) - before) / result[count_key] * 1e6
+    user, system = tree_cpu_times(pid)
+    count = result[count_key]
+    return result, CpuCost(
+        (user - user_before + system - system_before) / count * 1e6, (user - user_before) / count * 1e6
+    )
 
 
 @contextlib.contextmanager
@@ -220,13 +235,17 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
             )
             out = {"tcp.conn_rate": result["rps"]}
             if cpu is not None:
-                out["tcp.conn_cpu"] = cpu / duration  # CPU per connection: the count is a rate
+                # CPU per connection: the count is a rate.
+                out["tcp.conn_cpu"], out["tcp.conn_user_cpu"] = cpu.total / duration, cpu.user / duration
             return out
 
         def keepalive(h: Harness, e: Endpoints) -> dict[str, float]:
             url = f"http://{HOST}:{e.ports['http']}/index.html"
-            r = clients.wrk(url, duration, h.wrk_connections, threads=h.wrk_threads)
-            return {"tcp.keepalive_rps": r["rps"], "tcp.keepalive_p50": r["p50"], "tcp.keepalive_p99": r["p99"]}
+            r, cpu = cpu_per(e.pid, lambda: clients.wrk(url, duration, h.wrk_connections, threads=h.wrk_threads), "rps")
+            out = {"tcp.keepalive_rps": r["rps"], "tcp.keepalive_p50": r["p50"], "tcp.keepalive_p99": r["p99"]}
+            if cpu is not None:
+                out["tcp.keepalive_cpu"], out["tcp.keepalive_user_cpu"] = cpu.total / duration, cpu.user / duration
+            return out
 
         def iperf3_bulk(streams: int) -> Measure:
             return lambda h, e: {f"tcp.bulk_{streams}": clients.iperf3(e.ports["bulk"], streams, duration,
@@ -254,7 +273,7 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
                 if resume:
                     out["tls.resumed_share"] = result["reused"] * 100
                 if cpu is not None:
-                    out[f"{key}_cpu"] = cpu
+                    out[f"{key}_cpu"] = cpu.total
                 return out
 
             return measure
@@ -284,7 +303,7 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
             )
             out = {"sni.conn_rate": result["rate"]}
             if cpu is not None:
-                out["sni.conn_cpu"] = cpu
+                out["sni.conn_cpu"] = cpu.total
             return out
 
         return [("SNI-routed connections", sni)]
@@ -298,7 +317,7 @@ def steps(protocol: str, backends: Backends, tls: Tls, duration: float) -> list[
             )
             out = {f"udp.rate{suffix}": result["rate"], f"udp.lost{suffix}": result["lost"]}
             if cpu is not None:
-                out[f"udp.cpu{suffix}"] = cpu / duration  # CPU per answer: the count is a rate
+                out[f"udp.cpu{suffix}"] = cpu.total / duration  # CPU per answer: the count is a rate
             return out
 
         return measure

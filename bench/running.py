@@ -191,14 +191,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of C{pid} and its child processes, in seconds, from C{/proc/PID/stat}."""
-    ticks = 0
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """
+    User and system CPU time of C{pid} and its child processes, in seconds,
+    from C{/proc/PID/stat} (a child that ended meanwhile is left out).
+    """
+    user = system = 0
     for p in [pid, *children(pid)]:
-        with open(f"/proc/{p}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def tree_rss_kib(pid: int) -> int:

@@ -76,6 +76,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from running import tree_cpu_times  # noqa: E402
+
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -175,25 +179,6 @@ def client_worker(port: int, senders: int, size: int, duration: float) -> None:
                     if start <= now < end:
                         resends += 1
     print(json.dumps({"answers": answers, "resends": resends, "seconds": duration}))
-
-
-def tree_cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of C{pid} and its children (one level: nginx's workers, the balancer's)."""
-    user = system = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11]) / tick
-        system += int(fields[12]) / tick
-    return user, system
 
 
 class Processes:
@@ -323,9 +308,9 @@ def measure(port: int, pid: int | None, clients: int, size: int, duration: float
     argv = [sys.executable, __file__, "--client-worker", str(port), "--size", str(size), "--duration", str(duration)]
     workers = [subprocess.Popen(argv + ["--clients", str(n)], stdout=subprocess.PIPE, text=True) for n in shares if n]
     time.sleep(WARMUP)
-    cpu_before = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    cpu_before = tree_cpu_times(pid) if pid is not None else (0.0, 0.0)
     time.sleep(duration)
-    cpu_after = tree_cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    cpu_after = tree_cpu_times(pid) if pid is not None else (0.0, 0.0)
     answers = resends = 0
     for w in workers:
         out, _ = w.communicate(timeout=duration + WARMUP + 30)

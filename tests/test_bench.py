@@ -35,6 +35,7 @@ import clients  # noqa: E402
 import compare  # noqa: E402
 import harness  # noqa: E402
 import peers  # noqa: E402
+import running  # noqa: E402
 from running import MeasurementError  # noqa: E402
 
 WRK_OUTPUT = """\
@@ -243,6 +244,35 @@ class SummaryTests(SynchronousTestCase):
         self.assertIn("haproxy nbthread 2", text)
         self.assertIn("TLS: RSA-2048 certificate, TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 on every path", text)
         self.assertIn("machine: nproc 2", text)
+
+
+class CpuTests(SynchronousTestCase):
+    """The proxy's CPU time per counted thing, in all and in user space (from C{/proc})."""
+
+    def test_userSpaceShareOfTheCpuPerCount(self) -> None:
+        """
+        An action that spins in user space until C{/proc} counts three clock
+        ticks of it (a measured amount, not a timed one) costs at least that
+        much per count, nearly all of it in user space.
+        """
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+
+        def spin() -> dict[str, float]:
+            start = running.tree_cpu_times(os.getpid())[0]
+            while running.tree_cpu_times(os.getpid())[0] - start < 3 * tick:
+                sum(range(10000))
+            return {"count": 2.0}
+
+        result, cost = compare.cpu_per(os.getpid(), spin, "count")
+        self.assertEqual(result, {"count": 2.0})
+        assert cost is not None
+        self.assertGreaterEqual(cost.user, 1.5 * tick * 1e6)
+        self.assertLessEqual(cost.user, cost.total)
+
+    def test_noCostWithoutAProxyOrACount(self) -> None:
+        """Direct (no proxy pid), or a run that counted nothing: no CPU figure."""
+        self.assertEqual(compare.cpu_per(None, lambda: {"count": 5.0}, "count"), ({"count": 5.0}, None))
+        self.assertEqual(compare.cpu_per(os.getpid(), lambda: {"count": 0.0}, "count"), ({"count": 0.0}, None))
 
 
 class BeforeTests(SynchronousTestCase):
