@@ -6,8 +6,6 @@ connects and time, and string transports for both ends of each relay
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.error import ConnectionLost, TimeoutError, UserError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -15,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.config.addresses import parse_backend_line
 from balancer.proxy.finished import CLIENT_CLOSED, CLOSED_BY_BALANCER, CONNECT_FAILED, FinishedConnection
-from balancer.proxy.tcp import IdleTimer
-from balancer.server_service import DEFAULT_CONNECT_TIMEOUT
+from balancer.proxy.tcp import IdleTimer, Relay
+from balancer.server_service import DEFAULT_CONNECT_TIMEOUT, ServerService
 from tests.support.relays import BACKENDS, accept, attempted, connect, fail, lose, make_server, relayed
 
 
@@ -251,7 +249,7 @@ class ClientGoneWhileConnectingTests(SynchronousTestCase):
     connect was abandoned and the bytes dropped.
     """
 
-    def gone_with_bytes(self) -> tuple[Any, Any, list[FinishedConnection]]:
+    def gone_with_bytes(self) -> tuple[ServerService, Relay, list[FinishedConnection]]:
         server = make_server()
         records: list[FinishedConnection] = []
         server.finished.subscribe(records.append)
