@@ -30,12 +30,12 @@ from typing import Any, Iterator
 
 from cryptography import x509
 from OpenSSL import SSL
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from balancer.config.schema import TlsConfig
+from balancer.config.schema import BackendsTlsConfig, TlsConfig
 from balancer.proxy.engine import tls_socket
 from balancer.proxy.tls_path import TlsEnginePath
 from tests.support import skips, tls_torture
@@ -548,6 +548,36 @@ class TwistedTlsCloseNotifyBeforeConnectTests(TestCase):
             (seen.received, seen.digest.hexdigest(), seen.input_ended, seen.end),
             (len(body), tls_torture.sha(body), True, "clean"),
         )
+        yield until(lambda: not server.relays, what="the relay to end")
+
+    @inlineCallbacks
+    def test_bytesReachATlsBackend(self) -> Iterator[Deferred[Any]]:
+        """
+        The same with TLS to the backend (C{[backends_tls]}): the bytes reach
+        it over TLS, then its C{close_notify} (no half-close there either).
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        certs = make_certificates(directory)
+        backend = tls_torture.BackendFactory()
+        with open(certs.server.cert_path, "rb") as cert, open(certs.server.key_path, "rb") as key:
+            options = ssl.PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+        listening = reactor.listenSSL(0, backend, options, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        server = start_balancer(
+            self,
+            (f"127.0.0.1:{listening.getHost().port}",),
+            protocol="tls",
+            tls=TlsConfig(cert_path=certs.server.cert_path, key_path=certs.server.key_path),
+            backends_tls=BackendsTlsConfig(root_ca_cert_path=certs.ca_path),
+        )
+        body = tls_torture.client_bytes(1, 50_000)
+        yield deferToThread(
+            handshake_then_send_and_end, certs.ca_path, server.port, f"echo 1 {len(body)} 0\n".encode() + body
+        )
+        yield until(lambda: 1 in backend.seen and backend.seen[1].end != "", what="the backend's end")
+        seen = backend.seen[1]
+        self.assertEqual((seen.received, seen.digest.hexdigest(), seen.end), (len(body), tls_torture.sha(body), "clean"))
         yield until(lambda: not server.relays, what="the relay to end")
 
 
