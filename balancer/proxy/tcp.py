@@ -551,9 +551,7 @@ class Relay:
         if client:
             if self._attempt is not None:
                 if not reset and self.early_data:
-                    # Its bytes still go to the backend being connected (see _deliver_without_client).
-                    side.read_closed = True
-                    return
+                    return  # its bytes still go to the backend being connected (see _deliver_without_client)
                 self._abandon_attempt()
             if self._client_idle is not None or self._backend_idle is not None:
                 self._stop_timers()
@@ -627,8 +625,8 @@ class Relay:
         if self._attempt is not None:
             self._abandon_attempt()
             if self.client.lost:
-                # It was connecting only to deliver a gone client's bytes: nothing is left to close.
-                self._stop_timers()
+                # It was connecting only to deliver a gone client's bytes: nothing is left to close
+                # (and no idle timer: they start once a backend is connected).
                 self._over()
                 return
         for side in (self.client, self.backend_side):
