@@ -175,6 +175,14 @@ class TwistedTextTests(AccessLogProcess, TestCase):
     format = "text"
 
 
+def server_section(name: str, backend: int) -> str:
+    """A C{[servers.NAME]} on a free port of 127.0.0.1 in front of the one backend at 127.0.0.1:C{backend}."""
+    return (
+        f'[servers.{name}]\nbind = "127.0.0.1:0"\n'
+        f'[servers.{name}.discovery]\nkind = "static"\nstatic_list = ["127.0.0.1:{backend}"]'
+    )
+
+
 class WorkersTests(TestCase):
     """With C{[defaults] workers = 2}, the other worker's connections are in worker 0's access log too."""
 
@@ -193,11 +201,7 @@ format = "json"
 [defaults]
 workers = 2
 shutdown_grace = "1s"
-[servers.echo]
-bind = "127.0.0.1:0"
-[servers.echo.discovery]
-kind = "static"
-static_list = ["127.0.0.1:{port_number(echo)}"]
+{server_section('echo', port_number(echo))}
 """)
         process = spawn_balancer(self, config, marker=b"echo: listening on")
         port = yield process.listening_port("echo")
@@ -230,11 +234,7 @@ class AccessOutputTests(TestCase):
             f.write(f"""
 [logging]
 access_output = "{access}"
-[servers.echo]
-bind = "127.0.0.1:0"
-[servers.echo.discovery]
-kind = "static"
-static_list = ["127.0.0.1:{port_number(echo)}"]
+{server_section('echo', port_number(echo))}
 """)
         process = spawn_balancer(self, config, marker=b"echo: listening on")
         port = yield process.listening_port("echo")
@@ -302,16 +302,8 @@ class OwnWriterTests(TestCase):
 [defaults]
 workers = {workers}
 shutdown_grace = "1s"
-[servers.echo]
-bind = "127.0.0.1:0"
-[servers.echo.discovery]
-kind = "static"
-static_list = ["127.0.0.1:{port_number(echo)}"]
-[servers.silent]
-bind = "127.0.0.1:0"
-[servers.silent.discovery]
-kind = "static"
-static_list = ["127.0.0.1:{port_number(silent)}"]
+{server_section('echo', port_number(echo))}
+{server_section('silent', port_number(silent))}
 """)
         process = spawn_balancer(self, config, marker=b"silent: listening on")
         if main is None:
