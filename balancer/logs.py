@@ -394,16 +394,23 @@ def application_log(config: LoggingConfig, twistd: TwistdLogging, reactor: Any =
     main = _main_log(config, twistd, reactor)
     if config.access_output in ("", config.output) or main.observer is None:
         return main
-    assert main.access is not None
-    if config.access_output in ("stdout", "stderr"):
-        access = TurnBuffer(sys.stdout if config.access_output == "stdout" else sys.stderr, reactor,
-                            config.access_output)
-        return ApplicationLog(AccessApart(main.observer, log_observer(config, access)), main.on_usr1, access)
-    file = ReopeningFile(config.access_output)
-    access = TurnBuffer(file, reactor, file.path)
+    access, reopen = _destination(config.access_output, reactor)
     observer = AccessApart(main.observer, log_observer(config, access))
-    reopen = access.before(file.reopen)
+    if reopen is None:
+        return ApplicationLog(observer, main.on_usr1, access)
     return ApplicationLog(observer, reopen if main.on_usr1 is None else _both(main.on_usr1, reopen), access)
+
+
+def _destination(output: str, reactor: Any) -> tuple[TurnBuffer, Callable[[], None] | None]:
+    """
+    A L{TurnBuffer} on stdout, stderr or the file at the path C{output},
+    and what reopens that file on SIGUSR1 (C{None} for a standard stream).
+    """
+    if output in ("stdout", "stderr"):
+        return TurnBuffer(sys.stdout if output == "stdout" else sys.stderr, reactor, output), None
+    file = ReopeningFile(output)
+    buffer = TurnBuffer(file, reactor, file.path)
+    return buffer, buffer.before(file.reopen)
 
 
 def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
@@ -416,19 +423,16 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
 
 def _main_log(config: LoggingConfig, twistd: TwistdLogging, reactor: Any) -> ApplicationLog:
     """The observer and SIGUSR1 action of the main log, the access log's lines going there too."""
-    if config.output not in ("stdout", "stderr"):
-        file = ReopeningFile(config.output)
-        buffer = TurnBuffer(file, reactor, file.path)
-        return ApplicationLog(log_observer(config, buffer), buffer.before(file.reopen), buffer)
-    if twistd.own_observer:
-        return ApplicationLog(None)
-    twistd_file = twistd.file()
-    if twistd_file is not None:
-        # twistd builds its own observer (and its SIGUSR1 rotation) only when
-        # the application gives none, and offers no public way to wrap it in
-        # a level filter: so the same LogFile and rotation, filtered.
-        logfile = LogFile.fromFullPath(twistd_file)
-        buffer = TurnBuffer(logfile, reactor, twistd_file)
-        return ApplicationLog(log_observer(config, buffer), buffer.before(logfile.rotate), buffer)
-    buffer = TurnBuffer(sys.stdout if config.output == "stdout" else sys.stderr, reactor, config.output)
-    return ApplicationLog(log_observer(config, buffer), None, buffer)
+    if config.output in ("stdout", "stderr"):
+        if twistd.own_observer:
+            return ApplicationLog(None)
+        twistd_file = twistd.file()
+        if twistd_file is not None:
+            # twistd builds its own observer (and its SIGUSR1 rotation) only when
+            # the application gives none, and offers no public way to wrap it in
+            # a level filter: so the same LogFile and rotation, filtered.
+            logfile = LogFile.fromFullPath(twistd_file)
+            buffer = TurnBuffer(logfile, reactor, twistd_file)
+            return ApplicationLog(log_observer(config, buffer), buffer.before(logfile.rotate), buffer)
+    buffer, reopen = _destination(config.output, reactor)
+    return ApplicationLog(log_observer(config, buffer), reopen, buffer)
