@@ -13,7 +13,11 @@ COPY balancer /src/balancer
 COPY admin /src/admin
 COPY twisted /src/twisted
 COPY etc /src/etc
-RUN pip install --no-cache-dir /src \
+# A C compiler for the install only: pip builds the engine's compiled dispatch loop with it.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir /src \
+    && python -c "import balancer_cdispatch" \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /etc/balancer \
     && sed 's/^bind = "127.0.0.1:3000"/bind = "0.0.0.0:3000"/' /src/etc/balancer.toml > /etc/balancer/balancer.toml \
     && twistd balancer --check --config=/etc/balancer/balancer.toml \

@@ -7,7 +7,17 @@ C{balancer/examples/} (a link to C{etc/} in the source tree).
 The dependency floors are the versions the test suite was run with.
 """
 
-from setuptools import find_packages, setup
+import platform
+import sys
+
+from setuptools import Extension, find_packages, setup
+
+# The relay engine's dispatch loop in C (balancer/proxy/engine/cdispatch.c): built where a C
+# compiler and Python's headers are at hand, else left out (optional=True), and the engine runs
+# the same loop in Python.  Linux only (epoll), CPython only (the C API).
+COMPILED = [
+    Extension("balancer_cdispatch", ["balancer/proxy/engine/cdispatch.c"], optional=True)
+] if sys.platform.startswith("linux") and platform.python_implementation() == "CPython" else []
 
 setup(
     name="balancer",
@@ -43,6 +53,7 @@ setup(
         "click>=8.5",
         "rich>=15.0",
     ],
+    ext_modules=COMPILED,
     entry_points={"console_scripts": ["balancerctl = balancer.ctl.commands:main"]},
     extras_require={
         # mypy and mypy-zope: the type gate .ci/run runs; wheel: the packaging test

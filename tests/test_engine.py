@@ -16,11 +16,14 @@ from typing import Any, Callable
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancer.proxy.engine import engine as engine_module
+from balancer.proxy.engine import splice
 from balancer.proxy.engine.engine import Engine, make_engine
+from tests.support.loops import use_loop
 from tests.support.skips import NO_ENGINE
 
 skip = NO_ENGINE
@@ -102,6 +105,13 @@ class Raiser(Descriptor):
         raise ValueError("writing went wrong")
 
 
+class Interrupter(Descriptor):
+    """A reader interrupted (C{KeyboardInterrupt}) when it reads."""
+
+    def doRead(self) -> None:
+        raise KeyboardInterrupt()
+
+
 class BadLoser(Raiser):
     """A descriptor whose calls raise, and so does C{connectionLost}."""
 
@@ -120,9 +130,12 @@ class Owner:
 
 
 class EngineTests(SynchronousTestCase):
-    """L{Engine} on socket pairs, with a memory reactor outside."""
+    """L{Engine} on socket pairs, with a memory reactor outside, its dispatch loop in Python."""
+
+    compiled = False
 
     def setUp(self) -> None:
+        use_loop(self, self.compiled)
         self.reactor = MemoryReactorClock()
         self.engine = Engine(self.reactor)
         self.addCleanup(self.engine.close)
@@ -454,6 +467,19 @@ class EngineTests(SynchronousTestCase):
         self.engine.doRead()
         self.assertEqual(bad.reads, 1)
 
+    def test_anExceptionNotAnErrorLeavesTheLoop(self) -> None:
+        """
+        A reader raising what is not an C{Exception} (C{KeyboardInterrupt})
+        is not the engine's to handle: it leaves L{Engine.doRead}, and the
+        reader is neither told nor forgotten.
+        """
+        a, b = self.pair()
+        reader = Interrupter(a)
+        self.engine.addReader(reader)
+        b.send(b"x")
+        self.assertRaises(KeyboardInterrupt, self.engine.doRead)
+        self.assertEqual((reader.lost, self.engine.getReaders()), ([], [reader]))
+
     def test_failingConnectionLostStaysInTheEngine(self) -> None:
         """A descriptor failing again when told of its failure is logged too; the batch goes on."""
         (a, b), (c, d) = self.pair(), self.pair()
@@ -565,8 +591,59 @@ class EngineTests(SynchronousTestCase):
         self.assertTrue(self.nested())
 
 
+class CompiledEngineTests(EngineTests):
+    """The same, on the compiled dispatch loop (C{balancer_cdispatch})."""
+
+    compiled = True
+
+    def test_wrongArgumentsAreTypeErrorsNamingThem(self) -> None:
+        dispatch = engine_module.compiled_dispatch
+        assert dispatch is not None
+        error = self.assertRaises(TypeError, dispatch, self.engine)
+        self.assertIn("takes 7 arguments", str(error))
+        error = self.assertRaises(TypeError, dispatch, self.engine, self.engine.fileno(), [], {}, {}, set(), object)
+        self.assertEqual(str(error), "dispatch() takes three dicts, a set and a type")
+        self.assertRaises(OSError, dispatch, self.engine, -1, {}, {}, {}, set(), splice.SplicedTransport)
+        error = self.assertRaises(TypeError, dispatch, self.engine, self.engine.fileno(), {}, {}, {}, set(), Descriptor)
+        self.assertEqual(str(error), "Descriptor._peer is not a slot")
+        unslotted = type("Unslotted", (), dict.fromkeys(["_peer", "_fd", "_closed"]))
+        error = self.assertRaises(TypeError, dispatch, self.engine, self.engine.fileno(), {}, {}, {}, set(), unslotted)
+        self.assertEqual(str(error), "Unslotted._peer is not a slot")
+        self.engine.addReader(Descriptor(self.pair()[0]))
+        dispatch(self.engine, self.engine.fileno(), {}, {}, {}, set(), splice.SplicedTransport)
+
+
 class MakeEngineTests(SynchronousTestCase):
     """Which reactors can have an engine; each call makes a new one, owned by its caller."""
+
+    def test_theCompiledLoopTurnedOffByTheEnvironment(self) -> None:
+        """C{BALANCER_COMPILED=0} makes the engines run the Python loop, built or not."""
+        self.patch(os, "environ", {**os.environ, "BALANCER_COMPILED": "0"})
+        self.assertIsNone(engine_module.find_compiled_dispatch())
+
+    def test_aBuildOfOtherSourcesIsNotUsed(self) -> None:
+        """
+        A compiled loop built from other sources than this code (another
+        interface number, or a transport without the slots it reads) is
+        not used: the engine runs the Python loop, and a warning says why.
+        """
+        use_loop(self, compiled=True)
+        import balancer_cdispatch
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.patch(engine_module, "COMPILED_INTERFACE", balancer_cdispatch.INTERFACE + 1)
+        self.assertIsNone(engine_module.find_compiled_dispatch())
+        self.patch(engine_module, "COMPILED_INTERFACE", balancer_cdispatch.INTERFACE)
+        self.assertIs(engine_module.find_compiled_dispatch(), balancer_cdispatch.dispatch)
+        self.patch(splice, "SplicedTransport", Descriptor)
+        self.assertIsNone(engine_module.find_compiled_dispatch())
+        reasons = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(reasons), 2, reasons)
+        self.assertIn(f"(interface {balancer_cdispatch.INTERFACE}, not {balancer_cdispatch.INTERFACE + 1})", reasons[0])
+        self.assertIn("(Descriptor._peer is not a slot): the engine runs its Python loop; reinstall the package",
+                      reasons[1])
 
     def test_noneForAMemoryReactor(self) -> None:
         self.assertIsNone(make_engine(MemoryReactorClock()))

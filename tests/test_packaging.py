@@ -13,15 +13,17 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from typing import Any, Generator
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from balancer.starting import EXAMPLES
 from tests.support.paths import ROOT
 from tests.support.processes import run_twistd, source_env
+from tests.support.tools import require_tool
 
 #: What the wheel is built from (a copy: the build writes beside its sources).
 SOURCES = ["setup.py", "README.md", "balancer", "admin", "twisted", "etc"]
@@ -72,7 +74,11 @@ class WheelTests(TestCase):
     timeout = 300
 
     @inlineCallbacks
-    def test_wheelHoldsTheExampleConfigurations(self) -> None:
+    def build(self, **environment: str) -> Generator[Deferred[Any], Any, tuple[str, set[str]]]:
+        """
+        Build a wheel of a copy of the sources, with C{environment} added to
+        this process's; returns its path and the names it holds.
+        """
         work = os.path.abspath(self.mktemp())
         source = os.path.join(work, "source")
         os.makedirs(source)
@@ -88,11 +94,31 @@ class WheelTests(TestCase):
         isolation = ["--no-build-isolation"] if importlib.util.find_spec("wheel") else []
         out, err, code = yield getProcessOutputAndValue(
             sys.executable, ["-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", work, source],
-            env=dict(os.environ, PIP_NO_INPUT="1"), path=work, reactor=reactor)
+            env=dict(os.environ, PIP_NO_INPUT="1", **environment), path=work, reactor=reactor)
         self.assertEqual(code, 0, err)
         [wheel] = [name for name in os.listdir(work) if name.endswith(".whl")]
         with zipfile.ZipFile(os.path.join(work, wheel)) as archive:
-            names = set(archive.namelist())
+            return os.path.join(work, wheel), set(archive.namelist())
+
+    @inlineCallbacks
+    def test_wheelCarriesTheCompiledDispatchLoop(self) -> Generator[Deferred[Any], Any, None]:
+        """Built where a C compiler is at hand, the wheel has the engine's compiled loop."""
+        require_tool("cc", "gcc")
+        _, names = yield self.build()
+        self.assertEqual(len([n for n in names if n.startswith("balancer_cdispatch.") and n.endswith(".so")]), 1, names)
+
+    @inlineCallbacks
+    def test_wheelBuildsWithoutACompiler(self) -> Generator[Deferred[Any], Any, None]:
+        """Without a C compiler (one that fails) the build goes on, without the compiled loop: the engine runs Python's."""
+        _, names = yield self.build(CC="false")
+        self.assertEqual([n for n in names if n.startswith("balancer_cdispatch")], [])
+        self.assertIn("balancer/proxy/engine/engine.py", names)
+
+    @inlineCallbacks
+    def test_wheelHoldsTheExampleConfigurations(self) -> Generator[Deferred[Any], Any, None]:
+        path, names = yield self.build()
+        wheel = os.path.basename(path)
+        with zipfile.ZipFile(path) as archive:
             example = archive.read("balancer/examples/balancer.toml")
             entry_points = archive.read(f"{wheel.split('-')[0]}-{wheel.split('-')[1]}.dist-info/entry_points.txt")
             requires = [line for line in archive.read(f"{wheel.split('-')[0]}-{wheel.split('-')[1]}.dist-info/METADATA")

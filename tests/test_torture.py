@@ -33,6 +33,7 @@ from balancer.proxy.engine.pipes import PipePool
 from balancer.proxy.engine.path import EnginePath
 from balancer.root_service import BalancerService
 from tests.support import torture
+from tests.support.loops import use_loop
 
 #: Connections per path in the suite, and how many at once.
 CONNECTIONS = 2500
@@ -136,9 +137,21 @@ def _turn() -> Deferred[None]:
 
 
 class EnginePathTortureTests(_TortureTests, TestCase):
-    """The relay engine (plain TCP relays spliced in the kernel)."""
+    """The relay engine (plain TCP relays spliced in the kernel), its dispatch loop in Python."""
 
     splice = True
+
+    def setUp(self) -> None:
+        use_loop(self, compiled=False)
+
+
+class CompiledEnginePathTortureTests(_TortureTests, TestCase):
+    """The relay engine on its compiled dispatch loop (C{balancer_cdispatch}), the default where it is built."""
+
+    splice = True
+
+    def setUp(self) -> None:
+        use_loop(self, compiled=True)
 
 
 class TwistedPathTortureTests(_TortureTests, TestCase):

@@ -40,11 +40,22 @@ gives no such proof: it also stops when the pipe is full.)
 
 Listening sockets are watched level-triggered: the engine accepts a bounded
 number of clients per event and the rest come with the next one.
+
+The loop that takes the events and calls the descriptors runs compiled
+where the package was installed with a C compiler at hand (the optional
+extension C{balancer_cdispatch}, from C{cdispatch.c} beside this module):
+it calls every descriptor as the Python loop of L{Engine.doRead} does, and
+for a plain relay socket (a L{SplicedTransport<splice.SplicedTransport>})
+whose direction copies it does the read and the write to the peer itself,
+calling the transport's Python methods only for the rest (counting, a peer
+that cannot take the bytes at once, the end, a failure).  C{BALANCER_COMPILED=0}
+in the environment turns it off.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import select
 from collections import deque
 from typing import Any, Callable
@@ -74,11 +85,45 @@ _STREAM = _READING | _OUT
 # A flag kept with a watched socket's unseen events: it is watched for writing (EPOLLOUT) too.
 _OUT_WATCHED = 1 << 24
 
+#: The interface of C{balancer_cdispatch} this code expects (its C{INTERFACE}).
+COMPILED_INTERFACE = 1
+
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
 
 #: The first threshold of the cyclic garbage collector in a process with an engine (L{collect_less_often}).
 GC_THRESHOLD = 10000
+
+
+def find_compiled_dispatch() -> Callable[..., None] | None:
+    """
+    The compiled dispatch loop (the C{balancer_cdispatch} extension, built
+    from C{cdispatch.c} when the package is installed with a C compiler at
+    hand), or C{None}: not built, turned off with C{BALANCER_COMPILED=0} in
+    the environment, or built from other sources than this code's (a
+    warning says so).
+    """
+    if os.environ.get("BALANCER_COMPILED", "1") == "0":
+        return None
+    try:
+        import balancer_cdispatch
+    except ImportError:
+        return None
+    try:
+        if balancer_cdispatch.INTERFACE != COMPILED_INTERFACE:
+            raise TypeError(f"interface {balancer_cdispatch.INTERFACE}, not {COMPILED_INTERFACE}")
+        balancer_cdispatch.check(splice.SplicedTransport)
+    except (AttributeError, TypeError) as error:
+        log.warn(
+            "{module} does not fit this code ({error}): the engine runs its Python loop; reinstall the package",
+            module=balancer_cdispatch.__file__, error=str(error),
+        )
+        return None
+    return balancer_cdispatch.dispatch
+
+
+#: The compiled dispatch loop new engines use, or C{None}: they run L{Engine.doRead}'s loop in Python.
+compiled_dispatch = find_compiled_dispatch()
 
 
 @implementer(IReadDescriptor)
@@ -111,6 +156,8 @@ class Engine:
         self.deadlines = Deadlines(reactor)
         self.pipes = pipes if pipes is not None else PipePool()
         self._epoll = select.epoll()
+        self._epoll_fd = self._epoll.fileno()
+        self._compiled = compiled_dispatch
         self._readers: dict[int, Any] = {}
         self._writers: dict[int, Any] = {}
         # Watched file descriptors and the events they had that nobody took yet.
@@ -252,11 +299,20 @@ class Engine:
         """
         The epoll set has events: dispatch them, then call the descriptors
         added since for events they had missed.
+
+        The dispatch runs compiled where the extension is built
+        (L{compiled_dispatch}, which copies for a plain relay socket in C),
+        else in the Python loop below; both call the descriptors alike.
         """
         readers, writers, unseen, gone = self._readers, self._writers, self._unseen, self._gone
         gone.clear()
         self._dispatching = True
         try:
+            if self._compiled is not None:
+                self._compiled(self, self._epoll_fd, readers, writers, unseen, gone, splice.SplicedTransport)
+                self.ending = _ENDS
+                self._run_soon()
+                return
             for fd, events in self._epoll.poll(0, MAX_EVENTS):
                 if fd in gone:
                     continue
