@@ -311,7 +311,8 @@ class Engine:
             if self._compiled is not None:
                 self._compiled(self, self._epoll_fd, readers, writers, unseen, gone, splice.SplicedTransport)
                 self.ending = _ENDS
-                self._run_soon()
+                if self._soon:
+                    self._run_soon()
                 return
             for fd, events in self._epoll.poll(0, MAX_EVENTS):
                 if fd in gone:
@@ -339,7 +340,8 @@ class Engine:
                     self.ending = _ENDS
                     self._failed(descriptor)
             self.ending = _ENDS
-            self._run_soon()
+            if self._soon:
+                self._run_soon()
         finally:
             self._dispatching = False
             self.ending = _ENDS
