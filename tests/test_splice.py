@@ -706,7 +706,7 @@ class Ends(Protocol):
 
 class CopyingFirstTests(SynchronousTestCase):
     """
-    Each direction copies (C{recv}, C{send}) until a read fills
+    Each direction copies (C{read}, C{write}) until a read fills
     L{splice.COPY_SIZE}, then splices; a short copying read ends the reading
     of an edge unless the edge brought the end of the input.  The engine's
     loop in Python.
@@ -752,6 +752,25 @@ class CopyingFirstTests(SynchronousTestCase):
         engine.doRead()
         self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual((client.receives, pool.created), (1, 0))
+
+    def test_theCompiledLoopCopiesWithoutTheTransportsDoRead(self) -> None:
+        """
+        On the compiled loop a short copy is done in C: the transport's
+        Python C{doRead} is not called (on the Python loop, once).
+        """
+        pool, engine, client_far, client, backend_far, _ = self.joined()
+        calls: list[splice.SplicedTransport] = []
+        python_read = splice.SplicedTransport.doRead
+
+        def counted(transport: splice.SplicedTransport) -> None:
+            calls.append(transport)
+            python_read(transport)
+
+        self.patch(splice.SplicedTransport, "doRead", counted)
+        client_far.send(b"GET / HTTP/1.0\r\n\r\n")
+        engine.doRead()
+        self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(len(calls), 0 if self.compiled else 1)
 
     def test_theEndInTheSameEdgeIsReadToo(self) -> None:
         pool, engine, client_far, client, backend_far, protocol = self.joined()

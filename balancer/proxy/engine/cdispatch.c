@@ -217,17 +217,6 @@ copy_read(PyObject *engine, PyObject *transport, int ending, PyTypeObject *plain
             result = call_method(transport, s_end_of_input) < 0 ? FAILED : DONE;
             goto out;
         }
-        PyObject *count = slot(transport, COUNT);
-        if (count == NULL)
-            goto out;
-        Py_INCREF(count);
-        PyObject *moved = PyLong_FromSsize_t(size);
-        PyObject *counted = moved == NULL ? NULL : PyObject_CallOneArg(count, moved);
-        Py_XDECREF(moved);
-        Py_DECREF(count);
-        if (counted == NULL)
-            goto out;
-        Py_DECREF(counted);
         PyObject *pending = slot(peer, PENDING);
         if (pending == NULL)
             goto out;
@@ -255,8 +244,22 @@ copy_read(PyObject *engine, PyObject *transport, int ending, PyTypeObject *plain
                 go_on = pend_and_flush(transport, peer, pending, sent, size);
         }
         Py_DECREF(pending);
-        if (go_on <= 0) {
-            result = go_on;
+        if (go_on == FAILED)
+            goto out;
+        /* Counted once the buffer is written or copied: no Python code runs while it holds bytes. */
+        PyObject *count = slot(transport, COUNT);
+        if (count == NULL)
+            goto out;
+        Py_INCREF(count);
+        PyObject *moved = PyLong_FromSsize_t(size);
+        PyObject *counted = moved == NULL ? NULL : PyObject_CallOneArg(count, moved);
+        Py_XDECREF(moved);
+        Py_DECREF(count);
+        if (counted == NULL)
+            goto out;
+        Py_DECREF(counted);
+        if (go_on == DONE) {
+            result = DONE;
             goto out;
         }
         if (size == COPY_SIZE) {
