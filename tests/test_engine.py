@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -615,35 +614,6 @@ class CompiledEngineTests(EngineTests):
 
 class MakeEngineTests(SynchronousTestCase):
     """Which reactors can have an engine; each call makes a new one, owned by its caller."""
-
-    def test_theCompiledLoopTurnedOffByTheEnvironment(self) -> None:
-        """C{BALANCER_COMPILED=0} makes the engines run the Python loop, built or not."""
-        self.patch(os, "environ", {**os.environ, "BALANCER_COMPILED": "0"})
-        self.assertIsNone(engine_module.find_compiled_dispatch())
-
-    def test_aBuildOfOtherSourcesIsNotUsed(self) -> None:
-        """
-        A compiled loop built from other sources than this code (another
-        interface number, or a transport without the slots it reads) is
-        not used: the engine runs the Python loop, and a warning says why.
-        """
-        use_loop(self, compiled=True)
-        import balancer_cdispatch
-
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        self.patch(engine_module, "COMPILED_INTERFACE", balancer_cdispatch.INTERFACE + 1)
-        self.assertIsNone(engine_module.find_compiled_dispatch())
-        self.patch(engine_module, "COMPILED_INTERFACE", balancer_cdispatch.INTERFACE)
-        self.assertIs(engine_module.find_compiled_dispatch(), balancer_cdispatch.dispatch)
-        self.patch(splice, "SplicedTransport", Descriptor)
-        self.assertIsNone(engine_module.find_compiled_dispatch())
-        reasons = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
-        self.assertEqual(len(reasons), 2, reasons)
-        self.assertIn(f"(interface {balancer_cdispatch.INTERFACE}, not {balancer_cdispatch.INTERFACE + 1})", reasons[0])
-        self.assertIn("(Descriptor._peer is not a slot): the engine runs its Python loop; reinstall the package",
-                      reasons[1])
 
     def test_noneForAMemoryReactor(self) -> None:
         self.assertIsNone(make_engine(MemoryReactorClock()))

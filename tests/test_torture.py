@@ -142,7 +142,7 @@ class EnginePathTortureTests(_TortureTests, TestCase):
     splice = True
 
     def setUp(self) -> None:
-        use_loop(self, compiled=False)
+        use_loop(self, compiled_loop=False)
 
 
 class CompiledEnginePathTortureTests(_TortureTests, TestCase):
@@ -151,7 +151,7 @@ class CompiledEnginePathTortureTests(_TortureTests, TestCase):
     splice = True
 
     def setUp(self) -> None:
-        use_loop(self, compiled=True)
+        use_loop(self, compiled_loop=True)
 
 
 class TwistedPathTortureTests(_TortureTests, TestCase):

@@ -25,6 +25,7 @@ from balancer.proxy.udp import MAX_DATAGRAM, UdpProxy, client_sender
 from balancer.proxy import udp_links
 from balancer.proxy.udp_links import READS_PER_EVENT, LinkPoller, PortLink
 from balancer.stats import ServerCounters
+from tests.support.loops import use_loop
 from tests.support.peers import Address, DatagramPeer, listen_proxy
 from tests.support.reactors import UdpReactor
 from tests.support.waiting import until
@@ -81,11 +82,17 @@ class Burst(DatagramProtocol):
 
 
 class LinkTestCase(TestCase):
-    """A proxy on the real reactor (its clock too), backends and clients on 127.0.0.1."""
+    """
+    A proxy on the real reactor (its clock too), backends and clients on
+    127.0.0.1; its sessions' sockets read by the Python loop (a subclass
+    with C{compiled} set: the compiled one).
+    """
 
     timeout = 10
+    compiled = False
 
     def setUp(self) -> None:
+        use_loop(self, self.compiled)
         self.counters = ServerCounters()
 
     def listen(self, protocol: DatagramProtocol) -> int:
@@ -243,6 +250,18 @@ class SocketLinkTests(LinkTestCase):
         self.assertEqual((poller.links, self.counters.active_connections), ({}, 0))
 
 
+class CompiledSocketLinkTests(SocketLinkTests):
+    """The same, the sessions' sockets read by the compiled loop."""
+
+    compiled = True
+
+    def test_thePollerReadsWithTheCompiledRound(self) -> None:
+        proxy, _ = self.proxy(Backend(BackendSpec("127.0.0.1", 9)))
+        assert proxy.poller is not None
+        self.assertIs(proxy.poller._compiled, udp_links.compiled_read_links)
+        self.assertIsNotNone(udp_links.compiled_read_links)
+
+
 class ChoiceTests(SynchronousTestCase):
     """A real reactor gets plain sockets; memory reactors, Twisted ports."""
 
@@ -343,3 +362,9 @@ class ErrorTests(LinkTestCase):
         self.assertEqual(good.data(), [b"0:one", b"0:three"])
         self.assertEqual(bad.data(), [])
         self.assertEqual(len(proxy.live_sessions()), sessions_before + 1)
+
+
+class CompiledErrorTests(ErrorTests):
+    """The same, the sessions' sockets read by the compiled loop."""
+
+    compiled = True

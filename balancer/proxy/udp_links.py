@@ -41,7 +41,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.compiled import compiled
+
 log = Logger()
+
+#: The compiled round of L{LinkPoller.doRead} new pollers use (L{balancer.proxy.compiled}), or C{None}.
+compiled_read_links: Callable[..., int] | None = compiled.read_links if compiled is not None else None
 
 MAX_DATAGRAM = 65535
 """The largest datagram read, on the listening socket and on backend sockets."""
@@ -137,6 +142,7 @@ class LinkPoller:
         self.reactor = reactor
         self.links: dict[int, tuple[socket.SocketType, LinkUser]] = {}
         self._epoll: select.epoll | None = None
+        self._compiled = compiled_read_links
 
     @classmethod
     def for_reactor(cls, reactor: Any) -> LinkPoller | None:
@@ -193,13 +199,21 @@ class LinkPoller:
         sockets, where reading each socket until C{EAGAIN} would cost a
         failed C{recv} (and its exception) per socket.  An error queued on
         a socket instead of a datagram (ICMP port or host unreachable) is a
-        refusal.
+        refusal.  Each round runs compiled where the extension is built
+        (reading into one buffer, without a socket object's call).
         """
         epoll = self._epoll
         links = self.links
+        compiled = self._compiled
         for _ in range(READS_PER_EVENT):
             if epoll is None:
                 return
+            if compiled is not None:
+                # The same round in C (balancer.proxy.compiled).
+                if not compiled(epoll.fileno(), links, len(links) or 1, self._relay_failed):
+                    return
+                epoll = self._epoll
+                continue
             ready = epoll.poll(0, len(links) or 1)
             if not ready:
                 return
@@ -219,8 +233,12 @@ class LinkPoller:
                     except Exception:
                         # As a Twisted port does: log it and lose only this
                         # datagram, not the set with every other session.
-                        log.failure("relaying a UDP datagram from {backend} failed", backend=peer_name(sock))
+                        self._relay_failed(sock)
             epoll = self._epoll
+
+    def _relay_failed(self, sock: socket.SocketType) -> None:
+        """Relaying a datagram of C{sock} raised: log the exception being handled."""
+        log.failure("relaying a UDP datagram from {backend} failed", backend=peer_name(sock))
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped the set (it never should): end every session as refused, close the set."""

@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #ifndef EPOLLRDHUP
@@ -33,6 +34,8 @@
 /* As balancer.proxy.engine.splice.COPY_SIZE and READS_PER_EVENT. */
 #define COPY_SIZE 65536
 #define READS_PER_EVENT 16
+/* As balancer.proxy.udp_links.MAX_DATAGRAM (the buffer holds it). */
+#define MAX_DATAGRAM 65535
 
 #define ENDS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
 #define READABLE (EPOLLIN | ENDS)
@@ -40,7 +43,7 @@
 
 /* Names looked up on every call, interned once. */
 static PyObject *s_ending, *s_doRead, *s_doWrite, *s_failed, *s_read_again;
-static PyObject *s_flush, *s_stop_reading, *s_end_of_input, *s_fail;
+static PyObject *s_flush, *s_stop_reading, *s_end_of_input, *s_fail, *s_from_backend, *s_refused;
 /* The bytes of one copying read (the engine runs in one thread, holding the GIL). */
 static char buffer[COPY_SIZE];
 
@@ -292,12 +295,13 @@ out:
 }
 
 /*
- * A descriptor raised: have the engine log it and close it (Engine._failed,
- * which builds its Failure from the exception being handled).  0, or -1
- * when the exception is not an Exception (it then leaves the loop).
+ * Call handler(argument) while the exception raised is being handled (so
+ * that a Failure() or log.failure() made there takes it), then drop it.
+ * 0, or -1 when the exception is not an Exception (it is left set, to
+ * leave the loop) or the handler raised.
  */
 static int
-descriptor_failed(PyObject *engine, PyObject *descriptor)
+call_while_handling(PyObject *handler, PyObject *argument)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
@@ -306,18 +310,9 @@ descriptor_failed(PyObject *engine, PyObject *descriptor)
     PyErr_NormalizeException(&type, &value, &traceback);
     if (traceback != NULL)
         PyException_SetTraceback(value, traceback);
-    PyObject *all_ends = PyLong_FromLong(ENDS);
-    if (all_ends == NULL || PyObject_SetAttr(engine, s_ending, all_ends) < 0) {
-        Py_XDECREF(all_ends);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
-        return -1;
-    }
-    Py_DECREF(all_ends);
     PyObject *before = PyErr_GetHandledException();
     PyErr_SetHandledException(value);
-    PyObject *result = PyObject_CallMethodOneArg(engine, s_failed, descriptor);
+    PyObject *result = PyObject_CallOneArg(handler, argument);
     PyErr_SetHandledException(before);
     Py_XDECREF(before);
     Py_XDECREF(type);
@@ -327,6 +322,34 @@ descriptor_failed(PyObject *engine, PyObject *descriptor)
         return -1;
     Py_DECREF(result);
     return 0;
+}
+
+/*
+ * A descriptor raised: have the engine log it and close it (Engine._failed,
+ * which builds its Failure from the exception being handled), with its
+ * ending unknown again, as the Python loop does.
+ */
+static int
+descriptor_failed(PyObject *engine, PyObject *descriptor)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *all_ends = PyLong_FromLong(ENDS);
+    int set = all_ends == NULL ? -1 : PyObject_SetAttr(engine, s_ending, all_ends);
+    Py_XDECREF(all_ends);
+    PyObject *failed = set < 0 ? NULL : PyObject_GetAttr(engine, s_failed);
+    if (failed == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return -1;
+    }
+    PyErr_Restore(type, value, traceback);
+    int handled = call_while_handling(failed, descriptor);
+    Py_DECREF(failed);
+    return handled;
 }
 
 /* unseen[fd] |= flag, where fd is watched. */
@@ -453,6 +476,93 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/*
+ * read_links(epoll_fd, links, max_events, failed): LinkPoller.doRead's
+ * round (balancer/proxy/udp_links.py), compiled.  Take the ready sockets of
+ * the UDP sessions' epoll set, read one datagram from each and give it to
+ * its session (links: descriptor -> (socket, session)); an error other
+ * than "nothing to read" is the session's refusal.  A session that raises
+ * loses that datagram only: failed(socket) is called while its exception
+ * is being handled, to log it.  Returns how many sockets were ready.
+ */
+static PyObject *
+read_links(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "read_links(epoll_fd, links, max_events, failed) takes 4 arguments");
+        return NULL;
+    }
+    PyObject *links = args[1], *failed = args[3];
+    long epoll_fd = PyLong_AsLong(args[0]);
+    long max_events = PyLong_AsLong(args[2]);
+    if ((epoll_fd == -1 || max_events == -1) && PyErr_Occurred())
+        return NULL;
+    if (!PyDict_CheckExact(links) || !PyCallable_Check(failed) || epoll_fd < 0 || epoll_fd > INT_MAX ||
+        max_events < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_links() takes a descriptor, a dict, a positive number of events and a callable");
+        return NULL;
+    }
+    if (max_events > MAX_EVENTS)
+        max_events = MAX_EVENTS;
+    struct epoll_event events[MAX_EVENTS];
+    int n;
+    do {
+        n = epoll_wait((int)epoll_fd, events, (int)max_events, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    for (int i = 0; i < n; i++) {
+        int fd = events[i].data.fd;
+        PyObject *key = PyLong_FromLong(fd);
+        if (key == NULL)
+            return NULL;
+        PyObject *link = PyDict_GetItemWithError(links, key);
+        Py_DECREF(key);
+        if (link == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            continue; /* its session ended in this batch */
+        }
+        if (!PyTuple_CheckExact(link) || PyTuple_GET_SIZE(link) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a link is not a (socket, session) tuple");
+            return NULL;
+        }
+        PyObject *sock = PyTuple_GET_ITEM(link, 0), *session = PyTuple_GET_ITEM(link, 1);
+        Py_INCREF(sock);
+        Py_INCREF(session);
+        ssize_t size;
+        do {
+            size = recv(fd, buffer, MAX_DATAGRAM, 0);
+        } while (size < 0 && errno == EINTR);
+        PyObject *result = NULL;
+        if (size < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                Py_DECREF(sock);
+                Py_DECREF(session);
+                continue;
+            }
+            result = PyObject_CallMethodNoArgs(session, s_refused);
+        } else {
+            PyObject *data = PyBytes_FromStringAndSize(buffer, size);
+            if (data != NULL) {
+                result = PyObject_CallMethodOneArg(session, s_from_backend, data);
+                Py_DECREF(data);
+            }
+        }
+        int handled = 0;
+        if (result == NULL)
+            handled = call_while_handling(failed, sock);
+        else
+            Py_DECREF(result);
+        Py_DECREF(sock);
+        Py_DECREF(session);
+        if (handled < 0)
+            return NULL;
+    }
+    return PyLong_FromLong(n);
+}
+
 static PyObject *
 check(PyObject *Py_UNUSED(module), PyObject *plain_type)
 {
@@ -466,6 +576,9 @@ check(PyObject *Py_UNUSED(module), PyObject *plain_type)
 }
 
 static PyMethodDef methods[] = {
+    {"read_links", (PyCFunction)(void (*)(void))read_links, METH_FASTCALL,
+     "read_links(epoll_fd, links, max_events, failed) -> int: read one datagram from each ready UDP "
+     "session socket and give it to its session, as LinkPoller.doRead's round does."},
     {"check", check, METH_O,
      "check(plain_type): raise TypeError unless plain_type has the slots dispatch() reads and writes."},
     {"dispatch", (PyCFunction)(void (*)(void))dispatch, METH_FASTCALL,
@@ -488,7 +601,7 @@ static struct PyModuleDef module = {
  * checks it): raised with each change of what dispatch() does or of the
  * transport it reads, so that a stale build is not used.
  */
-#define INTERFACE 1
+#define INTERFACE 2
 
 PyMODINIT_FUNC
 PyInit_balancer_cdispatch(void)
@@ -502,6 +615,8 @@ PyInit_balancer_cdispatch(void)
     INTERN(s_stop_reading, "_stop_reading");
     INTERN(s_end_of_input, "_end_of_input");
     INTERN(s_fail, "_fail");
+    INTERN(s_from_backend, "from_backend");
+    INTERN(s_refused, "refused");
     PyObject *created = PyModule_Create(&module);
     if (created != NULL && PyModule_AddIntConstant(created, "INTERFACE", INTERFACE) < 0)
         Py_CLEAR(created);

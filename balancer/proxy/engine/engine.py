@@ -43,7 +43,8 @@ number of clients per event and the rest come with the next one.
 
 The loop that takes the events and calls the descriptors runs compiled
 where the package was installed with a C compiler at hand (the optional
-extension C{balancer_cdispatch}, from C{cdispatch.c} beside this module):
+extension C{balancer_cdispatch}, from C{cdispatch.c} beside this module;
+see L{balancer.proxy.compiled}):
 it calls every descriptor as the Python loop of L{Engine.doRead} does, and
 for a plain relay socket (a L{SplicedTransport<splice.SplicedTransport>})
 whose direction copies it does the read and the write to the peer itself,
@@ -55,7 +56,6 @@ in the environment turns it off.
 from __future__ import annotations
 
 import gc
-import os
 import select
 from collections import deque
 from typing import Any, Callable
@@ -66,6 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancer.proxy.compiled import compiled
 from balancer.proxy.engine import splice
 from balancer.proxy.engine.deadlines import Deadlines
 from balancer.proxy.engine.pipes import PipePool
@@ -85,9 +86,6 @@ _STREAM = _READING | _OUT
 # A flag kept with a watched socket's unseen events: it is watched for writing (EPOLLOUT) too.
 _OUT_WATCHED = 1 << 24
 
-#: The interface of C{balancer_cdispatch} this code expects (its C{INTERFACE}).
-COMPILED_INTERFACE = 1
-
 #: The most events taken from the kernel per call of L{Engine.doRead}.
 MAX_EVENTS = 1024
 
@@ -95,35 +93,9 @@ MAX_EVENTS = 1024
 GC_THRESHOLD = 10000
 
 
-def find_compiled_dispatch() -> Callable[..., None] | None:
-    """
-    The compiled dispatch loop (the C{balancer_cdispatch} extension, built
-    from C{cdispatch.c} when the package is installed with a C compiler at
-    hand), or C{None}: not built, turned off with C{BALANCER_COMPILED=0} in
-    the environment, or built from other sources than this code's (a
-    warning says so).
-    """
-    if os.environ.get("BALANCER_COMPILED", "1") == "0":
-        return None
-    try:
-        import balancer_cdispatch
-    except ImportError:
-        return None
-    try:
-        if balancer_cdispatch.INTERFACE != COMPILED_INTERFACE:
-            raise TypeError(f"interface {balancer_cdispatch.INTERFACE}, not {COMPILED_INTERFACE}")
-        balancer_cdispatch.check(splice.SplicedTransport)
-    except (AttributeError, TypeError) as error:
-        log.warn(
-            "{module} does not fit this code ({error}): the engine runs its Python loop; reinstall the package",
-            module=balancer_cdispatch.__file__, error=str(error),
-        )
-        return None
-    return balancer_cdispatch.dispatch
-
-
-#: The compiled dispatch loop new engines use, or C{None}: they run L{Engine.doRead}'s loop in Python.
-compiled_dispatch = find_compiled_dispatch()
+#: The compiled dispatch loop new engines use (L{balancer.proxy.compiled}), or C{None}:
+#: they run L{Engine.doRead}'s loop in Python.
+compiled_dispatch: Callable[..., None] | None = compiled.dispatch if compiled is not None else None
 
 
 @implementer(IReadDescriptor)
