@@ -13,7 +13,7 @@ COPY balancer /src/balancer
 COPY admin /src/admin
 COPY twisted /src/twisted
 COPY etc /src/etc
-# A C compiler for the install only: pip builds the engine's compiled dispatch loop with it.
+# A C compiler for the install only: pip builds the data plane's compiled loops with it.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir /src \
     && python -c "import balancer_cdispatch" \

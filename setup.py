@@ -1,8 +1,9 @@
 """
 Packaging for balancer: the library packages, the twistd plugin, the
-C{balancerctl} console script (L{balancer.ctl}), and the
+C{balancerctl} console script (L{balancer.ctl}), the
 example configurations of C{etc/} (with the systemd unit) as
-C{balancer/examples/} (a link to C{etc/} in the source tree).
+C{balancer/examples/} (a link to C{etc/} in the source tree), and the
+optional C extension C{balancer_cdispatch}.
 
 The dependency floors are the versions the test suite was run with.
 """
@@ -12,9 +13,10 @@ import sys
 
 from setuptools import Extension, find_packages, setup
 
-# The relay engine's dispatch loop in C (balancer/proxy/engine/cdispatch.c): built where a C
-# compiler and Python's headers are at hand, else left out (optional=True), and the engine runs
-# the same loop in Python.  Linux only (epoll), CPython only (the C API).
+# The data plane's compiled loops (balancer/proxy/engine/cdispatch.c: the relay engine's dispatch
+# and the UDP sessions' read round, see balancer.proxy.compiled): built where a C compiler and
+# Python's headers are at hand, else left out (optional=True), and the same loops run in Python.
+# Linux only (epoll), CPython only (the C API).
 COMPILED = [
     Extension("balancer_cdispatch", ["balancer/proxy/engine/cdispatch.c"], optional=True)
 ] if sys.platform.startswith("linux") and platform.python_implementation() == "CPython" else []

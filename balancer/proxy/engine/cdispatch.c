@@ -1,17 +1,22 @@
 /*
- * balancer_cdispatch: the relay engine's dispatch loop, compiled
- * (docs/architecture.md, "The compiled dispatch").  An optional build
- * (setup.py): where it is missing, or turned off with BALANCER_COMPILED=0,
- * the engine runs the same loop in Python (balancer/proxy/engine/engine.py).
+ * balancer_cdispatch: the data plane's compiled loops (docs/architecture.md,
+ * the engine path's step 5, and UDP).  An optional build (setup.py): where
+ * it is missing, turned off with BALANCER_COMPILED=0, or built from other
+ * sources (balancer/proxy/compiled.py checks INTERFACE and the slots), the
+ * same loops run in Python.
  *
- * dispatch() takes the events of the engine's epoll set and calls their
- * descriptors exactly as Engine.doRead's Python loop does.  For a plain
- * relay socket (a SplicedTransport, not a subclass) that is copying, the
- * read and the write to its peer are done here, in C, and the transport's
- * Python methods are called only for what is not a plain copy (its
- * counting, its peer's buffer, its end, a failure); once the direction
- * splices, or its peer is closed, the transport's own doRead goes on.
- * Both loops must behave alike: tests run the engine on each.
+ * dispatch() takes the events of the relay engine's epoll set and calls
+ * their descriptors exactly as Engine.doRead's Python loop does
+ * (balancer/proxy/engine/engine.py).  For a plain relay socket (a
+ * SplicedTransport, not a subclass) that is copying, the read and the write
+ * to its peer are done here, in C, and the transport's Python methods are
+ * called only for what is not a plain copy (its counting, its peer's
+ * buffer, its end, a failure); once the direction splices, or its peer is
+ * closed, the transport's own doRead goes on.
+ *
+ * read_links() is one round of LinkPoller.doRead (balancer/proxy/udp_links.py).
+ *
+ * Each must behave as its Python twin: the tests run both (tests/support/loops.py).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -76,8 +81,10 @@ find_slots(PyTypeObject *plain_type)
             PyErr_Clear();
             descriptor = Py_NewRef(Py_None);
         }
+        /* A slot of the class or of one of its bases (the offset is valid in its instances). */
         int is_slot = Py_IS_TYPE(descriptor, &PyMemberDescr_Type) &&
-                      ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX;
+                      ((PyMemberDescrObject *)descriptor)->d_member->type == T_OBJECT_EX &&
+                      PyType_IsSubtype(plain_type, PyDescr_TYPE(descriptor));
         if (is_slot)
             offsets[i] = ((PyMemberDescrObject *)descriptor)->d_member->offset;
         Py_DECREF(descriptor);
