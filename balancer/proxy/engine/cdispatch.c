@@ -359,22 +359,31 @@ descriptor_failed(PyObject *engine, PyObject *descriptor)
     return handled;
 }
 
-/* unseen[fd] |= flag, where fd is watched. */
-static int
-remember(PyObject *unseen, PyObject *key, long flag)
+/*
+ * The descriptor wanted for key's event (a new reference); or NULL: none
+ * wants it, and a watched socket remembers it (unseen[fd] |= flag), or
+ * an error is set.
+ */
+static PyObject *
+wanted_or_remembered(PyObject *wanted, PyObject *unseen, PyObject *key, long flag)
 {
+    PyObject *descriptor = PyDict_GetItemWithError(wanted, key);
+    if (descriptor != NULL)
+        return Py_NewRef(descriptor);
+    if (PyErr_Occurred())
+        return NULL;
     PyObject *before = PyDict_GetItemWithError(unseen, key);
     if (before == NULL)
-        return PyErr_Occurred() ? -1 : 0;
+        return NULL;
     long value = PyLong_AsLong(before);
     if (value == -1 && PyErr_Occurred())
-        return -1;
+        return NULL;
     PyObject *after = PyLong_FromLong(value | flag);
-    if (after == NULL)
-        return -1;
-    int set = PyDict_SetItem(unseen, key, after);
-    Py_DECREF(after);
-    return set;
+    if (after != NULL) {
+        PyDict_SetItem(unseen, key, after);
+        Py_DECREF(after);
+    }
+    return NULL;
 }
 
 static PyObject *
@@ -427,14 +436,13 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyObject *descriptor = NULL;
         int raised = 0;
         if (what & READABLE) {
-            descriptor = PyDict_GetItemWithError(readers, key);
+            descriptor = wanted_or_remembered(readers, unseen, key, EPOLLIN);
             if (descriptor == NULL) {
-                if (PyErr_Occurred() || remember(unseen, key, EPOLLIN) < 0) {
+                if (PyErr_Occurred()) {
                     Py_DECREF(key);
                     return NULL;
                 }
             } else {
-                Py_INCREF(descriptor);
                 int done = FALL_BACK;
                 if (Py_TYPE(descriptor) == plain_type)
                     done = copy_read(engine, descriptor, ending, plain_type);
@@ -456,14 +464,13 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             }
         }
         if (!raised && (what & WRITABLE)) {
-            descriptor = PyDict_GetItemWithError(writers, key);
+            descriptor = wanted_or_remembered(writers, unseen, key, EPOLLOUT);
             if (descriptor == NULL) {
-                if (PyErr_Occurred() || remember(unseen, key, EPOLLOUT) < 0) {
+                if (PyErr_Occurred()) {
                     Py_DECREF(key);
                     return NULL;
                 }
             } else {
-                Py_INCREF(descriptor);
                 if (call_method(descriptor, s_doWrite) < 0)
                     raised = 1;
                 else {
