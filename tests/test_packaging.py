@@ -101,15 +101,15 @@ class WheelTests(TestCase):
             return os.path.join(work, wheel), set(archive.namelist())
 
     @inlineCallbacks
-    def test_wheelCarriesTheCompiledDispatchLoop(self) -> Generator[Deferred[Any], Any, None]:
-        """Built where a C compiler is at hand, the wheel has the engine's compiled loop."""
+    def test_wheelCarriesTheCompiledLoops(self) -> Generator[Deferred[Any], Any, None]:
+        """Built where a C compiler is at hand, the wheel has the data plane's compiled loops (one extension)."""
         require_tool("cc", "gcc")
         _, names = yield self.build()
         self.assertEqual(len([n for n in names if n.startswith("balancer_cdispatch.") and n.endswith(".so")]), 1, names)
 
     @inlineCallbacks
     def test_wheelBuildsWithoutACompiler(self) -> Generator[Deferred[Any], Any, None]:
-        """Without a C compiler (one that fails) the build goes on, without the compiled loop: the engine runs Python's."""
+        """Without a C compiler (one that fails) the build goes on, without the extension: the Python loops run."""
         _, names = yield self.build(CC="false")
         self.assertEqual([n for n in names if n.startswith("balancer_cdispatch")], [])
         self.assertIn("balancer/proxy/engine/engine.py", names)
