@@ -302,13 +302,14 @@ out:
 }
 
 /*
- * Call handler(argument) while the exception raised is being handled (so
- * that a Failure() or log.failure() made there takes it), then drop it.
- * 0, or -1 when the exception is not an Exception (it is left set, to
- * leave the loop) or the handler raised.
+ * Call target(argument), or its method name(argument) when name is not
+ * NULL, while the exception raised is being handled (so that a Failure()
+ * or log.failure() made there takes it), then drop it.  0, or -1 when the
+ * exception is not an Exception (it is left set, to leave the loop) or the
+ * call raised.
  */
 static int
-call_while_handling(PyObject *handler, PyObject *argument)
+call_while_handling(PyObject *target, PyObject *name, PyObject *argument)
 {
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
@@ -319,7 +320,8 @@ call_while_handling(PyObject *handler, PyObject *argument)
         PyException_SetTraceback(value, traceback);
     PyObject *before = PyErr_GetHandledException();
     PyErr_SetHandledException(value);
-    PyObject *result = PyObject_CallOneArg(handler, argument);
+    PyObject *result = name == NULL ? PyObject_CallOneArg(target, argument)
+                                    : PyObject_CallMethodOneArg(target, name, argument);
     PyErr_SetHandledException(before);
     Py_XDECREF(before);
     Py_XDECREF(type);
@@ -329,34 +331,6 @@ call_while_handling(PyObject *handler, PyObject *argument)
         return -1;
     Py_DECREF(result);
     return 0;
-}
-
-/*
- * A descriptor raised: have the engine log it and close it (Engine._failed,
- * which builds its Failure from the exception being handled), with its
- * ending unknown again, as the Python loop does.
- */
-static int
-descriptor_failed(PyObject *engine, PyObject *descriptor)
-{
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return -1;
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    PyObject *all_ends = PyLong_FromLong(ENDS);
-    int set = all_ends == NULL ? -1 : PyObject_SetAttr(engine, s_ending, all_ends);
-    Py_XDECREF(all_ends);
-    PyObject *failed = set < 0 ? NULL : PyObject_GetAttr(engine, s_failed);
-    if (failed == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
-        return -1;
-    }
-    PyErr_Restore(type, value, traceback);
-    int handled = call_while_handling(failed, descriptor);
-    Py_DECREF(failed);
-    return handled;
 }
 
 /*
@@ -481,7 +455,8 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(key);
         if (raised) {
-            int handled = descriptor_failed(engine, descriptor);
+            /* Engine._failed logs it, closes it and makes the ending unknown again. */
+            int handled = call_while_handling(engine, s_failed, descriptor);
             Py_DECREF(descriptor);
             if (handled < 0)
                 return NULL;
@@ -566,7 +541,7 @@ read_links(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         }
         int handled = 0;
         if (result == NULL)
-            handled = call_while_handling(failed, sock);
+            handled = call_while_handling(failed, NULL, sock);
         else
             Py_DECREF(result);
         Py_DECREF(sock);

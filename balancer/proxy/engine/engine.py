@@ -309,7 +309,6 @@ class Engine:
                         else:
                             descriptor.doWrite()
                 except Exception:
-                    self.ending = _ENDS
                     self._failed(descriptor)
             self.ending = _ENDS
             if self._soon:
@@ -344,10 +343,12 @@ class Engine:
 
     def _failed(self, descriptor: Any) -> None:
         """
-        C{descriptor} raised: log it, and it loses its connection.  Nothing
+        C{descriptor} raised: log it, and it loses its connection (with the
+        ending of the event it was called for unknown again).  Nothing
         raised here leaves the engine, which would make the reactor drop it
         and with it every relay.
         """
+        self.ending = _ENDS
         failure = Failure()
         log.failure("{descriptor} failed", failure, descriptor=descriptor)
         self.forget(descriptor.fileno())
