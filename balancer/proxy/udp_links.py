@@ -209,32 +209,37 @@ class LinkPoller:
             if epoll is None:
                 return
             if compiled is not None:
-                # The same round in C (balancer.proxy.compiled).
-                if not compiled(epoll.fileno(), links, len(links) or 1, self._relay_failed):
-                    return
-                epoll = self._epoll
-                continue
-            ready = epoll.poll(0, len(links) or 1)
+                ready = compiled(epoll.fileno(), links, len(links) or 1, self._relay_failed)
+            else:
+                ready = self._read_round(epoll, links)
             if not ready:
                 return
-            for fd, _events in ready:
-                link = links.get(fd)
-                if link is not None:
-                    sock, session = link
-                    try:
-                        try:
-                            data = sock.recv(MAX_DATAGRAM)
-                        except (BlockingIOError, InterruptedError):
-                            continue
-                        except OSError:
-                            session.refused()
-                        else:
-                            session.from_backend(data)
-                    except Exception:
-                        # As a Twisted port does: log it and lose only this
-                        # datagram, not the set with every other session.
-                        self._relay_failed(sock)
             epoll = self._epoll
+
+    def _read_round(self, epoll: select.epoll, links: dict[int, tuple[socket.SocketType, LinkUser]]) -> int:
+        """
+        One round of L{doRead}: the compiled C{read_links}, in Python.
+        Returns how many sockets were ready.
+        """
+        ready = epoll.poll(0, len(links) or 1)
+        for fd, _events in ready:
+            link = links.get(fd)
+            if link is not None:
+                sock, session = link
+                try:
+                    try:
+                        data = sock.recv(MAX_DATAGRAM)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        session.refused()
+                    else:
+                        session.from_backend(data)
+                except Exception:
+                    # As a Twisted port does: log it and lose only this
+                    # datagram, not the set with every other session.
+                    self._relay_failed(sock)
+        return len(ready)
 
     def _relay_failed(self, sock: socket.SocketType) -> None:
         """Relaying a datagram of C{sock} raised: log the exception being handled."""

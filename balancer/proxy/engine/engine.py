@@ -274,42 +274,17 @@ class Engine:
 
         The dispatch runs compiled where the extension is built
         (L{compiled_dispatch}, which copies for a plain relay socket in C),
-        else in the Python loop below; both call the descriptors alike.
+        else in Python (L{_dispatch_in_python}); both call the descriptors alike.
         """
-        readers, writers, unseen, gone = self._readers, self._writers, self._unseen, self._gone
+        gone = self._gone
         gone.clear()
         self._dispatching = True
         try:
             if self._compiled is not None:
-                self._compiled(self, self._epoll_fd, readers, writers, unseen, gone, splice.SplicedTransport)
-                self.ending = _ENDS
-                if self._soon:
-                    self._run_soon()
-                return
-            for fd, events in self._epoll.poll(0, MAX_EVENTS):
-                if fd in gone:
-                    continue
-                # For the calls of this event (no descriptor calls another's doRead or doWrite).
-                self.ending = events & _ENDS
-                try:
-                    if events & _READABLE:
-                        descriptor = readers.get(fd)
-                        if descriptor is None:
-                            if fd in unseen:
-                                unseen[fd] |= _IN
-                        else:
-                            descriptor.doRead()
-                            if fd in gone:
-                                continue
-                    if events & _WRITABLE:
-                        descriptor = writers.get(fd)
-                        if descriptor is None:
-                            if fd in unseen:
-                                unseen[fd] |= _OUT
-                        else:
-                            descriptor.doWrite()
-                except Exception:
-                    self._failed(descriptor)
+                self._compiled(self, self._epoll_fd, self._readers, self._writers, self._unseen, gone,
+                               splice.SplicedTransport)
+            else:
+                self._dispatch_in_python()
             self.ending = _ENDS
             if self._soon:
                 self._run_soon()
@@ -317,6 +292,34 @@ class Engine:
             self._dispatching = False
             self.ending = _ENDS
             gone.clear()
+
+    def _dispatch_in_python(self) -> None:
+        """The events of one poll, each to its descriptors: the compiled C{dispatch}'s loop, in Python."""
+        readers, writers, unseen, gone = self._readers, self._writers, self._unseen, self._gone
+        for fd, events in self._epoll.poll(0, MAX_EVENTS):
+            if fd in gone:
+                continue
+            # For the calls of this event (no descriptor calls another's doRead or doWrite).
+            self.ending = events & _ENDS
+            try:
+                if events & _READABLE:
+                    descriptor = readers.get(fd)
+                    if descriptor is None:
+                        if fd in unseen:
+                            unseen[fd] |= _IN
+                    else:
+                        descriptor.doRead()
+                        if fd in gone:
+                            continue
+                if events & _WRITABLE:
+                    descriptor = writers.get(fd)
+                    if descriptor is None:
+                        if fd in unseen:
+                            unseen[fd] |= _OUT
+                    else:
+                        descriptor.doWrite()
+            except Exception:
+                self._failed(descriptor)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor stopped watching the engine (it is shutting down)."""
