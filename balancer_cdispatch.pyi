@@ -2,6 +2,8 @@
 from typing import Any, Callable
 
 INTERFACE: int
+COPY_SIZE: int
+READS_PER_EVENT: int
 
 def dispatch(
     engine: Any, epoll_fd: int, readers: dict[int, Any], writers: dict[int, Any], unseen: dict[int, int],

@@ -56,6 +56,45 @@ class FindTests(SynchronousTestCase):
                       reasons[1])
 
 
+class BindingTests(SynchronousTestCase):
+    """
+    The extension reads the slots of one class, the relay socket's, bound
+    once: Python code a dispatch calls cannot change the offsets it uses.
+    """
+
+    def setUp(self) -> None:
+        use_loop(self, compiled_loop=True)
+        found = compiled.find_compiled()
+        assert found is not None
+        self.module = found
+
+    def test_anotherClassWithTheSlotsIsRefused(self) -> None:
+        same_names = type("SameNames", (), {"__slots__": splice.SplicedTransport.__slots__})
+        error = self.assertRaises(TypeError, self.module.check, same_names)
+        self.assertEqual(str(error), "balancer_cdispatch reads the slots of SplicedTransport, not of SameNames")
+        epoll = select.epoll()
+        self.addCleanup(epoll.close)
+        error = self.assertRaises(TypeError, self.module.dispatch, None, epoll.fileno(), {}, {}, {}, set(), same_names)
+        self.assertEqual(str(error), "balancer_cdispatch reads the slots of SplicedTransport, not of SameNames")
+        self.module.check(splice.SplicedTransport)
+
+    def test_aBuildWithOtherSizesIsNotUsed(self) -> None:
+        """The copy size and the reads per event of the build are the engine's, or the build is not used."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for name in ("COPY_SIZE", "READS_PER_EVENT"):
+            value = getattr(splice, name)
+            self.patch(splice, name, value * 2)
+            self.assertIsNone(compiled.find_compiled())
+            self.patch(splice, name, value)
+            self.assertIs(compiled.find_compiled(), self.module)
+        reasons = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(reasons), 2, reasons)
+        self.assertIn(f"(COPY_SIZE {splice.COPY_SIZE}, not {splice.COPY_SIZE * 2})", reasons[0])
+        self.assertIn(f"(READS_PER_EVENT {splice.READS_PER_EVENT}, not {splice.READS_PER_EVENT * 2})", reasons[1])
+
+
 class ReadLinksArgumentTests(SynchronousTestCase):
     """C{read_links}' checks of what it is given (its caller is L{balancer.proxy.udp_links.LinkPoller})."""
 

@@ -601,8 +601,12 @@ class CompiledEngineTests(EngineTests):
         error = self.assertRaises(TypeError, dispatch, self.engine)
         self.assertIn("takes 7 arguments", str(error))
         error = self.assertRaises(TypeError, dispatch, self.engine, self.engine.fileno(), [], {}, {}, set(), object)
-        self.assertEqual(str(error), "dispatch() takes three dicts, a set and a type")
-        self.assertRaises(OSError, dispatch, self.engine, -1, {}, {}, {}, set(), splice.SplicedTransport)
+        self.assertEqual(str(error), "dispatch() takes a descriptor, three dicts, a set and a type")
+        for not_a_descriptor in (-1, 2**32 + self.engine.fileno()):
+            error = self.assertRaises(
+                TypeError, dispatch, self.engine, not_a_descriptor, {}, {}, {}, set(), splice.SplicedTransport)
+            self.assertEqual(str(error), "dispatch() takes a descriptor, three dicts, a set and a type")
+        self.assertRaises(OSError, dispatch, self.engine, 2**31 - 1, {}, {}, {}, set(), splice.SplicedTransport)
         error = self.assertRaises(TypeError, dispatch, self.engine, self.engine.fileno(), {}, {}, {}, set(), Descriptor)
         self.assertEqual(str(error), "Descriptor._peer is not a slot")
         unslotted = type("Unslotted", (), dict.fromkeys(["_peer", "_fd", "_closed"]))

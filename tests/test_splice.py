@@ -719,11 +719,14 @@ class CopyingFirstTests(SynchronousTestCase):
     def setUp(self) -> None:
         use_loop(self, self.compiled)
 
-    def joined(self) -> tuple[pipes.PipePool, Engine, socket.socket, CountingReads, socket.socket, Ends]:
+    def joined(
+        self, backend_class: type[splice.SplicedTransport] = splice.SplicedTransport
+    ) -> tuple[pipes.PipePool, Engine, socket.socket, CountingReads, socket.socket, Ends]:
         """
-        Two joined transports on a new engine: returns the pool, the
-        engine, the client's far end, the count of the client socket's
-        reads, the backend's far end and the client's protocol.
+        Two joined transports on a new engine (the backend's of
+        C{backend_class}): returns the pool, the engine, the client's far
+        end, the count of the client socket's reads, the backend's far end
+        and the client's protocol.
         """
         pool = pipes.PipePool()
         engine = Engine(MemoryReactorClock(), pool)
@@ -738,8 +741,8 @@ class CopyingFirstTests(SynchronousTestCase):
             ends.append((near, far))
         (client_near, client_far), (backend, backend_far) = ends
         sides = []
-        for sock in (client_near, backend):
-            transport = splice.SplicedTransport(engine, sock)
+        for sock, kind in ((client_near, splice.SplicedTransport), (backend, backend_class)):
+            transport = kind(engine, sock)
             transport.protocol = Ends()
             transport.protocol.makeConnection(transport)
             sides.append(transport.protocol)
@@ -771,6 +774,39 @@ class CopyingFirstTests(SynchronousTestCase):
         engine.doRead()
         self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual(len(calls), 0 if self.compiled else 1)
+
+    def test_aPeerWhoseFlagsRunPythonIsLeftToTheTransportsDoRead(self) -> None:
+        """
+        When the peer's flags are not plain bools and ints (here a
+        subclass's C{takes_pipes} whose truth is Python code), the
+        transport's own C{doRead} reads, on either loop: the compiled loop
+        runs no Python code between a read and the write of its bytes
+        (such code could free the peer's buffer under it).
+        """
+        truths: list[bool] = []
+
+        class Truthy:
+            def __bool__(self) -> bool:
+                truths.append(True)
+                return True
+
+        class TakesPipes(splice.SplicedTransport):
+            __slots__ = ()
+            takes_pipes = Truthy()  # type: ignore[assignment]
+
+        pool, engine, client_far, client, backend_far, _ = self.joined(TakesPipes)
+        calls: list[splice.SplicedTransport] = []
+        python_read = splice.SplicedTransport.doRead
+
+        def counted(transport: splice.SplicedTransport) -> None:
+            calls.append(transport)
+            python_read(transport)
+
+        self.patch(splice.SplicedTransport, "doRead", counted)
+        client_far.send(b"GET / HTTP/1.0\r\n\r\n")
+        engine.doRead()
+        self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual((len(calls), truths), (1, [True]))
 
     def test_theEndInTheSameEdgeIsReadToo(self) -> None:
         pool, engine, client_far, client, backend_far, protocol = self.joined()

@@ -19,15 +19,16 @@ from balancer.proxy.engine import splice
 log = Logger()
 
 #: The interface of C{balancer_cdispatch} this code expects (its C{INTERFACE}).
-COMPILED_INTERFACE = 2
+COMPILED_INTERFACE = 3
 
 
 def find_compiled() -> ModuleType | None:
     """
     The extension, or C{None}: not built, turned off with
     C{BALANCER_COMPILED=0} in the environment, or built from other sources
-    than this code's (another interface, or a relay socket without the
-    slots it reads: a warning says so).
+    than this code's (another interface, another copy size or number of
+    reads per event than the engine's, or a relay socket without the slots
+    it reads: a warning says so).
     """
     if os.environ.get("BALANCER_COMPILED", "1") == "0":
         return None
@@ -38,6 +39,9 @@ def find_compiled() -> ModuleType | None:
     try:
         if balancer_cdispatch.INTERFACE != COMPILED_INTERFACE:
             raise TypeError(f"interface {balancer_cdispatch.INTERFACE}, not {COMPILED_INTERFACE}")
+        for name in ("COPY_SIZE", "READS_PER_EVENT"):
+            if getattr(balancer_cdispatch, name) != getattr(splice, name):
+                raise TypeError(f"{name} {getattr(balancer_cdispatch, name)}, not {getattr(splice, name)}")
         balancer_cdispatch.check(splice.SplicedTransport)
     except (AttributeError, TypeError) as error:
         log.warn(

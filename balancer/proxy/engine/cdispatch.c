@@ -36,10 +36,10 @@
 #endif
 
 #define MAX_EVENTS 1024
-/* As balancer.proxy.engine.splice.COPY_SIZE and READS_PER_EVENT. */
+/* As balancer.proxy.engine.splice.COPY_SIZE and READS_PER_EVENT (exported: compiled.py compares them). */
 #define COPY_SIZE 65536
 #define READS_PER_EVENT 16
-/* As balancer.proxy.udp_links.MAX_DATAGRAM (the buffer holds it). */
+/* As balancer.proxy.udp_links.MAX_DATAGRAM: the largest UDP payload (the buffer holds it). */
 #define MAX_DATAGRAM 65535
 
 #define ENDS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
@@ -57,7 +57,9 @@ enum { DONE = 0, FALL_BACK = 1, FAILED = -1 };
 /*
  * The slots of the plain relay socket's class read and written here, by
  * their offsets in its instances (and its subclasses', which extend its
- * layout): found once per class from its member descriptors.
+ * layout): found from its member descriptors when the module is bound to
+ * the class (check(), or the first dispatch()), and never changed after:
+ * Python code a dispatch calls cannot change the offsets it is using.
  */
 enum { PEER, FD, CLOSED, SPLICING, COUNT, PENDING, BUFFERED, PLAIN, SLOTS };
 static const char *slot_names[SLOTS] = {
@@ -66,13 +68,10 @@ static const char *slot_names[SLOTS] = {
 static Py_ssize_t slot_offsets[SLOTS];
 static PyTypeObject *slots_of = NULL;
 
-/* Find the slots' offsets in plain_type's instances; 0, or -1 with an exception set. */
+/* The slots' offsets in plain_type's instances, into offsets; 0, or -1 with an exception set. */
 static int
-find_slots(PyTypeObject *plain_type)
+find_slots(PyTypeObject *plain_type, Py_ssize_t offsets[SLOTS])
 {
-    if (slots_of == plain_type)
-        return 0;
-    Py_ssize_t offsets[SLOTS];
     for (int i = 0; i < SLOTS; i++) {
         PyObject *descriptor = PyObject_GetAttrString((PyObject *)plain_type, slot_names[i]);
         if (descriptor == NULL) {
@@ -93,10 +92,28 @@ find_slots(PyTypeObject *plain_type)
             return -1;
         }
     }
+    return 0;
+}
+
+/*
+ * Bind the module to plain_type, the class whose slots it reads (the first
+ * call), or check that it is bound to it; 0, or -1 with TypeError.
+ */
+static int
+bind_slots(PyTypeObject *plain_type)
+{
+    if (slots_of == plain_type)
+        return 0;
+    Py_ssize_t offsets[SLOTS];
+    if (find_slots(plain_type, offsets) < 0)
+        return -1;
+    if (slots_of != NULL) {
+        PyErr_Format(PyExc_TypeError, "balancer_cdispatch reads the slots of %s, not of %s", slots_of->tp_name,
+                     plain_type->tp_name);
+        return -1;
+    }
     memcpy(slot_offsets, offsets, sizeof offsets);
-    Py_XDECREF(slots_of);
-    Py_INCREF(plain_type);
-    slots_of = plain_type;
+    slots_of = (PyTypeObject *)Py_NewRef(plain_type);
     return 0;
 }
 
@@ -122,12 +139,21 @@ set_slot(PyObject *object, int which, PyObject *value)
     Py_XDECREF(before);
 }
 
-/* A slot's truth value; -1 with an exception set. */
+/*
+ * A slot holding a bool or an int: its truth value in *truth, and DONE;
+ * FALL_BACK when it holds another kind of object (whose truth would run
+ * Python code); FAILED with an exception set when it is not set.
+ */
 static int
-slot_true(PyObject *object, int which)
+slot_flag(PyObject *object, int which, int *truth)
 {
     PyObject *value = slot(object, which);
-    return value == NULL ? -1 : PyObject_IsTrue(value);
+    if (value == NULL)
+        return FAILED;
+    if (!PyLong_CheckExact(value) && !PyBool_Check(value))
+        return FALL_BACK;
+    *truth = PyObject_IsTrue(value); /* an int's or a bool's: no Python code, no error */
+    return DONE;
 }
 
 /* Call a method without arguments and drop its result; 0, or -1 with an exception set. */
@@ -175,6 +201,10 @@ slot_fd(PyObject *object)
     PyObject *value = slot(object, FD);
     if (value == NULL)
         return -1;
+    if (!PyLong_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "a relay socket's file descriptor is not an int");
+        return -1;
+    }
     long fd = PyLong_AsLong(value);
     if (fd < 0 || fd > INT_MAX) {
         if (!PyErr_Occurred())
@@ -199,14 +229,26 @@ copy_read(PyObject *engine, PyObject *transport, int ending, PyTypeObject *plain
         return FALL_BACK; /* None before splice(): its doRead says so */
     Py_INCREF(peer);
     int result = FAILED;
-    int fd = slot_fd(transport), peer_fd = slot_fd(peer);
-    if (fd < 0 || peer_fd < 0)
+    int fd = slot_fd(transport);
+    if (fd < 0)
+        goto out;
+    int peer_fd = slot_fd(peer);
+    if (peer_fd < 0)
         goto out;
     for (int i = 0; i < READS_PER_EVENT; i++) {
-        int closed = slot_true(peer, CLOSED);
-        int splicing = slot_true(transport, SPLICING);
-        if (closed < 0 || splicing < 0)
+        /* Every flag before the read: from the read until its bytes are written or kept, no Python code runs. */
+        int closed = 0, splicing = 0, buffered = 0, plain = 0;
+        int kind = slot_flag(peer, CLOSED, &closed);
+        if (kind == DONE)
+            kind = slot_flag(transport, SPLICING, &splicing);
+        if (kind == DONE)
+            kind = slot_flag(peer, BUFFERED, &buffered);
+        if (kind == DONE)
+            kind = slot_flag(peer, PLAIN, &plain);
+        if (kind != DONE) {
+            result = kind;
             goto out;
+        }
         if (closed || splicing) {
             result = FALL_BACK;
             goto out;
@@ -234,10 +276,6 @@ copy_read(PyObject *engine, PyObject *transport, int ending, PyTypeObject *plain
             PyErr_SetString(PyExc_TypeError, "a relay socket's pending bytes are not bytes");
             goto out;
         }
-        int buffered = slot_true(peer, BUFFERED);
-        int plain = slot_true(peer, PLAIN);
-        if (buffered < 0 || plain < 0)
-            goto out;
         int go_on = 1;
         Py_INCREF(pending);
         if (PyBytes_GET_SIZE(pending) || buffered || !plain) {
@@ -370,20 +408,20 @@ dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *engine = args[0], *readers = args[2], *writers = args[3], *unseen = args[4], *gone = args[5];
     PyTypeObject *plain_type = (PyTypeObject *)args[6];
-    int epoll_fd = PyLong_AsLong(args[1]);
+    long epoll_fd = PyLong_AsLong(args[1]);
     if (epoll_fd == -1 && PyErr_Occurred())
         return NULL;
-    if (!PyDict_CheckExact(readers) || !PyDict_CheckExact(writers) || !PyDict_CheckExact(unseen) ||
-        !PyAnySet_CheckExact(gone) || !PyType_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "dispatch() takes three dicts, a set and a type");
+    if (epoll_fd < 0 || epoll_fd > INT_MAX || !PyDict_CheckExact(readers) || !PyDict_CheckExact(writers) ||
+        !PyDict_CheckExact(unseen) || !PyAnySet_CheckExact(gone) || !PyType_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() takes a descriptor, three dicts, a set and a type");
         return NULL;
     }
-    if (find_slots(plain_type) < 0)
+    if (bind_slots(plain_type) < 0)
         return NULL;
     struct epoll_event events[MAX_EVENTS];
     int n;
     do {
-        n = epoll_wait(epoll_fd, events, MAX_EVENTS, 0);
+        n = epoll_wait((int)epoll_fd, events, MAX_EVENTS, 0);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -559,7 +597,7 @@ check(PyObject *Py_UNUSED(module), PyObject *plain_type)
         PyErr_SetString(PyExc_TypeError, "check() takes a type");
         return NULL;
     }
-    if (find_slots((PyTypeObject *)plain_type) < 0)
+    if (bind_slots((PyTypeObject *)plain_type) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -569,7 +607,8 @@ static PyMethodDef methods[] = {
      "read_links(epoll_fd, links, max_events, failed) -> int: read one datagram from each ready UDP "
      "session socket and give it to its session, as LinkPoller.doRead's round does."},
     {"check", check, METH_O,
-     "check(plain_type): raise TypeError unless plain_type has the slots dispatch() reads and writes."},
+     "check(plain_type): bind the module to plain_type, whose slots dispatch() reads and writes; raise "
+     "TypeError unless it has them, or when the module is bound to another class."},
     {"dispatch", (PyCFunction)(void (*)(void))dispatch, METH_FASTCALL,
      "dispatch(engine, epoll_fd, readers, writers, unseen, gone, plain_type): take the ready events of "
      "the engine's epoll set and call their descriptors, as Engine.doRead's loop does."},
@@ -590,7 +629,7 @@ static struct PyModuleDef module = {
  * checks it): raised with each change of what dispatch() does or of the
  * transport it reads, so that a stale build is not used.
  */
-#define INTERFACE 2
+#define INTERFACE 3
 
 PyMODINIT_FUNC
 PyInit_balancer_cdispatch(void)
@@ -607,7 +646,9 @@ PyInit_balancer_cdispatch(void)
     INTERN(s_from_backend, "from_backend");
     INTERN(s_refused, "refused");
     PyObject *created = PyModule_Create(&module);
-    if (created != NULL && PyModule_AddIntConstant(created, "INTERFACE", INTERFACE) < 0)
+    if (created != NULL && (PyModule_AddIntConstant(created, "INTERFACE", INTERFACE) < 0 ||
+                            PyModule_AddIntConstant(created, "COPY_SIZE", COPY_SIZE) < 0 ||
+                            PyModule_AddIntConstant(created, "READS_PER_EVENT", READS_PER_EVENT) < 0))
         Py_CLEAR(created);
     return created;
 }
