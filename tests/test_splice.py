@@ -749,6 +749,18 @@ class CopyingFirstTests(SynchronousTestCase):
         splice.splice(sides[0], sides[1], lambda size: None, lambda size: None)
         return pool, engine, client_far, CountingReads(), backend_far, sides[0]
 
+    def python_reads(self) -> list[splice.SplicedTransport]:
+        """The transports whose Python C{doRead} is called from now on, in the order of the calls."""
+        calls: list[splice.SplicedTransport] = []
+        python_read = splice.SplicedTransport.doRead
+
+        def counted(transport: splice.SplicedTransport) -> None:
+            calls.append(transport)
+            python_read(transport)
+
+        self.patch(splice.SplicedTransport, "doRead", counted)
+        return calls
+
     def test_aShortRequestIsCopiedWithOneReadAndNoPipe(self) -> None:
         pool, engine, client_far, client, backend_far, _ = self.joined()
         client_far.send(b"GET / HTTP/1.0\r\n\r\n")
@@ -762,14 +774,7 @@ class CopyingFirstTests(SynchronousTestCase):
         Python C{doRead} is not called (on the Python loop, once).
         """
         pool, engine, client_far, client, backend_far, _ = self.joined()
-        calls: list[splice.SplicedTransport] = []
-        python_read = splice.SplicedTransport.doRead
-
-        def counted(transport: splice.SplicedTransport) -> None:
-            calls.append(transport)
-            python_read(transport)
-
-        self.patch(splice.SplicedTransport, "doRead", counted)
+        calls = self.python_reads()
         client_far.send(b"GET / HTTP/1.0\r\n\r\n")
         engine.doRead()
         self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
@@ -795,14 +800,7 @@ class CopyingFirstTests(SynchronousTestCase):
             takes_pipes = Truthy()  # type: ignore[assignment]
 
         pool, engine, client_far, client, backend_far, _ = self.joined(TakesPipes)
-        calls: list[splice.SplicedTransport] = []
-        python_read = splice.SplicedTransport.doRead
-
-        def counted(transport: splice.SplicedTransport) -> None:
-            calls.append(transport)
-            python_read(transport)
-
-        self.patch(splice.SplicedTransport, "doRead", counted)
+        calls = self.python_reads()
         client_far.send(b"GET / HTTP/1.0\r\n\r\n")
         engine.doRead()
         self.assertEqual(backend_far.recv(100), b"GET / HTTP/1.0\r\n\r\n")
