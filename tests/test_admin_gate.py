@@ -83,7 +83,7 @@ class Api:
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers += f"Authorization: Basic {token}\r\n"
-        channel.dataReceived(f"{method} {path} HTTP/1.1\r\nHost: api.test\r\n{headers}\r\n".encode())
+        channel.dataReceived(f"{method} {path} HTTP/1.1\r\nHost: api.localhost\r\n{headers}\r\n".encode())
         return channel, transport
 
     def answer(self, transport: StringTransport) -> Answer:

@@ -19,16 +19,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from admin.jsonbody import MAX_BODY, BodyError, read_json
 from admin.listener import api_site
 from admin.v1.patch import MAX_OPERATIONS
+from tests.support.raw_http import exchange
 from tests.support.v1_api import NEW_SERVER, REPRESENTATION, assert_errors, make_v1
 
 DEEP_ARRAY = "[" * 1000 + "]" * 1000
@@ -267,7 +264,7 @@ def requests(draw: Any) -> bytes:
                                                                                   "drain", "json", "toml", "false"]))),
                           max_size=4))
     target = path + ("?" + "&".join(f"{k}={v}" for k, v in query) if query else "")
-    head = [f"{method} {target} HTTP/1.1", "Host: api.test"]
+    head = [f"{method} {target} HTTP/1.1", "Host: api.localhost"]
     head += [f"{name}: {value}" for name, value in draw(_HEADERS)]
     body = draw(_BODIES)
     if body is not None:
@@ -291,31 +288,19 @@ class RandomRequestTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
-    def exchange(self, site: Any, data: bytes) -> bytes:
-        """Send C{data} on a new connection to C{site}; what it answered."""
-        address = IPv4Address("TCP", "127.0.0.1", 40000)
-        channel = site.buildProtocol(address)
-        transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.1", 8888))
-        channel.makeConnection(transport)
-        channel.dataReceived(data)
-        answer = transport.value()
-        if not transport.disconnecting:
-            channel.connectionLost(Failure(ConnectionDone()))
-        return answer
-
     @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(requests(), min_size=1, max_size=3))
     def test_noServerErrorNoTracebackPingAnswers(self, sent: list[bytes]) -> None:
         v1 = make_v1(self)
         site = api_site(v1.control, v1.control.effective_config().api, v1.reactor)
         for data in sent:
-            answer = self.exchange(site, data)
+            answer = exchange(site, data)
             for code in _STATUS.findall(answer):
                 # 501 (a transfer coding other than chunked) and 505 (an HTTP version
                 # other than 1.x) are the protocol's answers, not server errors.
                 self.assertTrue(int(code) < 500 or int(code) in (501, 505), answer[:2000])
             self.assertNotIn(b"Traceback", answer)
             self.assertEqual(self.failures, [], data[:2000])
-        answer = self.exchange(site, b"GET /ping HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        answer = exchange(site, b"GET /ping HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer)
         self.assertTrue(answer.endswith(b'\r\n"OK"\r\n0\r\n\r\n'), answer)

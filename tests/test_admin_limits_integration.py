@@ -39,7 +39,7 @@ kind = "static"
 static_list = ["127.0.0.1:{backend}"]
 """
 
-PING = b"GET /ping HTTP/1.1\r\nHost: api\r\n\r\n"
+PING = b"GET /ping HTTP/1.1\r\nHost: api.localhost\r\n\r\n"
 
 
 
@@ -254,7 +254,7 @@ class LimitsTests(TestCase):
         # Connections are accepted in order: once this one is answered, each of the
         # others was either accepted (and is held) or answered.  The answer is in
         # /v1's form only if the request was there to read when it was accepted.
-        v1 = yield self.open(api, Client(b"GET /v1/services HTTP/1.1\r\nHost: api\r\n\r\n"))
+        v1 = yield self.open(api, Client(b"GET /v1/services HTTP/1.1\r\nHost: api.localhost\r\n\r\n"))
         answer = yield v1.closed.addTimeout(20, reactor)
         self.assertIn(parse(answer)[2], ({"errors": [{"detail": OUT_OF_DESCRIPTORS}]}, OUT_OF_DESCRIPTORS))
         answered = [c for c in clients if c.received]

@@ -298,7 +298,7 @@ class StatsTests(_ApiTestCase):
     def test_deleteClosesRelaysBeforeAnswering(self) -> None:
         api = make_api(self)
         relay = _Relay(api, 3000)
-        deleted = api.stub.delete("http://api.test/servers/web")
+        deleted = api.stub.delete("http://api.localhost/servers/web")
         api.stub.flush()
         self.assertNoResult(deleted)
         api.reactor.advance(0)
@@ -400,7 +400,7 @@ class FailureTests(_ApiTestCase):
                  ("GET", "/dump"), ("POST", "/servers/x"), ("DELETE", "/servers/x")]
         for method, path in calls:
             kwargs = {"json": NEW_SERVER} if method == "POST" else {}
-            requested = stub.request(method, "http://api.test" + path, **kwargs)
+            requested = stub.request(method, "http://api.localhost" + path, **kwargs)
             stub.flush()
             response = self.successResultOf(requested)
             body = self.successResultOf(stub.content(response))

@@ -156,8 +156,8 @@ class OriginTests(SynchronousTestCase):
 
     def test_otherOriginIs403AndChangesNothing(self) -> None:
         v1 = make_v1(self)
-        for origin in ("https://evil.example", "null", "https://api.test", "http://api.test:8080",
-                       "http://api.test.evil.example", "http://api.test/path", "garbage"):
+        for origin in ("https://evil.example", "null", "https://api.localhost", "http://api.localhost:8080",
+                       "http://api.localhost.evil.example", "http://api.localhost/path", "garbage"):
             response, message = self.post(v1, origin)
             self.assertEqual(response.code, 403, origin)
             self.assertIn(f'origin "{origin}"', message)
@@ -173,7 +173,7 @@ class OriginTests(SynchronousTestCase):
     def test_ownOriginMayWrite(self) -> None:
         """The scheme and Host of the request, compared as browsers do (case, default port)."""
         v1 = make_v1(self)
-        for i, origin in enumerate(("http://api.test", "HTTP://API.TEST", "http://api.test:80")):
+        for i, origin in enumerate(("http://api.localhost", "HTTP://API.LOCALHOST", "http://api.localhost:80")):
             response, message = self.post(v1, origin, 4000 + i)
             self.assertEqual(response.code, 200, message)
 
@@ -185,7 +185,7 @@ class OriginTests(SynchronousTestCase):
     def test_everyOriginHeaderMustBeTrusted(self) -> None:
         v1 = make_v1(self)
         response, _ = v1.call(self, "DELETE", "/servers/db",
-                              headers={"Origin": ["http://api.test", "https://evil.example"]})
+                              headers={"Origin": ["http://api.localhost", "https://evil.example"]})
         self.assertEqual(response.code, 403)
 
     def test_listedOriginMayWrite(self) -> None:
@@ -202,7 +202,7 @@ class OriginTests(SynchronousTestCase):
         v1 = make_v1(self, extra=ACCOUNTS)
         response, _ = v1.call(self, "DELETE", "/servers/db", headers={"Origin": "https://evil.example"})
         self.assertEqual(response.code, 403)
-        response, _ = v1.call(self, "DELETE", "/servers/db", headers={"Origin": "http://api.test"})
+        response, _ = v1.call(self, "DELETE", "/servers/db", headers={"Origin": "http://api.localhost"})
         self.assertEqual(response.code, 401)
 
 
@@ -281,13 +281,13 @@ class LoopbackTests(SynchronousTestCase):
     def test_remoteWriteWithoutAccountIs403SayingHowToAddOne(self) -> None:
         v1 = make_v1(self)
         for client in self.REMOTE:
-            code, body = raw_call(self, v1, "", client, b"DELETE /servers/db HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            code, body = raw_call(self, v1, "", client, b"DELETE /servers/db HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
             self.assertEqual(code, 403, body)
             message = json.loads(body)
             self.assertIn(f"writes from {client.host} need an account", message)
             self.assertIn("[api.basic_auth]", message)
             code, body = raw_call(self, v1, "", client, b"PUT /v1/servers/127.0.0.1:9001/set?state=drain HTTP/1.1\r\n"
-                                                        b"Host: api.test\r\n\r\n")
+                                                        b"Host: api.localhost\r\n\r\n")
             self.assertEqual(code, 403, body)
             self.assertIn("[[api.users]]", json.loads(body)["errors"][0]["detail"])
         self.assertIn("db", v1.control.server_names())
@@ -296,7 +296,7 @@ class LoopbackTests(SynchronousTestCase):
     def test_remoteReadsWithoutAccountAreAnswered(self) -> None:
         v1 = make_v1(self)
         for client in self.REMOTE:
-            code, body = raw_call(self, v1, "", client, b"GET /servers HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            code, body = raw_call(self, v1, "", client, b"GET /servers HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
             self.assertEqual(code, 200)
             self.assertIn("db", json.loads(body))
 
@@ -304,16 +304,16 @@ class LoopbackTests(SynchronousTestCase):
         v1 = make_v1(self)
         for i, client in enumerate(self.LOCAL):
             code, body = raw_call(self, v1, "", client, b"PUT /v1/servers/127.0.0.1:9001/%s?state=drain HTTP/1.1\r\n"
-                                                        b"Host: api.test\r\n\r\n" % (b"clear" if i % 2 else b"set"))
+                                                        b"Host: api.localhost\r\n\r\n" % (b"clear" if i % 2 else b"set"))
             self.assertEqual(code, 204, body)
             self.assertEqual(v1.control.backend("127.0.0.1:9001").admin_state, "active" if i % 2 else "drain")
 
     def test_remoteWriteWithAccountIsTaken(self) -> None:
         v1 = make_v1(self, extra=ACCOUNTS)
-        code, body = raw_call(self, v1, ACCOUNTS, self.REMOTE[0], b"DELETE /servers/db HTTP/1.1\r\nHost: api.test\r\n"
+        code, body = raw_call(self, v1, ACCOUNTS, self.REMOTE[0], b"DELETE /servers/db HTTP/1.1\r\nHost: api.localhost\r\n"
                                                                   b"Authorization: Basic YWRtaW46MTExMQ==\r\n\r\n")
         self.assertEqual((code, body), (200, b"null"))
-        code, body = raw_call(self, v1, ACCOUNTS, self.REMOTE[0], b"GET /servers/db HTTP/1.1\r\nHost: api.test\r\n"
+        code, body = raw_call(self, v1, ACCOUNTS, self.REMOTE[0], b"GET /servers/db HTTP/1.1\r\nHost: api.localhost\r\n"
                                                             b"Authorization: Basic YWRtaW46MTExMQ==\r\n\r\n")
         self.assertEqual(code, 404, body)
 

@@ -140,3 +140,30 @@ exec_command = {json.dumps(definition)}
         self.assertFalse(os.path.exists(attempt))
         code, _ = yield self.call(port, "GET", "/servers/pwned")
         self.assertEqual(code, 404)
+
+    @inlineCallbacks
+    def test_aPageRebindingItsNameToThisHostIs421AndRunsNothing(self) -> Any:
+        """
+        DNS rebinding: once a page's name points at this host, its requests
+        reach the API from this host, with that name as C{Host} and as
+        C{Origin}.  With no account (writes from this host only) and
+        C{allow_exec}, they are answered 421: the exec discovery the page
+        sends never runs, and it reads nothing, while the same write made
+        to 127.0.0.1 runs its own command at once.
+        """
+        _, port = yield self.start(api="allow_exec = true")
+        attack = os.path.join(self.directory, "attack")
+        name = f"rebind.attacker.example:{port}"
+        headers = {"Host": [name], "Origin": [f"http://{name}"]}
+        code, answer = yield self.call(port, "POST", "/servers/pwned", json=exec_server(attack), headers=headers)
+        self.assertEqual(code, 421, answer)
+        self.assertIn("allowed_hosts", answer)
+        code, answer = yield self.call(port, "GET", "/dump", headers=headers)
+        self.assertEqual(code, 421, answer)
+        proof = os.path.join(self.directory, "proof")
+        code, answer = yield self.call(port, "POST", "/servers/allowed", json=exec_server(proof))
+        self.assertEqual(code, 200, answer)
+        yield until(lambda: lines(proof) >= 1, 20, "the allowed exec discovery ran", step=0.05)
+        self.assertFalse(os.path.exists(attack))
+        code, _ = yield self.call(port, "GET", "/servers/pwned")
+        self.assertEqual(code, 404)

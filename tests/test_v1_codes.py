@@ -191,7 +191,7 @@ class ClientErrorTests(SynchronousTestCase):
         # A new address: the PATCH ends once the old listener has closed (a change on the same
         # address keeps its socket and is done at once).
         moved = {"data": {"attributes": {"parameters": {"bind": "127.0.0.1:3009"}}}}
-        first = v1.stub.request("PATCH", "http://api.test/v1/listeners/web", data=json.dumps(moved).encode(),
+        first = v1.stub.request("PATCH", "http://api.localhost/v1/listeners/web", data=json.dumps(moved).encode(),
                                 headers={"Content-Type": "application/json", **REPRESENTATION})
         v1.stub.flush()
         self.assertNoResult(first)

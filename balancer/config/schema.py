@@ -50,6 +50,8 @@ _LXD_REMOTE = r"(?!\.\.?$)[^/\\:\s\x00]*"
 _LXD_KEY = r"[^\s\x00]*"
 _LXD_INTERFACE = r"[^\s/\x00]*"
 #: A web origin: scheme, host (a name, an IPv4 address or a bracketed IPv6 address) and optional port.
+# A name the admin API answers to besides its addresses (C{[api] allowed_hosts}), or "*" for any.
+_HOST_NAME = r"\*|[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
 _ORIGIN = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
 
 
@@ -107,6 +109,7 @@ class ApiConfig:
     users: tuple[ApiUserConfig, ...] = setting((), parse=items(section(ApiUserConfig)))
     require_conditional: bool = setting(False, parse=flag())
     cors_origins: tuple[str, ...] = setting((), parse=items(text(_ORIGIN, 'an origin like "https://ui.example:8443"')))
+    allowed_hosts: tuple[str, ...] = setting((), parse=items(text(_HOST_NAME, 'a host name like "lb1.example.com", or "*"')))
     allow_exec: bool = setting(False, parse=flag())
     auth_concurrency: int = setting(2, parse=whole(1, 8))
     auth_failures_per_second: int = setting(5, parse=whole(1, 10_000))

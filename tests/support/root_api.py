@@ -63,7 +63,7 @@ class Api:
 
     def call(self, test: SynchronousTestCase, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
         """Make a request and fire it through; returns (response, body)."""
-        requested = self.stub.request(method, "http://api.test" + path, **kwargs)
+        requested = self.stub.request(method, "http://api.localhost" + path, **kwargs)
         self.stub.flush()
         response = test.successResultOf(requested)
         body = test.successResultOf(self.stub.content(response))
