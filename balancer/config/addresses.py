@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -18,6 +19,12 @@ _BACKEND = re.compile(
     r"(?:\s+max_connections=(?P<max_connections>\d{1,10}))?"
     r"(?:\s+sni=(?P<sni>[^\s\x00]+))?\s*$"
 )
+
+
+# A backend's host name: letters, digits, "_" and "-" in dot-separated labels, none starting
+# or ending with "-" (so that no host reads as a command-line option where a command gets it,
+# as an exec health check does), an optional final dot.
+_BACKEND_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
 
 
 class AddressError(ValueError):
@@ -111,6 +118,15 @@ class BackendSpec:
         return " ".join(parts)
 
 
+def is_backend_host(host: str) -> bool:
+    """Whether C{host} is an IPv4 or IPv6 address (no brackets) or a host name (L{_BACKEND_NAME})."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return len(host) <= 253 and _BACKEND_NAME.fullmatch(host) is not None
+    return True
+
+
 def parse_backend_line(line: str) -> BackendSpec:
     """
     Parse C{"host:port weight=N priority=N max_connections=N sni=NAME"}.
@@ -128,6 +144,8 @@ def parse_backend_line(line: str) -> BackendSpec:
     address = split_host_port(match.group("address"), allow_port_zero=False)
     if not address.host:
         raise AddressError(f'a backend needs a host before ":port", got "{line}"')
+    if not is_backend_host(address.host):
+        raise AddressError(f'expected a host name (letters, digits, "-", "_", ".") or an IP address, got "{address.host}"')
     numbers = {
         name: int(match.group(name))
         for name in ("weight", "priority", "max_connections")

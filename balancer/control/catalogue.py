@@ -76,7 +76,7 @@ def backend_parameters(name: str, raw: object) -> dict[str, Any]:
         try:
             parse_backend_line(spec.to_line())
         except AddressError as e:
-            problems.append(Problem(join(where, "address"), f"expected a host name or IP address: {e}"))
+            problems.append(Problem(join(where, "address"), str(e)))
     if problems:
         raise ConfigError("request body", problems)
     return {"address": address, **values, **({"sni": sni} if sni is not None else {})}

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from balancer.config.addresses import BackendSpec
+from balancer.config.addresses import BackendSpec, is_backend_host
 
 
 class IDiscovery(Interface):
@@ -76,6 +76,8 @@ def make_backend(
         raise DiscoveryError(f"host: expected a host name or IP address, got {host!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if not is_backend_host(host):
+        raise DiscoveryError(f'host: expected a host name (letters, digits, "-", "_", ".") or an IP address, got {host!r}')
     if sni is not None and not isinstance(sni, str):
         raise DiscoveryError(f"sni: expected a server name, got {sni!r}")
     return BackendSpec(
