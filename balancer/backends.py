@@ -5,6 +5,7 @@ and the pool a server picks them from.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import attrs
@@ -63,6 +64,28 @@ class Backend:
         return self.spec.port
 
 
+def addresses_of(backends: Iterable[Backend]) -> frozenset[tuple[Any, ...]]:
+    """
+    The addresses of C{backends} given by address (not by name), in the
+    forms a datagram socket reports its peers: C{(IP, port)}, and for an
+    IPv6 socket C{(IP, port, 0, 0)}, an IPv4 address also mapped into IPv6
+    (C{::ffff:a.b.c.d}) as a dual-stack socket reports it.
+    """
+    found: set[tuple[Any, ...]] = set()
+    for backend in backends:
+        try:
+            address = ipaddress.ip_address(backend.host)
+        except ValueError:
+            continue
+        port = backend.port
+        hosts = [str(address)]
+        if isinstance(address, ipaddress.IPv4Address):
+            hosts.append(f"::ffff:{address}")
+        for host in hosts:
+            found.update({(host, port), (host, port, 0, 0)})
+    return frozenset(found)
+
+
 class Pool:
     """
     The backends of one server, keyed by C{host:port}, in a stable order.
@@ -72,6 +95,9 @@ class Pool:
     are kept while they still have connections, marked not discovered.
     A backend's spec is the one discovered with its override, if any
     (L{set_overrides}), applied again at each discovery round.
+
+    @ivar addresses: the C{(IP address, port)} of the backends given by
+        address (L{addresses_of}), for a UDP listener to know them at once.
     """
 
     def __init__(self, specs: Iterable[BackendSpec] = (), initially_live: bool = True) -> None:
@@ -82,6 +108,7 @@ class Pool:
         self._overrides: Mapping[str, OverrideConfig] = {}
         # The candidates while no backend changed, when none has a limit of its own.
         self._candidates: list[Backend] | None = None
+        self.addresses: frozenset[tuple[Any, ...]] = frozenset()
         self.replace(specs)
 
     def replace(self, specs: Iterable[BackendSpec]) -> None:
@@ -119,11 +146,13 @@ class Pool:
         self._overrides = dict(overrides)
         for key, backend in self._backends.items():
             backend.spec = overridden(self._found[key], self._overrides)
+        self.addresses = addresses_of(self._ordered)
 
     def _reorder(self) -> None:
         """Sort once per change of membership, not once per new client."""
         self._ordered = sorted(self._backends.values(), key=lambda b: (b.host, b.port))
         self._candidates = None
+        self.addresses = addresses_of(self._ordered)
 
     def _forget_candidates(self) -> None:
         self._candidates = None

@@ -147,6 +147,7 @@ class ServerService(Service):
                 released=self.backend_released,
                 udp_max_sessions=udp_max_sessions,
                 finished=self.finished,
+                backends=self.pool,
             )
             if config.protocol == "udp"
             else None

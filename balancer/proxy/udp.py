@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import socket
 from typing import Any, Callable
 
@@ -57,7 +58,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancer.backends import Backend
+from balancer.backends import Backend, Pool
 from balancer.config.schema import ServerConfig, UdpConfig
 from balancer.proxy.access import AccessRules
 from balancer.proxy.admission import Admission
@@ -92,6 +93,21 @@ Address = tuple[str, int]
 def is_ip_address(host: str) -> bool:
     """Whether C{host} is an IPv4 or IPv6 address rather than a name (remembered: a backend's host is asked per session)."""
     return isIPAddress(host) or isIPv6Address(host)
+
+
+#: The hosts a listener bound to every interface reports.
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the IP address C{host} is this host's loopback (127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6)."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 #: Errors of a send to a client that lose only that datagram (UDP gives no
 #: delivery guarantee; Twisted's port would raise them out of the read loop).
@@ -429,6 +445,7 @@ class UdpProxy(DatagramProtocol):
         max_sessions: int = 0,
         udp_max_sessions: int = 0,
         finished: FinishedConnections | None = None,
+        backends: Pool | None = None,
     ) -> None:
         """
         @param choose: picks the backend for a new session from the client's
@@ -447,8 +464,14 @@ class UdpProxy(DatagramProtocol):
         @param udp_max_sessions: C{[defaults] udp_max_sessions}, what
             L{configure} takes as the limit for a server without C{max_connections}.
         @param finished: where each session ended is published (by default, a publisher of its own).
+        @param backends: the server's backends (a datagram from one of their
+            L{addresses<Pool.addresses>} opens no session).
         """
         self.choose = choose
+        self.backends = backends if backends is not None else Pool()
+        self.loops_refused = 0
+        self._own: tuple[str, int] | None = None
+        self._own_port = -1
         self.counters = counters
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -482,6 +505,7 @@ class UdpProxy(DatagramProtocol):
         released: Callable[[Backend], None] | None = None,
         udp_max_sessions: int = 0,
         finished: FinishedConnections | None = None,
+        backends: Pool | None = None,
     ) -> UdpProxy:
         """
         The proxy for a C{protocol = "udp"} server (with C{[defaults]} applied).
@@ -490,7 +514,7 @@ class UdpProxy(DatagramProtocol):
             when C{config} has no C{max_connections}.
         """
         proxy = cls(choose, counters, reactor=reactor, clock=clock, name=name, released=released,
-                    udp_max_sessions=udp_max_sessions, finished=finished)
+                    udp_max_sessions=udp_max_sessions, finished=finished, backends=backends)
         proxy.configure(config)
         return proxy
 
@@ -530,6 +554,9 @@ class UdpProxy(DatagramProtocol):
         """Read datagrams of any size, not Twisted's default 8 KiB; answer clients through the socket itself."""
         self.transport.maxPacketSize = MAX_DATAGRAM
         self.to_client = client_sender(self.transport)
+        own = self.transport.getHost()
+        self._own = (own.host, own.port)
+        self._own_port = own.port
 
     def _write_to_client(self, data: bytes, client: Address) -> None:
         self.transport.write(data, client)
@@ -544,7 +571,15 @@ class UdpProxy(DatagramProtocol):
         if session is not None:
             session.from_client(datagram)
             return
-        host = addr[0]
+        host, port = addr[0], addr[1]
+        # loops_back() only where it could be true (the addresses hold the forms sockets report): a call less per session.
+        if (port == self._own_port or addr in self.backends.addresses) and self.loops_back(host, port):
+            self.loops_refused += 1
+            if self.loops_refused & (self.loops_refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...
+                log.warn("{server}: dropped a datagram from {client} (port {port}), this server's own address "
+                         "or a backend's: its answers would come back as requests, forever ({count} so far)",
+                         server=self.name, client=host, port=port, count=self.loops_refused)
+            return
         admission = self.admission
         limit = admission.limit
         # Admission.refusal only when it could refuse: a call less per session.
@@ -557,6 +592,18 @@ class UdpProxy(DatagramProtocol):
             log.warn("{server}: no backend for UDP client {client}", server=self.name, client=host)
             return
         UdpSession(self, addr, backend, datagram)
+
+    def loops_back(self, host: str, port: int) -> bool:
+        """
+        Whether a session for a client at C{host}, C{port} would relay to
+        itself: the client's address (forged: UDP sources are not checked)
+        is this listener's own, or one of the server's backends', so that
+        answers sent to it would come back as the client's requests.
+        """
+        own = self._own
+        if own is not None and port == own[1] and (host == own[0] or (own[0] in WILDCARDS and is_loopback(host))):
+            return True
+        return (host, port) in self.backends.addresses
 
     def _idle_queues(self) -> IdleQueues:
         client, backend = self._client_idle_timeout, self._backend_idle_timeout
