@@ -230,7 +230,7 @@ def server_context(
         files: dict[str, Any] = {}
         if pair is not None:
             files = {"privateKey": pair.key, "certificate": pair.certificate, "extraCertChain": list(pair.chain)}
-        return _build(
+        built = _build(
             lambda **options: ssl.CertificateOptions(
                 enableSessionTickets=config.session_tickets, **files, **options
             ),
@@ -239,6 +239,10 @@ def server_context(
             ciphers,
             "tls",
         )
+        # The end of a client's TCP stream without close_notify ends its input, on
+        # either data path: OpenSSL holds it for an error otherwise (a reset to the relay).
+        built.getContext().set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
+        return built
 
     default = load_certified_key(config.cert_path, config.key_path, "tls.") if config.cert_path else None
     if certificates is None:
