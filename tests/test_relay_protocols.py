@@ -138,6 +138,17 @@ class SniSideTests(SynchronousTestCase):
         server, client, transport = self.arrive(read_timeout=0.0)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_readTimeoutZeroWaitsTheClientIdleTimeout(self) -> None:
+        """A silent client is idle: without a read_timeout, client_idle_timeout bounds the wait for its hello."""
+        server = make_server(self.reactor, SNI_BACKENDS, sni=SniConfig(read_timeout=0.0), client_idle_timeout=2.0)
+        transport = FakeTransport()
+        accept_with(server, SniClientSide, transport)
+        self.reactor.advance(1.999)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.001)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((server.counters.sni_failures, attempted(server)), (1, []))
+
     def test_clientLeavingBeforeItsHelloIsNotCounted(self) -> None:
         server, client, transport = self.arrive()
         client.dataReceived(client_hello(b"a.test")[:10])

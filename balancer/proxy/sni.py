@@ -342,7 +342,8 @@ class SniClientSide(ClientSide):
     L{ClientHelloReader} has a whole hello; then it is paused and routed,
     and the bytes read go to the backend first, as they came.  A client
     whose first bytes are not a ClientHello (L{MALFORMED}), or that has not
-    sent a whole one within C{[sni] read_timeout} (0: no limit), is closed
+    sent a whole one within C{[sni] read_timeout} (0: the server's
+    C{client_idle_timeout}, and no limit without one either), is closed
     and counted in the server's C{sni_failures}; one that leaves before, or
     ends its stream before, is closed and not counted.
 
@@ -363,10 +364,13 @@ class SniClientSide(ClientSide):
             return
         self._reader = ClientHelloReader()
         server = self.relay.server
-        timeout = server.config.sni.read_timeout if server.config.sni is not None else 0.0
+        read_timeout = server.config.sni.read_timeout if server.config.sni is not None else 0.0
+        # Without a read_timeout, a silent client is idle: client_idle_timeout, if set, bounds the wait.
+        timeout = read_timeout or server.config.client_idle_timeout
         if timeout:
+            which = "read_timeout" if read_timeout else "client_idle_timeout"
             self._deadline = IdleTimer(
-                server.clock, timeout, lambda: self._fail("no ClientHello within read_timeout", HELLO_TIMEOUT)
+                server.clock, timeout, lambda: self._fail(f"no ClientHello within {which}", HELLO_TIMEOUT)
             )
         path = server.path
         if IReadsFirst.providedBy(path):
