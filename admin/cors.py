@@ -5,7 +5,8 @@ before the guard, since a browser sends them without credentials.
  - C{[api] cors = true} (gobetween's key) lets pages of any origin read:
    answers carry C{Access-Control-Allow-Origin: *}, and a preflight allows
    only reads (writes from another origin are refused anyway, see
-   L{admin.writes}).
+   L{admin.writes}), and never the C{Authorization} header: a page of any
+   site could otherwise try passwords and read what the right one shows.
  - C{[api] cors_origins} lists the origins whose pages may also write: to a
    request from one of them the answer names that origin, allows
    credentials, and a preflight allows every method of the API.
@@ -28,6 +29,12 @@ ALL_METHODS = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 #: How long a browser may cache a preflight answer, in seconds.
 MAX_AGE = b"600"
+
+
+def without_authorization(headers: bytes) -> bytes:
+    """The comma-separated header names C{headers} without C{Authorization} (in any case)."""
+    names = [name.strip() for name in headers.split(b",")]
+    return b", ".join(name for name in names if name and name.lower() != b"authorization")
 
 
 class CorsResource(Resource):
@@ -64,6 +71,8 @@ class CorsResource(Resource):
             request.setResponseCode(204)
             request.setHeader(b"Access-Control-Allow-Methods", methods)
             headers = request.getHeader(b"Access-Control-Request-Headers")
+            if headers and methods is READ_METHODS:
+                headers = without_authorization(headers)
             if headers:
                 request.setHeader(b"Access-Control-Allow-Headers", headers)
             request.setHeader(b"Access-Control-Max-Age", MAX_AGE)

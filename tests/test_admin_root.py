@@ -434,8 +434,23 @@ class CorsTests(_ApiTestCase):
         self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Origin"), [b"*"])
         self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Methods"), [b"GET, HEAD, OPTIONS"])
         self.assertIsNone(headers.getRawHeaders(b"Access-Control-Allow-Credentials"))
-        self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Headers"), [b"authorization, content-type"])
+        self.assertEqual(headers.getRawHeaders(b"Access-Control-Allow-Headers"), [b"content-type"])
         self.assertEqual(api.reactor.listening(), [3000, 3001])
+
+    def test_anyOriginMayNotSendCredentials(self) -> None:
+        """
+        A preflight for any origin never allows C{Authorization}: a page of
+        any site could otherwise try passwords from its visitors' browsers
+        and read C{/dump} once one is right.
+        """
+        api = make_api(self, api='cors = true\n[api.basic_auth]\nlogin = "admin"\npassword = "s3cret-password"')
+        for asked, allowed in (("Authorization", None), ("content-type, AUTHORIZATION", [b"content-type"]),
+                               ("x-a,authorization , x-b", [b"x-a, x-b"])):
+            response, _ = api.call(self, "OPTIONS", "/dump", headers={
+                "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": asked})
+            self.assertEqual(response.code, 204)
+            self.assertEqual(response.headers.getRawHeaders(b"Access-Control-Allow-Headers"), allowed, asked)
 
     def test_offByDefault(self) -> None:
         api = make_api(self)
