@@ -35,6 +35,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from admin.checks import Busy, CheckQueue, RunBlocking
+from admin.clients import ByClient
 from admin.errors import Forbidden
 from admin.gate import ClientPassword, Gate
 from admin.logincache import LoginCache
@@ -213,7 +214,8 @@ def guard(
     clock: IReactorTime | None = None,
 ) -> IResource:
     """
-    The API behind a login when C{api} configures accounts; open (as admin) otherwise.
+    The API behind a login when C{api} configures accounts; otherwise open:
+    as admin to this host's clients, as a basic account to others (L{ByClient}).
 
     A request without valid credentials gets 401 and
     C{WWW-Authenticate: Basic realm="balancer"} (see L{Gate} for 429 and 503).
@@ -224,7 +226,7 @@ def guard(
     """
     accounts = logins(api)
     if not accounts:
-        return resource_for(Account.ADMIN)
+        return ByClient(resource_for(Account.ADMIN), resource_for(Account.BASIC))
     timer = clock if clock is not None else _global_reactor()
     checker = AccountChecker(
         accounts,

@@ -20,7 +20,6 @@ any body as JSON and takes writes from anyone when it has no account.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
+from admin.clients import client_host, is_local_client
 from admin.errorbody import render_error, under_v1
 from admin.origins import origin_set, own_origin, parse_origin, sent_origins
 from balancer.config.schema import ApiConfig
@@ -67,7 +67,7 @@ class WritePolicy(Resource):
                 code, detail = refusal
                 log.info("api: refused {method} {path} from {client} ({code}): {detail}",
                          method=request.method.decode("latin-1"), path=request.path.decode("latin-1"),
-                         client=_client_host(request), code=code, detail=detail)
+                         client=client_host(request), code=code, detail=detail)
                 return render_error(request, code, detail)
         return getChildForRequest(self._wrapped, request).render(request)
 
@@ -86,8 +86,8 @@ class WritePolicy(Resource):
             if parsed is None or (parsed != own and parsed not in self._trusted):
                 return 403, (f'a write sent by a web page of origin "{origin}" is refused: it is not this API\'s '
                              "origin (the scheme and Host of the request); trusted origins go in [api] cors_origins")
-        if self._open and not _loopback(request):
-            return 403, (f"writes from {_client_host(request)} need an account: no account is configured, so only "
+        if self._open and not is_local_client(request):
+            return 403, (f"writes from {client_host(request)} need an account: no account is configured, so only "
                          "this host (127.0.0.1, ::1) may write. Add [api.basic_auth] (login, password) or "
                          "[[api.users]] to the configuration and restart the balancer")
         return None
@@ -102,18 +102,3 @@ def _has_body(request: IRequest) -> bool:
     size = content.seek(0, os.SEEK_END)
     content.seek(position)
     return bool(size)
-
-
-def _client_host(request: IRequest) -> str:
-    return str(getattr(request.getClientAddress(), "host", "an unknown address"))
-
-
-def _loopback(request: IRequest) -> bool:
-    """Whether the client is this host: 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6."""
-    try:
-        address = ipaddress.ip_address(_client_host(request).split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback

@@ -244,6 +244,18 @@ class CorsTests(SynchronousTestCase):
         self.assertEqual(header(response, "Access-Control-Allow-Origin"), "https://ui.example")
 
 
+#: A server whose discovery holds a secret (C{consul_acl_token}).
+CONSUL_WITH_TOKEN = """
+[servers.mesh]
+bind = "127.0.0.1:3010"
+[servers.mesh.discovery]
+kind = "consul"
+consul_host = "127.0.0.1:8500"
+consul_service_name = "web"
+consul_acl_token = "ACL-SECRET"
+"""
+
+
 def raw_call(test: SynchronousTestCase, v1: V1, extra: str, client: Any, request: bytes) -> tuple[int, bytes]:
     """
     Send C{request} (raw HTTP) to the API of C{v1}'s balancer from C{client}
@@ -271,7 +283,7 @@ def raw_call(test: SynchronousTestCase, v1: V1, extra: str, client: Any, request
 
 
 class LoopbackTests(SynchronousTestCase):
-    """With no account, only this host writes; reads are open, as in gobetween."""
+    """With no account, this host is the admin; other hosts read as a basic account and may not write."""
 
     REMOTE = (IPv4Address("TCP", "192.0.2.7", 40000), IPv6Address("TCP", "2001:db8::7", 40000),
               IPv6Address("TCP", "::ffff:192.0.2.7", 40000))
@@ -299,6 +311,24 @@ class LoopbackTests(SynchronousTestCase):
             code, body = raw_call(self, v1, "", client, b"GET /servers HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
             self.assertEqual(code, 200)
             self.assertIn("db", json.loads(body))
+
+    def test_remoteReadsWithoutAccountHideSecrets(self) -> None:
+        """
+        With no account, other hosts read as a basic account: secrets shown
+        as C{********}, no C{/dump}; this host reads them as the admin.
+        """
+        v1 = make_v1(self, extra=CONSUL_WITH_TOKEN)
+        for client in self.REMOTE:
+            code, body = raw_call(self, v1, "", client, b"GET /servers/mesh HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
+            self.assertEqual(code, 200, body)
+            self.assertEqual(json.loads(body)["discovery"]["consul_acl_token"], "********")
+            code, body = raw_call(self, v1, "", client, b"GET /dump HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
+            self.assertEqual(code, 403, body)
+            self.assertNotIn(b"ACL-SECRET", body)
+        for client in self.LOCAL:
+            code, body = raw_call(self, v1, "", client, b"GET /dump HTTP/1.1\r\nHost: api.localhost\r\n\r\n")
+            self.assertEqual(code, 200, body)
+            self.assertIn(b"ACL-SECRET", body)
 
     def test_loopbackWritesWithoutAccount(self) -> None:
         v1 = make_v1(self)

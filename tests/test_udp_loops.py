@@ -20,7 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from balancer.backends import Pool
 from balancer.config.addresses import BackendSpec
 from balancer.config.load import parse_config
-from balancer.proxy.udp import UdpProxy, is_loopback
+from balancer.config.addresses import is_loopback
+from balancer.proxy.udp import UdpProxy
 from balancer.server_service import ServerService
 from balancer.stats import RateClock, ServerCounters
 from tests.support.peers import DatagramPeer, listen_proxy

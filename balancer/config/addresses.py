@@ -118,6 +118,17 @@ class BackendSpec:
         return " ".join(parts)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether the IP address C{host} is this host's loopback (127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6)."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def is_backend_host(host: str) -> bool:
     """Whether C{host} is an IPv4 or IPv6 address (no brackets) or a host name (L{_BACKEND_NAME})."""
     try:

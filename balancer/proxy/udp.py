@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 import socket
 from typing import Any, Callable
 
@@ -59,6 +58,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from balancer.backends import Backend, Pool
+from balancer.config.addresses import is_loopback
 from balancer.config.schema import ServerConfig, UdpConfig
 from balancer.proxy.access import AccessRules
 from balancer.proxy.admission import Admission
@@ -97,17 +97,6 @@ def is_ip_address(host: str) -> bool:
 
 #: The hosts a listener bound to every interface reports.
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether the IP address C{host} is this host's loopback (127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6)."""
-    try:
-        address = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 #: Errors of a send to a client that lose only that datagram (UDP gives no
 #: delivery guarantee; Twisted's port would raise them out of the read loop).
