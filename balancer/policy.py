@@ -4,8 +4,10 @@ shared store) may do, whoever asks: the checks every such change of a
 server's definition passes before anything is applied.  Configuration files
 are not checked here: who writes them already runs commands as the balancer.
 
-Today one rule: a runtime change may not start a command (discovery or
-health check of kind C{exec}) unless C{[api] allow_exec = true}.
+A runtime change may not start a command (discovery or health check of
+kind C{exec}), nor make an C{lxd} discovery write files to a directory of
+its choice (C{lxd_config_directory} with C{lxd_generate_client_certs} or
+C{lxd_accept_server_cert}), unless C{[api] allow_exec = true}.
 """
 
 from __future__ import annotations
@@ -60,3 +62,19 @@ def check_server_change(name: str, new: ServerConfig, old: ServerConfig | None, 
                 "changes at runtime may set it only with [api] allow_exec = true "
                 "(a configuration file may always set it)"
             )
+    directory = _written_directory(new)
+    if directory is not None and directory != (_written_directory(old) if old is not None else None):
+        raise ChangeRefused(
+            f'server "{name}": discovery kind "lxd" writes certificates to lxd_config_directory '
+            f'{repr(directory) if directory else "(~/.config/lxc)"} on the balancer\'s host; changes at runtime may '
+            "set that only with [api] allow_exec = true "
+            "(a configuration file may always set it)"
+        )
+
+
+def _written_directory(config: ServerConfig) -> str | None:
+    """The directory an C{lxd} discovery of C{config} writes files to (its certificates), or None."""
+    discovery = config.discovery
+    if discovery.kind != "lxd" or not (discovery.lxd_generate_client_certs or discovery.lxd_accept_server_cert):
+        return None
+    return discovery.lxd_config_directory

@@ -71,6 +71,21 @@ class CheckTests(SynchronousTestCase):
         check_server_change("s", new, old, ChangePolicy())
         check_server_change("s", server(), old, ChangePolicy())
 
+    def test_anLxdDiscoveryWritingToANewDirectoryRefused(self) -> None:
+        """Certificates written where the change says (as the balancer's user) need allow_exec, as commands do."""
+        lxd = {"kind": "lxd", "lxd_server_address": "https://127.0.0.1:8443", "lxd_container_port": 80,
+               "lxd_config_directory": "/etc/cron.d", "lxd_generate_client_certs": True}
+        for new in (server(lxd), server({**lxd, "lxd_generate_client_certs": False, "lxd_accept_server_cert": True})):
+            with self.assertRaises(ChangeRefused) as caught:
+                check_server_change("s", new, None, ChangePolicy())
+            self.assertIn("lxd_config_directory '/etc/cron.d'", str(caught.exception))
+            self.assertIn("[api] allow_exec = true", str(caught.exception))
+        check_server_change("s", server({**lxd, "lxd_generate_client_certs": False}), None, ChangePolicy())
+        check_server_change("s", server(lxd, balance="leastconn"), server(lxd), ChangePolicy())
+        self.assertRaises(ChangeRefused, check_server_change, "s", server({**lxd, "lxd_config_directory": "/tmp/x"}),
+                          server(lxd), ChangePolicy())
+        check_server_change("s", server(lxd), None, ChangePolicy(allow_exec=True))
+
     def test_noExecAllowed(self) -> None:
         check_server_change("s", server(healthcheck={"kind": "ping", "interval": "1s"}), None, ChangePolicy())
 
