@@ -250,3 +250,29 @@ class FunctionTests(SynchronousTestCase):
             keep_secrets({"tls": {"key_path": REDACTED}, "discovery": {"consul_acl_token": REDACTED}}, stored, "s", "t")
         self.assertEqual(caught.exception.lines(),
                          ['t: servers.s.tls.key_path: "********" stands for a secret this server does not have; give the value'])
+
+
+class UrlCredentialsTests(SynchronousTestCase):
+    """
+    A discovery URL may not hold C{user:password@}: the URL is not a secret,
+    so read-only accounts would be shown them (and the HTTP clients take no
+    credentials from a URL: it failed only when discovery ran).
+    """
+
+    def test_credentialsInADiscoveryUrlAreRefusedNamingTheKey(self) -> None:
+        for kind, key, url, extra in (
+            ("json", "json_endpoint", "http://svc:URLSECRET@127.0.0.1/backends", ""),
+            ("plaintext", "plaintext_endpoint", "https://user@127.0.0.1/list", ""),
+            ("docker", "docker_endpoint", "https://u:DOCKERSECRET@127.0.0.1:2376", "docker_container_private_port = 80"),
+        ):
+            text = f'[servers.s]\nbind = "127.0.0.1:1"\n[servers.s.discovery]\nkind = "{kind}"\n{key} = "{url}"\n{extra}\n'
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(text.encode(), "test.toml")
+            self.assertIn(f"servers.s.discovery.{key}", str(caught.exception))
+            self.assertIn("user:password@", str(caught.exception))
+
+    def test_anAtInThePathOrQueryIsNoCredential(self) -> None:
+        text = ('[servers.s]\nbind = "127.0.0.1:1"\n[servers.s.discovery]\nkind = "json"\n'
+                'json_endpoint = "http://127.0.0.1:8500/v1/a@b?who=x@y"\n')
+        config = parse_config(text.encode(), "test.toml")
+        self.assertEqual(config.servers["s"].discovery.json_endpoint, "http://127.0.0.1:8500/v1/a@b?who=x@y")

@@ -40,7 +40,9 @@ HEALTHCHECK_KINDS = ("ping", "probe", "exec", "none")
 TLS_VERSIONS = ("", "ssl3", "tls1", "tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
 Found = Iterator[tuple[str, str]]
-_HTTP_URL = r"https?://\S+"
+# An http(s) URL without credentials ("user:password@"): they would be shown to
+# read-only accounts, and the HTTP client takes none from a URL.
+_HTTP_URL = r"https?://[^\s/?#@]+([/?#]\S*)?"
 #: gobetween's lxd_server_address: the local socket ("unix:" for LXD's default, "unix:PATH", "unix://PATH")
 #: or an HTTPS origin.
 _LXD_ADDRESS = r"unix:[^\s\x00]*|https://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?"
@@ -259,17 +261,19 @@ class DiscoveryConfig:
     # exec
     exec_command: tuple[str, ...] = setting((), parse=texts())
     # plaintext
-    plaintext_endpoint: str = setting("", parse=text(_HTTP_URL, "an http(s):// URL"))
+    plaintext_endpoint: str = setting("", parse=text(_HTTP_URL, "an http(s):// URL without user:password@"))
     plaintext_regex_pattern: str = setting("", parse=regexp())
     # json
-    json_endpoint: str = setting("", parse=text(_HTTP_URL, "an http(s):// URL"))
+    json_endpoint: str = setting("", parse=text(_HTTP_URL, "an http(s):// URL without user:password@"))
     json_host_pattern: str = setting("host", parse=text())
     json_port_pattern: str = setting("port", parse=text())
     json_weight_pattern: str = setting("weight", parse=text())
     json_priority_pattern: str = setting("priority", parse=text())
     json_sni_pattern: str = setting("sni", parse=text())
     # docker
-    docker_endpoint: str = setting("", parse=text(r"(unix|tcp|https?)://\S+", "unix:///path or tcp://host:port"))
+    docker_endpoint: str = setting(
+        "", parse=text(r"unix://\S+|(tcp|https?)://[^\s/?#@]+([/?#]\S*)?", "unix:///path or tcp://host:port (no user:password@)")
+    )
     docker_container_private_port: int = setting(0, parse=whole(0, 65535))
     docker_container_label: str = setting("", parse=text())
     docker_container_host_env_var: str = setting("", parse=text())
