@@ -52,7 +52,7 @@ def is_address(name: str) -> bool:
 
 
 class HostCheck(Resource):
-    """Wraps the API: answers 421 to a request whose C{Host} does not name it, renders the rest with the wrapped resource."""
+    """Wraps the API: 421 to a request whose C{Host} does not name it; the rest rendered by the wrapped resource."""
 
     isLeaf = True
 

@@ -88,6 +88,21 @@ class AttackTests(TestCase):
         return response.code, json.loads(body)
 
     @inlineCallbacks
+    def only_the_allowed_command_runs(self, port: int, attack: str) -> Any:
+        """
+        A JSON write of an exec server from this host runs its command at
+        once, while the attack's (writing to C{attack}) never ran and its
+        server C{pwned} does not exist.
+        """
+        proof = os.path.join(self.directory, "proof")
+        code, answer = yield self.call(port, "POST", "/servers/allowed", json=exec_server(proof))
+        self.assertEqual(code, 200, answer)
+        yield until(lambda: lines(proof) >= 1, 20, "the allowed exec discovery ran", step=0.05)
+        self.assertFalse(os.path.exists(attack))
+        code, _ = yield self.call(port, "GET", "/servers/pwned")
+        self.assertEqual(code, 404)
+
+    @inlineCallbacks
     def test_crossSiteFormPostIs415AndRunsNothing(self) -> Any:
         """
         Even with allow_exec, the form is refused (with the Origin a browser
@@ -102,13 +117,7 @@ class AttackTests(TestCase):
             code, answer = yield self.call(port, "POST", "/servers/pwned", data=body, headers=headers)
             self.assertEqual(code, 415, answer)
             self.assertIn("must be JSON", answer)
-        proof = os.path.join(self.directory, "proof")
-        code, answer = yield self.call(port, "POST", "/servers/allowed", json=exec_server(proof))
-        self.assertEqual(code, 200, answer)
-        yield until(lambda: lines(proof) >= 1, 20, "the allowed exec discovery ran", step=0.05)
-        self.assertFalse(os.path.exists(attack))
-        code, _ = yield self.call(port, "GET", "/servers/pwned")
-        self.assertEqual(code, 404)
+        yield self.only_the_allowed_command_runs(port, attack)
 
     @inlineCallbacks
     def test_execThroughTheApiIs403WithoutAllowExec(self) -> Any:
@@ -160,10 +169,4 @@ exec_command = {json.dumps(definition)}
         self.assertIn("allowed_hosts", answer)
         code, answer = yield self.call(port, "GET", "/dump", headers=headers)
         self.assertEqual(code, 421, answer)
-        proof = os.path.join(self.directory, "proof")
-        code, answer = yield self.call(port, "POST", "/servers/allowed", json=exec_server(proof))
-        self.assertEqual(code, 200, answer)
-        yield until(lambda: lines(proof) >= 1, 20, "the allowed exec discovery ran", step=0.05)
-        self.assertFalse(os.path.exists(attack))
-        code, _ = yield self.call(port, "GET", "/servers/pwned")
-        self.assertEqual(code, 404)
+        yield self.only_the_allowed_command_runs(port, attack)

@@ -561,7 +561,8 @@ class UdpProxy(DatagramProtocol):
             session.from_client(datagram)
             return
         host, port = addr[0], addr[1]
-        # loops_back() only where it could be true (the addresses hold the forms sockets report): a call less per session.
+        # loops_back() only where it could be true (the pool's addresses hold the forms
+        # sockets report): a call less per session.
         if (port == self._own_port or addr in self.backends.addresses) and self.loops_back(host, port):
             self.loops_refused += 1
             if self.loops_refused & (self.loops_refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...
