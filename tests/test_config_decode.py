@@ -251,6 +251,15 @@ class MutatedConfigTests(SynchronousTestCase):
         else:
             self.assertIsInstance(loaded, Config)
 
+    def test_addressesWithControlCharactersAreErrorsOfOneLine(self) -> None:
+        """Found by the property below: a bind or backend line holding a newline was quoted raw."""
+        for bind, backend in (("\n", "127.0.0.1:1"), ("127.0.0.1:1", "a\nb:1"), ("127.0.0.1:1", "\u001b[2J:1")):
+            config = {"servers": {"s": {"bind": bind, "discovery": {"kind": "static", "static_list": [backend]}}}}
+            self.assertConfigOrErrors(json.dumps(config).encode(), True)
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(json.dumps(config).encode(), "f.json", as_json=True)
+            self.assertIn("\\u00", str(caught.exception))
+
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(mutated_configs())
     def test_mutatedJsonAndToml(self, config: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from balancer.config.errors import Problems
-from balancer.config.fields import INVALID, MAX_CONNECTIONS, MAX_COUNT, Parser, describe
+from balancer.config.fields import INVALID, MAX_CONNECTIONS, MAX_COUNT, Parser, describe, quoted
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]\x00]*)):(?P<port>\d{1,5})$")
 _BACKEND = re.compile(
@@ -24,7 +24,8 @@ _BACKEND = re.compile(
 # A backend's host name: letters, digits, "_" and "-" in dot-separated labels, none starting
 # or ending with "-" (so that no host reads as a command-line option where a command gets it,
 # as an exec health check does), an optional final dot.
-_BACKEND_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_BACKEND_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 
 
 class AddressError(ValueError):
@@ -61,11 +62,11 @@ def split_host_port(value: str, *, allow_port_zero: bool) -> HostPort:
     """
     match = _HOST_PORT.match(value)
     if match is None:
-        raise AddressError(f'expected "host:port" (IPv6 as "[::1]:port"), got "{value}"')
+        raise AddressError(f'expected "host:port" (IPv6 as "[::1]:port"), got {quoted(value)}')
     port = int(match.group("port"))
     lowest = 0 if allow_port_zero else 1
     if not lowest <= port <= 65535:
-        raise AddressError(f'expected a port from {lowest} to 65535 in "host:port", got "{value}"')
+        raise AddressError(f'expected a port from {lowest} to 65535 in "host:port", got {quoted(value)}')
     return HostPort(match.group("v6") or match.group("host") or "", port)
 
 
@@ -150,13 +151,15 @@ def parse_backend_line(line: str) -> BackendSpec:
     if match is None:
         raise AddressError(
             f'expected "host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME]" '
-            f'(options in that order), got "{line}"'
+            f'(options in that order), got {quoted(line)}'
         )
     address = split_host_port(match.group("address"), allow_port_zero=False)
     if not address.host:
-        raise AddressError(f'a backend needs a host before ":port", got "{line}"')
+        raise AddressError(f'a backend needs a host before ":port", got {quoted(line)}')
     if not is_backend_host(address.host):
-        raise AddressError(f'expected a host name (letters, digits, "-", "_", ".") or an IP address, got "{address.host}"')
+        raise AddressError(
+            f'expected a host name (letters, digits, "-", "_", ".") or an IP address, got {quoted(address.host)}'
+        )
     numbers = {
         name: int(match.group(name))
         for name in ("weight", "priority", "max_connections")
@@ -165,7 +168,7 @@ def parse_backend_line(line: str) -> BackendSpec:
     for name, value in numbers.items():
         highest = MAX_CONNECTIONS if name == "max_connections" else MAX_COUNT
         if value > highest:
-            raise AddressError(f'expected {name}=N with N from 0 to {highest}, got "{line}"')
+            raise AddressError(f'expected {name}=N with N from 0 to {highest}, got {quoted(line)}')
     return BackendSpec(address.host, address.port, sni=match.group("sni"), **numbers)
 
 

@@ -89,6 +89,11 @@ def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def quoted(text: str) -> str:
+    """C{text} in double quotes, its quotes and control characters escaped: one line, as an operator wrote it."""
+    return '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text.replace('"', '\\"')) + '"'
+
+
 def describe(value: object) -> str:
     """Name a raw value and its type the way an operator wrote it."""
     kind = {
@@ -105,7 +110,7 @@ def describe(value: object) -> str:
     if isinstance(value, bool):
         shown = "true" if value else "false"
     elif isinstance(value, str):
-        shown = '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", value.replace('"', '\\"')) + '"'
+        shown = quoted(value)
     elif isinstance(value, (dict, list)):
         shown = ""
     if len(shown) > 60:
