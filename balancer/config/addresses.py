@@ -25,7 +25,9 @@ _BACKEND = re.compile(
 # or ending with "-" (so that no host reads as a command-line option where a command gets it,
 # as an exec health check does), an optional final dot.
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
-_BACKEND_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+#: The pattern of a host name (a backend's, or one the admin API answers to).
+HOST_NAME = rf"{_LABEL}(\.{_LABEL})*\.?"
+_BACKEND_NAME = re.compile(HOST_NAME)
 
 
 class AddressError(ValueError):

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import attrs
 
-from balancer.config.addresses import BackendSpec, HostPort, backend_line, listen_address
+from balancer.config.addresses import HOST_NAME, BackendSpec, HostPort, backend_line, listen_address
 from balancer.config.fields import (
     choice,
     duration,
@@ -40,9 +40,10 @@ HEALTHCHECK_KINDS = ("ping", "probe", "exec", "none")
 TLS_VERSIONS = ("", "ssl3", "tls1", "tls1.0", "tls1.1", "tls1.2", "tls1.3")
 
 Found = Iterator[tuple[str, str]]
-# An http(s) URL without credentials ("user:password@"): they would be shown to
-# read-only accounts, and the HTTP client takes none from a URL.
-_HTTP_URL = r"https?://[^\s/?#@]+([/?#]\S*)?"
+# The rest of a URL after "scheme://", without credentials ("user:password@"): they would
+# be shown to read-only accounts, and the HTTP clients take none from a URL.
+_NO_CREDENTIALS = r"[^\s/?#@]+([/?#]\S*)?"
+_HTTP_URL = rf"https?://{_NO_CREDENTIALS}"
 #: gobetween's lxd_server_address: the local socket ("unix:" for LXD's default, "unix:PATH", "unix://PATH")
 #: or an HTTPS origin.
 _LXD_ADDRESS = r"unix:[^\s\x00]*|https://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?/?"
@@ -51,9 +52,9 @@ _LXD_REMOTE = r"(?!\.\.?$)[^/\\:\s\x00]*"
 #: An LXD configuration key ("user.gobetween.port"), or "" for none.
 _LXD_KEY = r"[^\s\x00]*"
 _LXD_INTERFACE = r"[^\s/\x00]*"
+#: A name the admin API answers to besides its addresses (C{[api] allowed_hosts}), or "*" for any.
+_HOST_NAME = rf"\*|{HOST_NAME}"
 #: A web origin: scheme, host (a name, an IPv4 address or a bracketed IPv6 address) and optional port.
-# A name the admin API answers to besides its addresses (C{[api] allowed_hosts}), or "*" for any.
-_HOST_NAME = r"\*|[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
 _ORIGIN = r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?"
 
 
@@ -111,7 +112,9 @@ class ApiConfig:
     users: tuple[ApiUserConfig, ...] = setting((), parse=items(section(ApiUserConfig)))
     require_conditional: bool = setting(False, parse=flag())
     cors_origins: tuple[str, ...] = setting((), parse=items(text(_ORIGIN, 'an origin like "https://ui.example:8443"')))
-    allowed_hosts: tuple[str, ...] = setting((), parse=items(text(_HOST_NAME, 'a host name like "lb1.example.com", or "*"')))
+    allowed_hosts: tuple[str, ...] = setting(
+        (), parse=items(text(_HOST_NAME, 'a host name like "lb1.example.com", or "*"'))
+    )
     allow_exec: bool = setting(False, parse=flag())
     auth_concurrency: int = setting(2, parse=whole(1, 8))
     auth_failures_per_second: int = setting(5, parse=whole(1, 10_000))
@@ -272,7 +275,8 @@ class DiscoveryConfig:
     json_sni_pattern: str = setting("sni", parse=text())
     # docker
     docker_endpoint: str = setting(
-        "", parse=text(r"unix://\S+|(tcp|https?)://[^\s/?#@]+([/?#]\S*)?", "unix:///path or tcp://host:port (no user:password@)")
+        "",
+        parse=text(rf"unix://\S+|(tcp|https?)://{_NO_CREDENTIALS}", "unix:///path or tcp://host:port (no user:password@)"),
     )
     docker_container_private_port: int = setting(0, parse=whole(0, 65535))
     docker_container_label: str = setting("", parse=text())

@@ -77,7 +77,9 @@ def make_backend(
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not is_backend_host(host):
-        raise DiscoveryError(f'host: expected a host name (letters, digits, "-", "_", ".") or an IP address, got {host!r}')
+        raise DiscoveryError(
+            f'host: expected a host name (letters, digits, "-", "_", ".") or an IP address, got {host!r}'
+        )
     if sni is not None and not isinstance(sni, str):
         raise DiscoveryError(f"sni: expected a server name, got {sni!r}")
     return BackendSpec(
