@@ -239,8 +239,9 @@ def server_context(
             ciphers,
             "tls",
         )
-        # The end of a client's TCP stream without close_notify ends its input, on
-        # either data path: OpenSSL holds it for an error otherwise (a reset to the relay).
+        # The end of a client's TCP stream without close_notify ends its input, on either
+        # data path (every context, the per-name ones too): OpenSSL holds it for a fatal
+        # error otherwise, a reset to the relay, and nothing more could be sent to the client.
         built.getContext().set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
         return built
 

@@ -322,13 +322,11 @@ class TlsTransports:
 
     def __init__(self, context: SSL.Context) -> None:
         """
-        Serve with C{context}, which from now on takes the end of a TCP
-        stream without C{close_notify} for the end of the client's input
-        (C{OP_IGNORE_UNEXPECTED_EOF}): else OpenSSL holds that end for a
-        fatal error, and the connection could send nothing more (not the
-        backend's answer to a client that half-closed).
+        Serve with C{context}, a L{balancer.proxy.tls.server_context}'s: it
+        takes the end of a TCP stream without C{close_notify} for the end of
+        the client's input (C{OP_IGNORE_UNEXPECTED_EOF}), so that a client
+        that half-closed still gets the backend's answer.
         """
-        context.set_options(SSL.OP_IGNORE_UNEXPECTED_EOF)
         self.context = context
 
     def __call__(self, engine: Engine, sock: Any, address: IAddress) -> TlsSocketTransport:
