@@ -459,8 +459,8 @@ class UdpProxy(DatagramProtocol):
         self.choose = choose
         self.backends = backends if backends is not None else Pool()
         self.loops_refused = 0
-        self._own: tuple[str, int] | None = None
-        self._own_port = -1
+        # The listener's own (host, port); no port matches -1 before it listens.
+        self._own: tuple[str, int] = ("", -1)
         self.counters = counters
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -545,7 +545,6 @@ class UdpProxy(DatagramProtocol):
         self.to_client = client_sender(self.transport)
         own = self.transport.getHost()
         self._own = (own.host, own.port)
-        self._own_port = own.port
 
     def _write_to_client(self, data: bytes, client: Address) -> None:
         self.transport.write(data, client)
@@ -563,7 +562,7 @@ class UdpProxy(DatagramProtocol):
         host, port = addr[0], addr[1]
         # loops_back() only where it could be true (the pool's addresses hold the forms
         # sockets report): a call less per session.
-        if (port == self._own_port or addr in self.backends.addresses) and self.loops_back(host, port):
+        if (port == self._own[1] or addr in self.backends.addresses) and self.loops_back(host, port):
             self.loops_refused += 1
             if self.loops_refused & (self.loops_refused - 1) == 0:  # the 1st, 2nd, 4th, 8th...
                 log.warn("{server}: dropped a datagram from {client} (port {port}), this server's own address "
@@ -591,7 +590,7 @@ class UdpProxy(DatagramProtocol):
         answers sent to it would come back as the client's requests.
         """
         own = self._own
-        if own is not None and port == own[1] and (host == own[0] or (own[0] in WILDCARDS and is_loopback(host))):
+        if port == own[1] and (host == own[0] or (own[0] in WILDCARDS and is_loopback(host))):
             return True
         return (host, port) in self.backends.addresses
 
